@@ -1,0 +1,79 @@
+"""Endpoint layout and the canary verdict.
+
+The endpoint always has a variant called `champion`; during a canary a second variant called
+`challenger` takes `canary.weight` of the traffic. Fixed names let one CloudWatch alarm watch the
+challenger across model versions. Promotion replaces the config with the challenger's model under
+the name `champion`; rollback returns to the config the endpoint had before the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refit_core.config import CanarySettings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def variant(model_name: str, variant_name: str, weight: float, instance_type: str) -> dict[str, Any]:
+    return {
+        "VariantName": variant_name,
+        "ModelName": model_name,
+        "InitialInstanceCount": 1,
+        "InstanceType": instance_type,
+        "InitialVariantWeight": weight,
+    }
+
+
+def canary_variants(
+    champion_model: str, challenger_model: str, weight: float, instance_type: str
+) -> list[dict[str, Any]]:
+    return [
+        variant(champion_model, CHAMPION, round(1 - weight, 6), instance_type),
+        variant(challenger_model, CHALLENGER, weight, instance_type),
+    ]
+
+
+def canary_verdict(
+    settings: CanarySettings,
+    invocations: float,
+    errors_5xx: float,
+    max_latency_ms: float | None,
+    alarm_state: str | None,
+) -> dict[str, Any]:
+    """Healthy only with enough traffic, a low error rate, acceptable latency and no alarm in ALARM."""
+    error_rate = errors_5xx / invocations if invocations else 0.0
+    evidence = {
+        "invocations": invocations,
+        "errors_5xx": errors_5xx,
+        "error_rate": round(error_rate, 6),
+        "max_model_latency_ms": max_latency_ms,
+        "alarm_state": alarm_state,
+    }
+    if alarm_state == "ALARM":
+        return {"healthy": False, "reason": "the canary alarm is in ALARM", **evidence}
+    if error_rate > settings.max_error_rate:
+        return {
+            "healthy": False,
+            "reason": f"challenger 5XX error rate {error_rate:.2%} is over {settings.max_error_rate:.2%}",
+            **evidence,
+        }
+    if max_latency_ms is not None and max_latency_ms > settings.max_model_latency_ms:
+        return {
+            "healthy": False,
+            "reason": f"challenger model latency {max_latency_ms:.0f} ms is over {settings.max_model_latency_ms:.0f} ms",
+            **evidence,
+        }
+    if invocations < settings.min_invocations:
+        return {
+            "healthy": False,
+            "reason": f"challenger saw {invocations:.0f} invocations during the bake, fewer than the "
+            f"{settings.min_invocations} required to judge it",
+            **evidence,
+        }
+    return {
+        "healthy": True,
+        "reason": f"challenger served {invocations:.0f} requests within limits",
+        **evidence,
+    }

@@ -1,0 +1,263 @@
+"""The model configuration: one file describes every model refit manages.
+
+Parsed with pydantic at synth time (a wrong file stops `cdk synth` with the field and the fix),
+by the CLI, and by the Lambdas, which receive the one model's section as JSON in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CLASSIFICATION_METRICS = {
+    "roc_auc": "maximize",
+    "accuracy": "maximize",
+    "f1": "maximize",
+    "log_loss": "minimize",
+}
+REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
+
+# SageMaker instance types refit knows a price for; users add their own in [prices].
+DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
+    "ml.m5.large": 0.115,
+    "ml.m5.xlarge": 0.23,
+    "ml.m5.2xlarge": 0.461,
+    "ml.m5.4xlarge": 0.922,
+    "ml.c5.xlarge": 0.204,
+    "ml.c5.2xlarge": 0.408,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpotSettings(_Strict):
+    enabled: bool = True
+    max_runtime_seconds: int = Field(3600, ge=60, le=432000)
+    max_wait_seconds: int | None = Field(
+        None, description="Defaults to max(2 x runtime, runtime + 1 h); must be >= max_runtime_seconds."
+    )
+    fallback_to_on_demand: bool = True
+    max_retry_attempts: int = Field(2, ge=1, le=30)
+
+    @model_validator(mode="after")
+    def _wait_covers_runtime(self) -> SpotSettings:
+        if self.max_wait_seconds is not None and self.max_wait_seconds < self.max_runtime_seconds:
+            raise ValueError(
+                f"max_wait_seconds ({self.max_wait_seconds}) must be >= max_runtime_seconds "
+                f"({self.max_runtime_seconds}); SageMaker rejects a spot job otherwise"
+            )
+        return self
+
+    @property
+    def effective_max_wait_seconds(self) -> int:
+        if self.max_wait_seconds is not None:
+            return self.max_wait_seconds
+        return max(2 * self.max_runtime_seconds, self.max_runtime_seconds + 3600)
+
+
+class DriftSettings(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Dataset-level false-positive rate of one check.")
+    correction: Literal["bonferroni", "holm"] = "bonferroni"
+    min_effect_size: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="KS distance / total variation below which a significant shift is ignored.",
+    )
+    min_rows: int = Field(100, ge=10)
+
+
+class QualitySettings(_Strict):
+    max_null_rate_increase: float = Field(0.1, ge=0, le=1)
+    max_out_of_range_fraction: float = Field(0.05, ge=0, le=1)
+    max_duplicate_fraction: float = Field(0.2, ge=0, le=1)
+    block_on: list[str] = Field(
+        default_factory=lambda: [
+            "missing_column",
+            "dtype_change",
+            "too_few_rows",
+            "all_null_column",
+            "infinite_value",
+        ]
+    )
+
+
+class GateSettings(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_improvement: float = Field(0.0, ge=0, description="Practical margin on the primary metric (absolute).")
+    floors: dict[str, float] = Field(default_factory=dict, description="Absolute floors, e.g. {roc_auc = 0.7}.")
+    bootstrap_samples: int = Field(2000, ge=200, le=20000)
+
+
+class CanarySettings(_Strict):
+    weight: float = Field(0.1, gt=0, lt=1, description="Share of traffic the challenger takes during the bake.")
+    bake_seconds: int = Field(600, ge=0, le=86400)
+    min_invocations: int = Field(20, ge=0, description="A canary with fewer invocations is not promoted.")
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_model_latency_ms: float = Field(1000.0, gt=0)
+
+
+class QualityAlarmSettings(_Strict):
+    metric_name: str = "PrimaryMetric"
+    threshold: float
+    comparison: Literal["LessThanThreshold", "GreaterThanThreshold"] = "LessThanThreshold"
+    evaluation_periods: int = Field(1, ge=1, le=24)
+    period_seconds: int = Field(3600, ge=60)
+
+
+class ModelConfig(_Strict):
+    name: str
+    problem_type: Literal["binary_classification", "regression"]
+    target: str
+    primary_metric: str
+    metric_direction: Literal["maximize", "minimize"]
+    categorical_columns: list[str] = Field(default_factory=list)
+    id_column: str | None = None
+    training_instance_type: str = "ml.m5.large"
+    serving_instance_type: str = "ml.m5.large"
+    holdout_fraction: float = Field(0.5, gt=0.05, lt=0.95, description="Share of the new batch held out for the gate.")
+    schedule: str | None = Field("rate(1 day)", description="EventBridge schedule expression, or none.")
+    seed: int = 42
+    spot: SpotSettings = SpotSettings()
+    drift: DriftSettings = DriftSettings()
+    quality: QualitySettings = QualitySettings()
+    gate: GateSettings = GateSettings()
+    canary: CanarySettings = CanarySettings()
+    quality_alarm: QualityAlarmSettings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_resource_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", value):
+            raise ValueError(
+                f"{value!r} must be 2-31 characters of lower-case letters, digits and '-', starting with a letter "
+                "(it becomes part of SageMaker, S3 and Step Functions names)"
+            )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_expression(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))", value
+        ):
+            raise ValueError(f"{value!r} is not an EventBridge schedule: use 'rate(1 day)' or 'cron(0 3 * * ? *)'")
+        return value
+
+    @model_validator(mode="after")
+    def _metric_matches_problem(self) -> ModelConfig:
+        known = CLASSIFICATION_METRICS if self.problem_type == "binary_classification" else REGRESSION_METRICS
+        if self.primary_metric not in known:
+            raise ValueError(
+                f"primary_metric {self.primary_metric!r} does not fit problem_type {self.problem_type!r}; "
+                f"use one of {sorted(known)}"
+            )
+        if known[self.primary_metric] != self.metric_direction:
+            raise ValueError(
+                f"metric_direction {self.metric_direction!r} is wrong for {self.primary_metric!r}: "
+                f"it should be {known[self.primary_metric]!r}"
+            )
+        for metric in self.gate.floors:
+            if metric not in known:
+                raise ValueError(f"gate.floors names {metric!r}, which is not a metric for {self.problem_type!r}")
+        if self.target in self.categorical_columns:
+            raise ValueError(f"target {self.target!r} must not also be listed in categorical_columns")
+        return self
+
+    @property
+    def new_data_prefix(self) -> str:
+        return f"incoming/{self.name}/"
+
+    @property
+    def training_data_prefix(self) -> str:
+        return f"training/{self.name}/"
+
+    @property
+    def metrics(self) -> list[str]:
+        known = CLASSIFICATION_METRICS if self.problem_type == "binary_classification" else REGRESSION_METRICS
+        return list(known)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class RefitConfig(_Strict):
+    project: str = Field("refit", pattern=r"^[a-z][a-z0-9-]{1,20}$")
+    notification_email: str | None = None
+    instance_prices_usd_per_hour: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
+    )
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names_and_known_prices(self) -> RefitConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {duplicates}")
+        for model in self.models:
+            for instance in (model.training_instance_type,):
+                if instance not in self.instance_prices_usd_per_hour:
+                    raise ValueError(
+                        f"model {model.name!r}: no price for training_instance_type {instance!r}; "
+                        "add it under [instance_prices_usd_per_hour]"
+                    )
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise ConfigError(f"no model named {name!r} in the configuration; known: {[m.name for m in self.models]}")
+
+
+def _describe_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid refit configuration"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see README 'Model configuration')"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"  - {location}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> RefitConfig:
+    try:
+        return RefitConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe_errors(error, source)) from None
+
+
+def load_config(path: str | Path) -> RefitConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the refit configuration ({error.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(data, str(path))
+
+
+def model_from_json(text: str) -> ModelConfig:
+    """The one model's section, as passed to a Lambda in its environment."""
+    try:
+        return ModelConfig.model_validate(json.loads(text))
+    except (ValidationError, json.JSONDecodeError) as error:
+        raise ConfigError(f"REFIT_MODEL_CONFIG: invalid model configuration ({error})") from None

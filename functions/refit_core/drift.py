@@ -1,0 +1,110 @@
+"""Drift tests of a batch against a baseline profile.
+
+Numeric columns: two-sample Kolmogorov-Smirnov against the profile's sorted sample (exact when the
+profile holds every value), effect size = the KS distance. Categorical columns: chi-square on the
+category counts, effect size = total variation distance. The per-check level `alpha` is split across
+all tested columns (Bonferroni, or Holm's step-down), and a column counts as drifted only when it is
+significant *and* its effect size reaches `min_effect_size`, so a huge batch does not flag a trivial shift.
+The dataset drifts when any column (or the target) does: a single strongly drifted feature is enough.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from refit_core.config import DriftSettings
+
+
+def ks_test(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    result = stats.ks_2samp(reference_sorted, current, alternative="two-sided", method="auto")
+    return float(result.statistic), float(result.pvalue)
+
+
+def chi_square_test(reference_counts: dict[str, int], current: pd.Series) -> tuple[float, float, float]:
+    """Returns (statistic, p-value, total variation distance)."""
+    current_counts = current.dropna().astype(str).value_counts()
+    categories = sorted(set(reference_counts) | set(current_counts.index))
+    ref = np.array([reference_counts.get(c, 0) for c in categories], dtype=float)
+    cur = np.array([int(current_counts.get(c, 0)) for c in categories], dtype=float)
+    if ref.sum() == 0 or cur.sum() == 0:
+        return 0.0, 1.0, 0.0
+    total_variation = 0.5 * float(np.abs(ref / ref.sum() - cur / cur.sum()).sum())
+    if len(categories) < 2:
+        return 0.0, 1.0, total_variation
+    table = np.vstack([ref, cur])
+    statistic, p_value, _, _ = stats.chi2_contingency(table, correction=False)
+    return float(statistic), float(p_value), total_variation
+
+
+def _test_column(spec: dict[str, Any], series: pd.Series) -> dict[str, Any]:
+    if spec["kind"] == "numeric":
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        reference = np.asarray(spec["sample"], dtype=float)
+        if values.size == 0 or reference.size == 0:
+            return {"kind": "numeric", "test": "ks", "statistic": 0.0, "p_value": 1.0, "effect_size": 0.0}
+        statistic, p_value = ks_test(reference, values)
+        return {
+            "kind": "numeric",
+            "test": "ks" if spec.get("sample_is_exact", True) else "ks_quantile_sketch",
+            "statistic": statistic,
+            "p_value": p_value,
+            "effect_size": statistic,
+        }
+    statistic, p_value, total_variation = chi_square_test(spec["frequencies"], series)
+    return {
+        "kind": "categorical",
+        "test": "chi_square",
+        "statistic": statistic,
+        "p_value": p_value,
+        "effect_size": total_variation,
+    }
+
+
+def _rejections(p_values: list[float], alpha: float, correction: str) -> list[bool]:
+    m = len(p_values)
+    if m == 0:
+        return []
+    if correction == "bonferroni":
+        return [p < alpha / m for p in p_values]
+    order = sorted(range(m), key=lambda i: p_values[i])
+    rejected = [False] * m
+    for rank, index in enumerate(order):
+        if p_values[index] < alpha / (m - rank):
+            rejected[index] = True
+        else:
+            break
+    return rejected
+
+
+def detect_drift(frame: pd.DataFrame, profile: dict[str, Any], settings: DriftSettings) -> dict[str, Any]:
+    """The drift report (public JSON shape: see README 'Drift report')."""
+    tested: list[tuple[str, dict[str, Any]]] = []
+    for name, spec in profile["columns"].items():
+        if spec["role"] in ("feature", "target") and name in frame.columns:
+            tested.append((name, _test_column(spec, frame[name])))
+    rejected = _rejections([r["p_value"] for _, r in tested], settings.alpha, settings.correction)
+    features: dict[str, Any] = {}
+    target_result: dict[str, Any] | None = None
+    for (name, result), significant in zip(tested, rejected, strict=True):
+        result["drifted"] = bool(significant and result["effect_size"] >= settings.min_effect_size)
+        if profile["columns"][name]["role"] == "target":
+            target_result = {k: result[k] for k in ("test", "statistic", "p_value", "effect_size", "drifted")}
+        else:
+            features[name] = result
+    drifted = sorted(name for name, r in features.items() if r["drifted"])
+    return {
+        "drift_detected": bool(drifted) or bool(target_result and target_result["drifted"]),
+        "drifted_features": drifted,
+        "features": features,
+        "target": target_result,
+        "n_reference": int(profile["n_rows"]),
+        "n_current": int(len(frame)),
+        "alpha": settings.alpha,
+        "correction": settings.correction,
+        "min_effect_size": settings.min_effect_size,
+    }

@@ -1,0 +1,219 @@
+"""Champion vs challenger gate on the same holdout rows.
+
+Promote only when the challenger is better with statistical significance (one-sided, level `alpha`)
+*and* by at least the practical margin, and every absolute floor holds. AUC uses DeLong's test for
+correlated ROC curves, accuracy the exact McNemar test, everything else a paired bootstrap of the
+metric difference. With no champion, only the floors decide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from refit_core.config import GateSettings
+from refit_core.metrics import compute_metric
+
+
+class GateInputError(ValueError):
+    """Evaluation data the gate refuses to decide on; the message names the problem."""
+
+
+def _placements(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components via midranks (Sun & Xu's fast form)."""
+    m, n = positive.size, negative.size
+    combined = np.concatenate([positive, negative])
+    rank_all = stats.rankdata(combined)
+    rank_pos = stats.rankdata(positive)
+    rank_neg = stats.rankdata(negative)
+    v10 = (rank_all[:m] - rank_pos) / n
+    v01 = 1.0 - (rank_all[m:] - rank_neg) / m
+    return v10, v01
+
+
+def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """One-sided DeLong test of AUC(a) > AUC(b) on the same rows."""
+    positive = y_true == 1
+    m, n = int(positive.sum()), int((~positive).sum())
+    v10_a, v01_a = _placements(score_a[positive], score_a[~positive])
+    v10_b, v01_b = _placements(score_b[positive], score_b[~positive])
+    auc_a, auc_b = float(v10_a.mean()), float(v10_b.mean())
+    s10 = np.cov(np.vstack([v10_a, v10_b]))
+    s01 = np.cov(np.vstack([v01_a, v01_b]))
+    covariance = s10 / m + s01 / n
+    variance = float(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
+    difference = auc_a - auc_b
+    if variance <= 0:
+        z = np.inf if difference > 0 else (-np.inf if difference < 0 else 0.0)
+    else:
+        z = difference / np.sqrt(variance)
+    standard_error = float(np.sqrt(max(variance, 0.0)))
+    return {
+        "metric_a": auc_a,
+        "metric_b": auc_b,
+        "difference": difference,
+        "z": float(z),
+        "p_value": float(stats.norm.sf(z)),
+        "ci_low": difference - 1.959963984540054 * standard_error,
+        "ci_high": difference + 1.959963984540054 * standard_error,
+    }
+
+
+def mcnemar_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """One-sided exact McNemar test: is model a right more often than b on the rows where they disagree?"""
+    right_a = (score_a >= 0.5) == (y_true == 1)
+    right_b = (score_b >= 0.5) == (y_true == 1)
+    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    discordant = only_a + only_b
+    p_value = float(stats.binomtest(only_a, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+    return {
+        "metric_a": float(right_a.mean()),
+        "metric_b": float(right_b.mean()),
+        "difference": float(right_a.mean() - right_b.mean()),
+        "only_a_right": only_a,
+        "only_b_right": only_b,
+        "p_value": p_value,
+    }
+
+
+def paired_bootstrap(
+    metric: str,
+    sign: float,
+    y_true: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    samples: int,
+    seed: int,
+) -> dict[str, float]:
+    """One-sided paired bootstrap of sign × (metric(a) − metric(b)); p = share of resamples with no improvement."""
+    rng = np.random.default_rng(seed)
+    n = y_true.size
+    observed = sign * (compute_metric(metric, y_true, score_a) - compute_metric(metric, y_true, score_b))
+    differences = np.empty(samples)
+    for i in range(samples):
+        index = rng.integers(0, n, n)
+        differences[i] = sign * (
+            compute_metric(metric, y_true[index], score_a[index])
+            - compute_metric(metric, y_true[index], score_b[index])
+        )
+    return {
+        "metric_a": compute_metric(metric, y_true, score_a),
+        "metric_b": compute_metric(metric, y_true, score_b),
+        "difference": float(sign * observed),
+        "p_value": float((np.sum(differences <= 0) + 1) / (samples + 1)),
+        "ci_low": float(sign * np.quantile(differences, 0.025)),
+        "ci_high": float(sign * np.quantile(differences, 0.975)),
+    }
+
+
+def validate_predictions(
+    problem_type: str, y_true: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None
+) -> None:
+    arrays = {"labels": y_true, "challenger predictions": challenger}
+    if champion is not None:
+        arrays["champion predictions"] = champion
+    if y_true.size == 0:
+        raise GateInputError("the holdout is empty")
+    for label, values in arrays.items():
+        if values.shape != y_true.shape:
+            raise GateInputError(f"{label} have {values.size} rows, the holdout has {y_true.size}")
+        if not np.all(np.isfinite(values)):
+            raise GateInputError(f"{label} contain {int((~np.isfinite(values)).sum())} NaN or infinite values")
+    if problem_type == "binary_classification":
+        if not np.isin(y_true, (0, 1)).all():
+            raise GateInputError("labels must be 0 or 1 for binary classification")
+        if np.unique(y_true).size < 2:
+            raise GateInputError("the holdout has a single class; AUC and the paired tests are undefined")
+        for label, values in arrays.items():
+            if label != "labels" and ((values < 0) | (values > 1)).any():
+                raise GateInputError(f"{label} hold probabilities outside [0, 1]")
+
+
+def decide(
+    problem_type: str,
+    primary_metric: str,
+    direction: str,
+    settings: GateSettings,
+    y_true: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The gate decision with its evidence and a one-sentence reason."""
+    y_true = np.asarray(y_true, dtype=float)
+    challenger = np.asarray(challenger, dtype=float)
+    champion = None if champion is None else np.asarray(champion, dtype=float)
+    validate_predictions(problem_type, y_true, challenger, champion)
+
+    challenger_value = compute_metric(primary_metric, y_true, challenger)
+    floors = []
+    for metric, floor in sorted(settings.floors.items()):
+        value = compute_metric(metric, y_true, challenger)
+        higher_is_better = metric in ("roc_auc", "accuracy", "f1", "r2")
+        holds = value >= floor if higher_is_better else value <= floor
+        floors.append({"metric": metric, "value": value, "floor": floor, "holds": bool(holds)})
+    failed_floors = [f for f in floors if not f["holds"]]
+    evidence: dict[str, Any] = {
+        "primary_metric": primary_metric,
+        "challenger": challenger_value,
+        "champion": None,
+        "floors": floors,
+        "alpha": settings.alpha,
+        "min_improvement": settings.min_improvement,
+        "n_rows": int(y_true.size),
+    }
+    if champion is None:
+        promote = not failed_floors
+        reason = (
+            f"first model: {primary_metric} {challenger_value:.4f} meets every floor"
+            if promote
+            else f"first model fails the floor on {failed_floors[0]['metric']} "
+            f"({failed_floors[0]['value']:.4f} vs {failed_floors[0]['floor']})"
+        )
+        return {"promote": promote, "reason": reason, "test": "floors_only", "p_value": None, **evidence}
+
+    sign = 1.0 if direction == "maximize" else -1.0
+    if primary_metric == "roc_auc":
+        test_name, result = "delong", delong_test(y_true, challenger, champion)
+    elif primary_metric == "accuracy":
+        test_name, result = "mcnemar_exact", mcnemar_test(y_true, challenger, champion)
+    else:
+        test_name = "paired_bootstrap"
+        result = paired_bootstrap(primary_metric, sign, y_true, challenger, champion, settings.bootstrap_samples, seed)
+    improvement = sign * result["difference"]
+    significant = result["p_value"] < settings.alpha
+    large_enough = improvement >= settings.min_improvement
+    evidence.update(
+        champion=result["metric_b"],
+        difference=result["difference"],
+        improvement=improvement,
+        ci_low=result.get("ci_low"),
+        ci_high=result.get("ci_high"),
+    )
+    if failed_floors:
+        promote = False
+        reason = (
+            f"challenger fails the floor on {failed_floors[0]['metric']} "
+            f"({failed_floors[0]['value']:.4f} vs {failed_floors[0]['floor']})"
+        )
+    elif not significant:
+        promote = False
+        reason = (
+            f"challenger {primary_metric} {challenger_value:.4f} vs champion {result['metric_b']:.4f} is not a "
+            f"significant improvement ({test_name} p={result['p_value']:.3g} >= {settings.alpha})"
+        )
+    elif not large_enough:
+        promote = False
+        reason = (
+            f"challenger is significantly better but by {improvement:.4f}, under the practical margin "
+            f"{settings.min_improvement}"
+        )
+    else:
+        promote = True
+        reason = (
+            f"challenger {primary_metric} {challenger_value:.4f} beats champion {result['metric_b']:.4f} by "
+            f"{improvement:.4f} ({test_name} p={result['p_value']:.3g})"
+        )
+    return {"promote": promote, "reason": reason, "test": test_name, "p_value": result["p_value"], **evidence}

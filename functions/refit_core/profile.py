@@ -1,0 +1,101 @@
+"""Baseline profile of a dataset: the one implementation used in training, the drift Lambda and the CLI.
+
+Format `refit.profile/1` (JSON). Numeric columns keep a sorted sample of their non-null finite values:
+every value when the column has at most MAX_EXACT_SAMPLE of them (so KS against it is exact), otherwise
+MAX_EXACT_SAMPLE evenly spaced order statistics (KS then differs from the exact one by at most
+1/MAX_EXACT_SAMPLE). The JSON is byte-stable for the same data: keys sorted, no timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refit_core.datasets import is_numeric
+
+PROFILE_FORMAT = "refit.profile/1"
+MAX_EXACT_SAMPLE = 20_000
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used."""
+
+
+def column_kind(series: pd.Series, name: str, categorical: set[str]) -> str:
+    return "categorical" if name in categorical or not is_numeric(series) else "numeric"
+
+
+def _numeric_summary(values: pd.Series) -> dict[str, Any]:
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    finite = np.sort(numbers[np.isfinite(numbers)])
+    if finite.size > MAX_EXACT_SAMPLE:
+        ranks = np.linspace(0, finite.size - 1, MAX_EXACT_SAMPLE).round().astype(int)
+        sample, exact = finite[ranks], False
+    else:
+        sample, exact = finite, True
+    return {
+        "min": float(finite[0]) if finite.size else None,
+        "max": float(finite[-1]) if finite.size else None,
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+        "distinct": int(np.unique(finite).size),
+        "sample": [float(v) for v in sample],
+        "sample_is_exact": exact,
+    }
+
+
+def _categorical_summary(values: pd.Series) -> dict[str, Any]:
+    counts = values.dropna().astype(str).value_counts()
+    return {"frequencies": {str(k): int(v) for k, v in sorted(counts.items())}, "distinct": int(counts.size)}
+
+
+def build_profile(
+    frame: pd.DataFrame,
+    target: str | None = None,
+    categorical: list[str] | tuple[str, ...] = (),
+    id_column: str | None = None,
+) -> dict[str, Any]:
+    categorical_set = set(categorical)
+    if target is not None and target not in frame.columns:
+        raise ProfileError(f"target column {target!r} is not in the data (columns: {list(frame.columns)})")
+    columns: dict[str, Any] = {}
+    for name in frame.columns:
+        series = frame[name]
+        role = "target" if name == target else "id" if name == id_column else "feature"
+        kind = column_kind(series, name, categorical_set)
+        entry: dict[str, Any] = {
+            "role": role,
+            "kind": kind,
+            "dtype": str(series.dtype),
+            "count": int(series.size),
+            "nulls": int(series.isna().sum()),
+        }
+        entry["null_rate"] = entry["nulls"] / entry["count"] if entry["count"] else 0.0
+        entry.update(_numeric_summary(series) if kind == "numeric" else _categorical_summary(series))
+        columns[str(name)] = entry
+    return {"format": PROFILE_FORMAT, "n_rows": int(len(frame)), "target": target, "columns": columns}
+
+
+def dumps_profile(profile: dict[str, Any]) -> str:
+    return json.dumps(profile, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def loads_profile(text: str | bytes, source: str = "<profile>") -> dict[str, Any]:
+    try:
+        profile = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ProfileError(f"{source}: not a refit profile (invalid JSON: {error})") from None
+    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
+        found = profile.get("format") if isinstance(profile, dict) else type(profile).__name__
+        raise ProfileError(f"{source}: profile format {found!r} is not supported; this refit reads {PROFILE_FORMAT!r}")
+    if not isinstance(profile.get("columns"), dict) or not profile["columns"]:
+        raise ProfileError(f"{source}: profile has no columns")
+    return profile
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

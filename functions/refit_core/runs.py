@@ -1,0 +1,115 @@
+"""What starts a run: the documented manual input and the EventBridge events of the three automatic triggers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from refit_core.s3uri import S3Uri
+
+
+class RunInputError(ValueError):
+    """An execution input that does not match the documented schema; names the field."""
+
+
+class ManualInput(BaseModel):
+    """The documented input of a manual `StartExecution` (README 'Starting a run by hand')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_uri: str | None = Field(
+        None, description="s3:// URI of the batch; default: newest object under the new-data prefix"
+    )
+    force: bool = Field(False, description="Retrain even when no drift is found.")
+    reason: str = Field("manual run", max_length=500)
+
+    @field_validator("data_uri")
+    @classmethod
+    def _s3(cls, value: str | None) -> str | None:
+        if value is not None:
+            uri = S3Uri.parse(value)
+            if uri.is_prefix:
+                raise ValueError(f"{value!r} is a prefix; name one object (a .csv or .csv.gz file)")
+        return value
+
+
+class EventBridgeEvent(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    detail_type: str = Field(alias="detail-type")
+    source: str
+    id: str = ""
+    resources: list[str] = Field(default_factory=list)
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunRequest(BaseModel):
+    trigger: Literal["manual", "s3", "schedule", "alarm"]
+    reason: str
+    data_uri: str | None
+    force: bool
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "input"
+        message = (
+            "unknown field; allowed: data_uri, force, reason" if item["type"] == "extra_forbidden" else item["msg"]
+        )
+        parts.append(f"{location}: {message.removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> RunRequest:
+    """Turn any of the four trigger inputs into one request, or raise RunInputError naming the field."""
+    if not isinstance(payload, dict):
+        raise RunInputError(f"execution input must be a JSON object, got {type(payload).__name__}")
+    if "detail-type" in payload:
+        try:
+            event = EventBridgeEvent.model_validate(payload)
+        except ValidationError as error:
+            raise RunInputError(f"event: {_describe(error)}") from None
+        if event.detail_type == "Object Created":
+            bucket = event.detail.get("bucket", {}).get("name")
+            key = event.detail.get("object", {}).get("key")
+            if not bucket or not key:
+                raise RunInputError("event.detail: an Object Created event needs bucket.name and object.key")
+            if bucket != data_bucket or not key.startswith(new_data_prefix):
+                raise RunInputError(f"s3://{bucket}/{key} is not under this model's new-data prefix {new_data_prefix}")
+            return RunRequest(
+                trigger="s3",
+                reason=f"new data s3://{bucket}/{key}",
+                data_uri=f"s3://{bucket}/{key}",
+                force=False,
+            )
+        if event.detail_type == "Scheduled Event":
+            rule = event.resources[0].rsplit("/", 1)[-1] if event.resources else "schedule"
+            return RunRequest(trigger="schedule", reason=f"scheduled check ({rule})", data_uri=None, force=False)
+        if event.detail_type == "CloudWatch Alarm State Change":
+            name = event.detail.get("alarmName", "?")
+            state = event.detail.get("state", {}).get("value")
+            if state != "ALARM":
+                raise RunInputError(
+                    f"event.detail.state.value: alarm {name} is {state!r}, a run starts only on 'ALARM'"
+                )
+            return RunRequest(trigger="alarm", reason=f"quality alarm {name} in ALARM", data_uri=None, force=True)
+        raise RunInputError(f"event.detail-type: {event.detail_type!r} is not a refit trigger")
+    try:
+        manual = ManualInput.model_validate(payload)
+    except ValidationError as error:
+        raise RunInputError(_describe(error)) from None
+    if manual.data_uri and not S3Uri.parse(manual.data_uri).key.endswith((".csv", ".csv.gz")):
+        raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv or .csv.gz object")
+    return RunRequest(trigger="manual", reason=manual.reason, data_uri=manual.data_uri, force=manual.force)
+
+
+def run_id_from_execution(execution_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", execution_name)[:64]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

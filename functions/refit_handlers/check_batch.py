@@ -1,0 +1,151 @@
+"""Check the new batch against the champion's baseline: data quality first, then drift; decide whether to train."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel
+from refit_core.champion import find_champion
+from refit_core.config import ModelConfig
+from refit_core.datasets import DataError, read_table
+from refit_core.drift import detect_drift
+from refit_core.profile import ProfileError, build_profile, loads_profile
+from refit_core.quality import check_quality
+from refit_core.s3uri import S3Uri
+
+from refit_handlers.common import Settings, client, parse, settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class CheckEvent(BaseModel):
+    run_id: str
+    data_uri: str | None = None
+    force: bool = False
+    no_data: bool = False
+
+
+def _stop(reason: str, outcome: str) -> dict[str, Any]:
+    return {"action": "stop", "outcome": outcome, "reason": reason}
+
+
+def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str, Any]:
+    """With no champion there is no baseline: check the batch against its own profile and the config."""
+    if model.target not in frame.columns:
+        message = f"{source}: target column {model.target!r} is missing (columns: {list(frame.columns)})"
+        finding = {
+            "check": "missing_column",
+            "column": model.target,
+            "severity": "block",
+            "observed": "absent",
+            "limit": "present",
+            "message": message,
+        }
+        return {"passed": False, "n_rows": len(frame), "findings": [finding], "reason": message}
+    profile = build_profile(
+        frame, target=model.target, categorical=model.categorical_columns, id_column=model.id_column
+    )
+    return check_quality(frame, profile, model.quality, model.drift.min_rows, source)
+
+
+def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
+    model = config.model
+    champion = find_champion(sagemaker, config.endpoint_name)
+    result: dict[str, Any] = {
+        "data_uri": event.data_uri,
+        "quality": None,
+        "drift": None,
+        "champion": champion,
+        "has_champion": champion is not None,
+        "champion_model_uri": champion["model_data_url"] if champion else None,
+        "champion_config": champion["endpoint_config"] if champion else None,
+    }
+    if event.no_data or not event.data_uri:
+        result["decision"] = _stop(f"no batch under s3://{config.data_bucket}/{model.new_data_prefix}", "no_data")
+        return result
+    try:
+        frame = read_table(event.data_uri, s3)
+    except DataError as error:
+        result["decision"] = {"action": "fail", "reason": str(error)}
+        result["quality"] = {
+            "passed": False,
+            "findings": [
+                {
+                    "check": "unreadable",
+                    "column": None,
+                    "severity": "block",
+                    "observed": None,
+                    "limit": None,
+                    "message": str(error),
+                }
+            ],
+            "reason": str(error),
+        }
+        return result
+
+    if champion is None or not champion.get("baseline_uri"):
+        quality = first_model_quality(frame, model, event.data_uri)
+        result["quality"] = quality
+        if not quality["passed"]:
+            result["decision"] = {"action": "fail", "reason": quality["reason"]}
+        else:
+            result["decision"] = {
+                "action": "train",
+                "reason": "no champion is serving yet: train the first model",
+            }
+        return result
+
+    baseline_uri = S3Uri.parse(champion["baseline_uri"])
+    try:
+        profile = loads_profile(
+            s3.get_object(Bucket=baseline_uri.bucket, Key=baseline_uri.key)["Body"].read(), str(baseline_uri)
+        )
+    except ProfileError as error:
+        result["decision"] = {"action": "fail", "reason": str(error)}
+        return result
+    quality = check_quality(frame, profile, model.quality, model.drift.min_rows, event.data_uri)
+    result["quality"] = quality
+    if not quality["passed"]:
+        result["decision"] = {"action": "fail", "reason": quality["reason"]}
+        return result
+
+    drift = detect_drift(frame, profile, model.drift)
+    result["drift"] = drift
+    report = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/drift.json")
+    s3.put_object(
+        Bucket=report.bucket,
+        Key=report.key,
+        Body=json.dumps(drift, indent=1).encode(),
+        ContentType="application/json",
+    )
+    result["report_uri"] = str(report)
+    for name, feature in drift["features"].items():
+        metrics.add_metadata(key=f"drift_{name}", value=feature["effect_size"])
+    metrics.add_metric(name="DriftDetected", unit=MetricUnit.Count, value=int(drift["drift_detected"]))
+    if drift["drift_detected"]:
+        drifted = drift["drifted_features"] + (["<target>"] if (drift["target"] or {}).get("drifted") else [])
+        result["decision"] = {"action": "train", "reason": f"drift in {', '.join(drifted)}"}
+    elif event.force:
+        result["decision"] = {"action": "train", "reason": "no drift, but the run was forced"}
+    else:
+        result["decision"] = _stop(
+            f"no drift: no column shifted significantly (alpha {model.drift.alpha}, {model.drift.correction})",
+            "no_drift",
+        )
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: Any) -> dict:
+    config = settings()
+    metrics.add_dimension(name="Model", value=config.model.name)
+    result = check_batch(parse(CheckEvent, event), config, client("s3"), client("sagemaker"))
+    logger.info("batch checked", extra={"decision": result["decision"]})
+    return result

@@ -1,0 +1,226 @@
+"""Every change refit makes to the serving endpoint: create, canary, status, verdict, promote, roll back, restore."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel, Field
+from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, variant
+from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
+
+from refit_handlers.common import Settings, client, parse, settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+FAILED_STATUSES = {"Failed", "UpdateRollbackFailed", "OutOfService"}
+
+
+class StartDeploy(BaseModel):
+    action: Literal["start"]
+    run_id: str
+    model_data_url: str
+    model_package_arn: str
+
+
+class EndpointStatus(BaseModel):
+    action: Literal["status"]
+    expected_config: str
+
+
+class CheckCanary(BaseModel):
+    action: Literal["check_canary"]
+    canary_started_at: str
+
+
+class Promote(BaseModel):
+    action: Literal["promote"]
+    run_id: str
+    challenger_model: str
+
+
+class Rollback(BaseModel):
+    action: Literal["rollback", "restore"]
+    previous_config: str | None = None
+
+
+class DeployEvent(BaseModel):
+    request: Annotated[StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback, Field(discriminator="action")]
+
+
+def _name(*parts: str) -> str:
+    return "-".join(parts)[:63].rstrip("-")
+
+
+def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    model = config.model
+    model_name = _name(model.name, event.run_id)
+    sagemaker.create_model(
+        ModelName=model_name,
+        ExecutionRoleArn=config.sagemaker_role_arn,
+        PrimaryContainer={
+            "Image": config.image_uri,
+            "ModelDataUrl": event.model_data_url,
+            "Environment": {PACKAGE_ENV: event.model_package_arn},
+        },
+        Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
+    )
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        config_name = _name(config.endpoint_name, event.run_id, "first")
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=config_name,
+            ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
+        )
+        sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+        return {
+            "mode": "create",
+            "previous_config": None,
+            "expected_config": config_name,
+            "challenger_model": model_name,
+        }
+    previous = current["EndpointConfigName"]
+    champion_model = next(
+        v["ModelName"]
+        for v in sagemaker.describe_endpoint_config(EndpointConfigName=previous)["ProductionVariants"]
+        if v["VariantName"] == CHAMPION
+    )
+    config_name = _name(config.endpoint_name, event.run_id, "canary")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=canary_variants(
+            champion_model, model_name, model.canary.weight, model.serving_instance_type
+        ),
+    )
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {
+        "mode": "canary",
+        "previous_config": previous,
+        "expected_config": config_name,
+        "challenger_model": model_name,
+        "canary_weight": model.canary.weight,
+    }
+
+
+def status(event: EndpointStatus, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """`ready` only when InService on the config we asked for: after an automatic rollback SageMaker also
+    reports InService, on the old config and often without a FailureReason."""
+    view = endpoint_view(sagemaker, config.endpoint_name)
+    if view is None:
+        return {"next": "failed", "reason": f"endpoint {config.endpoint_name} does not exist"}
+    if view["status"] in FAILED_STATUSES:
+        return {
+            "next": "failed",
+            "reason": f"endpoint is {view['status']}: {view.get('failure_reason')}",
+            **view,
+        }
+    if view["status"] != "InService":
+        return {"next": "wait", **view}
+    if view["config"] != event.expected_config:
+        return {
+            "next": "failed",
+            "reason": f"endpoint is InService on {view['config']}, not the requested {event.expected_config} "
+            "(SageMaker rolled the update back)",
+            **view,
+        }
+    view["canary_started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return {"next": "ready", **view}
+
+
+def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+    start_time = datetime.fromisoformat(event.canary_started_at) - timedelta(minutes=1)
+    end_time = datetime.now(UTC) + timedelta(minutes=1)
+    dimensions = [
+        {"Name": "EndpointName", "Value": config.endpoint_name},
+        {"Name": "VariantName", "Value": CHALLENGER},
+    ]
+
+    def statistic(metric: str, stat: str) -> list[float]:
+        response = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SageMaker",
+            MetricName=metric,
+            Dimensions=dimensions,
+            StartTime=start_time,
+            EndTime=end_time,
+            Period=60,
+            Statistics=[stat],
+        )
+        return [point[stat] for point in response["Datapoints"]]
+
+    invocations = sum(statistic("Invocations", "Sum"))
+    errors = sum(statistic("Invocation5XXErrors", "Sum"))
+    latencies = statistic("ModelLatency", "Maximum")  # SageMaker reports ModelLatency in microseconds
+    alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
+    alarm_state = alarms[0]["StateValue"] if alarms else None
+    return canary_verdict(
+        config.model.canary, invocations, errors, max(latencies) / 1000 if latencies else None, alarm_state
+    )
+
+
+def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    config_name = _name(config.endpoint_name, event.run_id, "final")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],
+    )
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {"expected_config": config_name}
+
+
+def rollback(event: Rollback, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """Cut the challenger's traffic at once, then return the endpoint to the config it had before the run."""
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        return {"expected_config": None, "changed": False}
+    if event.previous_config is None:
+        if event.action == "restore":
+            sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
+            return {"expected_config": None, "changed": True, "deleted": True}
+        return {"expected_config": current["EndpointConfigName"], "changed": False}
+    if current["EndpointConfigName"] == event.previous_config:
+        return {"expected_config": event.previous_config, "changed": False}
+    names = {v["VariantName"] for v in current.get("ProductionVariants", [])}
+    if current["EndpointStatus"] == "InService" and names == {CHAMPION, CHALLENGER}:
+        sagemaker.update_endpoint_weights_and_capacities(
+            EndpointName=config.endpoint_name,
+            DesiredWeightsAndCapacities=[
+                {"VariantName": CHAMPION, "DesiredWeight": 1.0},
+                {"VariantName": CHALLENGER, "DesiredWeight": 0.0},
+            ],
+        )
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=event.previous_config)
+    return {"expected_config": event.previous_config, "changed": True}
+
+
+def dispatch(request: Any, config: Settings) -> dict[str, Any]:
+    if isinstance(request, StartDeploy):
+        return start(request, config, client("sagemaker"))
+    if isinstance(request, EndpointStatus):
+        return status(request, config, client("sagemaker"))
+    if isinstance(request, CheckCanary):
+        return check_canary(request, config, client("cloudwatch"))
+    if isinstance(request, Promote):
+        return promote(request, config, client("sagemaker"))
+    return rollback(request, config, client("sagemaker"))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: Any) -> dict:
+    config = settings()
+    request = parse(DeployEvent, {"request": event}).request
+    result = dispatch(request, config)
+    if request.action in ("promote", "rollback"):
+        metrics.add_dimension(name="Model", value=config.model.name)
+        metrics.add_metric(
+            name="CanaryPromoted" if request.action == "promote" else "CanaryRolledBack",
+            unit=MetricUnit.Count,
+            value=1,
+        )
+    logger.info("endpoint action", extra={"action": request.action, "result": result})
+    return result

@@ -1,0 +1,112 @@
+"""Last state of every run: keep the batch as training data, write the audit record, publish the summary,
+release the lock. Runs on success, on a stop and after any caught failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from boto3.dynamodb.types import TypeSerializer
+from pydantic import BaseModel
+from refit_core.audit import format_summary, summarize_run
+from refit_core.champion import endpoint_view
+from refit_core.runs import run_id_from_execution, utc_now
+from refit_core.s3uri import S3Uri
+
+from refit_handlers.common import Settings, client, parse, settings, to_dynamodb
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class FinalizeEvent(BaseModel):
+    state: dict[str, Any]
+    execution_name: str
+    execution_started_at: str
+
+
+def keep_batch_for_training(s3: Any, config: Settings, state: dict[str, Any]) -> str | None:
+    """A batch that passed the quality gate becomes training data for later runs (after this run trained on it,
+    so its holdout rows were never seen by the challenger)."""
+    check = state.get("check") or {}
+    data_uri = check.get("data_uri")
+    if not data_uri or not (check.get("quality") or {}).get("passed"):
+        return None
+    source = S3Uri.parse(data_uri)
+    run_id = (state.get("run") or {}).get("run_id", "run")
+    target = S3Uri(config.data_bucket, f"{config.model.training_data_prefix}{run_id}-{source.key.rsplit('/', 1)[-1]}")
+    s3.copy_object(Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key})
+    return str(target)
+
+
+def release_lock(dynamodb: Any, table: str, model: str, run_id: str) -> None:
+    try:
+        dynamodb.delete_item(
+            TableName=table,
+            Key={"pk": {"S": model}, "sk": {"S": "lock"}},
+            ConditionExpression="#owner = :me",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":me": {"S": run_id}},
+        )
+    except dynamodb.exceptions.ConditionalCheckFailedException:
+        pass  # held by another run (this one was skipped) or already expired
+
+
+def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
+    state = event.state
+    problems: list[str] = []
+    kept = None
+    try:
+        kept = keep_batch_for_training(s3, config, state)
+    except Exception as error:  # the audit record must still be written
+        problems.append(f"could not keep the batch for training: {error}")
+    try:
+        endpoint = endpoint_view(sagemaker, config.endpoint_name)
+    except Exception as error:
+        endpoint = None
+        problems.append(f"could not read the endpoint: {error}")
+    record = summarize_run(
+        state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
+    )
+    record["kept_for_training"] = kept
+    record["problems"] = problems
+    serializer = TypeSerializer()
+    item = {key: serializer.serialize(value) for key, value in to_dynamodb(record).items()}
+    dynamodb.put_item(TableName=config.audit_table, Item=item)
+    subject, message = format_summary(record)
+    sns.publish(
+        TopicArn=config.topic_arn,
+        Subject=subject,
+        Message=message,
+        MessageAttributes={"status": {"DataType": "String", "StringValue": record["status"]}},
+    )
+    run_id = (state.get("run") or {}).get("run_id") or run_id_from_execution(event.execution_name)
+    if (state.get("run") or {}).get("proceed", True):
+        release_lock(dynamodb, config.audit_table, config.model.name, run_id)
+    return {
+        "status": record["status"],
+        "outcome": record["outcome"],
+        "message": record["message"],
+        "audit_key": {"pk": record["pk"], "sk": record["sk"]},
+    }
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: Any) -> dict:
+    config = settings()
+    result = finalize(
+        parse(FinalizeEvent, event),
+        config,
+        client("s3"),
+        client("dynamodb"),
+        client("sns"),
+        client("sagemaker"),
+    )
+    metrics.add_dimension(name="Model", value=config.model.name)
+    metrics.add_metric(name=f"Runs{result['status'].title()}", unit=MetricUnit.Count, value=1)
+    logger.info("run finished", extra=result)
+    return result

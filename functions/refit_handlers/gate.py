@@ -1,0 +1,162 @@
+"""Gate the challenger against the champion on the same holdout rows, then register it with its evidence."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+import pandas as pd
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel
+from refit_core.gate import GateInputError, decide
+from refit_core.s3uri import S3Uri
+
+from refit_handlers.common import Settings, client, parse, settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
+
+
+class GateEvent(BaseModel):
+    run_id: str
+    job_name: str
+    output_path: str
+    model_data_url: str
+    has_champion: bool
+
+
+class RegisterEvent(BaseModel):
+    run_id: str
+    trigger: str
+    data_uri: str
+    job_name: str
+    model_data_url: str
+    gate: dict[str, Any]
+    evaluation_uri: str
+    baseline_uri: str
+
+
+def read_training_outputs(s3: Any, output_path: str, job_name: str) -> dict[str, bytes]:
+    archive_uri = S3Uri.parse(output_path).join(job_name, "output", "output.tar.gz")
+    body = s3.get_object(Bucket=archive_uri.bucket, Key=archive_uri.key)["Body"].read()
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+        for member in archive.getmembers():
+            name = member.name.removeprefix("./")
+            if name in OUTPUT_FILES and member.isfile():
+                files[name] = archive.extractfile(member).read()
+    missing = [name for name in OUTPUT_FILES if name not in files]
+    if missing:
+        raise GateInputError(f"{archive_uri}: training output lacks {missing}")
+    return files
+
+
+def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
+    model = config.model
+    files = read_training_outputs(s3, event.output_path, event.job_name)
+    evaluation = json.loads(files["evaluation.json"])
+    for side in ("challenger",) + (("champion",) if event.has_champion else ()):
+        metrics_found = (evaluation.get("metrics") or {}).get(side) or {}
+        if model.primary_metric not in metrics_found:
+            raise GateInputError(
+                f"evaluation.json has no {side} value for the primary metric {model.primary_metric!r} "
+                f"(found: {sorted(metrics_found)})"
+            )
+    predictions = pd.read_csv(io.BytesIO(files["holdout_predictions.csv"]))
+    if event.has_champion and "champion" not in predictions.columns:
+        raise GateInputError("holdout_predictions.csv has no champion column although a champion is serving")
+    champion = predictions["champion"].to_numpy(dtype=float) if event.has_champion else None
+    decision = decide(
+        model.problem_type,
+        model.primary_metric,
+        model.metric_direction,
+        model.gate,
+        predictions["label"].to_numpy(dtype=float),
+        predictions["challenger"].to_numpy(dtype=float),
+        champion,
+        seed=model.seed,
+    )
+    decision = json.loads(json.dumps(decision, default=float))
+    decision["all_metrics"] = evaluation["metrics"]
+    run_prefix = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}")
+    baseline = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/baseline.json")
+    s3.put_object(Bucket=baseline.bucket, Key=baseline.key, Body=files["baseline.json"], ContentType="application/json")
+    evaluation_uri = run_prefix.join("evaluation.json")
+    s3.put_object(
+        Bucket=evaluation_uri.bucket,
+        Key=evaluation_uri.key,
+        Body=files["evaluation.json"],
+        ContentType="application/json",
+    )
+    gate_uri = run_prefix.join("gate.json")
+    s3.put_object(
+        Bucket=gate_uri.bucket,
+        Key=gate_uri.key,
+        Body=json.dumps(decision, indent=1).encode(),
+        ContentType="application/json",
+    )
+    decision.update(evaluation_uri=str(evaluation_uri), baseline_uri=str(baseline), gate_uri=str(gate_uri))
+    return decision
+
+
+def register(event: RegisterEvent, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """Every challenger is registered, approved or rejected, with what made it and why it was judged so."""
+    approval = "Approved" if event.gate.get("promote") else "Rejected"
+    challenger = event.gate.get("challenger")
+    champion = event.gate.get("champion")
+    metadata = {
+        "run_id": event.run_id,
+        "trigger": event.trigger,
+        "training_job": event.job_name,
+        "training_data": event.data_uri,
+        "baseline_uri": event.baseline_uri,
+        "evaluation_uri": event.evaluation_uri,
+        "primary_metric": config.model.primary_metric,
+        "challenger_value": f"{challenger:.6f}" if challenger is not None else "",
+        "champion_value": f"{champion:.6f}" if champion is not None else "",
+        "gate_test": str(event.gate.get("test")),
+        "gate_p_value": str(event.gate.get("p_value")),
+        "image": config.image_uri,
+    }
+    response = sagemaker.create_model_package(
+        ModelPackageGroupName=config.model_package_group,
+        ModelPackageDescription=str(event.gate.get("reason", ""))[:1000],
+        ModelApprovalStatus=approval,
+        InferenceSpecification={
+            "Containers": [{"Image": config.image_uri, "ModelDataUrl": event.model_data_url}],
+            "SupportedContentTypes": ["text/csv", "application/json"],
+            "SupportedResponseMIMETypes": ["text/csv", "application/json"],
+            "SupportedRealtimeInferenceInstanceTypes": [config.model.serving_instance_type],
+        },
+        ModelMetrics={
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": event.evaluation_uri}}
+        },
+        CustomerMetadataProperties={k: v[:256] for k, v in metadata.items() if v},
+    )
+    arn = response["ModelPackageArn"]
+    described = sagemaker.describe_model_package(ModelPackageName=arn)
+    return {"model_package_arn": arn, "version": described.get("ModelPackageVersion"), "approval": approval}
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def gate_handler(event: dict, context: Any) -> dict:
+    config = settings()
+    decision = gate(parse(GateEvent, event), config, client("s3"))
+    metrics.add_dimension(name="Model", value=config.model.name)
+    metrics.add_metric(name="ChallengerPromoted", unit=MetricUnit.Count, value=int(decision["promote"]))
+    logger.info("gate decided", extra={"promote": decision["promote"], "reason": decision["reason"]})
+    return decision
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def register_handler(event: dict, context: Any) -> dict:
+    return register(parse(RegisterEvent, event), settings(), client("sagemaker"))

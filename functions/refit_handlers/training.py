@@ -1,0 +1,88 @@
+"""Start the SageMaker training job (managed spot, checkpoints keyed by run) and poll it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel
+from refit_core.datasets import list_s3_objects
+from refit_core.s3uri import S3Uri
+from refit_core.training import summarize_job, training_job_request
+
+from refit_handlers.common import Settings, client, parse, settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class StartEvent(BaseModel):
+    run_id: str
+    data_uri: str
+    champion_model_uri: str | None = None
+    attempt: int = 1
+    spot: bool = True
+
+
+class PollEvent(BaseModel):
+    job_name: str
+    attempt: int = 1
+
+
+def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
+    model = config.model
+    earlier = S3Uri(config.data_bucket, model.training_data_prefix)
+    has_earlier = bool(list_s3_objects(s3, earlier))
+    spot = event.spot and model.spot.enabled
+    request = training_job_request(
+        model=model,
+        run_id=event.run_id,
+        attempt=event.attempt,
+        spot=spot,
+        image_uri=config.image_uri,
+        role_arn=config.sagemaker_role_arn,
+        batch_uri=event.data_uri,
+        earlier_data_uri=str(earlier) if has_earlier else None,
+        champion_model_uri=event.champion_model_uri,
+        artifact_bucket=config.artifact_bucket,
+    )
+    sagemaker.create_training_job(**request)
+    logger.info("training job started", extra={"job": request["TrainingJobName"], "spot": spot})
+    return {"job_name": request["TrainingJobName"], "attempt": event.attempt, "spot": spot, "next": "wait"}
+
+
+def poll_training(event: PollEvent, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    description = sagemaker.describe_training_job(TrainingJobName=event.job_name)
+    price = config.instance_prices[config.model.training_instance_type]
+    summary = summarize_job(description, price, config.model.spot.fallback_to_on_demand)
+    summary["attempts"] = event.attempt
+    summary["attempt"] = event.attempt
+    return summary
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def start_handler(event: dict, context: Any) -> dict:
+    config = settings()
+    return start_training(parse(StartEvent, event), config, client("s3"), client("sagemaker"))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def poll_handler(event: dict, context: Any) -> dict:
+    config = settings()
+    summary = poll_training(parse(PollEvent, event), config, client("sagemaker"))
+    if summary["next"] in ("done", "failed", "fallback"):
+        metrics.add_dimension(name="Model", value=config.model.name)
+        if summary["billable_seconds"] is not None:
+            metrics.add_metric(
+                name="TrainingBillableSeconds", unit=MetricUnit.Seconds, value=summary["billable_seconds"]
+            )
+        if summary["estimated_cost_usd"] is not None:
+            metrics.add_metric(name="TrainingCostUSD", unit=MetricUnit.NoUnit, value=summary["estimated_cost_usd"])
+        logger.info("training job finished", extra={"summary": summary})
+    return summary

@@ -1,0 +1,85 @@
+"""The refit stack: shared storage and SageMaker access, then one pipeline per configured model."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+from refit_core.config import ModelConfig, RefitConfig
+
+from stacks.nag import acknowledge_findings
+from stacks.retrain_functions import RetrainFunctions
+from stacks.retrain_state_machine import RetrainStateMachine
+from stacks.sagemaker_access import SageMakerAccess
+from stacks.storage import Storage
+from stacks.triggers import Triggers
+
+
+class ModelPipeline(Construct):
+    """Everything one model needs: registry group, Lambdas, state machine, triggers and alarms."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        config: RefitConfig,
+        storage: Storage,
+        sagemaker_access: SageMakerAccess,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.endpoint_name = f"{config.project}-{model.name}"
+        canary_alarm_name = f"{config.project}-{model.name}-canary"
+        self.package_group = sagemaker.CfnModelPackageGroup(
+            self,
+            "ModelPackageGroup",
+            model_package_group_name=f"{config.project}-{model.name}",
+            model_package_group_description=f"refit challengers for {model.name}, approved and rejected",
+        )
+        self.functions = RetrainFunctions(
+            self,
+            "Functions",
+            model=model,
+            storage=storage,
+            sagemaker=sagemaker_access,
+            endpoint_name=self.endpoint_name,
+            package_group_name=self.package_group.model_package_group_name,
+            canary_alarm_name=canary_alarm_name,
+            instance_prices=config.instance_prices_usd_per_hour,
+        )
+        self.retrain = RetrainStateMachine(self, "Retrain", model=model, functions=self.functions)
+        self.triggers = Triggers(
+            self,
+            "Triggers",
+            model=model,
+            storage=storage,
+            state_machine=self.retrain.state_machine,
+            endpoint_name=self.endpoint_name,
+            canary_alarm_name=canary_alarm_name,
+        )
+        CfnOutput(self, "StateMachineArn", value=self.retrain.state_machine.state_machine_arn)
+        CfnOutput(self, "EndpointName", value=self.endpoint_name)
+
+
+class RefitStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, config: RefitConfig, **kwargs) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.storage = Storage(self, "Storage", notification_email=config.notification_email)
+        self.sagemaker_access = SageMakerAccess(self, "SageMaker", storage=self.storage)
+        self.pipelines = {
+            model.name: ModelPipeline(
+                self,
+                f"Model-{model.name}",
+                model=model,
+                config=config,
+                storage=self.storage,
+                sagemaker_access=self.sagemaker_access,
+            )
+            for model in config.models
+        }
+        CfnOutput(self, "DataBucket", value=self.storage.data_bucket.bucket_name)
+        CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
+        CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)
+        CfnOutput(self, "SummaryTopic", value=self.storage.topic.topic_arn)
+        acknowledge_findings(self, self.storage, list(self.pipelines.values()))

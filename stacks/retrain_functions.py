@@ -1,0 +1,185 @@
+"""The Lambdas of one model's retrain loop: one image, one handler each, a least-privilege role each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+from refit_core.config import ModelConfig
+
+from stacks.sagemaker_access import SageMakerAccess
+from stacks.storage import Storage
+
+FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    handler: str
+    memory_mb: int
+    timeout_seconds: int
+
+
+SPECS = {
+    "Prepare": FunctionSpec("refit_handlers.prepare.handler", 512, 60),
+    "CheckBatch": FunctionSpec("refit_handlers.check_batch.handler", 3008, 600),
+    "StartTraining": FunctionSpec("refit_handlers.training.start_handler", 512, 60),
+    "PollTraining": FunctionSpec("refit_handlers.training.poll_handler", 512, 60),
+    "Gate": FunctionSpec("refit_handlers.gate.gate_handler", 2048, 600),
+    "Register": FunctionSpec("refit_handlers.gate.register_handler", 512, 60),
+    "Deploy": FunctionSpec("refit_handlers.deploy.handler", 512, 120),
+    "Finalize": FunctionSpec("refit_handlers.finalize.handler", 512, 120),
+}
+
+
+class RetrainFunctions(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        storage: Storage,
+        sagemaker: SageMakerAccess,
+        endpoint_name: str,
+        package_group_name: str,
+        canary_alarm_name: str,
+        instance_prices: dict[str, float],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        arn = f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}"
+        environment = {
+            "REFIT_MODEL_CONFIG": model.to_json(),
+            "REFIT_DATA_BUCKET": storage.data_bucket.bucket_name,
+            "REFIT_ARTIFACT_BUCKET": storage.artifact_bucket.bucket_name,
+            "REFIT_AUDIT_TABLE": storage.audit_table.table_name,
+            "REFIT_TOPIC_ARN": storage.topic.topic_arn,
+            "REFIT_ENDPOINT_NAME": endpoint_name,
+            "REFIT_MODEL_PACKAGE_GROUP": package_group_name,
+            "REFIT_SAGEMAKER_ROLE_ARN": sagemaker.role.role_arn,
+            "REFIT_IMAGE_URI": sagemaker.image.image_uri,
+            "REFIT_CANARY_ALARM": canary_alarm_name,
+            "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
+            "POWERTOOLS_METRICS_NAMESPACE": "Refit",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+        }
+        self.model = model
+        self.functions: dict[str, lambda_.Function] = {}
+        for name, spec in SPECS.items():
+            log_group = logs.LogGroup(
+                self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+            )
+            role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+            log_group.grant_write(role)
+            self.functions[name] = lambda_.DockerImageFunction(
+                self,
+                name,
+                code=lambda_.DockerImageCode.from_image_asset(
+                    str(FUNCTIONS_DIR), cmd=[spec.handler], exclude=["**/__pycache__", "**/*.pyc"]
+                ),
+                role=role,
+                memory_size=spec.memory_mb,
+                timeout=Duration.seconds(spec.timeout_seconds),
+                architecture=lambda_.Architecture.X86_64,
+                tracing=lambda_.Tracing.ACTIVE,
+                log_group=log_group,
+                environment={**environment, "POWERTOOLS_SERVICE_NAME": f"refit-{model.name}-{name.lower()}"},
+                description=f"refit {model.name}: {name}",
+            )
+        f = self.functions
+        key = storage.key
+        for fn in f.values():
+            key.grant_encrypt_decrypt(fn)
+
+        storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
+        storage.audit_table.grant(f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem")
+
+        storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
+        storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
+
+        storage.data_bucket.grant_read(f["StartTraining"], f"{model.training_data_prefix}*")
+        f["StartTraining"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],
+                resources=[f"{arn}:training-job/{model.name}-*"],
+            )
+        )
+        sagemaker.role.grant_pass_role(f["StartTraining"])
+        sagemaker.role.grant_pass_role(f["Deploy"])
+        f["PollTraining"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:DescribeTrainingJob"], resources=[f"{arn}:training-job/{model.name}-*"]
+            )
+        )
+        storage.artifact_bucket.grant_read(f["Gate"], f"training/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")
+        f["Register"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"],
+                resources=[
+                    f"{arn}:model-package-group/{package_group_name}",
+                    f"{arn}:model-package/{package_group_name}/*",
+                ],
+            )
+        )
+        endpoint_reads = iam.PolicyStatement(
+            actions=[
+                "sagemaker:DescribeEndpoint",
+                "sagemaker:DescribeEndpointConfig",
+                "sagemaker:DescribeModel",
+                "sagemaker:DescribeModelPackage",
+            ],
+            resources=[
+                f"{arn}:endpoint/{endpoint_name}",
+                f"{arn}:endpoint-config/{endpoint_name}-*",
+                f"{arn}:model/{model.name}-*",
+                f"{arn}:model-package/{package_group_name}/*",
+            ],
+        )
+        for reader in ("CheckBatch", "Deploy", "Finalize"):
+            f[reader].add_to_role_policy(endpoint_reads)
+        f["Deploy"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "sagemaker:CreateModel",
+                    "sagemaker:CreateEndpointConfig",
+                    "sagemaker:CreateEndpoint",
+                    "sagemaker:UpdateEndpoint",
+                    "sagemaker:UpdateEndpointWeightsAndCapacities",
+                    "sagemaker:DeleteEndpoint",
+                    "sagemaker:AddTags",
+                ],
+                resources=[
+                    f"{arn}:endpoint/{endpoint_name}",
+                    f"{arn}:endpoint-config/{endpoint_name}-*",
+                    f"{arn}:model/{model.name}-*",
+                ],
+            )
+        )
+        f["Deploy"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:DescribeAlarms"],
+                resources=[
+                    f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{canary_alarm_name}"
+                ],
+            )
+        )
+        f["Deploy"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:GetMetricStatistics"],
+                resources=["*"],  # GetMetricStatistics has no resource-level permissions
+            )
+        )
+        storage.data_bucket.grant_read(f["Finalize"], f"{model.new_data_prefix}*")
+        storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
+        storage.audit_table.grant(f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem")
+        storage.topic.grant_publish(f["Finalize"])

@@ -1,0 +1,296 @@
+"""The retrain run as a Step Functions state machine.
+
+Only constructs that both AWS and the local interpreter execute the same way: Lambda tasks, Pass,
+Choice on plain paths, Wait, Fail/Succeed, and Catch into the one Finalize state, so every run ends
+with an audit record. SageMaker `.sync` integrations are avoided on purpose: training and endpoint
+changes are polled by Lambdas with Wait loops.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+from refit_core.config import ModelConfig
+
+from stacks.retrain_functions import RetrainFunctions
+
+TRAINING_POLL_SECONDS = 60
+ENDPOINT_POLL_SECONDS = 30
+ALL_ERRORS = ["States.ALL"]
+
+
+class RetrainStateMachine(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, model: ModelConfig, functions: RetrainFunctions) -> None:
+        super().__init__(scope, construct_id)
+        fn = functions.functions
+
+        def invoke(name: str, function: str, payload: dict, result_path: str) -> tasks.LambdaInvoke:
+            return tasks.LambdaInvoke(
+                self,
+                name,
+                lambda_function=fn[function],
+                payload=sfn.TaskInput.from_object(payload),
+                payload_response_only=True,
+                result_path=result_path,
+                retry_on_service_exceptions=True,
+            )
+
+        finalize = invoke(
+            "Finalize",
+            "Finalize",
+            {
+                "state.$": "$",
+                "execution_name.$": "$$.Execution.Name",
+                "execution_started_at.$": "$$.Execution.StartTime",
+            },
+            "$.final",
+        )
+        run_failed = sfn.Fail(
+            self, "Run failed", error="RefitRunFailed", cause="See the run's audit record and summary"
+        )
+        finalize.next(
+            sfn.Choice(self, "Run status?")
+            .when(sfn.Condition.string_equals("$.final.status", "FAILED"), run_failed)
+            .otherwise(sfn.Succeed(self, "Run finished"))
+        )
+
+        def catch_to(state: tasks.LambdaInvoke, handler: sfn.IChainable) -> tasks.LambdaInvoke:
+            state.add_catch(handler, errors=ALL_ERRORS, result_path="$.error")
+            return state
+
+        prepare = catch_to(
+            invoke("Prepare", "Prepare", {"payload.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.run"), finalize
+        )
+        keep_run = sfn.Pass(self, "Keep run context", parameters={"run.$": "$.run"})
+        check = catch_to(
+            invoke(
+                "Check batch",
+                "CheckBatch",
+                {
+                    "run_id.$": "$.run.run_id",
+                    "data_uri.$": "$.run.data_uri",
+                    "force.$": "$.run.force",
+                    "no_data.$": "$.run.no_data",
+                },
+                "$.check",
+            ),
+            finalize,
+        )
+
+        start_spot = catch_to(
+            invoke(
+                "Start training",
+                "StartTraining",
+                {
+                    "run_id.$": "$.run.run_id",
+                    "data_uri.$": "$.check.data_uri",
+                    "champion_model_uri.$": "$.check.champion_model_uri",
+                    "attempt": 1,
+                    "spot": True,
+                },
+                "$.training",
+            ),
+            finalize,
+        )
+        start_on_demand = catch_to(
+            invoke(
+                "Start on-demand training",
+                "StartTraining",
+                {
+                    "run_id.$": "$.run.run_id",
+                    "data_uri.$": "$.check.data_uri",
+                    "champion_model_uri.$": "$.check.champion_model_uri",
+                    "attempt.$": "States.MathAdd($.training.attempt, 1)",
+                    "spot": False,
+                },
+                "$.training",
+            ),
+            finalize,
+        )
+        wait_training = sfn.Wait(
+            self, "Wait for training", time=sfn.WaitTime.duration(Duration.seconds(TRAINING_POLL_SECONDS))
+        )
+        poll_training = catch_to(
+            invoke(
+                "Poll training",
+                "PollTraining",
+                {"job_name.$": "$.training.job_name", "attempt.$": "$.training.attempt"},
+                "$.training",
+            ),
+            finalize,
+        )
+        gate = catch_to(
+            invoke(
+                "Gate challenger",
+                "Gate",
+                {
+                    "run_id.$": "$.run.run_id",
+                    "job_name.$": "$.training.job_name",
+                    "output_path.$": "$.training.output_path",
+                    "model_data_url.$": "$.training.model_data_url",
+                    "has_champion.$": "$.check.has_champion",
+                },
+                "$.gate",
+            ),
+            finalize,
+        )
+        register = catch_to(
+            invoke(
+                "Register challenger",
+                "Register",
+                {
+                    "run_id.$": "$.run.run_id",
+                    "trigger.$": "$.run.trigger",
+                    "data_uri.$": "$.check.data_uri",
+                    "job_name.$": "$.training.job_name",
+                    "model_data_url.$": "$.training.model_data_url",
+                    "gate.$": "$.gate",
+                    "evaluation_uri.$": "$.gate.evaluation_uri",
+                    "baseline_uri.$": "$.gate.baseline_uri",
+                },
+                "$.registry",
+            ),
+            finalize,
+        )
+
+        restore = invoke(
+            "Restore endpoint",
+            "Deploy",
+            {"action": "restore", "previous_config.$": "$.check.champion_config"},
+            "$.restore",
+        )
+        restore.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+        restore.next(finalize)
+
+        def endpoint_wait_loop(label: str, expected_path: str, on_ready: sfn.IChainable) -> sfn.Wait:
+            wait = sfn.Wait(
+                self,
+                f"Wait for endpoint ({label})",
+                time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS)),
+            )
+            status = catch_to(
+                invoke(
+                    f"Endpoint status ({label})",
+                    "Deploy",
+                    {"action": "status", "expected_config.$": expected_path},
+                    "$.endpoint",
+                ),
+                restore,
+            )
+            failed = sfn.Pass(
+                self,
+                f"Endpoint failed ({label})",
+                parameters={"Error": "EndpointUpdateFailed", "Cause.$": "$.endpoint.reason"},
+                result_path="$.error",
+            ).next(restore)
+            wait.next(status).next(
+                sfn.Choice(self, f"Endpoint ready? ({label})")
+                .when(sfn.Condition.string_equals("$.endpoint.next", "wait"), wait)
+                .when(sfn.Condition.string_equals("$.endpoint.next", "failed"), failed)
+                .otherwise(on_ready)
+            )
+            return wait
+
+        promote = catch_to(
+            invoke(
+                "Promote challenger",
+                "Deploy",
+                {"action": "promote", "run_id.$": "$.run.run_id", "challenger_model.$": "$.deploy.challenger_model"},
+                "$.promotion",
+            ),
+            restore,
+        )
+        promote.next(endpoint_wait_loop("promotion", "$.promotion.expected_config", finalize))
+        rollback = catch_to(
+            invoke(
+                "Roll back canary",
+                "Deploy",
+                {"action": "rollback", "previous_config.$": "$.deploy.previous_config"},
+                "$.rollback",
+            ),
+            restore,
+        )
+        rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
+        bake = sfn.Wait(self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds)))
+        check_canary = catch_to(
+            invoke(
+                "Check canary",
+                "Deploy",
+                {"action": "check_canary", "canary_started_at.$": "$.endpoint.canary_started_at"},
+                "$.canary",
+            ),
+            rollback,
+        )
+        bake.next(check_canary).next(
+            sfn.Choice(self, "Canary healthy?")
+            .when(sfn.Condition.boolean_equals("$.canary.healthy", True), promote)
+            .otherwise(rollback)
+        )
+        after_deploy = (
+            sfn.Choice(self, "First deployment?")
+            .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
+            .otherwise(bake)
+        )
+        deploy = catch_to(
+            invoke(
+                "Deploy challenger",
+                "Deploy",
+                {
+                    "action": "start",
+                    "run_id.$": "$.run.run_id",
+                    "model_data_url.$": "$.training.model_data_url",
+                    "model_package_arn.$": "$.registry.model_package_arn",
+                },
+                "$.deploy",
+            ),
+            restore,
+        )
+        deploy.next(endpoint_wait_loop("deploy", "$.deploy.expected_config", after_deploy))
+
+        definition = (
+            sfn.Chain.start(prepare)
+            .next(keep_run)
+            .next(
+                sfn.Choice(self, "Lock acquired?")
+                .when(sfn.Condition.boolean_equals("$.run.proceed", False), finalize)
+                .otherwise(
+                    check.next(
+                        sfn.Choice(self, "Train?")
+                        .when(sfn.Condition.string_equals("$.check.decision.action", "train"), start_spot)
+                        .otherwise(finalize)
+                    )
+                )
+            )
+        )
+        start_spot.next(wait_training)
+        start_on_demand.next(wait_training)
+        wait_training.next(poll_training).next(
+            sfn.Choice(self, "Training finished?")
+            .when(sfn.Condition.string_equals("$.training.next", "wait"), wait_training)
+            .when(sfn.Condition.string_equals("$.training.next", "fallback"), start_on_demand)
+            .when(
+                sfn.Condition.string_equals("$.training.next", "done"),
+                gate.next(register).next(
+                    sfn.Choice(self, "Promote?")
+                    .when(sfn.Condition.boolean_equals("$.gate.promote", True), deploy)
+                    .otherwise(finalize)
+                ),
+            )
+            .otherwise(finalize)
+        )
+
+        log_group = logs.LogGroup(
+            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=f"refit-{model.name}",
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            timeout=Duration.hours(24),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+        )

@@ -1,0 +1,110 @@
+"""What starts a run (schedule, new data, quality alarm; manual starts need nothing) and the canary alarm."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+from refit_core.canary import CHALLENGER
+from refit_core.config import ModelConfig
+
+from stacks.storage import Storage
+
+COMPARISONS = {
+    "LessThanThreshold": cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+    "GreaterThanThreshold": cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+}
+
+
+class Triggers(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        storage: Storage,
+        state_machine: sfn.IStateMachine,
+        endpoint_name: str,
+        canary_alarm_name: str,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        target = targets.SfnStateMachine(state_machine)
+        self.new_data_rule = events.Rule(
+            self,
+            "NewData",
+            description=f"refit {model.name}: a new batch under s3://<data>/{model.new_data_prefix}",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={
+                    "bucket": {"name": [storage.data_bucket.bucket_name]},
+                    "object": {"key": [{"prefix": model.new_data_prefix}]},
+                },
+            ),
+            targets=[target],
+        )
+        self.schedule_rule = None
+        if model.schedule:
+            self.schedule_rule = events.Rule(
+                self,
+                "Schedule",
+                description=f"refit {model.name}: scheduled drift check",
+                schedule=events.Schedule.expression(model.schedule),
+                targets=[target],
+            )
+        self.quality_alarm = None
+        self.quality_alarm_rule = None
+        if model.quality_alarm:
+            settings = model.quality_alarm
+            self.quality_alarm = cloudwatch.Alarm(
+                self,
+                "QualityAlarm",
+                alarm_name=f"refit-{model.name}-quality",
+                alarm_description=f"refit {model.name}: model quality dropped; starts a retrain",
+                metric=cloudwatch.Metric(
+                    namespace="Refit",
+                    metric_name=settings.metric_name,
+                    dimensions_map={"Model": model.name},
+                    period=Duration.seconds(settings.period_seconds),
+                    statistic="Average",
+                ),
+                threshold=settings.threshold,
+                comparison_operator=COMPARISONS[settings.comparison],
+                evaluation_periods=settings.evaluation_periods,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
+            self.quality_alarm_rule = events.Rule(
+                self,
+                "QualityAlarmState",
+                description=f"refit {model.name}: quality alarm went to ALARM",
+                event_pattern=events.EventPattern(
+                    source=["aws.cloudwatch"],
+                    detail_type=["CloudWatch Alarm State Change"],
+                    resources=[self.quality_alarm.alarm_arn],
+                    detail={"state": {"value": ["ALARM"]}},
+                ),
+                targets=[target],
+            )
+        # Any 5XX from the challenger variant during a bake fails the canary; a quiet canary is caught by
+        # the minimum-invocations rule in the canary check, not by this alarm (missing data does not breach).
+        self.canary_alarm = cloudwatch.Alarm(
+            self,
+            "CanaryAlarm",
+            alarm_name=canary_alarm_name,
+            alarm_description=f"refit {model.name}: the challenger variant returns 5XX errors",
+            metric=cloudwatch.Metric(
+                namespace="AWS/SageMaker",
+                metric_name="Invocation5XXErrors",
+                dimensions_map={"EndpointName": endpoint_name, "VariantName": CHALLENGER},
+                period=Duration.minutes(1),
+                statistic="Sum",
+            ),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )

@@ -1,0 +1,165 @@
+"""`serve`: SageMaker inference contract on port 8080 (GET /ping, POST /invocations).
+
+Loads the model once at start; /ping answers 200 only when it is loaded. Bad requests get a 4xx
+with a message naming the problem, never a 500 for the client's mistake.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+
+from refit_training.paths import OptMl
+from refit_training.train import METADATA_FILE, MODEL_FILE
+
+MAX_REQUEST_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+log = logging.getLogger("refit.serve")
+
+
+class BadRequest(ValueError):
+    pass
+
+
+class LoadedModel:
+    def __init__(self, model_dir: Path) -> None:
+        if not (model_dir / MODEL_FILE).exists():
+            archive = model_dir / "model.tar.gz"
+            if archive.exists():
+                with tarfile.open(archive) as tar:
+                    tar.extractall(model_dir, filter="data")
+        self.pipeline = joblib.load(model_dir / MODEL_FILE)
+        metadata = json.loads((model_dir / METADATA_FILE).read_text())
+        self.features: list[str] = metadata["features"]
+        self.problem_type: str = metadata["problem_type"]
+
+    def frame(self, body: bytes, content_type: str) -> pd.DataFrame:
+        if content_type.startswith("text/csv"):
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("the CSV body is not UTF-8") from None
+            first = text.split("\n", 1)[0].split(",")
+            has_header = [c.strip() for c in first] == self.features
+            try:
+                frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+                raise BadRequest(f"malformed CSV: {error}") from None
+            if frame.shape[1] != len(self.features):
+                raise BadRequest(
+                    f"each CSV row needs {len(self.features)} values ({', '.join(self.features)}), got {frame.shape[1]}"
+                )
+            frame.columns = self.features
+            return frame
+        if content_type.startswith("application/json"):
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise BadRequest(f"malformed JSON: {error}") from None
+            rows = payload.get("instances", payload.get("records")) if isinstance(payload, dict) else payload
+            if not isinstance(rows, list) or not rows:
+                raise BadRequest('JSON must be {"instances": [...]} or {"records": [...]} with at least one row')
+            if all(isinstance(r, dict) for r in rows):
+                missing = sorted(set(self.features) - set().union(*rows))
+                if missing:
+                    raise BadRequest(f"records lack the features {missing}")
+                return pd.DataFrame(rows)[self.features]
+            if all(isinstance(r, list) and len(r) == len(self.features) for r in rows):
+                return pd.DataFrame(rows, columns=self.features)
+            raise BadRequest(f"each instance must be a list of {len(self.features)} values or a record object")
+        raise BadRequest(f"unsupported content type {content_type!r}; use text/csv or application/json")
+
+    def predict(self, frame: pd.DataFrame) -> dict[str, list[Any]]:
+        try:
+            if self.problem_type == "binary_classification":
+                probabilities = self.pipeline.predict_proba(frame)[:, 1]
+                return {
+                    "predictions": [int(p >= 0.5) for p in probabilities],
+                    "probabilities": [float(p) for p in probabilities],
+                }
+            return {"predictions": [float(v) for v in self.pipeline.predict(frame)]}
+        except (ValueError, TypeError) as error:
+            raise BadRequest(f"the rows cannot be scored: {error}") from None
+
+
+def render(result: dict[str, list[Any]], accept: str) -> tuple[bytes, str]:
+    if "text/csv" in accept and "application/json" not in accept:
+        columns = [result["predictions"]] + ([result["probabilities"]] if "probabilities" in result else [])
+        lines = [",".join(str(v) for v in row) for row in zip(*columns, strict=True)]
+        return ("\n".join(lines) + "\n").encode(), "text/csv"
+    return json.dumps(result).encode(), "application/json"
+
+
+def make_handler(model: LoadedModel) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            log.info(json.dumps({"client": self.client_address[0], "request": format % args}))
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, json.dumps({"error": message}).encode())
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            if self.path == "/ping":
+                self._send(HTTPStatus.OK, b'{"status":"ok"}')
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+            if self.path != "/invocations":
+                self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_REQUEST_BYTES} bytes")
+                return
+            body = self.rfile.read(length)
+            if not body:
+                self._error(HTTPStatus.BAD_REQUEST, "empty request body")
+                return
+            try:
+                frame = model.frame(body, self.headers.get("Content-Type", "text/csv"))
+                payload, content_type = render(model.predict(frame), self.headers.get("Accept", "application/json"))
+            except BadRequest as error:
+                self._error(HTTPStatus.BAD_REQUEST, str(error))
+                return
+            self._send(HTTPStatus.OK, payload, content_type)
+
+    return Handler
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    model = LoadedModel(Path(os.environ.get("SM_MODEL_DIR", str(OptMl.from_env().model))))
+    port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+    host = os.environ.get("REFIT_SERVE_HOST", "0.0.0.0")
+    server = ThreadingHTTPServer((host, port), make_handler(model))
+    log.info(json.dumps({"event": "serving", "host": host, "port": server.server_address[1]}))
+    print(f"refit-serve listening on {host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""`train`: SageMaker training entrypoint.
+
+Channels: `current` (the new batch; part of it is the holdout both models are judged on), `train`
+(earlier accepted data, optional), `champion` (the serving model's model.tar.gz, optional).
+Writes /opt/ml/model (model.joblib, baseline.json, evaluation.json) and /opt/ml/output/data
+(evaluation.json, holdout_predictions.csv). Any error: a reason in /opt/ml/output/failure, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from refit_core.datasets import read_table, stable_row_hash
+from refit_core.metrics import compute_metrics
+from refit_core.profile import build_profile, dumps_profile
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from refit_training.paths import OptMl
+
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "metadata.json"
+
+
+class TrainingError(RuntimeError):
+    """A reason the job cannot produce a model; written to /opt/ml/output/failure."""
+
+
+def load_hyperparameters(opt: OptMl) -> dict[str, Any]:
+    """SageMaker passes every hyperparameter as a string; refit sends one JSON-encoded `config` value."""
+    try:
+        raw = json.loads(opt.hyperparameters.read_text())
+        return json.loads(raw["config"])
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        raise TrainingError(f"hyperparameters.json must hold a JSON 'config' value ({error})") from None
+
+
+def _read_channel(opt: OptMl, name: str) -> pd.DataFrame | None:
+    folder = opt.channel(name)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    return read_table(str(folder))
+
+
+def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deterministic by row content: the same batch always yields the same holdout rows."""
+    hashes = stable_row_hash(frame) ^ np.uint64(seed)
+    position = (hashes % np.uint64(1_000_000)).astype(float) / 1_000_000
+    holdout = position < fraction
+    return frame[~holdout], frame[holdout]
+
+
+def build_pipeline(config: dict[str, Any], features: pd.DataFrame) -> Pipeline:
+    categorical = [
+        c for c in features.columns if c in set(config["categorical_columns"]) or features[c].dtype == object
+    ]
+    numeric = [c for c in features.columns if c not in categorical]
+    preprocess = ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric,
+            ),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            ),
+        ]
+    )
+    if config["problem_type"] == "binary_classification":
+        estimator = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=config["seed"])
+    else:
+        estimator = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, random_state=config["seed"])
+    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+
+
+def predict_scores(model: Pipeline, problem_type: str, features: pd.DataFrame) -> np.ndarray:
+    if problem_type == "binary_classification":
+        return model.predict_proba(features)[:, 1]
+    return model.predict(features)
+
+
+def feature_columns(config: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in (config["target"], config.get("id_column"))]
+
+
+def load_champion(opt: OptMl, scratch: Path) -> tuple[Pipeline, dict[str, Any]] | None:
+    folder = opt.channel("champion")
+    archives = sorted(folder.glob("*.tar.gz")) if folder.is_dir() else []
+    if not archives:
+        return None
+    with tarfile.open(archives[0]) as archive:
+        archive.extractall(scratch, filter="data")
+    metadata = json.loads((scratch / METADATA_FILE).read_text())
+    return joblib.load(scratch / MODEL_FILE), metadata
+
+
+def run(opt: OptMl) -> dict[str, Any]:
+    started = time.monotonic()
+    config = load_hyperparameters(opt)
+    target = config["target"]
+    current = _read_channel(opt, "current")
+    if current is None:
+        raise TrainingError("the 'current' channel is empty: there is no batch to train and judge on")
+    if target not in current.columns:
+        raise TrainingError(f"target column {target!r} is missing from the current batch")
+    earlier = _read_channel(opt, "train")
+    current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
+    training = pd.concat([earlier, current_train], ignore_index=True) if earlier is not None else current_train
+    training = training.dropna(subset=[target])
+    holdout = holdout.dropna(subset=[target])
+    if len(training) < 20 or len(holdout) < 20:
+        raise TrainingError(f"too little labelled data: {len(training)} training rows, {len(holdout)} holdout rows")
+    if config["problem_type"] == "binary_classification" and training[target].nunique() < 2:
+        raise TrainingError(f"target {target!r} has a single class in the training data")
+
+    features = feature_columns(config, training)
+    print(
+        f"refit: training on {len(training)} rows, {len(features)} features; holdout {len(holdout)} rows",
+        flush=True,
+    )
+    model = build_pipeline(config, training[features])
+    model.fit(training[features], training[target])
+    y_true = holdout[target].to_numpy(dtype=float)
+    challenger_scores = predict_scores(model, config["problem_type"], holdout[features])
+    metrics = compute_metrics(config["metrics"], y_true, challenger_scores)
+    for name, value in metrics.items():
+        print(f"refit:holdout:{name}={value:.6f}", flush=True)
+
+    predictions = pd.DataFrame(
+        {"row_id": stable_row_hash(holdout).astype(str), "label": y_true, "challenger": challenger_scores}
+    )
+    evaluation: dict[str, Any] = {
+        "format": "refit.evaluation/1",
+        "problem_type": config["problem_type"],
+        "metrics": {"challenger": metrics, "champion": None},
+        "n_train": int(len(training)),
+        "n_holdout": int(len(holdout)),
+        "features": features,
+        "champion_version": None,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        champion = load_champion(opt, Path(scratch))
+        if champion is not None:
+            champion_model, champion_metadata = champion
+            champion_scores = predict_scores(
+                champion_model, config["problem_type"], holdout[champion_metadata["features"]]
+            )
+            predictions["champion"] = champion_scores
+            evaluation["metrics"]["champion"] = compute_metrics(config["metrics"], y_true, champion_scores)
+            evaluation["champion_version"] = champion_metadata.get("trained_at_run")
+
+    opt.model.mkdir(parents=True, exist_ok=True)
+    opt.output_data.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, opt.model / MODEL_FILE)
+    metadata = {
+        "features": features,
+        "problem_type": config["problem_type"],
+        "target": target,
+        "trained_at_run": config.get("run_id"),
+    }
+    (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
+    profile = build_profile(
+        training, target=target, categorical=config["categorical_columns"], id_column=config.get("id_column")
+    )
+    (opt.model / "baseline.json").write_text(dumps_profile(profile))
+    evaluation["training_seconds"] = round(time.monotonic() - started, 3)
+    for folder in (opt.model, opt.output_data):
+        (folder / "evaluation.json").write_text(json.dumps(evaluation, sort_keys=True, indent=1))
+    predictions.to_csv(opt.output_data / "holdout_predictions.csv", index=False)
+    (opt.output_data / "baseline.json").write_text(dumps_profile(profile))
+    print(f"refit: done in {evaluation['training_seconds']} s", flush=True)
+    return evaluation
+
+
+def main() -> int:
+    opt = OptMl.from_env()
+    try:
+        run(opt)
+        return 0
+    except Exception as error:  # every failure must leave a reason for DescribeTrainingJob
+        reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+        opt.failure.parent.mkdir(parents=True, exist_ok=True)
+        opt.failure.write_text(reason[:1000])
+        print(f"refit: training failed: {reason}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
