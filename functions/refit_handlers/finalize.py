@@ -108,5 +108,5 @@ def handler(event: dict, context: Any) -> dict:
     )
     metrics.add_dimension(name="Model", value=config.model.name)
     metrics.add_metric(name=f"Runs{result['status'].title()}", unit=MetricUnit.Count, value=1)
-    logger.info("run finished", extra=result)
+    logger.info("run finished", extra={"result": result})
     return result

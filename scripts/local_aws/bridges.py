@@ -1,0 +1,590 @@
+"""Where moto falls short of what refit needs, and how the local runtime bridges it.
+
+Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, and each has its own test
+(tests/integration/test_local_bridges.py):
+
+- Lambda: moto runs function code only in Docker; `LambdaFunction.invoke` is replaced to import the real
+  handler string from the function's staged image asset and call it in-process with the function's
+  environment, returning errors in the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS.
+- Step Functions: Wait states and Retry intervals sleep in real time; here they return at once (a Wait calls
+  an optional hook by state name, so a test or the demo can act "during" a bake).
+- SageMaker training: moto completes jobs instantly without running anything; here `create_training_job`
+  runs the real `train` entrypoint from the training image asset in a subprocess over a temporary /opt/ml
+  tree whose channels come from moto S3, uploads model.tar.gz / output.tar.gz, and reports status, billable
+  seconds and the metrics the job's MetricDefinitions pick out of the log.
+- SageMaker endpoints: moto lacks UpdateEndpoint; it is added. `sagemaker-runtime InvokeEndpoint` returns
+  static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
+  127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
+- EventBridge: moto cannot deliver to Step Functions targets and lets schedule rules match every event; here
+  pattern rules start executions of their state-machine targets and schedule rules only fire on request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import boto3
+from moto.awslambda.models import LambdaFunction
+from moto.cloudwatch.models import cloudwatch_backends
+from moto.events.models import Rule
+from moto.sagemaker.models import FakeEndpoint, sagemaker_backends
+from moto.sagemaker.responses import SageMakerResponse
+from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+from moto.stepfunctions.responses import get_backend as stepfunctions_backend
+
+from scripts.local_aws.standup import LocalFunction
+
+
+class _ThreadRoutedStream(io.TextIOBase):
+    """sys.stdout/stderr stand-in: writes from a Lambda invocation go to that function's log file
+    (as CloudWatch Logs would hold them); everything else goes to the real stream."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        target = getattr(self.local, "target", None)
+        return (target or self.real).write(text)
+
+    def flush(self) -> None:
+        target = getattr(self.local, "target", None)
+        (target or self.real).flush()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.real, "encoding", "utf-8")
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _NoSleepTime:
+    """The `time` module as the Step Functions retrier sees it: Retry intervals do not sleep locally."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        return None
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    memory_limit_in_mb: int
+    invoked_function_arn: str
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+@dataclass
+class TrainingOutcome:
+    """What the next simulated training job does instead of running to completion."""
+
+    kind: str  # "capacity" (spot capacity never arrives: MaxWaitTimeExceeded) | "internal_error"
+    message: str = ""
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen
+    port: int
+    directory: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _s3() -> Any:
+    """A client on the in-process moto S3 (bridges run inside the mock, in its threads)."""
+    return boto3.client("s3", region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+def _s3_get(account: str, bucket: str, key: str) -> bytes:
+    return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _s3_keys(account: str, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
+
+
+def _s3_put(account: str, bucket: str, key: str, body: bytes) -> None:
+    _s3().put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+class Bridges:
+    def __init__(
+        self,
+        *,
+        account: str,
+        region: str,
+        functions: dict[str, LocalFunction],
+        training_asset: Path,
+        workdir: Path,
+        spot_discount: float,
+        seed: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.account = account
+        self.region = region
+        self.functions = functions
+        self.training_asset = training_asset
+        self.workdir = workdir
+        self.spot_discount = spot_discount
+        self.random = random.Random(seed)
+        self.log = log
+        self.patches: list[Any] = []
+        self.invoke_lock = threading.RLock()
+        self.modules: dict[str, ModuleType] = {}
+        self.wait_hooks: dict[str, Callable[[str, int], None]] = {}
+        self.training_outcomes: list[TrainingOutcome] = []
+        self.training_threads: list[threading.Thread] = []
+        self.serve_processes: dict[str, ServeProcess] = {}
+        self.serve_lock = threading.Lock()
+        self.stdout = _ThreadRoutedStream(sys.stdout)
+        self.stderr = _ThreadRoutedStream(sys.stderr)
+        self.invocations: list[tuple[str, str]] = []  # (function, outcome) for tests and the demo
+
+    # ---------------------------------------------------------------- install
+    def install(self) -> None:
+        bridges = self
+
+        def lambda_invoke(fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> bytes:
+            return bridges.invoke_lambda(fn.function_name, body, response_headers)
+
+        def wait_interval(wait_function: WaitFunction, env: Any, wait_seconds: int) -> None:
+            state = env.states.context_object.context_object_data.get("State", {}).get("Name", "?")
+            hook = bridges.wait_hooks.get(state)
+            if hook is not None:
+                hook(state, wait_seconds)
+            time.sleep(0.01)
+
+        original_create_training_job = sagemaker_backends[self.account][self.region].__class__.create_training_job
+
+        def create_training_job(backend: Any, **kwargs: Any) -> Any:
+            job = original_create_training_job(backend, **kwargs)
+            bridges.start_training(backend, job)
+            return job
+
+        def update_endpoint(response: SageMakerResponse) -> Any:
+            from moto.core.common_types import TYPE_RESPONSE  # noqa: F401  (type only)
+
+            backend = response.sagemaker_backend
+            arn = bridges.update_endpoint(
+                backend, response._get_param("EndpointName"), response._get_param("EndpointConfigName")
+            )
+            return 200, {}, json.dumps({"EndpointArn": arn})
+
+        def invoke_endpoint(response: SageMakerRuntimeResponse) -> Any:
+            return bridges.invoke_endpoint(response)
+
+        original_send = Rule.send_to_targets
+
+        def send_to_targets(rule: Rule, event: Any, transform_input: bool = True) -> None:
+            bridges.route_event(rule, event, transform_input, original_send)
+
+        self.patches = [
+            mock.patch.object(LambdaFunction, "invoke", lambda_invoke),
+            mock.patch.object(WaitFunction, "_wait_interval", wait_interval),
+            mock.patch.object(retrier_decl, "time", _NoSleepTime()),
+            mock.patch.object(
+                sagemaker_backends[self.account][self.region].__class__, "create_training_job", create_training_job
+            ),
+            mock.patch.object(SageMakerResponse, "update_endpoint", update_endpoint, create=True),
+            mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
+            mock.patch.object(Rule, "send_to_targets", send_to_targets),
+            mock.patch.object(sys, "stdout", self.stdout),
+            mock.patch.object(sys, "stderr", self.stderr),
+        ]
+        for patch in self.patches:
+            patch.start()
+
+    def uninstall(self) -> None:
+        for thread in self.training_threads:
+            thread.join(timeout=120)
+        with self.serve_lock:
+            for serve in self.serve_processes.values():
+                serve.process.send_signal(signal.SIGTERM)
+            for serve in self.serve_processes.values():
+                try:
+                    serve.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    serve.process.kill()
+            self.serve_processes.clear()
+        for patch in reversed(self.patches):
+            patch.stop()
+        self.patches = []
+
+    # ---------------------------------------------------------------- Lambda
+    def _handler(self, function: LocalFunction) -> Callable[[Any, Any], Any]:
+        module_name, _, attribute = function.handler.rpartition(".")
+        key = f"{function.name}:{module_name}"
+        if key not in self.modules:
+            path = function.asset_directory / (module_name.replace(".", "/") + ".py")
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{function.name}: handler module {module_name} not in {function.asset_directory}"
+                )
+            if str(function.asset_directory) not in sys.path:
+                sys.path.insert(0, str(function.asset_directory))
+            unique = f"refit_local_{len(self.modules)}_{module_name.replace('.', '_')}"
+            spec = importlib.util.spec_from_file_location(unique, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module  # pydantic resolves postponed annotations through sys.modules
+            spec.loader.exec_module(module)
+            self.modules[key] = module
+        return getattr(self.modules[key], attribute)
+
+    def invoke_lambda(self, function_name: str, body: str, response_headers: dict) -> bytes:
+        function = self.functions.get(function_name)
+        if function is None:
+            raise KeyError(f"{function_name}: not a function of the stood-up stack")
+        event = json.loads(body) if body else {}
+        log_path = self.workdir / "logs" / f"{function_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        environment = {
+            **function.environment,
+            "AWS_LAMBDA_FUNCTION_NAME": function.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon locally
+        }
+        with self.invoke_lock, log_path.open("a") as log_file:
+            saved = {k: os.environ.get(k) for k in environment}
+            os.environ.update(environment)
+            self.stdout.local.target = log_file
+            self.stderr.local.target = log_file
+            try:
+                handler = self._handler(function)
+                context = LambdaContext(function.name, function.memory_mb, function.arn)
+                result = handler(event, context)
+                self.invocations.append((function.name, "ok"))
+                return json.dumps(result).encode()
+            except Exception as error:
+                traceback.print_exc(file=log_file)
+                self.invocations.append((function.name, type(error).__name__))
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps(
+                    {
+                        "errorType": type(error).__name__,
+                        "errorMessage": str(error),
+                        "stackTrace": traceback.format_tb(error.__traceback__),
+                    }
+                ).encode()
+            finally:
+                self.stdout.local.target = None
+                self.stderr.local.target = None
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+    # ---------------------------------------------------------------- training
+    def start_training(self, backend: Any, job: Any) -> None:
+        job.training_job_status = "InProgress"
+        job.secondary_status = "Starting"
+        job.training_end_time = None
+        job.final_metric_data_list = []
+        outcome = self.training_outcomes.pop(0) if self.training_outcomes else None
+        thread = threading.Thread(
+            target=self._run_training, args=(job, outcome), name=f"train-{job.training_job_name}", daemon=True
+        )
+        self.training_threads.append(thread)
+        thread.start()
+
+    def _finish(self, job: Any, status: str, secondary: str, reason: str | None, seconds: float) -> None:
+        job.training_time_in_seconds = max(1, round(seconds))
+        spot = bool(job.enable_managed_spot_training)
+        job.billable_time_in_seconds = (
+            max(1, round(seconds * (1 - self.spot_discount))) if spot else max(1, round(seconds))
+        )
+        if reason:
+            job.failure_reason = reason
+        job.secondary_status = secondary
+        job.training_job_status = status
+
+    def _run_training(self, job: Any, outcome: TrainingOutcome | None) -> None:
+        started = time.monotonic()
+        if outcome is not None and outcome.kind == "capacity":
+            job.secondary_status = "Starting"
+            self._finish(
+                job,
+                "Failed",
+                "MaxWaitTimeExceeded",
+                outcome.message or "Training job exceeded MaxWaitTimeInSeconds waiting for spot capacity",
+                0,
+            )
+            job.billable_time_in_seconds = 0
+            job.training_time_in_seconds = 0
+            return
+        if outcome is not None and outcome.kind == "internal_error":
+            self._finish(job, "Failed", "Failed", outcome.message or "InternalServerError: instance failure", 1)
+            return
+        root = self.workdir / "training" / job.training_job_name
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            for channel in job.input_data_config:
+                uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+                bucket, prefix = _split_s3(uri)
+                target = root / "input" / "data" / channel["ChannelName"]
+                target.mkdir(parents=True, exist_ok=True)
+                for key in _s3_keys(self.account, bucket, prefix):
+                    (target / key.rsplit("/", 1)[-1]).write_bytes(_s3_get(self.account, bucket, key))
+            config = root / "input" / "config"
+            config.mkdir(parents=True, exist_ok=True)
+            (config / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))
+            job.secondary_status = "Training"
+            env = {
+                **os.environ,
+                "REFIT_OPT_ML": str(root),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
+                ),
+            }
+            log_path = root / "training.log"
+            with log_path.open("w") as log_file:
+                result = subprocess.run(
+                    [sys.executable, "-m", "refit_training.train"],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=root,
+                    timeout=job.stopping_condition.get("MaxRuntimeInSeconds", 3600),
+                )
+            output = log_path.read_text()
+            job.final_metric_data_list = [
+                {"MetricName": d["Name"], "Value": float(m.group(1)), "Timestamp": job.creation_time}
+                for d in job.algorithm_specification.get("MetricDefinitions", [])
+                for m in [re.search(d["Regex"], output)]
+                if m
+            ]
+            if result.returncode != 0:
+                failure = root / "output" / "failure"
+                reason = failure.read_text() if failure.exists() else f"train exited with {result.returncode}"
+                self._finish(job, "Failed", "Failed", f"AlgorithmError: {reason}", time.monotonic() - started)
+                return
+            job.secondary_status = "Uploading"
+            bucket, prefix = _split_s3(job.output_data_config["S3OutputPath"])
+            base = f"{prefix.rstrip('/')}/{job.training_job_name}/output"
+            for name, folder in (("model.tar.gz", root / "model"), ("output.tar.gz", root / "output" / "data")):
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+                    for path in sorted(folder.iterdir()):
+                        archive.add(path, arcname=path.name)
+                _s3_put(self.account, bucket, f"{base}/{name}", buffer.getvalue())
+            self._finish(job, "Completed", "Completed", None, time.monotonic() - started)
+        except Exception as error:  # the bridge itself failed: report it as SageMaker would, never hang
+            self._finish(
+                job, "Failed", "Failed", f"local runtime: {type(error).__name__}: {error}", time.monotonic() - started
+            )
+
+    # ---------------------------------------------------------------- endpoints
+    def update_endpoint(self, backend: Any, endpoint_name: str, config_name: str) -> str:
+        endpoint: FakeEndpoint | None = backend.endpoints.get(endpoint_name)
+        if endpoint is None:
+            from moto.sagemaker.exceptions import ValidationError
+
+            raise ValidationError(message=f'Could not find endpoint "{endpoint_name}".')
+        config = backend.describe_endpoint_config(config_name)
+        endpoint.endpoint_config_name = config_name
+        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        endpoint.endpoint_status = "InService"
+        return endpoint.arn
+
+    def _variant_models(self, endpoint_name: str) -> tuple[list[tuple[str, float, str]], str]:
+        backend = sagemaker_backends[self.account][self.region]
+        endpoint = backend.endpoints[endpoint_name]
+        config = backend.endpoint_configs[endpoint.endpoint_config_name]
+        models = {v["VariantName"]: v["ModelName"] for v in config.production_variants}
+        variants = [
+            (v["VariantName"], float(v.get("CurrentWeight", 0.0)), models[v["VariantName"]])
+            for v in endpoint.production_variants
+        ]
+        return variants, endpoint.endpoint_config_name
+
+    def _serve(self, model_name: str) -> ServeProcess:
+        backend = sagemaker_backends[self.account][self.region]
+        model_data_url = backend.models[model_name].primary_container["ModelDataUrl"]
+        with self.serve_lock:
+            if model_data_url in self.serve_processes and self.serve_processes[model_data_url].process.poll() is None:
+                return self.serve_processes[model_data_url]
+            directory = self.workdir / "serving" / model_name
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            bucket, key = _split_s3(model_data_url)
+            with tarfile.open(fileobj=io.BytesIO(_s3_get(self.account, bucket, key)), mode="r:gz") as archive:
+                archive.extractall(directory, filter="data")
+            port = _free_port()
+            env = {
+                **os.environ,
+                "SM_MODEL_DIR": str(directory),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+                "REFIT_SERVE_HOST": "127.0.0.1",
+                "PYTHONPATH": os.pathsep.join(
+                    [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
+                ),
+            }
+            log_file = (self.workdir / "serving" / f"{model_name}.log").open("w")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "refit_training.serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve for {model_name} exited with {process.returncode}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                process.kill()
+                raise RuntimeError(f"serve for {model_name} did not answer /ping within 60 s")
+            serve = ServeProcess(process, port, directory)
+            self.serve_processes[model_data_url] = serve
+            return serve
+
+    def _put_variant_metrics(self, endpoint: str, variant: str, status: int, latency_us: float) -> None:
+        dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+        data = [
+            {"MetricName": "Invocations", "Value": 1.0, "Unit": "Count", "Dimensions": dimensions},
+            {
+                "MetricName": "Invocation4XXErrors",
+                "Value": float(400 <= status < 500),
+                "Unit": "Count",
+                "Dimensions": dimensions,
+            },
+            {
+                "MetricName": "Invocation5XXErrors",
+                "Value": float(status >= 500),
+                "Unit": "Count",
+                "Dimensions": dimensions,
+            },
+            {"MetricName": "ModelLatency", "Value": latency_us, "Unit": "Microseconds", "Dimensions": dimensions},
+        ]
+        cloudwatch_backends[self.account][self.region].put_metric_data("AWS/SageMaker", data)
+
+    def invoke_endpoint(self, response: SageMakerRuntimeResponse) -> Any:
+        endpoint_name = response._get_param("EndpointName") or response.path.split("/")[2]
+        backend = sagemaker_backends[self.account][self.region]
+        if endpoint_name not in backend.endpoints:
+            return 400, {}, json.dumps({"__type": "ValidationError", "message": f"Endpoint {endpoint_name} not found."})
+        variants, _ = self._variant_models(endpoint_name)
+        target = response.headers.get("X-Amzn-SageMaker-Target-Variant")
+        if target:
+            chosen = [v for v in variants if v[0] == target]
+            if not chosen:
+                return 400, {}, json.dumps({"__type": "ValidationError", "message": f"no variant {target}"})
+            variant = chosen[0]
+        else:
+            live = [v for v in variants if v[1] > 0]
+            if not live:
+                return 400, {}, json.dumps({"__type": "ValidationError", "message": "all variant weights are 0"})
+            variant = self.random.choices(live, weights=[v[1] for v in live])[0]
+        serve = self._serve(variant[2])
+        body = response.body if isinstance(response.body, bytes) else (response.body or "").encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{serve.port}/invocations",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": response.headers.get("Content-Type", "text/csv"),
+                "Accept": response.headers.get("Accept", "application/json"),
+            },
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                status, payload, content_type = reply.status, reply.read(), reply.headers.get("Content-Type")
+        except urllib.error.HTTPError as error:
+            status, payload, content_type = error.code, error.read(), "application/json"
+        latency_us = (time.perf_counter() - started) * 1e6
+        self._put_variant_metrics(endpoint_name, variant[0], status, latency_us)
+        if status != 200:
+            message = payload.decode(errors="replace")
+            return (
+                424,
+                {"x-Amzn-Invoked-Production-Variant": variant[0]},
+                json.dumps(
+                    {
+                        "__type": "ModelError",
+                        "message": f'Received client error ({status}) from primary with message "{message}"',
+                        "OriginalStatusCode": status,
+                        "OriginalMessage": message,
+                    }
+                ),
+            )
+        return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant[0]}, payload
+
+    # ---------------------------------------------------------------- events
+    def route_event(self, rule: Rule, event: Any, transform_input: bool, original: Callable) -> None:
+        if rule.scheduled_expression and not rule.event_pattern.get_pattern():
+            return  # moto lets a schedule-only rule match every event; on AWS it matches none
+        if not rule.event_pattern.matches_event(event):
+            return
+        other = [t for t in rule.targets if ":states:" not in t["Arn"]]
+        for target in rule.targets:
+            if ":states:" not in target["Arn"]:
+                continue
+            payload = target.get("Input") or json.dumps(event, default=str)
+            self.start_execution(target["Arn"], str(uuid.uuid4()), payload)  # AWS names these with a UUID
+        if other:
+            saved = rule.targets
+            rule.targets = other
+            try:
+                original(rule, event, transform_input)
+            finally:
+                rule.targets = saved
+
+    def start_execution(self, state_machine_arn: str, name: str, payload: str) -> str:
+        arn = state_machine_arn.split(":")
+        backend = stepfunctions_backend(arn[4], arn[3])
+        execution = backend.start_execution(state_machine_arn, name=name, execution_input=payload)
+        self.log(f"local: started {name}")
+        return execution.execution_arn

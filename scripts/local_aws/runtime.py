@@ -1,0 +1,296 @@
+"""The embedded local AWS: the synthesized refit stack, stood up in moto in-process and made to behave.
+
+    with LocalRuntime(cloud_assembly_dir, workdir) as aws:
+        aws.put_object(aws.data_bucket, "incoming/churn/batch.csv", body)   # S3 event starts a run
+        execution = aws.wait_for(aws.latest_execution("churn"))
+
+Nothing in functions/, stacks/ or training_container/ knows it runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer
+from moto import mock_aws
+
+from scripts.local_aws.bridges import Bridges, TrainingOutcome
+from scripts.local_aws.cloud_assembly import CloudAssembly
+from scripts.local_aws.standup import StandUp
+
+ACCOUNT = "123456789012"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+
+def synthesize(outdir: Path, config_path: Path | None = None) -> Path:
+    """`python app.py` with CDK_OUTDIR: the same synthesis `cdk synth` runs."""
+    env = {**os.environ, "CDK_OUTDIR": str(outdir), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    if config_path is not None:
+        env["REFIT_CONFIG"] = str(config_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "app.py")], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"synthesis failed:\n{result.stderr[-4000:]}")
+    return outdir
+
+
+class ModelHandles:
+    def __init__(self, name: str, outputs: dict[str, str], project: str = "refit") -> None:
+        prefix = f"Model{name.replace('-', '')}"
+        self.name = name
+        self.state_machine_arn = next(v for k, v in outputs.items() if k.startswith(prefix) and "StateMachineArn" in k)
+        self.endpoint_name = next(v for k, v in outputs.items() if k.startswith(prefix) and "EndpointName" in k)
+        self.canary_alarm = f"{project}-{name}-canary"
+        self.quality_alarm = f"{project}-{name}-quality"
+        self.package_group = f"{project}-{name}"
+        self.new_data_prefix = f"incoming/{name}/"
+
+
+class LocalRuntime:
+    def __init__(
+        self,
+        cloud_assembly: str | Path,
+        workdir: str | Path,
+        *,
+        region: str = "us-east-1",
+        spot_discount: float = 0.0,
+        seed: int = 0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.assembly = CloudAssembly.load(cloud_assembly)
+        self.workdir = Path(workdir)
+        self.region = region
+        self.spot_discount = spot_discount
+        self.seed = seed
+        self.log = log or (lambda message: None)
+        self._mock = None
+        self._saved_env: dict[str, str | None] = {}
+        self.bridges: Bridges | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> LocalRuntime:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for key, value in {
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "MOTO_LAMBDA_STUB_ECR": "true",
+        }.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        logging.getLogger("moto").setLevel(logging.CRITICAL)  # the interpreter logs every caught error at ERROR
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": True}})
+        self._mock.start()
+        try:
+            self.stack = StandUp(self.assembly, ACCOUNT, self.region).run()
+            training_image = next(
+                image
+                for image in self.assembly.assets.get("dockerImages", {}).values()
+                if image["source"].get("dockerFile") == "training_container/Dockerfile"
+            )
+            self.bridges = Bridges(
+                account=ACCOUNT,
+                region=self.region,
+                functions=self.stack.functions,
+                training_asset=self.assembly.directory / training_image["source"]["directory"],
+                workdir=self.workdir,
+                spot_discount=self.spot_discount,
+                seed=self.seed,
+                log=self.log,
+            )
+            self.bridges.install()
+        except Exception:
+            self._mock.stop()
+            raise
+        self.outputs = self.stack.outputs
+        self.data_bucket = self.outputs["DataBucket"]
+        self.artifact_bucket = self.outputs["ArtifactBucket"]
+        self.audit_table = self.outputs["AuditTable"]
+        self.topic_arn = self.outputs["SummaryTopic"]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._stop_running_executions()
+        finally:
+            if self.bridges is not None:
+                self.bridges.uninstall()
+            self._mock.stop()
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def _stop_running_executions(self) -> None:
+        sfn = self.client("stepfunctions")
+        for machine in sfn.list_state_machines()["stateMachines"]:
+            for execution in sfn.list_executions(stateMachineArn=machine["stateMachineArn"], statusFilter="RUNNING")[
+                "executions"
+            ]:
+                sfn.stop_execution(executionArn=execution["executionArn"], cause="local runtime shutting down")
+        time.sleep(0.05)
+
+    # ---------------------------------------------------------------- access
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name=self.region)
+
+    def model(self, name: str) -> ModelHandles:
+        return ModelHandles(name, self.outputs)
+
+    # ---------------------------------------------------------------- triggers
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        """A plain PutObject; for the data bucket's new-data prefix this delivers S3 -> EventBridge -> a run."""
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+    def land_batch(self, model: str, name: str, body: bytes, timeout: float = 10) -> str:
+        """Put a batch under the model's new-data prefix and return the execution its S3 event started."""
+        handles = self.model(model)
+        before = {e["executionArn"] for e in self.executions(model)}
+        self.put_object(self.data_bucket, f"{handles.new_data_prefix}{name}", body)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            started = [e for e in self.executions(model) if e["executionArn"] not in before]
+            if started:
+                return started[0]["executionArn"]
+            time.sleep(0.05)
+        raise TimeoutError(f"no run started for s3://{self.data_bucket}/{handles.new_data_prefix}{name}")
+
+    def start_run(self, model: str, payload: Any, name: str | None = None) -> str:
+        """A manual StartExecution with the documented input."""
+        name = name or f"manual-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+        return self.client("stepfunctions").start_execution(
+            stateMachineArn=self.model(model).state_machine_arn,
+            name=name,
+            input=payload if isinstance(payload, str) else json.dumps(payload),
+        )["executionArn"]
+
+    def fire_schedule(self, model: str) -> str:
+        """Deliver the model's schedule rule once (moto never fires schedules)."""
+        handles = self.model(model)
+        rule_name, rule = next(
+            (n, r)
+            for n, r in self.stack.rules.items()
+            if r["schedule"] and any(t["Arn"] == handles.state_machine_arn for t in r["targets"])
+        )
+        event = {
+            "version": "0",
+            "id": os.urandom(8).hex(),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.region,
+            "resources": [rule["arn"]],
+            "detail": {},
+        }
+        return self.bridges.start_execution(
+            handles.state_machine_arn, f"schedule-{os.urandom(6).hex()}", json.dumps(event)
+        )
+
+    def set_alarm_state(self, alarm_name: str, state: str, reason: str = "set by the local runtime") -> None:
+        """Change an alarm's state and emit the 'CloudWatch Alarm State Change' event AWS would emit."""
+        cloudwatch = self.client("cloudwatch")
+        alarm = cloudwatch.describe_alarms(AlarmNames=[alarm_name])["MetricAlarms"][0]
+        previous = alarm["StateValue"]
+        cloudwatch.set_alarm_state(AlarmName=alarm_name, StateValue=state, StateReason=reason)
+        self.client("events").put_events(
+            Entries=[
+                {
+                    "Source": "aws.cloudwatch",
+                    "DetailType": "CloudWatch Alarm State Change",
+                    "Resources": [alarm["AlarmArn"]],
+                    "Detail": json.dumps(
+                        {
+                            "alarmName": alarm_name,
+                            "state": {"value": state, "reason": reason},
+                            "previousState": {"value": previous},
+                        }
+                    ),
+                }
+            ]
+        )
+
+    def on_wait(self, state_name: str, hook: Callable[[str, int], None] | None) -> None:
+        """Run `hook(state, seconds)` when a Wait state of that name is entered (Waits do not sleep here)."""
+        if hook is None:
+            self.bridges.wait_hooks.pop(state_name, None)
+        else:
+            self.bridges.wait_hooks[state_name] = hook
+
+    def next_training_outcome(self, kind: str, message: str = "") -> None:
+        """Simulate what SageMaker can do to the next training job: 'capacity' or 'internal_error'."""
+        self.bridges.training_outcomes.append(TrainingOutcome(kind, message))
+
+    # ---------------------------------------------------------------- reading
+    def executions(self, model: str) -> list[dict[str, Any]]:
+        return self.client("stepfunctions").list_executions(stateMachineArn=self.model(model).state_machine_arn)[
+            "executions"
+        ]
+
+    def wait_for(
+        self, execution_arn: str, timeout: float = 300, on_state: Callable[[str, dict], None] | None = None
+    ) -> dict[str, Any]:
+        sfn = self.client("stepfunctions")
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            description = sfn.describe_execution(executionArn=execution_arn)
+            if on_state is not None:
+                events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+                for event in events[seen:]:
+                    if event["type"].endswith("StateEntered"):
+                        on_state(event["stateEnteredEventDetails"]["name"], event)
+                seen = len(events)
+            if description["status"] in TERMINAL:
+                return description
+            if time.monotonic() > deadline:
+                sfn.stop_execution(executionArn=execution_arn, cause="local wait timed out")
+                raise TimeoutError(f"{execution_arn} still running after {timeout} s")
+            time.sleep(0.05)
+
+    def output(self, execution: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(execution.get("output") or "{}")
+
+    def audit_records(self, model: str) -> list[dict[str, Any]]:
+        deserializer = TypeDeserializer()
+        items = self.client("dynamodb").query(
+            TableName=self.audit_table,
+            KeyConditionExpression="pk = :m AND begins_with(sk, :r)",
+            ExpressionAttributeValues={":m": {"S": model}, ":r": {"S": "run#"}},
+        )["Items"]
+        return [{k: deserializer.deserialize(v) for k, v in item.items()} for item in items]
+
+    def endpoint_weights(self, model: str) -> dict[str, float]:
+        endpoint = self.client("sagemaker").describe_endpoint(EndpointName=self.model(model).endpoint_name)
+        return {v["VariantName"]: float(v.get("CurrentWeight", 0.0)) for v in endpoint["ProductionVariants"]}
+
+    def invoke_endpoint(
+        self,
+        model: str,
+        body: str,
+        content_type: str = "text/csv",
+        accept: str = "application/json",
+        target_variant: str | None = None,
+    ) -> dict[str, Any]:
+        arguments = {
+            "EndpointName": self.model(model).endpoint_name,
+            "Body": body,
+            "ContentType": content_type,
+            "Accept": accept,
+        }
+        if target_variant:
+            arguments["TargetVariant"] = target_variant
+        response = self.client("sagemaker-runtime").invoke_endpoint(**arguments)
+        return {"variant": response.get("InvokedProductionVariant"), "body": response["Body"].read()}

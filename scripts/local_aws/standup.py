@@ -1,0 +1,263 @@
+"""Creates the synthesized stack's resources in moto, in dependency order, with real names and ARNs.
+
+moto's own CloudFormation skips or hangs on several resource types refit uses (see local-aws-facts),
+so each type refit needs is created here through the ordinary API calls. Types with nothing to run
+locally (IAM policies, bucket and topic policies, CDK's notification-handler Lambda) are recorded as
+skipped; `LocalFunction` records carry what the Lambda bridge needs to run a handler in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from scripts.local_aws.cloud_assembly import CloudAssembly, Resolver, creation_order
+
+SKIPPED_TYPES = {
+    "AWS::IAM::Policy": "IAM is not enforced locally",
+    "AWS::S3::BucketPolicy": "bucket policies are not enforced locally",
+    "AWS::SNS::TopicPolicy": "topic policies are not enforced locally",
+    "AWS::CDK::Metadata": "metadata only",
+}
+
+
+@dataclass(frozen=True)
+class LocalFunction:
+    name: str
+    arn: str
+    handler: str
+    asset_directory: Path
+    environment: dict[str, str]
+    memory_mb: int
+    timeout_seconds: int
+
+
+@dataclass
+class StoodUpStack:
+    resolver: Resolver
+    functions: dict[str, LocalFunction] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _short(logical: str) -> str:
+    return hashlib.sha256(logical.encode()).hexdigest()[:8]
+
+
+class StandUp:
+    def __init__(self, assembly: CloudAssembly, account: str, region: str) -> None:
+        self.assembly = assembly
+        self.account = account
+        self.region = region
+        self.stack = StoodUpStack(
+            Resolver(
+                pseudo={
+                    "AWS::AccountId": account,
+                    "AWS::Region": region,
+                    "AWS::Partition": "aws",
+                    "AWS::URLSuffix": "amazonaws.com",
+                    "AWS::StackName": assembly.stack_name,
+                    "AWS::StackId": f"arn:aws:cloudformation:{region}:{account}:stack/{assembly.stack_name}/local",
+                },
+                parameters={"BootstrapVersion": "30"},
+            )
+        )
+        self.clients = {
+            name: boto3.client(name, region_name=region)
+            for name in (
+                "s3",
+                "dynamodb",
+                "sns",
+                "kms",
+                "iam",
+                "lambda",
+                "stepfunctions",
+                "events",
+                "cloudwatch",
+                "sagemaker",
+                "logs",
+            )
+        }
+
+    def _arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.region}:{self.account}:{resource}"
+
+    def run(self) -> StoodUpStack:
+        resources = self.assembly.resources
+        for logical in creation_order(resources):
+            resource = resources[logical]
+            kind = resource["Type"]
+            if kind in SKIPPED_TYPES:
+                self.stack.skipped[logical] = SKIPPED_TYPES[kind]
+                continue
+            properties = self.stack.resolver.resolve(resource.get("Properties", {}))
+            creator = getattr(
+                self, "_create_" + kind.replace("AWS::", "").replace("Custom::", "custom_").replace("::", "_"), None
+            )
+            if creator is None:
+                raise NotImplementedError(f"{logical}: resource type {kind} is not supported by the local runtime")
+            creator(logical, properties)
+        for name, output in self.assembly.template.get("Outputs", {}).items():
+            self.stack.outputs[name] = self.stack.resolver.resolve(output["Value"])
+        return self.stack
+
+    def _set(self, logical: str, ref: Any, **attributes: Any) -> None:
+        self.stack.resolver.refs[logical] = ref
+        self.stack.resolver.attributes[logical] = attributes
+
+    def _create_KMS_Key(self, logical: str, props: dict) -> None:
+        key = self.clients["kms"].create_key(Description=props.get("Description", logical))["KeyMetadata"]
+        self._set(logical, key["KeyId"], Arn=key["Arn"], KeyId=key["KeyId"])
+
+    def _create_S3_Bucket(self, logical: str, props: dict) -> None:
+        name = props.get("BucketName") or f"{self.assembly.stack_name.lower()}-{logical.lower()[:30]}-{_short(logical)}"
+        s3 = self.clients["s3"]
+        s3.create_bucket(Bucket=name)
+        if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        if "BucketEncryption" in props:
+            rules = [
+                {
+                    "ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"],
+                    **({"BucketKeyEnabled": rule["BucketKeyEnabled"]} if "BucketKeyEnabled" in rule else {}),
+                }
+                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            ]  # CloudFormation's property name differs from the API's
+            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
+        if "PublicAccessBlockConfiguration" in props:
+            s3.put_public_access_block(
+                Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
+            )
+        self._set(logical, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com")
+
+    def _create_custom_S3BucketNotifications(self, logical: str, props: dict) -> None:
+        self.clients["s3"].put_bucket_notification_configuration(
+            Bucket=props["BucketName"], NotificationConfiguration=props["NotificationConfiguration"]
+        )
+        self._set(logical, f"{props['BucketName']}-notifications")
+
+    def _create_DynamoDB_Table(self, logical: str, props: dict) -> None:
+        name = props.get("TableName") or f"{self.assembly.stack_name}-{logical}"
+        table = self.clients["dynamodb"].create_table(
+            TableName=name,
+            KeySchema=props["KeySchema"],
+            AttributeDefinitions=props["AttributeDefinitions"],
+            BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+        )["TableDescription"]
+        self._set(logical, name, Arn=table["TableArn"])
+
+    def _create_SNS_Topic(self, logical: str, props: dict) -> None:
+        name = props.get("TopicName") or f"{self.assembly.stack_name}-{logical}"
+        arn = self.clients["sns"].create_topic(Name=name)["TopicArn"]
+        self._set(logical, arn, TopicArn=arn, TopicName=name)
+
+    def _create_SNS_Subscription(self, logical: str, props: dict) -> None:
+        self.stack.skipped[logical] = "e-mail subscriptions are not delivered locally"
+        self._set(logical, f"{props['TopicArn']}:local")
+
+    def _create_IAM_Role(self, logical: str, props: dict) -> None:
+        name = props.get("RoleName") or f"{logical[:55]}-{_short(logical)}"
+        role = self.clients["iam"].create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"])
+        )["Role"]
+        self._set(logical, name, Arn=role["Arn"], RoleId=role["RoleId"])
+
+    def _create_Logs_LogGroup(self, logical: str, props: dict) -> None:
+        name = props.get("LogGroupName") or f"/refit/local/{logical}"
+        self.clients["logs"].create_log_group(logGroupName=name)
+        self._set(logical, name, Arn=self._arn("logs", f"log-group:{name}:*"))
+
+    def _create_Lambda_Function(self, logical: str, props: dict) -> None:
+        name = props.get("FunctionName") or f"{logical[:55]}-{_short(logical)}"
+        code = props["Code"]
+        if "ImageUri" not in code:
+            # CDK's own inline handlers (e.g. the S3 notifications custom resource) are replaced by the stand-up.
+            self.stack.skipped[logical] = "CDK inline helper function; its effect is applied by the stand-up"
+            self._set(logical, name, Arn=self._arn("lambda", f"function:{name}"))
+            return
+        environment = props.get("Environment", {}).get("Variables", {})
+        response = self.clients["lambda"].create_function(
+            FunctionName=name,
+            Role=props["Role"],
+            Code={"ImageUri": code["ImageUri"]},
+            PackageType="Image",
+            ImageConfig=props.get("ImageConfig", {}),
+            Environment={"Variables": environment},
+            MemorySize=props.get("MemorySize", 128),
+            Timeout=props.get("Timeout", 3),
+            Description=props.get("Description", ""),
+        )
+        command = props.get("ImageConfig", {}).get("Command") or []
+        if len(command) != 1:
+            raise ValueError(f"{logical}: expected ImageConfig.Command to name one handler, got {command}")
+        self.stack.functions[name] = LocalFunction(
+            name=name,
+            arn=response["FunctionArn"],
+            handler=command[0],
+            asset_directory=self.assembly.image_asset_directory(code["ImageUri"]),
+            environment={k: str(v) for k, v in environment.items()},
+            memory_mb=props.get("MemorySize", 128),
+            timeout_seconds=props.get("Timeout", 3),
+        )
+        self._set(logical, name, Arn=response["FunctionArn"])
+
+    def _create_StepFunctions_StateMachine(self, logical: str, props: dict) -> None:
+        name = props.get("StateMachineName") or f"{logical[:60]}-{_short(logical)}"
+        arn = self.clients["stepfunctions"].create_state_machine(
+            name=name, definition=props["DefinitionString"], roleArn=props["RoleArn"]
+        )["stateMachineArn"]
+        self._set(logical, arn, Arn=arn, Name=name)
+
+    def _create_Events_Rule(self, logical: str, props: dict) -> None:
+        name = props.get("Name") or f"{logical[:55]}-{_short(logical)}"
+        arguments: dict[str, Any] = {"Name": name, "State": props.get("State", "ENABLED")}
+        if "EventPattern" in props:
+            arguments["EventPattern"] = json.dumps(props["EventPattern"])
+        if "ScheduleExpression" in props:
+            arguments["ScheduleExpression"] = props["ScheduleExpression"]
+        arn = self.clients["events"].put_rule(**arguments)["RuleArn"]
+        targets = [
+            {k: v for k, v in t.items() if k in ("Id", "Arn", "RoleArn", "Input", "InputPath")}
+            for t in props.get("Targets", [])
+        ]
+        if targets:
+            self.clients["events"].put_targets(Rule=name, Targets=targets)
+        self.stack.rules[name] = {
+            "arn": arn,
+            "schedule": props.get("ScheduleExpression"),
+            "targets": targets,
+            "pattern": props.get("EventPattern"),
+        }
+        self._set(logical, name, Arn=arn)
+
+    def _create_CloudWatch_Alarm(self, logical: str, props: dict) -> None:
+        name = props.get("AlarmName") or f"{logical}-{_short(logical)}"
+        allowed = (
+            "AlarmDescription",
+            "MetricName",
+            "Namespace",
+            "Statistic",
+            "Period",
+            "EvaluationPeriods",
+            "Threshold",
+            "ComparisonOperator",
+            "TreatMissingData",
+            "Dimensions",
+            "ActionsEnabled",
+        )
+        arguments = {k: v for k, v in props.items() if k in allowed}
+        self.clients["cloudwatch"].put_metric_alarm(AlarmName=name, **arguments)
+        self._set(logical, name, Arn=self._arn("cloudwatch", f"alarm:{name}"))
+
+    def _create_SageMaker_ModelPackageGroup(self, logical: str, props: dict) -> None:
+        name = props["ModelPackageGroupName"]
+        arn = self.clients["sagemaker"].create_model_package_group(
+            ModelPackageGroupName=name, ModelPackageGroupDescription=props.get("ModelPackageGroupDescription", "")
+        )["ModelPackageGroupArn"]
+        self._set(logical, name, ModelPackageGroupArn=arn)
