@@ -449,7 +449,7 @@ class Bridges:
 
     def _serve(self, model_name: str) -> ServeProcess:
         backend = sagemaker_backends[self.account][self.region]
-        model_data_url = backend.models[model_name].primary_container["ModelDataUrl"]
+        model_data_url = backend._models[model_name].primary_container["ModelDataUrl"]
         with self.serve_lock:
             if model_data_url in self.serve_processes and self.serve_processes[model_data_url].process.poll() is None:
                 return self.serve_processes[model_data_url]

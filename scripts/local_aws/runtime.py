@@ -77,6 +77,7 @@ class LocalRuntime:
         self._mock = None
         self._saved_env: dict[str, str | None] = {}
         self.bridges: Bridges | None = None
+        self._clients: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalRuntime:
@@ -144,7 +145,9 @@ class LocalRuntime:
 
     # ---------------------------------------------------------------- access
     def client(self, service: str) -> Any:
-        return boto3.client(service, region_name=self.region)
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, region_name=self.region)
+        return self._clients[service]
 
     def model(self, name: str) -> ModelHandles:
         return ModelHandles(name, self.outputs)
@@ -271,6 +274,13 @@ class LocalRuntime:
             ExpressionAttributeValues={":m": {"S": model}, ":r": {"S": "run#"}},
         )["Items"]
         return [{k: deserializer.deserialize(v) for k, v in item.items()} for item in items]
+
+    def published_summaries(self) -> list[dict[str, Any]]:
+        """Messages published to the run-summary topic (moto keeps what was sent)."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][self.region].topics[self.topic_arn]
+        return [{"subject": m[2] if len(m) > 2 else None, "message": m[1]} for m in topic.sent_notifications]
 
     def endpoint_weights(self, model: str) -> dict[str, float]:
         endpoint = self.client("sagemaker").describe_endpoint(EndpointName=self.model(model).endpoint_name)

@@ -180,8 +180,10 @@ def run(opt: OptMl) -> dict[str, Any]:
         "trained_at_run": config.get("run_id"),
     }
     (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
+    # The drift reference is the newest data the model was trained and judged on (the whole current batch):
+    # later batches are compared with what the serving model was last shown to handle.
     profile = build_profile(
-        training, target=target, categorical=config["categorical_columns"], id_column=config.get("id_column")
+        current, target=target, categorical=config["categorical_columns"], id_column=config.get("id_column")
     )
     (opt.model / "baseline.json").write_text(dumps_profile(profile))
     evaluation["training_seconds"] = round(time.monotonic() - started, 3)
