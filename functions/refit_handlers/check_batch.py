@@ -47,9 +47,8 @@ def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str
             "message": message,
         }
         return {"passed": False, "n_rows": len(frame), "findings": [finding], "reason": message}
-    profile = build_profile(
-        frame, target=model.target, categorical=model.categorical_columns, id_column=model.id_column
-    )
+    categorical = model.categorical_columns + ([model.target] if model.problem_type == "binary_classification" else [])
+    profile = build_profile(frame, target=model.target, categorical=categorical, id_column=model.id_column)
     return check_quality(frame, profile, model.quality, model.drift.min_rows, source)
 
 

@@ -182,9 +182,8 @@ def run(opt: OptMl) -> dict[str, Any]:
     (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
     # The drift reference is the newest data the model was trained and judged on (the whole current batch):
     # later batches are compared with what the serving model was last shown to handle.
-    profile = build_profile(
-        current, target=target, categorical=config["categorical_columns"], id_column=config.get("id_column")
-    )
+    categorical = config["categorical_columns"] + ([target] if config["problem_type"] == "binary_classification" else [])
+    profile = build_profile(current, target=target, categorical=categorical, id_column=config.get("id_column"))
     (opt.model / "baseline.json").write_text(dumps_profile(profile))
     evaluation["training_seconds"] = round(time.monotonic() - started, 3)
     for folder in (opt.model, opt.output_data):

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+from refit_core.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def minimal(**overrides):
+    model = {"name": "churn", "problem_type": "binary_classification", "target": "y", "primary_metric": "roc_auc",
+             "metric_direction": "maximize"}
+    model.update(overrides)
+    return {"models": [model]}
+
+
+def test_example_configuration_loads_with_spot_defaults():
+    config = load_config(ROOT / "refit.toml")
+    model = config.model("churn")
+    assert model.spot.enabled
+    assert model.spot.effective_max_wait_seconds == 7200  # max(2 x 3600, 3600 + 3600)
+    assert model.new_data_prefix == "incoming/churn/"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"primary_metric": "rmse"}, "models.0: primary_metric 'rmse' does not fit"),
+        ({"metric_direction": "minimize"}, "metric_direction 'minimize' is wrong for 'roc_auc'"),
+        ({"name": "Churn_Model"}, "models.0.name"),
+        ({"spot": {"max_runtime_seconds": 3600, "max_wait_seconds": 60}}, "max_wait_seconds (60) must be >="),
+        ({"colour": "blue"}, "models.0.colour: unknown field"),
+        ({"schedule": "every day"}, "is not an EventBridge schedule"),
+    ],
+)
+def test_wrong_config_names_the_field(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_config(minimal(**overrides), "refit.toml")
+    assert expected in str(error.value)
+    assert str(error.value).startswith("refit.toml: invalid refit configuration")
+
+
+def test_missing_required_field_and_duplicate_names():
+    data = minimal()
+    del data["models"][0]["target"]
+    with pytest.raises(ConfigError, match="models.0.target: required field is missing"):
+        parse_config(data)
+    twice = {"models": minimal()["models"] * 2}
+    with pytest.raises(ConfigError, match="repeated: \\['churn'\\]"):
+        parse_config(twice)
+
+
+def test_unreadable_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[models]\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)

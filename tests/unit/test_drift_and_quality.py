@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+from refit_core.config import DriftSettings, QualitySettings
+from refit_core.drift import chi_square_test, detect_drift, ks_test
+from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
+from refit_core.quality import check_quality
+from scipy import stats
+
+
+def frame(rows, seed, shift=0.0, plan_shift=0.0):
+    rng = np.random.default_rng(seed)
+    columns = {f"x{i}": rng.normal(0, 1, rows) for i in range(10)}
+    columns["x0"] = columns["x0"] + shift
+    columns["plan"] = rng.choice(["a", "b", "c"], rows, p=[0.4 - plan_shift, 0.3, 0.3 + plan_shift])
+    columns["y"] = (rng.random(rows) < 0.3).astype(int)
+    return pd.DataFrame(columns)
+
+
+def test_ks_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    a, b = np.sort(rng.normal(size=800)), rng.normal(0.1, 1, size=700)
+    statistic, p_value = ks_test(a, b)
+    expected = stats.ks_2samp(a, b)
+    assert abs(statistic - expected.statistic) < 1e-9
+    assert abs(p_value - expected.pvalue) < 1e-9
+
+
+def test_chi_square_total_variation():
+    statistic, p_value, tv = chi_square_test({"a": 50, "b": 50}, pd.Series(["a"] * 80 + ["b"] * 20))
+    assert tv == pytest.approx(0.3)
+    assert p_value < 1e-4
+    assert statistic > 0
+
+
+def test_profile_is_byte_stable_and_versioned():
+    data = frame(500, 1)
+    first = dumps_profile(build_profile(data, target="y", categorical=["plan"]))
+    assert first == dumps_profile(build_profile(data.copy(), target="y", categorical=["plan"]))
+    with pytest.raises(ProfileError, match="format 'refit.profile/0' is not supported"):
+        loads_profile(first.replace("refit.profile/1", "refit.profile/0"), "old.json")
+
+
+def test_drift_flags_a_single_shifted_feature_and_not_noise():
+    profile = build_profile(frame(1000, 1), target="y", categorical=["plan", "y"])
+    shifted = detect_drift(frame(1000, 2, shift=0.5), profile, DriftSettings())
+    assert shifted["drift_detected"] and shifted["drifted_features"] == ["x0"]
+    assert set(shifted["features"]["x0"]) >= {"kind", "test", "statistic", "p_value", "effect_size", "drifted"}
+    assert shifted["target"]["test"] == "chi_square"
+    same = detect_drift(frame(1000, 3), profile, DriftSettings())
+    assert not same["drift_detected"]
+
+
+def test_false_positive_rate_is_controlled_across_columns():
+    alarms = 0
+    for seed in range(60):
+        profile = build_profile(frame(500, 1000 + seed), target="y", categorical=["plan"])
+        alarms += detect_drift(frame(500, 5000 + seed), profile, DriftSettings(alpha=0.05))["drift_detected"]
+    assert alarms / 60 <= 0.12  # alpha 0.05 across 12 tests, Bonferroni; a loose bound for 60 pairs
+
+
+def test_categorical_shift_detected():
+    profile = build_profile(frame(1000, 1), target="y", categorical=["plan", "y"])
+    report = detect_drift(frame(1000, 2, plan_shift=0.15), profile, DriftSettings())
+    assert report["features"]["plan"]["drifted"]
+
+
+def test_quality_findings_name_column_value_and_limit():
+    base = frame(300, 1)
+    profile = build_profile(base, target="y", categorical=["plan"])
+    bad = base.drop(columns=["x1"]).assign(x2=["oops"] + list(base["x2"][1:]), x3=np.inf, plan="zzz")
+    report = check_quality(bad, profile, QualitySettings(), min_rows=100, source="s3://b/k.csv")
+    checks = {(f["check"], f["column"]): f for f in report["findings"]}
+    assert not report["passed"]
+    assert checks[("missing_column", "x1")]["severity"] == "block"
+    assert "first: 'oops'" in checks[("dtype_change", "x2")]["message"]
+    assert checks[("infinite_value", "x3")]["observed"] == 300
+    assert checks[("unseen_category", "plan")]["severity"] == "warn"
+    assert report["reason"].startswith("s3://b/k.csv:")

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from refit_core.config import GateSettings
+from refit_core.gate import GateInputError, decide, delong_test
+
+
+def slow_delong(y, a, b):
+    """Structural components straight from DeLong et al. (1988): O(m n)."""
+    pos, neg = y == 1, y == 0
+
+    def psi(x, z):
+        return (x > z) + 0.5 * (x == z)
+
+    components = []
+    for score in (a, b):
+        p, n = score[pos], score[neg]
+        kernel = psi(p[:, None], n[None, :]).astype(float)
+        components.append((kernel.mean(), kernel.mean(axis=1), kernel.mean(axis=0)))
+    (auc_a, v10_a, v01_a), (auc_b, v10_b, v01_b) = components
+    m, n = pos.sum(), neg.sum()
+    s10 = np.cov(np.vstack([v10_a, v10_b]))
+    s01 = np.cov(np.vstack([v01_a, v01_b]))
+    variance = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    return auc_a - auc_b, variance
+
+
+def simulate(rng, n, separation_a, separation_b, correlation=0.8):
+    y = (rng.random(n) < 0.4).astype(int)
+    shared = rng.normal(size=n)
+    noise_a = correlation * shared + np.sqrt(1 - correlation**2) * rng.normal(size=n)
+    noise_b = correlation * shared + np.sqrt(1 - correlation**2) * rng.normal(size=n)
+    a = 1 / (1 + np.exp(-(separation_a * y + noise_a)))
+    b = 1 / (1 + np.exp(-(separation_b * y + noise_b)))
+    return y, a, b
+
+
+def test_delong_matches_structural_components():
+    rng = np.random.default_rng(1)
+    y, a, b = simulate(rng, 400, 1.2, 1.0)
+    a = np.round(a, 2)  # ties exercise the midrank handling
+    result = delong_test(y, a, b)
+    difference, variance = slow_delong(y, a, b)
+    assert abs(result["difference"] - difference) < 1e-9
+    z = difference / np.sqrt(variance)
+    assert abs(result["z"] - z) < 1e-9
+
+
+def test_equal_models_rarely_promoted_and_real_gain_promoted():
+    settings = GateSettings(alpha=0.05, min_improvement=0.0)
+    rng = np.random.default_rng(2)
+    false = sum(decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.0, 1.0))[
+        "promote"] for _ in range(200))
+    assert false / 200 <= 0.05 + 0.02
+    better = sum(decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.25, 1.0))[
+        "promote"] for _ in range(50))
+    assert better / 50 >= 0.9
+
+
+def test_margin_and_floor_block_promotion_with_reason():
+    rng = np.random.default_rng(3)
+    y, a, b = simulate(rng, 2000, 1.6, 1.0)
+    big_margin = decide("binary_classification", "roc_auc", "maximize", GateSettings(min_improvement=0.5), y, a, b)
+    assert not big_margin["promote"] and "practical margin" in big_margin["reason"]
+    floor = decide("binary_classification", "roc_auc", "maximize", GateSettings(floors={"accuracy": 0.99}), y, a, b)
+    assert not floor["promote"] and "floor on accuracy" in floor["reason"]
+    first = decide("binary_classification", "roc_auc", "maximize", GateSettings(), y, a, None)
+    assert first["promote"] and first["test"] == "floors_only"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda y, a, b: (y, a[:-1], b), "challenger predictions have 1999 rows"),
+        (lambda y, a, b: (y, np.where(np.arange(a.size) == 3, np.nan, a), b), "NaN or infinite"),
+        (lambda y, a, b: (np.zeros_like(y), a, b), "single class"),
+        (lambda y, a, b: (y, a, b * 2), "outside \\[0, 1\\]"),
+    ],
+)
+def test_gate_refuses_bad_evaluation_data(mutate, message):
+    y, a, b = simulate(np.random.default_rng(4), 2000, 1.0, 1.0)
+    with pytest.raises(GateInputError, match=message):
+        decide("binary_classification", "roc_auc", "maximize", GateSettings(), *mutate(y, a, b))
+
+
+def test_regression_uses_paired_bootstrap():
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=500)
+    result = decide("regression", "rmse", "minimize", GateSettings(bootstrap_samples=300), y,
+                    y + rng.normal(0, 0.5, 500), y + rng.normal(0, 1.0, 500))
+    assert result["test"] == "paired_bootstrap" and result["promote"]
