@@ -102,8 +102,14 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
         manual = ManualInput.model_validate(payload)
     except ValidationError as error:
         raise RunInputError(_describe(error)) from None
-    if manual.data_uri and not S3Uri.parse(manual.data_uri).key.endswith((".csv", ".csv.gz")):
-        raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv or .csv.gz object")
+    if manual.data_uri:
+        uri = S3Uri.parse(manual.data_uri)
+        if not uri.key.endswith((".csv", ".csv.gz")):
+            raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv or .csv.gz object")
+        if uri.bucket != data_bucket or not uri.key.startswith(new_data_prefix):
+            raise RunInputError(
+                f"data_uri: {manual.data_uri!r} must be under this model's new-data prefix s3://{data_bucket}/{new_data_prefix}"
+            )
     return RunRequest(trigger="manual", reason=manual.reason, data_uri=manual.data_uri, force=manual.force)
 
 

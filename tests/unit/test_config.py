@@ -7,8 +7,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def minimal(**overrides):
-    model = {"name": "churn", "problem_type": "binary_classification", "target": "y", "primary_metric": "roc_auc",
-             "metric_direction": "maximize"}
+    model = {
+        "name": "churn",
+        "problem_type": "binary_classification",
+        "target": "y",
+        "primary_metric": "roc_auc",
+        "metric_direction": "maximize",
+    }
     model.update(overrides)
     return {"models": [model]}
 

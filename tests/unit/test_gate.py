@@ -48,11 +48,15 @@ def test_delong_matches_structural_components():
 def test_equal_models_rarely_promoted_and_real_gain_promoted():
     settings = GateSettings(alpha=0.05, min_improvement=0.0)
     rng = np.random.default_rng(2)
-    false = sum(decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.0, 1.0))[
-        "promote"] for _ in range(200))
+    false = sum(
+        decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.0, 1.0))["promote"]
+        for _ in range(200)
+    )
     assert false / 200 <= 0.05 + 0.02
-    better = sum(decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.25, 1.0))[
-        "promote"] for _ in range(50))
+    better = sum(
+        decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.25, 1.0))["promote"]
+        for _ in range(50)
+    )
     assert better / 50 >= 0.9
 
 
@@ -85,6 +89,13 @@ def test_gate_refuses_bad_evaluation_data(mutate, message):
 def test_regression_uses_paired_bootstrap():
     rng = np.random.default_rng(5)
     y = rng.normal(size=500)
-    result = decide("regression", "rmse", "minimize", GateSettings(bootstrap_samples=300), y,
-                    y + rng.normal(0, 0.5, 500), y + rng.normal(0, 1.0, 500))
+    result = decide(
+        "regression",
+        "rmse",
+        "minimize",
+        GateSettings(bootstrap_samples=300),
+        y,
+        y + rng.normal(0, 0.5, 500),
+        y + rng.normal(0, 1.0, 500),
+    )
     assert result["test"] == "paired_bootstrap" and result["promote"]

@@ -38,41 +38,79 @@ def test_manual_input_schema_names_the_wrong_field():
 
 
 def test_event_shapes_of_the_three_automatic_triggers():
-    s3 = {"detail-type": "Object Created", "source": "aws.s3",
-          "detail": {"bucket": {"name": "data"}, "object": {"key": "incoming/churn/b.csv"}}}
+    s3 = {
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "detail": {"bucket": {"name": "data"}, "object": {"key": "incoming/churn/b.csv"}},
+    }
     assert parse_run_input(s3, "incoming/churn/", "data").data_uri == "s3://data/incoming/churn/b.csv"
-    alarm = {"detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch",
-             "detail": {"alarmName": "q", "state": {"value": "ALARM"}}}
+    alarm = {
+        "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch",
+        "detail": {"alarmName": "q", "state": {"value": "ALARM"}},
+    }
     assert parse_run_input(alarm, "incoming/churn/", "data").force
     schedule = {"detail-type": "Scheduled Event", "source": "aws.events", "resources": ["arn:x:rule/r"]}
     assert parse_run_input(schedule, "incoming/churn/", "data").trigger == "schedule"
     with pytest.raises(RunInputError, match="not under this model's new-data prefix"):
-        parse_run_input({**s3, "detail": {"bucket": {"name": "data"}, "object": {"key": "other/b.csv"}}},
-                        "incoming/churn/", "data")
+        parse_run_input(
+            {**s3, "detail": {"bucket": {"name": "data"}, "object": {"key": "other/b.csv"}}}, "incoming/churn/", "data"
+        )
 
 
 def test_training_request_uses_spot_with_checkpoints_keyed_by_run():
     model = load_config(ROOT / "refit.toml").model("churn")
-    request = training_job_request(model=model, run_id="run-1", attempt=1, spot=True, image_uri="img", role_arn="role",
-                                   batch_uri="s3://d/incoming/churn/b.csv", earlier_data_uri=None,
-                                   champion_model_uri="s3://a/m.tar.gz", artifact_bucket="art")
+    request = training_job_request(
+        model=model,
+        run_id="run-1",
+        attempt=1,
+        spot=True,
+        image_uri="img",
+        role_arn="role",
+        batch_uri="s3://d/incoming/churn/b.csv",
+        earlier_data_uri=None,
+        champion_model_uri="s3://a/m.tar.gz",
+        artifact_bucket="art",
+    )
     assert request["EnableManagedSpotTraining"] is True
     stop = request["StoppingCondition"]
     assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"]
     assert request["CheckpointConfig"]["S3Uri"] == "s3://art/checkpoints/churn/run-1/"
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["current", "champion"]
-    on_demand = training_job_request(model=model, run_id="run-1", attempt=2, spot=False, image_uri="img",
-                                     role_arn="role", batch_uri="s3://d/x.csv", earlier_data_uri=None,
-                                     champion_model_uri=None, artifact_bucket="art")
+    on_demand = training_job_request(
+        model=model,
+        run_id="run-1",
+        attempt=2,
+        spot=False,
+        image_uri="img",
+        role_arn="role",
+        batch_uri="s3://d/x.csv",
+        earlier_data_uri=None,
+        champion_model_uri=None,
+        artifact_bucket="art",
+    )
     assert "MaxWaitTimeInSeconds" not in on_demand["StoppingCondition"]
     assert on_demand["CheckpointConfig"] == request["CheckpointConfig"]
 
 
 def test_job_summary_costs_and_fallback():
-    done = summarize_job({"TrainingJobName": "j", "TrainingJobStatus": "Completed", "EnableManagedSpotTraining": True,
-                          "TrainingTimeInSeconds": 1000, "BillableTimeInSeconds": 300}, 0.36, True)
+    done = summarize_job(
+        {
+            "TrainingJobName": "j",
+            "TrainingJobStatus": "Completed",
+            "EnableManagedSpotTraining": True,
+            "TrainingTimeInSeconds": 1000,
+            "BillableTimeInSeconds": 300,
+        },
+        0.36,
+        True,
+    )
     assert done["savings_percent"] == 70.0 and done["estimated_cost_usd"] == pytest.approx(0.03)
-    capacity = {"TrainingJobName": "j", "TrainingJobStatus": "Failed", "SecondaryStatus": "MaxWaitTimeExceeded",
-                "EnableManagedSpotTraining": True}
+    capacity = {
+        "TrainingJobName": "j",
+        "TrainingJobStatus": "Failed",
+        "SecondaryStatus": "MaxWaitTimeExceeded",
+        "EnableManagedSpotTraining": True,
+    }
     assert summarize_job(capacity, 0.1, True)["next"] == "fallback"
     assert summarize_job(capacity, 0.1, False)["next"] == "failed"

@@ -125,6 +125,13 @@ def run(opt: OptMl) -> dict[str, Any]:
     if target not in current.columns:
         raise TrainingError(f"target column {target!r} is missing from the current batch")
     earlier = _read_channel(opt, "train")
+    if earlier is not None and list(earlier.columns) == list(current.columns):
+        # A batch re-run by hand may already be in the accepted training data: its rows must not leak into the
+        # holdout both models are judged on.
+        seen = np.isin(stable_row_hash(earlier), stable_row_hash(current))
+        if seen.any():
+            print(f"refit: dropped {int(seen.sum())} earlier rows that are in the current batch", flush=True)
+            earlier = earlier[~seen]
     current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
     training = pd.concat([earlier, current_train], ignore_index=True) if earlier is not None else current_train
     training = training.dropna(subset=[target])
@@ -182,7 +189,9 @@ def run(opt: OptMl) -> dict[str, Any]:
     (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
     # The drift reference is the newest data the model was trained and judged on (the whole current batch):
     # later batches are compared with what the serving model was last shown to handle.
-    categorical = config["categorical_columns"] + ([target] if config["problem_type"] == "binary_classification" else [])
+    categorical = config["categorical_columns"] + (
+        [target] if config["problem_type"] == "binary_classification" else []
+    )
     profile = build_profile(current, target=target, categorical=categorical, id_column=config.get("id_column"))
     (opt.model / "baseline.json").write_text(dumps_profile(profile))
     evaluation["training_seconds"] = round(time.monotonic() - started, 3)
