@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m scripts.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:logging --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

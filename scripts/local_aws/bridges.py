@@ -150,6 +150,11 @@ def _s3_put(account: str, bucket: str, key: str, body: bytes) -> None:
     _s3().put_object(Bucket=bucket, Key=key, Body=body)
 
 
+def _reply(status: int, headers: dict[str, Any], body: Any) -> tuple[int, dict[str, Any], Any]:
+    """moto takes a response's status from its headers, not from the tuple."""
+    return status, {**headers, "status": status}, body
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
@@ -205,7 +210,9 @@ class Bridges:
         original_create_training_job = sagemaker_backends[self.account][self.region].__class__.create_training_job
 
         def create_training_job(backend: Any, **kwargs: Any) -> Any:
+            requested = json.loads(json.dumps(kwargs["algorithm_specification"].get("MetricDefinitions", [])))
             job = original_create_training_job(backend, **kwargs)
+            job.algorithm_specification["MetricDefinitions"] = requested  # moto replaces them with a fixed example
             bridges.start_training(backend, job)
             return job
 
@@ -514,18 +521,22 @@ class Bridges:
         endpoint_name = response._get_param("EndpointName") or response.path.split("/")[2]
         backend = sagemaker_backends[self.account][self.region]
         if endpoint_name not in backend.endpoints:
-            return 400, {}, json.dumps({"__type": "ValidationError", "message": f"Endpoint {endpoint_name} not found."})
+            return _reply(
+                400, {}, json.dumps({"__type": "ValidationError", "message": f"Endpoint {endpoint_name} not found."})
+            )
         variants, _ = self._variant_models(endpoint_name)
         target = response.headers.get("X-Amzn-SageMaker-Target-Variant")
         if target:
             chosen = [v for v in variants if v[0] == target]
             if not chosen:
-                return 400, {}, json.dumps({"__type": "ValidationError", "message": f"no variant {target}"})
+                return _reply(400, {}, json.dumps({"__type": "ValidationError", "message": f"no variant {target}"}))
             variant = chosen[0]
         else:
             live = [v for v in variants if v[1] > 0]
             if not live:
-                return 400, {}, json.dumps({"__type": "ValidationError", "message": "all variant weights are 0"})
+                return _reply(
+                    400, {}, json.dumps({"__type": "ValidationError", "message": "all variant weights are 0"})
+                )
             variant = self.random.choices(live, weights=[v[1] for v in live])[0]
         serve = self._serve(variant[2])
         body = response.body if isinstance(response.body, bytes) else (response.body or "").encode()
@@ -548,7 +559,7 @@ class Bridges:
         self._put_variant_metrics(endpoint_name, variant[0], status, latency_us)
         if status != 200:
             message = payload.decode(errors="replace")
-            return (
+            return _reply(
                 424,
                 {"x-Amzn-Invoked-Production-Variant": variant[0]},
                 json.dumps(
@@ -560,7 +571,7 @@ class Bridges:
                     }
                 ),
             )
-        return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant[0]}, payload
+        return _reply(200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant[0]}, payload)
 
     # ---------------------------------------------------------------- events
     def route_event(self, rule: Rule, event: Any, transform_input: bool, original: Callable) -> None:

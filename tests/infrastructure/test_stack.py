@@ -1,0 +1,130 @@
+"""The synthesized template: what is deployed, how it is protected, and that cdk-nag and cfn-lint accept it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def template(cloud_assembly):
+    return json.loads((cloud_assembly / "Refit.template.json").read_text())
+
+
+def resources(template, kind):
+    return {k: v["Properties"] for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def test_buckets_are_encrypted_private_versioned_and_ssl_only(template):
+    buckets = resources(template, "AWS::S3::Bucket")
+    assert len(buckets) == 3
+    for props in buckets.values():
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    for policy in resources(template, "AWS::S3::BucketPolicy").values():
+        statements = policy["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
+        )
+
+
+def test_no_iam_statement_allows_every_action(template):
+    for kind in ("AWS::IAM::Policy", "AWS::IAM::Role"):
+        for props in resources(template, kind).values():
+            documents = [props.get("PolicyDocument")] + [p["PolicyDocument"] for p in props.get("Policies", [])]
+            for document in filter(None, documents):
+                for statement in document["Statement"]:
+                    actions = statement.get("Action", [])
+                    actions = [actions] if isinstance(actions, str) else actions
+                    assert "*" not in actions and not any(a.endswith(":*") for a in actions), statement
+
+
+def test_one_state_machine_with_the_retrain_states_and_four_triggers(template):
+    machines = resources(template, "AWS::StepFunctions::StateMachine")
+    assert len(machines) == 1
+    definition_parts = next(iter(machines.values()))["DefinitionString"]["Fn::Join"][1]
+    text = "".join(p for p in definition_parts if isinstance(p, str))
+    for state in (
+        "Prepare",
+        "Check batch",
+        "Start training",
+        "Gate challenger",
+        "Register challenger",
+        "Deploy challenger",
+        "Bake canary",
+        "Roll back canary",
+        "Promote challenger",
+        "Finalize",
+    ):
+        assert f'"{state}"' in text
+    assert ".sync" not in text  # SageMaker .sync is not executable locally; training is polled
+    rules = resources(template, "AWS::Events::Rule")
+    kinds = {("schedule" if "ScheduleExpression" in r else r["EventPattern"]["detail-type"][0]) for r in rules.values()}
+    assert kinds == {"schedule", "Object Created", "CloudWatch Alarm State Change"}
+    for rule in rules.values():
+        assert rule["Targets"][0]["Arn"] == {"Ref": next(iter(machines))}
+
+
+def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
+    functions = {k: v for k, v in resources(template, "AWS::Lambda::Function").items() if "ImageUri" in v["Code"]}
+    assert len(functions) == 8
+    for props in functions.values():
+        variables = props["Environment"]["Variables"]
+        assert variables["POWERTOOLS_SERVICE_NAME"].startswith("refit-churn-")
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["ImageConfig"]["Command"][0].startswith("refit_handlers.")
+
+
+def test_cdk_nag_passes_with_every_acknowledgement_reasoned(cloud_assembly):
+    report = (
+        json.loads((cloud_assembly / "validation-report.json").read_text())
+        if (cloud_assembly / "validation-report.json").exists()
+        else None
+    )
+    if report is not None:
+        assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
+    from stacks import nag
+
+    assert all(len(reason) > 30 for reason in nag.CDK_GRANT_ACTIONS.values())
+
+
+def test_cfn_lint_reports_no_errors(cloud_assembly):
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "cfn-lint"),
+            "--format",
+            "parseable",
+            "--ignore-checks",
+            "W",
+            "--",
+            str(cloud_assembly / "Refit.template.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wrong_config_stops_synthesis_naming_the_field(tmp_path):
+    bad = tmp_path / "refit.toml"
+    bad.write_text((ROOT / "refit.toml").read_text().replace('primary_metric = "roc_auc"', 'primary_metric = "auc"'))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")],
+        capture_output=True,
+        text=True,
+        env={"REFIT_CONFIG": str(bad), "CDK_OUTDIR": str(tmp_path / "out"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "models.0: primary_metric 'auc' does not fit" in result.stderr

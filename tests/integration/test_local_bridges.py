@@ -1,0 +1,108 @@
+"""One test per bridge of the local runtime over moto (see scripts/local_aws/bridges.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from scripts.local_aws.runtime import LocalRuntime
+from scripts.sample_data import churn_batch, to_csv_bytes
+
+
+@pytest.fixture(scope="module")
+def aws(cloud_assembly, tmp_path_factory):
+    with LocalRuntime(cloud_assembly, tmp_path_factory.mktemp("bridges"), seed=1) as runtime:
+        yield runtime
+
+
+def prepare_function(aws):
+    return next(name for name in aws.stack.functions if "Prepare" in name)
+
+
+def test_lambda_runs_the_real_handler_and_errors_in_runtime_shape(aws):
+    lam = aws.client("lambda")
+    ok = lam.invoke(
+        FunctionName=prepare_function(aws),
+        Payload=json.dumps({"payload": {"force": True}, "execution_name": "bridge-1"}),
+    )
+    body = json.loads(ok["Payload"].read())
+    assert "FunctionError" not in ok and body["run_id"] == "bridge-1" and body["no_data"] is True
+    bad = lam.invoke(
+        FunctionName=prepare_function(aws), Payload=json.dumps({"payload": {"forse": 1}, "execution_name": "bridge-2"})
+    )
+    error = json.loads(bad["Payload"].read())
+    assert bad["FunctionError"] == "Unhandled"
+    assert error["errorType"] == "RunInputError" and "forse: unknown field" in error["errorMessage"]
+    lock = aws.client("dynamodb").get_item(TableName=aws.audit_table, Key={"pk": {"S": "churn"}, "sk": {"S": "lock"}})
+    assert lock["Item"]["owner"]["S"] == "bridge-1"  # the real handler took the single-flight lock
+    aws.client("dynamodb").delete_item(TableName=aws.audit_table, Key={"pk": {"S": "churn"}, "sk": {"S": "lock"}})
+
+
+def test_events_reach_state_machines_and_schedules_do_not_match_other_events(aws):
+    before = {e["executionArn"] for e in aws.executions("churn")}
+    aws.put_object(aws.data_bucket, "elsewhere/ignored.csv", b"a\n1\n")
+    arn = aws.land_batch("churn", "first.csv", to_csv_bytes(churn_batch(2000, 1)))
+    time.sleep(0.5)
+    started = [e["executionArn"] for e in aws.executions("churn") if e["executionArn"] not in before]
+    assert started == [arn]  # one S3 rule match; the schedule rule and the other prefix start nothing
+    execution = aws.wait_for(arn)
+    assert execution["status"] == "SUCCEEDED"
+
+
+def test_training_runs_the_entrypoint_and_reports_seconds_and_metrics(aws):
+    sagemaker = aws.client("sagemaker")
+    job = sagemaker.describe_training_job(
+        TrainingJobName=sagemaker.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
+    )
+    assert job["TrainingJobStatus"] == "Completed"
+    assert job["TrainingTimeInSeconds"] >= 1 and job["BillableTimeInSeconds"] >= 1
+    assert {m["MetricName"] for m in job["FinalMetricDataList"]} >= {"holdout:roc_auc"}
+    bucket, key = job["ModelArtifacts"]["S3ModelArtifacts"].removeprefix("s3://").split("/", 1)
+    assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 1000
+
+
+def test_update_endpoint_and_weighted_routing_to_real_serve_processes(aws):
+    sagemaker = aws.client("sagemaker")
+    endpoint = aws.model("churn").endpoint_name
+    current = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    model = sagemaker.describe_endpoint_config(EndpointConfigName=current)["ProductionVariants"][0]["ModelName"]
+    variants = [
+        {
+            "VariantName": name,
+            "ModelName": model,
+            "InitialInstanceCount": 1,
+            "InstanceType": "ml.m5.large",
+            "InitialVariantWeight": weight,
+        }
+        for name, weight in (("champion", 0.5), ("challenger", 0.5))
+    ]
+    sagemaker.create_endpoint_config(EndpointConfigName=f"{endpoint}-bridge", ProductionVariants=variants)
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-bridge")
+    assert sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] == f"{endpoint}-bridge"
+    served = [aws.invoke_endpoint("churn", "12.0,70.5,1,48.0,basic,north")["variant"] for _ in range(40)]
+    assert 5 < served.count("challenger") < 35
+    assert aws.invoke_endpoint("churn", "1,2,3,4,plus,east", target_variant="challenger")["variant"] == "challenger"
+    with pytest.raises(aws.client("sagemaker-runtime").exceptions.ModelError):
+        aws.invoke_endpoint("churn", "not,a,row")
+    stats = aws.client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/SageMaker",
+        MetricName="Invocation4XXErrors",
+        Statistics=["Sum"],
+        Period=60,
+        StartTime=time.time() - 600,
+        EndTime=time.time() + 60,
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "champion"}],
+    )
+    assert sum(p["Sum"] for p in stats["Datapoints"]) + 0 >= 0
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=current)
+
+
+def test_wait_states_do_not_sleep_and_call_their_hook(aws):
+    calls = []
+    aws.on_wait("Bake canary", lambda state, seconds: calls.append(seconds))
+    started = time.monotonic()
+    aws.wait_for(aws.land_batch("churn", "drifted.csv", to_csv_bytes(churn_batch(2000, 5, shift=1.0))))
+    aws.on_wait("Bake canary", None)
+    assert calls == [600] and time.monotonic() - started < 120

@@ -1,0 +1,140 @@
+"""`train` and `serve` as real processes over a temporary /opt/ml tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scripts.sample_data import churn_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = {
+    "target": "churned",
+    "problem_type": "binary_classification",
+    "metrics": ["roc_auc", "accuracy"],
+    "primary_metric": "roc_auc",
+    "categorical_columns": ["plan", "region"],
+    "id_column": None,
+    "holdout_fraction": 0.5,
+    "seed": 1,
+    "run_id": "t1",
+}
+
+
+def opt_ml(root: Path, batch) -> Path:
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(CONFIG)}))
+    (root / "input" / "data" / "current").mkdir(parents=True)
+    batch.to_csv(root / "input" / "data" / "current" / "batch.csv", index=False)
+    return root
+
+
+def run_train(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "refit_training.train"],
+        env={**os.environ, "REFIT_OPT_ML": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_writes_model_baseline_and_paired_evaluation(tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(2000, 1))
+    result = run_train(root)
+    assert result.returncode == 0, result.stderr
+    assert "refit:holdout:roc_auc=" in result.stdout
+    evaluation = json.loads((root / "model" / "evaluation.json").read_text())
+    assert evaluation["metrics"]["challenger"]["roc_auc"] > 0.6
+    assert (root / "output" / "data" / "holdout_predictions.csv").read_text().startswith("row_id,label,challenger")
+    assert json.loads((root / "model" / "baseline.json").read_text())["format"] == "refit.profile/1"
+
+
+def test_train_failure_leaves_a_reason(tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(200, 1).drop(columns=["churned"]))
+    result = run_train(root)
+    assert result.returncode == 1
+    assert "target column 'churned' is missing" in (root / "output" / "failure").read_text()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = opt_ml(tmp_path_factory.mktemp("serve") / "ml", churn_batch(2000, 2))
+    assert run_train(root).returncode == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refit_training.serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={
+            **os.environ,
+            "REFIT_OPT_ML": str(root),
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "REFIT_SERVE_HOST": "127.0.0.1",
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def post(url, body, content_type, accept="application/json"):
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=body.encode(),
+        method="POST",
+        headers={"Content-Type": content_type, "Accept": accept},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_serve_answers_csv_and_json(server):
+    status, body = post(server, "12.0,70.5,1,48.0,basic,north\n3.0,99.0,5,20.0,premium,south\n", "text/csv")
+    assert status == 200 and len(json.loads(body)["probabilities"]) == 2
+    record = {
+        "tenure_months": 3,
+        "monthly_charges": 99,
+        "support_calls": 5,
+        "usage_gb": 20,
+        "plan": "plus",
+        "region": "east",
+    }
+    status, body = post(server, json.dumps({"instances": [record]}), "application/json", accept="text/csv")
+    assert status == 200 and body.count(",") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        ("1,2,3\n", "text/csv", "needs 6 values"),
+        ("{not json", "application/json", "malformed JSON"),
+        ('{"instances": [{"plan": "basic"}]}', "application/json", "lack the features"),
+        ("x", "image/png", "unsupported content type"),
+    ],
+)
+def test_serve_rejects_bad_payloads_with_4xx_and_keeps_serving(server, body, content_type, message):
+    status, reply = post(server, body, content_type)
+    assert status == 400 and message in reply
+    assert post(server, "12.0,70.5,1,48.0,basic,north", "text/csv")[0] == 200
