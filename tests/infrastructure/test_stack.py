@@ -128,3 +128,15 @@ def test_wrong_config_stops_synthesis_naming_the_field(tmp_path):
     )
     assert result.returncode == 2
     assert "models.0: primary_metric 'auc' does not fit" in result.stderr
+
+
+def test_npm_cdk_cli_synthesizes_offline(tmp_path):
+    """`cdk synth` with the CLI that package-lock.json installs, as a user would run it."""
+    cdk = ROOT / "node_modules" / ".bin" / "cdk"
+    result = subprocess.run(
+        [str(cdk), "synth", "--quiet", "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
+             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    template = json.loads((tmp_path / "out" / "Refit.template.json").read_text())
+    assert any(r["Type"] == "AWS::StepFunctions::StateMachine" for r in template["Resources"].values())
