@@ -1,32 +1,121 @@
-"""The `refit` command: profile, drift and quality checks on files or s3:// URIs, with the same code the Lambdas run."""
+"""The `refit` command. Data checks run the same code as the Lambdas; registry commands work against AWS (default
+credentials) or the local runtime (inside its mock).
+
+    refit profile DATA [--target COL] [--categorical COL ...] -o baseline.json
+    refit drift (--baseline baseline.json | REFERENCE) CURRENT [--target COL] [--json]
+    refit quality (--baseline baseline.json | REFERENCE) CURRENT [--json]
+    refit gate EVALUATION_DIR --model NAME            (holdout_predictions.csv from a training job's output)
+    refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues)
+    refit reject MODEL VERSION [--comment TEXT]
+    refit lineage MODEL [VERSION]
+    refit diff MODEL V1 V2
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import io
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import boto3
-from refit_core.config import DriftSettings, QualitySettings
+import pandas as pd
+from refit_core.approvals import ApprovalError, decide_approval
+from refit_core.config import ConfigError, DriftSettings, QualitySettings, load_config
 from refit_core.datasets import DataError, read_table
 from refit_core.drift import detect_drift
+from refit_core.gate import GateInputError, decide
+from refit_core.lineage import diff
 from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
-from refit_core.s3uri import is_s3_uri
+from refit_core.quality import check_quality
+from refit_core.s3uri import S3Uri, is_s3_uri
+
+DEFAULT_CONFIG = os.environ.get("REFIT_CONFIG", str(Path(__file__).resolve().parent.parent / "refit.toml"))
 
 
-def _read(location: str):
+class CliError(Exception):
+    """A problem the user can fix; printed as one line on stderr."""
+
+
+def _read(location: str) -> pd.DataFrame:
     return read_table(location, boto3.client("s3") if is_s3_uri(location) else None)
+
+
+def _read_bytes(location: str) -> bytes:
+    if is_s3_uri(location):
+        uri = S3Uri.parse(location)
+        return boto3.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    return Path(location).read_bytes()
 
 
 def _baseline(args: argparse.Namespace) -> dict:
     if args.baseline:
-        with open(args.baseline, "rb") as handle:
-            return loads_profile(handle.read(), args.baseline)
-    return build_profile(_read(args.reference), target=args.target, categorical=args.categorical or [])
+        return loads_profile(_read_bytes(args.baseline), args.baseline)
+    categorical = list(args.categorical or [])
+    return build_profile(_read(args.reference), target=args.target, categorical=categorical)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="refit", description=__doc__)
+def _audit_table(args: argparse.Namespace) -> str:
+    if args.audit_table:
+        return args.audit_table
+    outputs = boto3.client("cloudformation").describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
+    for output in outputs:
+        if output["OutputKey"] == "AuditTable":
+            return output["OutputValue"]
+    raise CliError(f"stack {args.stack} has no AuditTable output; pass --audit-table")
+
+
+def _package_group(args: argparse.Namespace) -> str:
+    config = load_config(args.config)
+    config.model(args.model)
+    return f"{config.project}-{args.model}"
+
+
+def _lineage(sagemaker: Any, group: str, version: int | None) -> dict[str, Any]:
+    packages = sagemaker.list_model_packages(
+        ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=100
+    )["ModelPackageSummaryList"]
+    if version is not None:
+        packages = [p for p in packages if p.get("ModelPackageVersion") == version]
+    if not packages:
+        raise CliError(f"no version {version} in model package group {group}" if version else f"{group} is empty")
+    package = sagemaker.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])
+    metadata = package.get("CustomerMetadataProperties", {})
+    if "lineage_uri" not in metadata:
+        raise CliError(f"{package['ModelPackageArn']} has no lineage_uri (not registered by refit)")
+    lineage = json.loads(_read_bytes(metadata["lineage_uri"]))
+    lineage["approval"] = package.get("ModelApprovalStatus")
+    lineage["approval_description"] = package.get("ApprovalDescription")
+    return lineage
+
+
+def gate_command(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_config(args.config).model(args.model)
+    folder = args.evaluation.rstrip("/")
+    predictions = pd.read_csv(io.BytesIO(_read_bytes(f"{folder}/holdout_predictions.csv")))
+    champion = predictions["champion"].to_numpy(dtype=float) if "champion" in predictions else None
+    segments = {c.removeprefix("segment:"): predictions[c].to_numpy() for c in predictions if c.startswith("segment:")}
+    return decide(
+        model.problem_type,
+        model.primary_metric,
+        model.metric_direction,
+        model.gate,
+        predictions["label"].to_numpy(dtype=float),
+        predictions["challenger"].to_numpy(dtype=float),
+        champion,
+        seed=model.seed,
+        segments=segments,
+    )
+
+
+def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    parser = argparse.ArgumentParser(prog="refit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="model configuration file (refit.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     profile = commands.add_parser("profile", help="write a baseline profile of DATA")
     profile.add_argument("data")
@@ -41,26 +130,61 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--target")
         command.add_argument("--categorical", nargs="*")
         command.add_argument("--json", action="store_true")
+    gate = commands.add_parser("gate", help="gate a challenger on a training job's holdout predictions")
+    gate.add_argument("evaluation", help="folder or s3:// prefix holding holdout_predictions.csv")
+    gate.add_argument("--model", required=True)
+    for name in ("approve", "reject"):
+        command = commands.add_parser(name, help=f"{name} a version waiting for manual approval")
+        command.add_argument("model")
+        command.add_argument("version", type=int)
+        command.add_argument("--comment", default="")
+        command.add_argument("--audit-table")
+        command.add_argument("--stack", default="Refit")
+    lineage = commands.add_parser("lineage", help="where a model version came from")
+    lineage.add_argument("model")
+    lineage.add_argument("version", type=int, nargs="?")
+    difference = commands.add_parser("diff", help="what changed between two model versions")
+    difference.add_argument("model")
+    difference.add_argument("v1", type=int)
+    difference.add_argument("v2", type=int)
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
             result = build_profile(_read(args.data), target=args.target, categorical=args.categorical or [])
-            with open(args.output, "w") as handle:
-                handle.write(dumps_profile(result))
+            Path(args.output).write_text(dumps_profile(result))
             return 0
-        if not args.baseline and not args.reference:
-            parser.error("give --baseline or a REFERENCE file")
-        baseline, current = _baseline(args), _read(args.current)
-        if args.command == "drift":
-            report = detect_drift(current, baseline, DriftSettings())
+        if args.command in ("drift", "quality"):
+            if not args.baseline and not args.reference:
+                parser.error("give --baseline or a REFERENCE file")
+            baseline, current = _baseline(args), _read(args.current)
+            if args.command == "drift":
+                report = detect_drift(current, baseline, DriftSettings())
+            else:
+                report = check_quality(current, baseline, QualitySettings(), DriftSettings().min_rows, args.current)
+        elif args.command == "gate":
+            report = gate_command(args)
+        elif args.command in ("approve", "reject"):
+            load_config(args.config).model(args.model)
+            report = decide_approval(
+                model=args.model,
+                version=args.version,
+                approve=args.command == "approve",
+                by=os.environ.get("REFIT_USER", getpass.getuser()),
+                comment=args.comment,
+                audit_table=_audit_table(args),
+                dynamodb=boto3.client("dynamodb"),
+                sagemaker=boto3.client("sagemaker"),
+                stepfunctions=boto3.client("stepfunctions"),
+            )
+        elif args.command == "lineage":
+            report = _lineage(boto3.client("sagemaker"), _package_group(args), args.version)
         else:
-            from refit_core.quality import check_quality
-
-            report = check_quality(current, baseline, QualitySettings(), DriftSettings().min_rows, args.current)
-        print(json.dumps(report, indent=None if args.json else 1, default=float))
+            group, sagemaker = _package_group(args), boto3.client("sagemaker")
+            report = diff(_lineage(sagemaker, group, args.v1), _lineage(sagemaker, group, args.v2))
+        print(json.dumps(report, indent=None if getattr(args, "json", False) else 1, default=float), file=out)
         return 0
-    except (DataError, ProfileError, OSError) as error:
-        print(f"refit: {error}", file=sys.stderr)
+    except (DataError, ProfileError, ConfigError, GateInputError, ApprovalError, CliError, OSError) as error:
+        print(f"refit: {error}", file=err)
         return 1
 
 

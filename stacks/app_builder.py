@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
@@ -11,6 +13,23 @@ from refit_core.config import ConfigError, load_config
 from stacks.refit_stack import RefitStack
 
 STACK_NAME = "Refit"
+
+
+def code_version(root: Path) -> str:
+    """The git commit the stack is synthesized from (`-dirty` with uncommitted changes); recorded in each model's
+    lineage. Outside a git checkout: 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
 def build_app(config_path: str, outdir: str | None = None) -> App:

@@ -27,6 +27,7 @@ class ModelPipeline(Construct):
         config: RefitConfig,
         storage: Storage,
         sagemaker_access: SageMakerAccess,
+        code_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self.endpoint_name = f"{config.project}-{model.name}"
@@ -47,6 +48,7 @@ class ModelPipeline(Construct):
             package_group_name=self.package_group.model_package_group_name,
             canary_alarm_name=canary_alarm_name,
             instance_prices=config.instance_prices_usd_per_hour,
+            code_version=code_version,
         )
         self.retrain = RetrainStateMachine(self, "Retrain", model=model, functions=self.functions)
         self.triggers = Triggers(
@@ -63,7 +65,9 @@ class ModelPipeline(Construct):
 
 
 class RefitStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, config: RefitConfig, **kwargs) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: RefitConfig, code_version: str = "unknown", **kwargs
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.storage = Storage(self, "Storage", notification_email=config.notification_email)
         self.sagemaker_access = SageMakerAccess(self, "SageMaker", storage=self.storage)
@@ -75,6 +79,7 @@ class RefitStack(Stack):
                 config=config,
                 storage=self.storage,
                 sagemaker_access=self.sagemaker_access,
+                code_version=code_version,
             )
             for model in config.models
         }

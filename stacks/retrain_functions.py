@@ -35,6 +35,8 @@ SPECS = {
     "Register": FunctionSpec("refit_handlers.gate.register_handler", 512, 60),
     "Deploy": FunctionSpec("refit_handlers.deploy.handler", 512, 120),
     "Finalize": FunctionSpec("refit_handlers.finalize.handler", 512, 120),
+    "RequestApproval": FunctionSpec("refit_handlers.approval.request_handler", 256, 60),
+    "ExpireApproval": FunctionSpec("refit_handlers.approval.expire_handler", 256, 60),
 }
 
 
@@ -51,6 +53,7 @@ class RetrainFunctions(Construct):
         package_group_name: str,
         canary_alarm_name: str,
         instance_prices: dict[str, float],
+        code_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -67,6 +70,7 @@ class RetrainFunctions(Construct):
             "REFIT_IMAGE_URI": sagemaker.image.image_uri,
             "REFIT_CANARY_ALARM": canary_alarm_name,
             "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
+            "REFIT_CODE_VERSION": code_version,
             "POWERTOOLS_METRICS_NAMESPACE": "Refit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }
@@ -122,6 +126,18 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_read(f["Gate"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["StartTraining"], f"reports/{model.name}/*")
+        storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
+        storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")
+        storage.topic.grant_publish(f["RequestApproval"])
+        storage.audit_table.grant(f["ExpireApproval"], "dynamodb:DeleteItem")
+        f["ExpireApproval"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:UpdateModelPackage"],
+                resources=[f"{arn}:model-package/{package_group_name}/*"],
+            )
+        )
         f["Register"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"],

@@ -250,6 +250,45 @@ class RetrainStateMachine(Construct):
         )
         deploy.next(endpoint_wait_loop("deploy", "$.deploy.expected_config", after_deploy))
 
+        # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
+        # without a decision before the configured timeout the version is rejected.
+        expire = invoke(
+            "Reject after approval timeout",
+            "ExpireApproval",
+            {"model_package_arn.$": "$.registry.model_package_arn", "version.$": "$.registry.version"},
+            "$.approval",
+        )
+        catch_to(expire, finalize).next(finalize)
+        await_approval = tasks.LambdaInvoke(
+            self,
+            "Await approval",
+            lambda_function=fn["RequestApproval"],
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            payload=sfn.TaskInput.from_object(
+                {
+                    "task_token": sfn.JsonPath.task_token,
+                    "run_id.$": "$.run.run_id",
+                    "model_package_arn.$": "$.registry.model_package_arn",
+                    "version.$": "$.registry.version",
+                    "reason.$": "$.gate.reason",
+                }
+            ),
+            task_timeout=sfn.Timeout.duration(Duration.seconds(model.approval_timeout_seconds)),
+            result_path="$.approval",
+        )
+        await_approval.add_catch(expire, errors=["States.Timeout"], result_path="$.approval_timeout")
+        catch_to(await_approval, finalize)
+        await_approval.next(
+            sfn.Choice(self, "Approved?")
+            .when(sfn.Condition.boolean_equals("$.approval.approved", True), deploy)
+            .otherwise(finalize)
+        )
+        needs_approval = (
+            sfn.Choice(self, "Approval needed?")
+            .when(sfn.Condition.string_equals("$.registry.approval", "PendingManualApproval"), await_approval)
+            .otherwise(deploy)
+        )
+
         definition = (
             sfn.Chain.start(prepare)
             .next(keep_run)
@@ -275,7 +314,7 @@ class RetrainStateMachine(Construct):
                 sfn.Condition.string_equals("$.training.next", "done"),
                 gate.next(register).next(
                     sfn.Choice(self, "Promote?")
-                    .when(sfn.Condition.boolean_equals("$.gate.promote", True), deploy)
+                    .when(sfn.Condition.boolean_equals("$.gate.promote", True), needs_approval)
                     .otherwise(finalize)
                 ),
             )

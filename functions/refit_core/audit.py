@@ -47,6 +47,10 @@ def _outcome(state: dict[str, Any]) -> tuple[str, str, str]:
         return "FAILED", "training_failed", f"training job {training.get('job_name')} failed: {reason}"
     if gate and not gate.get("promote"):
         return "SUCCEEDED", "not_promoted", gate.get("reason", "the challenger did not pass the gate")
+    approval = state.get("approval") or {}
+    if approval and not approval.get("approved"):
+        outcome = "approval_timed_out" if approval.get("by") == "timeout" else "not_approved"
+        return "SUCCEEDED", outcome, approval.get("reason", "the challenger was not approved")
     if deploy.get("mode") == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
     if canary:
@@ -133,7 +137,10 @@ def summarize_run(
         }
         if gate
         else None,
-        "registry": {k: registry.get(k) for k in ("model_package_arn", "version", "approval")} if registry else None,
+        "registry": {k: registry.get(k) for k in ("model_package_arn", "version", "approval", "lineage_uri")}
+        if registry
+        else None,
+        "approval": state.get("approval"),
         "canary": state.get("canary"),
         "endpoint": endpoint,
         "error": error_reason(state.get("error")),

@@ -39,16 +39,17 @@ def canary_verdict(
     settings: CanarySettings,
     invocations: float,
     errors_5xx: float,
-    max_latency_ms: float | None,
+    mean_latency_ms: float | None,
     alarm_state: str | None,
 ) -> dict[str, Any]:
-    """Healthy only with enough traffic, a low error rate, acceptable latency and no alarm in ALARM."""
+    """Healthy only with enough traffic, a low 5XX rate, an acceptable mean model latency (one slow request does not
+    fail a canary) and no alarm in ALARM."""
     error_rate = errors_5xx / invocations if invocations else 0.0
     evidence = {
         "invocations": invocations,
         "errors_5xx": errors_5xx,
         "error_rate": round(error_rate, 6),
-        "max_model_latency_ms": max_latency_ms,
+        "mean_model_latency_ms": mean_latency_ms,
         "alarm_state": alarm_state,
     }
     if alarm_state == "ALARM":
@@ -59,10 +60,10 @@ def canary_verdict(
             "reason": f"challenger 5XX error rate {error_rate:.2%} is over {settings.max_error_rate:.2%}",
             **evidence,
         }
-    if max_latency_ms is not None and max_latency_ms > settings.max_model_latency_ms:
+    if mean_latency_ms is not None and mean_latency_ms > settings.max_model_latency_ms:
         return {
             "healthy": False,
-            "reason": f"challenger model latency {max_latency_ms:.0f} ms is over {settings.max_model_latency_ms:.0f} ms",
+            "reason": f"challenger mean model latency {mean_latency_ms:.0f} ms is over {settings.max_model_latency_ms:.0f} ms",
             **evidence,
         }
     if invocations < settings.min_invocations:

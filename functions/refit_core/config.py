@@ -18,9 +18,13 @@ CLASSIFICATION_METRICS = {
     "roc_auc": "maximize",
     "accuracy": "maximize",
     "f1": "maximize",
+    "precision": "maximize",
+    "recall": "maximize",
     "log_loss": "minimize",
+    "calibration_error": "minimize",
 }
 REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
+METRIC_DIRECTIONS = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
 
 # SageMaker instance types refit knows a price for; users add their own in [prices].
 DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
@@ -93,9 +97,21 @@ class QualitySettings(_Strict):
     )
 
 
+class GuardSettings(_Strict):
+    """A metric the challenger may not make worse than the champion by more than `max_degradation` (absolute),
+    overall or, with `segment_column`, in every segment of that column with at least `min_segment_rows` rows."""
+
+    metric: str
+    max_degradation: float = Field(0.0, ge=0)
+    segment_column: str | None = None
+    min_segment_rows: int = Field(50, ge=10)
+
+
 class GateSettings(_Strict):
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    min_improvement: float = Field(0.0, ge=0, description="Practical margin on the primary metric (absolute).")
+    min_improvement: float = Field(0.0, ge=0, description="Practical margin on the primary metric.")
+    min_improvement_kind: Literal["absolute", "relative"] = "absolute"
+    guards: list[GuardSettings] = Field(default_factory=list)
     floors: dict[str, float] = Field(default_factory=dict, description="Absolute floors, e.g. {roc_auc = 0.7}.")
     bootstrap_samples: int = Field(2000, ge=200, le=20000)
 
@@ -105,7 +121,7 @@ class CanarySettings(_Strict):
     bake_seconds: int = Field(600, ge=0, le=86400)
     min_invocations: int = Field(20, ge=0, description="A canary with fewer invocations is not promoted.")
     max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_model_latency_ms: float = Field(1000.0, gt=0)
+    max_model_latency_ms: float = Field(1000.0, gt=0, description="Limit on the challenger's mean ModelLatency.")
 
 
 class QualityAlarmSettings(_Strict):
@@ -135,6 +151,8 @@ class ModelConfig(_Strict):
     gate: GateSettings = GateSettings()
     canary: CanarySettings = CanarySettings()
     quality_alarm: QualityAlarmSettings | None = None
+    approval: Literal["auto", "manual"] = "auto"
+    approval_timeout_seconds: int = Field(3 * 86400, ge=5, le=365 * 86400)
 
     @field_validator("name")
     @classmethod
@@ -171,6 +189,14 @@ class ModelConfig(_Strict):
         for metric in self.gate.floors:
             if metric not in known:
                 raise ValueError(f"gate.floors names {metric!r}, which is not a metric for {self.problem_type!r}")
+        for index, guard in enumerate(self.gate.guards):
+            if guard.metric not in known:
+                raise ValueError(
+                    f"gate.guards.{index}.metric {guard.metric!r} is not a metric for {self.problem_type!r}; "
+                    f"use one of {sorted(known)}"
+                )
+            if guard.segment_column == self.target:
+                raise ValueError(f"gate.guards.{index}.segment_column must not be the target {self.target!r}")
         if self.target in self.categorical_columns:
             raise ValueError(f"target {self.target!r} must not also be listed in categorical_columns")
         return self
@@ -182,6 +208,10 @@ class ModelConfig(_Strict):
     @property
     def training_data_prefix(self) -> str:
         return f"training/{self.name}/"
+
+    @property
+    def segment_columns(self) -> list[str]:
+        return sorted({g.segment_column for g in self.gate.guards if g.segment_column})
 
     @property
     def metrics(self) -> list[str]:

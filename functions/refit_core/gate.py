@@ -1,9 +1,10 @@
 """Champion vs challenger gate on the same holdout rows.
 
 Promote only when the challenger is better with statistical significance (one-sided, level `alpha`)
-*and* by at least the practical margin, and every absolute floor holds. AUC uses DeLong's test for
-correlated ROC curves, accuracy the exact McNemar test, everything else a paired bootstrap of the
-metric difference. With no champion, only the floors decide.
+*and* by at least the practical margin (absolute, or relative to the champion), *and* no guard metric
+degrades beyond its tolerance (overall or in any segment of a configured column), *and* every absolute
+floor holds. AUC uses DeLong's test for correlated ROC curves, accuracy the exact McNemar test,
+everything else a paired bootstrap of the metric difference. With no champion, only the floors decide.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from refit_core.config import GateSettings
-from refit_core.metrics import compute_metric
+from refit_core.config import GateSettings, GuardSettings
+from refit_core.metrics import compute_metric, higher_is_better
 
 
 class GateInputError(ValueError):
@@ -33,8 +34,8 @@ def _placements(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray,
     return v10, v01
 
 
-def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
-    """One-sided DeLong test of AUC(a) > AUC(b) on the same rows."""
+def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, margin: float = 0.0) -> dict[str, float]:
+    """One-sided DeLong test of AUC(a) - AUC(b) > margin on the same rows."""
     positive = y_true == 1
     m, n = int(positive.sum()), int((~positive).sum())
     v10_a, v01_a = _placements(score_a[positive], score_a[~positive])
@@ -45,10 +46,11 @@ def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
     covariance = s10 / m + s01 / n
     variance = float(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
     difference = auc_a - auc_b
+    excess = difference - margin
     if variance <= 0:
-        z = np.inf if difference > 0 else (-np.inf if difference < 0 else 0.0)
+        z = np.inf if excess > 0 else (-np.inf if excess < 0 else 0.0)
     else:
-        z = difference / np.sqrt(variance)
+        z = excess / np.sqrt(variance)
     standard_error = float(np.sqrt(max(variance, 0.0)))
     return {
         "metric_a": auc_a,
@@ -86,8 +88,10 @@ def paired_bootstrap(
     score_b: np.ndarray,
     samples: int,
     seed: int,
+    margin: float = 0.0,
 ) -> dict[str, float]:
-    """One-sided paired bootstrap of sign × (metric(a) − metric(b)); p = share of resamples with no improvement."""
+    """One-sided paired bootstrap of the improvement sign × (metric(a) − metric(b)) over `margin`;
+    p = share of resamples whose improvement is not above the margin."""
     rng = np.random.default_rng(seed)
     n = y_true.size
     observed = sign * (compute_metric(metric, y_true, score_a) - compute_metric(metric, y_true, score_b))
@@ -102,7 +106,7 @@ def paired_bootstrap(
         "metric_a": compute_metric(metric, y_true, score_a),
         "metric_b": compute_metric(metric, y_true, score_b),
         "difference": float(sign * observed),
-        "p_value": float((np.sum(differences <= 0) + 1) / (samples + 1)),
+        "p_value": float((np.sum(differences <= margin) + 1) / (samples + 1)),
         "ci_low": float(sign * np.quantile(differences, 0.025)),
         "ci_high": float(sign * np.quantile(differences, 0.975)),
     }
@@ -131,6 +135,56 @@ def validate_predictions(
                 raise GateInputError(f"{label} hold probabilities outside [0, 1]")
 
 
+def _metric_or_none(metric: str, y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """A metric that is undefined on these rows (e.g. AUC on a single-class segment) is None, not an error."""
+    if metric == "roc_auc" and np.unique(y_true).size < 2:
+        return None
+    return compute_metric(metric, y_true, scores)
+
+
+def evaluate_guards(
+    guards: list[GuardSettings],
+    y_true: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    segments: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for guard in guards:
+        if guard.segment_column is None:
+            groups: list[tuple[str | None, np.ndarray]] = [(None, np.ones(y_true.size, dtype=bool))]
+        else:
+            if guard.segment_column not in segments:
+                raise GateInputError(
+                    f"guard on {guard.metric} needs segment column {guard.segment_column!r}, "
+                    "which the holdout predictions do not carry"
+                )
+            values = segments[guard.segment_column].astype(str)
+            groups = [(value, values == value) for value in sorted(set(values))]
+        for segment, mask in groups:
+            if mask.sum() < (guard.min_segment_rows if segment is not None else 1):
+                continue
+            new = _metric_or_none(guard.metric, y_true[mask], challenger[mask])
+            old = _metric_or_none(guard.metric, y_true[mask], champion[mask])
+            if new is None or old is None:
+                continue
+            degradation = (old - new) if higher_is_better(guard.metric) else (new - old)
+            results.append(
+                {
+                    "metric": guard.metric,
+                    "segment_column": guard.segment_column,
+                    "segment": segment,
+                    "rows": int(mask.sum()),
+                    "challenger": new,
+                    "champion": old,
+                    "degradation": degradation,
+                    "tolerance": guard.max_degradation,
+                    "holds": bool(degradation <= guard.max_degradation + 1e-12),
+                }
+            )
+    return results
+
+
 def decide(
     problem_type: str,
     primary_metric: str,
@@ -140,6 +194,7 @@ def decide(
     challenger: np.ndarray,
     champion: np.ndarray | None,
     seed: int = 0,
+    segments: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The gate decision with its evidence and a one-sentence reason."""
     y_true = np.asarray(y_true, dtype=float)
@@ -151,8 +206,7 @@ def decide(
     floors = []
     for metric, floor in sorted(settings.floors.items()):
         value = compute_metric(metric, y_true, challenger)
-        higher_is_better = metric in ("roc_auc", "accuracy", "f1", "r2")
-        holds = value >= floor if higher_is_better else value <= floor
+        holds = value >= floor if higher_is_better(metric) else value <= floor
         floors.append({"metric": metric, "value": value, "floor": floor, "holds": bool(holds)})
     failed_floors = [f for f in floors if not f["holds"]]
     evidence: dict[str, Any] = {
@@ -160,6 +214,7 @@ def decide(
         "challenger": challenger_value,
         "champion": None,
         "floors": floors,
+        "guards": [],
         "alpha": settings.alpha,
         "min_improvement": settings.min_improvement,
         "n_rows": int(y_true.size),
@@ -175,16 +230,27 @@ def decide(
         return {"promote": promote, "reason": reason, "test": "floors_only", "p_value": None, **evidence}
 
     sign = 1.0 if direction == "maximize" else -1.0
+    champion_value = compute_metric(primary_metric, y_true, champion)
+    margin = settings.min_improvement
+    if settings.min_improvement_kind == "relative":
+        margin = settings.min_improvement * abs(champion_value)
+    # The test is against the margin itself (H0: improvement <= margin), so a trivially better model is not
+    # promoted just because the holdout is large enough to make a tiny difference significant.
     if primary_metric == "roc_auc":
-        test_name, result = "delong", delong_test(y_true, challenger, champion)
-    elif primary_metric == "accuracy":
+        test_name, result = "delong", delong_test(y_true, challenger, champion, margin)
+    elif primary_metric == "accuracy" and margin == 0:
         test_name, result = "mcnemar_exact", mcnemar_test(y_true, challenger, champion)
     else:
         test_name = "paired_bootstrap"
-        result = paired_bootstrap(primary_metric, sign, y_true, challenger, champion, settings.bootstrap_samples, seed)
+        result = paired_bootstrap(
+            primary_metric, sign, y_true, challenger, champion, settings.bootstrap_samples, seed, margin
+        )
     improvement = sign * result["difference"]
     significant = result["p_value"] < settings.alpha
-    large_enough = improvement >= settings.min_improvement
+    guards = evaluate_guards(settings.guards, y_true, challenger, champion, segments or {})
+    failed_guards = [g for g in guards if not g["holds"]]
+    evidence["guards"] = guards
+    evidence["required_improvement"] = margin
     evidence.update(
         champion=result["metric_b"],
         difference=result["difference"],
@@ -198,17 +264,19 @@ def decide(
             f"challenger fails the floor on {failed_floors[0]['metric']} "
             f"({failed_floors[0]['value']:.4f} vs {failed_floors[0]['floor']})"
         )
+    elif failed_guards:
+        promote = False
+        guard = failed_guards[0]
+        where = f" in {guard['segment_column']}={guard['segment']}" if guard["segment"] is not None else ""
+        reason = (
+            f"guard {guard['metric']}{where} degrades by {guard['degradation']:.4f} "
+            f"({guard['champion']:.4f} -> {guard['challenger']:.4f}), over its tolerance {guard['tolerance']}"
+        )
     elif not significant:
         promote = False
         reason = (
-            f"challenger {primary_metric} {challenger_value:.4f} vs champion {result['metric_b']:.4f} is not a "
-            f"significant improvement ({test_name} p={result['p_value']:.3g} >= {settings.alpha})"
-        )
-    elif not large_enough:
-        promote = False
-        reason = (
-            f"challenger is significantly better but by {improvement:.4f}, under the practical margin "
-            f"{settings.min_improvement}"
+            f"challenger {primary_metric} {challenger_value:.4f} vs champion {result['metric_b']:.4f} is not "
+            f"significantly better by the margin {margin:.4f} ({test_name} p={result['p_value']:.3g} >= {settings.alpha})"
         )
     else:
         promote = True

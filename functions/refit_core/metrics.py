@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from refit_core.config import METRIC_DIRECTIONS
+
 EPSILON = 1e-15
 
 
@@ -18,6 +20,12 @@ def compute_metric(name: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
         return float(np.mean((y_score >= 0.5) == (y_true == 1)))
     if name == "f1":
         return float(skm.f1_score(y_true.astype(int), (y_score >= 0.5).astype(int), zero_division=0))
+    if name == "precision":
+        return float(skm.precision_score(y_true.astype(int), (y_score >= 0.5).astype(int), zero_division=0))
+    if name == "recall":
+        return float(skm.recall_score(y_true.astype(int), (y_score >= 0.5).astype(int), zero_division=0))
+    if name == "calibration_error":
+        return expected_calibration_error(y_true, y_score)
     if name == "log_loss":
         clipped = np.clip(y_score, EPSILON, 1 - EPSILON)
         return float(-np.mean(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)))
@@ -28,6 +36,21 @@ def compute_metric(name: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
     if name == "r2":
         return float(skm.r2_score(y_true, y_score))
     raise ValueError(f"unknown metric {name!r}")
+
+
+def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, bins: int = 10) -> float:
+    """Share-weighted mean |observed rate - mean predicted probability| over equal-width probability bins."""
+    index = np.minimum((y_score * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.mean() * abs(y_true[members].mean() - y_score[members].mean())
+    return float(total)
+
+
+def higher_is_better(name: str) -> bool:
+    return METRIC_DIRECTIONS[name] == "maximize"
 
 
 def compute_metrics(names: list[str], y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:

@@ -32,6 +32,7 @@ def hyperparameters(model: ModelConfig, run_id: str) -> dict[str, str]:
         "holdout_fraction": model.holdout_fraction,
         "seed": model.seed,
         "run_id": run_id,
+        "segment_columns": model.segment_columns,
     }
     return {"config": json.dumps(config, sort_keys=True)}
 

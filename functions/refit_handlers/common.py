@@ -34,6 +34,7 @@ class Settings:
     image_uri: str
     canary_alarm: str
     instance_prices: dict[str, float]
+    code_version: str
 
 
 def settings() -> Settings:
@@ -51,6 +52,7 @@ def settings() -> Settings:
         image_uri=env["REFIT_IMAGE_URI"],
         canary_alarm=env["REFIT_CANARY_ALARM"],
         instance_prices=json.loads(env["REFIT_INSTANCE_PRICES"]),
+        code_version=env.get("REFIT_CODE_VERSION", "unknown"),
     )
 
 

@@ -139,26 +139,25 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[
         {"Name": "VariantName", "Value": CHALLENGER},
     ]
 
-    def statistic(metric: str, stat: str) -> list[float]:
-        response = cloudwatch.get_metric_statistics(
+    def datapoints(metric: str, *stats: str) -> list[dict[str, float]]:
+        return cloudwatch.get_metric_statistics(
             Namespace="AWS/SageMaker",
             MetricName=metric,
             Dimensions=dimensions,
             StartTime=start_time,
             EndTime=end_time,
             Period=60,
-            Statistics=[stat],
-        )
-        return [point[stat] for point in response["Datapoints"]]
+            Statistics=list(stats),
+        )["Datapoints"]
 
-    invocations = sum(statistic("Invocations", "Sum"))
-    errors = sum(statistic("Invocation5XXErrors", "Sum"))
-    latencies = statistic("ModelLatency", "Maximum")  # SageMaker reports ModelLatency in microseconds
+    invocations = sum(p["Sum"] for p in datapoints("Invocations", "Sum"))
+    errors = sum(p["Sum"] for p in datapoints("Invocation5XXErrors", "Sum"))
+    latency = datapoints("ModelLatency", "Sum", "SampleCount")  # SageMaker reports ModelLatency in microseconds
+    samples = sum(p["SampleCount"] for p in latency)
+    mean_latency_ms = sum(p["Sum"] for p in latency) / samples / 1000 if samples else None
     alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
     alarm_state = alarms[0]["StateValue"] if alarms else None
-    return canary_verdict(
-        config.model.canary, invocations, errors, max(latencies) / 1000 if latencies else None, alarm_state
-    )
+    return canary_verdict(config.model.canary, invocations, errors, mean_latency_ms, alarm_state)
 
 
 def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:

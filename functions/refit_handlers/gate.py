@@ -12,6 +12,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 from refit_core.gate import GateInputError, decide
+from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -81,6 +82,9 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
         predictions["challenger"].to_numpy(dtype=float),
         champion,
         seed=model.seed,
+        segments={
+            c.removeprefix("segment:"): predictions[c].to_numpy() for c in predictions if c.startswith("segment:")
+        },
     )
     decision = json.loads(json.dumps(decision, default=float))
     decision["all_metrics"] = evaluation["metrics"]
@@ -105,9 +109,16 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
     return decision
 
 
-def register(event: RegisterEvent, config: Settings, sagemaker: Any) -> dict[str, Any]:
-    """Every challenger is registered, approved or rejected, with what made it and why it was judged so."""
-    approval = "Approved" if event.gate.get("promote") else "Rejected"
+def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any) -> dict[str, Any]:
+    """Every challenger is registered, approved, pending approval or rejected, with its lineage and the evidence."""
+    model = config.model
+    if not event.gate.get("promote"):
+        approval = "Rejected"
+    else:
+        approval = "PendingManualApproval" if model.approval == "manual" else "Approved"
+    run_prefix = f"reports/{model.name}/{event.run_id}"
+    manifest = json.loads(s3.get_object(Bucket=config.artifact_bucket, Key=f"{run_prefix}/inputs.json")["Body"].read())
+    lineage_uri = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/lineage.json")
     challenger = event.gate.get("challenger")
     champion = event.gate.get("champion")
     metadata = {
@@ -115,14 +126,15 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any) -> dict[str
         "trigger": event.trigger,
         "training_job": event.job_name,
         "training_data": event.data_uri,
+        "lineage_uri": str(lineage_uri),
         "baseline_uri": event.baseline_uri,
         "evaluation_uri": event.evaluation_uri,
-        "primary_metric": config.model.primary_metric,
+        "code_version": config.code_version,
+        "primary_metric": model.primary_metric,
         "challenger_value": f"{challenger:.6f}" if challenger is not None else "",
         "champion_value": f"{champion:.6f}" if champion is not None else "",
         "gate_test": str(event.gate.get("test")),
         "gate_p_value": str(event.gate.get("p_value")),
-        "image": config.image_uri,
     }
     response = sagemaker.create_model_package(
         ModelPackageGroupName=config.model_package_group,
@@ -132,7 +144,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any) -> dict[str
             "Containers": [{"Image": config.image_uri, "ModelDataUrl": event.model_data_url}],
             "SupportedContentTypes": ["text/csv", "application/json"],
             "SupportedResponseMIMETypes": ["text/csv", "application/json"],
-            "SupportedRealtimeInferenceInstanceTypes": [config.model.serving_instance_type],
+            "SupportedRealtimeInferenceInstanceTypes": [model.serving_instance_type],
         },
         ModelMetrics={
             "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": event.evaluation_uri}}
@@ -140,8 +152,49 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any) -> dict[str
         CustomerMetadataProperties={k: v[:256] for k, v in metadata.items() if v},
     )
     arn = response["ModelPackageArn"]
-    described = sagemaker.describe_model_package(ModelPackageName=arn)
-    return {"model_package_arn": arn, "version": described.get("ModelPackageVersion"), "approval": approval}
+    version = sagemaker.describe_model_package(ModelPackageName=arn).get("ModelPackageVersion")
+    lineage = {
+        "format": LINEAGE_FORMAT,
+        "model": model.name,
+        "version": version,
+        "model_package_arn": arn,
+        "approval": approval,
+        "run_id": event.run_id,
+        "trigger": event.trigger,
+        "training_job": event.job_name,
+        "model_data_url": event.model_data_url,
+        "inputs": manifest["inputs"],
+        "hyperparameters": json.loads(manifest["hyperparameters"]["config"]),
+        "image_uri": manifest["image_uri"],
+        "code_version": config.code_version,
+        "baseline_uri": event.baseline_uri,
+        "evaluation_uri": event.evaluation_uri,
+        "metrics": event.gate.get("all_metrics"),
+        "gate": {
+            k: event.gate.get(k)
+            for k in (
+                "promote",
+                "reason",
+                "test",
+                "p_value",
+                "challenger",
+                "champion",
+                "improvement",
+                "ci_low",
+                "ci_high",
+                "required_improvement",
+                "guards",
+                "floors",
+            )
+        },
+    }
+    s3.put_object(
+        Bucket=lineage_uri.bucket,
+        Key=lineage_uri.key,
+        Body=json.dumps(lineage, indent=1).encode(),
+        ContentType="application/json",
+    )
+    return {"model_package_arn": arn, "version": version, "approval": approval, "lineage_uri": str(lineage_uri)}
 
 
 @logger.inject_lambda_context
@@ -159,4 +212,4 @@ def gate_handler(event: dict, context: Any) -> dict:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def register_handler(event: dict, context: Any) -> dict:
-    return register(parse(RegisterEvent, event), settings(), client("sagemaker"))
+    return register(parse(RegisterEvent, event), settings(), client("sagemaker"), client("s3"))

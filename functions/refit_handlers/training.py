@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 from refit_core.datasets import list_s3_objects
+from refit_core.lineage import object_identity, prefix_identities
 from refit_core.s3uri import S3Uri
 from refit_core.training import summarize_job, training_job_request
 
@@ -47,6 +49,18 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any)
         earlier_data_uri=str(earlier) if has_earlier else None,
         champion_model_uri=event.champion_model_uri,
         artifact_bucket=config.artifact_bucket,
+    )
+    inputs = [object_identity(s3, S3Uri.parse(event.data_uri))] + (
+        prefix_identities(s3, earlier) if has_earlier else []
+    )
+    manifest = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/inputs.json")
+    s3.put_object(
+        Bucket=manifest.bucket,
+        Key=manifest.key,
+        ContentType="application/json",
+        Body=json.dumps(
+            {"inputs": inputs, "hyperparameters": request["HyperParameters"], "image_uri": config.image_uri}, indent=1
+        ).encode(),
     )
     sagemaker.create_training_job(**request)
     logger.info("training job started", extra={"job": request["TrainingJobName"], "spot": spot})

@@ -12,6 +12,8 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   runs the real `train` entrypoint from the training image asset in a subprocess over a temporary /opt/ml
   tree whose channels come from moto S3, uploads model.tar.gz / output.tar.gz, and reports status, billable
   seconds and the metrics the job's MetricDefinitions pick out of the log.
+- SageMaker Model Registry: moto's UpdateModelPackage drops the package's CustomerMetadataProperties; they are kept
+  and merged as on AWS.
 - SageMaker endpoints: moto lacks UpdateEndpoint; it is added. `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
@@ -228,6 +230,18 @@ class Bridges:
         def invoke_endpoint(response: SageMakerRuntimeResponse) -> Any:
             return bridges.invoke_endpoint(response)
 
+        backend_class = sagemaker_backends[self.account][self.region].__class__
+        original_update_package = backend_class.update_model_package
+
+        def update_model_package(backend: Any, **kwargs: Any) -> str:
+            """UpdateModelPackage adds to a package's CustomerMetadataProperties; moto replaces them (with None
+            when the call names none)."""
+            arn = kwargs["model_package_arn"]
+            name = backend.model_package_name_mapping.get(arn, arn)
+            existing = dict(getattr(backend.model_packages.get(name), "customer_metadata_properties", None) or {})
+            kwargs["customer_metadata_properties"] = {**existing, **(kwargs.get("customer_metadata_properties") or {})}
+            return original_update_package(backend, **kwargs)
+
         original_send = Rule.send_to_targets
 
         def send_to_targets(rule: Rule, event: Any, transform_input: bool = True) -> None:
@@ -241,6 +255,7 @@ class Bridges:
                 sagemaker_backends[self.account][self.region].__class__, "create_training_job", create_training_job
             ),
             mock.patch.object(SageMakerResponse, "update_endpoint", update_endpoint, create=True),
+            mock.patch.object(backend_class, "update_model_package", update_model_package),
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
             mock.patch.object(sys, "stdout", self.stdout),
@@ -472,6 +487,7 @@ class Bridges:
                 "SM_MODEL_DIR": str(directory),
                 "SAGEMAKER_BIND_TO_PORT": str(port),
                 "REFIT_SERVE_HOST": "127.0.0.1",
+                "OMP_NUM_THREADS": "1",  # one model per process on a shared laptop: no OpenMP spin-waiting
                 "PYTHONPATH": os.pathsep.join(
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),

@@ -165,7 +165,7 @@ def test_drift_retrains_and_promotes_through_the_canary(aws):
     finally:
         aws.on_wait("Bake canary", None)
     record = record_for(aws, execution["executionArn"])
-    assert execution["status"] == "SUCCEEDED" and record["outcome"] == "promoted"
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
     assert record["drift"]["detected"] and "usage_gb" in record["drift"]["drifted_features"]
     assert record["gate"]["promote"] and record["gate"]["test"] == "delong"
     assert record["canary"]["invocations"] >= 20

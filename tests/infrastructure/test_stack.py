@@ -79,7 +79,7 @@ def test_one_state_machine_with_the_retrain_states_and_four_triggers(template):
 
 def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
     functions = {k: v for k, v in resources(template, "AWS::Lambda::Function").items() if "ImageUri" in v["Code"]}
-    assert len(functions) == 8
+    assert len(functions) == 10
     for props in functions.values():
         variables = props["Environment"]["Variables"]
         assert variables["POWERTOOLS_SERVICE_NAME"].startswith("refit-churn-")
@@ -134,9 +134,17 @@ def test_npm_cdk_cli_synthesizes_offline(tmp_path):
     """`cdk synth` with the CLI that package-lock.json installs, as a user would run it."""
     cdk = ROOT / "node_modules" / ".bin" / "cdk"
     result = subprocess.run(
-        [str(cdk), "synth", "--quiet", "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path),
-             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}, timeout=300)
+        [str(cdk), "synth", "--quiet", "--output", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        },
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     template = json.loads((tmp_path / "out" / "Refit.template.json").read_text())
     assert any(r["Type"] == "AWS::StepFunctions::StateMachine" for r in template["Resources"].values())

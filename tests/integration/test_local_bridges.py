@@ -106,3 +106,27 @@ def test_wait_states_do_not_sleep_and_call_their_hook(aws):
     aws.wait_for(aws.land_batch("churn", "drifted.csv", to_csv_bytes(churn_batch(2000, 5, shift=1.0))))
     aws.on_wait("Bake canary", None)
     assert calls == [600] and time.monotonic() - started < 120
+
+
+def test_update_model_package_keeps_customer_metadata(aws):
+    sagemaker = aws.client("sagemaker")
+    arn = sagemaker.create_model_package(
+        ModelPackageGroupName=aws.model("churn").package_group,
+        ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={
+            "Containers": [{"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+        CustomerMetadataProperties={"run_id": "r1", "lineage_uri": "s3://b/l.json"},
+    )["ModelPackageArn"]
+    sagemaker.update_model_package(
+        ModelPackageArn=arn, ModelApprovalStatus="Approved", CustomerMetadataProperties={"approved_by": "me"}
+    )
+    package = sagemaker.describe_model_package(ModelPackageName=arn)
+    assert package["ModelApprovalStatus"] == "Approved"
+    assert package["CustomerMetadataProperties"] == {
+        "run_id": "r1",
+        "lineage_uri": "s3://b/l.json",
+        "approved_by": "me",
+    }

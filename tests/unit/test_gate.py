@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from refit_core.config import GateSettings
 from refit_core.gate import GateInputError, decide, delong_test
+from scipy import stats
 
 
 def slow_delong(y, a, b):
@@ -34,6 +35,28 @@ def simulate(rng, n, separation_a, separation_b, correlation=0.8):
     return y, a, b
 
 
+def binormal(rng, n, auc_a, auc_b, error_correlation):
+    """Two models with known true AUCs (binormal scores) whose errors are correlated as stated."""
+    y = (rng.random(n) < 0.5).astype(int)
+    shift_a, shift_b = np.sqrt(2) * stats.norm.ppf(auc_a), np.sqrt(2) * stats.norm.ppf(auc_b)
+    shared = rng.normal(size=n)
+    noise_a = np.sqrt(error_correlation) * shared + np.sqrt(1 - error_correlation) * rng.normal(size=n)
+    noise_b = np.sqrt(error_correlation) * shared + np.sqrt(1 - error_correlation) * rng.normal(size=n)
+    return y, stats.norm.cdf(shift_a * y + noise_a - shift_a / 2), stats.norm.cdf(shift_b * y + noise_b - shift_b / 2)
+
+
+def promotion_rate(settings, runs, seed, auc_a, auc_b, correlation, n=2000):
+    rng = np.random.default_rng(seed)
+    return np.mean(
+        [
+            decide(
+                "binary_classification", "roc_auc", "maximize", settings, *binormal(rng, n, auc_a, auc_b, correlation)
+            )["promote"]
+            for _ in range(runs)
+        ]
+    )
+
+
 def test_delong_matches_structural_components():
     rng = np.random.default_rng(1)
     y, a, b = simulate(rng, 400, 1.2, 1.0)
@@ -45,26 +68,43 @@ def test_delong_matches_structural_components():
     assert abs(result["z"] - z) < 1e-9
 
 
-def test_equal_models_rarely_promoted_and_real_gain_promoted():
-    settings = GateSettings(alpha=0.05, min_improvement=0.0)
-    rng = np.random.default_rng(2)
-    false = sum(
-        decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.0, 1.0))["promote"]
-        for _ in range(200)
-    )
-    assert false / 200 <= 0.05 + 0.02
-    better = sum(
-        decide("binary_classification", "roc_auc", "maximize", settings, *simulate(rng, 2000, 1.25, 1.0))["promote"]
-        for _ in range(50)
-    )
-    assert better / 50 >= 0.9
+def test_equal_models_are_promoted_at_most_at_the_test_level():
+    """Long-run rate is alpha (5.0% over 3,000 runs when measured); 1,000 runs have a standard error of 0.7%."""
+    assert promotion_rate(GateSettings(alpha=0.05), 1000, 11, 0.75, 0.75, 0.8) <= 0.05 + 0.02
+
+
+def test_a_real_gain_of_0_02_auc_is_promoted():
+    """Power depends on how correlated the models' errors are: 86% at 0.8, 96% at 0.85, 99% at 0.9 (measured)."""
+    assert promotion_rate(GateSettings(alpha=0.05), 500, 12, 0.77, 0.75, 0.85) >= 0.90
+
+
+def test_a_trivial_gain_under_the_margin_is_not_promoted():
+    settings = GateSettings(alpha=0.05, min_improvement=0.005)
+    assert promotion_rate(settings, 500, 13, 0.752, 0.75, 0.8) <= 0.05
+
+
+def test_a_degrading_guard_blocks_a_significant_improvement():
+    rng = np.random.default_rng(14)
+    y, a, b = binormal(rng, 4000, 0.80, 0.75, 0.8)
+    segment = np.where(rng.random(y.size) < 0.3, "south", "north")
+    a = np.where(segment == "south", 1 - a, a)  # the challenger is badly wrong in one region only
+    y_ok, a_ok, b_ok = y[segment == "north"], a[segment == "north"], b[segment == "north"]
+    plain = decide("binary_classification", "roc_auc", "maximize", GateSettings(), y_ok, a_ok, b_ok)
+    assert plain["promote"]
+    guarded = GateSettings(guards=[{"metric": "roc_auc", "max_degradation": 0.02, "segment_column": "region"}])
+    result = decide("binary_classification", "roc_auc", "maximize", guarded, y, a, b, segments={"region": segment})
+    assert not result["promote"] and "guard roc_auc in region=south" in result["reason"]
+    overall = GateSettings(guards=[{"metric": "recall", "max_degradation": 0.0}])
+    y2, a2, b2 = binormal(rng, 4000, 0.80, 0.75, 0.8)
+    blocked = decide("binary_classification", "roc_auc", "maximize", overall, y2, a2 * 0.6, b2)
+    assert blocked["promote"] is False and blocked["guards"][0]["metric"] == "recall"
 
 
 def test_margin_and_floor_block_promotion_with_reason():
     rng = np.random.default_rng(3)
     y, a, b = simulate(rng, 2000, 1.6, 1.0)
     big_margin = decide("binary_classification", "roc_auc", "maximize", GateSettings(min_improvement=0.5), y, a, b)
-    assert not big_margin["promote"] and "practical margin" in big_margin["reason"]
+    assert not big_margin["promote"] and "not significantly better by the margin 0.5000" in big_margin["reason"]
     floor = decide("binary_classification", "roc_auc", "maximize", GateSettings(floors={"accuracy": 0.99}), y, a, b)
     assert not floor["promote"] and "floor on accuracy" in floor["reason"]
     first = decide("binary_classification", "roc_auc", "maximize", GateSettings(), y, a, None)

@@ -116,13 +116,16 @@ def test_job_summary_costs_and_fallback():
     assert summarize_job(capacity, 0.1, False)["next"] == "failed"
 
 
-def test_cli_drift_and_bad_input(tmp_path, capsys):
+def test_cli_drift_and_bad_input(tmp_path):
+    import io
+
     from scripts.cli import main
     from scripts.sample_data import churn_batch
 
     churn_batch(500, 1).to_csv(tmp_path / "a.csv", index=False)
     churn_batch(500, 2, shift=1.0).to_csv(tmp_path / "b.csv", index=False)
-    assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--json"]) == 0
-    assert '"drift_detected": true' in capsys.readouterr().out
-    assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")]) == 1
-    assert "missing.csv: cannot read" in capsys.readouterr().err
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--json"], out=out, err=err) == 0
+    assert '"drift_detected": true' in out.getvalue()
+    assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")], out=out, err=err) == 1
+    assert "missing.csv: cannot read" in err.getvalue()

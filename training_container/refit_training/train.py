@@ -157,6 +157,10 @@ def run(opt: OptMl) -> dict[str, Any]:
     predictions = pd.DataFrame(
         {"row_id": stable_row_hash(holdout).astype(str), "label": y_true, "challenger": challenger_scores}
     )
+    for column in config.get("segment_columns", []):
+        if column not in holdout.columns:
+            raise TrainingError(f"guard segment column {column!r} is not in the current batch")
+        predictions[f"segment:{column}"] = holdout[column].astype(str).to_numpy()
     evaluation: dict[str, Any] = {
         "format": "refit.evaluation/1",
         "problem_type": config["problem_type"],

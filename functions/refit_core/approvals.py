@@ -1,0 +1,41 @@
+"""Deciding a pending manual approval (used by `refit approve` / `refit reject`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class ApprovalError(ValueError):
+    """No pending approval for that model version."""
+
+
+def approval_key(model: str, version: int) -> dict[str, Any]:
+    return {"pk": {"S": model}, "sk": {"S": f"approval#{int(version):06d}"}}
+
+
+def decide_approval(
+    *,
+    model: str,
+    version: int,
+    approve: bool,
+    by: str,
+    comment: str,
+    audit_table: str,
+    dynamodb: Any,
+    sagemaker: Any,
+    stepfunctions: Any,
+) -> dict[str, Any]:
+    item = dynamodb.get_item(TableName=audit_table, Key=approval_key(model, version)).get("Item")
+    if item is None:
+        raise ApprovalError(f"no approval is pending for {model} version {version}")
+    status = "Approved" if approve else "Rejected"
+    sagemaker.update_model_package(
+        ModelPackageArn=item["model_package_arn"]["S"],
+        ModelApprovalStatus=status,
+        ApprovalDescription=f"{status.lower()} by {by}: {comment}"[:1000],
+    )
+    decision = {"approved": approve, "by": by, "reason": comment or f"{status.lower()} by {by}"}
+    stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=json.dumps(decision))
+    dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
+    return {"model": model, "version": version, "status": status, "run_id": item["run_id"]["S"]}

@@ -1,0 +1,82 @@
+"""Manual approval: park the run with a task token until `refit approve` / `refit reject`, or expire it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from pydantic import BaseModel
+from refit_core.approvals import approval_key
+
+from refit_handlers.common import Settings, client, parse, settings
+
+logger = Logger()
+tracer = Tracer()
+
+
+class ApprovalRequest(BaseModel):
+    task_token: str
+    run_id: str
+    model_package_arn: str
+    version: int
+    reason: str
+
+
+class ApprovalExpiry(BaseModel):
+    model_package_arn: str
+    version: int
+
+
+def request_approval(event: ApprovalRequest, config: Settings, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
+    model = config.model
+    expires = int(time.time()) + model.approval_timeout_seconds
+    dynamodb.put_item(
+        TableName=config.audit_table,
+        Item={
+            **approval_key(model.name, event.version),
+            "task_token": {"S": event.task_token},
+            "run_id": {"S": event.run_id},
+            "model_package_arn": {"S": event.model_package_arn},
+            "expires_at": {"N": str(expires)},
+        },
+    )
+    sns.publish(
+        TopicArn=config.topic_arn,
+        Subject=f"refit {model.name}: version {event.version} awaits approval"[:99],
+        Message=(
+            f"The gate would promote version {event.version} of {model.name}: {event.reason}\n"
+            f"Approve: refit approve {model.name} {event.version}\nReject:  refit reject {model.name} "
+            f"{event.version}\nWithout a decision it is rejected after {model.approval_timeout_seconds} s. "
+            "The serving endpoint is untouched while it waits."
+        ),
+    )
+    return {"requested": True, "version": event.version}
+
+
+def expire_approval(event: ApprovalExpiry, config: Settings, dynamodb: Any, sagemaker: Any) -> dict:
+    sagemaker.update_model_package(
+        ModelPackageArn=event.model_package_arn,
+        ModelApprovalStatus="Rejected",
+        ApprovalDescription="no decision before the approval timeout",
+    )
+    dynamodb.delete_item(TableName=config.audit_table, Key=approval_key(config.model.name, event.version))
+    return {
+        "approved": False,
+        "by": "timeout",
+        "reason": f"no decision within {config.model.approval_timeout_seconds} s; version {event.version} rejected",
+    }
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def request_handler(event: dict, context: Any) -> dict:
+    return request_approval(
+        parse(ApprovalRequest, event), settings(), client("dynamodb"), client("sns"), client("sagemaker")
+    )
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def expire_handler(event: dict, context: Any) -> dict:
+    return expire_approval(parse(ApprovalExpiry, event), settings(), client("dynamodb"), client("sagemaker"))

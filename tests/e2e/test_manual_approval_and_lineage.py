@@ -1,0 +1,140 @@
+"""Manual approval (approve, reject, timeout) and lineage, through the `refit` CLI against the local runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+
+from scripts.cli import main as refit
+from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.sample_data import churn_batch, to_csv_bytes
+from tests.conftest import ROOT
+
+MODEL = "churn"
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    text = (
+        (ROOT / "refit.toml")
+        .read_text()
+        .replace(
+            'schedule = "rate(1 day)"', 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 5'
+        )
+    )
+    path = tmp_path_factory.mktemp("manual") / "refit.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def aws(config_path, tmp_path_factory):
+    assembly = synthesize(tmp_path_factory.mktemp("cdk-manual") / "cdk.out", config_path)
+    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-manual"), seed=5) as runtime:
+        yield runtime
+
+
+def pending(aws, version, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = (
+            aws.client("dynamodb")
+            .get_item(TableName=aws.audit_table, Key={"pk": {"S": MODEL}, "sk": {"S": f"approval#{version:06d}"}})
+            .get("Item")
+        )
+        if item:
+            return item
+        time.sleep(0.1)
+    raise AssertionError(f"version {version} never waited for approval")
+
+
+def record_for(aws, execution_arn):
+    return next(r for r in aws.audit_records(MODEL) if r["execution"] == execution_arn.rsplit(":", 1)[-1])
+
+
+def package_status(aws, version):
+    packages = aws.client("sagemaker").list_model_packages(ModelPackageGroupName=aws.model(MODEL).package_group)
+    return next(
+        p["ModelApprovalStatus"] for p in packages["ModelPackageSummaryList"] if p["ModelPackageVersion"] == version
+    )
+
+
+def cli(config_path, *arguments):
+    out, err = io.StringIO(), io.StringIO()
+    code = refit(["--config", str(config_path), *arguments], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_approved_version_is_deployed_and_the_endpoint_waits_untouched(aws, config_path):
+    execution_arn = aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1)))
+    pending(aws, 1)
+    assert package_status(aws, 1) == "PendingManualApproval"
+    assert aws.client("sagemaker").list_endpoints()["Endpoints"] == []
+    assert "awaits approval" in aws.published_summaries()[-1]["subject"]
+    code, out, _ = cli(
+        config_path, "approve", MODEL, "1", "--audit-table", aws.audit_table, "--comment", "checked the holdout"
+    )
+    assert code == 0 and json.loads(out)["status"] == "Approved"
+    record = record_for(aws, aws.wait_for(execution_arn)["executionArn"])
+    assert record["outcome"] == "deployed_first" and record["approval"]["approved"] is True
+    assert package_status(aws, 1) == "Approved"
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+
+
+def test_rejected_version_leaves_the_champion(aws, config_path):
+    before = (
+        aws.endpoint_weights(MODEL),
+        aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"],
+    )
+    execution_arn = aws.land_batch(MODEL, "drifted.csv", to_csv_bytes(churn_batch(3000, 2, shift=1.0)))
+    pending(aws, 2)
+    code, out, _ = cli(
+        config_path,
+        "reject",
+        MODEL,
+        "2",
+        "--audit-table",
+        aws.audit_table,
+        "--comment",
+        "segment south looks off",
+    )
+    assert code == 0
+    record = record_for(aws, aws.wait_for(execution_arn)["executionArn"])
+    assert record["outcome"] == "not_approved" and "segment south looks off" in record["message"]
+    assert package_status(aws, 2) == "Rejected"
+    after = (
+        aws.endpoint_weights(MODEL),
+        aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"],
+    )
+    assert after == before
+    code, _, err = cli(config_path, "approve", MODEL, "2", "--audit-table", aws.audit_table)
+    assert code == 1 and "no approval is pending for churn version 2" in err
+
+
+def test_no_decision_before_the_timeout_rejects(aws):
+    execution_arn = aws.land_batch(MODEL, "drifted-again.csv", to_csv_bytes(churn_batch(3000, 3, shift=1.0)))
+    pending(aws, 3)
+    record = record_for(aws, aws.wait_for(execution_arn, timeout=120)["executionArn"])
+    assert record["outcome"] == "approval_timed_out"
+    assert package_status(aws, 3) == "Rejected"
+
+
+def test_lineage_and_diff_name_data_code_settings_and_metrics(aws, config_path):
+    code, out, err = cli(config_path, "lineage", MODEL, "1")
+    assert code == 0, err
+    lineage = json.loads(out)
+    assert code == 0 and lineage["version"] == 1 and lineage["approval"] == "Approved"
+    assert lineage["inputs"][0]["uri"].endswith("incoming/churn/first.csv") and lineage["inputs"][0]["version_id"]
+    assert lineage["code_version"] not in ("", None) and lineage["image_uri"]
+    assert lineage["hyperparameters"]["target"] == "churned" and lineage["baseline_uri"].startswith("s3://")
+    assert lineage["gate"]["reason"] and lineage["training_job"]
+    code, out, _ = cli(config_path, "diff", MODEL, "1", "2")
+    difference = json.loads(out)
+    assert code == 0 and (difference["from_version"], difference["to_version"]) == (1, 2)
+    assert any(uri.endswith("drifted.csv") for uri in difference["data"]["added"])
+    assert set(difference["metrics"]) >= {"roc_auc", "recall"}
+    code, _, err = cli(config_path, "lineage", MODEL, "99")
+    assert code == 1 and "no version 99" in err
