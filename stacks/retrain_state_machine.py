@@ -304,8 +304,12 @@ class RetrainStateMachine(Construct):
                 )
             )
         )
-        start_spot.next(wait_training)
-        start_on_demand.next(wait_training)
+        for start in (start_spot, start_on_demand):
+            start.next(
+                sfn.Choice(self, f"Job started? ({start.id})")
+                .when(sfn.Condition.string_equals("$.training.next", "refused"), finalize)
+                .otherwise(wait_training)
+            )
         wait_training.next(poll_training).next(
             sfn.Choice(self, "Training finished?")
             .when(sfn.Condition.string_equals("$.training.next", "wait"), wait_training)

@@ -42,6 +42,8 @@ def _outcome(state: dict[str, Any]) -> tuple[str, str, str]:
         return "FAILED", "bad_data", decision.get("reason", "the batch failed the data-quality gate")
     if decision.get("action") == "stop":
         return "SUCCEEDED", decision.get("outcome", "no_drift"), decision.get("reason", "no drift")
+    if training.get("next") == "refused":
+        return "SKIPPED", "budget_exceeded", training.get("reason", "the training budget is spent")
     if training.get("next") == "failed":
         reason = training.get("failure_reason") or training.get("secondary_status") or "unknown"
         return "FAILED", "training_failed", f"training job {training.get('job_name')} failed: {reason}"

@@ -70,6 +70,18 @@ class SpotSettings(_Strict):
         return max(2 * self.max_runtime_seconds, self.max_runtime_seconds + 3600)
 
 
+class SearchSettings(_Strict):
+    """Candidates are tried in a fixed order (see training_container/refit_training/search.py) until either budget
+    ends; each is cross-validated on the training rows with a checkpoint after every fold."""
+
+    families: list[Literal["hgb", "linear", "forest"]] = Field(
+        default_factory=lambda: ["hgb", "linear", "forest"], min_length=1
+    )
+    max_trials: int = Field(4, ge=1, le=50)
+    cv_folds: int = Field(3, ge=2, le=10)
+    max_seconds: int = Field(1800, ge=10)
+
+
 class DriftSettings(_Strict):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Dataset-level false-positive rate of one check.")
     correction: Literal["bonferroni", "holm"] = "bonferroni"
@@ -146,6 +158,10 @@ class ModelConfig(_Strict):
     schedule: str | None = Field("rate(1 day)", description="EventBridge schedule expression, or none.")
     seed: int = 42
     spot: SpotSettings = SpotSettings()
+    search: SearchSettings = SearchSettings()
+    monthly_training_budget_usd: float | None = Field(
+        None, gt=0, description="Refuse to start a training job that could take this month's spend past it."
+    )
     drift: DriftSettings = DriftSettings()
     quality: QualitySettings = QualitySettings()
     gate: GateSettings = GateSettings()

@@ -33,6 +33,10 @@ def hyperparameters(model: ModelConfig, run_id: str) -> dict[str, str]:
         "seed": model.seed,
         "run_id": run_id,
         "segment_columns": model.segment_columns,
+        "families": model.search.families,
+        "max_trials": model.search.max_trials,
+        "cv_folds": model.search.cv_folds,
+        "search_seconds": min(model.search.max_seconds, int(model.spot.max_runtime_seconds * 0.8)),
     }
     return {"config": json.dumps(config, sort_keys=True)}
 

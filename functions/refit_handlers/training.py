@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -33,8 +34,36 @@ class PollEvent(BaseModel):
     attempt: int = 1
 
 
-def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
+def month_spend(dynamodb: Any, table: str, model: str, month: str) -> float:
+    """Estimated training cost of this month's runs, from their audit records."""
+    total = 0.0
+    paginator = dynamodb.get_paginator("query")
+    for page in paginator.paginate(
+        TableName=table,
+        KeyConditionExpression="pk = :m AND begins_with(sk, :month)",
+        ExpressionAttributeValues={":m": {"S": model}, ":month": {"S": f"run#{month}"}},
+        ProjectionExpression="training",
+    ):
+        for item in page["Items"]:
+            cost = item.get("training", {}).get("M", {}).get("estimated_cost_usd", {}).get("N")
+            total += float(cost) if cost else 0.0
+    return total
+
+
+def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any, dynamodb: Any) -> dict[str, Any]:
     model = config.model
+    if model.monthly_training_budget_usd is not None:
+        price = config.instance_prices[model.training_instance_type]
+        worst_case = model.spot.max_runtime_seconds / 3600 * price
+        spent = month_spend(dynamodb, config.audit_table, model.name, datetime.now(UTC).strftime("%Y-%m"))
+        if spent + worst_case > model.monthly_training_budget_usd:
+            return {
+                "next": "refused",
+                "attempt": event.attempt,
+                "reason": f"training budget: ${spent:.2f} spent this month + up to ${worst_case:.2f} for this job "
+                f"({model.spot.max_runtime_seconds} s on {model.training_instance_type}) would pass the "
+                f"${model.monthly_training_budget_usd:.2f} monthly cap",
+            }
     earlier = S3Uri(config.data_bucket, model.training_data_prefix)
     has_earlier = bool(list_s3_objects(s3, earlier))
     spot = event.spot and model.spot.enabled
@@ -81,7 +110,7 @@ def poll_training(event: PollEvent, config: Settings, sagemaker: Any) -> dict[st
 @metrics.log_metrics
 def start_handler(event: dict, context: Any) -> dict:
     config = settings()
-    return start_training(parse(StartEvent, event), config, client("s3"), client("sagemaker"))
+    return start_training(parse(StartEvent, event), config, client("s3"), client("sagemaker"), client("dynamodb"))
 
 
 @logger.inject_lambda_context

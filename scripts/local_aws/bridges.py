@@ -115,8 +115,9 @@ class LambdaContext:
 class TrainingOutcome:
     """What the next simulated training job does instead of running to completion."""
 
-    kind: str  # "capacity" (spot capacity never arrives: MaxWaitTimeExceeded) | "internal_error"
+    kind: str  # "capacity" (MaxWaitTimeExceeded) | "internal_error" | "interrupt" (SIGTERM after some folds, restart)
     message: str = ""
+    after_folds: int = 0  # with "interrupt" or "capacity": SIGTERM once this many folds are checkpointed
 
 
 @dataclass
@@ -370,9 +371,40 @@ class Bridges:
         job.secondary_status = secondary
         job.training_job_status = status
 
+    def _restore_checkpoints(self, uri: str, directory: Path) -> None:
+        bucket, prefix = _split_s3(uri)
+        directory.mkdir(parents=True, exist_ok=True)
+        for key in _s3_keys(self.account, bucket, prefix):
+            (directory / key[len(prefix) :].lstrip("/")).write_bytes(_s3_get(self.account, bucket, key))
+
+    def _save_checkpoints(self, directory: Path, uri: str) -> None:
+        """SageMaker syncs the checkpoint folder to S3 while the job runs; locally it is synced when a process ends."""
+        bucket, prefix = _split_s3(uri)
+        for path in sorted(directory.glob("*")):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                _s3_put(self.account, bucket, f"{prefix.rstrip('/')}/{path.name}", path.read_bytes())
+
+    @staticmethod
+    def _watch(process: subprocess.Popen, events: Path, interrupt_after: int | None, timeout: float) -> bool:
+        """Wait for `train`; with `interrupt_after`, send SIGTERM once that many folds are checkpointed.
+        Returns True when the process was interrupted."""
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if interrupt_after is not None and events.exists():
+                done = sum(1 for line in events.read_text().splitlines() if '"fold_done"' in line)
+                if done >= interrupt_after:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=120)  # SageMaker's grace period before SIGKILL
+                    return True
+            if time.monotonic() > deadline:
+                process.kill()
+                break
+            time.sleep(0.02)
+        return False
+
     def _run_training(self, job: Any, outcome: TrainingOutcome | None) -> None:
         started = time.monotonic()
-        if outcome is not None and outcome.kind == "capacity":
+        if outcome is not None and outcome.kind == "capacity" and not outcome.after_folds:
             job.secondary_status = "Starting"
             self._finish(
                 job,
@@ -400,7 +432,6 @@ class Bridges:
             config = root / "input" / "config"
             config.mkdir(parents=True, exist_ok=True)
             (config / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))
-            job.secondary_status = "Training"
             env = {
                 **os.environ,
                 "REFIT_OPT_ML": str(root),
@@ -408,16 +439,49 @@ class Bridges:
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),
             }
+            checkpoint_uri = (job.checkpoint_config or {}).get("S3Uri")
             log_path = root / "training.log"
-            with log_path.open("w") as log_file:
-                result = subprocess.run(
-                    [sys.executable, "-m", "refit_training.train"],
-                    env=env,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=root,
-                    timeout=job.stopping_condition.get("MaxRuntimeInSeconds", 3600),
-                )
+            interrupt_after = (
+                outcome.after_folds if outcome is not None and outcome.kind in ("interrupt", "capacity") else None
+            )
+            while True:
+                if checkpoint_uri:
+                    self._restore_checkpoints(checkpoint_uri, root / "checkpoints")
+                job.secondary_status = "Training"
+                with log_path.open("a") as log_file:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "refit_training.train"],
+                        env=env,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=root,
+                    )
+                    interrupted = self._watch(
+                        process,
+                        root / "checkpoints" / "events.jsonl",
+                        interrupt_after,
+                        job.stopping_condition.get("MaxRuntimeInSeconds", 3600),
+                    )
+                if checkpoint_uri:
+                    self._save_checkpoints(root / "checkpoints", checkpoint_uri)
+                if not interrupted:
+                    break
+                if outcome is not None and outcome.kind == "capacity":
+                    # Interrupted, and spot capacity did not come back before MaxWaitTimeInSeconds.
+                    self._finish(
+                        job,
+                        "Failed",
+                        "MaxWaitTimeExceeded",
+                        outcome.message
+                        or "Training job exceeded MaxWaitTimeInSeconds waiting for spot capacity after an interruption",
+                        time.monotonic() - started,
+                    )
+                    return
+                # A spot interruption: SageMaker restarts the job on new capacity with the checkpoints restored.
+                job.secondary_status = "Interrupted"
+                interrupt_after = None
+                job.secondary_status = "Restarting"
+            result = process
             output = log_path.read_text()
             job.final_metric_data_list = [
                 {"MetricName": d["Name"], "Value": float(m.group(1)), "Timestamp": job.creation_time}

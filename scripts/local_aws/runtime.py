@@ -232,9 +232,11 @@ class LocalRuntime:
         else:
             self.bridges.wait_hooks[state_name] = hook
 
-    def next_training_outcome(self, kind: str, message: str = "") -> None:
-        """Simulate what SageMaker can do to the next training job: 'capacity' or 'internal_error'."""
-        self.bridges.training_outcomes.append(TrainingOutcome(kind, message))
+    def next_training_outcome(self, kind: str, message: str = "", after_folds: int = 0) -> None:
+        """Simulate what SageMaker can do to the next training job: 'internal_error'; 'interrupt' (SIGTERM once
+        `after_folds` folds are checkpointed, then a restart on the same checkpoints); 'capacity' (no spot capacity:
+        MaxWaitTimeExceeded, at once or after an interruption at `after_folds`)."""
+        self.bridges.training_outcomes.append(TrainingOutcome(kind, message, after_folds))
 
     # ---------------------------------------------------------------- reading
     def executions(self, model: str) -> list[dict[str, Any]]:

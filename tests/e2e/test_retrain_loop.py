@@ -128,6 +128,37 @@ def test_spot_capacity_timeout_falls_back_to_on_demand(aws):
     assert jobs[record["training"]["job_name"].replace("-od2", "-s1")] == "Failed"
 
 
+def checkpoint_events(aws, run_id):
+    body = aws.client("s3").get_object(Bucket=aws.artifact_bucket, Key=f"checkpoints/{MODEL}/{run_id}/events.jsonl")
+    return [json.loads(line) for line in body["Body"].read().decode().splitlines()]
+
+
+def test_spot_interruption_resumes_from_checkpoints(aws):
+    aws.next_training_outcome("interrupt", after_folds=2)
+    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/same.csv"
+    execution = aws.wait_for(aws.start_run(MODEL, {"data_uri": key, "force": True}))
+    record = record_for(aws, execution["executionArn"])
+    assert execution["status"] == "SUCCEEDED" and record["training"]["spot"] is True, record["message"]
+    events = checkpoint_events(aws, record["run_id"])
+    done = [e["key"] for e in events if e["event"] == "fold_done"]
+    assert len(done) == len(set(done)) and len({e["pid"] for e in events}) == 2
+    resumed = [len(e["finished"]) for e in events if e["event"] == "resumed"]
+    assert len(resumed) == 1 and 2 <= resumed[0] < len(done)  # a fold in flight at SIGTERM may still finish
+
+
+def test_fallback_job_resumes_the_interrupted_spot_jobs_checkpoints(aws):
+    aws.next_training_outcome("capacity", after_folds=2)
+    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/same.csv"
+    execution = aws.wait_for(aws.start_run(MODEL, {"data_uri": key, "force": True}))
+    record = record_for(aws, execution["executionArn"])
+    assert execution["status"] == "SUCCEEDED" and record["training"]["job_name"].endswith("-od2"), record["message"]
+    events = checkpoint_events(aws, record["run_id"])
+    done = [e["key"] for e in events if e["event"] == "fold_done"]
+    assert len(done) == len(set(done))
+    resumed = [len(e["finished"]) for e in events if e["event"] == "resumed"]
+    assert len(resumed) == 1 and 2 <= resumed[0] < len(done)  # a fold in flight at SIGTERM may still finish
+
+
 def test_canary_alarm_rolls_back(aws):
     before = champion_model(aws)
     alarm = aws.model(MODEL).canary_alarm

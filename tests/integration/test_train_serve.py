@@ -138,3 +138,45 @@ def test_serve_rejects_bad_payloads_with_4xx_and_keeps_serving(server, body, con
     status, reply = post(server, body, content_type)
     assert status == 400 and message in reply
     assert post(server, "12.0,70.5,1,48.0,basic,north", "text/csv")[0] == 200
+
+
+def events(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "checkpoints" / "events.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_run_resumes_without_repeating_folds_and_chooses_the_same_model(tmp_path):
+    batch = churn_batch(2000, 3)
+    plain = opt_ml(tmp_path / "plain", batch)
+    assert run_train(plain).returncode == 0
+    root = opt_ml(tmp_path / "interrupted", batch)
+    env = {**os.environ, "REFIT_OPT_ML": str(root)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refit_training.train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = root / "checkpoints" / "events.jsonl"
+        if log.exists() and sum('"fold_done"' in line for line in log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(15)
+    assert process.wait(timeout=120) == 143
+    assert not (root / "model" / "model.joblib").exists()
+    assert run_train(root).returncode == 0
+    done = [e["key"] for e in events(root) if e["event"] == "fold_done"]
+    assert len(done) == len(set(done))  # no finished fold was trained twice
+    resumed = [e for e in events(root) if e["event"] == "resumed"]
+    assert len(resumed) == 1 and len(resumed[0]["finished"]) >= 2
+    first = json.loads((plain / "model" / "evaluation.json").read_text())
+    second = json.loads((root / "model" / "evaluation.json").read_text())
+    assert first["search"]["best"] == second["search"]["best"]
+    assert first["metrics"]["challenger"] == second["metrics"]["challenger"]
+
+
+def test_a_corrupt_checkpoint_is_ignored(tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(1500, 4))
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / "progress.json").write_text('{"format": "refit.checkpoint/1", "sha256": "00", "bo')
+    assert run_train(root).returncode == 0
+    ignored = [e for e in events(root) if e["event"] == "checkpoint_ignored"]
+    assert ignored and ignored[0]["reason"].startswith("corrupt")

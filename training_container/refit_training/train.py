@@ -21,15 +21,13 @@ import joblib
 import numpy as np
 import pandas as pd
 from refit_core.datasets import read_table, stable_row_hash
-from refit_core.metrics import compute_metrics
+from refit_core.metrics import compute_metric, compute_metrics
 from refit_core.profile import build_profile, dumps_profile
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from refit_training.checkpoints import CheckpointStore
 from refit_training.paths import OptMl
+from refit_training.search import Interrupted, TermFlag, fingerprint, search
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
@@ -63,37 +61,6 @@ def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
     return frame[~holdout], frame[holdout]
 
 
-def build_pipeline(config: dict[str, Any], features: pd.DataFrame) -> Pipeline:
-    categorical = [
-        c for c in features.columns if c in set(config["categorical_columns"]) or features[c].dtype == object
-    ]
-    numeric = [c for c in features.columns if c not in categorical]
-    preprocess = ColumnTransformer(
-        [
-            (
-                "numeric",
-                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-                numeric,
-            ),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                    ]
-                ),
-                categorical,
-            ),
-        ]
-    )
-    if config["problem_type"] == "binary_classification":
-        estimator = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=config["seed"])
-    else:
-        estimator = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, random_state=config["seed"])
-    return Pipeline([("preprocess", preprocess), ("model", estimator)])
-
-
 def predict_scores(model: Pipeline, problem_type: str, features: pd.DataFrame) -> np.ndarray:
     if problem_type == "binary_classification":
         return model.predict_proba(features)[:, 1]
@@ -115,7 +82,23 @@ def load_champion(opt: OptMl, scratch: Path) -> tuple[Pipeline, dict[str, Any]] 
     return joblib.load(scratch / MODEL_FILE), metadata
 
 
-def run(opt: OptMl) -> dict[str, Any]:
+def bootstrap_intervals(
+    names: list[str], y_true: np.ndarray, scores: np.ndarray, seed: int, samples: int = 200
+) -> dict[str, list[float]]:
+    """95% percentile bootstrap interval of each holdout metric."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(samples):
+        index = rng.integers(0, y_true.size, y_true.size)
+        if np.unique(y_true[index]).size < 2:
+            continue
+        for name in names:
+            draws[name].append(compute_metric(name, y_true[index], scores[index]))
+    return {name: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for name, v in draws.items() if v}
+
+
+def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
+    term = term or TermFlag()
     started = time.monotonic()
     config = load_hyperparameters(opt)
     target = config["target"]
@@ -146,13 +129,14 @@ def run(opt: OptMl) -> dict[str, Any]:
         f"refit: training on {len(training)} rows, {len(features)} features; holdout {len(holdout)} rows",
         flush=True,
     )
-    model = build_pipeline(config, training[features])
-    model.fit(training[features], training[target])
+    store = CheckpointStore(opt.checkpoints, fingerprint(config, training))
+    model, search_summary = search(config, training, features, target, store, term)
     y_true = holdout[target].to_numpy(dtype=float)
     challenger_scores = predict_scores(model, config["problem_type"], holdout[features])
     metrics = compute_metrics(config["metrics"], y_true, challenger_scores)
     for name, value in metrics.items():
         print(f"refit:holdout:{name}={value:.6f}", flush=True)
+    intervals = bootstrap_intervals(config["metrics"], y_true, challenger_scores, config["seed"])
 
     predictions = pd.DataFrame(
         {"row_id": stable_row_hash(holdout).astype(str), "label": y_true, "challenger": challenger_scores}
@@ -165,6 +149,8 @@ def run(opt: OptMl) -> dict[str, Any]:
         "format": "refit.evaluation/1",
         "problem_type": config["problem_type"],
         "metrics": {"challenger": metrics, "champion": None},
+        "intervals": {"challenger": intervals, "champion": None},
+        "search": search_summary,
         "n_train": int(len(training)),
         "n_holdout": int(len(holdout)),
         "features": features,
@@ -179,6 +165,9 @@ def run(opt: OptMl) -> dict[str, Any]:
             )
             predictions["champion"] = champion_scores
             evaluation["metrics"]["champion"] = compute_metrics(config["metrics"], y_true, champion_scores)
+            evaluation["intervals"]["champion"] = bootstrap_intervals(
+                config["metrics"], y_true, champion_scores, config["seed"]
+            )
             evaluation["champion_version"] = champion_metadata.get("trained_at_run")
 
     opt.model.mkdir(parents=True, exist_ok=True)
@@ -209,9 +198,13 @@ def run(opt: OptMl) -> dict[str, Any]:
 
 def main() -> int:
     opt = OptMl.from_env()
+    term = TermFlag()
     try:
-        run(opt)
+        run(opt, term)
         return 0
+    except Interrupted as interrupted:
+        print(f"refit: stopped by SIGTERM before {interrupted}; finished folds are checkpointed", flush=True)
+        return 143
     except Exception as error:  # every failure must leave a reason for DescribeTrainingJob
         reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
         traceback.print_exc()

@@ -1,0 +1,75 @@
+"""The monthly training budget refuses a job before it starts, with the reason; under the cap the job starts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from moto import mock_aws
+from refit_core.config import load_config
+from refit_handlers.common import Settings
+from refit_handlers.training import StartEvent, start_training
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def setup():
+    with mock_aws():
+        s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
+        s3.create_bucket(Bucket="data")
+        s3.create_bucket(Bucket="art")
+        s3.put_object(Bucket="data", Key="incoming/churn/b.csv", Body=b"a,churned\n1,0\n")
+        dynamodb.create_table(
+            TableName="audit",
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+        )
+        month = datetime.now(UTC).strftime("%Y-%m")
+        dynamodb.put_item(
+            TableName="audit",
+            Item={
+                "pk": {"S": "churn"},
+                "sk": {"S": f"run#{month}-01T00:00:00#r0"},
+                "training": {"M": {"estimated_cost_usd": {"N": "4.90"}}},
+            },
+        )
+        yield s3, dynamodb, boto3.client("sagemaker")
+
+
+def settings(cap):
+    config = load_config(ROOT / "refit.toml")
+    model = config.model("churn").model_copy(update={"monthly_training_budget_usd": cap})
+    return Settings(
+        model=model,
+        data_bucket="data",
+        artifact_bucket="art",
+        audit_table="audit",
+        topic_arn="t",
+        endpoint_name="e",
+        model_package_group="g",
+        sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
+        image_uri="img:1",
+        canary_alarm="a",
+        instance_prices=config.instance_prices_usd_per_hour,
+        code_version="c",
+    )
+
+
+def test_budget_cap_refuses_a_job_that_could_pass_it(setup):
+    s3, dynamodb, sagemaker = setup
+    event = StartEvent(run_id="r1", data_uri="s3://data/incoming/churn/b.csv")
+    refused = start_training(event, settings(5.0), s3, sagemaker, dynamodb)
+    assert refused["next"] == "refused"
+    assert "$4.90 spent this month + up to $0.12" in refused["reason"] and "$5.00 monthly cap" in refused["reason"]
+    assert sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+    started = start_training(event, settings(10.0), s3, sagemaker, dynamodb)
+    assert started["next"] == "wait" and len(sagemaker.list_training_jobs()["TrainingJobSummaries"]) == 1
+    manifest = json.loads(s3.get_object(Bucket="art", Key="reports/churn/r1/inputs.json")["Body"].read())
+    assert manifest["inputs"][0]["uri"] == "s3://data/incoming/churn/b.csv"
