@@ -435,6 +435,9 @@ class Bridges:
             env = {
                 **os.environ,
                 "REFIT_OPT_ML": str(root),
+                # Local jobs share one machine with the runtime, the servers and other jobs: OpenMP threads that
+                # spin-wait for cores make everything slower. A SageMaker instance gives a job all its cores.
+                "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": os.pathsep.join(
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),

@@ -37,7 +37,7 @@ def aws(config_path, tmp_path_factory):
         yield runtime
 
 
-def pending(aws, version, timeout=60):
+def pending(aws, version, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         item = (

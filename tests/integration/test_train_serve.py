@@ -41,7 +41,7 @@ def opt_ml(root: Path, batch) -> Path:
 def run_train(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "refit_training.train"],
-        env={**os.environ, "REFIT_OPT_ML": str(root)},
+        env={**os.environ, "REFIT_OPT_ML": str(root), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -149,7 +149,7 @@ def test_interrupted_run_resumes_without_repeating_folds_and_chooses_the_same_mo
     plain = opt_ml(tmp_path / "plain", batch)
     assert run_train(plain).returncode == 0
     root = opt_ml(tmp_path / "interrupted", batch)
-    env = {**os.environ, "REFIT_OPT_ML": str(root)}
+    env = {**os.environ, "REFIT_OPT_ML": str(root), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "refit_training.train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
