@@ -88,6 +88,7 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
     )
     decision = json.loads(json.dumps(decision, default=float))
     decision["all_metrics"] = evaluation["metrics"]
+    decision["intervals"] = evaluation.get("intervals")
     run_prefix = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}")
     baseline = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/baseline.json")
     s3.put_object(Bucket=baseline.bucket, Key=baseline.key, Body=files["baseline.json"], ContentType="application/json")
