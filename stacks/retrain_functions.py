@@ -130,6 +130,7 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
         storage.audit_table.grant(f["StartTraining"], "dynamodb:Query")
+        sagemaker.image.repository.grant(f["Register"], "ecr:DescribeImages")
         storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")
         storage.topic.grant_publish(f["RequestApproval"])
         storage.audit_table.grant(f["ExpireApproval"], "dynamodb:DeleteItem")

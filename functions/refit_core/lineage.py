@@ -63,7 +63,9 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     code = {
-        k: {"from": old.get(k), "to": new.get(k)} for k in ("code_version", "image_uri") if old.get(k) != new.get(k)
+        k: {"from": old.get(k), "to": new.get(k)}
+        for k in ("code_version", "image_uri", "image_digest")
+        if old.get(k) != new.get(k)
     }
     old_settings, new_settings = _flatten(old.get("hyperparameters", {})), _flatten(new.get("hyperparameters", {}))
     settings = {

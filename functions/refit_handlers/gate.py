@@ -110,7 +110,15 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
     return decision
 
 
-def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any) -> dict[str, Any]:
+def image_digest(ecr: Any, image_uri: str) -> str:
+    """The registry digest of the training/hosting image (the URI's tag is the CDK asset's content hash)."""
+    repository_path, _, tag = image_uri.rpartition(":")
+    repository = repository_path.split("/", 1)[1]
+    images = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
+    return images[0]["imageDigest"]
+
+
+def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ecr: Any) -> dict[str, Any]:
     """Every challenger is registered, approved, pending approval or rejected, with its lineage and the evidence."""
     model = config.model
     if not event.gate.get("promote"):
@@ -167,6 +175,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any) ->
         "inputs": manifest["inputs"],
         "hyperparameters": json.loads(manifest["hyperparameters"]["config"]),
         "image_uri": manifest["image_uri"],
+        "image_digest": image_digest(ecr, manifest["image_uri"]),
         "code_version": config.code_version,
         "baseline_uri": event.baseline_uri,
         "evaluation_uri": event.evaluation_uri,
@@ -213,4 +222,4 @@ def gate_handler(event: dict, context: Any) -> dict:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def register_handler(event: dict, context: Any) -> dict:
-    return register(parse(RegisterEvent, event), settings(), client("sagemaker"), client("s3"))
+    return register(parse(RegisterEvent, event), settings(), client("sagemaker"), client("s3"), client("ecr"))

@@ -103,9 +103,35 @@ class StandUp:
             if creator is None:
                 raise NotImplementedError(f"{logical}: resource type {kind} is not supported by the local runtime")
             creator(logical, properties)
+        self._publish_image_assets()
         for name, output in self.assembly.template.get("Outputs", {}).items():
             self.stack.outputs[name] = self.stack.resolver.resolve(output["Value"])
         return self.stack
+
+    def _publish_image_assets(self) -> None:
+        """What `cdk deploy` does with image assets, without building them: each is put in the assets repository
+        under its content-hash tag (the manifest names that hash), so DescribeImages answers with a digest."""
+        ecr = boto3.client("ecr", region_name=self.region)
+        for asset_hash, image in self.assembly.assets.get("dockerImages", {}).items():
+            for destination in image["destinations"].values():
+                repository = (
+                    destination["repositoryName"]
+                    .replace("${AWS::AccountId}", self.account)
+                    .replace("${AWS::Region}", self.region)
+                )
+                if repository not in {r["repositoryName"] for r in ecr.describe_repositories()["repositories"]}:
+                    ecr.create_repository(repositoryName=repository)
+                manifest = {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": {
+                        "mediaType": "application/vnd.docker.container.image.v1+json",
+                        "size": 0,
+                        "digest": f"sha256:{asset_hash}",
+                    },
+                    "layers": [],
+                }
+                ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=asset_hash)
 
     def _set(self, logical: str, ref: Any, **attributes: Any) -> None:
         self.stack.resolver.refs[logical] = ref

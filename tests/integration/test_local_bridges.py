@@ -130,3 +130,15 @@ def test_update_model_package_keeps_customer_metadata(aws):
         "lineage_uri": "s3://b/l.json",
         "approved_by": "me",
     }
+
+
+def test_image_assets_are_published_under_their_content_hash(aws):
+    ecr = aws.client("ecr")
+    for asset_hash, image in aws.assembly.assets["dockerImages"].items():
+        repository = (
+            next(iter(image["destinations"].values()))["repositoryName"]
+            .replace("${AWS::AccountId}", "123456789012")
+            .replace("${AWS::Region}", aws.region)
+        )
+        details = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": asset_hash}])["imageDetails"]
+        assert details[0]["imageDigest"].startswith("sha256:")

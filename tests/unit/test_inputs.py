@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
         (b"", "e.csv", "the file is empty"),
         (b"a,b\n", "h.csv", "has a header but no rows"),
         (b"a,b\n\xff\xfe,1\n", "latin.csv", "not UTF-8 text"),
-        (gzip.compress(b"a,b\n1,2\n" * 100)[:-20], "t.csv.gz", "truncated or corrupt gzip"),
+        (gzip.compress(b"a,b\n1,2\n" * 100, mtime=0)[:-20], "t.csv.gz", "truncated or corrupt gzip"),
         (b"a,,c\n1,2,3\n", "noname.csv", "empty column name"),
     ],
+    ids=["empty", "header-only", "not-utf8", "truncated-gzip", "unnamed-column"],
 )
 def test_bad_files_name_the_file_and_problem(raw, name, message):
     with pytest.raises(DataError, match=message) as error:
