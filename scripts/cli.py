@@ -32,6 +32,7 @@ from refit_core.gate import GateInputError, decide
 from refit_core.lineage import diff
 from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
 from refit_core.quality import check_quality
+from refit_core.report import render_html
 from refit_core.s3uri import S3Uri, is_s3_uri
 
 DEFAULT_CONFIG = os.environ.get("REFIT_CONFIG", str(Path(__file__).resolve().parent.parent / "refit.toml"))
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         command.add_argument("--target")
         command.add_argument("--categorical", nargs="*")
         command.add_argument("--json", action="store_true")
+        if name == "drift":
+            command.add_argument("--html", help="also write a self-contained HTML report here")
     gate = commands.add_parser("gate", help="gate a challenger on a training job's holdout predictions")
     gate.add_argument("evaluation", help="folder or s3:// prefix holding holdout_predictions.csv")
     gate.add_argument("--model", required=True)
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             baseline, current = _baseline(args), _read(args.current)
             if args.command == "drift":
                 report = detect_drift(current, baseline, DriftSettings())
+                if args.html:
+                    Path(args.html).write_text(render_html(report, baseline, current, f"refit drift: {args.current}"))
             else:
                 report = check_quality(current, baseline, QualitySettings(), DriftSettings().min_rows, args.current)
         elif args.command == "gate":

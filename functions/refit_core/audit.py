@@ -105,6 +105,7 @@ def summarize_run(
             "drifted_features": drift.get("drifted_features", []),
             "target_drifted": (drift.get("target") or {}).get("drifted"),
             "report_uri": check.get("report_uri"),
+            "report_html_uri": check.get("report_html_uri"),
         }
         if drift
         else None,
@@ -160,8 +161,8 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
     if record.get("drift"):
         drifted = record["drift"]["drifted_features"] or ["none"]
         lines.append(f"Drift: {'yes' if record['drift']['detected'] else 'no'}; drifted: {', '.join(drifted)}")
-        if record["drift"].get("report_uri"):
-            lines.append(f"Drift report: {record['drift']['report_uri']}")
+        if record["drift"].get("report_html_uri"):
+            lines.append(f"Drift report: {record['drift']['report_html_uri']} (JSON: {record['drift']['report_uri']})")
     if record.get("training") and record["training"].get("job_name"):
         t = record["training"]
         lines.append(

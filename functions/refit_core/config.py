@@ -83,7 +83,12 @@ class SearchSettings(_Strict):
 
 
 class DriftSettings(_Strict):
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="Dataset-level false-positive rate of one check.")
+    """`alpha` is the probability of a false retrain over `horizon_checks` consecutive checks of no-drift batches
+    against the same baseline. Each check spends alpha / horizon_checks (split again across columns), so by the
+    union bound any run of that many checks raises a false alarm with probability at most alpha."""
+
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="False-retrain probability over the horizon.")
+    horizon_checks: int = Field(1, ge=1, le=1000, description="Checks the alpha budget covers (1 = each check).")
     correction: Literal["bonferroni", "holm"] = "bonferroni"
     min_effect_size: float = Field(
         0.05,
@@ -92,6 +97,10 @@ class DriftSettings(_Strict):
         description="KS distance / total variation below which a significant shift is ignored.",
     )
     min_rows: int = Field(100, ge=10)
+
+    @property
+    def per_check_alpha(self) -> float:
+        return self.alpha / self.horizon_checks
 
 
 class QualitySettings(_Strict):

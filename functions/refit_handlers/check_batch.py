@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel
 from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
@@ -14,6 +15,7 @@ from refit_core.datasets import DataError, read_table
 from refit_core.drift import detect_drift
 from refit_core.profile import ProfileError, build_profile, loads_profile
 from refit_core.quality import check_quality
+from refit_core.report import render_html
 from refit_core.s3uri import S3Uri
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -21,6 +23,7 @@ from refit_handlers.common import Settings, client, parse, settings
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Refit")
 
 
 class CheckEvent(BaseModel):
@@ -123,8 +126,20 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
         ContentType="application/json",
     )
     result["report_uri"] = str(report)
+    html_report = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/drift.html")
+    s3.put_object(
+        Bucket=html_report.bucket,
+        Key=html_report.key,
+        ContentType="text/html; charset=utf-8",
+        Body=render_html(drift, profile, frame, f"refit {model.name}: drift of {event.data_uri}").encode(),
+    )
+    result["report_html_uri"] = str(html_report)
     for name, feature in drift["features"].items():
-        metrics.add_metadata(key=f"drift_{name}", value=feature["effect_size"])
+        with single_metric(
+            name="FeatureDriftEffect", unit=MetricUnit.NoUnit, value=feature["effect_size"], namespace=NAMESPACE
+        ) as metric:
+            metric.add_dimension(name="Model", value=model.name)
+            metric.add_dimension(name="Feature", value=name)
     metrics.add_metric(name="DriftDetected", unit=MetricUnit.Count, value=int(drift["drift_detected"]))
     if drift["drift_detected"]:
         drifted = drift["drifted_features"] + (["<target>"] if (drift["target"] or {}).get("drifted") else [])

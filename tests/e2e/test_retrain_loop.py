@@ -198,6 +198,9 @@ def test_drift_retrains_and_promotes_through_the_canary(aws):
     record = record_for(aws, execution["executionArn"])
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
     assert record["drift"]["detected"] and "usage_gb" in record["drift"]["drifted_features"]
+    bucket, key = record["drift"]["report_html_uri"].removeprefix("s3://").split("/", 1)
+    page = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert "Drift detected" in page and "<svg" in page
     assert record["gate"]["promote"] and record["gate"]["test"] == "delong"
     assert record["canary"]["invocations"] >= 20
     after_config, after_models = champion_model(aws)

@@ -77,3 +77,36 @@ def test_quality_findings_name_column_value_and_limit():
     assert checks[("infinite_value", "x3")]["observed"] == 300
     assert checks[("unseen_category", "plan")]["severity"] == "warn"
     assert report["reason"].startswith("s3://b/k.csv:")
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(300, 450), (5000, 9000), (20000, 30000), (1000, 1000)])
+def test_fast_ks_agrees_with_scipy_exact_and_asymptotic(n1, n2):
+    rng = np.random.default_rng(n1 + n2)
+    reference = np.sort(np.round(rng.normal(size=n1), 2))  # ties included
+    current = np.round(rng.normal(0.05, 1.1, size=n2), 2)
+    statistic, p_value = ks_test(reference, current)
+    expected = stats.ks_2samp(reference, current)
+    assert abs(statistic - expected.statistic) < 1e-12
+    assert abs(p_value - expected.pvalue) < 1e-9
+
+
+def test_alpha_spending_keeps_the_false_retrain_rate_over_the_horizon():
+    """200 streams of 14 no-drift batches against one baseline: without spending about 40% of streams raise a false
+    alarm at 5% a check (statistics-facts); with the budget spread over 14 checks at most alpha + 0.02."""
+    horizon, alarms = 14, 0
+    settings = DriftSettings(alpha=0.05, horizon_checks=horizon)
+    for stream in range(200):
+        profile = build_profile(frame(300, 10_000 + stream), target="y", categorical=["plan", "y"])
+        alarms += any(
+            detect_drift(frame(300, 20_000 + stream * horizon + check), profile, settings)["drift_detected"]
+            for check in range(horizon)
+        )
+    assert alarms / 200 <= 0.05 + 0.02
+
+
+def test_power_for_a_0_2_sd_shift_in_one_of_ten_features():
+    detected = 0
+    for run in range(60):
+        profile = build_profile(frame(1000, 30_000 + run), target="y", categorical=["plan", "y"])
+        detected += detect_drift(frame(1000, 40_000 + run, shift=0.2), profile, DriftSettings())["drift_detected"]
+    assert detected / 60 >= 0.8

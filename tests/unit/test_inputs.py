@@ -1,4 +1,5 @@
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,12 @@ def test_cli_drift_and_bad_input(tmp_path):
     churn_batch(500, 1).to_csv(tmp_path / "a.csv", index=False)
     churn_batch(500, 2, shift=1.0).to_csv(tmp_path / "b.csv", index=False)
     out, err = io.StringIO(), io.StringIO()
-    assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--json"], out=out, err=err) == 0
+    html = tmp_path / "report.html"
+    arguments = ["drift", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--json", "--html", str(html)]
+    assert main(arguments, out=out, err=err) == 0
     assert '"drift_detected": true' in out.getvalue()
+    page = html.read_text()
+    assert page.count("<svg") == json.loads(out.getvalue())["drifted_features"].__len__() >= 1
+    assert "usage_gb" in page and "<script" not in page
     assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")], out=out, err=err) == 1
     assert "missing.csv: cannot read" in err.getvalue()

@@ -1,0 +1,110 @@
+"""A self-contained HTML drift report: a table of every column's test and, for each drifted column, a plot of the
+reference against the current distribution (inline SVG, no scripts or external files)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+WIDTH, HEIGHT, PAD = 420, 180, 30
+
+
+def _polyline(xs: np.ndarray, ys: np.ndarray, low: float, high: float, colour: str) -> str:
+    span = (high - low) or 1.0
+    points = " ".join(
+        f"{PAD + (x - low) / span * (WIDTH - 2 * PAD):.1f},{HEIGHT - PAD - y * (HEIGHT - 2 * PAD):.1f}"
+        for x, y in zip(xs, ys, strict=True)
+    )
+    return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+
+
+def _ecdf_points(values: np.ndarray, steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    values = np.sort(values)
+    index = np.linspace(0, values.size - 1, min(steps, values.size)).astype(int)
+    return values[index], (index + 1) / values.size
+
+
+def numeric_plot(reference: np.ndarray, current: np.ndarray) -> str:
+    low = float(min(reference.min(), current.min()))
+    high = float(max(reference.max(), current.max()))
+    lines = [
+        _polyline(*_ecdf_points(reference), low, high, "#1f77b4"),
+        _polyline(*_ecdf_points(current), low, high, "#d62728"),
+    ]
+    axis = (
+        f'<text x="{PAD}" y="{HEIGHT - 8}" font-size="11">{low:.4g}</text>'
+        f'<text x="{WIDTH - PAD}" y="{HEIGHT - 8}" font-size="11" text-anchor="end">{high:.4g}</text>'
+    )
+    return _svg("".join(lines) + axis, "cumulative share: reference (blue) vs current (red)")
+
+
+def categorical_plot(reference: dict[str, int], current: pd.Series) -> str:
+    counts = current.dropna().astype(str).value_counts()
+    categories = sorted(set(reference) | set(counts.index))[:20]
+    ref_total, cur_total = sum(reference.values()) or 1, int(counts.sum()) or 1
+    bar = (WIDTH - 2 * PAD) / max(len(categories), 1)
+    shapes = []
+    for i, name in enumerate(categories):
+        for j, (share, colour) in enumerate(
+            ((reference.get(name, 0) / ref_total, "#1f77b4"), (counts.get(name, 0) / cur_total, "#d62728"))
+        ):
+            height = share * (HEIGHT - 2 * PAD)
+            x = PAD + i * bar + j * bar / 2
+            shapes.append(
+                f'<rect x="{x:.1f}" y="{HEIGHT - PAD - height:.1f}" width="{bar / 2 - 2:.1f}" '
+                f'height="{height:.1f}" fill="{colour}"/>'
+            )
+        shapes.append(
+            f'<text x="{PAD + i * bar + bar / 2:.1f}" y="{HEIGHT - 10}" font-size="10" '
+            f'text-anchor="middle">{html.escape(name[:10])}</text>'
+        )
+    return _svg("".join(shapes), "share per category: reference (blue) vs current (red)")
+
+
+def _svg(body: str, title: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">'
+        f"<title>{html.escape(title)}</title>"
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="#fafafa" stroke="#ccc"/>{body}</svg>'
+    )
+
+
+def render_html(report: dict[str, Any], profile: dict[str, Any], frame: pd.DataFrame, title: str) -> str:
+    rows, plots = [], []
+    columns = dict(report["features"])
+    if report.get("target"):
+        columns[profile.get("target") or "target"] = {**report["target"], "kind": "target"}
+    for name, result in columns.items():
+        p_value = "n/a" if result.get("p_value") is None else f"{result['p_value']:.3g}"
+        effect = "n/a" if result.get("effect_size") is None else f"{result['effect_size']:.4f}"
+        flag = "DRIFT" if result["drifted"] else ""
+        rows.append(
+            f"<tr class='{'drift' if result['drifted'] else ''}'><td>{html.escape(str(name))}</td>"
+            f"<td>{result.get('kind', '')}</td><td>{result['test']}</td><td>{result['statistic']:.4f}</td>"
+            f"<td>{p_value}</td><td>{effect}</td><td>{flag}</td></tr>"
+        )
+        spec = profile["columns"].get(name)
+        if result["drifted"] and spec is not None and name in frame.columns:
+            if spec["kind"] == "numeric":
+                current = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+                plot = numeric_plot(np.asarray(spec["sample"], dtype=float), current[np.isfinite(current)])
+            else:
+                plot = categorical_plot(spec["frequencies"], frame[name])
+            plots.append(f"<figure><figcaption>{html.escape(str(name))}</figcaption>{plot}</figure>")
+    verdict = "Drift detected" if report["drift_detected"] else "No drift"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px}}tr.drift{{background:#fde0dc}}figure{{display:inline-block;margin:1em}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p><b>{verdict}</b>: {len(report.get("drifted_features", []))} drifted feature(s); reference {report["n_reference"]}
+rows, current {report["n_current"]} rows; alpha {report["alpha"]} over {report.get("horizon_checks", 1)} check(s),
+{report["correction"]} across columns, effect-size floor {report["min_effect_size"]}.</p>
+<table><tr><th>column</th><th>kind</th><th>test</th><th>statistic</th><th>p-value</th><th>effect size</th>
+<th></th></tr>{"".join(rows)}</table>
+{"".join(plots)}
+</body></html>
+"""
