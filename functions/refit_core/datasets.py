@@ -13,7 +13,7 @@ import pandas as pd
 
 from refit_core.s3uri import S3Uri, is_s3_uri
 
-SUPPORTED_SUFFIXES = (".csv", ".csv.gz")
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
 class DataError(ValueError):
@@ -45,6 +45,22 @@ def _read_bytes(location: str, s3: Any | None) -> bytes:
         raise DataError(f"{location}: cannot read ({error.strerror})") from None
 
 
+def parse_parquet_bytes(raw: bytes, name: str) -> pd.DataFrame:
+    if not raw:
+        raise DataError(f"{name}: the file is empty")
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw))
+    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for truncated files
+        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
+    if frame.empty:
+        raise DataError(f"{name}: has a schema but no rows")
+    return frame
+
+
+def parse_table_bytes(raw: bytes, name: str) -> pd.DataFrame:
+    return parse_parquet_bytes(raw, name) if name.endswith(".parquet") else parse_csv_bytes(raw, name)
+
+
 def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
     """Parse one CSV (optionally gzip) object; refuse anything that is not a header plus rows."""
     if name.endswith(".gz") or raw[:2] == b"\x1f\x8b":
@@ -73,12 +89,13 @@ def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
 
 
 def read_table(location: str, s3: Any | None = None) -> pd.DataFrame:
-    """Read a CSV object, or every CSV object under a prefix (concatenated, same columns required)."""
+    """Read a CSV (optionally gzip) or Parquet object, or every such object under a prefix or in a folder
+    (concatenated; the same columns are required)."""
     if is_s3_uri(location):
         uri = S3Uri.parse(location)
         objects = list_s3_objects(s3, uri) if s3 is not None else [uri]
         if not objects:
-            raise DataError(f"{location}: no .csv or .csv.gz objects under this prefix")
+            raise DataError(f"{location}: no .csv, .csv.gz or .parquet objects under this prefix")
         names = [str(obj) for obj in objects]
     else:
         path = Path(location)
@@ -88,8 +105,8 @@ def read_table(location: str, s3: Any | None = None) -> pd.DataFrame:
             else [str(path)]
         )
         if not names:
-            raise DataError(f"{location}: no .csv or .csv.gz files in this folder")
-    frames = [parse_csv_bytes(_read_bytes(name, s3), name) for name in names]
+            raise DataError(f"{location}: no .csv, .csv.gz or .parquet files in this folder")
+    frames = [parse_table_bytes(_read_bytes(name, s3), name) for name in names]
     first = list(frames[0].columns)
     for name, frame in zip(names[1:], frames[1:], strict=True):
         if list(frame.columns) != first:

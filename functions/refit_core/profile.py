@@ -1,14 +1,16 @@
 """Baseline profile of a dataset: the one implementation used in training, the drift Lambda and the CLI.
 
-Format `refit.profile/1` (JSON). Numeric columns keep their non-null finite values, sorted: every value when
-there are at most MAX_EXACT_SAMPLE of them, otherwise a seeded simple random sample of MAX_EXACT_SAMPLE values
-(so the stored part is at most 20,000 floats, about 0.4 MB of JSON, per column). Two-sample KS against the stored
+Format `refit.profile/2` (JSON). Numeric columns keep their non-null finite values, sorted: every value when
+there are at most MAX_EXACT_SAMPLE of them, otherwise a seeded simple random sample of MAX_EXACT_SAMPLE values.
+They are stored as base64 of little-endian float64 (at most 20,000 values, 213 KB of JSON, per column), which
+loads about ten times faster than JSON number literals. Two-sample KS against the stored
 values is then an exact test with n_reference = the stored count. The JSON is byte-stable for the same data:
 keys sorted, fixed seed, no timestamps.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from typing import Any
@@ -18,7 +20,7 @@ import pandas as pd
 
 from refit_core.datasets import is_numeric
 
-PROFILE_FORMAT = "refit.profile/1"
+PROFILE_FORMAT = "refit.profile/2"
 MAX_EXACT_SAMPLE = 20_000
 
 
@@ -44,7 +46,8 @@ def _numeric_summary(values: pd.Series) -> dict[str, Any]:
         "mean": float(finite.mean()) if finite.size else None,
         "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
         "distinct": int(np.unique(finite).size),
-        "sample": [float(v) for v in sample],
+        "sample": base64.b64encode(np.ascontiguousarray(sample, dtype="<f8").tobytes()).decode("ascii"),
+        "sample_encoding": "f64le-base64",
         "sample_is_exact": exact,
     }
 
@@ -96,6 +99,11 @@ def loads_profile(text: str | bytes, source: str = "<profile>") -> dict[str, Any
     if not isinstance(profile.get("columns"), dict) or not profile["columns"]:
         raise ProfileError(f"{source}: profile has no columns")
     return profile
+
+
+def numeric_sample(spec: dict[str, Any]) -> np.ndarray:
+    """The stored sorted values of a numeric column."""
+    return np.frombuffer(base64.b64decode(spec["sample"]), dtype="<f8")
 
 
 def is_missing(value: Any) -> bool:

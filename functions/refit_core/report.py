@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from refit_core.profile import numeric_sample
+
 WIDTH, HEIGHT, PAD = 420, 180, 30
 
 
@@ -90,7 +92,7 @@ def render_html(report: dict[str, Any], profile: dict[str, Any], frame: pd.DataF
         if result["drifted"] and spec is not None and name in frame.columns:
             if spec["kind"] == "numeric":
                 current = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-                plot = numeric_plot(np.asarray(spec["sample"], dtype=float), current[np.isfinite(current)])
+                plot = numeric_plot(numeric_sample(spec), current[np.isfinite(current)])
             else:
                 plot = categorical_plot(spec["frequencies"], frame[name])
             plots.append(f"<figure><figcaption>{html.escape(str(name))}</figcaption>{plot}</figure>")

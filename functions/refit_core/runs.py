@@ -32,7 +32,7 @@ class ManualInput(BaseModel):
         if value is not None:
             uri = S3Uri.parse(value)
             if uri.is_prefix:
-                raise ValueError(f"{value!r} is a prefix; name one object (a .csv or .csv.gz file)")
+                raise ValueError(f"{value!r} is a prefix; name one object (a .csv, .csv.gz or .parquet file)")
         return value
 
 
@@ -104,8 +104,8 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
         raise RunInputError(_describe(error)) from None
     if manual.data_uri:
         uri = S3Uri.parse(manual.data_uri)
-        if not uri.key.endswith((".csv", ".csv.gz")):
-            raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv or .csv.gz object")
+        if not uri.key.endswith((".csv", ".csv.gz", ".parquet")):
+            raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv, .csv.gz or .parquet object")
         if uri.bucket != data_bucket or not uri.key.startswith(new_data_prefix):
             raise RunInputError(
                 f"data_uri: {manual.data_uri!r} must be under this model's new-data prefix s3://{data_bucket}/{new_data_prefix}"

@@ -555,6 +555,7 @@ class Bridges:
                 "SAGEMAKER_BIND_TO_PORT": str(port),
                 "REFIT_SERVE_HOST": "127.0.0.1",
                 "OMP_NUM_THREADS": "1",  # one model per process on a shared laptop: no OpenMP spin-waiting
+                "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
                 "PYTHONPATH": os.pathsep.join(
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),

@@ -56,7 +56,7 @@ def test_train_writes_model_baseline_and_paired_evaluation(tmp_path):
     evaluation = json.loads((root / "model" / "evaluation.json").read_text())
     assert evaluation["metrics"]["challenger"]["roc_auc"] > 0.6
     assert (root / "output" / "data" / "holdout_predictions.csv").read_text().startswith("row_id,label,challenger")
-    assert json.loads((root / "model" / "baseline.json").read_text())["format"] == "refit.profile/1"
+    assert json.loads((root / "model" / "baseline.json").read_text())["format"] == "refit.profile/2"
 
 
 def test_train_failure_leaves_a_reason(tmp_path):

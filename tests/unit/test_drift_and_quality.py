@@ -37,8 +37,8 @@ def test_profile_is_byte_stable_and_versioned():
     data = frame(500, 1)
     first = dumps_profile(build_profile(data, target="y", categorical=["plan"]))
     assert first == dumps_profile(build_profile(data.copy(), target="y", categorical=["plan"]))
-    with pytest.raises(ProfileError, match="format 'refit.profile/0' is not supported"):
-        loads_profile(first.replace("refit.profile/1", "refit.profile/0"), "old.json")
+    with pytest.raises(ProfileError, match="format 'refit.profile/1' is not supported"):
+        loads_profile(first.replace("refit.profile/2", "refit.profile/1"), "old.json")
 
 
 def test_drift_flags_a_single_shifted_feature_and_not_noise():
@@ -110,3 +110,14 @@ def test_power_for_a_0_2_sd_shift_in_one_of_ten_features():
         profile = build_profile(frame(1000, 30_000 + run), target="y", categorical=["plan", "y"])
         detected += detect_drift(frame(1000, 40_000 + run, shift=0.2), profile, DriftSettings())["drift_detected"]
     assert detected / 60 >= 0.8
+
+
+def test_fast_ks_statistic_on_heavy_ties_and_disjoint_samples():
+    rng = np.random.default_rng(7)
+    for reference, current in [
+        (rng.integers(0, 5, 700).astype(float), rng.integers(0, 6, 50_000).astype(float)),
+        (np.arange(100.0), np.arange(1000.0, 5000.0)),
+        (np.full(30, 2.0), rng.normal(2, 1, 2000)),
+    ]:
+        statistic, _ = ks_test(np.sort(reference), current)
+        assert abs(statistic - stats.ks_2samp(reference, current).statistic) < 1e-12

@@ -136,3 +136,17 @@ def test_cli_drift_and_bad_input(tmp_path):
     assert "usage_gb" in page and "<script" not in page
     assert main(["drift", str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")], out=out, err=err) == 1
     assert "missing.csv: cannot read" in err.getvalue()
+
+
+def test_parquet_is_read_and_a_truncated_parquet_named(tmp_path):
+    from refit_core.datasets import read_table
+
+    from scripts.sample_data import churn_batch
+
+    path = tmp_path / "b.parquet"
+    churn_batch(200, 1).to_parquet(path)
+    assert read_table(str(path)).shape == (200, 7)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="broken.parquet: not a readable Parquet file"):
+        read_table(str(broken))

@@ -100,64 +100,126 @@ def render(result: dict[str, list[Any]], accept: str) -> tuple[bytes, str]:
     return json.dumps(result).encode(), "application/json"
 
 
+def handle(
+    model: LoadedModel, method: str, path: str, content_type: str, accept: str, length: int, read: Any
+) -> tuple[int, str, bytes]:
+    """One request, whatever server carries it: (status, content type, body)."""
+
+    def error(status: int, message: str) -> tuple[int, str, bytes]:
+        return status, "application/json", json.dumps({"error": message}).encode()
+
+    if method == "GET" and path == "/ping":
+        return HTTPStatus.OK, "application/json", b'{"status":"ok"}'
+    if method != "POST" or path != "/invocations":
+        return error(HTTPStatus.NOT_FOUND, f"no route {method} {path}")
+    if length > MAX_REQUEST_BYTES:
+        return error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_REQUEST_BYTES} bytes")
+    body = read(length) if length else b""
+    if not body:
+        return error(HTTPStatus.BAD_REQUEST, "empty request body")
+    try:
+        frame = model.frame(body, content_type or "text/csv")
+        payload, reply_type = render(model.predict(frame), accept or "application/json")
+    except BadRequest as problem:
+        return error(HTTPStatus.BAD_REQUEST, str(problem))
+    return HTTPStatus.OK, reply_type, payload
+
+
+def model_directory() -> Path:
+    return Path(os.environ.get("SM_MODEL_DIR", str(OptMl.from_env().model)))
+
+
+def wsgi_app(model_dir: Path | None = None) -> Any:
+    """The WSGI application; under gunicorn each worker builds it, so each loads the model once."""
+    model = LoadedModel(model_dir or model_directory())
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status, content_type, body = handle(
+            model,
+            environ["REQUEST_METHOD"],
+            environ.get("PATH_INFO", ""),
+            environ.get("CONTENT_TYPE", ""),
+            environ.get("HTTP_ACCEPT", ""),
+            int(environ.get("CONTENT_LENGTH") or 0),
+            environ["wsgi.input"].read,
+        )
+        start_response(
+            f"{int(status)} {HTTPStatus(status).phrase}",
+            [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
+
+
 def make_handler(model: LoadedModel) -> type[BaseHTTPRequestHandler]:
+    """The single-process standard-library server (REFIT_SERVER=simple), kept as the benchmark's baseline."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             log.info(json.dumps({"client": self.client_address[0], "request": format % args}))
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _serve(self, method: str) -> None:
+            status, content_type, body = handle(
+                model,
+                method,
+                self.path,
+                self.headers.get("Content-Type", ""),
+                self.headers.get("Accept", ""),
+                int(self.headers.get("Content-Length") or 0),
+                self.rfile.read,
+            )
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, json.dumps({"error": message}).encode())
-
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-            if self.path == "/ping":
-                self._send(HTTPStatus.OK, b'{"status":"ok"}')
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
+            self._serve("GET")
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-            if self.path != "/invocations":
-                self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}")
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_REQUEST_BYTES:
-                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_REQUEST_BYTES} bytes")
-                return
-            body = self.rfile.read(length)
-            if not body:
-                self._error(HTTPStatus.BAD_REQUEST, "empty request body")
-                return
-            try:
-                frame = model.frame(body, self.headers.get("Content-Type", "text/csv"))
-                payload, content_type = render(model.predict(frame), self.headers.get("Accept", "application/json"))
-            except BadRequest as error:
-                self._error(HTTPStatus.BAD_REQUEST, str(error))
-                return
-            self._send(HTTPStatus.OK, payload, content_type)
+            self._serve("POST")
 
     return Handler
 
 
+def run_gunicorn(host: str, port: int, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set(
+                "access_log_format", '{"client":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":%(B)s,"micros":%(D)s}'
+            )
+
+        def load(self) -> Any:
+            return wsgi_app()
+
+    Server().run()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    model = LoadedModel(Path(os.environ.get("SM_MODEL_DIR", str(OptMl.from_env().model))))
     port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
     host = os.environ.get("REFIT_SERVE_HOST", "0.0.0.0")
-    server = ThreadingHTTPServer((host, port), make_handler(model))
-    log.info(json.dumps({"event": "serving", "host": host, "port": server.server_address[1]}))
-    print(f"refit-serve listening on {host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    if os.environ.get("REFIT_SERVER", "gunicorn") == "simple":
+        server = ThreadingHTTPServer((host, port), make_handler(LoadedModel(model_directory())))
+        print(f"refit-serve (simple) listening on {host}:{server.server_address[1]}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return 0
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", str(os.cpu_count() or 1)))
+    print(f"refit-serve (gunicorn, {workers} workers) listening on {host}:{port}", flush=True)
+    run_gunicorn(host, port, workers)
     return 0
 
 

@@ -1,0 +1,166 @@
+"""Benchmark: `refit drift` on 1,000,000 rows x (50 numeric + 10 categorical) against a stored baseline of the same
+size, next to (a) the same read + numpy.sort of each numeric column and (b) the same read + a scipy.stats.ks_2samp
+loop against the full reference. Each runs in its own process (wall time, peak RSS). Also times the drift Lambda's
+cold import and sizes its dependencies. Run: .venv/bin/python -m scripts.bench_drift [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMERIC, CATEGORICAL = 50, 10
+
+
+def make(rows: int, seed: int, shift: float) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    data = {f"n{i}": rng.normal(0, 1, rows) for i in range(NUMERIC)}
+    for i in range(3):
+        data[f"n{i}"] += shift
+    for i in range(CATEGORICAL):
+        data[f"c{i}"] = pd.array(rng.choice([f"v{k}" for k in range(12)], rows), dtype="str")
+    return pd.DataFrame(data)
+
+
+TASKS = {
+    "refit drift": """
+sink = io.StringIO()
+code = main(["drift", "--baseline", BASELINE, CURRENT, "--json"], out=sink)
+assert code == 0, sink.getvalue()
+""",
+    "(a) read + numpy.sort per numeric column": """
+import numpy as np
+from refit_core.datasets import read_table
+frame = read_table(CURRENT)
+for i in range(50):
+    np.sort(frame[f"n{i}"].to_numpy())
+""",
+    "(b) read + scipy ks_2samp loop": """
+from scipy import stats
+from refit_core.datasets import read_table
+frame = read_table(CURRENT)
+reference = read_table(REFERENCE)
+for i in range(50):
+    stats.ks_2samp(reference[f"n{i}"].to_numpy(), frame[f"n{i}"].to_numpy())
+""",
+}
+
+RUNNER = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+BASELINE, CURRENT, REFERENCE = {baseline!r}, {current!r}, {reference!r}
+import io
+import numpy, pandas, scipy.stats, pyarrow  # imports are not part of the timing
+from scripts.cli import main
+from refit_core.datasets import read_table
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+{body}
+print(time.perf_counter() - started, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def run_task(body: str, baseline: Path, current: Path, reference: Path) -> tuple[float, float, float]:
+    script = RUNNER.format(
+        root=str(ROOT), baseline=str(baseline), current=str(current), reference=str(reference), body=body
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    seconds, before_kb, peak_kb = result.stdout.split()
+    return float(seconds), int(before_kb) / 1024, int(peak_kb) / 1024
+
+
+def lambda_cold_import() -> float:
+    env = {**os.environ, "REFIT_MODEL_CONFIG": "{}", "POWERTOOLS_TRACE_DISABLED": "true"}
+    code = "import time; t = time.perf_counter(); import refit_handlers.check_batch; print(time.perf_counter() - t)"
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout)
+        for _ in range(3)
+    ]
+    return min(runs)
+
+
+def lambda_package_mb(workdir: Path) -> float:
+    target = workdir / "lambda-package"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            "-r",
+            str(ROOT / "functions" / "requirements.txt"),
+            "-c",
+            str(ROOT / "constraints.txt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-package", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from refit_core.profile import build_profile, dumps_profile
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        print(f"generating {args.rows:,} x {NUMERIC + CATEGORICAL} reference and current batches ...", flush=True)
+        reference = make(args.rows, 1, 0.0)
+        reference_path, current_path = work / "reference.parquet", work / "current.parquet"
+        reference.to_parquet(reference_path)
+        baseline = work / "baseline.json"
+        started = time.perf_counter()
+        baseline.write_text(dumps_profile(build_profile(reference, categorical=[f"c{i}" for i in range(CATEGORICAL)])))
+        profile_seconds = time.perf_counter() - started
+        del reference
+        current = make(args.rows, 2, 0.05)
+        batch_mb = current.memory_usage(deep=True).sum() / 2**20
+        current.to_parquet(current_path)
+        del current
+        print(
+            f"baseline profile: {profile_seconds:.1f} s, {baseline.stat().st_size / 2**20:.1f} MB; "
+            f"current batch in memory: {batch_mb:.0f} MB",
+            flush=True,
+        )
+        results = {}
+        for name, body in TASKS.items():
+            print(f"running {name} ...", flush=True)
+            results[name] = run_task(body, baseline, current_path, reference_path)
+        print()
+        print("| task | wall (s) | peak RSS (MB) | RSS added (MB) |")
+        print("|---|---|---|---|")
+        for name, (seconds, before, peak) in results.items():
+            print(f"| {name} | {seconds:.2f} | {peak:.0f} | {peak - before:.0f} |")
+        ours, sort_only, scipy_loop = (results[k][0] for k in TASKS)
+        added = results["refit drift"][2] - results["refit drift"][1]
+        print(
+            f"\nrefit drift / (a) = {ours / sort_only:.2f}x (target <= 1.5); (b) / refit drift = "
+            f"{scipy_loop / ours:.2f}x (target >= 3); RSS added / batch size = {added / batch_mb:.2f} (target <= 2)"
+        )
+        print(f"drift Lambda cold import: {lambda_cold_import():.2f} s", flush=True)
+        if not args.skip_package:
+            print(f"drift Lambda dependencies unpacked: {lambda_package_mb(work):.0f} MB (zip limit 250 MB)")
+    print(json.dumps({"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
