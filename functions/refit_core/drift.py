@@ -23,6 +23,7 @@ from scipy.stats._stats_py import _attempt_exact_2kssamp  # pinned scipy; agreem
 from refit_core.config import DriftSettings
 from refit_core.profile import numeric_sample
 
+PARALLEL_ROWS = 50_000  # below this, starting threads costs more than it saves
 MAX_EXACT_KS_N = 10_000  # scipy's threshold for the exact two-sample distribution in method="auto"
 
 
@@ -148,9 +149,16 @@ def detect_drift(frame: pd.DataFrame, profile: dict[str, Any], settings: DriftSe
     names = [
         n for n, spec in profile["columns"].items() if spec["role"] in ("feature", "target") and n in frame.columns
     ]
-    # Sorting and binary search release the GIL: columns are tested on all cores (results keep column order).
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(lambda name: _test_column(profile["columns"][name], frame[name]), names))
+
+    def test(name: str) -> dict[str, Any]:
+        return _test_column(profile["columns"][name], frame[name])
+
+    if len(frame) >= PARALLEL_ROWS:
+        # Sorting and binary search release the GIL: large batches test columns on all cores (order is kept).
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            results = list(pool.map(test, names))
+    else:
+        results = [test(name) for name in names]
     tested = list(zip(names, results, strict=True))
     rejected = _rejections([r["p_value"] for _, r in tested], settings.per_check_alpha, settings.correction)
     features: dict[str, Any] = {}
