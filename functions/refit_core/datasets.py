@@ -82,6 +82,13 @@ def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
         raise DataError(f"{name}: not a well-formed CSV ({error})") from None
     if frame.empty:
         raise DataError(f"{name}: has a header but no rows")
+    if frame.shape[1] == 1:
+        header = str(frame.columns[0])
+        for delimiter, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if delimiter in header:
+                raise DataError(
+                    f"{name}: the header {header[:60]!r} looks {label}-separated; refit reads comma-separated CSV"
+                )
     unnamed = [str(c) for c in frame.columns if str(c).startswith("Unnamed:")]
     if unnamed:
         raise DataError(f"{name}: the header has {len(unnamed)} empty column name(s); every column needs a name")

@@ -1,4 +1,5 @@
-"""Manual approval (approve, reject, timeout) and lineage, through the `refit` CLI against the local runtime."""
+"""A second configuration of the example model — manual approval, no on-demand fallback — on the local runtime:
+approve, reject and timeout through the `refit` CLI, lineage and diff, and a spot job that finds no capacity."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def config_path(tmp_path_factory):
         .replace(
             'schedule = "rate(1 day)"', 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 5'
         )
+        .replace("fallback_to_on_demand = true", "fallback_to_on_demand = false")
     )
+    assert "fallback_to_on_demand = false" in text
     path = tmp_path_factory.mktemp("manual") / "refit.toml"
     path.write_text(text)
     return path
@@ -138,3 +141,17 @@ def test_lineage_and_diff_name_data_code_settings_and_metrics(aws, config_path):
     assert set(difference["metrics"]) >= {"roc_auc", "recall"}
     code, _, err = cli(config_path, "lineage", MODEL, "99")
     assert code == 1 and "no version 99" in err
+
+
+def test_without_fallback_a_spot_capacity_timeout_fails_the_run_and_keeps_the_champion(aws):
+    before = aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)[
+        "EndpointConfigName"
+    ]
+    aws.next_training_outcome("capacity")
+    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/first.csv"
+    execution = aws.wait_for(aws.start_run(MODEL, {"data_uri": key, "force": True}))
+    record = record_for(aws, execution["executionArn"])
+    assert execution["status"] == "FAILED" and record["outcome"] == "training_failed"
+    assert "MaxWaitTimeInSeconds" in record["message"] and record["training"]["job_name"].endswith("-s1")
+    after = aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"]
+    assert after == before

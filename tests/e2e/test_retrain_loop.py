@@ -128,6 +128,17 @@ def test_spot_capacity_timeout_falls_back_to_on_demand(aws):
     assert jobs[record["training"]["job_name"].replace("-od2", "-s1")] == "Failed"
 
 
+def test_gate_refuses_a_single_class_holdout_and_nothing_is_deployed(aws):
+    before = champion_model(aws)
+    batch = churn_batch(3000, 8).assign(churned=0)  # AUC is undefined on one class
+    aws.wait_for(aws.land_batch(MODEL, "one-class.csv", to_csv_bytes(batch)))
+    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/one-class.csv"
+    execution = aws.wait_for(aws.start_run(MODEL, {"data_uri": key, "force": True}))
+    record = record_for(aws, execution["executionArn"])
+    assert execution["status"] == "FAILED" and "single class" in record["message"]
+    assert record["registry"] is None and champion_model(aws) == before
+
+
 def checkpoint_events(aws, run_id):
     body = aws.client("s3").get_object(Bucket=aws.artifact_bucket, Key=f"checkpoints/{MODEL}/{run_id}/events.jsonl")
     return [json.loads(line) for line in body["Body"].read().decode().splitlines()]

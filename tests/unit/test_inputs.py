@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
         (b"a,b\n\xff\xfe,1\n", "latin.csv", "not UTF-8 text"),
         (gzip.compress(b"a,b\n1,2\n" * 100, mtime=0)[:-20], "t.csv.gz", "truncated or corrupt gzip"),
         (b"a,,c\n1,2,3\n", "noname.csv", "empty column name"),
+        (b"a;b;c\n1;2;3\n", "semi.csv", "looks semicolon-separated"),
     ],
-    ids=["empty", "header-only", "not-utf8", "truncated-gzip", "unnamed-column"],
+    ids=["empty", "header-only", "not-utf8", "truncated-gzip", "unnamed-column", "wrong-delimiter"],
 )
 def test_bad_files_name_the_file_and_problem(raw, name, message):
     with pytest.raises(DataError, match=message) as error:
