@@ -28,7 +28,7 @@ from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.config import ConfigError, DriftSettings, QualitySettings, load_config
 from refit_core.datasets import DataError, read_table
 from refit_core.drift import detect_drift
-from refit_core.gate import GateInputError, decide
+from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import diff
 from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
 from refit_core.quality import check_quality
@@ -98,19 +98,7 @@ def gate_command(args: argparse.Namespace) -> dict[str, Any]:
     model = load_config(args.config).model(args.model)
     folder = args.evaluation.rstrip("/")
     predictions = pd.read_csv(io.BytesIO(_read_bytes(f"{folder}/holdout_predictions.csv")))
-    champion = predictions["champion"].to_numpy(dtype=float) if "champion" in predictions else None
-    segments = {c.removeprefix("segment:"): predictions[c].to_numpy() for c in predictions if c.startswith("segment:")}
-    return decide(
-        model.problem_type,
-        model.primary_metric,
-        model.metric_direction,
-        model.gate,
-        predictions["label"].to_numpy(dtype=float),
-        predictions["challenger"].to_numpy(dtype=float),
-        champion,
-        seed=model.seed,
-        segments=segments,
-    )
+    return decide_on_predictions(model, predictions, expect_champion="champion" in predictions.columns)
 
 
 def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
-from refit_core.config import GateSettings, GuardSettings
+from refit_core.config import GateSettings, GuardSettings, ModelConfig
 from refit_core.metrics import compute_metric, higher_is_better
 
 
@@ -285,3 +286,25 @@ def decide(
             f"{improvement:.4f} ({test_name} p={result['p_value']:.3g})"
         )
     return {"promote": promote, "reason": reason, "test": test_name, "p_value": result["p_value"], **evidence}
+
+
+def decide_on_predictions(model: ModelConfig, predictions: pd.DataFrame, expect_champion: bool) -> dict[str, Any]:
+    """The gate on a training job's holdout_predictions.csv (columns label, challenger, champion, segment:<col>)."""
+    missing = [c for c in ("label", "challenger") if c not in predictions.columns]
+    if missing:
+        raise GateInputError(f"holdout_predictions.csv lacks the columns {missing}")
+    if expect_champion and "champion" not in predictions.columns:
+        raise GateInputError("holdout_predictions.csv has no champion column although a champion is serving")
+    champion = predictions["champion"].to_numpy(dtype=float) if expect_champion else None
+    segments = {c.removeprefix("segment:"): predictions[c].to_numpy() for c in predictions if c.startswith("segment:")}
+    return decide(
+        model.problem_type,
+        model.primary_metric,
+        model.metric_direction,
+        model.gate,
+        predictions["label"].to_numpy(dtype=float),
+        predictions["challenger"].to_numpy(dtype=float),
+        champion,
+        seed=model.seed,
+        segments=segments,
+    )

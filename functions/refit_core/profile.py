@@ -28,6 +28,12 @@ class ProfileError(ValueError):
     """A profile file that cannot be used."""
 
 
+def categorical_columns(configured: list[str], target: str, problem_type: str) -> list[str]:
+    """Columns profiled as categories: the configured ones, plus a classification target (label balance is a
+    question about category shares, not a numeric distribution)."""
+    return list(configured) + ([target] if problem_type == "binary_classification" else [])
+
+
 def column_kind(series: pd.Series, name: str, categorical: set[str]) -> str:
     return "categorical" if name in categorical or not is_numeric(series) else "numeric"
 

@@ -13,7 +13,7 @@ from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
 from refit_core.datasets import DataError, read_table
 from refit_core.drift import detect_drift
-from refit_core.profile import ProfileError, build_profile, loads_profile
+from refit_core.profile import ProfileError, build_profile, categorical_columns, loads_profile
 from refit_core.quality import check_quality
 from refit_core.report import render_html
 from refit_core.s3uri import S3Uri
@@ -50,7 +50,7 @@ def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str
             "message": message,
         }
         return {"passed": False, "n_rows": len(frame), "findings": [finding], "reason": message}
-    categorical = model.categorical_columns + ([model.target] if model.problem_type == "binary_classification" else [])
+    categorical = categorical_columns(model.categorical_columns, model.target, model.problem_type)
     profile = build_profile(frame, target=model.target, categorical=categorical, id_column=model.id_column)
     return check_quality(frame, profile, model.quality, model.drift.min_rows, source)
 

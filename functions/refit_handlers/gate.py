@@ -11,7 +11,7 @@ import pandas as pd
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
-from refit_core.gate import GateInputError, decide
+from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
 
@@ -70,22 +70,7 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
                 f"(found: {sorted(metrics_found)})"
             )
     predictions = pd.read_csv(io.BytesIO(files["holdout_predictions.csv"]))
-    if event.has_champion and "champion" not in predictions.columns:
-        raise GateInputError("holdout_predictions.csv has no champion column although a champion is serving")
-    champion = predictions["champion"].to_numpy(dtype=float) if event.has_champion else None
-    decision = decide(
-        model.problem_type,
-        model.primary_metric,
-        model.metric_direction,
-        model.gate,
-        predictions["label"].to_numpy(dtype=float),
-        predictions["challenger"].to_numpy(dtype=float),
-        champion,
-        seed=model.seed,
-        segments={
-            c.removeprefix("segment:"): predictions[c].to_numpy() for c in predictions if c.startswith("segment:")
-        },
-    )
+    decision = decide_on_predictions(model, predictions, event.has_champion)
     decision = json.loads(json.dumps(decision, default=float))
     decision["all_metrics"] = evaluation["metrics"]
     decision["intervals"] = evaluation.get("intervals")

@@ -139,3 +139,24 @@ def test_regression_uses_paired_bootstrap():
         y + rng.normal(0, 1.0, 500),
     )
     assert result["test"] == "paired_bootstrap" and result["promote"]
+
+
+def test_refit_gate_cli_on_holdout_predictions(tmp_path):
+    import io
+    import json
+
+    import pandas as pd
+
+    from scripts.cli import main
+
+    y, a, b = binormal(np.random.default_rng(21), 2000, 0.80, 0.74, 0.8)
+    pd.DataFrame({"row_id": range(y.size), "label": y, "challenger": a, "champion": b}).to_csv(
+        tmp_path / "holdout_predictions.csv", index=False
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["gate", str(tmp_path), "--model", "churn"], out=out, err=err) == 0
+    decision = json.loads(out.getvalue())
+    assert decision["promote"] is True and decision["test"] == "delong" and decision["reason"]
+    pd.DataFrame({"label": y}).to_csv(tmp_path / "holdout_predictions.csv", index=False)
+    assert main(["gate", str(tmp_path), "--model", "churn"], out=out, err=err) == 1
+    assert "lacks the columns ['challenger']" in err.getvalue()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from refit_core.datasets import read_table, stable_row_hash
 from refit_core.metrics import compute_metric, compute_metrics
-from refit_core.profile import build_profile, dumps_profile
+from refit_core.profile import build_profile, categorical_columns, dumps_profile
 from sklearn.pipeline import Pipeline
 
 from refit_training.checkpoints import CheckpointStore
@@ -182,9 +182,7 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
     # The drift reference is the newest data the model was trained and judged on (the whole current batch):
     # later batches are compared with what the serving model was last shown to handle.
-    categorical = config["categorical_columns"] + (
-        [target] if config["problem_type"] == "binary_classification" else []
-    )
+    categorical = categorical_columns(config["categorical_columns"], target, config["problem_type"])
     profile = build_profile(current, target=target, categorical=categorical, id_column=config.get("id_column"))
     (opt.model / "baseline.json").write_text(dumps_profile(profile))
     evaluation["training_seconds"] = round(time.monotonic() - started, 3)
