@@ -107,6 +107,7 @@ class RetrainFunctions(Construct):
 
         storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
+        storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
 
         storage.data_bucket.grant_read(f["StartTraining"], f"{model.training_data_prefix}*")

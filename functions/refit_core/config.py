@@ -97,6 +97,9 @@ class DriftSettings(_Strict):
         description="KS distance / total variation below which a significant shift is ignored.",
     )
     min_rows: int = Field(100, ge=10)
+    min_performance_drop: float = Field(
+        0.02, ge=0, description="Smallest drop of the primary metric on a labelled batch that counts as drift."
+    )
 
     @property
     def per_check_alpha(self) -> float:

@@ -21,6 +21,7 @@ from scipy import stats
 from scipy.stats._stats_py import _attempt_exact_2kssamp  # pinned scipy; agreement is tested to 1e-9
 
 from refit_core.config import DriftSettings
+from refit_core.metrics import compute_metric, higher_is_better
 from refit_core.profile import numeric_sample
 
 PARALLEL_ROWS = 50_000  # below this, starting threads costs more than it saves
@@ -144,8 +145,41 @@ def _rejections(p_values: list[float], alpha: float, correction: str) -> list[bo
     return rejected
 
 
-def detect_drift(frame: pd.DataFrame, profile: dict[str, Any], settings: DriftSettings) -> dict[str, Any]:
-    """The drift report (public JSON shape: see README 'Drift report')."""
+def performance_test(holdout: dict[str, Any], y_true: np.ndarray, scores: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Has the serving model's primary metric dropped on this labelled batch below its holdout value? One-sided
+    z-test combining the batch's bootstrap standard error with the holdout's (stored at training)."""
+    metric = holdout["metric"]
+    current = compute_metric(metric, y_true, scores)
+    rng = np.random.default_rng(seed)
+    replicates = []
+    for _ in range(300):
+        index = rng.integers(0, y_true.size, y_true.size)
+        if metric != "roc_auc" or np.unique(y_true[index]).size == 2:
+            replicates.append(compute_metric(metric, y_true[index], scores[index]))
+    standard_error = float(np.hypot(np.std(replicates, ddof=1), holdout.get("standard_error") or 0.0))
+    drop = (holdout["value"] - current) if higher_is_better(metric) else (current - holdout["value"])
+    p_value = float(stats.norm.sf(drop / standard_error)) if standard_error > 0 else float(drop <= 0)
+    return {
+        "test": "bootstrap_z",
+        "metric": metric,
+        "baseline": holdout["value"],
+        "current": current,
+        "statistic": drop,
+        "p_value": p_value,
+        "effect_size": drop,
+        "rows": int(y_true.size),
+    }
+
+
+def detect_drift(
+    frame: pd.DataFrame,
+    profile: dict[str, Any],
+    settings: DriftSettings,
+    scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The drift report (public JSON shape: see README 'Drift report'). With `scores` (the serving model's outputs
+    on this batch) it also tests prediction drift against the holdout outputs stored in the profile and, when the
+    batch is labelled, a drop of the primary metric against the holdout value: the paths that see concept drift."""
     names = [
         n for n, spec in profile["columns"].items() if spec["role"] in ("feature", "target") and n in frame.columns
     ]
@@ -160,21 +194,38 @@ def detect_drift(frame: pd.DataFrame, profile: dict[str, Any], settings: DriftSe
     else:
         results = [test(name) for name in names]
     tested = list(zip(names, results, strict=True))
+    model_results: dict[str, dict[str, Any]] = {}
+    if scores is not None and profile.get("prediction"):
+        model_results["prediction"] = _test_column({**profile["prediction"], "kind": "numeric"}, pd.Series(scores))
+        target = profile.get("target")
+        if profile.get("holdout") and target in frame.columns:
+            labelled = frame[target].notna().to_numpy()
+            if labelled.sum() >= settings.min_rows:
+                model_results["performance"] = performance_test(
+                    profile["holdout"], frame[target].to_numpy(dtype=float)[labelled], np.asarray(scores)[labelled]
+                )
+    tested += list(model_results.items())
     rejected = _rejections([r["p_value"] for _, r in tested], settings.per_check_alpha, settings.correction)
     features: dict[str, Any] = {}
     target_result: dict[str, Any] | None = None
     for (name, result), significant in zip(tested, rejected, strict=True):
-        result["drifted"] = bool(significant and result["effect_size"] >= settings.min_effect_size)
+        floor = settings.min_performance_drop if name == "performance" else settings.min_effect_size
+        result["drifted"] = bool(significant and result["effect_size"] >= floor)
+        if name in model_results:
+            continue
         if profile["columns"][name]["role"] == "target":
             target_result = {k: result[k] for k in ("test", "statistic", "p_value", "effect_size", "drifted")}
         else:
             features[name] = result
     drifted = sorted(name for name, r in features.items() if r["drifted"])
+    model_drifted = [name for name, result in model_results.items() if result["drifted"]]
     return {
-        "drift_detected": bool(drifted) or bool(target_result and target_result["drifted"]),
+        "drift_detected": bool(drifted) or bool(target_result and target_result["drifted"]) or bool(model_drifted),
         "drifted_features": drifted,
         "features": features,
         "target": target_result,
+        "prediction": model_results.get("prediction"),
+        "performance": model_results.get("performance"),
         "n_reference": int(profile["n_rows"]),
         "n_current": int(len(frame)),
         "alpha": settings.alpha,

@@ -38,7 +38,7 @@ def column_kind(series: pd.Series, name: str, categorical: set[str]) -> str:
     return "categorical" if name in categorical or not is_numeric(series) else "numeric"
 
 
-def _numeric_summary(values: pd.Series) -> dict[str, Any]:
+def numeric_summary(values: pd.Series) -> dict[str, Any]:
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     finite = np.sort(numbers[np.isfinite(numbers)])
     if finite.size > MAX_EXACT_SAMPLE:
@@ -85,7 +85,7 @@ def build_profile(
             "nulls": int(series.isna().sum()),
         }
         entry["null_rate"] = entry["nulls"] / entry["count"] if entry["count"] else 0.0
-        entry.update(_numeric_summary(series) if kind == "numeric" else _categorical_summary(series))
+        entry.update(numeric_summary(series) if kind == "numeric" else _categorical_summary(series))
         columns[str(name)] = entry
     return {"format": PROFILE_FORMAT, "n_rows": int(len(frame)), "target": target, "columns": columns}
 

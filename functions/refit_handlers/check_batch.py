@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel
+from refit_core.artifacts import ModelArtifact
 from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
 from refit_core.datasets import DataError, read_table
@@ -53,6 +56,14 @@ def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str
     categorical = categorical_columns(model.categorical_columns, model.target, model.problem_type)
     profile = build_profile(frame, target=model.target, categorical=categorical, id_column=model.id_column)
     return check_quality(frame, profile, model.quality, model.drift.min_rows, source)
+
+
+def champion_scores(s3: Any, model_data_url: str, frame: Any) -> Any:
+    """The serving model's outputs on the batch, from its artifact (no call to the endpoint)."""
+    uri = S3Uri.parse(model_data_url)
+    archive = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    with tempfile.TemporaryDirectory() as scratch:
+        return ModelArtifact.from_archive(archive, Path(scratch)).scores(frame)
 
 
 def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
@@ -116,7 +127,8 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
         result["decision"] = {"action": "fail", "reason": quality["reason"]}
         return result
 
-    drift = detect_drift(frame, profile, model.drift)
+    scores = champion_scores(s3, champion["model_data_url"], frame)
+    drift = detect_drift(frame, profile, model.drift, scores)
     result["drift"] = drift
     report = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/drift.json")
     s3.put_object(
@@ -142,7 +154,15 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
             metric.add_dimension(name="Feature", value=name)
     metrics.add_metric(name="DriftDetected", unit=MetricUnit.Count, value=int(drift["drift_detected"]))
     if drift["drift_detected"]:
-        drifted = drift["drifted_features"] + (["<target>"] if (drift["target"] or {}).get("drifted") else [])
+        drifted = drift["drifted_features"] + [
+            label
+            for label, part in (
+                ("<target>", drift["target"]),
+                ("<predictions>", drift["prediction"]),
+                ("<performance>", drift["performance"]),
+            )
+            if (part or {}).get("drifted")
+        ]
         result["decision"] = {"action": "train", "reason": f"drift in {', '.join(drifted)}"}
     elif event.force:
         result["decision"] = {"action": "train", "reason": "no drift, but the run was forced"}

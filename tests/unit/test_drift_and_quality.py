@@ -106,10 +106,14 @@ def test_alpha_spending_keeps_the_false_retrain_rate_over_the_horizon():
     alarm at 5% a check (statistics-facts); with the budget spread over 14 checks at most alpha + 0.02."""
     horizon, alarms = 14, 0
     settings = DriftSettings(alpha=0.05, horizon_checks=horizon)
+
+    def small(rows, seed):
+        return frame(rows, seed)[["x0", "x1", "x2", "plan"]]
+
     for stream in range(200):
-        profile = build_profile(frame(300, 10_000 + stream), target="y", categorical=["plan", "y"])
+        profile = build_profile(small(300, 10_000 + stream), categorical=["plan"])
         alarms += any(
-            detect_drift(frame(300, 20_000 + stream * horizon + check), profile, settings)["drift_detected"]
+            detect_drift(small(300, 20_000 + stream * horizon + check), profile, settings)["drift_detected"]
             for check in range(horizon)
         )
     assert alarms / 200 <= 0.05 + 0.02
@@ -132,3 +136,36 @@ def test_fast_ks_statistic_on_heavy_ties_and_disjoint_samples():
     ]:
         statistic, _ = ks_test(np.sort(reference), current)
         assert abs(statistic - stats.ks_2samp(reference, current).statistic) < 1e-12
+
+
+def test_concept_drift_is_seen_by_the_performance_and_prediction_paths():
+    """Features unchanged, labelling rule changed: feature tests stay quiet, the labelled performance test flags it."""
+    from refit_core.metrics import compute_metric
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+
+    def batch(rows, flip):
+        x = rng.normal(size=(rows, 3))
+        signal = x[:, 0] - 0.5 * x[:, 1] if not flip else -x[:, 0] - 0.5 * x[:, 1]
+        frame = pd.DataFrame(x, columns=["a", "b", "c"])
+        frame["y"] = (rng.random(rows) < 1 / (1 + np.exp(-2 * signal))).astype(int)
+        return frame
+
+    train, holdout = batch(2000, False), batch(1000, False)
+    model = LogisticRegression().fit(train[["a", "b", "c"]], train["y"])
+    holdout_scores = model.predict_proba(holdout[["a", "b", "c"]])[:, 1]
+    profile = build_profile(holdout, target="y", categorical=["y"])
+    profile["prediction"] = {**build_profile(pd.DataFrame({"p": holdout_scores}))["columns"]["p"]}
+    profile["holdout"] = {
+        "metric": "roc_auc",
+        "value": compute_metric("roc_auc", holdout["y"], holdout_scores),
+        "standard_error": 0.012,
+        "rows": 1000,
+    }
+    same, shifted = batch(1000, False), batch(1000, True)
+    quiet = detect_drift(same, profile, DriftSettings(), model.predict_proba(same[["a", "b", "c"]])[:, 1])
+    assert not quiet["drift_detected"] and quiet["performance"]["drifted"] is False
+    report = detect_drift(shifted, profile, DriftSettings(), model.predict_proba(shifted[["a", "b", "c"]])[:, 1])
+    assert report["drifted_features"] == [] and report["performance"]["drifted"]
+    assert report["drift_detected"] and report["performance"]["current"] < 0.5 < report["performance"]["baseline"]

@@ -11,17 +11,15 @@ import json
 import logging
 import os
 import sys
-import tarfile
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import joblib
 import pandas as pd
+from refit_core.artifacts import MODEL_FILE, ModelArtifact
 
 from refit_training.paths import OptMl
-from refit_training.train import METADATA_FILE, MODEL_FILE
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
 log = logging.getLogger("refit.serve")
@@ -33,15 +31,13 @@ class BadRequest(ValueError):
 
 class LoadedModel:
     def __init__(self, model_dir: Path) -> None:
-        if not (model_dir / MODEL_FILE).exists():
-            archive = model_dir / "model.tar.gz"
-            if archive.exists():
-                with tarfile.open(archive) as tar:
-                    tar.extractall(model_dir, filter="data")
-        self.pipeline = joblib.load(model_dir / MODEL_FILE)
-        metadata = json.loads((model_dir / METADATA_FILE).read_text())
-        self.features: list[str] = metadata["features"]
-        self.problem_type: str = metadata["problem_type"]
+        archive = model_dir / "model.tar.gz"
+        if not (model_dir / MODEL_FILE).exists() and archive.exists():
+            self.artifact = ModelArtifact.from_archive(archive, model_dir)
+        else:
+            self.artifact = ModelArtifact.load(model_dir)
+        self.features: list[str] = self.artifact.features
+        self.problem_type: str = self.artifact.problem_type
 
     def frame(self, body: bytes, content_type: str) -> pd.DataFrame:
         if content_type.startswith("text/csv"):
@@ -82,12 +78,12 @@ class LoadedModel:
     def predict(self, frame: pd.DataFrame) -> dict[str, list[Any]]:
         try:
             if self.problem_type == "binary_classification":
-                probabilities = self.pipeline.predict_proba(frame)[:, 1]
+                probabilities = self.artifact.scores(frame)
                 return {
                     "predictions": [int(p >= 0.5) for p in probabilities],
                     "probabilities": [float(p) for p in probabilities],
                 }
-            return {"predictions": [float(v) for v in self.pipeline.predict(frame)]}
+            return {"predictions": [float(v) for v in self.artifact.scores(frame)]}
         except (ValueError, TypeError) as error:
             raise BadRequest(f"the rows cannot be scored: {error}") from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
@@ -20,17 +19,14 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from refit_core.artifacts import METADATA_FILE, MODEL_FILE, ModelArtifact
 from refit_core.datasets import read_table, stable_row_hash
 from refit_core.metrics import compute_metric, compute_metrics
-from refit_core.profile import build_profile, categorical_columns, dumps_profile
-from sklearn.pipeline import Pipeline
+from refit_core.profile import build_profile, categorical_columns, dumps_profile, numeric_summary
 
 from refit_training.checkpoints import CheckpointStore
 from refit_training.paths import OptMl
 from refit_training.search import Interrupted, TermFlag, fingerprint, search
-
-MODEL_FILE = "model.joblib"
-METADATA_FILE = "metadata.json"
 
 
 class TrainingError(RuntimeError):
@@ -61,25 +57,14 @@ def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
     return frame[~holdout], frame[holdout]
 
 
-def predict_scores(model: Pipeline, problem_type: str, features: pd.DataFrame) -> np.ndarray:
-    if problem_type == "binary_classification":
-        return model.predict_proba(features)[:, 1]
-    return model.predict(features)
-
-
 def feature_columns(config: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in (config["target"], config.get("id_column"))]
 
 
-def load_champion(opt: OptMl, scratch: Path) -> tuple[Pipeline, dict[str, Any]] | None:
+def load_champion(opt: OptMl, scratch: Path) -> ModelArtifact | None:
     folder = opt.channel("champion")
     archives = sorted(folder.glob("*.tar.gz")) if folder.is_dir() else []
-    if not archives:
-        return None
-    with tarfile.open(archives[0]) as archive:
-        archive.extractall(scratch, filter="data")
-    metadata = json.loads((scratch / METADATA_FILE).read_text())
-    return joblib.load(scratch / MODEL_FILE), metadata
+    return ModelArtifact.from_archive(archives[0], scratch) if archives else None
 
 
 def bootstrap_intervals(
@@ -123,6 +108,11 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         raise TrainingError(f"too little labelled data: {len(training)} training rows, {len(holdout)} holdout rows")
     if config["problem_type"] == "binary_classification" and training[target].nunique() < 2:
         raise TrainingError(f"target {target!r} has a single class in the training data")
+    if config["problem_type"] == "binary_classification" and holdout[target].nunique() < 2:
+        raise TrainingError(
+            f"the holdout rows of the current batch have a single class ({holdout[target].iloc[0]!r} only): "
+            "AUC and the champion/challenger comparison are undefined on them"
+        )
 
     features = feature_columns(config, training)
     print(
@@ -132,7 +122,8 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     store = CheckpointStore(opt.checkpoints, fingerprint(config, training))
     model, search_summary = search(config, training, features, target, store, term)
     y_true = holdout[target].to_numpy(dtype=float)
-    challenger_scores = predict_scores(model, config["problem_type"], holdout[features])
+    trained = ModelArtifact(model, features, config["problem_type"], {})
+    challenger_scores = trained.scores(holdout)
     metrics = compute_metrics(config["metrics"], y_true, challenger_scores)
     for name, value in metrics.items():
         print(f"refit:holdout:{name}={value:.6f}", flush=True)
@@ -159,16 +150,13 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         champion = load_champion(opt, Path(scratch))
         if champion is not None:
-            champion_model, champion_metadata = champion
-            champion_scores = predict_scores(
-                champion_model, config["problem_type"], holdout[champion_metadata["features"]]
-            )
+            champion_scores = champion.scores(holdout)
             predictions["champion"] = champion_scores
             evaluation["metrics"]["champion"] = compute_metrics(config["metrics"], y_true, champion_scores)
             evaluation["intervals"]["champion"] = bootstrap_intervals(
                 config["metrics"], y_true, champion_scores, config["seed"]
             )
-            evaluation["champion_version"] = champion_metadata.get("trained_at_run")
+            evaluation["champion_version"] = champion.metadata.get("trained_at_run")
 
     opt.model.mkdir(parents=True, exist_ok=True)
     opt.output_data.mkdir(parents=True, exist_ok=True)
@@ -184,6 +172,14 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     # later batches are compared with what the serving model was last shown to handle.
     categorical = categorical_columns(config["categorical_columns"], target, config["problem_type"])
     profile = build_profile(current, target=target, categorical=categorical, id_column=config.get("id_column"))
+    # What the model's outputs and its primary metric looked like on its holdout: the reference for prediction drift
+    # and for the performance-drop test on later labelled batches.
+    profile["prediction"] = numeric_summary(pd.Series(challenger_scores))
+    profile["holdout"] = {
+        "metric": config["primary_metric"],
+        "value": metrics[config["primary_metric"]],
+        "rows": int(len(holdout)),
+    }
     (opt.model / "baseline.json").write_text(dumps_profile(profile))
     evaluation["training_seconds"] = round(time.monotonic() - started, 3)
     for folder in (opt.model, opt.output_data):

@@ -1,0 +1,45 @@
+"""A trained model as refit stores it (model.tar.gz holding model.joblib + metadata.json), loaded the same way by
+`serve`, by `train` (to score the champion) and by the drift check (prediction drift and performance)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass
+class ModelArtifact:
+    pipeline: Any
+    features: list[str]
+    problem_type: str
+    metadata: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelArtifact:
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+        return cls(joblib.load(directory / MODEL_FILE), metadata["features"], metadata["problem_type"], metadata)
+
+    @classmethod
+    def from_archive(cls, archive: bytes | Path, directory: Path) -> ModelArtifact:
+        fileobj = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")  # noqa: SIM115
+        with fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as source:
+            source.extractall(directory, filter="data")
+        return cls.load(directory)
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """Positive-class probability for classification, the prediction for regression."""
+        features = frame[self.features]
+        if self.problem_type == "binary_classification":
+            return self.pipeline.predict_proba(features)[:, 1]
+        return self.pipeline.predict(features)
