@@ -60,6 +60,13 @@ def summary(record: dict) -> None:
     say(f"    why it ran : {record['trigger']} - {record['trigger_reason']}")
     if record.get("drift"):
         say(f"    drift      : detected={record['drift']['detected']} drifted={record['drift']['drifted_features']}")
+        performance = record["drift"].get("performance")
+        if performance:
+            say(
+                f"    serving    : {performance['metric']} {float(performance['current']):.4f} on this batch vs "
+                f"{float(performance['baseline']):.4f} on its holdout; predictions drifted="
+                f"{record['drift'].get('prediction_drifted')}"
+            )
     gate = record.get("gate")
     if gate:
         champion = "none" if gate["champion"] is None else f"{float(gate['champion']):.4f}"

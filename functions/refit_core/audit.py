@@ -104,6 +104,12 @@ def summarize_run(
             "detected": drift.get("drift_detected"),
             "drifted_features": drift.get("drifted_features", []),
             "target_drifted": (drift.get("target") or {}).get("drifted"),
+            "prediction_drifted": (drift.get("prediction") or {}).get("drifted"),
+            "performance": {
+                k: (drift.get("performance") or {}).get(k) for k in ("metric", "baseline", "current", "drifted")
+            }
+            if drift.get("performance")
+            else None,
             "report_uri": check.get("report_uri"),
             "report_html_uri": check.get("report_html_uri"),
         }

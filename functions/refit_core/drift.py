@@ -200,9 +200,11 @@ def detect_drift(
         target = profile.get("target")
         if profile.get("holdout") and target in frame.columns:
             labelled = frame[target].notna().to_numpy()
-            if labelled.sum() >= settings.min_rows:
+            labels = frame[target].to_numpy(dtype=float)[labelled]
+            metric_defined = profile["holdout"]["metric"] != "roc_auc" or np.unique(labels).size == 2
+            if labelled.sum() >= settings.min_rows and metric_defined:
                 model_results["performance"] = performance_test(
-                    profile["holdout"], frame[target].to_numpy(dtype=float)[labelled], np.asarray(scores)[labelled]
+                    profile["holdout"], labels, np.asarray(scores)[labelled]
                 )
     tested += list(model_results.items())
     rejected = _rejections([r["p_value"] for _, r in tested], settings.per_check_alpha, settings.correction)

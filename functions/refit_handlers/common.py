@@ -75,5 +75,6 @@ def parse(model: type[T], event: Any) -> T:
 
 
 def to_dynamodb(value: Any) -> Any:
-    """JSON data as DynamoDB accepts it (floats become Decimal)."""
-    return json.loads(json.dumps(value, default=str), parse_float=Decimal)
+    """JSON data as DynamoDB accepts it: floats become Decimal; NaN and infinities (which DynamoDB refuses) become
+    null, so an odd statistic can never cost a run its audit record."""
+    return json.loads(json.dumps(value, default=str), parse_float=Decimal, parse_constant=lambda constant: None)

@@ -73,8 +73,32 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
     record["kept_for_training"] = kept
     record["problems"] = problems
     serializer = TypeSerializer()
-    item = {key: serializer.serialize(value) for key, value in to_dynamodb(record).items()}
-    dynamodb.put_item(TableName=config.audit_table, Item=item)
+    try:
+        item = {key: serializer.serialize(value) for key, value in to_dynamodb(record).items()}
+        dynamodb.put_item(TableName=config.audit_table, Item=item)
+    except (TypeError, ValueError, dynamodb.exceptions.ClientError) as error:
+        # The full record could not be stored (e.g. an item over 400 KB): keep the essentials rather than none.
+        essentials = {
+            k: record[k]
+            for k in (
+                "pk",
+                "sk",
+                "run_id",
+                "model",
+                "execution",
+                "status",
+                "outcome",
+                "message",
+                "trigger",
+                "started_at",
+                "ended_at",
+            )
+        }
+        essentials["audit_error"] = f"full record not stored: {type(error).__name__}: {error}"[:1000]
+        dynamodb.put_item(
+            TableName=config.audit_table,
+            Item={key: serializer.serialize(value) for key, value in to_dynamodb(essentials).items()},
+        )
     subject, message = format_summary(record)
     sns.publish(
         TopicArn=config.topic_arn,

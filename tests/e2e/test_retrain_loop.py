@@ -128,15 +128,27 @@ def test_spot_capacity_timeout_falls_back_to_on_demand(aws):
     assert jobs[record["training"]["job_name"].replace("-od2", "-s1")] == "Failed"
 
 
-def test_gate_refuses_a_single_class_holdout_and_nothing_is_deployed(aws):
+def test_a_single_class_holdout_is_refused_and_nothing_is_registered(aws):
     before = champion_model(aws)
-    batch = churn_batch(3000, 8).assign(churned=0)  # AUC is undefined on one class
-    aws.wait_for(aws.land_batch(MODEL, "one-class.csv", to_csv_bytes(batch)))
-    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/one-class.csv"
-    execution = aws.wait_for(aws.start_run(MODEL, {"data_uri": key, "force": True}))
+    packages_before = len(
+        aws.client("sagemaker").list_model_packages(ModelPackageGroupName=aws.model(MODEL).package_group)[
+            "ModelPackageSummaryList"
+        ]
+    )
+    batch = churn_batch(3000, 8).assign(churned=0)  # label balance drifts; AUC is undefined on one class
+    execution = aws.wait_for(aws.land_batch(MODEL, "one-class.csv", to_csv_bytes(batch)))
     record = record_for(aws, execution["executionArn"])
-    assert execution["status"] == "FAILED" and "single class" in record["message"]
+    assert (execution["status"], record["outcome"]) == ("FAILED", "training_failed"), record["message"]
+    assert record["drift"]["target_drifted"] and "single class" in record["message"]
     assert record["registry"] is None and champion_model(aws) == before
+    assert (
+        len(
+            aws.client("sagemaker").list_model_packages(ModelPackageGroupName=aws.model(MODEL).package_group)[
+                "ModelPackageSummaryList"
+            ]
+        )
+        == packages_before
+    )
 
 
 def checkpoint_events(aws, run_id):
@@ -186,6 +198,7 @@ def test_canary_alarm_rolls_back(aws):
         aws.on_wait("Bake canary", None)
         aws.set_alarm_state(alarm, "OK")
     record = record_for(aws, execution["executionArn"])
+    assert "weights" in seen, (record["outcome"], record["message"], record.get("gate"))
     assert seen["weights"] == {"champion": 0.8, "challenger": 0.2}
     assert record["outcome"] == "rolled_back" and "canary alarm is in ALARM" in record["message"]
     assert champion_model(aws) == before

@@ -151,3 +151,14 @@ def test_parquet_is_read_and_a_truncated_parquet_named(tmp_path):
     broken.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="broken.parquet: not a readable Parquet file"):
         read_table(str(broken))
+
+
+def test_audit_values_dynamodb_refuses_become_null():
+    from refit_handlers.common import to_dynamodb
+
+    assert to_dynamodb({"p": float("nan"), "z": float("inf"), "x": 0.5, "nested": [float("-inf")]}) == {
+        "p": None,
+        "z": None,
+        "x": __import__("decimal").Decimal("0.5"),
+        "nested": [None],
+    }
