@@ -86,16 +86,19 @@ def test_update_endpoint_and_weighted_routing_to_real_serve_processes(aws):
     assert aws.invoke_endpoint("churn", "1,2,3,4,plus,east", target_variant="challenger")["variant"] == "challenger"
     with pytest.raises(aws.client("sagemaker-runtime").exceptions.ModelError):
         aws.invoke_endpoint("churn", "not,a,row")
-    stats = aws.client("cloudwatch").get_metric_statistics(
-        Namespace="AWS/SageMaker",
-        MetricName="Invocation4XXErrors",
-        Statistics=["Sum"],
-        Period=60,
-        StartTime=time.time() - 600,
-        EndTime=time.time() + 60,
-        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "champion"}],
-    )
-    assert sum(p["Sum"] for p in stats["Datapoints"]) + 0 >= 0
+    errors = 0.0
+    for variant in ("champion", "challenger"):
+        stats = aws.client("cloudwatch").get_metric_statistics(
+            Namespace="AWS/SageMaker",
+            MetricName="Invocation4XXErrors",
+            Statistics=["Sum"],
+            Period=60,
+            StartTime=time.time() - 600,
+            EndTime=time.time() + 60,
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
+        )
+        errors += sum(p["Sum"] for p in stats["Datapoints"])
+    assert errors == 1  # the one malformed request, on whichever variant served it
     sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=current)
 
 
