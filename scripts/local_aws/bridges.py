@@ -198,6 +198,9 @@ class Bridges:
 
     # ---------------------------------------------------------------- install
     def install(self) -> None:
+        # Lambda invocations swap os.environ in place; processes started from other threads copy this snapshot
+        # instead of iterating the live mapping while it changes.
+        self.base_environment = dict(os.environ)
         bridges = self
 
         def lambda_invoke(fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> bytes:
@@ -433,7 +436,7 @@ class Bridges:
             config.mkdir(parents=True, exist_ok=True)
             (config / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))
             env = {
-                **os.environ,
+                **self.base_environment,
                 "REFIT_OPT_ML": str(root),
                 # Local jobs share one machine with the runtime, the servers and other jobs: OpenMP threads that
                 # spin-wait for cores make everything slower. A SageMaker instance gives a job all its cores.
@@ -550,7 +553,7 @@ class Bridges:
                 archive.extractall(directory, filter="data")
             port = _free_port()
             env = {
-                **os.environ,
+                **self.base_environment,
                 "SM_MODEL_DIR": str(directory),
                 "SAGEMAKER_BIND_TO_PORT": str(port),
                 "REFIT_SERVE_HOST": "127.0.0.1",
