@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -110,7 +109,3 @@ def loads_profile(text: str | bytes, source: str = "<profile>") -> dict[str, Any
 def numeric_sample(spec: dict[str, Any]) -> np.ndarray:
     """The stored sorted values of a numeric column."""
     return np.frombuffer(base64.b64decode(spec["sample"]), dtype="<f8")
-
-
-def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
