@@ -322,6 +322,13 @@ class Bridges:
         with self.invoke_lock, log_path.open("a") as log_file:
             saved = {k: os.environ.get(k) for k in environment}
             os.environ.update(environment)
+            # The host (a test runner, say) may have swapped sys.stdout since install(): route through the proxies
+            # again, so loggers created when the handler module is imported hold the proxy, not the host's stream.
+            for name, proxy in (("stdout", self.stdout), ("stderr", self.stderr)):
+                current = getattr(sys, name)
+                if current is not proxy:
+                    proxy.real = current
+                    setattr(sys, name, proxy)
             self.stdout.local.target = log_file
             self.stderr.local.target = log_file
             try:

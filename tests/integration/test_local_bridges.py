@@ -145,3 +145,18 @@ def test_image_assets_are_published_under_their_content_hash(aws):
         )
         details = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": asset_hash}])["imageDetails"]
         assert details[0]["imageDigest"].startswith("sha256:")
+
+
+def test_lambda_output_goes_to_the_functions_log_and_retries_do_not_sleep(aws):
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    function = prepare_function(aws)
+    aws.client("lambda").invoke(
+        FunctionName=function, Payload=json.dumps({"payload": {"force": True}, "execution_name": "bridge-log"})
+    )
+    aws.client("dynamodb").delete_item(TableName=aws.audit_table, Key={"pk": {"S": "churn"}, "sk": {"S": "lock"}})
+    log = (aws.workdir / "logs" / f"{function}.log").read_text()
+    assert "bridge-log" in log  # Powertools logged the event to the function's log, as CloudWatch Logs would hold it
+    started = time.monotonic()
+    retrier_decl.time.sleep(30)
+    assert time.monotonic() - started < 1 and time.sleep is not retrier_decl.time.sleep
