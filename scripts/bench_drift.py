@@ -1,7 +1,9 @@
 """Benchmark: `refit drift` on 1,000,000 rows x (50 numeric + 10 categorical) against a stored baseline of the same
 size, next to (a) the same read + numpy.sort of each numeric column and (b) the same read + a scipy.stats.ks_2samp
-loop against the full reference. Each runs in its own process (wall time, peak RSS). Also times the drift Lambda's
-cold import and sizes its dependencies. Run: .venv/bin/python -m scripts.bench_drift [--rows N]
+loop against the full reference. Each runs in its own process (wall time, peak RSS). Then `refit drift` on a batch
+--scale times larger (written a million rows at a time, never held whole), to show that the streamed check's memory
+does not grow with the batch. Also times the drift Lambda's cold import and sizes its dependencies.
+Run: .venv/bin/python -m scripts.bench_drift [--rows N] [--scale K]
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMERIC, CATEGORICAL = 50, 10
+# Parquet files are written in row groups of 100,000 rows (48 MB of this data in memory, about the 64-128 MB that
+# Spark and most writers aim for). A reader holds at least one row group: in pyarrow's default of 1M rows per group
+# a 1M-row file is a single group, and no reader can stream it.
+ROW_GROUP = 100_000
 
 
 def make(rows: int, seed: int, shift: float) -> pd.DataFrame:
@@ -55,18 +63,25 @@ for i in range(50):
 """,
 }
 
+# Peak RSS is the kernel's high-water mark (VmHWM), reset after the imports. (getrusage's ru_maxrss is not used: on
+# Linux it carries the forking parent's peak across exec, which hid the task's own peak in an earlier version.)
 RUNNER = """
-import resource, sys, time
+import re, sys, time
 sys.path.insert(0, {root!r})
 BASELINE, CURRENT, REFERENCE = {baseline!r}, {current!r}, {reference!r}
 import io
-import numpy, pandas, scipy.stats, pyarrow  # imports are not part of the timing
+import numpy, pandas, scipy.stats, pyarrow, pyarrow.parquet  # imports are not part of the timing
 from scripts.cli import main
 from refit_core.datasets import read_table
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(field):
+    return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
 started = time.perf_counter()
 {body}
-print(time.perf_counter() - started, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - started, before, status("VmHWM"))
 """
 
 
@@ -115,6 +130,7 @@ def lambda_package_mb(workdir: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--scale", type=int, default=5, help="the large batch is this many times --rows")
     parser.add_argument("--skip-package", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -125,7 +141,7 @@ def main() -> int:
         print(f"generating {args.rows:,} x {NUMERIC + CATEGORICAL} reference and current batches ...", flush=True)
         reference = make(args.rows, 1, 0.0)
         reference_path, current_path = work / "reference.parquet", work / "current.parquet"
-        reference.to_parquet(reference_path)
+        reference.to_parquet(reference_path, row_group_size=ROW_GROUP)
         baseline = work / "baseline.json"
         started = time.perf_counter()
         baseline.write_text(dumps_profile(build_profile(reference, categorical=[f"c{i}" for i in range(CATEGORICAL)])))
@@ -133,7 +149,7 @@ def main() -> int:
         del reference
         current = make(args.rows, 2, 0.05)
         batch_mb = current.memory_usage(deep=True).sum() / 2**20
-        current.to_parquet(current_path)
+        current.to_parquet(current_path, row_group_size=ROW_GROUP)
         del current
         print(
             f"baseline profile: {profile_seconds:.1f} s, {baseline.stat().st_size / 2**20:.1f} MB; "
@@ -149,6 +165,18 @@ def main() -> int:
         print("|---|---|---|---|")
         for name, (seconds, before, peak) in results.items():
             print(f"| {name} | {seconds:.2f} | {peak:.0f} | {peak - before:.0f} |")
+        print(f"writing a {args.scale}x larger current batch ({args.scale * args.rows:,} rows) ...", flush=True)
+        large_path = work / "large.parquet"
+        with pq.ParquetWriter(large_path, pa.Schema.from_pandas(make(10, 0, 0.0), preserve_index=False)) as writer:
+            for part in range(args.scale):
+                part_table = pa.Table.from_pandas(make(args.rows, 100 + part, 0.05), preserve_index=False)
+                writer.write_table(part_table, row_group_size=ROW_GROUP)
+        print("running refit drift on it ...", flush=True)
+        large = run_task(TASKS["refit drift"], baseline, large_path, reference_path)
+        print(
+            f"| `refit drift`, {args.scale}x the rows ({args.scale * batch_mb:.0f} MB in memory) | {large[0]:.2f} "
+            f"| {large[2]:.0f} | {large[2] - large[1]:.0f} |"
+        )
         ours, sort_only, scipy_loop = (results[k][0] for k in TASKS)
         added = results["refit drift"][2] - results["refit drift"][1]
         print(

@@ -25,8 +25,9 @@ from typing import Any
 import boto3
 import pandas as pd
 from refit_core.approvals import ApprovalError, decide_approval
+from refit_core.batch import BatchStats
 from refit_core.config import ConfigError, DriftSettings, QualitySettings, load_config
-from refit_core.datasets import DataError, read_table
+from refit_core.datasets import DataError, iter_table, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import diff
@@ -147,13 +148,17 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         if args.command in ("drift", "quality"):
             if not args.baseline and not args.reference:
                 parser.error("give --baseline or a REFERENCE file")
-            baseline, current = _baseline(args), _read(args.current)
+            baseline = _baseline(args)
+            s3 = boto3.client("s3") if is_s3_uri(args.current) else None
+            chunks = (chunk for _, chunk in iter_table(args.current, s3))
+            # One streamed pass: a CURRENT larger than memory is fine (the REFERENCE form reads REFERENCE whole).
+            stats = BatchStats.of(chunks, baseline, duplicates=args.command == "quality")
             if args.command == "drift":
-                report = detect_drift(current, baseline, DriftSettings())
+                report = detect_drift(stats, DriftSettings())
                 if args.html:
-                    Path(args.html).write_text(render_html(report, baseline, current, f"refit drift: {args.current}"))
+                    Path(args.html).write_text(render_html(report, stats, f"refit drift: {args.current}"))
             else:
-                report = check_quality(current, baseline, QualitySettings(), DriftSettings().min_rows, args.current)
+                report = check_quality(stats, QualitySettings(), DriftSettings().min_rows, args.current)
         elif args.command == "gate":
             report = gate_command(args)
         elif args.command in ("approve", "reject"):

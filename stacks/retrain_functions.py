@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -24,11 +24,16 @@ class FunctionSpec:
     handler: str
     memory_mb: int
     timeout_seconds: int
+    ephemeral_mb: int = 512
+
+
+# The batch check streams CSV from S3 but spools each Parquet object to /tmp (Parquet needs random access): its
+# ephemeral storage, not its memory, bounds the size of one Parquet object.
 
 
 SPECS = {
     "Prepare": FunctionSpec("refit_handlers.prepare.handler", 512, 60),
-    "CheckBatch": FunctionSpec("refit_handlers.check_batch.handler", 3008, 600),
+    "CheckBatch": FunctionSpec("refit_handlers.check_batch.handler", 3008, 900, ephemeral_mb=10240),
     "StartTraining": FunctionSpec("refit_handlers.training.start_handler", 512, 60),
     "PollTraining": FunctionSpec("refit_handlers.training.poll_handler", 512, 60),
     "Gate": FunctionSpec("refit_handlers.gate.gate_handler", 2048, 600),
@@ -90,6 +95,7 @@ class RetrainFunctions(Construct):
                 ),
                 role=role,
                 memory_size=spec.memory_mb,
+                ephemeral_storage_size=Size.mebibytes(spec.ephemeral_mb),
                 timeout=Duration.seconds(spec.timeout_seconds),
                 architecture=lambda_.Architecture.X86_64,
                 tracing=lambda_.Tracing.ACTIVE,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -30,58 +33,65 @@ def list_s3_objects(s3: Any, uri: S3Uri) -> list[S3Uri]:
     return [S3Uri(uri.bucket, key) for key in sorted(keys)]
 
 
-def _read_bytes(location: str, s3: Any | None) -> bytes:
+DEFAULT_CHUNK_ROWS = 100_000  # ~50 MB of float64 at 60 columns: the unit of memory when a batch is streamed
+
+
+class _StreamingBodyReader(io.RawIOBase):
+    """Lets buffered and text readers pull from an S3 object body (which only offers read(n)) without holding it."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def _open_binary(location: str, s3: Any | None) -> Iterator[BinaryIO]:
+    """A buffered binary stream of a local file or an S3 object, read as it is consumed."""
     if is_s3_uri(location):
         if s3 is None:
             raise DataError(f"{location}: an S3 client is needed to read S3 data")
         uri = S3Uri.parse(location)
         try:
-            return s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+            body = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
         except s3.exceptions.NoSuchKey:
             raise DataError(f"{location}: no such object") from None
+        try:
+            yield io.BufferedReader(_StreamingBodyReader(body), buffer_size=1 << 20)
+        finally:
+            body.close()
+        return
     try:
-        return Path(location).read_bytes()
+        handle = open(location, "rb")  # noqa: SIM115 - closed below, after the caller is done
     except OSError as error:
         raise DataError(f"{location}: cannot read ({error.strerror})") from None
+    with handle:
+        yield handle
 
 
-def parse_parquet_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    if not raw:
-        raise DataError(f"{name}: the file is empty")
-    try:
-        frame = pd.read_parquet(io.BytesIO(raw))
-    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for truncated files
-        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
-    if frame.empty:
-        raise DataError(f"{name}: has a schema but no rows")
-    return frame
-
-
-def parse_table_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    return parse_parquet_bytes(raw, name) if name.endswith(".parquet") else parse_csv_bytes(raw, name)
-
-
-def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    """Parse one CSV (optionally gzip) object; refuse anything that is not a header plus rows."""
-    if name.endswith(".gz") or raw[:2] == b"\x1f\x8b":
+@contextmanager
+def _seekable(location: str, s3: Any | None) -> Iterator[Any]:
+    """Parquet needs random access (its footer is at the end): an S3 object is spooled to local disk, not memory."""
+    if not is_s3_uri(location):
+        yield location
+        return
+    uri = S3Uri.parse(location)
+    with tempfile.TemporaryFile() as spool:
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise DataError(f"{name}: truncated or corrupt gzip data ({error})") from None
-    if not raw.strip():
-        raise DataError(f"{name}: the file is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{name}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); save the file as UTF-8"
-        ) from None
-    try:
-        frame = pd.read_csv(io.StringIO(text), low_memory=False)
-    except pd.errors.ParserError as error:
-        raise DataError(f"{name}: not a well-formed CSV ({error})") from None
-    if frame.empty:
-        raise DataError(f"{name}: has a header but no rows")
+            s3.download_fileobj(uri.bucket, uri.key, spool)
+        except s3.exceptions.ClientError as error:
+            raise DataError(f"{location}: cannot read ({error.response['Error'].get('Code')})") from None
+        spool.seek(0)
+        yield spool
+
+
+def _check_header(frame: pd.DataFrame, name: str) -> None:
     if frame.shape[1] == 1:
         header = str(frame.columns[0])
         for delimiter, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
@@ -92,32 +102,126 @@ def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
     unnamed = [str(c) for c in frame.columns if str(c).startswith("Unnamed:")]
     if unnamed:
         raise DataError(f"{name}: the header has {len(unnamed)} empty column name(s); every column needs a name")
-    return frame
 
 
-def read_table(location: str, s3: Any | None = None) -> pd.DataFrame:
-    """Read a CSV (optionally gzip) or Parquet object, or every such object under a prefix or in a folder
-    (concatenated; the same columns are required)."""
+def iter_csv(binary: BinaryIO, name: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """Parse one CSV (optionally gzip) stream chunk by chunk (whole when chunk_rows is None); refuse anything that
+    is not a header plus rows, naming the file."""
+    buffered = binary if hasattr(binary, "peek") else io.BufferedReader(binary)  # type: ignore[arg-type]
+    compressed = name.endswith(".gz") or buffered.peek(2)[:2] == b"\x1f\x8b"
+    stream: Any = gzip.GzipFile(fileobj=buffered, mode="rb") if compressed else buffered
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    rows = 0
+    try:
+        reader = pd.read_csv(text, low_memory=False, chunksize=chunk_rows)
+        chunks = reader if chunk_rows else iter([reader])
+        for frame in chunks:
+            if rows == 0:
+                _check_header(frame, name)
+            if frame.empty:
+                continue
+            rows += len(frame)
+            yield frame
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{name}: the file is empty") from None
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{name}: not UTF-8 text (byte 0x{error.object[error.start]:02x} after row {rows}); save the file as UTF-8"
+        ) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataError(f"{name}: truncated or corrupt gzip data ({error})") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{name}: not a well-formed CSV ({error})") from None
+    if rows == 0:
+        raise DataError(f"{name}: has a header but no rows")
+
+
+def iter_parquet(source: Any, name: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa  # imported when a Parquet file is read, as pandas does: the training job's start stays short
+    import pyarrow.parquet as pq
+
+    rows = 0
+    try:
+        parquet = pq.ParquetFile(source, pre_buffer=False)
+        if not chunk_rows:
+            frames: Iterator[pd.DataFrame] = iter([parquet.read().to_pandas()])
+        else:
+            # One row group at a time, sliced into chunks. (ParquetFile.iter_batches was measured keeping decoded
+            # data of every row group it had passed: 1.3 GB after 8 row groups of 1M rows, against 0.25 GB here.)
+            frames = (
+                group.slice(start, chunk_rows).to_pandas()
+                for group in (parquet.read_row_group(i) for i in range(parquet.num_row_groups))
+                for start in range(0, group.num_rows, chunk_rows)
+            )
+        for frame in frames:
+            rows += len(frame)
+            if len(frame):
+                yield frame
+    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for truncated files
+        if isinstance(error, pa.ArrowInvalid) and "size is 0 bytes" in str(error):
+            raise DataError(f"{name}: the file is empty") from None
+        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
+    if rows == 0:
+        raise DataError(f"{name}: has a schema but no rows")
+
+
+def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
+    """One whole CSV (optionally gzip) object held in memory."""
+    return next(iter_csv(io.BytesIO(raw), name, None))
+
+
+def _object_names(location: str, s3: Any | None) -> list[str]:
     if is_s3_uri(location):
         uri = S3Uri.parse(location)
         objects = list_s3_objects(s3, uri) if s3 is not None else [uri]
         if not objects:
             raise DataError(f"{location}: no .csv, .csv.gz or .parquet objects under this prefix")
-        names = [str(obj) for obj in objects]
+        return [str(obj) for obj in objects]
+    path = Path(location)
+    names = (
+        [str(p) for p in sorted(path.iterdir()) if p.name.endswith(SUPPORTED_SUFFIXES)]
+        if path.is_dir()
+        else [str(path)]
+    )
+    if not names:
+        raise DataError(f"{location}: no .csv, .csv.gz or .parquet files in this folder")
+    return names
+
+
+def iter_table(
+    location: str, s3: Any | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Stream a CSV (optionally gzip) or Parquet object, or every such object under a prefix or in a folder, as
+    (file name, chunk of at most chunk_rows rows) — or one chunk per file when chunk_rows is None. Every file must
+    have the first file's columns. Only one chunk is in memory at a time."""
+    names = _object_names(location, s3)
+    first_columns: list[str] | None = None
+    for name in names:
+        with _file_chunks(name, s3, chunk_rows) as chunks:
+            for frame in chunks:
+                columns = [str(c) for c in frame.columns]
+                if first_columns is None:
+                    first_columns = columns
+                elif columns != first_columns:
+                    raise DataError(f"{name}: columns {columns} differ from {names[0]}'s {first_columns}")
+                yield name, frame
+
+
+@contextmanager
+def _file_chunks(name: str, s3: Any | None, chunk_rows: int | None) -> Iterator[Iterator[pd.DataFrame]]:
+    if name.endswith(".parquet"):
+        if not is_s3_uri(name) and not Path(name).is_file():
+            raise DataError(f"{name}: cannot read (no such file)")
+        with _seekable(name, s3) as source:
+            yield iter_parquet(source, name, chunk_rows)
     else:
-        path = Path(location)
-        names = (
-            [str(p) for p in sorted(path.iterdir()) if p.name.endswith(SUPPORTED_SUFFIXES)]
-            if path.is_dir()
-            else [str(path)]
-        )
-        if not names:
-            raise DataError(f"{location}: no .csv, .csv.gz or .parquet files in this folder")
-    frames = [parse_table_bytes(_read_bytes(name, s3), name) for name in names]
-    first = list(frames[0].columns)
-    for name, frame in zip(names[1:], frames[1:], strict=True):
-        if list(frame.columns) != first:
-            raise DataError(f"{name}: columns {list(frame.columns)} differ from {names[0]}'s {first}")
+        with _open_binary(name, s3) as binary:
+            yield iter_csv(binary, name, chunk_rows)
+
+
+def read_table(location: str, s3: Any | None = None) -> pd.DataFrame:
+    """The whole of a CSV / Parquet object, prefix or folder in memory (training and profiling need all rows)."""
+    frames = [frame for _, frame in iter_table(location, s3, chunk_rows=None)]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 

@@ -6,65 +6,24 @@ category counts, effect size = total variation distance. The per-check level `al
 all tested columns (Bonferroni, or Holm's step-down), and a column counts as drifted only when it is
 significant *and* its effect size reaches `min_effect_size`, so a huge batch does not flag a trivial shift.
 The dataset drifts when any column (or the target) does: a single strongly drifted feature is enough.
+The tests read a BatchStats (refit_core.batch), accumulated from the batch chunk by chunk; every statistic is the
+one the whole batch gives.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 from scipy.stats._stats_py import _attempt_exact_2kssamp  # pinned scipy; agreement is tested to 1e-9
 
+from refit_core.batch import BatchStats, KsCounts
 from refit_core.config import DriftSettings
 from refit_core.metrics import compute_metric, higher_is_better
-from refit_core.profile import numeric_sample
 
-PARALLEL_ROWS = 50_000  # below this, starting threads costs more than it saves
 MAX_EXACT_KS_N = 10_000  # scipy's threshold for the exact two-sample distribution in method="auto"
-
-
-def _last_of_ties(values: np.ndarray) -> np.ndarray:
-    """Indexes of the last element of each run of equal values in a sorted array."""
-    last = np.empty(values.size, dtype=bool)
-    np.not_equal(values[1:], values[:-1], out=last[:-1])
-    last[-1] = True
-    return np.flatnonzero(last)
-
-
-def ks_statistic(reference_sorted: np.ndarray, current_sorted: np.ndarray) -> float:
-    """Two-sided KS distance of two sorted samples: the largest gap between their ECDFs, exactly.
-
-    Only O(n_small · log n_large) work after sorting: the smaller sample's values cut the larger one into
-    segments on which the smaller ECDF is constant while the larger ECDF rises, so within a segment the gap is
-    largest at its first or last value. The gap is computed in integers, |count_a·n_b − count_b·n_a| / (n_a·n_b).
-    """
-    small, large = (
-        (reference_sorted, current_sorted)
-        if reference_sorted.size <= current_sorted.size
-        else (current_sorted, reference_sorted)
-    )
-    n_small, n_large = small.size, large.size
-    # At the smaller sample's values (the last of each tied run).
-    index = _last_of_ties(small)
-    small_counts = index.astype(np.int64) + 1
-    large_counts = np.searchsorted(large, small[index], side="right").astype(np.int64)
-    gap = int(np.max(np.abs(small_counts * n_large - large_counts * n_small)))
-    # At the first and last larger-sample value of each segment between consecutive smaller-sample values.
-    bounds = np.unique(np.concatenate(([0], np.searchsorted(large, small, side="left"), [n_large])))
-    last = bounds[bounds > 0] - 1
-    first = bounds[bounds < n_large]
-    points = np.concatenate((large[last], large[first]))
-    large_counts = np.concatenate(
-        (last.astype(np.int64) + 1, np.searchsorted(large, large[first], side="right").astype(np.int64))
-    )
-    small_counts = np.searchsorted(small, points, side="right").astype(np.int64)
-    gap = max(gap, int(np.max(np.abs(large_counts * n_small - small_counts * n_large))))
-    return gap / (float(n_small) * float(n_large))
 
 
 def ks_p_value(statistic: float, n1: int, n2: int) -> float:
@@ -80,46 +39,48 @@ def ks_p_value(statistic: float, n1: int, n2: int) -> float:
 
 
 def ks_test(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Exact two-sample KS against a stored sorted reference: sorting the batch once is the main cost."""
-    current_sorted = np.sort(current)
-    statistic = ks_statistic(reference_sorted, current_sorted)
-    return statistic, ks_p_value(statistic, reference_sorted.size, current_sorted.size)
+    """Exact two-sample KS of a batch's finite values against a stored sorted reference (refit_core.batch.KsCounts,
+    the same code the streamed check runs)."""
+    counts = KsCounts(reference_sorted)
+    counts.add(current[np.isfinite(current)])
+    statistic = counts.statistic()
+    return statistic, ks_p_value(statistic, counts.m, counts.n)
 
 
-def chi_square_test(reference_counts: dict[str, int], current: pd.Series) -> tuple[float, float, float]:
+def _numeric_result(counts: KsCounts, exact: bool) -> dict[str, Any]:
+    if counts.n == 0 or counts.m == 0:
+        return {"kind": "numeric", "test": "ks", "statistic": 0.0, "p_value": 1.0, "effect_size": 0.0}
+    statistic = counts.statistic()
+    return {
+        "kind": "numeric",
+        "test": "ks" if exact else "ks_reference_sample",
+        "statistic": statistic,
+        "p_value": ks_p_value(statistic, counts.m, counts.n),
+        "effect_size": statistic,
+    }
+
+
+def chi_square_test(reference_counts: dict[str, int], current_counts: dict[str, int]) -> tuple[float, float, float]:
     """Returns (statistic, p-value, total variation distance)."""
-    current_counts = current.dropna().astype(str).value_counts()
-    categories = sorted(set(reference_counts) | set(current_counts.index))
+    categories = sorted(set(reference_counts) | set(current_counts))
     ref = np.array([reference_counts.get(c, 0) for c in categories], dtype=float)
-    cur = np.array([int(current_counts.get(c, 0)) for c in categories], dtype=float)
+    cur = np.array([current_counts.get(c, 0) for c in categories], dtype=float)
     if ref.sum() == 0 or cur.sum() == 0:
         return 0.0, 1.0, 0.0
     total_variation = 0.5 * float(np.abs(ref / ref.sum() - cur / cur.sum()).sum())
     if len(categories) < 2:
         return 0.0, 1.0, total_variation
-    table = np.vstack([ref, cur])
-    statistic, p_value, _, _ = stats.chi2_contingency(table, correction=False)
+    statistic, p_value, _, _ = stats.chi2_contingency(np.vstack([ref, cur]), correction=False)
     return float(statistic), float(p_value), total_variation
 
 
-def _test_column(spec: dict[str, Any], series: pd.Series) -> dict[str, Any]:
-    if spec["kind"] == "numeric":
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
-        finite = np.isfinite(values)
-        if not finite.all():
-            values = values[finite]
-        reference = numeric_sample(spec)
-        if values.size == 0 or reference.size == 0:
-            return {"kind": "numeric", "test": "ks", "statistic": 0.0, "p_value": 1.0, "effect_size": 0.0}
-        statistic, p_value = ks_test(reference, values)
-        return {
-            "kind": "numeric",
-            "test": "ks" if spec.get("sample_is_exact", True) else "ks_reference_sample",
-            "statistic": statistic,
-            "p_value": p_value,
-            "effect_size": statistic,
-        }
-    statistic, p_value, total_variation = chi_square_test(spec["frequencies"], series)
+def _column_result(batch: BatchStats, name: str) -> dict[str, Any]:
+    spec = batch.profile["columns"][name]
+    if name in batch.numeric:
+        return _numeric_result(batch.numeric[name].ks, spec.get("sample_is_exact", True))
+    statistic, p_value, total_variation = chi_square_test(
+        spec["frequencies"], batch.categorical[name].category_counts()
+    )
     return {
         "kind": "categorical",
         "test": "chi_square",
@@ -171,41 +132,25 @@ def performance_test(holdout: dict[str, Any], y_true: np.ndarray, scores: np.nda
     }
 
 
-def detect_drift(
-    frame: pd.DataFrame,
-    profile: dict[str, Any],
-    settings: DriftSettings,
-    scores: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """The drift report (public JSON shape: see README 'Drift report'). With `scores` (the serving model's outputs
-    on this batch) it also tests prediction drift against the holdout outputs stored in the profile and, when the
-    batch is labelled, a drop of the primary metric against the holdout value: the paths that see concept drift."""
-    names = [
-        n for n, spec in profile["columns"].items() if spec["role"] in ("feature", "target") and n in frame.columns
-    ]
-
-    def test(name: str) -> dict[str, Any]:
-        return _test_column(profile["columns"][name], frame[name])
-
-    if len(frame) >= PARALLEL_ROWS:
-        # Sorting and binary search release the GIL: large batches test columns on all cores (order is kept).
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            results = list(pool.map(test, names))
-    else:
-        results = [test(name) for name in names]
-    tested = list(zip(names, results, strict=True))
+def detect_drift(batch: BatchStats, settings: DriftSettings) -> dict[str, Any]:
+    """The drift report (public JSON shape: see README 'Drift report'). When the batch was scored by the serving model
+    it also tests prediction drift against the holdout outputs stored in the profile and, when the batch is labelled,
+    a drop of the primary metric against the holdout value: the paths that see concept drift."""
+    profile = batch.profile
+    present = set(batch.columns or [])
+    names = [n for n, spec in profile["columns"].items() if spec["role"] in ("feature", "target") and n in present]
+    tested = [(name, _column_result(batch, name)) for name in names]
     model_results: dict[str, dict[str, Any]] = {}
-    if scores is not None and profile.get("prediction"):
-        model_results["prediction"] = _test_column({**profile["prediction"], "kind": "numeric"}, pd.Series(scores))
-        target = profile.get("target")
-        if profile.get("holdout") and target in frame.columns:
-            labelled = frame[target].notna().to_numpy()
-            labels = frame[target].to_numpy(dtype=float)[labelled]
-            metric_defined = profile["holdout"]["metric"] != "roc_auc" or np.unique(labels).size == 2
-            if labelled.sum() >= settings.min_rows and metric_defined:
-                model_results["performance"] = performance_test(
-                    profile["holdout"], labels, np.asarray(scores)[labelled]
-                )
+    if batch.prediction is not None:
+        model_results["prediction"] = _numeric_result(
+            batch.prediction, profile["prediction"].get("sample_is_exact", True)
+        )
+        labels, scores = batch.labelled.values("label"), batch.labelled.values("score")
+        holdout = profile.get("holdout")
+        metric_defined = holdout is not None and (holdout["metric"] != "roc_auc" or np.unique(labels).size == 2)
+        if metric_defined and batch.n_labelled >= settings.min_rows:
+            model_results["performance"] = performance_test(holdout, labels, scores)
+            model_results["performance"]["rows_labelled"] = batch.n_labelled
     tested += list(model_results.items())
     rejected = _rejections([r["p_value"] for _, r in tested], settings.per_check_alpha, settings.correction)
     features: dict[str, Any] = {}
@@ -229,7 +174,7 @@ def detect_drift(
         "prediction": model_results.get("prediction"),
         "performance": model_results.get("performance"),
         "n_reference": int(profile["n_rows"]),
-        "n_current": int(len(frame)),
+        "n_current": int(batch.n_rows),
         "alpha": settings.alpha,
         "horizon_checks": settings.horizon_checks,
         "per_check_alpha": settings.per_check_alpha,

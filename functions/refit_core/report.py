@@ -7,8 +7,8 @@ import html
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from refit_core.batch import BatchStats
 from refit_core.profile import numeric_sample
 
 WIDTH, HEIGHT, PAD = 420, 180, 30
@@ -43,10 +43,9 @@ def numeric_plot(reference: np.ndarray, current: np.ndarray) -> str:
     return _svg("".join(lines) + axis, "cumulative share: reference (blue) vs current (red)")
 
 
-def categorical_plot(reference: dict[str, int], current: pd.Series) -> str:
-    counts = current.dropna().astype(str).value_counts()
-    categories = sorted(set(reference) | set(counts.index))[:20]
-    ref_total, cur_total = sum(reference.values()) or 1, int(counts.sum()) or 1
+def categorical_plot(reference: dict[str, int], counts: dict[str, int]) -> str:
+    categories = sorted(set(reference) | set(counts))[:20]
+    ref_total, cur_total = sum(reference.values()) or 1, sum(counts.values()) or 1
     bar = (WIDTH - 2 * PAD) / max(len(categories), 1)
     shapes = []
     for i, name in enumerate(categories):
@@ -74,7 +73,10 @@ def _svg(body: str, title: str) -> str:
     )
 
 
-def render_html(report: dict[str, Any], profile: dict[str, Any], frame: pd.DataFrame, title: str) -> str:
+def render_html(report: dict[str, Any], batch: BatchStats, title: str) -> str:
+    """The current distribution of a numeric column is drawn from the batch's uniform plot sample (batch.PLOT_ROWS
+    rows); the statistics in the table are computed on every row."""
+    profile = batch.profile
     rows, plots = [], []
     columns = dict(report["features"])
     if report.get("target"):
@@ -89,12 +91,14 @@ def render_html(report: dict[str, Any], profile: dict[str, Any], frame: pd.DataF
             f"<td>{p_value}</td><td>{effect}</td><td>{flag}</td></tr>"
         )
         spec = profile["columns"].get(name)
-        if result["drifted"] and spec is not None and name in frame.columns:
-            if spec["kind"] == "numeric":
-                current = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-                plot = numeric_plot(numeric_sample(spec), current[np.isfinite(current)])
+        if result["drifted"] and spec is not None and name in (batch.columns or []):
+            if name in batch.numeric:
+                current, reference = batch.plot_values(name), numeric_sample(spec)
+                if not current.size or not reference.size:
+                    continue
+                plot = numeric_plot(reference, current)
             else:
-                plot = categorical_plot(spec["frequencies"], frame[name])
+                plot = categorical_plot(spec["frequencies"], batch.categorical[name].category_counts())
             plots.append(f"<figure><figcaption>{html.escape(str(name))}</figcaption>{plot}</figure>")
     verdict = "Drift detected" if report["drift_detected"] else "No drift"
     return f"""<!doctype html>

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel
 from refit_core.artifacts import ModelArtifact
+from refit_core.batch import BatchStats
 from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
-from refit_core.datasets import DataError, read_table
+from refit_core.datasets import DataError, iter_table
 from refit_core.drift import detect_drift
 from refit_core.profile import ProfileError, build_profile, categorical_columns, loads_profile
 from refit_core.quality import check_quality
@@ -40,10 +42,26 @@ def _stop(reason: str, outcome: str) -> dict[str, Any]:
     return {"action": "stop", "outcome": outcome, "reason": reason}
 
 
-def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str, Any]:
-    """With no champion there is no baseline: check the batch against its own profile and the config."""
-    if model.target not in frame.columns:
-        message = f"{source}: target column {model.target!r} is missing (columns: {list(frame.columns)})"
+def _unreadable(result: dict[str, Any], error: DataError) -> dict[str, Any]:
+    finding = {
+        "check": "unreadable",
+        "column": None,
+        "severity": "block",
+        "observed": None,
+        "limit": None,
+        "message": str(error),
+    }
+    result["decision"] = {"action": "fail", "reason": str(error)}
+    result["quality"] = {"passed": False, "findings": [finding], "reason": str(error)}
+    return result
+
+
+def first_model_quality(chunks: Iterator[tuple[str, Any]], model: ModelConfig, source: str) -> dict[str, Any]:
+    """With no champion there is no baseline: check the batch against the schema of its own first chunk and the
+    config, streaming the rest."""
+    _, first = next(chunks)
+    if model.target not in first.columns:
+        message = f"{source}: target column {model.target!r} is missing (columns: {list(first.columns)})"
         finding = {
             "check": "missing_column",
             "column": model.target,
@@ -52,21 +70,26 @@ def first_model_quality(frame: Any, model: ModelConfig, source: str) -> dict[str
             "limit": "present",
             "message": message,
         }
-        return {"passed": False, "n_rows": len(frame), "findings": [finding], "reason": message}
+        return {"passed": False, "n_rows": len(first), "findings": [finding], "reason": message}
     categorical = categorical_columns(model.categorical_columns, model.target, model.problem_type)
-    profile = build_profile(frame, target=model.target, categorical=categorical, id_column=model.id_column)
-    return check_quality(frame, profile, model.quality, model.drift.min_rows, source)
+    profile = build_profile(first, target=model.target, categorical=categorical, id_column=model.id_column)
+    stats = BatchStats(profile)
+    stats.add(first)
+    for _, chunk in chunks:
+        stats.add(chunk)
+    return check_quality(stats, model.quality, model.drift.min_rows, source, against_baseline=False)
 
 
-def champion_scores(s3: Any, model_data_url: str, frame: Any) -> Any:
-    """The serving model's outputs on the batch, from its artifact (no call to the endpoint)."""
+def load_champion_model(s3: Any, model_data_url: str) -> ModelArtifact:
+    """The serving model, from its artifact (no call to the endpoint): it scores the batch for prediction drift."""
     uri = S3Uri.parse(model_data_url)
     archive = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
     with tempfile.TemporaryDirectory() as scratch:
-        return ModelArtifact.from_archive(archive, Path(scratch)).scores(frame)
+        return ModelArtifact.from_archive(archive, Path(scratch))
 
 
 def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
+    """One streamed pass over the batch (memory: one chunk plus the baseline, whatever the batch's size)."""
     model = config.model
     champion = find_champion(sagemaker, config.endpoint_name)
     result: dict[str, Any] = {
@@ -81,36 +104,17 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
     if event.no_data or not event.data_uri:
         result["decision"] = _stop(f"no batch under s3://{config.data_bucket}/{model.new_data_prefix}", "no_data")
         return result
-    try:
-        frame = read_table(event.data_uri, s3)
-    except DataError as error:
-        result["decision"] = {"action": "fail", "reason": str(error)}
-        result["quality"] = {
-            "passed": False,
-            "findings": [
-                {
-                    "check": "unreadable",
-                    "column": None,
-                    "severity": "block",
-                    "observed": None,
-                    "limit": None,
-                    "message": str(error),
-                }
-            ],
-            "reason": str(error),
-        }
-        return result
 
     if champion is None or not champion.get("baseline_uri"):
-        quality = first_model_quality(frame, model, event.data_uri)
+        try:
+            quality = first_model_quality(iter_table(event.data_uri, s3), model, event.data_uri)
+        except DataError as error:
+            return _unreadable(result, error)
         result["quality"] = quality
         if not quality["passed"]:
             result["decision"] = {"action": "fail", "reason": quality["reason"]}
         else:
-            result["decision"] = {
-                "action": "train",
-                "reason": "no champion is serving yet: train the first model",
-            }
+            result["decision"] = {"action": "train", "reason": "no champion is serving yet: train the first model"}
         return result
 
     baseline_uri = S3Uri.parse(champion["baseline_uri"])
@@ -121,14 +125,24 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
     except ProfileError as error:
         result["decision"] = {"action": "fail", "reason": str(error)}
         return result
-    quality = check_quality(frame, profile, model.quality, model.drift.min_rows, event.data_uri)
+    scorer = load_champion_model(s3, champion["model_data_url"]).scores
+    try:
+        stats = BatchStats.of((chunk for _, chunk in iter_table(event.data_uri, s3)), profile, scorer=scorer)
+    except DataError as error:
+        return _unreadable(result, error)
+    quality = check_quality(stats, model.quality, model.drift.min_rows, event.data_uri)
     result["quality"] = quality
     if not quality["passed"]:
         result["decision"] = {"action": "fail", "reason": quality["reason"]}
         return result
+    if stats.score_error is not None:
+        result["decision"] = {
+            "action": "fail",
+            "reason": f"{event.data_uri}: the serving model could not score the batch ({stats.score_error})",
+        }
+        return result
 
-    scores = champion_scores(s3, champion["model_data_url"], frame)
-    drift = detect_drift(frame, profile, model.drift, scores)
+    drift = detect_drift(stats, model.drift)
     result["drift"] = drift
     report = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/drift.json")
     s3.put_object(
@@ -143,7 +157,7 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
         Bucket=html_report.bucket,
         Key=html_report.key,
         ContentType="text/html; charset=utf-8",
-        Body=render_html(drift, profile, frame, f"refit {model.name}: drift of {event.data_uri}").encode(),
+        Body=render_html(drift, stats, f"refit {model.name}: drift of {event.data_uri}").encode(),
     )
     result["report_html_uri"] = str(html_report)
     for name, feature in drift["features"].items():

@@ -85,6 +85,8 @@ def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
         assert variables["POWERTOOLS_SERVICE_NAME"].startswith("refit-churn-")
         assert props["TracingConfig"] == {"Mode": "Active"}
         assert props["ImageConfig"]["Command"][0].startswith("refit_handlers.")
+    check = next(p for p in functions.values() if p["ImageConfig"]["Command"] == ["refit_handlers.check_batch.handler"])
+    assert check["EphemeralStorage"] == {"Size": 10240}  # Parquet objects are spooled to /tmp, not memory
 
 
 def test_cdk_nag_passes_with_every_acknowledgement_reasoned(cloud_assembly):
