@@ -14,17 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CLASSIFICATION_METRICS = {
-    "roc_auc": "maximize",
-    "accuracy": "maximize",
-    "f1": "maximize",
-    "precision": "maximize",
-    "recall": "maximize",
-    "log_loss": "minimize",
-    "calibration_error": "minimize",
-}
-REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
-METRIC_DIRECTIONS = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
+from refit_core.metric_names import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 # SageMaker instance types refit knows a price for; users add their own in [prices].
 DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {

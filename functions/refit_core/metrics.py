@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from refit_core.config import METRIC_DIRECTIONS
+from refit_core.metric_names import METRIC_DIRECTIONS
 
 EPSILON = 1e-15
 

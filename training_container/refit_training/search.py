@@ -14,14 +14,7 @@ import pandas as pd
 from refit_core.datasets import stable_row_hash
 from refit_core.metrics import compute_metric, higher_is_better
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -72,13 +65,21 @@ def preprocessor(categorical: list[str], numeric: list[str]) -> ColumnTransforme
 
 
 def estimator(candidate: Candidate, classification: bool, seed: int) -> Any:
+    """Each family's module is imported when a candidate of it is first built: a resumed job whose finished folds
+    cover a family does not pay for importing it again."""
     params = dict(candidate.params)
     if candidate.family == "hgb":
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
         cls = HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
         return cls(max_iter=200, random_state=seed, **params)
     if candidate.family == "forest":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
         cls = RandomForestClassifier if classification else RandomForestRegressor
         return cls(random_state=seed, n_jobs=1, **params)
+    from sklearn.linear_model import LogisticRegression, Ridge
+
     if classification:
         return LogisticRegression(max_iter=2000, **params)
     return Ridge(alpha=1 / params["C"])

@@ -9,6 +9,7 @@ Writes /opt/ml/model (model.joblib, baseline.json, evaluation.json) and /opt/ml/
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +28,8 @@ from refit_core.profile import build_profile, categorical_columns, dumps_profile
 from refit_training.checkpoints import CheckpointStore
 from refit_training.paths import OptMl
 from refit_training.search import Interrupted, TermFlag, fingerprint, search
+
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what SageMaker and the local runtime read as "stopped, resume later"
 
 
 class TrainingError(RuntimeError):
@@ -198,7 +201,7 @@ def main() -> int:
         return 0
     except Interrupted as interrupted:
         print(f"refit: stopped by SIGTERM before {interrupted}; finished folds are checkpointed", flush=True)
-        return 143
+        return EXIT_INTERRUPTED
     except Exception as error:  # every failure must leave a reason for DescribeTrainingJob
         reason = str(error) if isinstance(error, TrainingError) else f"{type(error).__name__}: {error}"
         traceback.print_exc()
@@ -209,4 +212,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # Finished folds are fsync'd and the log is flushed: skip the interpreter's teardown of pandas and
+        # scikit-learn (a quarter of a second measured) so the interrupted job gives its instance back at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
