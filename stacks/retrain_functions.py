@@ -81,7 +81,10 @@ class RetrainFunctions(Construct):
         }
         self.model = model
         self.functions: dict[str, lambda_.Function] = {}
-        for name, spec in SPECS.items():
+        specs = dict(SPECS)
+        if model.search.parallel_jobs:
+            specs["PickCandidate"] = FunctionSpec("refit_handlers.training.pick_handler", 512, 120)
+        for name, spec in specs.items():
             log_group = logs.LogGroup(
                 self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
             )
@@ -130,6 +133,8 @@ class RetrainFunctions(Construct):
                 actions=["sagemaker:DescribeTrainingJob"], resources=[f"{arn}:training-job/{model.name}-*"]
             )
         )
+        if "PickCandidate" in f:
+            storage.artifact_bucket.grant_read(f["PickCandidate"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_read(f["Gate"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")

@@ -80,48 +80,71 @@ class RetrainStateMachine(Construct):
             finalize,
         )
 
-        start_spot = catch_to(
-            invoke(
-                "Start training",
-                "StartTraining",
-                {
-                    "run_id.$": "$.run.run_id",
-                    "data_uri.$": "$.check.data_uri",
-                    "champion_model_uri.$": "$.check.champion_model_uri",
-                    "attempt": 1,
-                    "spot": True,
-                },
-                "$.training",
-            ),
-            finalize,
-        )
-        start_on_demand = catch_to(
-            invoke(
-                "Start on-demand training",
-                "StartTraining",
-                {
-                    "run_id.$": "$.run.run_id",
-                    "data_uri.$": "$.check.data_uri",
-                    "champion_model_uri.$": "$.check.champion_model_uri",
-                    "attempt.$": "States.MathAdd($.training.attempt, 1)",
-                    "spot": False,
-                },
-                "$.training",
-            ),
-            finalize,
-        )
-        wait_training = sfn.Wait(
-            self, "Wait for training", time=sfn.WaitTime.duration(Duration.seconds(TRAINING_POLL_SECONDS))
-        )
-        poll_training = catch_to(
-            invoke(
-                "Poll training",
-                "PollTraining",
-                {"job_name.$": "$.training.job_name", "attempt.$": "$.training.attempt"},
-                "$.training",
-            ),
-            finalize,
-        )
+        def training_loop(
+            on_error: sfn.IChainable, on_refused: sfn.IChainable, family_path: str | None
+        ) -> tuple[sfn.IChainable, sfn.Choice]:
+            """Start a spot job, poll it, fall back to on-demand on capacity errors. Returns the first state and the
+            choice whose `done` and `failed` branches the caller wires. With `family_path` (parallel candidates) the
+            job trains that family alone, with its own checkpoints."""
+            family = {"family.$": family_path} if family_path else {}
+            start_spot = catch_to(
+                invoke(
+                    "Start training",
+                    "StartTraining",
+                    {
+                        "run_id.$": "$.run.run_id",
+                        "data_uri.$": "$.check.data_uri",
+                        "champion_model_uri.$": "$.check.champion_model_uri",
+                        "attempt": 1,
+                        "spot": True,
+                        **family,
+                    },
+                    "$.training",
+                ),
+                on_error,
+            )
+            start_on_demand = catch_to(
+                invoke(
+                    "Start on-demand training",
+                    "StartTraining",
+                    {
+                        "run_id.$": "$.run.run_id",
+                        "data_uri.$": "$.check.data_uri",
+                        "champion_model_uri.$": "$.check.champion_model_uri",
+                        "attempt.$": "States.MathAdd($.training.attempt, 1)",
+                        "spot": False,
+                        **family,
+                    },
+                    "$.training",
+                ),
+                on_error,
+            )
+            wait_training = sfn.Wait(
+                self, "Wait for training", time=sfn.WaitTime.duration(Duration.seconds(TRAINING_POLL_SECONDS))
+            )
+            poll_training = catch_to(
+                invoke(
+                    "Poll training",
+                    "PollTraining",
+                    {"job_name.$": "$.training.job_name", "attempt.$": "$.training.attempt"},
+                    "$.training",
+                ),
+                on_error,
+            )
+            for start in (start_spot, start_on_demand):
+                start.next(
+                    sfn.Choice(self, f"Job started? ({start.id})")
+                    .when(sfn.Condition.string_equals("$.training.next", "refused"), on_refused)
+                    .otherwise(wait_training)
+                )
+            finished = (
+                sfn.Choice(self, "Training finished?")
+                .when(sfn.Condition.string_equals("$.training.next", "wait"), wait_training)
+                .when(sfn.Condition.string_equals("$.training.next", "fallback"), start_on_demand)
+            )
+            wait_training.next(poll_training).next(finished)
+            return start_spot, finished
+
         gate = catch_to(
             invoke(
                 "Gate challenger",
@@ -289,6 +312,58 @@ class RetrainStateMachine(Construct):
             .otherwise(deploy)
         )
 
+        gate_and_register = gate.next(register).next(
+            sfn.Choice(self, "Promote?")
+            .when(sfn.Condition.boolean_equals("$.gate.promote", True), needs_approval)
+            .otherwise(finalize)
+        )
+        if not model.search.parallel_jobs:
+            first_training_state, finished = training_loop(finalize, finalize, None)
+            finished.when(sfn.Condition.string_equals("$.training.next", "done"), gate_and_register).otherwise(finalize)
+        else:
+            # One training job per family, all at once; each branch ends with its job's summary (or its error),
+            # and the job with the best cross-validated score goes to the gate.
+            first_in_branch, finished = training_loop(
+                sfn.Pass(self, "Candidate failed"), sfn.Pass(self, "Candidate refused"), "$.family"
+            )
+            finished.otherwise(sfn.Pass(self, "Candidate trained"))
+            candidates = sfn.Map(
+                self,
+                "Train candidates",
+                items_path="$.families",
+                item_selector={
+                    "family.$": "$$.Map.Item.Value",
+                    "run.$": "$.run",
+                    "check": {
+                        "data_uri.$": "$.check.data_uri",
+                        "champion_model_uri.$": "$.check.champion_model_uri",
+                    },
+                },
+                result_path="$.candidates",
+            )
+            candidates.item_processor(first_in_branch)
+            candidates.add_catch(finalize, errors=ALL_ERRORS, result_path="$.error")
+            pick = catch_to(
+                invoke(
+                    "Pick best candidate",
+                    "PickCandidate",
+                    {"run_id.$": "$.run.run_id", "candidates.$": "$.candidates"},
+                    "$.training",
+                ),
+                finalize,
+            )
+            first_training_state = sfn.Pass(
+                self,
+                "List candidate families",
+                result=sfn.Result.from_array(list(model.search.families)),
+                result_path="$.families",
+            )
+            first_training_state.next(candidates).next(pick).next(
+                sfn.Choice(self, "Candidate chosen?")
+                .when(sfn.Condition.string_equals("$.training.next", "done"), gate_and_register)
+                .otherwise(finalize)
+            )
+
         definition = (
             sfn.Chain.start(prepare)
             .next(keep_run)
@@ -298,31 +373,11 @@ class RetrainStateMachine(Construct):
                 .otherwise(
                     check.next(
                         sfn.Choice(self, "Train?")
-                        .when(sfn.Condition.string_equals("$.check.decision.action", "train"), start_spot)
+                        .when(sfn.Condition.string_equals("$.check.decision.action", "train"), first_training_state)
                         .otherwise(finalize)
                     )
                 )
             )
-        )
-        for start in (start_spot, start_on_demand):
-            start.next(
-                sfn.Choice(self, f"Job started? ({start.id})")
-                .when(sfn.Condition.string_equals("$.training.next", "refused"), finalize)
-                .otherwise(wait_training)
-            )
-        wait_training.next(poll_training).next(
-            sfn.Choice(self, "Training finished?")
-            .when(sfn.Condition.string_equals("$.training.next", "wait"), wait_training)
-            .when(sfn.Condition.string_equals("$.training.next", "fallback"), start_on_demand)
-            .when(
-                sfn.Condition.string_equals("$.training.next", "done"),
-                gate.next(register).next(
-                    sfn.Choice(self, "Promote?")
-                    .when(sfn.Condition.boolean_equals("$.gate.promote", True), needs_approval)
-                    .otherwise(finalize)
-                ),
-            )
-            .otherwise(finalize)
         )
 
         log_group = logs.LogGroup(

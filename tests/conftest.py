@@ -17,3 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(tmp_path_factory.mktemp("cdk") / "cdk.out")
+
+
+def config_variant(tmp_path_factory: pytest.TempPathFactory, name: str, replacements: dict[str, str]) -> Path:
+    """refit.toml with some settings changed, for a module that needs the example model configured otherwise."""
+    text = (ROOT / "refit.toml").read_text()
+    for old, new in replacements.items():
+        assert old in text, f"refit.toml no longer contains {old!r}"
+        text = text.replace(old, new)
+    path = tmp_path_factory.mktemp(name) / "refit.toml"
+    path.write_text(text)
+    return path

@@ -127,7 +127,10 @@ def summarize_run(
                 "savings_percent",
                 "estimated_cost_usd",
                 "attempts",
+                "chosen",
+                "candidates",
             )
+            if k in training or k not in ("chosen", "candidates")
         }
         if training
         else None,
@@ -175,6 +178,12 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
             f"Training: {t['job_name']} {t['status']} spot={t['spot']} training={t['training_seconds']}s "
             f"billable={t['billable_seconds']}s savings={t['savings_percent']}% cost=${t['estimated_cost_usd']}"
         )
+        for candidate in t.get("candidates") or []:
+            lines.append(
+                f"  candidate {candidate['family']}: {candidate['status']}, CV score {candidate['cv_score']}, "
+                f"cost ${candidate['estimated_cost_usd']}"
+                + (" (chosen)" if candidate["family"] == t.get("chosen") else "")
+            )
     if record.get("gate"):
         g = record["gate"]
         lines.append(f"Gate: {'promote' if g['promote'] else 'keep champion'} - {g['reason']}")

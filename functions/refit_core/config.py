@@ -70,6 +70,17 @@ class SearchSettings(_Strict):
     max_trials: int = Field(4, ge=1, le=50)
     cv_folds: int = Field(3, ge=2, le=10)
     max_seconds: int = Field(1800, ge=10)
+    parallel_jobs: bool = Field(
+        False,
+        description="Train each family as its own training job, all at once (a Step Functions Map), and take the one "
+        "with the best cross-validated score to the gate; max_trials then applies to each family's job.",
+    )
+
+    @model_validator(mode="after")
+    def _parallel_needs_families(self) -> SearchSettings:
+        if self.parallel_jobs and len(set(self.families)) < 2:
+            raise ValueError("parallel_jobs trains one job per family: list at least two families, or turn it off")
+        return self
 
 
 class DriftSettings(_Strict):

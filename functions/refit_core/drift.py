@@ -21,7 +21,8 @@ from scipy.stats._stats_py import _attempt_exact_2kssamp  # pinned scipy; agreem
 
 from refit_core.batch import BatchStats, KsCounts
 from refit_core.config import DriftSettings
-from refit_core.metrics import compute_metric, higher_is_better
+from refit_core.metric_names import higher_is_better
+from refit_core.metrics import compute_metric
 
 MAX_EXACT_KS_N = 10_000  # scipy's threshold for the exact two-sample distribution in method="auto"
 

@@ -16,7 +16,8 @@ import pandas as pd
 from scipy import stats
 
 from refit_core.config import GateSettings, GuardSettings, ModelConfig
-from refit_core.metrics import compute_metric, higher_is_better
+from refit_core.metric_names import higher_is_better
+from refit_core.metrics import compute_metric
 
 
 class GateInputError(ValueError):

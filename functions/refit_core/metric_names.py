@@ -12,3 +12,7 @@ CLASSIFICATION_METRICS = {
 }
 REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
 METRIC_DIRECTIONS = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
+
+
+def higher_is_better(name: str) -> bool:
+    return METRIC_DIRECTIONS[name] == "maximize"

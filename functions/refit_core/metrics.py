@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from refit_core.metric_names import METRIC_DIRECTIONS
-
 EPSILON = 1e-15
 
 
@@ -47,10 +45,6 @@ def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, bins: in
         if members.any():
             total += members.mean() * abs(y_true[members].mean() - y_score[members].mean())
     return float(total)
-
-
-def higher_is_better(name: str) -> bool:
-    return METRIC_DIRECTIONS[name] == "maximize"
 
 
 def compute_metrics(names: list[str], y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from typing import Any
 
 from refit_core.config import ModelConfig
 from refit_core.s3uri import S3Uri
+
+OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
+
+
+class TrainingOutputError(ValueError):
+    """A finished job whose output cannot be used; the message names the object and what is missing."""
+
 
 # Statuses after which SageMaker will not change the job again.
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -15,13 +24,20 @@ CAPACITY_SECONDARY_STATUSES = {"MaxWaitTimeExceeded"}
 CAPACITY_FAILURE_MARKERS = ("InsufficientCapacity", "capacity", "MaxWaitTimeExceeded")
 
 
-def job_name(model: str, run_id: str, attempt: int, spot: bool) -> str:
-    suffix = f"{'s' if spot else 'od'}{attempt}"
+def job_name(model: str, run_id: str, attempt: int, spot: bool, family: str | None = None) -> str:
+    suffix = f"{family + '-' if family else ''}{'s' if spot else 'od'}{attempt}"
     base = f"{model}-{run_id}"[: 63 - len(suffix) - 1].rstrip("-")
     return f"{base}-{suffix}"
 
 
-def hyperparameters(model: ModelConfig, run_id: str) -> dict[str, str]:
+def inputs_manifest_key(model: str, run_id: str, job_name: str) -> str:
+    """Where the job's inputs (object versions, hyperparameters, image) are recorded for its lineage: one file per
+    job, because parallel candidates and on-demand fallbacks of one run train on their own settings."""
+    return f"reports/{model}/{run_id}/inputs/{job_name}.json"
+
+
+def hyperparameters(model: ModelConfig, run_id: str, family: str | None = None) -> dict[str, str]:
+    """With `family` (parallel candidates) the job searches that family alone."""
     config = {
         "target": model.target,
         "problem_type": model.problem_type,
@@ -33,7 +49,7 @@ def hyperparameters(model: ModelConfig, run_id: str) -> dict[str, str]:
         "seed": model.seed,
         "run_id": run_id,
         "segment_columns": model.segment_columns,
-        "families": model.search.families,
+        "families": [family] if family else model.search.families,
         "max_trials": model.search.max_trials,
         "cv_folds": model.search.cv_folds,
         "search_seconds": min(model.search.max_seconds, int(model.spot.max_runtime_seconds * 0.8)),
@@ -53,8 +69,10 @@ def training_job_request(
     earlier_data_uri: str | None,
     champion_model_uri: str | None,
     artifact_bucket: str,
+    family: str | None = None,
 ) -> dict[str, Any]:
-    """CreateTrainingJob parameters. Checkpoints are keyed by the run, not the job, so an on-demand retry resumes them."""
+    """CreateTrainingJob parameters. Checkpoints are keyed by the run (and the family, for parallel candidates), not
+    the job, so an on-demand retry resumes them."""
     artifacts = S3Uri(artifact_bucket, "")
     channels = [("current", batch_uri, "text/csv")]
     if earlier_data_uri:
@@ -65,7 +83,7 @@ def training_job_request(
     if spot:
         stopping["MaxWaitTimeInSeconds"] = model.spot.effective_max_wait_seconds
     request: dict[str, Any] = {
-        "TrainingJobName": job_name(model.name, run_id, attempt, spot),
+        "TrainingJobName": job_name(model.name, run_id, attempt, spot, family),
         "RoleArn": role_arn,
         "AlgorithmSpecification": {
             "TrainingImage": image_uri,
@@ -75,7 +93,7 @@ def training_job_request(
                 for metric in model.metrics
             ],
         },
-        "HyperParameters": hyperparameters(model, run_id),
+        "HyperParameters": hyperparameters(model, run_id, family),
         "InputDataConfig": [
             {
                 "ChannelName": name,
@@ -99,13 +117,14 @@ def training_job_request(
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spot,
         "CheckpointConfig": {
-            "S3Uri": str(artifacts.join("checkpoints", model.name, run_id)) + "/",
+            "S3Uri": str(artifacts.join("checkpoints", model.name, run_id, *([family] if family else []))) + "/",
             "LocalPath": "/opt/ml/checkpoints",
         },
         "RetryStrategy": {"MaximumRetryAttempts": model.spot.max_retry_attempts},
         "EnableNetworkIsolation": False,
         "EnableInterContainerTrafficEncryption": True,
-        "Tags": [{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": run_id}],
+        "Tags": [{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": run_id}]
+        + ([{"Key": "refit:family", "Value": family}] if family else []),
     }
     return request
 
@@ -147,4 +166,71 @@ def summarize_job(description: dict[str, Any], price_per_hour: float, fallback_e
         "model_data_url": description.get("ModelArtifacts", {}).get("S3ModelArtifacts"),
         "output_path": description.get("OutputDataConfig", {}).get("S3OutputPath"),
         "next": next_step,
+    }
+
+
+def read_training_outputs(s3: Any, output_path: str, job_name: str) -> dict[str, bytes]:
+    """evaluation.json, holdout_predictions.csv and baseline.json from a finished job's output.tar.gz."""
+    archive_uri = S3Uri.parse(output_path).join(job_name, "output", "output.tar.gz")
+    body = s3.get_object(Bucket=archive_uri.bucket, Key=archive_uri.key)["Body"].read()
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+        for member in archive.getmembers():
+            name = member.name.removeprefix("./")
+            if name in OUTPUT_FILES and member.isfile():
+                files[name] = archive.extractfile(member).read()
+    missing = [name for name in OUTPUT_FILES if name not in files]
+    if missing:
+        raise TrainingOutputError(f"{archive_uri}: training output lacks {missing}")
+    return files
+
+
+def best_cv_score(evaluation: dict[str, Any]) -> float:
+    """The cross-validated score of the candidate a job chose (what parallel candidates are compared on)."""
+    search = evaluation["search"]
+    return float(search["cv_scores"][search["best"]])
+
+
+def choose_candidate(
+    candidates: list[dict[str, Any]], scores: dict[str, float], higher_is_better: bool
+) -> dict[str, Any]:
+    """One training summary for the run from the parallel candidates' summaries (`scores`: job name -> best CV score
+    of each completed job). The chosen job's fields, with cost and time summed over every job that ran — the run paid
+    for all of them — and a `candidates` list saying what each family did."""
+    finished = [c for c in candidates if c.get("next") == "done" and c["job_name"] in scores]
+    listing = [
+        {
+            "family": c.get("family"),
+            "job_name": c.get("job_name"),
+            "status": c.get("status") or c.get("next"),
+            "cv_score": scores.get(c.get("job_name") or ""),
+            "estimated_cost_usd": c.get("estimated_cost_usd"),
+            "billable_seconds": c.get("billable_seconds"),
+            "reason": c.get("failure_reason") or c.get("reason"),
+        }
+        for c in candidates
+    ]
+    totals = {
+        key: round(sum(c.get(key) or 0 for c in candidates), 6)
+        for key in ("estimated_cost_usd", "billable_seconds", "training_seconds")
+    }
+    spot_training = sum(c.get("training_seconds") or 0 for c in candidates if c.get("spot"))
+    spot_billable = sum(c.get("billable_seconds") or 0 for c in candidates if c.get("spot"))
+    savings = round((1 - spot_billable / spot_training) * 100, 1) if spot_training else None
+    if finished:
+        pick = max if higher_is_better else min
+        chosen = pick(finished, key=lambda c: scores[c["job_name"]])
+        return {**chosen, **totals, "savings_percent": savings, "candidates": listing, "chosen": chosen["family"]}
+    refused = [c for c in candidates if c.get("next") == "refused"]
+    if refused and len(refused) == len(candidates):
+        return {"next": "refused", "reason": refused[0].get("reason"), "candidates": listing, **totals}
+    reasons = "; ".join(f"{c['family']}: {c['reason'] or c['status']}" for c in listing)
+    return {
+        "next": "failed",
+        "job_name": ", ".join(c["job_name"] for c in listing if c["job_name"]),
+        "status": "Failed",
+        "failure_reason": f"no candidate finished ({reasons})",
+        "candidates": listing,
+        "savings_percent": savings,
+        **totals,
     }

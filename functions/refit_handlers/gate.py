@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from typing import Any
 
 import pandas as pd
@@ -14,14 +13,13 @@ from pydantic import BaseModel
 from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
+from refit_core.training import inputs_manifest_key, read_training_outputs
 
 from refit_handlers.common import Settings, client, parse, settings
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-
-OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
 
 
 class GateEvent(BaseModel):
@@ -41,21 +39,6 @@ class RegisterEvent(BaseModel):
     gate: dict[str, Any]
     evaluation_uri: str
     baseline_uri: str
-
-
-def read_training_outputs(s3: Any, output_path: str, job_name: str) -> dict[str, bytes]:
-    archive_uri = S3Uri.parse(output_path).join(job_name, "output", "output.tar.gz")
-    body = s3.get_object(Bucket=archive_uri.bucket, Key=archive_uri.key)["Body"].read()
-    files: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
-        for member in archive.getmembers():
-            name = member.name.removeprefix("./")
-            if name in OUTPUT_FILES and member.isfile():
-                files[name] = archive.extractfile(member).read()
-    missing = [name for name in OUTPUT_FILES if name not in files]
-    if missing:
-        raise GateInputError(f"{archive_uri}: training output lacks {missing}")
-    return files
 
 
 def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
@@ -110,8 +93,8 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         approval = "Rejected"
     else:
         approval = "PendingManualApproval" if model.approval == "manual" else "Approved"
-    run_prefix = f"reports/{model.name}/{event.run_id}"
-    manifest = json.loads(s3.get_object(Bucket=config.artifact_bucket, Key=f"{run_prefix}/inputs.json")["Body"].read())
+    manifest_key = inputs_manifest_key(model.name, event.run_id, event.job_name)
+    manifest = json.loads(s3.get_object(Bucket=config.artifact_bucket, Key=manifest_key)["Body"].read())
     lineage_uri = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/lineage.json")
     challenger = event.gate.get("challenger")
     champion = event.gate.get("champion")

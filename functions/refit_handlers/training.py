@@ -11,8 +11,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 from refit_core.datasets import list_s3_objects
 from refit_core.lineage import object_identity, prefix_identities
+from refit_core.metric_names import higher_is_better
 from refit_core.s3uri import S3Uri
-from refit_core.training import summarize_job, training_job_request
+from refit_core.training import (
+    best_cv_score,
+    choose_candidate,
+    inputs_manifest_key,
+    read_training_outputs,
+    summarize_job,
+    training_job_request,
+)
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -27,11 +35,17 @@ class StartEvent(BaseModel):
     champion_model_uri: str | None = None
     attempt: int = 1
     spot: bool = True
+    family: str | None = None
 
 
 class PollEvent(BaseModel):
     job_name: str
     attempt: int = 1
+
+
+class PickEvent(BaseModel):
+    run_id: str
+    candidates: list[dict[str, Any]]
 
 
 def month_spend(dynamodb: Any, table: str, model: str, month: str) -> float:
@@ -54,14 +68,19 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     model = config.model
     if model.monthly_training_budget_usd is not None:
         price = config.instance_prices[model.training_instance_type]
-        worst_case = model.spot.max_runtime_seconds / 3600 * price
+        # Parallel candidates start together and see the same spend: each checks the worst case of all of them,
+        # so they are all refused or all started, and together they cannot pass the cap.
+        jobs = len(model.search.families) if event.family else 1
+        worst_case = jobs * model.spot.max_runtime_seconds / 3600 * price
         spent = month_spend(dynamodb, config.audit_table, model.name, datetime.now(UTC).strftime("%Y-%m"))
         if spent + worst_case > model.monthly_training_budget_usd:
+            what = f"{jobs} parallel jobs" if jobs > 1 else "this job"
             return {
                 "next": "refused",
                 "attempt": event.attempt,
-                "reason": f"training budget: ${spent:.2f} spent this month + up to ${worst_case:.2f} for this job "
-                f"({model.spot.max_runtime_seconds} s on {model.training_instance_type}) would pass the "
+                "family": event.family,
+                "reason": f"training budget: ${spent:.2f} spent this month + up to ${worst_case:.2f} for {what} "
+                f"({model.spot.max_runtime_seconds} s each on {model.training_instance_type}) would pass the "
                 f"${model.monthly_training_budget_usd:.2f} monthly cap",
             }
     earlier = S3Uri(config.data_bucket, model.training_data_prefix)
@@ -78,11 +97,12 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         earlier_data_uri=str(earlier) if has_earlier else None,
         champion_model_uri=event.champion_model_uri,
         artifact_bucket=config.artifact_bucket,
+        family=event.family,
     )
     inputs = [object_identity(s3, S3Uri.parse(event.data_uri))] + (
         prefix_identities(s3, earlier) if has_earlier else []
     )
-    manifest = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}/inputs.json")
+    manifest = S3Uri(config.artifact_bucket, inputs_manifest_key(model.name, event.run_id, request["TrainingJobName"]))
     s3.put_object(
         Bucket=manifest.bucket,
         Key=manifest.key,
@@ -93,7 +113,13 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     )
     sagemaker.create_training_job(**request)
     logger.info("training job started", extra={"job": request["TrainingJobName"], "spot": spot})
-    return {"job_name": request["TrainingJobName"], "attempt": event.attempt, "spot": spot, "next": "wait"}
+    return {
+        "job_name": request["TrainingJobName"],
+        "attempt": event.attempt,
+        "spot": spot,
+        "family": event.family,
+        "next": "wait",
+    }
 
 
 def poll_training(event: PollEvent, config: Settings, sagemaker: Any) -> dict[str, Any]:
@@ -103,6 +129,27 @@ def poll_training(event: PollEvent, config: Settings, sagemaker: Any) -> dict[st
     summary["attempts"] = event.attempt
     summary["attempt"] = event.attempt
     return summary
+
+
+def pick_candidate(event: PickEvent, config: Settings, s3: Any) -> dict[str, Any]:
+    """After parallel candidates: the job whose chosen model has the best cross-validated score goes to the gate."""
+    summaries, scores = [], {}
+    for item in event.candidates:
+        summary = {**(item.get("training") or {}), "family": item.get("family")}
+        if item.get("error"):  # a Lambda in this candidate's branch failed: the others still count
+            error = item["error"]
+            summary.update(
+                next="failed", status="Failed", failure_reason=f"{error.get('Error')}: {error.get('Cause')}"[:500]
+            )
+        if summary.get("next") == "done":
+            evaluation = json.loads(
+                read_training_outputs(s3, summary["output_path"], summary["job_name"])["evaluation.json"]
+            )
+            scores[summary["job_name"]] = best_cv_score(evaluation)
+        summaries.append(summary)
+    chosen = choose_candidate(summaries, scores, higher_is_better(config.model.primary_metric))
+    logger.info("candidate chosen", extra={"chosen": chosen.get("chosen"), "candidates": chosen["candidates"]})
+    return chosen
 
 
 @logger.inject_lambda_context
@@ -129,3 +176,11 @@ def poll_handler(event: dict, context: Any) -> dict:
             metrics.add_metric(name="TrainingCostUSD", unit=MetricUnit.NoUnit, value=summary["estimated_cost_usd"])
         logger.info("training job finished", extra={"summary": summary})
     return summary
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def pick_handler(event: dict, context: Any) -> dict:
+    config = settings()
+    return pick_candidate(parse(PickEvent, event), config, client("s3"))

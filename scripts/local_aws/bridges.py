@@ -5,7 +5,8 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 
 - Lambda: moto runs function code only in Docker; `LambdaFunction.invoke` is replaced to import the real
   handler string from the function's staged image asset and call it in-process with the function's
-  environment, returning errors in the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS.
+  environment (a per-thread overlay of os.environ, so other threads never see it change), returning errors in
+  the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS.
 - Step Functions: Wait states and Retry intervals sleep in real time; here they return at once (a Wait calls
   an optional hook by state name, so a test or the demo can act "during" a bake).
 - SageMaker training: moto completes jobs instantly without running anything; here `create_training_job`
@@ -23,6 +24,7 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -41,7 +43,7 @@ import traceback
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -84,6 +86,65 @@ class _ThreadRoutedStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class _ThreadLocalEnviron(MutableMapping[str, str]):
+    """os.environ with a per-thread overlay. An in-process Lambda invocation sees its function's environment while
+    every other thread — a Step Functions Map branch creating a boto3 client, a test — keeps seeing, and iterating,
+    the process environment unchanged. (Swapping the real mapping in place let a concurrent `dict(os.environ)`
+    meet a key that had just been removed: KeyError 'REFIT_MODEL_CONFIG' in a parallel-candidates run.)"""
+
+    _DELETED = object()
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.local = threading.local()
+
+    def _overlay(self) -> dict[str, Any] | None:
+        return getattr(self.local, "overlay", None)
+
+    @contextlib.contextmanager
+    def overlaid(self, values: dict[str, str]) -> Any:
+        self.local.overlay = dict(values)
+        try:
+            yield
+        finally:
+            self.local.overlay = None
+
+    def __getitem__(self, key: str) -> str:
+        overlay = self._overlay()
+        if overlay is not None and key in overlay:
+            if overlay[key] is self._DELETED:
+                raise KeyError(key)
+            return overlay[key]
+        return self.base[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            self.base[key] = value
+        else:
+            overlay[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            del self.base[key]
+        else:
+            self[key]  # noqa: B018 - KeyError when absent, as os.environ does
+            overlay[key] = self._DELETED
+
+    def __iter__(self) -> Any:
+        overlay = self._overlay() or {}
+        deleted = {k for k, v in overlay.items() if v is self._DELETED}
+        yield from (k for k in list(self.base) if k not in overlay and k not in deleted)
+        yield from (k for k, v in overlay.items() if v is not self._DELETED)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def copy(self) -> dict[str, str]:
+        return dict(self)
 
 
 class _NoSleepTime:
@@ -198,9 +259,9 @@ class Bridges:
 
     # ---------------------------------------------------------------- install
     def install(self) -> None:
-        # Lambda invocations swap os.environ in place; processes started from other threads copy this snapshot
-        # instead of iterating the live mapping while it changes.
+        # Processes (train, serve) start from this snapshot of the host environment, never a Lambda's.
         self.base_environment = dict(os.environ)
+        self.environ = _ThreadLocalEnviron(os.environ)
         bridges = self
 
         def lambda_invoke(fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> bytes:
@@ -262,6 +323,7 @@ class Bridges:
             mock.patch.object(backend_class, "update_model_package", update_model_package),
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
+            mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),
         ]
@@ -319,9 +381,7 @@ class Bridges:
             "AWS_DEFAULT_REGION": self.region,
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon locally
         }
-        with self.invoke_lock, log_path.open("a") as log_file:
-            saved = {k: os.environ.get(k) for k in environment}
-            os.environ.update(environment)
+        with self.invoke_lock, log_path.open("a") as log_file, self.environ.overlaid(environment):
             # The host (a test runner, say) may have swapped sys.stdout since install(): route through the proxies
             # again, so loggers created when the handler module is imported hold the proxy, not the host's stream.
             for name, proxy in (("stdout", self.stdout), ("stderr", self.stderr)):
@@ -351,11 +411,6 @@ class Bridges:
             finally:
                 self.stdout.local.target = None
                 self.stderr.local.target = None
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
 
     # ---------------------------------------------------------------- training
     def start_training(self, backend: Any, job: Any) -> None:

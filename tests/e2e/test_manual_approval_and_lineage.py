@@ -12,25 +12,21 @@ import pytest
 from scripts.cli import main as refit
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import ROOT
+from tests.conftest import config_variant
 
 MODEL = "churn"
 
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory):
-    text = (
-        (ROOT / "refit.toml")
-        .read_text()
-        .replace(
-            'schedule = "rate(1 day)"', 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 5'
-        )
-        .replace("fallback_to_on_demand = true", "fallback_to_on_demand = false")
+    return config_variant(
+        tmp_path_factory,
+        "manual",
+        {
+            'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 5',
+            "fallback_to_on_demand = true": "fallback_to_on_demand = false",
+        },
     )
-    assert "fallback_to_on_demand = false" in text
-    path = tmp_path_factory.mktemp("manual") / "refit.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")

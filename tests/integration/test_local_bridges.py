@@ -160,3 +160,33 @@ def test_lambda_output_goes_to_the_functions_log_and_retries_do_not_sleep(aws):
     started = time.monotonic()
     retrier_decl.time.sleep(30)
     assert time.monotonic() - started < 1 and time.sleep is not retrier_decl.time.sleep
+
+
+def test_a_lambdas_environment_is_seen_only_by_the_thread_running_it():
+    """Other threads (a parallel Map branch building a boto3 client, say) iterate os.environ while a Lambda runs;
+    they must neither see its variables nor meet one vanishing mid-iteration."""
+    import threading
+
+    from scripts.local_aws.bridges import _ThreadLocalEnviron
+
+    base = {"HOME": "/root", "AWS_REGION": "us-east-1"}
+    environ = _ThreadLocalEnviron(base)
+    seen: dict[str, dict[str, str]] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def invocation():
+        with environ.overlaid({"REFIT_MODEL_CONFIG": "{}", "AWS_REGION": "eu-west-1"}):
+            del environ["HOME"]
+            environ["SET_BY_HANDLER"] = "1"
+            seen["lambda"] = dict(environ)
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=invocation)
+    thread.start()
+    assert inside.wait(5)
+    seen["other"] = dict(environ)
+    release.set()
+    thread.join()
+    assert seen["lambda"] == {"AWS_REGION": "eu-west-1", "REFIT_MODEL_CONFIG": "{}", "SET_BY_HANDLER": "1"}
+    assert seen["other"] == base and dict(environ) == base and base == {"HOME": "/root", "AWS_REGION": "us-east-1"}

@@ -71,5 +71,6 @@ def test_budget_cap_refuses_a_job_that_could_pass_it(setup):
     assert sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
     started = start_training(event, settings(10.0), s3, sagemaker, dynamodb)
     assert started["next"] == "wait" and len(sagemaker.list_training_jobs()["TrainingJobSummaries"]) == 1
-    manifest = json.loads(s3.get_object(Bucket="art", Key="reports/churn/r1/inputs.json")["Body"].read())
+    key = f"reports/churn/r1/inputs/{started['job_name']}.json"
+    manifest = json.loads(s3.get_object(Bucket="art", Key=key)["Body"].read())
     assert manifest["inputs"][0]["uri"] == "s3://data/incoming/churn/b.csv"

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from refit_core.datasets import stable_row_hash
-from refit_core.metrics import compute_metric, higher_is_better
+from refit_core.metric_names import higher_is_better
+from refit_core.metrics import compute_metric
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import KFold, StratifiedKFold

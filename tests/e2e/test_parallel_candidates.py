@@ -1,0 +1,85 @@
+"""`search.parallel_jobs`: one training job per family at once (a Step Functions Map), the best cross-validated
+candidate goes to the gate, and the run pays for — and records — every job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.sample_data import churn_batch, to_csv_bytes
+from tests.conftest import config_variant
+
+MODEL = "churn"
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    config = config_variant(
+        tmp_path_factory,
+        "parallel",
+        {
+            'families = ["hgb", "linear", "forest"]': 'families = ["hgb", "linear"]\nparallel_jobs = true',
+            "max_trials = 3": "max_trials = 1",
+        },
+    )
+    assembly = synthesize(tmp_path_factory.mktemp("cdk-parallel") / "cdk.out", config)
+    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-parallel"), spot_discount=0.7, seed=11) as runtime:
+        yield runtime
+
+
+def record_for(aws, execution_arn):
+    return next(r for r in aws.audit_records(MODEL) if r["execution"] == execution_arn.rsplit(":", 1)[-1])
+
+
+def cv_score(aws, job_name):
+    """The best cross-validated score the job reported, read from its own evaluation.json."""
+    from refit_core.training import best_cv_score, read_training_outputs
+
+    job = aws.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+    files = read_training_outputs(aws.client("s3"), job["OutputDataConfig"]["S3OutputPath"], job_name)
+    return best_cv_score(json.loads(files["evaluation.json"]))
+
+
+def test_each_family_trains_as_its_own_job_and_the_best_cv_score_is_gated(aws):
+    execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1))))
+    assert execution["status"] == "SUCCEEDED"
+    record = record_for(aws, execution["executionArn"])
+    assert record["outcome"] == "deployed_first"
+    training = record["training"]
+    jobs = {c["family"]: c["job_name"] for c in training["candidates"]}
+    assert set(jobs) == {"hgb", "linear"} and all(jobs[f].endswith(f"-{f}-s1") for f in jobs)
+    scores = {family: cv_score(aws, job) for family, job in jobs.items()}
+    assert {c["family"]: float(c["cv_score"]) for c in training["candidates"]} == pytest.approx(scores)
+    best = max(scores, key=scores.get)  # roc_auc: higher is better
+    assert training["chosen"] == best and training["job_name"] == jobs[best]
+    costs = [float(c["estimated_cost_usd"]) for c in training["candidates"]]
+    assert all(cost > 0 for cost in costs)
+    assert float(training["estimated_cost_usd"]) == pytest.approx(sum(costs), abs=1e-6)
+    # Each job searched its own family only, with its own checkpoints.
+    for family, job_name in jobs.items():
+        job = aws.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+        assert json.loads(job["HyperParameters"]["config"])["families"] == [family]
+        assert job["CheckpointConfig"]["S3Uri"].endswith(f"/{record['run_id']}/{family}/")
+    # The registered, serving model is the chosen job's artifact.
+    packages = aws.client("sagemaker").list_model_packages(ModelPackageGroupName=aws.model(MODEL).package_group)
+    package = aws.client("sagemaker").describe_model_package(
+        ModelPackageName=packages["ModelPackageSummaryList"][0]["ModelPackageArn"]
+    )
+    model_url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert f"/{jobs[best]}/" in model_url
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+    assert f"candidate {best}:" in aws.published_summaries()[-1]["message"]
+
+
+def test_a_failed_candidate_leaves_the_other_to_be_gated(aws):
+    aws.next_training_outcome("internal_error", "InternalServerError: the instance failed")
+    execution = aws.wait_for(aws.start_run(MODEL, {"force": True, "reason": "one candidate fails"}))
+    record = record_for(aws, execution["executionArn"])
+    statuses = {c["family"]: c["status"] for c in record["training"]["candidates"]}
+    assert sorted(statuses.values()) == ["Completed", "Failed"]
+    survivor = next(family for family, status in statuses.items() if status == "Completed")
+    assert record["training"]["chosen"] == survivor
+    assert record["gate"] is not None and record["gate"]["reason"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
