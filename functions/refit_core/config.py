@@ -95,7 +95,14 @@ class DriftSettings(_Strict):
         0.05,
         ge=0,
         le=1,
-        description="KS distance / total variation below which a significant shift is ignored.",
+        description="Categorical columns: total variation distance below which a significant shift is ignored.",
+    )
+    min_psi: float = Field(
+        0.01,
+        ge=0,
+        description="Numeric columns and predictions: PSI (reference deciles) below which a significant shift is "
+        "ignored. 0.01 is about a 0.1 SD shift of a normal column; it binds on large batches, where a trivial shift "
+        "is significant (the PSI of two equal samples of 1,000 rows is already about 0.02).",
     )
     min_rows: int = Field(100, ge=10)
     min_performance_drop: float = Field(

@@ -1,10 +1,11 @@
 """Drift tests of a batch against a baseline profile.
 
 Numeric columns: two-sample Kolmogorov-Smirnov against the profile's sorted sample (exact when the
-profile holds every value), effect size = the KS distance. Categorical columns: chi-square on the
-category counts, effect size = total variation distance. The per-check level `alpha` is split across
-all tested columns (Bonferroni, or Holm's step-down), and a column counts as drifted only when it is
-significant *and* its effect size reaches `min_effect_size`, so a huge batch does not flag a trivial shift.
+profile holds every value), effect size = PSI on the reference's decile bins. Categorical columns:
+chi-square on the category counts, effect size = total variation distance. The per-check level `alpha` is
+split across all tested columns (Bonferroni, or Holm's step-down), and a column counts as drifted only when it
+is significant *and* its effect size reaches its floor (`min_psi`, `min_effect_size`), so a huge batch does not
+flag a trivial shift.
 The dataset drifts when any column (or the target) does: a single strongly drifted feature is enough.
 The tests read a BatchStats (refit_core.batch), accumulated from the batch chunk by chunk; every statistic is the
 one the whole batch gives.
@@ -50,14 +51,22 @@ def ks_test(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, f
 
 def _numeric_result(counts: KsCounts, exact: bool) -> dict[str, Any]:
     if counts.n == 0 or counts.m == 0:
-        return {"kind": "numeric", "test": "ks", "statistic": 0.0, "p_value": 1.0, "effect_size": 0.0}
+        return {
+            "kind": "numeric",
+            "test": "ks",
+            "statistic": 0.0,
+            "p_value": 1.0,
+            "effect_size": 0.0,
+            "effect_measure": "psi",
+        }
     statistic = counts.statistic()
     return {
         "kind": "numeric",
         "test": "ks" if exact else "ks_reference_sample",
         "statistic": statistic,
         "p_value": ks_p_value(statistic, counts.m, counts.n),
-        "effect_size": statistic,
+        "effect_size": counts.psi(),
+        "effect_measure": "psi",
     }
 
 
@@ -88,6 +97,7 @@ def _column_result(batch: BatchStats, name: str) -> dict[str, Any]:
         "statistic": statistic,
         "p_value": p_value,
         "effect_size": total_variation,
+        "effect_measure": "total_variation",
     }
 
 
@@ -157,7 +167,12 @@ def detect_drift(batch: BatchStats, settings: DriftSettings) -> dict[str, Any]:
     features: dict[str, Any] = {}
     target_result: dict[str, Any] | None = None
     for (name, result), significant in zip(tested, rejected, strict=True):
-        floor = settings.min_performance_drop if name == "performance" else settings.min_effect_size
+        if name == "performance":
+            floor = settings.min_performance_drop
+        elif result.get("effect_measure") == "psi":
+            floor = settings.min_psi
+        else:
+            floor = settings.min_effect_size
         result["drifted"] = bool(significant and result["effect_size"] >= floor)
         if name in model_results:
             continue
@@ -181,4 +196,5 @@ def detect_drift(batch: BatchStats, settings: DriftSettings) -> dict[str, Any]:
         "per_check_alpha": settings.per_check_alpha,
         "correction": settings.correction,
         "min_effect_size": settings.min_effect_size,
+        "min_psi": settings.min_psi,
     }

@@ -83,7 +83,8 @@ def render_html(report: dict[str, Any], batch: BatchStats, title: str) -> str:
         columns[profile.get("target") or "target"] = {**report["target"], "kind": "target"}
     for name, result in columns.items():
         p_value = "n/a" if result.get("p_value") is None else f"{result['p_value']:.3g}"
-        effect = "n/a" if result.get("effect_size") is None else f"{result['effect_size']:.4f}"
+        measure = {"psi": " PSI", "total_variation": " TV"}.get(result.get("effect_measure", ""), "")
+        effect = "n/a" if result.get("effect_size") is None else f"{result['effect_size']:.4f}{measure}"
         flag = "DRIFT" if result["drifted"] else ""
         rows.append(
             f"<tr class='{'drift' if result['drifted'] else ''}'><td>{html.escape(str(name))}</td>"
@@ -108,7 +109,8 @@ padding:4px 8px}}tr.drift{{background:#fde0dc}}figure{{display:inline-block;marg
 <h1>{html.escape(title)}</h1>
 <p><b>{verdict}</b>: {len(report.get("drifted_features", []))} drifted feature(s); reference {report["n_reference"]}
 rows, current {report["n_current"]} rows; alpha {report["alpha"]} over {report.get("horizon_checks", 1)} check(s),
-{report["correction"]} across columns, effect-size floor {report["min_effect_size"]}.</p>
+{report["correction"]} across columns, effect-size floors: PSI {report.get("min_psi")} (numeric), total variation {report["min_effect_size"]}
+(categorical).</p>
 <table><tr><th>column</th><th>kind</th><th>test</th><th>statistic</th><th>p-value</th><th>effect size</th>
 <th></th></tr>{"".join(rows)}</table>
 {"".join(plots)}

@@ -181,3 +181,41 @@ def test_concept_drift_is_seen_by_the_performance_and_prediction_paths():
     report = detect(shifted, profile, DriftSettings(), scorer, chunk_rows=128)
     assert report["drifted_features"] == [] and report["performance"]["drifted"]
     assert report["drift_detected"] and report["performance"]["current"] < 0.5 < report["performance"]["baseline"]
+
+
+def test_psi_on_reference_deciles_is_exact_from_the_streamed_counts_and_finite_with_empty_bins():
+    from refit_core.batch import KsCounts
+
+    def direct(reference, current, bins=10):
+        reference = np.sort(reference)
+        edges = np.unique(reference[np.ceil(reference.size * np.arange(1, bins) / bins).astype(int) - 1])
+        edges = edges[edges < reference[-1]]
+        expected = np.diff(np.concatenate(([0], np.searchsorted(reference, edges, "right"), [reference.size])))
+        actual = np.diff(np.concatenate(([0], np.searchsorted(np.sort(current), edges, "right"), [current.size])))
+        e = (expected + 0.5) / (reference.size + 0.5 * expected.size)
+        a = (actual + 0.5) / (current.size + 0.5 * actual.size)
+        return float(np.sum((a - e) * np.log(a / e)))
+
+    rng = np.random.default_rng(21)
+    for reference, current in [
+        (rng.normal(size=2000), rng.normal(0.3, 1, size=3000)),
+        (rng.integers(0, 3, 900).astype(float), rng.integers(0, 6, 700).astype(float)),  # ties; bins the batch misses
+        (rng.normal(size=500), rng.normal(10, 1, size=500)),  # every batch value in the top bin
+    ]:
+        counts = KsCounts(np.sort(reference))
+        for part in np.array_split(current, 7):
+            counts.add(part)
+        assert counts.psi() == pytest.approx(direct(reference, current), abs=1e-12)
+        assert np.isfinite(counts.psi())
+
+
+def test_a_huge_batch_does_not_flag_a_trivial_shift_but_flags_a_real_one():
+    rng = np.random.default_rng(8)
+    reference = pd.DataFrame({"a": rng.normal(size=300_000), "b": rng.normal(size=300_000)})
+    profile = build_profile(reference)
+    trivial = pd.DataFrame({"a": rng.normal(0.04, 1, 300_000), "b": rng.normal(size=300_000)})
+    report = detect(trivial, profile, DriftSettings(), chunk_rows=100_000)
+    assert report["features"]["a"]["p_value"] < 0.01 and report["features"]["a"]["effect_size"] < 0.01
+    assert not report["drift_detected"]
+    real = pd.DataFrame({"a": rng.normal(0.3, 1, 300_000), "b": rng.normal(size=300_000)})
+    assert detect(real, profile, DriftSettings(), chunk_rows=100_000)["drifted_features"] == ["a"]
