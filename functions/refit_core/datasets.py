@@ -33,7 +33,16 @@ def list_s3_objects(s3: Any, uri: S3Uri) -> list[S3Uri]:
     return [S3Uri(uri.bucket, key) for key in sorted(keys)]
 
 
-DEFAULT_CHUNK_ROWS = 100_000  # ~50 MB of float64 at 60 columns: the unit of memory when a batch is streamed
+DEFAULT_CHUNK_ROWS = 100_000  # the most rows in one streamed chunk ...
+CHUNK_CELLS = (
+    6_000_000  # ... and the most cells (48 MB as float64): a table of 600 columns streams 10,000 rows at a time
+)
+FIRST_CSV_CHUNK_ROWS = 1_000  # read before a CSV's width is known
+
+
+def rows_per_chunk(chunk_rows: int, columns: int) -> int:
+    """Rows per chunk for a table this wide: memory per chunk stays bounded whatever the number of columns."""
+    return max(FIRST_CSV_CHUNK_ROWS, min(chunk_rows, CHUNK_CELLS // max(columns, 1)))
 
 
 class _StreamingBodyReader(io.RawIOBase):
@@ -113,15 +122,27 @@ def iter_csv(binary: BinaryIO, name: str, chunk_rows: int | None) -> Iterator[pd
     text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
     rows = 0
     try:
-        reader = pd.read_csv(text, low_memory=False, chunksize=chunk_rows)
-        chunks = reader if chunk_rows else iter([reader])
-        for frame in chunks:
-            if rows == 0:
-                _check_header(frame, name)
-            if frame.empty:
-                continue
-            rows += len(frame)
-            yield frame
+        if not chunk_rows:
+            frame = pd.read_csv(text, low_memory=False)
+            _check_header(frame, name)
+            rows = len(frame)
+            if rows:
+                yield frame
+        else:
+            reader = pd.read_csv(text, low_memory=False, iterator=True)
+            size = min(chunk_rows, FIRST_CSV_CHUNK_ROWS)
+            while True:
+                try:
+                    frame = reader.get_chunk(size)
+                except StopIteration:
+                    break
+                if rows == 0:
+                    _check_header(frame, name)
+                    size = rows_per_chunk(chunk_rows, frame.shape[1])
+                if frame.empty:
+                    continue
+                rows += len(frame)
+                yield frame
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: the file is empty") from None
     except UnicodeDecodeError as error:
@@ -149,9 +170,10 @@ def iter_parquet(source: Any, name: str, chunk_rows: int | None) -> Iterator[pd.
             # One row group at a time, sliced into chunks. (ParquetFile.iter_batches was measured keeping decoded
             # data of every row group it had passed: 1.3 GB after 8 row groups of 1M rows, against 0.25 GB here.)
             frames = (
-                group.slice(start, chunk_rows).to_pandas()
+                group.slice(start, size).to_pandas()
+                for size in [rows_per_chunk(chunk_rows, len(parquet.schema_arrow))]
                 for group in (parquet.read_row_group(i) for i in range(parquet.num_row_groups))
-                for start in range(0, group.num_rows, chunk_rows)
+                for start in range(0, group.num_rows, size)
             )
         for frame in frames:
             rows += len(frame)
