@@ -108,3 +108,21 @@ def test_a_failed_candidate_leaves_the_other_to_be_gated(aws):
     assert record["training"]["chosen"] == survivor
     assert record["gate"] is not None and record["gate"]["reason"]
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+
+
+def test_a_candidate_without_spot_capacity_falls_back_and_resumes_its_own_checkpoints(aws):
+    aws.next_training_outcome("capacity", after_folds=1)  # whichever candidate's job starts first
+    execution = aws.wait_for(aws.start_run(MODEL, {"force": True, "reason": "spot capacity runs out"}))
+    record = record_for(aws, execution["executionArn"])
+    assert execution["status"] == "SUCCEEDED", record["message"]
+    jobs = {c["family"]: c["job_name"] for c in record["training"]["candidates"]}
+    fell_back = [family for family, job in jobs.items() if job.endswith(f"-{family}-od2")]
+    assert len(fell_back) == 1 and all(jobs[f].endswith(f"-{f}-s1") for f in jobs if f not in fell_back)
+    for family in jobs:
+        key = f"checkpoints/{MODEL}/{record['run_id']}/{family}/events.jsonl"
+        body = aws.client("s3").get_object(Bucket=aws.artifact_bucket, Key=key)["Body"].read().decode()
+        events = [json.loads(line) for line in body.splitlines()]
+        done = [e["key"] for e in events if e["event"] == "fold_done"]
+        assert len(done) == len(set(done)) == 3 and all(fold.startswith(f"{family}:") for fold in done)
+        resumed = [e["finished"] for e in events if e["event"] == "resumed"]
+        assert (len(resumed) == 1 and 1 <= len(resumed[0]) < 3) if family in fell_back else resumed == []
