@@ -1,5 +1,6 @@
 """`search.parallel_jobs`: one training job per family at once (a Step Functions Map), the best cross-validated
-candidate goes to the gate, and the run pays for — and records — every job."""
+candidate goes to the gate, and the run pays for — and records — every job. The tests share one runtime and run in
+order: the first lands the batch the later forced runs train on."""
 
 from __future__ import annotations
 
