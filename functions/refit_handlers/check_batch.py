@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,7 @@ def first_model_quality(chunks: Iterator[tuple[str, Any]], model: ModelConfig, s
         return {"passed": False, "n_rows": len(first), "findings": [finding], "reason": message}
     categorical = categorical_columns(model.categorical_columns, model.target, model.problem_type)
     profile = build_profile(first, target=model.target, categorical=categorical, id_column=model.id_column)
-    stats = BatchStats(profile)
-    stats.add(first)
-    for _, chunk in chunks:
-        stats.add(chunk)
+    stats = BatchStats.of(chain([first], (chunk for _, chunk in chunks)), profile)
     return check_quality(stats, model.quality, model.drift.min_rows, source, against_baseline=False)
 
 

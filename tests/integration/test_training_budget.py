@@ -74,3 +74,19 @@ def test_budget_cap_refuses_a_job_that_could_pass_it(setup):
     key = f"reports/churn/r1/inputs/{started['job_name']}.json"
     manifest = json.loads(s3.get_object(Bucket="art", Key=key)["Body"].read())
     assert manifest["inputs"][0]["uri"] == "s3://data/incoming/churn/b.csv"
+
+
+def test_parallel_candidates_are_refused_together_when_all_of_them_could_pass_the_cap(setup):
+    """One job (up to $0.115) fits under a $5.20 cap after $4.90; three parallel candidates (up to $0.345) do not,
+    and every candidate sees the same sum, so none starts."""
+    s3, dynamodb, sagemaker = setup
+    single = start_training(
+        StartEvent(run_id="r1", data_uri="s3://data/incoming/churn/b.csv"), settings(5.2), s3, sagemaker, dynamodb
+    )
+    assert single["next"] == "wait"
+    for family in ("hgb", "linear", "forest"):
+        event = StartEvent(run_id="r2", data_uri="s3://data/incoming/churn/b.csv", family=family)
+        refused = start_training(event, settings(5.2), s3, sagemaker, dynamodb)
+        assert refused["next"] == "refused" and refused["family"] == family
+        assert "up to $0.35 for 3 parallel jobs" in refused["reason"]
+    assert len(sagemaker.list_training_jobs()["TrainingJobSummaries"]) == 1

@@ -165,3 +165,19 @@ def test_wide_tables_stream_fewer_rows_per_chunk(tmp_path, monkeypatch):
     assert csv_sizes == [1_000] + [2_000] * 4  # 60,000 cells / 30 columns, after 1,000 rows to learn the width
     parquet_sizes = [len(chunk) for _, chunk in iter_table(str(tmp_path / "wide.parquet"), chunk_rows=100_000)]
     assert max(parquet_sizes) == 2_000 and sum(parquet_sizes) == 9_000
+
+
+def test_a_batch_the_serving_model_cannot_score_keeps_the_reason_and_the_feature_tests():
+    profile = build_profile(batch(500, 1), target="y", categorical=["plan", "y"])
+    profile["prediction"] = profile["columns"]["x0"]  # any stored sample will do as reference outputs
+    calls = []
+
+    def scorer(chunk):
+        calls.append(len(chunk))
+        raise ValueError("Found unknown categories ['zzz'] in column 4")
+
+    stats_ = BatchStats.of(chunks_of(batch(900, 2), 300), profile, scorer=scorer)
+    assert stats_.score_error == "ValueError: Found unknown categories ['zzz'] in column 4"
+    assert calls == [300]  # not retried on every chunk
+    report = detect_drift(stats_, DriftSettings())
+    assert report["prediction"] is None and set(report["features"]) == {f"x{i}" for i in range(6)} | {"plan"}
