@@ -33,10 +33,8 @@ def list_s3_objects(s3: Any, uri: S3Uri) -> list[S3Uri]:
     return [S3Uri(uri.bucket, key) for key in sorted(keys)]
 
 
-DEFAULT_CHUNK_ROWS = 100_000  # the most rows in one streamed chunk ...
-CHUNK_CELLS = (
-    6_000_000  # ... and the most cells (48 MB as float64): a table of 600 columns streams 10,000 rows at a time
-)
+DEFAULT_CHUNK_ROWS = 100_000  # the most rows in one streamed chunk, and the most cells (48 MB as float64):
+CHUNK_CELLS = 6_000_000  # a table of 600 columns streams 10,000 rows at a time
 FIRST_CSV_CHUNK_ROWS = 1_000  # read before a CSV's width is known
 
 
@@ -185,11 +183,6 @@ def iter_parquet(source: Any, name: str, chunk_rows: int | None) -> Iterator[pd.
         raise DataError(f"{name}: not a readable Parquet file ({error})") from None
     if rows == 0:
         raise DataError(f"{name}: has a schema but no rows")
-
-
-def parse_csv_bytes(raw: bytes, name: str) -> pd.DataFrame:
-    """One whole CSV (optionally gzip) object held in memory."""
-    return next(iter_csv(io.BytesIO(raw), name, None))
 
 
 def _object_names(location: str, s3: Any | None) -> list[str]:

@@ -40,15 +40,6 @@ def ks_p_value(statistic: float, n1: int, n2: int) -> float:
     return float(np.clip(stats.kstwo.sf(statistic, np.round(m * n / (m + n))), 0, 1))
 
 
-def ks_test(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Exact two-sample KS of a batch's finite values against a stored sorted reference (refit_core.batch.KsCounts,
-    the same code the streamed check runs)."""
-    counts = KsCounts(reference_sorted)
-    counts.add(current[np.isfinite(current)])
-    statistic = counts.statistic()
-    return statistic, ks_p_value(statistic, counts.m, counts.n)
-
-
 def _numeric_result(counts: KsCounts, exact: bool) -> dict[str, Any]:
     if counts.n == 0 or counts.m == 0:
         return {

@@ -1,10 +1,11 @@
 import gzip
+import io
 import json
 from pathlib import Path
 
 import pytest
 from refit_core.config import load_config
-from refit_core.datasets import DataError, parse_csv_bytes
+from refit_core.datasets import DataError, iter_csv
 from refit_core.runs import RunInputError, parse_run_input
 from refit_core.training import summarize_job, training_job_request
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_bad_files_name_the_file_and_problem(raw, name, message):
     with pytest.raises(DataError, match=message) as error:
-        parse_csv_bytes(raw, name)
+        list(iter_csv(io.BytesIO(raw), name, None))
     assert str(error.value).startswith(name)
 
 
