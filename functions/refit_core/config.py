@@ -61,8 +61,9 @@ class SpotSettings(_Strict):
 
 
 class SearchSettings(_Strict):
-    """Candidates are tried in a fixed order (see training_container/refit_training/search.py) until either budget
-    ends; each is cross-validated on the training rows with a checkpoint after every fold."""
+    """A seeded random search (training_container/refit_training/search.py): the families take turns, each starting
+    from its default settings, until either budget ends; each candidate is cross-validated on the training rows
+    with a checkpoint after every fold."""
 
     families: list[Literal["hgb", "linear", "forest"]] = Field(
         default_factory=lambda: ["hgb", "linear", "forest"], min_length=1

@@ -65,7 +65,7 @@ def test_a_fold_interrupted_between_blocks_resumes_from_its_stages(tmp_path, dat
     with pytest.raises(Interrupted):
         run(tmp_path / "cut", data, TermAfter(checks))
     saved = [e for e in events(tmp_path / "cut") if e["event"] == "partial_saved"]
-    assert len(saved) == 1 and saved[0]["done"] > 0
+    assert len(saved) == 1 and saved[0]["done"] > 0 and saved[0]["key"].startswith(f"{family}:")
     model, summary = run(tmp_path / "cut", data, Quiet())
     resumed = [e for e in events(tmp_path / "cut") if e["event"] == "partial_resumed"]
     assert [(e["key"], e["done"]) for e in resumed] == [(saved[0]["key"], saved[0]["done"])]

@@ -1,5 +1,6 @@
-"""Model search: a few candidates from three families, judged by k-fold cross-validation on the training rows,
-one fold at a time with a checkpoint after each, within a trial and time budget; then the best is refit."""
+"""Model search: a seeded random search over three families, each candidate judged by k-fold cross-validation on the
+training rows, one fold at a time with a checkpoint after each, within a trial and time budget; then the best is
+refit on all training rows."""
 
 from __future__ import annotations
 
@@ -37,14 +38,64 @@ class Candidate:
         return f"{self.family}:" + ",".join(f"{k}={v}" for k, v in self.params)
 
 
-CANDIDATES = [
-    Candidate("hgb", (("learning_rate", 0.1), ("max_leaf_nodes", 31))),
-    Candidate("linear", (("C", 1.0),)),
-    Candidate("hgb", (("learning_rate", 0.05), ("max_leaf_nodes", 15))),
-    Candidate("forest", (("max_depth", 12), ("n_estimators", 150))),
-    Candidate("linear", (("C", 0.1),)),
-    Candidate("hgb", (("learning_rate", 0.2), ("max_leaf_nodes", 63))),
-]
+# Each family's first candidate: settings that are good on most tabular data.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "hgb": {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20, "l2_regularization": 0.0},
+    "linear": {"C": 1.0},
+    "forest": {"max_depth": 12, "n_estimators": 150, "min_samples_leaf": 1, "max_features": "sqrt"},
+}
+# Where later candidates are drawn from: a (low, high) float pair is log-uniform, a list is a uniform choice.
+SPACE: dict[str, dict[str, tuple[float, float] | list[Any]]] = {
+    "hgb": {
+        "learning_rate": (0.02, 0.3),
+        "max_leaf_nodes": [15, 31, 63],
+        "min_samples_leaf": [10, 20, 50],
+        "l2_regularization": [0.0, 0.1, 1.0],
+    },
+    "linear": {"C": (0.001, 10.0)},
+    "forest": {
+        "max_depth": [8, 12, 16, None],
+        "n_estimators": [100, 150, 250],
+        "min_samples_leaf": [1, 3, 10],
+        "max_features": ["sqrt", 0.5],
+    },
+}
+FAMILY_ORDER = ("hgb", "linear", "forest")
+
+
+def _draw(rng: np.random.Generator, space: dict[str, tuple[float, float] | list[Any]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, domain in space.items():
+        if isinstance(domain, tuple):
+            low, high = np.log(domain[0]), np.log(domain[1])
+            params[name] = float(f"{np.exp(rng.uniform(low, high)):.3g}")  # 3 digits: keys stay readable
+        else:
+            params[name] = domain[int(rng.integers(len(domain)))]
+    return params
+
+
+def candidates(families: list[str], trials: int, seed: int) -> list[Candidate]:
+    """The first `trials` candidates of a seeded random search, taken from the families in turn: each family's
+    defaults first, then draws from its space. Round robin, so a budget of as many trials as families tries every
+    family once. Each family draws from its own stream (seeded by the run's seed and the family), so the
+    candidates of one family do not depend on which others are searched, and a resumed job rebuilds the same list
+    (their keys name the checkpointed folds). A family whose space runs out of new settings stops contributing."""
+    chosen = [f for f in FAMILY_ORDER if f in set(families)]
+    queues: dict[str, list[Candidate]] = {}
+    for family in chosen:
+        rng = np.random.default_rng([seed, FAMILY_ORDER.index(family)])
+        seen: set[Candidate] = set()
+        queue: list[Candidate] = []
+        for params in [DEFAULTS[family]] + [_draw(rng, SPACE[family]) for _ in range(4 * trials)]:
+            candidate = Candidate(family, tuple(sorted(params.items())))
+            if candidate not in seen:
+                seen.add(candidate)
+                queue.append(candidate)
+        queues[family] = queue[:trials]
+    ordered: list[Candidate] = []
+    for position in range(trials):
+        ordered.extend(queues[family][position] for family in chosen if position < len(queues[family]))
+    return ordered[:trials]
 
 
 def preprocessor(categorical: list[str], numeric: list[str]) -> ColumnTransformer:
@@ -187,15 +238,15 @@ def search(
     folds = int(config.get("cv_folds", 3))
     budget_trials = int(config.get("max_trials", 4))
     budget_seconds = float(config.get("search_seconds", 600))
-    families = set(config.get("families", ["hgb", "linear", "forest"]))
-    candidates = [c for c in CANDIDATES if c.family in families][:budget_trials]
+    families = list(config.get("families", FAMILY_ORDER))
+    trials = candidates(families, budget_trials, int(config["seed"]))
     x, y = training[features].reset_index(drop=True), training[target].reset_index(drop=True)
     splitter = (StratifiedKFold if classification else KFold)(n_splits=folds, shuffle=True, random_state=config["seed"])
     splits = list(splitter.split(x, y))
     finished = store.load()
     started = time.monotonic()
     results: dict[str, float] = {}
-    for candidate in candidates:
+    for candidate in trials:
         fold_scores = []
         for index, (train_rows, test_rows) in enumerate(splits):
             key = f"{candidate.key}#fold{index}"
@@ -221,7 +272,7 @@ def search(
     if not results:
         raise RuntimeError("the search budget ended before any candidate finished cross-validation")
     best_key = (max if higher_is_better(metric) else min)(results, key=results.get)
-    best = next(c for c in candidates if c.key == best_key)
+    best = next(c for c in trials if c.key == best_key)
     model = fit_fold(best, config, x, y, store, f"refit:{best_key}", term)
     store.clear_partial()
     store.log("refit_best", key=best_key)
