@@ -518,7 +518,7 @@ class Bridges:
                 job.secondary_status = "Training"
                 with log_path.open("a") as log_file:
                     process = subprocess.Popen(
-                        [sys.executable, "-m", "refit_training.train"],
+                        [sys.executable, "-m", "refit_training", "train"],
                         env=env,
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
@@ -627,7 +627,7 @@ class Bridges:
             }
             log_file = (self.workdir / "serving" / f"{model_name}.log").open("w")
             process = subprocess.Popen(
-                [sys.executable, "-m", "refit_training.serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "refit_training", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
             )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

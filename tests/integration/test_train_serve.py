@@ -40,7 +40,7 @@ def opt_ml(root: Path, batch) -> Path:
 
 def run_train(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "refit_training.train"],
+        [sys.executable, "-m", "refit_training", "train"],
         env={**os.environ, "REFIT_OPT_ML": str(root), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
@@ -74,7 +74,7 @@ def server(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "refit_training.serve"],
+        [sys.executable, "-m", "refit_training", "serve"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={
@@ -151,7 +151,7 @@ def test_interrupted_run_resumes_without_repeating_folds_and_chooses_the_same_mo
     root = opt_ml(tmp_path / "interrupted", batch)
     env = {**os.environ, "REFIT_OPT_ML": str(root), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "refit_training.train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "refit_training", "train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -180,3 +180,24 @@ def test_a_corrupt_checkpoint_is_ignored(tmp_path):
     assert run_train(root).returncode == 0
     ignored = [e for e in events(root) if e["event"] == "checkpoint_ignored"]
     assert ignored and ignored[0]["reason"].startswith("corrupt")
+
+
+def test_the_entrypoint_names_its_commands_and_leaves_the_collector_on_with_the_imports_frozen():
+    wrong = subprocess.run(
+        [sys.executable, "-m", "refit_training", "fit"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert wrong.returncode == 2 and "python -m refit_training train|serve (got fit)" in wrong.stderr
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gc; from refit_training.__main__ import load_command; module = load_command('train'); "
+            "print(module.__name__, gc.isenabled(), gc.get_freeze_count())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    name, enabled, frozen = loaded.stdout.split()
+    assert (name, enabled) == ("refit_training.train", "True") and int(frozen) > 100_000

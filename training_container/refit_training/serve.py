@@ -217,7 +217,3 @@ def main() -> int:
     print(f"refit-serve (gunicorn, {workers} workers) listening on {host}:{port}", flush=True)
     run_gunicorn(host, port, workers)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
