@@ -1,7 +1,9 @@
 """Benchmark: `serve` (gunicorn, 2 workers) next to the single-process standard-library server (REFIT_SERVER=simple)
 in one run, on 127.0.0.1 with the demo model: p50 / p99 latency and requests per second for 1-row and 1,000-row
-CSV requests, 4 concurrent clients. Also `train` with and without one SIGTERM interruption, on the demo batch
-(4,000 rows) and on a batch ten times larger.
+CSV requests, 4 concurrent clients. Also `train` with and without one SIGTERM interruption (after the 4th fold),
+on the two training jobs `make demo` runs (the first model, from one 4,000-row batch; the retrain, from the drifted
+batch plus the first batch as accepted training data, with the champion scored on the same holdout) and on a batch
+ten times larger; each pair is run REPEATS times, alternating, and the median is reported.
 Run: .venv/bin/python -m scripts.bench_serve
 """
 
@@ -9,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -36,14 +42,27 @@ CONFIG = {
 }
 
 
-def opt_ml(root: Path, rows: int = 4000) -> Path:
-    from scripts.sample_data import churn_batch
+REPEATS = 3
 
+
+def opt_ml(root: Path, channels: dict[str, pd.DataFrame], champion: Path | None = None) -> Path:
+    """A training job's /opt/ml: the hyperparameters, one CSV per data channel and the champion's model.tar.gz."""
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(CONFIG)}))
-    (root / "input" / "data" / "current").mkdir(parents=True)
-    churn_batch(rows, 1).to_csv(root / "input" / "data" / "current" / "batch.csv", index=False)
+    for name, frame in channels.items():
+        (root / "input" / "data" / name).mkdir(parents=True)
+        frame.to_csv(root / "input" / "data" / name / "batch.csv", index=False)
+    if champion is not None:
+        (root / "input" / "data" / "champion").mkdir(parents=True)
+        shutil.copy(champion, root / "input" / "data" / "champion" / "model.tar.gz")
     return root
+
+
+def package(model_dir: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    return archive
 
 
 def train(root: Path, interrupt_after_folds: int | None) -> float:
@@ -51,7 +70,7 @@ def train(root: Path, interrupt_after_folds: int | None) -> float:
     started = time.perf_counter()
     while True:
         process = subprocess.Popen(
-            [sys.executable, "-m", "refit_training.train"],
+            [sys.executable, "-m", "refit_training", "train"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -92,7 +111,7 @@ def start_server(model_dir: Path, kind: str) -> tuple[subprocess.Popen, str]:
         "OMP_NUM_THREADS": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "refit_training.serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "refit_training", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -140,13 +159,38 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        print("| train data | uninterrupted (s) | one SIGTERM after 4 folds, resumed (s) | extra |\n|---|---|---|---|")
-        for train_rows in (4000, 40_000):
-            plain = train(opt_ml(work / f"plain-{train_rows}", train_rows), None)
-            interrupted = train(opt_ml(work / f"interrupted-{train_rows}", train_rows), 4)
+        first = {"current": churn_batch(4000, 1)}
+        train(opt_ml(work / "first-model", first), None)
+        champion = package(work / "first-model" / "model", work / "champion.tar.gz")
+        jobs = [
+            ("demo, first model: one 4,000-row batch", first, None),
+            (
+                "demo, retrain: drifted 4,000-row batch + 4,000 accepted rows, champion scored",
+                {"current": churn_batch(4000, 2, shift=1.0), "train": churn_batch(4000, 1)},
+                champion,
+            ),
+            ("10x data: one 40,000-row batch", {"current": churn_batch(40_000, 1)}, None),
+        ]
+        print(
+            f"| training job | uninterrupted (s, median of {REPEATS}) | one SIGTERM after 4 folds, resumed (s) "
+            "| extra | extra, each repeat |\n|---|---|---|---|---|"
+        )
+        for label, channels, champion_archive in jobs:
+            plain, interrupted = [], []
+            for repeat in range(REPEATS):
+                root = work / f"{len(label)}-{repeat}"
+                plain.append(train(opt_ml(root / "plain", channels, champion_archive), None))
+                interrupted.append(train(opt_ml(root / "interrupted", channels, champion_archive), 4))
+                print(
+                    f"  {label}, repeat {repeat + 1}/{REPEATS}: {plain[-1]:.2f} s / {interrupted[-1]:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            each = ", ".join(f"{(i / p - 1) * 100:.0f}%" for p, i in zip(plain, interrupted, strict=True))
+            plain_s, interrupted_s = statistics.median(plain), statistics.median(interrupted)
             print(
-                f"| {train_rows:,} rows{' (the demo batch)' if train_rows == 4000 else ''} | {plain:.2f} | "
-                f"{interrupted:.2f} | {(interrupted / plain - 1) * 100:.1f}% (target < 20%) |",
+                f"| {label} | {plain_s:.2f} | {interrupted_s:.2f} | {(interrupted_s / plain_s - 1) * 100:.1f}% "
+                f"(target < 20%) | {each} |",
                 flush=True,
             )
         print()
@@ -154,7 +198,7 @@ def main() -> int:
         one_row = rows.split(b"\n", 1)[0] + b"\n"
         print("| server | request | p50 (ms) | p99 (ms) | requests/s |\n|---|---|---|---|---|")
         for kind in ("gunicorn", "simple"):
-            process, url = start_server(work / "plain-4000" / "model", kind)
+            process, url = start_server(work / "first-model" / "model", kind)
             try:
                 load(url, one_row, 40)  # warm-up
                 for label, body, count in (("1 row", one_row, 2000), ("1,000 rows", rows, 200)):
