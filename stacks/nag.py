@@ -63,7 +63,12 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
     sagemaker_arn = "arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>"
     for pipeline in pipelines:
         model = pipeline.functions.model
-        for prefix in (model.new_data_prefix, model.training_data_prefix):
+        for prefix in (
+            model.new_data_prefix,
+            model.training_data_prefix,
+            model.validation_data_prefix,
+            model.baseline_data_prefix,
+        ):
             _ack(
                 pipeline,
                 f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]",

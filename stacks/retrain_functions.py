@@ -119,7 +119,8 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
 
-        storage.data_bucket.grant_read(f["StartTraining"], f"{model.training_data_prefix}*")
+        for prefix in (model.training_data_prefix, model.validation_data_prefix, model.baseline_data_prefix):
+            storage.data_bucket.grant_read(f["StartTraining"], f"{prefix}*")
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],

@@ -247,6 +247,18 @@ class ModelConfig(_Strict):
         return f"training/{self.name}/"
 
     @property
+    def validation_data_prefix(self) -> str:
+        """Optional fixed holdout: when anything is under it, both models are judged on it instead of a part of the
+        new batch, and the whole batch is trained on."""
+        return f"validation/{self.name}/"
+
+    @property
+    def baseline_data_prefix(self) -> str:
+        """Optional drift reference: when anything is under it, the baseline profile is built from it instead of
+        from the new batch."""
+        return f"baseline/{self.name}/"
+
+    @property
     def segment_columns(self) -> list[str]:
         return sorted({g.segment_column for g in self.gate.guards if g.segment_column})
 

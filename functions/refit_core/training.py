@@ -70,6 +70,8 @@ def training_job_request(
     champion_model_uri: str | None,
     artifact_bucket: str,
     family: str | None = None,
+    validation_data_uri: str | None = None,
+    baseline_data_uri: str | None = None,
 ) -> dict[str, Any]:
     """CreateTrainingJob parameters. Checkpoints are keyed by the run (and the family, for parallel candidates), not
     the job, so an on-demand retry resumes them."""
@@ -77,6 +79,10 @@ def training_job_request(
     channels = [("current", batch_uri, "text/csv")]
     if earlier_data_uri:
         channels.append(("train", earlier_data_uri, "text/csv"))
+    if validation_data_uri:
+        channels.append(("validation", validation_data_uri, "text/csv"))
+    if baseline_data_uri:
+        channels.append(("baseline", baseline_data_uri, "text/csv"))
     if champion_model_uri:
         channels.append(("champion", champion_model_uri, "application/x-gzip"))
     stopping = {"MaxRuntimeInSeconds": model.spot.max_runtime_seconds}

@@ -83,8 +83,15 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
                 f"({model.spot.max_runtime_seconds} s each on {model.training_instance_type}) would pass the "
                 f"${model.monthly_training_budget_usd:.2f} monthly cap",
             }
-    earlier = S3Uri(config.data_bucket, model.training_data_prefix)
-    has_earlier = bool(list_s3_objects(s3, earlier))
+    optional = {
+        channel: S3Uri(config.data_bucket, prefix)
+        for channel, prefix in (
+            ("train", model.training_data_prefix),
+            ("validation", model.validation_data_prefix),
+            ("baseline", model.baseline_data_prefix),
+        )
+    }
+    present = {channel: uri for channel, uri in optional.items() if list_s3_objects(s3, uri)}
     spot = event.spot and model.spot.enabled
     request = training_job_request(
         model=model,
@@ -94,14 +101,16 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         image_uri=config.image_uri,
         role_arn=config.sagemaker_role_arn,
         batch_uri=event.data_uri,
-        earlier_data_uri=str(earlier) if has_earlier else None,
+        earlier_data_uri=str(present["train"]) if "train" in present else None,
         champion_model_uri=event.champion_model_uri,
         artifact_bucket=config.artifact_bucket,
         family=event.family,
+        validation_data_uri=str(present["validation"]) if "validation" in present else None,
+        baseline_data_uri=str(present["baseline"]) if "baseline" in present else None,
     )
-    inputs = [object_identity(s3, S3Uri.parse(event.data_uri))] + (
-        prefix_identities(s3, earlier) if has_earlier else []
-    )
+    inputs = [{**object_identity(s3, S3Uri.parse(event.data_uri)), "channel": "current"}] + [
+        {**identity, "channel": channel} for channel, uri in present.items() for identity in prefix_identities(s3, uri)
+    ]
     manifest = S3Uri(config.artifact_bucket, inputs_manifest_key(model.name, event.run_id, request["TrainingJobName"]))
     s3.put_object(
         Bucket=manifest.bucket,

@@ -201,3 +201,36 @@ def test_the_entrypoint_names_its_commands_and_leaves_the_collector_on_with_the_
     )
     name, enabled, frozen = loaded.stdout.split()
     assert (name, enabled) == ("refit_training.train", "True") and int(frozen) > 100_000
+
+
+def add_channel(root: Path, name: str, frame) -> None:
+    (root / "input" / "data" / name).mkdir(parents=True)
+    frame.to_csv(root / "input" / "data" / name / "part.csv", index=False)
+
+
+def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_reference(tmp_path):
+    import pandas as pd
+
+    validation = churn_batch(600, 7)
+    current = pd.concat([churn_batch(1500, 1), validation.iloc[:50]], ignore_index=True)  # 50 rows leak into it
+    root = opt_ml(tmp_path / "ml", current)
+    add_channel(root, "validation", validation)
+    add_channel(root, "baseline", churn_batch(700, 9))
+    result = run_train(root)
+    assert result.returncode == 0, result.stderr
+    assert "dropped 50 current rows that are in the validation set" in result.stdout
+    evaluation = json.loads((root / "model" / "evaluation.json").read_text())
+    assert (evaluation["n_train"], evaluation["n_holdout"]) == (1500, 600)  # the whole batch but the leaked rows
+    predictions = pd.read_csv(root / "output" / "data" / "holdout_predictions.csv")
+    assert len(predictions) == 600 and predictions["label"].tolist() == validation["churned"].astype(float).tolist()
+    assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
+
+
+def test_a_validation_channel_without_the_batch_columns_fails_naming_them(tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(500, 1))
+    add_channel(root, "validation", churn_batch(200, 2).drop(columns=["plan", "usage_gb"]))
+    result = run_train(root)
+    assert result.returncode == 1
+    assert (root / "output" / "failure").read_text() == (
+        "the 'validation' channel lacks columns the current batch has: usage_gb, plan"
+    )

@@ -90,3 +90,30 @@ def test_parallel_candidates_are_refused_together_when_all_of_them_could_pass_th
         assert refused["next"] == "refused" and refused["family"] == family
         assert "up to $0.35 for 3 parallel jobs" in refused["reason"]
     assert len(sagemaker.list_training_jobs()["TrainingJobSummaries"]) == 1
+
+
+def test_a_fixed_holdout_and_a_drift_reference_become_channels_recorded_in_the_inputs_manifest(setup):
+    s3, dynamodb, sagemaker = setup
+    s3.put_object(Bucket="data", Key="training/churn/r0-a.csv", Body=b"a,churned\n2,1\n")
+    s3.put_object(Bucket="data", Key="validation/churn/golden.csv", Body=b"a,churned\n3,0\n")
+    s3.put_object(Bucket="data", Key="baseline/churn/reference.csv", Body=b"a,churned\n4,1\n")
+    s3.put_object(Bucket="data", Key="validation/other-model/x.csv", Body=b"a\n1\n")  # another model's: not read
+    started = start_training(
+        StartEvent(run_id="r1", data_uri="s3://data/incoming/churn/b.csv"), settings(None), s3, sagemaker, dynamodb
+    )
+    job = sagemaker.describe_training_job(TrainingJobName=started["job_name"])
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels == {
+        "current": "s3://data/incoming/churn/b.csv",
+        "train": "s3://data/training/churn/",
+        "validation": "s3://data/validation/churn/",
+        "baseline": "s3://data/baseline/churn/",
+    }
+    key = f"reports/churn/r1/inputs/{started['job_name']}.json"
+    manifest = json.loads(s3.get_object(Bucket="art", Key=key)["Body"].read())
+    assert [(i["channel"], i["uri"]) for i in manifest["inputs"]] == [
+        ("current", "s3://data/incoming/churn/b.csv"),
+        ("train", "s3://data/training/churn/r0-a.csv"),
+        ("validation", "s3://data/validation/churn/golden.csv"),
+        ("baseline", "s3://data/baseline/churn/reference.csv"),
+    ]

@@ -1,7 +1,9 @@
 """`train`: SageMaker training entrypoint.
 
-Channels: `current` (the new batch; part of it is the holdout both models are judged on), `train`
-(earlier accepted data, optional), `champion` (the serving model's model.tar.gz, optional).
+Channels: `current` (the new batch), `train` (earlier accepted data, optional), `validation` (a fixed holdout,
+optional: without it, a deterministic part of the current batch is the holdout), `baseline` (reference data for the
+drift baseline, optional: without it, the current batch), `champion` (the serving model's model.tar.gz, optional).
+Both models are judged on the same holdout rows.
 Writes /opt/ml/model (model.joblib, baseline.json, evaluation.json) and /opt/ml/output/data
 (evaluation.json, holdout_predictions.csv). Any error: a reason in /opt/ml/output/failure, exit 1.
 """
@@ -51,6 +53,35 @@ def _read_channel(opt: OptMl, name: str) -> pd.DataFrame | None:
     return read_table(str(folder))
 
 
+def _same_columns(channel: str, frame: pd.DataFrame, current: pd.DataFrame) -> None:
+    missing = [c for c in current.columns if c not in frame.columns]
+    if missing:
+        raise TrainingError(f"the {channel!r} channel lacks columns the current batch has: {', '.join(missing)}")
+
+
+def _drop_rows_in(frame: pd.DataFrame, other: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
+    """`frame` without the rows that equal a row of `other` on `columns` (the current batch's columns). A column read
+    with different types from two files (integers here, floats there) is compared as numbers, or else as text."""
+    if not set(columns) <= set(frame.columns):
+        return frame
+    left, right = frame[columns].copy(), other[columns].copy()
+    for column in columns:
+        if left[column].dtype != right[column].dtype:
+            numeric = pd.api.types.is_numeric_dtype(left[column]) and pd.api.types.is_numeric_dtype(right[column])
+            left[column], right[column] = (
+                (left[column].astype(float), right[column].astype(float))
+                if numeric
+                else (
+                    left[column].astype(str),
+                    right[column].astype(str),
+                )
+            )
+    seen = np.isin(stable_row_hash(left), stable_row_hash(right))
+    if seen.any():
+        print(f"refit: dropped {int(seen.sum())} {what}", flush=True)
+    return frame[~seen]
+
+
 def split_holdout(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deterministic by row content: the same batch always yields the same holdout rows."""
     hashes = stable_row_hash(frame) ^ np.uint64(seed)
@@ -95,14 +126,21 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     if target not in current.columns:
         raise TrainingError(f"target column {target!r} is missing from the current batch")
     earlier = _read_channel(opt, "train")
-    if earlier is not None and list(earlier.columns) == list(current.columns):
+    validation = _read_channel(opt, "validation")
+    if validation is not None:
+        _same_columns("validation", validation, current)
+        current_train, holdout = current, validation
+    else:
+        current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
+    columns = list(current.columns)
+    if earlier is not None:
         # A batch re-run by hand may already be in the accepted training data: its rows must not leak into the
         # holdout both models are judged on.
-        seen = np.isin(stable_row_hash(earlier), stable_row_hash(current))
-        if seen.any():
-            print(f"refit: dropped {int(seen.sum())} earlier rows that are in the current batch", flush=True)
-            earlier = earlier[~seen]
-    current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
+        earlier = _drop_rows_in(earlier, current, columns, "earlier rows that are in the current batch")
+    if validation is not None:
+        current_train = _drop_rows_in(current_train, holdout, columns, "current rows that are in the validation set")
+        if earlier is not None:
+            earlier = _drop_rows_in(earlier, holdout, columns, "earlier rows that are in the validation set")
     training = pd.concat([earlier, current_train], ignore_index=True) if earlier is not None else current_train
     training = training.dropna(subset=[target])
     holdout = holdout.dropna(subset=[target])
@@ -173,7 +211,12 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     # The drift reference is the newest data the model was trained and judged on (the whole current batch):
     # later batches are compared with what the serving model was last shown to handle.
     categorical = categorical_columns(config["categorical_columns"], target, config["problem_type"])
-    profile = build_profile(current, target=target, categorical=categorical, id_column=config.get("id_column"))
+    reference = _read_channel(opt, "baseline")
+    if reference is not None:
+        _same_columns("baseline", reference, current)
+    else:
+        reference = current
+    profile = build_profile(reference, target=target, categorical=categorical, id_column=config.get("id_column"))
     # What the model's outputs and its primary metric looked like on its holdout: the reference for prediction drift
     # and for the performance-drop test on later labelled batches.
     profile["prediction"] = numeric_summary(pd.Series(challenger_scores))
