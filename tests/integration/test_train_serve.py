@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -30,9 +31,9 @@ CONFIG = {
 }
 
 
-def opt_ml(root: Path, batch) -> Path:
+def opt_ml(root: Path, batch, config: dict = CONFIG) -> Path:
     (root / "input" / "config").mkdir(parents=True)
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(CONFIG)}))
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(config)}))
     (root / "input" / "data" / "current").mkdir(parents=True)
     batch.to_csv(root / "input" / "data" / "current" / "batch.csv", index=False)
     return root
@@ -70,6 +71,13 @@ def test_train_failure_leaves_a_reason(tmp_path):
 def server(tmp_path_factory):
     root = opt_ml(tmp_path_factory.mktemp("serve") / "ml", churn_batch(2000, 2))
     assert run_train(root).returncode == 0
+    with serving(root) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(root: Path):
+    """`serve` on a free port of 127.0.0.1 over the model `train` wrote under `root`; stopped on exit."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -91,9 +99,11 @@ def server(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def post(url, body, content_type, accept="application/json"):
@@ -234,3 +244,34 @@ def test_a_validation_channel_without_the_batch_columns_fails_naming_them(tmp_pa
     assert (root / "output" / "failure").read_text() == (
         "the 'validation' channel lacks columns the current batch has: usage_gb, plan"
     )
+
+
+def test_a_regression_model_trains_on_its_metrics_and_serves_predictions_only(tmp_path):
+    import numpy as np
+
+    batch = churn_batch(1500, 6).drop(columns=["churned"])
+    noise = np.random.default_rng(6).normal(0, 5, len(batch))
+    batch["annual_spend"] = 12 * batch["monthly_charges"] + 40 * (batch["plan"] == "premium") + noise
+    config = {
+        **CONFIG,
+        "target": "annual_spend",
+        "problem_type": "regression",
+        "metrics": ["rmse", "mae", "r2"],
+        "primary_metric": "rmse",
+    }
+    root = opt_ml(tmp_path / "ml", batch, config)
+    result = run_train(root)
+    assert result.returncode == 0, result.stderr
+    assert "refit:holdout:rmse=" in result.stdout
+    evaluation = json.loads((root / "model" / "evaluation.json").read_text())
+    metrics, search = evaluation["metrics"]["challenger"], evaluation["search"]
+    assert (
+        metrics["r2"] > 0.9
+        and metrics["rmse"] < 20
+        and set(evaluation["intervals"]["challenger"]) == {"rmse", "mae", "r2"}
+    )
+    assert search["cv_metric"] == "rmse" and search["cv_scores"][search["best"]] == min(search["cv_scores"].values())
+    with serving(root) as url:
+        status, body = post(url, "12.0,70.5,1,48.0,premium,north\n", "text/csv")
+    assert status == 200 and set(json.loads(body)) == {"predictions"}
+    assert abs(json.loads(body)["predictions"][0] - (12 * 70.5 + 40)) < 40
