@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,9 @@ def summary(record: dict) -> None:
 
 def main() -> int:
     wall = time.monotonic()
-    WORKDIR.mkdir(exist_ok=True)
+    # Each demo stands up a new local AWS: the last one's assembly, job folders and logs would only pile up.
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    WORKDIR.mkdir()
     say("refit demo: synthesizing the CDK app (python app.py) ...")
     assembly = synthesize(WORKDIR / "cdk.out")
     say(f"    synthesized in {time.monotonic() - wall:.1f}s; standing it up on the embedded local AWS (moto)")

@@ -11,6 +11,10 @@ from scripts.local_aws.runtime import synthesize
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Two xdist workers share the machine with the training processes the e2e tests start (one thread each): OpenMP
+# threads in a worker's own scikit-learn fits oversubscribe the cores (a 3 s search test took 35 s). Set before
+# anything here loads scikit-learn's OpenMP runtime.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 
