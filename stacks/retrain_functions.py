@@ -112,7 +112,7 @@ class RetrainFunctions(Construct):
             key.grant_encrypt_decrypt(fn)
 
         storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
-        storage.audit_table.grant(f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem")
+        storage.audit_table.grant(f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query")
 
         storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")

@@ -74,6 +74,7 @@ class RetrainStateMachine(Construct):
                     "data_uri.$": "$.run.data_uri",
                     "force.$": "$.run.force",
                     "no_data.$": "$.run.no_data",
+                    "settled_by.$": "$.run.settled_by",
                 },
                 "$.check",
             ),

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from refit_core.config import load_config
+from refit_handlers.common import Settings
 
 from scripts.local_aws.runtime import synthesize
 
@@ -32,3 +34,22 @@ def config_variant(tmp_path_factory: pytest.TempPathFactory, name: str, replacem
     path = tmp_path_factory.mktemp(name) / "refit.toml"
     path.write_text(text)
     return path
+
+
+def handler_settings(**model_updates: object) -> Settings:
+    """Lambda settings for the example model (refit.toml) on buckets `data` / `art` and table `audit`."""
+    config = load_config(ROOT / "refit.toml")
+    return Settings(
+        model=config.model("churn").model_copy(update=model_updates),
+        data_bucket="data",
+        artifact_bucket="art",
+        audit_table="audit",
+        topic_arn="t",
+        endpoint_name="e",
+        model_package_group="g",
+        sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
+        image_uri="img:1",
+        canary_alarm="a",
+        instance_prices=config.instance_prices_usd_per_hour,
+        code_version="c",
+    )

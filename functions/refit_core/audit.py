@@ -91,6 +91,7 @@ def summarize_run(
         "trigger": run.get("trigger", "unknown"),
         "trigger_reason": run.get("reason", "the input could not be read"),
         "data_uri": run.get("data_uri"),
+        "data_etag": run.get("data_etag"),
         "started_at": started_at,
         "ended_at": ended_at,
         "quality": {

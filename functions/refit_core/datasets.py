@@ -8,6 +8,8 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,14 +25,30 @@ class DataError(ValueError):
     """A batch that cannot be used; the message names the file (and column, where there is one)."""
 
 
+@dataclass(frozen=True)
+class S3Object:
+    uri: S3Uri
+    etag: str
+    last_modified: datetime
+
+
+def list_s3_object_details(s3: Any, prefix: S3Uri) -> list[S3Object]:
+    """Every data object under a prefix with its ETag and time, from the listing (no request per object)."""
+    found: list[S3Object] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+        found.extend(
+            S3Object(S3Uri(prefix.bucket, item["Key"]), item.get("ETag", "").strip('"'), item["LastModified"])
+            for item in page.get("Contents", [])
+            if item["Key"].endswith(SUPPORTED_SUFFIXES)
+        )
+    return sorted(found, key=lambda o: o.uri.key)
+
+
 def list_s3_objects(s3: Any, uri: S3Uri) -> list[S3Uri]:
     """Every data object under a prefix (or the single object), in key order."""
     if not uri.is_prefix:
         return [uri]
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.key):
-        keys.extend(item["Key"] for item in page.get("Contents", []) if item["Key"].endswith(SUPPORTED_SUFFIXES))
-    return [S3Uri(uri.bucket, key) for key in sorted(keys)]
+    return [o.uri for o in list_s3_object_details(s3, uri)]
 
 
 DEFAULT_CHUNK_ROWS = 100_000  # the most rows in one streamed chunk, and the most cells (48 MB as float64):

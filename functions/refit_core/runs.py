@@ -119,3 +119,29 @@ def run_id_from_execution(execution_name: str) -> str:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# Outcomes that settle what a batch's bytes lead to: checking the same bytes again would only repeat them (training
+# is seeded). A run that failed, was skipped, or was refused by the budget settles nothing.
+SETTLED_OUTCOMES = frozenset(
+    {
+        "no_drift",
+        "bad_data",
+        "deployed_first",
+        "promoted",
+        "rolled_back",
+        "not_promoted",
+        "not_approved",
+        "approval_timed_out",
+        "already_checked",
+    }
+)
+
+
+def settled_by(recent_runs: list[dict[str, Any]], data_uri: str, etag: str) -> dict[str, Any] | None:
+    """The newest earlier run on this batch (same URI and ETag), if its outcome settled it; `recent_runs` newest
+    first. A scheduled run that finds its batch settled stops instead of checking and retraining on it again."""
+    for record in recent_runs:
+        if record.get("data_uri") == data_uri and record.get("data_etag") == etag:
+            return record if record.get("outcome") in SETTLED_OUTCOMES else None
+    return None

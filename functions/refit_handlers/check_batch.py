@@ -37,6 +37,7 @@ class CheckEvent(BaseModel):
     data_uri: str | None = None
     force: bool = False
     no_data: bool = False
+    settled_by: str | None = None
 
 
 def _stop(reason: str, outcome: str) -> dict[str, Any]:
@@ -101,6 +102,9 @@ def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) ->
     }
     if event.no_data or not event.data_uri:
         result["decision"] = _stop(f"no batch under s3://{config.data_bucket}/{model.new_data_prefix}", "no_data")
+        return result
+    if event.settled_by:
+        result["decision"] = _stop(event.settled_by, "already_checked")
         return result
 
     if champion is None or not champion.get("baseline_uri"):

@@ -7,9 +7,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
-from refit_core.datasets import list_s3_objects
-from refit_core.runs import parse_run_input, run_id_from_execution, utc_now
+from refit_core.datasets import S3Object, list_s3_object_details
+from refit_core.runs import parse_run_input, run_id_from_execution, settled_by, utc_now
 from refit_core.s3uri import S3Uri
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -19,6 +20,8 @@ tracer = Tracer()
 metrics = Metrics()
 
 LOCK_SECONDS = 6 * 3600  # longer than any run; an abandoned lock expires instead of blocking forever
+RECENT_RUNS = 50  # how far back a scheduled run looks for a run that settled the newest batch
+SETTLED_BY_FIELDS = ("run_id", "data_uri", "data_etag", "outcome")
 
 
 class PrepareEvent(BaseModel):
@@ -26,12 +29,32 @@ class PrepareEvent(BaseModel):
     execution_name: str
 
 
-def newest_batch(s3: Any, bucket: str, prefix: str) -> str | None:
-    objects = list_s3_objects(s3, S3Uri(bucket, prefix))
-    if not objects:
+def newest_batch(s3: Any, bucket: str, prefix: str) -> S3Object | None:
+    objects = list_s3_object_details(s3, S3Uri(bucket, prefix))
+    return max(objects, key=lambda o: (o.last_modified, o.uri.key)) if objects else None
+
+
+def object_etag(s3: Any, data_uri: str) -> str | None:
+    """The named batch's ETag, recorded with the run; a missing object is the check's to report, with its reason."""
+    uri = S3Uri.parse(data_uri)
+    try:
+        return s3.head_object(Bucket=uri.bucket, Key=uri.key).get("ETag", "").strip('"')
+    except ClientError:
         return None
-    newest = max(objects, key=lambda o: s3.head_object(Bucket=o.bucket, Key=o.key)["LastModified"])
-    return str(newest)
+
+
+def recent_runs(dynamodb: Any, table: str, model: str, limit: int = RECENT_RUNS) -> list[dict[str, Any]]:
+    """The model's newest run records (newest first), with only what settled_by reads."""
+    reply = dynamodb.query(
+        TableName=table,
+        KeyConditionExpression="pk = :model AND begins_with(sk, :runs)",
+        ExpressionAttributeValues={":model": {"S": model}, ":runs": {"S": "run#"}},
+        ProjectionExpression=", ".join(f"#{name}" for name in SETTLED_BY_FIELDS),
+        ExpressionAttributeNames={f"#{name}": name for name in SETTLED_BY_FIELDS},  # no reserved-word surprises
+        ScanIndexForward=False,
+        Limit=limit,
+    )
+    return [{k: v.get("S") for k, v in item.items()} for item in reply.get("Items", [])]
 
 
 def acquire_lock(dynamodb: Any, table: str, model: str, run_id: str, now: int) -> str | None:
@@ -67,17 +90,31 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "force": request.force,
         "data_uri": request.data_uri,
         "started_at": utc_now(),
+        "data_etag": None,
         "proceed": True,
         "no_data": False,
+        "settled_by": None,
     }
     holder = acquire_lock(dynamodb, config.audit_table, model.name, run_id, int(time.time()))
     if holder is not None:
         run.update(proceed=False, reason=f"another run ({holder}) holds the lock for model {model.name}")
         return run
-    if run["data_uri"] is None:
-        run["data_uri"] = newest_batch(s3, config.data_bucket, model.new_data_prefix)
-        if run["data_uri"] is None:
-            run["no_data"] = True
+    if run["data_uri"] is not None:
+        run["data_etag"] = object_etag(s3, run["data_uri"])
+        return run
+    newest = newest_batch(s3, config.data_bucket, model.new_data_prefix)
+    if newest is None:
+        run["no_data"] = True
+        return run
+    run.update(data_uri=str(newest.uri), data_etag=newest.etag)
+    if request.trigger == "schedule" and not request.force:
+        # A schedule fires whether or not data arrived; a batch an earlier run already settled is not checked and
+        # retrained on every day. Manual and alarm runs check it again: someone or something asked for it.
+        earlier = settled_by(recent_runs(dynamodb, config.audit_table, model.name), run["data_uri"], newest.etag)
+        if earlier is not None:
+            run["settled_by"] = (
+                f"no new batch since run {earlier['run_id']} checked {run['data_uri']} (outcome: {earlier['outcome']})"
+            )
     return run
 
 

@@ -237,7 +237,15 @@ def test_drift_retrains_and_promotes_through_the_canary(aws):
 
 def test_schedule_and_quality_alarm_triggers_start_runs(aws):
     execution = aws.wait_for(aws.fire_schedule(MODEL))
-    assert record_for(aws, execution["executionArn"])["trigger"] == "schedule"
+    record = record_for(aws, execution["executionArn"])
+    # No batch arrived since the last run: the schedule does not check and retrain on the same bytes again.
+    assert (record["trigger"], record["outcome"], record["training"]) == ("schedule", "already_checked", None)
+    earlier = max(
+        (r for r in aws.audit_records(MODEL) if r["data_uri"] == record["data_uri"] and r["sk"] < record["sk"]),
+        key=lambda r: r["sk"],
+    )
+    assert record["message"].startswith(f"no new batch since run {earlier['run_id']} checked {record['data_uri']}")
+    assert record["data_etag"] == earlier["data_etag"] is not None
     before = {e["executionArn"] for e in aws.executions(MODEL)}
     aws.set_alarm_state(aws.model(MODEL).quality_alarm, "ALARM", "AUC dropped")
     started = [e for e in aws.executions(MODEL) if e["executionArn"] not in before]

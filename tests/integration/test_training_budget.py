@@ -8,11 +8,9 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 from moto import mock_aws
-from refit_core.config import load_config
-from refit_handlers.common import Settings
 from refit_handlers.training import StartEvent, start_training
 
-from tests.conftest import ROOT
+from tests.conftest import handler_settings
 
 
 @pytest.fixture
@@ -44,22 +42,7 @@ def setup():
 
 
 def settings(cap):
-    config = load_config(ROOT / "refit.toml")
-    model = config.model("churn").model_copy(update={"monthly_training_budget_usd": cap})
-    return Settings(
-        model=model,
-        data_bucket="data",
-        artifact_bucket="art",
-        audit_table="audit",
-        topic_arn="t",
-        endpoint_name="e",
-        model_package_group="g",
-        sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
-        image_uri="img:1",
-        canary_alarm="a",
-        instance_prices=config.instance_prices_usd_per_hour,
-        code_version="c",
-    )
+    return handler_settings(monthly_training_budget_usd=cap)
 
 
 def test_budget_cap_refuses_a_job_that_could_pass_it(setup):
