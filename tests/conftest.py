@@ -53,3 +53,16 @@ def handler_settings(**model_updates: object) -> Settings:
         instance_prices=config.instance_prices_usd_per_hour,
         code_version="c",
     )
+
+
+def create_audit_table(dynamodb: object) -> None:
+    """The audit table's key schema (pk = model, sk = run#<started>#<run id> | lock), as the stack creates it."""
+    dynamodb.create_table(
+        TableName="audit",
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+    )

@@ -9,7 +9,7 @@ from moto import mock_aws
 from refit_core.audit import summarize_run
 from refit_handlers.prepare import prepare
 
-from tests.conftest import handler_settings
+from tests.conftest import create_audit_table, handler_settings
 
 SCHEDULE = {
     "version": "0",
@@ -25,15 +25,7 @@ def aws():
     with mock_aws():
         s3, dynamodb = boto3.client("s3"), boto3.client("dynamodb")
         s3.create_bucket(Bucket="data")
-        dynamodb.create_table(
-            TableName="audit",
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-        )
+        create_audit_table(dynamodb)
         yield s3, dynamodb
 
 

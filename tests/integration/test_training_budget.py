@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 from refit_handlers.training import StartEvent, start_training
 
-from tests.conftest import handler_settings
+from tests.conftest import create_audit_table, handler_settings
 
 
 @pytest.fixture
@@ -20,15 +20,7 @@ def setup():
         s3.create_bucket(Bucket="data")
         s3.create_bucket(Bucket="art")
         s3.put_object(Bucket="data", Key="incoming/churn/b.csv", Body=b"a,churned\n1,0\n")
-        dynamodb.create_table(
-            TableName="audit",
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-        )
+        create_audit_table(dynamodb)
         month = datetime.now(UTC).strftime("%Y-%m")
         dynamodb.put_item(
             TableName="audit",
