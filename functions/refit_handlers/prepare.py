@@ -107,7 +107,7 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         run["no_data"] = True
         return run
     run.update(data_uri=str(newest.uri), data_etag=newest.etag)
-    if request.trigger == "schedule" and not request.force:
+    if request.trigger == "schedule":
         # A schedule fires whether or not data arrived; a batch an earlier run already settled is not checked and
         # retrained on every day. Manual and alarm runs check it again: someone or something asked for it.
         earlier = settled_by(recent_runs(dynamodb, config.audit_table, model.name), run["data_uri"], newest.etag)

@@ -236,13 +236,14 @@ def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_re
     assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
 
 
-def test_a_validation_channel_without_the_batch_columns_fails_naming_them(tmp_path):
+@pytest.mark.parametrize("channel", ["validation", "baseline"])
+def test_a_channel_without_the_batch_columns_fails_before_training_naming_them(tmp_path, channel):
     root = opt_ml(tmp_path / "ml", churn_batch(500, 1))
-    add_channel(root, "validation", churn_batch(200, 2).drop(columns=["plan", "usage_gb"]))
+    add_channel(root, channel, churn_batch(200, 2).drop(columns=["plan", "usage_gb"]))
     result = run_train(root)
-    assert result.returncode == 1
+    assert result.returncode == 1 and "refit:cv:" not in result.stdout  # no fold was trained first
     assert (root / "output" / "failure").read_text() == (
-        "the 'validation' channel lacks columns the current batch has: usage_gb, plan"
+        f"the {channel!r} channel lacks columns the current batch has: usage_gb, plan"
     )
 
 

@@ -132,6 +132,11 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         current_train, holdout = current, validation
     else:
         current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
+    reference = _read_channel(opt, "baseline")  # read before training: a bad one fails the job at once
+    if reference is not None:
+        _same_columns("baseline", reference, current)
+    else:
+        reference = current
     columns = list(current.columns)
     if earlier is not None:
         # A batch re-run by hand may already be in the accepted training data: its rows must not leak into the
@@ -208,14 +213,9 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         "trained_at_run": config.get("run_id"),
     }
     (opt.model / METADATA_FILE).write_text(json.dumps(metadata, sort_keys=True))
-    # The drift reference is the newest data the model was trained and judged on (the whole current batch):
-    # later batches are compared with what the serving model was last shown to handle.
+    # The drift reference, unless a baseline channel names one, is the newest data the model was trained and judged
+    # on (the whole current batch): later batches are compared with what the serving model was last shown to handle.
     categorical = categorical_columns(config["categorical_columns"], target, config["problem_type"])
-    reference = _read_channel(opt, "baseline")
-    if reference is not None:
-        _same_columns("baseline", reference, current)
-    else:
-        reference = current
     profile = build_profile(reference, target=target, categorical=categorical, id_column=config.get("id_column"))
     # What the model's outputs and its primary metric looked like on its holdout: the reference for prediction drift
     # and for the performance-drop test on later labelled batches.
