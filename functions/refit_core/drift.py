@@ -23,7 +23,7 @@ from scipy.stats._stats_py import _attempt_exact_2kssamp  # pinned scipy; agreem
 from refit_core.batch import BatchStats, KsCounts
 from refit_core.config import DriftSettings
 from refit_core.metric_names import higher_is_better
-from refit_core.metrics import compute_metric
+from refit_core.metrics import Resampler, bootstrap_counts, compute_metric
 
 MAX_EXACT_KS_N = 10_000  # scipy's threshold for the exact two-sample distribution in method="auto"
 
@@ -114,11 +114,12 @@ def performance_test(holdout: dict[str, Any], y_true: np.ndarray, scores: np.nda
     metric = holdout["metric"]
     current = compute_metric(metric, y_true, scores)
     rng = np.random.default_rng(seed)
+    resampler = Resampler(y_true, scores)
     replicates = []
     for _ in range(300):
-        index = rng.integers(0, y_true.size, y_true.size)
-        if metric != "roc_auc" or np.unique(y_true[index]).size == 2:
-            replicates.append(compute_metric(metric, y_true[index], scores[index]))
+        counts = bootstrap_counts(rng, y_true.size)
+        if metric != "roc_auc" or resampler.varies(counts):
+            replicates.append(resampler.metric(metric, counts))
     standard_error = float(np.hypot(np.std(replicates, ddof=1), holdout.get("standard_error") or 0.0))
     drop = (holdout["value"] - current) if higher_is_better(metric) else (current - holdout["value"])
     p_value = float(stats.norm.sf(drop / standard_error)) if standard_error > 0 else float(drop <= 0)

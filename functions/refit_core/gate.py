@@ -17,7 +17,7 @@ from scipy import stats
 
 from refit_core.config import GateSettings, GuardSettings, ModelConfig
 from refit_core.metric_names import higher_is_better
-from refit_core.metrics import compute_metric
+from refit_core.metrics import Resampler, bootstrap_counts, compute_metric
 
 
 class GateInputError(ValueError):
@@ -98,12 +98,10 @@ def paired_bootstrap(
     n = y_true.size
     observed = sign * (compute_metric(metric, y_true, score_a) - compute_metric(metric, y_true, score_b))
     differences = np.empty(samples)
+    resampled_a, resampled_b = Resampler(y_true, score_a), Resampler(y_true, score_b)
     for i in range(samples):
-        index = rng.integers(0, n, n)
-        differences[i] = sign * (
-            compute_metric(metric, y_true[index], score_a[index])
-            - compute_metric(metric, y_true[index], score_b[index])
-        )
+        counts = bootstrap_counts(rng, n)
+        differences[i] = sign * (resampled_a.metric(metric, counts) - resampled_b.metric(metric, counts))
     return {
         "metric_a": compute_metric(metric, y_true, score_a),
         "metric_b": compute_metric(metric, y_true, score_b),

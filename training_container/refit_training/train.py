@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from refit_core.artifacts import METADATA_FILE, MODEL_FILE, ModelArtifact
 from refit_core.datasets import read_table, stable_row_hash
-from refit_core.metrics import compute_metric, compute_metrics
+from refit_core.metrics import Resampler, bootstrap_counts, compute_metrics
 from refit_core.profile import build_profile, categorical_columns, dumps_profile, numeric_summary
 
 from refit_training.checkpoints import CheckpointStore
@@ -105,13 +105,14 @@ def bootstrap_intervals(
 ) -> dict[str, list[float]]:
     """95% percentile bootstrap interval of each holdout metric."""
     rng = np.random.default_rng(seed)
+    resampler = Resampler(y_true, scores)
     draws: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(samples):
-        index = rng.integers(0, y_true.size, y_true.size)
-        if np.unique(y_true[index]).size < 2:
+        counts = bootstrap_counts(rng, y_true.size)
+        if not resampler.varies(counts):
             continue
         for name in names:
-            draws[name].append(compute_metric(name, y_true[index], scores[index]))
+            draws[name].append(resampler.metric(name, counts))
     return {name: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for name, v in draws.items() if v}
 
 
