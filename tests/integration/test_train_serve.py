@@ -276,3 +276,14 @@ def test_a_regression_model_trains_on_its_metrics_and_serves_predictions_only(tm
         status, body = post(url, "12.0,70.5,1,48.0,premium,north\n", "text/csv")
     assert status == 200 and set(json.loads(body)) == {"predictions"}
     assert abs(json.loads(body)["predictions"][0] - (12 * 70.5 + 40)) < 40
+
+
+def test_a_validation_channel_of_one_class_fails_naming_it(tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(500, 1))
+    validation = churn_batch(400, 2)
+    add_channel(root, "validation", validation[validation["churned"] == 0])
+    result = run_train(root)
+    assert result.returncode == 1
+    assert (root / "output" / "failure").read_text().startswith(
+        "the holdout rows of the validation channel have a single class (0 only)"
+    )

@@ -156,7 +156,8 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         raise TrainingError(f"target {target!r} has a single class in the training data")
     if config["problem_type"] == "binary_classification" and holdout[target].nunique() < 2:
         raise TrainingError(
-            f"the holdout rows of the current batch have a single class ({holdout[target].iloc[0]!r} only): "
+            f"the holdout rows of {'the validation channel' if validation is not None else 'the current batch'} "
+            f"have a single class ({holdout[target].iloc[0]} only): "
             "AUC and the champion/challenger comparison are undefined on them"
         )
 
