@@ -284,6 +284,8 @@ def test_a_validation_channel_of_one_class_fails_naming_it(tmp_path):
     add_channel(root, "validation", validation[validation["churned"] == 0])
     result = run_train(root)
     assert result.returncode == 1
-    assert (root / "output" / "failure").read_text().startswith(
-        "the holdout rows of the validation channel have a single class (0 only)"
+    assert (
+        (root / "output" / "failure")
+        .read_text()
+        .startswith("the holdout rows of the validation channel have a single class (0 only)")
     )
