@@ -175,10 +175,10 @@ def main() -> int:
             f"| training job | uninterrupted (s, median of {REPEATS}) | one SIGTERM after 4 folds, resumed (s) "
             "| extra | extra, each repeat |\n|---|---|---|---|---|"
         )
-        for label, channels, champion_archive in jobs:
+        for number, (label, channels, champion_archive) in enumerate(jobs):
             plain, interrupted = [], []
             for repeat in range(REPEATS):
-                root = work / f"{len(label)}-{repeat}"
+                root = work / f"job{number}-{repeat}"
                 plain.append(train(opt_ml(root / "plain", channels, champion_archive), None))
                 interrupted.append(train(opt_ml(root / "interrupted", channels, champion_archive), 4))
                 print(

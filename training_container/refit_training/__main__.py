@@ -3,8 +3,8 @@ refit-serve console scripts).
 
 The command's module, and with it numpy, pandas, scipy and scikit-learn, is imported with the cyclic garbage
 collector paused. That import creates about 250,000 objects, none of them garbage, and the collector walks them
-again and again as they pile up: pausing it takes 0.13 s off a 1.2 s start (measured with `-X importtime`'s machine,
-see README), a cost every restart after a spot interruption pays. The imported objects are then frozen
+again and again as they pile up: pausing it takes 0.13 s off a 1.2 s start (measured on the README's benchmark
+machine), a cost every restart after a spot interruption pays. The imported objects are then frozen
 (`gc.freeze`), so the collections that training triggers skip them, and gunicorn workers forked by `serve` do not
 write to their pages.
 """
