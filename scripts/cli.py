@@ -31,6 +31,7 @@ from refit_core.datasets import DataError, iter_table, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import diff
+from refit_core.names import stack_name
 from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
 from refit_core.quality import check_quality
 from refit_core.report import render_html
@@ -64,17 +65,18 @@ def _baseline(args: argparse.Namespace) -> dict:
 def _audit_table(args: argparse.Namespace) -> str:
     if args.audit_table:
         return args.audit_table
-    outputs = boto3.client("cloudformation").describe_stacks(StackName=args.stack)["Stacks"][0].get("Outputs", [])
+    stack = args.stack or stack_name(load_config(args.config).project)
+    outputs = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
     for output in outputs:
         if output["OutputKey"] == "AuditTable":
             return output["OutputValue"]
-    raise CliError(f"stack {args.stack} has no AuditTable output; pass --audit-table")
+    raise CliError(f"stack {stack} has no AuditTable output; pass --audit-table")
 
 
 def _package_group(args: argparse.Namespace) -> str:
     config = load_config(args.config)
     config.model(args.model)
-    return f"{config.project}-{args.model}"
+    return config.prefix(args.model)
 
 
 def _lineage(sagemaker: Any, group: str, version: int | None) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         command.add_argument("version", type=int)
         command.add_argument("--comment", default="")
         command.add_argument("--audit-table")
-        command.add_argument("--stack", default="Refit")
+        command.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
     lineage = commands.add_parser("lineage", help="where a model version came from")
     lineage.add_argument("model")
     lineage.add_argument("version", type=int, nargs="?")

@@ -9,10 +9,9 @@ from pathlib import Path
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 from refit_core.config import ConfigError, load_config
+from refit_core.names import stack_name
 
 from stacks.refit_stack import RefitStack
-
-STACK_NAME = "Refit"
 
 
 def code_version(root: Path) -> str:
@@ -41,7 +40,7 @@ def build_app(config_path: str, outdir: str | None = None) -> App:
     app = App(outdir=outdir) if outdir else App()
     RefitStack(
         app,
-        STACK_NAME,
+        stack_name(config.project),
         config=config,
         env=Environment(account=None, region=None),
         description="refit: keeps tabular SageMaker models fresh",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aws_cdk import Acknowledgment, Stack, Validations
+from refit_core import names
 
 if TYPE_CHECKING:
     from stacks.refit_stack import ModelPipeline
@@ -81,15 +82,16 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
                 "run artifacts are keyed by run id under this model's own prefix",
             )
         for resource in (
-            f"endpoint-config/{pipeline.endpoint_name}-*",
-            f"model/{model.name}-*",
+            f"endpoint-config/{names.pattern(pipeline.endpoint_name)}",
+            f"model/{names.pattern(pipeline.endpoint_name)}",
             f"model-package/{pipeline.package_group.model_package_group_name}/*",
-            f"training-job/{model.name}-*",
+            f"training-job/{names.pattern(pipeline.endpoint_name)}",
         ):
             _ack(
                 pipeline,
                 f"AwsSolutions-IAM5[Resource::{sagemaker_arn}:{resource}]",
-                "SageMaker resource names carry the run id, known only at run time; limited to this model's prefix",
+                "SageMaker resource names carry the run id, known only at run time; limited to this model's prefix "
+                "and '--', which no other model's names start with",
             )
         for function in pipeline.functions.functions.values():
             logical = stack.get_logical_id(function.node.default_child)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
+from refit_core import names
 from refit_core.config import ModelConfig, RefitConfig
 
 from stacks.nag import acknowledge_findings
@@ -30,12 +31,14 @@ class ModelPipeline(Construct):
         code_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.endpoint_name = f"{config.project}-{model.name}"
-        canary_alarm_name = f"{config.project}-{model.name}-canary"
+        # Every physical name comes from refit_core.names: `{project}-{model}` and `{project}-{model}--...`.
+        prefix = config.prefix(model.name)
+        self.endpoint_name = prefix
+        canary_alarm_name = names.alarm_name(prefix, "canary")
         self.package_group = sagemaker.CfnModelPackageGroup(
             self,
             "ModelPackageGroup",
-            model_package_group_name=f"{config.project}-{model.name}",
+            model_package_group_name=prefix,
             model_package_group_description=f"refit challengers for {model.name}, approved and rejected",
         )
         self.functions = RetrainFunctions(
@@ -50,7 +53,9 @@ class ModelPipeline(Construct):
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
         )
-        self.retrain = RetrainStateMachine(self, "Retrain", model=model, functions=self.functions)
+        self.retrain = RetrainStateMachine(
+            self, "Retrain", model=model, functions=self.functions, state_machine_name=prefix
+        )
         self.triggers = Triggers(
             self,
             "Triggers",
@@ -59,6 +64,7 @@ class ModelPipeline(Construct):
             state_machine=self.retrain.state_machine,
             endpoint_name=self.endpoint_name,
             canary_alarm_name=canary_alarm_name,
+            quality_alarm_name=names.alarm_name(prefix, "quality"),
         )
         CfnOutput(self, "StateMachineArn", value=self.retrain.state_machine.state_machine_arn)
         CfnOutput(self, "EndpointName", value=self.endpoint_name)
@@ -83,6 +89,7 @@ class RefitStack(Stack):
             )
             for model in config.models
         }
+        CfnOutput(self, "Project", value=config.project)
         CfnOutput(self, "DataBucket", value=self.storage.data_bucket.bucket_name)
         CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
         CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)

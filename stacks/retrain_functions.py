@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+from refit_core import names
 from refit_core.config import ModelConfig
 
 from stacks.sagemaker_access import SageMakerAccess
@@ -124,14 +125,15 @@ class RetrainFunctions(Construct):
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],
-                resources=[f"{arn}:training-job/{model.name}-*"],
+                resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
             )
         )
         sagemaker.role.grant_pass_role(f["StartTraining"])
         sagemaker.role.grant_pass_role(f["Deploy"])
         f["PollTraining"].add_to_role_policy(
             iam.PolicyStatement(
-                actions=["sagemaker:DescribeTrainingJob"], resources=[f"{arn}:training-job/{model.name}-*"]
+                actions=["sagemaker:DescribeTrainingJob"],
+                resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
             )
         )
         if "PickCandidate" in f:
@@ -171,8 +173,8 @@ class RetrainFunctions(Construct):
             ],
             resources=[
                 f"{arn}:endpoint/{endpoint_name}",
-                f"{arn}:endpoint-config/{endpoint_name}-*",
-                f"{arn}:model/{model.name}-*",
+                f"{arn}:endpoint-config/{names.pattern(endpoint_name)}",
+                f"{arn}:model/{names.pattern(endpoint_name)}",
                 f"{arn}:model-package/{package_group_name}/*",
             ],
         )
@@ -191,8 +193,8 @@ class RetrainFunctions(Construct):
                 ],
                 resources=[
                     f"{arn}:endpoint/{endpoint_name}",
-                    f"{arn}:endpoint-config/{endpoint_name}-*",
-                    f"{arn}:model/{model.name}-*",
+                    f"{arn}:endpoint-config/{names.pattern(endpoint_name)}",
+                    f"{arn}:model/{names.pattern(endpoint_name)}",
                 ],
             )
         )

@@ -23,7 +23,15 @@ ALL_ERRORS = ["States.ALL"]
 
 
 class RetrainStateMachine(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, model: ModelConfig, functions: RetrainFunctions) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        functions: RetrainFunctions,
+        state_machine_name: str,
+    ) -> None:
         super().__init__(scope, construct_id)
         fn = functions.functions
 
@@ -387,7 +395,7 @@ class RetrainStateMachine(Construct):
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
-            state_machine_name=f"refit-{model.name}",
+            state_machine_name=state_machine_name,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             timeout=Duration.hours(24),
             tracing_enabled=True,

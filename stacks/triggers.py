@@ -30,6 +30,7 @@ class Triggers(Construct):
         state_machine: sfn.IStateMachine,
         endpoint_name: str,
         canary_alarm_name: str,
+        quality_alarm_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
         target = targets.SfnStateMachine(state_machine)
@@ -63,7 +64,7 @@ class Triggers(Construct):
             self.quality_alarm = cloudwatch.Alarm(
                 self,
                 "QualityAlarm",
-                alarm_name=f"refit-{model.name}-quality",
+                alarm_name=quality_alarm_name,
                 alarm_description=f"refit {model.name}: model quality dropped; starts a retrain",
                 metric=cloudwatch.Metric(
                     namespace="Refit",

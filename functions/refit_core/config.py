@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from refit_core.metric_names import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from refit_core.names import model_prefix
 
 # SageMaker instance types refit knows a price for; users add their own in [prices].
 DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
@@ -194,10 +195,11 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_resource_safe(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", value):
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", value) or "--" in value or value.endswith("-"):
             raise ValueError(
-                f"{value!r} must be 2-31 characters of lower-case letters, digits and '-', starting with a letter "
-                "(it becomes part of SageMaker, S3 and Step Functions names)"
+                f"{value!r} must be 2-31 characters of lower-case letters, digits and single '-', starting with a "
+                "letter and not ending with '-' (it becomes part of SageMaker, S3 and Step Functions names, where "
+                "'--' separates it from generated parts)"
             )
         return value
 
@@ -272,12 +274,23 @@ class ModelConfig(_Strict):
 
 
 class RefitConfig(_Strict):
-    project: str = Field("refit", pattern=r"^[a-z][a-z0-9-]{1,20}$")
+    project: str = Field("refit", description="Prefixes every resource and names the stack.")
     notification_email: str | None = None
     instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
     )
     models: list[ModelConfig] = Field(min_length=1)
+
+    @field_validator("project")
+    @classmethod
+    def _project_is_resource_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,20}", value):
+            raise ValueError(
+                f"{value!r} must be 2-21 lower-case letters and digits, starting with a letter: it names the stack "
+                "and prefixes every resource as '{project}-{model}', so it has no '-' (project 'a' with model 'b-c' "
+                "and project 'a-b' with model 'c' would share names)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_names_and_known_prices(self) -> RefitConfig:
@@ -286,6 +299,8 @@ class RefitConfig(_Strict):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {duplicates}")
         for model in self.models:
+            model_prefix(self.project, model.name)
+        for model in self.models:
             for instance in (model.training_instance_type,):
                 if instance not in self.instance_prices_usd_per_hour:
                     raise ValueError(
@@ -293,6 +308,10 @@ class RefitConfig(_Strict):
                         "add it under [instance_prices_usd_per_hour]"
                     )
         return self
+
+    def prefix(self, model: str) -> str:
+        """`{project}-{model}`: see refit_core.names."""
+        return model_prefix(self.project, model)
 
     def model(self, name: str) -> ModelConfig:
         for model in self.models:

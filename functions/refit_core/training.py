@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from typing import Any
 
 from refit_core.config import ModelConfig
+from refit_core.names import training_job_name
 from refit_core.s3uri import S3Uri
 
 OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
@@ -24,20 +24,21 @@ CAPACITY_SECONDARY_STATUSES = {"MaxWaitTimeExceeded"}
 CAPACITY_FAILURE_MARKERS = ("InsufficientCapacity", "capacity", "MaxWaitTimeExceeded")
 
 
-def job_name(model: str, run_id: str, attempt: int, spot: bool, family: str | None = None) -> str:
-    suffix = f"{family + '-' if family else ''}{'s' if spot else 'od'}{attempt}"
-    base = f"{model}-{run_id}"[: 63 - len(suffix) - 1].rstrip("-")
-    return f"{base}-{suffix}"
-
-
 def inputs_manifest_key(model: str, run_id: str, job_name: str) -> str:
     """Where the job's inputs (object versions, hyperparameters, image) are recorded for its lineage: one file per
     job, because parallel candidates and on-demand fallbacks of one run train on their own settings."""
     return f"reports/{model}/{run_id}/inputs/{job_name}.json"
 
 
-def hyperparameters(model: ModelConfig, run_id: str, family: str | None = None) -> dict[str, str]:
-    """With `family` (parallel candidates) the job searches that family alone."""
+def settings_prefix(model: str, run_id: str, job_name: str) -> str:
+    """Where the job's settings (config.json) are written: the job's `config` input channel."""
+    return f"reports/{model}/{run_id}/inputs/{job_name}/"
+
+
+def job_settings(model: ModelConfig, run_id: str, family: str | None = None) -> dict[str, Any]:
+    """What `train` is told, as config.json in the job's `config` channel. A file has no size cap; a hyperparameter
+    value has (2,500 characters), which about 86 categorical column names pass. With `family` (parallel candidates)
+    the job searches that family alone."""
     config = {
         "target": model.target,
         "problem_type": model.problem_type,
@@ -54,12 +55,13 @@ def hyperparameters(model: ModelConfig, run_id: str, family: str | None = None) 
         "cv_folds": model.search.cv_folds,
         "search_seconds": min(model.search.max_seconds, int(model.spot.max_runtime_seconds * 0.8)),
     }
-    return {"config": json.dumps(config, sort_keys=True)}
+    return config
 
 
 def training_job_request(
     *,
     model: ModelConfig,
+    name_prefix: str,
     run_id: str,
     attempt: int,
     spot: bool,
@@ -73,10 +75,16 @@ def training_job_request(
     validation_data_uri: str | None = None,
     baseline_data_uri: str | None = None,
 ) -> dict[str, Any]:
-    """CreateTrainingJob parameters. Checkpoints are keyed by the run (and the family, for parallel candidates), not
-    the job, so an on-demand retry resumes them."""
+    """CreateTrainingJob parameters. `name_prefix` is the model's `{project}-{model}` (refit_core.names). The job's
+    settings (`job_settings`) are read from its `config` channel: the caller writes them to `settings_prefix` first.
+    Checkpoints are keyed by the run (and the family, for parallel candidates), not the job, so an on-demand retry
+    resumes them."""
     artifacts = S3Uri(artifact_bucket, "")
-    channels = [("current", batch_uri, "text/csv")]
+    name = training_job_name(name_prefix, run_id, attempt, spot, family)
+    channels = [
+        ("config", str(artifacts.join(settings_prefix(model.name, run_id, name))) + "/", "application/json"),
+        ("current", batch_uri, "text/csv"),
+    ]
     if earlier_data_uri:
         channels.append(("train", earlier_data_uri, "text/csv"))
     if validation_data_uri:
@@ -89,7 +97,7 @@ def training_job_request(
     if spot:
         stopping["MaxWaitTimeInSeconds"] = model.spot.effective_max_wait_seconds
     request: dict[str, Any] = {
-        "TrainingJobName": job_name(model.name, run_id, attempt, spot, family),
+        "TrainingJobName": name,
         "RoleArn": role_arn,
         "AlgorithmSpecification": {
             "TrainingImage": image_uri,
@@ -99,7 +107,6 @@ def training_job_request(
                 for metric in model.metrics
             ],
         },
-        "HyperParameters": hyperparameters(model, run_id, family),
         "InputDataConfig": [
             {
                 "ChannelName": name,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
+from refit_core import names
 from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, variant
 from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
 
@@ -52,13 +53,9 @@ class DeployEvent(BaseModel):
     request: Annotated[StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback, Field(discriminator="action")]
 
 
-def _name(*parts: str) -> str:
-    return "-".join(parts)[:63].rstrip("-")
-
-
 def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
     model = config.model
-    model_name = _name(model.name, event.run_id)
+    model_name = names.model_name(config.endpoint_name, event.run_id)
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
@@ -71,7 +68,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     )
     current = describe_endpoint(sagemaker, config.endpoint_name)
     if current is None:
-        config_name = _name(config.endpoint_name, event.run_id, "first")
+        config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "first")
         sagemaker.create_endpoint_config(
             EndpointConfigName=config_name,
             ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
@@ -89,7 +86,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         for v in sagemaker.describe_endpoint_config(EndpointConfigName=previous)["ProductionVariants"]
         if v["VariantName"] == CHAMPION
     )
-    config_name = _name(config.endpoint_name, event.run_id, "canary")
+    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "canary")
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
         ProductionVariants=canary_variants(
@@ -161,7 +158,7 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[
 
 
 def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
-    config_name = _name(config.endpoint_name, event.run_id, "final")
+    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "final")
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
         ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],

@@ -17,7 +17,9 @@ from refit_core.training import (
     best_cv_score,
     choose_candidate,
     inputs_manifest_key,
+    job_settings,
     read_training_outputs,
+    settings_prefix,
     summarize_job,
     training_job_request,
 )
@@ -95,6 +97,7 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     spot = event.spot and model.spot.enabled
     request = training_job_request(
         model=model,
+        name_prefix=config.endpoint_name,  # the endpoint is named by the model's prefix (refit_core.names)
         run_id=event.run_id,
         attempt=event.attempt,
         spot=spot,
@@ -111,13 +114,21 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     inputs = [{**object_identity(s3, S3Uri.parse(event.data_uri)), "channel": "current"}] + [
         {**identity, "channel": channel} for channel, uri in present.items() for identity in prefix_identities(s3, uri)
     ]
+    job_config = json.dumps(job_settings(model, event.run_id, event.family), sort_keys=True)
+    config_object = S3Uri(config.artifact_bucket, settings_prefix(model.name, event.run_id, request["TrainingJobName"]))
+    s3.put_object(
+        Bucket=config_object.bucket,
+        Key=config_object.join("config.json").key,
+        ContentType="application/json",
+        Body=job_config.encode(),
+    )
     manifest = S3Uri(config.artifact_bucket, inputs_manifest_key(model.name, event.run_id, request["TrainingJobName"]))
     s3.put_object(
         Bucket=manifest.bucket,
         Key=manifest.key,
         ContentType="application/json",
         Body=json.dumps(
-            {"inputs": inputs, "hyperparameters": request["HyperParameters"], "image_uri": config.image_uri}, indent=1
+            {"inputs": inputs, "hyperparameters": {"config": job_config}, "image_uri": config.image_uri}, indent=1
         ).encode(),
     )
     sagemaker.create_training_job(**request)

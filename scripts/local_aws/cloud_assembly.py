@@ -19,8 +19,18 @@ class CloudAssembly:
     assets: dict[str, Any]
 
     @classmethod
-    def load(cls, directory: str | Path, stack_name: str = "Refit") -> CloudAssembly:
+    def load(cls, directory: str | Path, stack_name: str | None = None) -> CloudAssembly:
+        """`stack_name` defaults to the assembly's one stack (named after the configuration's project)."""
         directory = Path(directory)
+        if stack_name is None:
+            manifest = directory / "manifest.json"
+            if not manifest.exists():
+                raise FileNotFoundError(f"{manifest}: no cloud assembly; run `python app.py` with CDK_OUTDIR")
+            artifacts = json.loads(manifest.read_text()).get("artifacts", {})
+            stacks = sorted(k for k, v in artifacts.items() if v.get("type") == "aws:cloudformation:stack")
+            if len(stacks) != 1:
+                raise ValueError(f"{directory}: expected one stack, found {stacks}; name the one to load")
+            stack_name = stacks[0]
         template_path = directory / f"{stack_name}.template.json"
         if not template_path.exists():
             raise FileNotFoundError(f"{template_path}: no synthesized template; run `python app.py` with CDK_OUTDIR")

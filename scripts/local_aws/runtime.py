@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
 from moto import mock_aws
+from refit_core import names
 
 from scripts.local_aws.bridges import Bridges, TrainingOutcome
 from scripts.local_aws.cloud_assembly import CloudAssembly
@@ -46,14 +47,20 @@ def synthesize(outdir: Path, config_path: Path | None = None) -> Path:
 
 
 class ModelHandles:
-    def __init__(self, name: str, outputs: dict[str, str], project: str = "refit") -> None:
-        prefix = f"Model{name.replace('-', '')}"
+    """A model's resources in the stood-up stack, named by refit_core.names from the stack's Project output."""
+
+    def __init__(self, name: str, outputs: dict[str, str]) -> None:
+        prefix = names.model_prefix(outputs["Project"], name)
         self.name = name
-        self.state_machine_arn = next(v for k, v in outputs.items() if k.startswith(prefix) and "StateMachineArn" in k)
-        self.endpoint_name = next(v for k, v in outputs.items() if k.startswith(prefix) and "EndpointName" in k)
-        self.canary_alarm = f"{project}-{name}-canary"
-        self.quality_alarm = f"{project}-{name}-quality"
-        self.package_group = f"{project}-{name}"
+        self.state_machine_arn = next(
+            (v for k, v in outputs.items() if "StateMachineArn" in k and v.endswith(f":stateMachine:{prefix}")), None
+        )
+        if self.state_machine_arn is None or prefix not in outputs.values():
+            raise KeyError(f"model {name!r}: no state machine or endpoint named {prefix!r} in the stack's outputs")
+        self.endpoint_name = prefix
+        self.canary_alarm = names.alarm_name(prefix, "canary")
+        self.quality_alarm = names.alarm_name(prefix, "quality")
+        self.package_group = prefix
         self.new_data_prefix = f"incoming/{name}/"
 
 

@@ -39,7 +39,7 @@ def aws(assembly, tmp_path_factory):
 
 
 def test_the_parallel_template_has_a_map_of_training_jobs_and_lints_clean(assembly):
-    template = json.loads((assembly / "Refit.template.json").read_text())
+    template = json.loads((assembly / "refit.template.json").read_text())
     definition = json.dumps(
         next(r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine")[
             "Properties"
@@ -48,7 +48,7 @@ def test_the_parallel_template_has_a_map_of_training_jobs_and_lints_clean(assemb
     assert '\\"Train candidates\\":{\\"Type\\":\\"Map\\"' in definition and "Pick best candidate" in definition
     lint = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--ignore-checks", "W", "--"]
-        + [str(assembly / "Refit.template.json")],
+        + [str(assembly / "refit.template.json")],
         capture_output=True,
         text=True,
     )

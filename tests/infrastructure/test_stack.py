@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def template(cloud_assembly):
-    return json.loads((cloud_assembly / "Refit.template.json").read_text())
+    return json.loads((cloud_assembly / "refit.template.json").read_text())
 
 
 def resources(template, kind):
@@ -93,7 +93,7 @@ def test_cdk_nag_passes_with_every_acknowledgement_reasoned(cloud_assembly):
     report = json.loads((cloud_assembly / "validation-report.json").read_text())
     # Synthesis itself fails when AwsSolutions reports an unacknowledged finding; every report here must pass.
     assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
-    metadata = json.loads((cloud_assembly / "Refit.metadata.json").read_text())
+    metadata = json.loads((cloud_assembly / "refit.metadata.json").read_text())
     reasons = {
         rule: reason
         for entries in metadata.values()
@@ -115,7 +115,7 @@ def test_cfn_lint_reports_no_errors(cloud_assembly):
             "--ignore-checks",
             "W",
             "--",
-            str(cloud_assembly / "Refit.template.json"),
+            str(cloud_assembly / "refit.template.json"),
         ],
         capture_output=True,
         text=True,
@@ -152,5 +152,5 @@ def test_npm_cdk_cli_synthesizes_offline(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    template = json.loads((tmp_path / "out" / "Refit.template.json").read_text())
+    template = json.loads((tmp_path / "out" / "refit.template.json").read_text())
     assert any(r["Type"] == "AWS::StepFunctions::StateMachine" for r in template["Resources"].values())

@@ -3,7 +3,8 @@
 import pytest
 from pydantic import ValidationError
 from refit_core.config import SearchSettings
-from refit_core.training import choose_candidate, job_name, training_job_request
+from refit_core.names import training_job_name
+from refit_core.training import choose_candidate, job_settings, training_job_request
 
 
 def summary(family, next_step="done", cost=0.01, billable=100, training=300, **extra):
@@ -57,6 +58,7 @@ def test_each_candidate_job_has_its_own_name_checkpoints_and_family():
     model = load_config(Path(__file__).resolve().parents[2] / "refit.toml").model("churn")
     request = training_job_request(
         model=model,
+        name_prefix="refit-churn",
         run_id="r1",
         attempt=2,
         spot=False,
@@ -68,9 +70,12 @@ def test_each_candidate_job_has_its_own_name_checkpoints_and_family():
         artifact_bucket="art",
         family="forest",
     )
-    assert request["TrainingJobName"] == job_name("churn", "r1", 2, False, "forest") == "churn-r1-forest-od2"
+    name = training_job_name("refit-churn", "r1", 2, False, "forest")
+    assert request["TrainingJobName"] == name == "refit-churn--r1--forest-od2"
     assert request["CheckpointConfig"]["S3Uri"] == "s3://art/checkpoints/churn/r1/forest/"
-    assert '"families": ["forest"]' in request["HyperParameters"]["config"]
+    assert job_settings(model, "r1", "forest")["families"] == ["forest"]
+    config_channel = next(c for c in request["InputDataConfig"] if c["ChannelName"] == "config")
+    assert config_channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://art/reports/churn/r1/inputs/{name}/"
 
 
 def test_parallel_jobs_need_two_families():

@@ -66,6 +66,7 @@ def test_training_request_uses_spot_with_checkpoints_keyed_by_run():
     model = load_config(ROOT / "refit.toml").model("churn")
     request = training_job_request(
         model=model,
+        name_prefix="refit-churn",
         run_id="run-1",
         attempt=1,
         spot=True,
@@ -80,9 +81,10 @@ def test_training_request_uses_spot_with_checkpoints_keyed_by_run():
     stop = request["StoppingCondition"]
     assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"]
     assert request["CheckpointConfig"]["S3Uri"] == "s3://art/checkpoints/churn/run-1/"
-    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["current", "champion"]
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["config", "current", "champion"]
     on_demand = training_job_request(
         model=model,
+        name_prefix="refit-churn",
         run_id="run-1",
         attempt=2,
         spot=False,

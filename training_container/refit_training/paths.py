@@ -16,8 +16,9 @@ class OptMl:
         return cls(Path(os.environ.get("REFIT_OPT_ML", "/opt/ml")))
 
     @property
-    def hyperparameters(self) -> Path:
-        return self.root / "input" / "config" / "hyperparameters.json"
+    def settings(self) -> Path:
+        """The job's settings: the `config` input channel's one file (no size cap, unlike a hyperparameter value)."""
+        return self.channel("config") / "config.json"
 
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name

@@ -37,13 +37,18 @@ class TrainingError(RuntimeError):
     """A reason the job cannot produce a model; written to /opt/ml/output/failure."""
 
 
-def load_hyperparameters(opt: OptMl) -> dict[str, Any]:
-    """SageMaker passes every hyperparameter as a string; refit sends one JSON-encoded `config` value."""
+def load_settings(opt: OptMl) -> dict[str, Any]:
+    """The job's settings come as the `config` channel's config.json, not as a hyperparameter: SageMaker caps a
+    hyperparameter value at 2,500 characters, which a model with many columns passes."""
     try:
-        raw = json.loads(opt.hyperparameters.read_text())
-        return json.loads(raw["config"])
-    except (OSError, KeyError, json.JSONDecodeError) as error:
-        raise TrainingError(f"hyperparameters.json must hold a JSON 'config' value ({error})") from None
+        settings = json.loads(opt.settings.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TrainingError(
+            f"{opt.settings}: the 'config' channel must hold the job's JSON settings ({error})"
+        ) from None
+    if not isinstance(settings, dict):
+        raise TrainingError(f"{opt.settings}: the job's settings must be a JSON object")
+    return settings
 
 
 def _read_channel(opt: OptMl, name: str) -> pd.DataFrame | None:
@@ -119,7 +124,7 @@ def bootstrap_intervals(
 def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     term = term or TermFlag()
     started = time.monotonic()
-    config = load_hyperparameters(opt)
+    config = load_settings(opt)
     target = config["target"]
     current = _read_channel(opt, "current")
     if current is None:
