@@ -26,6 +26,7 @@ from refit_core import names
 
 from scripts.local_aws.bridges import Bridges, TrainingOutcome
 from scripts.local_aws.cloud_assembly import CloudAssembly
+from scripts.local_aws.limits import enforce_aws_rules
 from scripts.local_aws.standup import StandUp
 
 ACCOUNT = "123456789012"
@@ -100,6 +101,8 @@ class LocalRuntime:
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the interpreter logs every caught error at ERROR
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": True}})
         self._mock.start()
+        self._limits = enforce_aws_rules()
+        self._limits.__enter__()
         try:
             self.stack = StandUp(self.assembly, ACCOUNT, self.region).run()
             training_image = next(
@@ -119,6 +122,7 @@ class LocalRuntime:
             )
             self.bridges.install()
         except Exception:
+            self._limits.__exit__(None, None, None)
             self._mock.stop()
             raise
         self.outputs = self.stack.outputs
@@ -134,6 +138,7 @@ class LocalRuntime:
         finally:
             if self.bridges is not None:
                 self.bridges.uninstall()
+            self._limits.__exit__(None, None, None)
             self._mock.stop()
             for key, value in self._saved_env.items():
                 if value is None:

@@ -1,0 +1,197 @@
+"""AWS's request limits, enforced on every client in the process while the local runtime runs.
+
+botocore's client checks types, required members and minimums; the service itself also refuses values over a
+`max` (string, blob, list and map size, number), strings that do not match the member's `pattern`, and values
+outside an `enum`. moto checks none of these, so a name of 64 characters or a hyperparameter of 2,501 would pass
+offline and fail in AWS. `enforce_limits()` wraps botocore's `ParamValidationDecorator.serialize_to_request`, the
+step every client (the host's, the in-process Lambdas', the bridges' and the ASL interpreter's `aws-sdk` tasks)
+takes before a request is sent, and raises what the service returns: a `ClientError` with code
+`ValidationException`, naming the service, the operation, the parameter path and the failed constraint.
+
+Patterns are Java regular expressions (the services are Java; the model's strings come from their validation).
+AWS requires the *whole* value to match (Java's `Pattern.matches`): SageMaker's name pattern
+`^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}` would accept `a_b` if a match at the start were enough, and SageMaker refuses
+it. So patterns are applied with `fullmatch`. Java syntax Python's `re` lacks (`\\p{L}`, `\\p{Print}`, `\\z`, a class
+shorthand before '-' in a class) is handled by the `regex` module; Java strings are UTF-16, so a surrogate-pair
+range (`\\uD800\\uDC00-\\uDBFF\\uDFFF`) is rewritten as the code points it denotes. A pattern that still does not
+compile is listed in `UNCOMPILED` and left unchecked (a test asserts there is none for the services refit calls).
+
+`enforce_unique_names()` makes moto's SageMaker refuse a second CreateModel, CreateEndpointConfig, CreateEndpoint
+or CreateTrainingJob with an existing name, with the error SageMaker returns (ValidationException "Cannot create
+already existing ...", ResourceInUse for a training job); moto overwrites the first silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import regex
+from botocore.exceptions import ClientError
+from botocore.model import OperationModel, Shape
+from botocore.validate import ParamValidationDecorator
+from moto.sagemaker.exceptions import ResourceInUseException, ValidationError
+from moto.sagemaker.models import SageMakerModelBackend
+
+SURROGATE_PAIR_RANGE = "\\uD800\\uDC00-\\uDBFF\\uDFFF"
+SUPPLEMENTARY_RANGE = "\\U00010000-\\U0010FFFF"
+UNCOMPILED: dict[str, str] = {}
+_lock = threading.Lock()
+_installed = 0
+_original = ParamValidationDecorator.serialize_to_request
+
+
+@functools.cache
+def compile_pattern(pattern: str) -> regex.Pattern[str] | None:
+    """A botocore (Java) pattern as a `regex` pattern, or None (recorded in UNCOMPILED) when it cannot be read."""
+    translated = pattern.replace(SURROGATE_PAIR_RANGE, SUPPLEMENTARY_RANGE)
+    try:
+        return regex.compile(translated, flags=regex.VERSION0)
+    except regex.error as error:
+        UNCOMPILED[pattern] = str(error)
+        return None
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def violations(value: Any, shape: Shape, path: str) -> Iterator[str]:
+    """Every limit the service checks and botocore's client does not, for `value` of `shape` at `path`."""
+    meta = shape.metadata
+    kind = shape.type_name
+    if kind == "structure" and isinstance(value, dict):
+        for name, member in shape.members.items():
+            if name in value:
+                yield from violations(value[name], member, f"{path}.{name}" if path else name)
+    elif kind == "list" and isinstance(value, list | tuple):
+        if "max" in meta and len(value) > meta["max"]:
+            yield f"{path}: {len(value)} items, more than the maximum {meta['max']}"
+        for index, item in enumerate(value):
+            yield from violations(item, shape.member, f"{path}[{index}]")
+    elif kind == "map" and isinstance(value, dict):
+        if "max" in meta and len(value) > meta["max"]:
+            yield f"{path}: {len(value)} entries, more than the maximum {meta['max']}"
+        for key, item in value.items():
+            yield from violations(key, shape.key, f"{path} (key {key!r})")
+            yield from violations(item, shape.value, f"{path}.{key}")
+    elif kind == "string" and isinstance(value, str):
+        if "max" in meta and len(value) > meta["max"]:
+            yield f"{path}: length {len(value)} is over the maximum {meta['max']} (value {_preview(value)})"
+        pattern = meta.get("pattern")
+        if pattern is not None:
+            compiled = compile_pattern(pattern)
+            if compiled is not None and compiled.fullmatch(value) is None:
+                yield f"{path}: value {_preview(value)} does not match the pattern {pattern}"
+        if shape.enum and value not in shape.enum:
+            yield f"{path}: value {_preview(value)} is not one of {shape.enum}"
+    elif kind == "blob" and isinstance(value, bytes | bytearray | str):
+        if "max" in meta and len(value) > meta["max"]:
+            yield f"{path}: {len(value)} bytes, more than the maximum {meta['max']}"
+    elif kind in ("integer", "long", "float", "double") and isinstance(value, int | float) and "max" in meta:
+        if value > meta["max"]:
+            yield f"{path}: {value} is over the maximum {meta['max']}"
+
+
+def check_request(parameters: dict[str, Any], operation: OperationModel) -> None:
+    """Raise the service's ValidationException for a request over a limit."""
+    if operation.input_shape is None:
+        return
+    problems = list(violations(parameters, operation.input_shape, ""))
+    if problems:
+        service = operation.service_model.service_name
+        message = (
+            f"{service} {operation.name}: {len(problems)} validation error{'s' if len(problems) > 1 else ''} "
+            f"detected: " + "; ".join(problems)
+        )
+        raise ClientError(
+            {"Error": {"Code": "ValidationException", "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+            operation.name,
+        )
+
+
+def _serialize_to_request(self: ParamValidationDecorator, parameters: dict[str, Any], operation_model: Any) -> Any:
+    request = _original(self, parameters, operation_model)  # botocore's own checks first, as the client runs them
+    check_request(parameters, operation_model)
+    return request
+
+
+@contextlib.contextmanager
+def enforce_limits() -> Iterator[None]:
+    """While inside, every botocore client in the process refuses what the service would refuse. Nests."""
+    global _installed
+    with _lock:
+        _installed += 1
+        ParamValidationDecorator.serialize_to_request = _serialize_to_request
+    try:
+        yield
+    finally:
+        with _lock:
+            _installed -= 1
+            if _installed == 0:
+                ParamValidationDecorator.serialize_to_request = _original
+
+
+# (backend method, the backend's dict of existing resources, the ARN's resource type, the error SageMaker returns)
+_UNIQUE = (
+    ("create_model", "_models", "model", lambda arn: ValidationError(f'Cannot create already existing model "{arn}".')),
+    (
+        "create_endpoint_config",
+        "endpoint_configs",
+        "endpoint-config",
+        lambda arn: ValidationError(f'Cannot create already existing endpoint configuration "{arn}".'),
+    ),
+    (
+        "create_endpoint",
+        "endpoints",
+        "endpoint",
+        lambda arn: ValidationError(f'Cannot create already existing endpoint "{arn}".'),
+    ),
+    (
+        "create_training_job",
+        "training_jobs",
+        "training-job",
+        lambda arn: ResourceInUseException(
+            "Training job names must be unique within an AWS account and region, and a training job with this name "
+            f"already exists ({arn})"
+        ),
+    ),
+)
+
+
+def _refusing_existing(method: str, existing: str, kind: str, error: Any) -> Any:
+    original = getattr(SageMakerModelBackend, method)
+
+    def create(backend: SageMakerModelBackend, *args: Any, **kwargs: Any) -> Any:
+        name = args[0] if args else kwargs[f"{method.removeprefix('create_')}_name"]
+        if name in getattr(backend, existing):
+            raise error(f"arn:aws:sagemaker:{backend.region_name}:{backend.account_id}:{kind}/{name}")
+        return original(backend, *args, **kwargs)
+
+    return original, create
+
+
+@contextlib.contextmanager
+def enforce_unique_names() -> Iterator[None]:
+    """While inside, moto's SageMaker refuses an existing model, endpoint config, endpoint or training job name."""
+    originals = []
+    for method, existing, kind, error in _UNIQUE:
+        original, create = _refusing_existing(method, existing, kind, error)
+        originals.append((method, original))
+        setattr(SageMakerModelBackend, method, create)
+    try:
+        yield
+    finally:
+        for method, original in reversed(originals):
+            setattr(SageMakerModelBackend, method, original)
+
+
+@contextlib.contextmanager
+def enforce_aws_rules() -> Iterator[None]:
+    """Both: the request limits of every client and SageMaker's unique names."""
+    with enforce_limits(), enforce_unique_names():
+        yield

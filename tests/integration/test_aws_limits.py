@@ -1,0 +1,182 @@
+"""The local runtime's AWS limits (scripts/local_aws/limits.py): what the service refuses and botocore's client does
+not, and SageMaker's unique names, which moto overwrites."""
+
+from __future__ import annotations
+
+import boto3
+import botocore.session
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from scripts.local_aws import limits
+from scripts.local_aws.limits import compile_pattern, enforce_aws_rules, enforce_limits, enforce_unique_names
+
+ROLE = "arn:aws:iam::123456789012:role/r"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/refit:1"
+# Every service refit's product code, state machine or local runtime calls.
+SERVICES = (
+    "sagemaker",
+    "sagemaker-runtime",
+    "s3",
+    "dynamodb",
+    "sns",
+    "cloudwatch",
+    "stepfunctions",
+    "events",
+    "ecr",
+    "cloudformation",
+    "lambda",
+    "sts",
+    "iam",
+    "kms",
+    "ssm",
+    "logs",
+)
+
+
+@pytest.fixture
+def sagemaker():
+    with mock_aws():
+        yield boto3.client("sagemaker", region_name="us-east-1")
+
+
+def variant(model: str = "m1", instance: str = "ml.m5.large") -> list[dict]:
+    return [{"VariantName": "champion", "ModelName": model, "InitialInstanceCount": 1, "InstanceType": instance}]
+
+
+def training_job(name: str, **changes) -> dict:
+    request = {
+        "TrainingJobName": name,
+        "RoleArn": ROLE,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": "s3://b/o/"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+    }
+    return {**request, **changes}
+
+
+def refused(call, *fragments: str) -> str:
+    with pytest.raises(ClientError) as caught:
+        call()
+    error = caught.value.response["Error"]
+    assert error["Code"] == "ValidationException", error
+    for fragment in fragments:
+        assert fragment in error["Message"], error["Message"]
+    return error["Message"]
+
+
+def test_over_max_length_names_the_operation_parameter_and_length(sagemaker):
+    name = "a" * 64
+    create = lambda: sagemaker.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variant())  # noqa: E731
+    sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    with enforce_limits():
+        refused(create, "sagemaker CreateEndpointConfig", "EndpointConfigName: length 64", "maximum 63")
+        sagemaker.create_endpoint_config(EndpointConfigName="b" * 63, ProductionVariants=variant())
+    create()  # outside the context botocore and moto accept it again: the patch is undone
+
+
+def test_pattern_must_match_the_whole_value(sagemaker):
+    """`^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}` matches the start of `churn_eu`; SageMaker refuses the name."""
+    with enforce_limits():
+        refused(
+            lambda: sagemaker.create_model(
+                ModelName="churn_eu", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE}
+            ),
+            "CreateModel",
+            "ModelName: value 'churn_eu' does not match the pattern",
+        )
+
+
+def test_enum_list_map_and_number_maxima(sagemaker):
+    with enforce_limits():
+        refused(
+            lambda: sagemaker.create_endpoint_config(
+                EndpointConfigName="c", ProductionVariants=variant(instance="ml.huge")
+            ),
+            "ProductionVariants[0].InstanceType: value 'ml.huge' is not one of",
+        )
+        refused(
+            lambda: sagemaker.create_training_job(**training_job("t", HyperParameters={"config": "x" * 2501})),
+            "CreateTrainingJob",
+            "HyperParameters.config: length 2501 is over the maximum 2500",
+        )
+        refused(
+            lambda: sagemaker.create_training_job(
+                **training_job("t", HyperParameters={f"k{i}": "v" for i in range(101)})
+            ),
+            "HyperParameters: 101 entries, more than the maximum 100",
+        )
+        refused(
+            lambda: sagemaker.create_model(
+                ModelName="m",
+                ExecutionRoleArn=ROLE,
+                PrimaryContainer={"Image": IMAGE},
+                Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)],
+            ),
+            "Tags: 51 items, more than the maximum 50",
+        )
+        refused(
+            lambda: sagemaker.create_training_job(**training_job("t", RetryStrategy={"MaximumRetryAttempts": 31})),
+            "RetryStrategy.MaximumRetryAttempts: 31 is over the maximum 30",
+        )
+        sagemaker.create_training_job(**training_job("t", HyperParameters={"config": "x" * 2500}))
+
+
+def test_java_patterns_compile_and_keep_their_meaning():
+    """Java syntax Python's `re` refuses: \\p{...} classes, \\z, and UTF-16 surrogate pairs in a range."""
+    tag_value = compile_pattern(r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$")
+    assert tag_value.fullmatch("Zürich 2026/ü") and not tag_value.fullmatch("a;b")
+    printable = compile_pattern(r"\A\S[\p{Print}]*\z")
+    assert printable.fullmatch("text/csv") and not printable.fullmatch(" x") and not printable.fullmatch("x\n")
+    any_xml_char = compile_pattern("[\\u0020-\\uD7FF\\uE000-\\uFFFD\\uD800\\uDC00-\\uDBFF\\uDFFF\\t]*")
+    assert any_xml_char.fullmatch("emoji \U0001f600 ok") and not any_xml_char.fullmatch("bell \x07")
+
+
+def test_every_pattern_of_the_services_refit_calls_compiles():
+    session = botocore.session.get_session()
+    for service in SERVICES:
+        model = session.get_service_model(service)
+        for shape_name in model.shape_names:
+            pattern = model.shape_for(shape_name).metadata.get("pattern")
+            if pattern is not None:
+                compile_pattern(pattern)
+    assert limits.UNCOMPILED == {}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda sm: sm.create_model(ModelName="m1", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE}),
+            'Cannot create already existing model "arn:aws:sagemaker:us-east-1:123456789012:model/m1".',
+        ),
+        (
+            lambda sm: sm.create_endpoint_config(EndpointConfigName="c1", ProductionVariants=variant()),
+            "Cannot create already existing endpoint configuration",
+        ),
+        (
+            lambda sm: sm.create_endpoint(EndpointName="e1", EndpointConfigName="c1"),
+            "Cannot create already existing endpoint",
+        ),
+    ],
+)
+def test_sagemaker_refuses_an_existing_name(sagemaker, call, message):
+    sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    sagemaker.create_endpoint_config(EndpointConfigName="c1", ProductionVariants=variant())
+    sagemaker.create_endpoint(EndpointName="e1", EndpointConfigName="c1")
+    call(sagemaker)  # moto alone overwrites
+    with enforce_unique_names():
+        refused(lambda: call(sagemaker), message)
+    call(sagemaker)
+
+
+def test_training_job_names_are_unique(sagemaker):
+    with enforce_aws_rules():
+        sagemaker.create_training_job(**training_job("t1"))
+        with pytest.raises(ClientError) as caught:
+            sagemaker.create_training_job(**training_job("t1"))
+        assert caught.value.response["Error"]["Code"] == "ResourceInUse"
+        assert "training-job/t1" in caught.value.response["Error"]["Message"]
+        sagemaker.create_training_job(**training_job("t2"))
