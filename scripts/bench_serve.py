@@ -47,8 +47,8 @@ REPEATS = 3
 
 def opt_ml(root: Path, channels: dict[str, pd.DataFrame], champion: Path | None = None) -> Path:
     """A training job's /opt/ml: the hyperparameters, one CSV per data channel and the champion's model.tar.gz."""
-    (root / "input" / "config").mkdir(parents=True)
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(CONFIG)}))
+    (root / "input" / "data" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config" / "config.json").write_text(json.dumps(CONFIG))
     for name, frame in channels.items():
         (root / "input" / "data" / name).mkdir(parents=True)
         frame.to_csv(root / "input" / "data" / name / "batch.csv", index=False)

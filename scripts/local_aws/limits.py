@@ -92,9 +92,12 @@ def violations(value: Any, shape: Shape, path: str) -> Iterator[str]:
     elif kind == "blob" and isinstance(value, bytes | bytearray | str):
         if "max" in meta and len(value) > meta["max"]:
             yield f"{path}: {len(value)} bytes, more than the maximum {meta['max']}"
-    elif kind in ("integer", "long", "float", "double") and isinstance(value, int | float) and "max" in meta:
-        if value > meta["max"]:
-            yield f"{path}: {value} is over the maximum {meta['max']}"
+    elif (
+        kind in ("integer", "long", "float", "double")
+        and isinstance(value, int | float)
+        and value > meta.get("max", value)
+    ):
+        yield f"{path}: {value} is over the maximum {meta['max']}"
 
 
 def check_request(parameters: dict[str, Any], operation: OperationModel) -> None:

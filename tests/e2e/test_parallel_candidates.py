@@ -86,7 +86,10 @@ def test_each_family_trains_as_its_own_job_and_the_best_cv_score_is_gated(aws):
     # Each job searched its own family only, with its own checkpoints.
     for family, job_name in jobs.items():
         job = aws.client("sagemaker").describe_training_job(TrainingJobName=job_name)
-        assert json.loads(job["HyperParameters"]["config"])["families"] == [family]
+        channel = next(c for c in job["InputDataConfig"] if c["ChannelName"] == "config")
+        bucket, prefix = channel["DataSource"]["S3DataSource"]["S3Uri"].removeprefix("s3://").split("/", 1)
+        settings = aws.client("s3").get_object(Bucket=bucket, Key=f"{prefix}config.json")["Body"].read()
+        assert json.loads(settings)["families"] == [family]
         assert job["CheckpointConfig"]["S3Uri"].endswith(f"/{record['run_id']}/{family}/")
     # The registered, serving model is the chosen job's artifact.
     packages = aws.client("sagemaker").list_model_packages(ModelPackageGroupName=aws.model(MODEL).package_group)

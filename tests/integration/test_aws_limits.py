@@ -3,6 +3,8 @@ not, and SageMaker's unique names, which moto overwrites."""
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import botocore.session
 import pytest
@@ -180,3 +182,36 @@ def test_training_job_names_are_unique(sagemaker):
         assert caught.value.response["Error"]["Code"] == "ResourceInUse"
         assert "training-job/t1" in caught.value.response["Error"]["Message"]
         sagemaker.create_training_job(**training_job("t2"))
+
+
+def test_a_wide_model_config_reaches_training_within_the_request_limits():
+    """About 86 categorical columns of 20 characters pass a hyperparameter value's 2,500 characters: the job's
+    settings go to its `config` channel instead, and the CreateTrainingJob request stays within every limit."""
+    from refit_core.config import load_config
+    from refit_core.training import job_settings, training_job_request
+
+    from tests.conftest import ROOT
+
+    columns = [f"category_column_{i:04d}" for i in range(150)]
+    model = load_config(ROOT / "refit.toml").model("churn").model_copy(update={"categorical_columns": columns})
+    assert len(json.dumps(job_settings(model, "r1"))) > 2500
+    request = training_job_request(
+        model=model,
+        name_prefix="refit-churn",
+        run_id="0f8fad5b-d9cb-469f-a165-70867728950e",
+        attempt=1,
+        spot=True,
+        image_uri=IMAGE,
+        role_arn=ROLE,
+        batch_uri="s3://d/incoming/churn/b.csv",
+        earlier_data_uri="s3://d/training/churn/",
+        champion_model_uri="s3://a/m.tar.gz",
+        artifact_bucket="art",
+        family="forest",
+    )
+    operation = botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")
+    limits.check_request(request, operation)
+    with pytest.raises(ClientError, match="HyperParameters.config: length"):
+        limits.check_request(
+            {**request, "HyperParameters": {"config": json.dumps(job_settings(model, "r1"))}}, operation
+        )

@@ -32,8 +32,8 @@ CONFIG = {
 
 
 def opt_ml(root: Path, batch, config: dict = CONFIG) -> Path:
-    (root / "input" / "config").mkdir(parents=True)
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"config": json.dumps(config)}))
+    (root / "input" / "data" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config" / "config.json").write_text(json.dumps(config))
     (root / "input" / "data" / "current").mkdir(parents=True)
     batch.to_csv(root / "input" / "data" / "current" / "batch.csv", index=False)
     return root
