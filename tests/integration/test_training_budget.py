@@ -79,6 +79,7 @@ def test_a_fixed_holdout_and_a_drift_reference_become_channels_recorded_in_the_i
     job = sagemaker.describe_training_job(TrainingJobName=started["job_name"])
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
     assert channels == {
+        "config": f"s3://art/reports/churn/r1/inputs/{started['job_name']}/",
         "current": "s3://data/incoming/churn/b.csv",
         "train": "s3://data/training/churn/",
         "validation": "s3://data/validation/churn/",
@@ -92,3 +93,7 @@ def test_a_fixed_holdout_and_a_drift_reference_become_channels_recorded_in_the_i
         ("validation", "s3://data/validation/churn/golden.csv"),
         ("baseline", "s3://data/baseline/churn/reference.csv"),
     ]
+    # The job's settings are the config channel's one object, and the manifest records them as they were sent.
+    settings_object = s3.get_object(Bucket="art", Key=f"reports/churn/r1/inputs/{started['job_name']}/config.json")
+    sent = settings_object["Body"].read().decode()
+    assert json.loads(sent)["target"] == "churned" and manifest["hyperparameters"] == {"config": sent}
