@@ -215,3 +215,28 @@ def test_a_wide_model_config_reaches_training_within_the_request_limits():
         limits.check_request(
             {**request, "HyperParameters": {"config": json.dumps(job_settings(model, "r1"))}}, operation
         )
+
+
+def test_the_local_runtime_enforces_both_and_names_handles_from_the_project(cloud_assembly, tmp_path):
+    from scripts.local_aws.runtime import LocalRuntime
+
+    with LocalRuntime(cloud_assembly, tmp_path) as aws:
+        handles = aws.model("churn")
+        assert (handles.endpoint_name, handles.package_group) == ("refit-churn", "refit-churn")
+        assert (handles.canary_alarm, handles.quality_alarm) == ("refit-churn--canary", "refit-churn--quality")
+        assert handles.state_machine_arn.endswith(":stateMachine:refit-churn")
+        sagemaker = aws.client("sagemaker")
+        refused(
+            lambda: sagemaker.create_model(
+                ModelName="m" * 64, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE}
+            ),
+            "CreateModel",
+            "ModelName: length 64",
+        )
+        sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+        refused(
+            lambda: sagemaker.create_model(ModelName="m1", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE}),
+            "Cannot create already existing model",
+        )
+    # After the runtime, botocore and moto are as they were.
+    assert limits.ParamValidationDecorator.serialize_to_request is limits._original
