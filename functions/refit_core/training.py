@@ -80,9 +80,9 @@ def training_job_request(
     Checkpoints are keyed by the run (and the family, for parallel candidates), not the job, so an on-demand retry
     resumes them."""
     artifacts = S3Uri(artifact_bucket, "")
-    name = training_job_name(name_prefix, run_id, attempt, spot, family)
+    job = training_job_name(name_prefix, run_id, attempt, spot, family)
     channels = [
-        ("config", str(artifacts.join(settings_prefix(model.name, run_id, name))) + "/", "application/json"),
+        ("config", str(artifacts.join(settings_prefix(model.name, run_id, job))) + "/", "application/json"),
         ("current", batch_uri, "text/csv"),
     ]
     if earlier_data_uri:
@@ -97,7 +97,7 @@ def training_job_request(
     if spot:
         stopping["MaxWaitTimeInSeconds"] = model.spot.effective_max_wait_seconds
     request: dict[str, Any] = {
-        "TrainingJobName": name,
+        "TrainingJobName": job,
         "RoleArn": role_arn,
         "AlgorithmSpecification": {
             "TrainingImage": image_uri,
