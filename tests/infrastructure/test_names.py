@@ -101,3 +101,19 @@ def test_iam_patterns_of_one_model_do_not_reach_the_other(other_project, one, ot
     assert all(any(iam_matches(p, r) for p in patterns) for r in own if not r.startswith("model-package-group/"))
     reached = [r for r in resources_of(f"other-{other}") if any(iam_matches(p, r) for p in patterns)]
     assert reached == [], json.dumps({"patterns": patterns, "reached": reached})
+
+
+def test_the_cli_reads_the_stack_named_after_the_project(monkeypatch):
+    import argparse
+
+    import boto3
+    from moto import mock_aws
+
+    from scripts import cli
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    template = {"Resources": {"T": {"Type": "AWS::SNS::Topic"}}, "Outputs": {"AuditTable": {"Value": "audit-1"}}}
+    with mock_aws():
+        boto3.client("cloudformation").create_stack(StackName="refit", TemplateBody=json.dumps(template))
+        args = argparse.Namespace(audit_table=None, stack=None, config=str(ROOT / "refit.toml"))
+        assert cli._audit_table(args) == "audit-1"
