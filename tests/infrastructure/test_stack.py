@@ -136,8 +136,9 @@ def test_wrong_config_stops_synthesis_naming_the_field(tmp_path):
     assert "models.0: primary_metric 'auc' does not fit" in result.stderr
 
 
-def test_npm_cdk_cli_synthesizes_offline(tmp_path):
-    """`cdk synth` with the CLI that package-lock.json installs, as a user would run it."""
+def test_npm_cdk_cli_synthesizes_offline_the_template_the_tests_run(tmp_path, cloud_assembly):
+    """`cdk synth` with the CLI that package-lock.json installs, as a user would run it, gives exactly the template
+    `python app.py` gives the tests and the local runtime: what is tested is what `cdk deploy` deploys."""
     cdk = ROOT / "node_modules" / ".bin" / "cdk"
     result = subprocess.run(
         [str(cdk), "synth", "--quiet", "--output", str(tmp_path / "out")],
@@ -153,4 +154,11 @@ def test_npm_cdk_cli_synthesizes_offline(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     template = json.loads((tmp_path / "out" / "refit.template.json").read_text())
+    tested = json.loads((cloud_assembly / "refit.template.json").read_text())
     assert any(r["Type"] == "AWS::StepFunctions::StateMachine" for r in template["Resources"].values())
+    different = sorted(
+        k
+        for k in template["Resources"].keys() | tested["Resources"].keys()
+        if template["Resources"].get(k) != tested["Resources"].get(k)
+    )
+    assert different == [] and template == tested, f"cdk synth and python app.py differ in {different[:10]}"
