@@ -120,7 +120,13 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
 
-        for prefix in (model.training_data_prefix, model.validation_data_prefix, model.baseline_data_prefix):
+        # The new batch (its version and ETag go into the job's inputs manifest) and the optional channels.
+        for prefix in (
+            model.new_data_prefix,
+            model.training_data_prefix,
+            model.validation_data_prefix,
+            model.baseline_data_prefix,
+        ):
             storage.data_bucket.grant_read(f["StartTraining"], f"{prefix}*")
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
