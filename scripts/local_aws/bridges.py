@@ -59,9 +59,13 @@ from moto.sagemaker.responses import SageMakerResponse
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 
+from scripts.local_aws.iam import LocalIam
 from scripts.local_aws.standup import LocalFunction
+
+ISOLATED_PACKAGES = ("refit_core", "refit_handlers")
 
 
 class _ThreadRoutedStream(io.TextIOBase):
@@ -199,19 +203,19 @@ def _s3() -> Any:
     return boto3.client("s3", region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
-def _s3_get(account: str, bucket: str, key: str) -> bytes:
-    return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+def _s3_get(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def _s3_keys(account: str, bucket: str, prefix: str) -> list[str]:
+def _s3_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     keys: list[str] = []
-    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.extend(item["Key"] for item in page.get("Contents", []))
     return sorted(keys)
 
 
-def _s3_put(account: str, bucket: str, key: str, body: bytes) -> None:
-    _s3().put_object(Bucket=bucket, Key=key, Body=body)
+def _s3_put(s3: Any, bucket: str, key: str, body: bytes) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
 def _reply(status: int, headers: dict[str, Any], body: Any) -> tuple[int, dict[str, Any], Any]:
@@ -236,8 +240,16 @@ class Bridges:
         spot_discount: float,
         seed: int,
         log: Callable[[str], None],
+        iam: LocalIam | None = None,
     ) -> None:
         self.account = account
+        self.iam = iam
+        self.sessions: dict[str, boto3.Session] = {}
+        self.session_lock = threading.RLock()
+        self.event_threads: list[threading.Thread] = []
+        self.clock_advance: dict[str, float] = {}
+        self.execution_clock: dict[str, float] = {}
+        self.execution_timeouts: dict[str, int | None] = {}
         self.region = region
         self.functions = functions
         self.training_asset = training_asset
@@ -262,17 +274,33 @@ class Bridges:
         # Processes (train, serve) start from this snapshot of the host environment, never a Lambda's.
         self.base_environment = dict(os.environ)
         self.environ = _ThreadLocalEnviron(os.environ)
+        self.sts = boto3.client("sts", region_name=self.region)
+        self.default_session = threading.local()
+        host_default_session = boto3._get_default_session
         bridges = self
+
+        def default_session() -> boto3.Session:
+            """boto3's default session, per thread: a Lambda invocation's is its execution role's (a real function
+            resolves its credentials from the environment the Lambda service gives it)."""
+            return getattr(bridges.default_session, "session", None) or host_default_session()
 
         def lambda_invoke(fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> bytes:
             return bridges.invoke_lambda(fn.function_name, body, response_headers)
 
         def wait_interval(wait_function: WaitFunction, env: Any, wait_seconds: int) -> None:
-            state = env.states.context_object.context_object_data.get("State", {}).get("Name", "?")
+            context = env.states.context_object.context_object_data
+            state = context.get("State", {}).get("Name", "?")
             hook = bridges.wait_hooks.get(state)
             if hook is not None:
                 hook(state, wait_seconds)
+            bridges.check_execution_timeout(env, context)
             time.sleep(0.01)
+
+        original_terminated = BaseExecutionWorkerCommunication.terminated
+
+        def terminated(communication: BaseExecutionWorkerCommunication) -> None:
+            original_terminated(communication)
+            bridges.execution_ended(communication.execution)
 
         original_create_training_job = sagemaker_backends[self.account][self.region].__class__.create_training_job
 
@@ -314,7 +342,9 @@ class Bridges:
 
         self.patches = [
             mock.patch.object(LambdaFunction, "invoke", lambda_invoke),
+            mock.patch.object(boto3, "_get_default_session", default_session),
             mock.patch.object(WaitFunction, "_wait_interval", wait_interval),
+            mock.patch.object(BaseExecutionWorkerCommunication, "terminated", terminated),
             mock.patch.object(retrier_decl, "time", _NoSleepTime()),
             mock.patch.object(
                 sagemaker_backends[self.account][self.region].__class__, "create_training_job", create_training_job
@@ -331,7 +361,7 @@ class Bridges:
             patch.start()
 
     def uninstall(self) -> None:
-        for thread in self.training_threads:
+        for thread in self.training_threads + self.event_threads:
             thread.join(timeout=120)
         with self.serve_lock:
             for serve in self.serve_processes.values():
@@ -346,6 +376,23 @@ class Bridges:
             patch.stop()
         self.patches = []
 
+    # ---------------------------------------------------------------- roles
+    def role_session(self, role_arn: str, session_name: str) -> boto3.Session:
+        """A session signing as `role_arn` (STS AssumeRole, as Lambda and SageMaker do), authorized by the local IAM
+        against the role's synthesized policies; without the local IAM, the host's session."""
+        if self.iam is None:
+            return boto3.Session(region_name=self.region)
+        with self.session_lock:
+            if role_arn not in self.sessions:
+                credentials = self.iam.credentials_for(role_arn, session_name, self.sts)
+                self.sessions[role_arn] = boto3.Session(**credentials, region_name=self.region)
+            return self.sessions[role_arn]
+
+    def role_client(self, service: str, role_arn: str, session_name: str) -> Any:
+        session = self.role_session(role_arn, session_name)
+        with self.session_lock:  # creating clients from one session is not thread-safe
+            return session.client(service)
+
     # ---------------------------------------------------------------- Lambda
     def _handler(self, function: LocalFunction) -> Callable[[Any, Any], Any]:
         module_name, _, attribute = function.handler.rpartition(".")
@@ -359,10 +406,20 @@ class Bridges:
             if str(function.asset_directory) not in sys.path:
                 sys.path.insert(0, str(function.asset_directory))
             unique = f"refit_local_{len(self.modules)}_{module_name.replace('.', '_')}"
-            spec = importlib.util.spec_from_file_location(unique, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[unique] = module  # pydantic resolves postponed annotations through sys.modules
-            spec.loader.exec_module(module)
+            # Each function imports its own copies of refit's packages, as its own Lambda process would: module state
+            # (the cached AWS clients, which hold the function's role credentials) is never shared between functions.
+            host = {name: m for name, m in sys.modules.items() if name.split(".")[0] in ISOLATED_PACKAGES}
+            for name in host:
+                del sys.modules[name]
+            try:
+                spec = importlib.util.spec_from_file_location(unique, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[unique] = module  # pydantic resolves postponed annotations through sys.modules
+                spec.loader.exec_module(module)
+            finally:
+                for name in [n for n in sys.modules if n.split(".")[0] in ISOLATED_PACKAGES]:
+                    del sys.modules[name]
+                sys.modules.update(host)
             self.modules[key] = module
         return getattr(self.modules[key], attribute)
 
@@ -373,8 +430,14 @@ class Bridges:
         event = json.loads(body) if body else {}
         log_path = self.workdir / "logs" / f"{function_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        session = self.role_session(function.role_arn, function.name)
+        credentials = session.get_credentials().get_frozen_credentials()
         environment = {
             **function.environment,
+            # The Lambda service hands a function its execution role's temporary credentials this way.
+            "AWS_ACCESS_KEY_ID": credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
+            "AWS_SESSION_TOKEN": credentials.token or "",
             "AWS_LAMBDA_FUNCTION_NAME": function.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
             "AWS_REGION": self.region,
@@ -391,6 +454,7 @@ class Bridges:
                     setattr(sys, name, proxy)
             self.stdout.local.target = log_file
             self.stderr.local.target = log_file
+            self.default_session.session = session  # boto3.client() in this invocation signs as the function's role
             try:
                 handler = self._handler(function)
                 context = LambdaContext(function.name, function.memory_mb, function.arn)
@@ -409,6 +473,7 @@ class Bridges:
                     }
                 ).encode()
             finally:
+                self.default_session.session = None
                 self.stdout.local.target = None
                 self.stderr.local.target = None
 
@@ -436,18 +501,18 @@ class Bridges:
         job.secondary_status = secondary
         job.training_job_status = status
 
-    def _restore_checkpoints(self, uri: str, directory: Path) -> None:
+    def _restore_checkpoints(self, s3: Any, uri: str, directory: Path) -> None:
         bucket, prefix = _split_s3(uri)
         directory.mkdir(parents=True, exist_ok=True)
-        for key in _s3_keys(self.account, bucket, prefix):
-            (directory / key[len(prefix) :].lstrip("/")).write_bytes(_s3_get(self.account, bucket, key))
+        for key in _s3_keys(s3, bucket, prefix):
+            (directory / key[len(prefix) :].lstrip("/")).write_bytes(_s3_get(s3, bucket, key))
 
-    def _save_checkpoints(self, directory: Path, uri: str) -> None:
+    def _save_checkpoints(self, s3: Any, directory: Path, uri: str) -> None:
         """SageMaker syncs the checkpoint folder to S3 while the job runs; locally it is synced when a process ends."""
         bucket, prefix = _split_s3(uri)
         for path in sorted(directory.glob("*")):
             if path.is_file() and not path.name.endswith(".tmp"):
-                _s3_put(self.account, bucket, f"{prefix.rstrip('/')}/{path.name}", path.read_bytes())
+                _s3_put(s3, bucket, f"{prefix.rstrip('/')}/{path.name}", path.read_bytes())
 
     @staticmethod
     def _watch(process: subprocess.Popen, events: Path, interrupt_after: int | None, timeout: float) -> bool:
@@ -487,13 +552,15 @@ class Bridges:
         root = self.workdir / "training" / job.training_job_name
         shutil.rmtree(root, ignore_errors=True)
         try:
+            # SageMaker reads the channels, syncs checkpoints and uploads the output with the job's role.
+            s3 = self.role_client("s3", job.role_arn, job.training_job_name)
             for channel in job.input_data_config:
                 uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
                 bucket, prefix = _split_s3(uri)
                 target = root / "input" / "data" / channel["ChannelName"]
                 target.mkdir(parents=True, exist_ok=True)
-                for key in _s3_keys(self.account, bucket, prefix):
-                    (target / key.rsplit("/", 1)[-1]).write_bytes(_s3_get(self.account, bucket, key))
+                for key in _s3_keys(s3, bucket, prefix):
+                    (target / key.rsplit("/", 1)[-1]).write_bytes(_s3_get(s3, bucket, key))
             config = root / "input" / "config"
             config.mkdir(parents=True, exist_ok=True)
             (config / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))
@@ -514,7 +581,7 @@ class Bridges:
             )
             while True:
                 if checkpoint_uri:
-                    self._restore_checkpoints(checkpoint_uri, root / "checkpoints")
+                    self._restore_checkpoints(s3, checkpoint_uri, root / "checkpoints")
                 job.secondary_status = "Training"
                 with log_path.open("a") as log_file:
                     process = subprocess.Popen(
@@ -531,7 +598,7 @@ class Bridges:
                         job.stopping_condition.get("MaxRuntimeInSeconds", 3600),
                     )
                 if checkpoint_uri:
-                    self._save_checkpoints(root / "checkpoints", checkpoint_uri)
+                    self._save_checkpoints(s3, root / "checkpoints", checkpoint_uri)
                 if not interrupted:
                     break
                 if outcome is not None and outcome.kind == "capacity":
@@ -570,7 +637,7 @@ class Bridges:
                 with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
                     for path in sorted(folder.iterdir()):
                         archive.add(path, arcname=path.name)
-                _s3_put(self.account, bucket, f"{base}/{name}", buffer.getvalue())
+                _s3_put(s3, bucket, f"{base}/{name}", buffer.getvalue())
             self._finish(job, "Completed", "Completed", None, time.monotonic() - started)
         except Exception as error:  # the bridge itself failed: report it as SageMaker would, never hang
             self._finish(
@@ -611,7 +678,9 @@ class Bridges:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
             bucket, key = _split_s3(model_data_url)
-            with tarfile.open(fileobj=io.BytesIO(_s3_get(self.account, bucket, key)), mode="r:gz") as archive:
+            # SageMaker downloads the model artifact with the model's execution role.
+            s3 = self.role_client("s3", backend._models[model_name].execution_role_arn, f"endpoint-{model_name}")
+            with tarfile.open(fileobj=io.BytesIO(_s3_get(s3, bucket, key)), mode="r:gz") as archive:
                 archive.extractall(directory, filter="data")
             port = _free_port()
             env = {
@@ -728,12 +797,21 @@ class Bridges:
             return  # moto lets a schedule-only rule match every event; on AWS it matches none
         if not rule.event_pattern.matches_event(event):
             return
-        other = [t for t in rule.targets if ":states:" not in t["Arn"]]
+        other = [t for t in rule.targets if ":states:" not in t["Arn"] and ":lambda:" not in t["Arn"]]
         for target in rule.targets:
-            if ":states:" not in target["Arn"]:
-                continue
             payload = target.get("Input") or json.dumps(event, default=str)
-            self.start_execution(target["Arn"], str(uuid.uuid4()), payload)  # AWS names these with a UUID
+            if ":states:" in target["Arn"]:
+                self.start_execution(target["Arn"], str(uuid.uuid4()), payload)  # AWS names these with a UUID
+            elif ":lambda:" in target["Arn"]:
+                # EventBridge invokes a Lambda target asynchronously, with the event as its payload.
+                thread = threading.Thread(
+                    target=self.invoke_lambda,
+                    args=(target["Arn"].split(":function:", 1)[1].split(":")[0], payload, {}),
+                    name=f"event-{rule.name}",
+                    daemon=True,
+                )
+                self.event_threads.append(thread)
+                thread.start()
         if other:
             saved = rule.targets
             rule.targets = other
@@ -741,6 +819,60 @@ class Bridges:
                 original(rule, event, transform_input)
             finally:
                 rule.targets = saved
+
+    def execution_ended(self, execution: Any) -> None:
+        """Step Functions puts a "Step Functions Execution Status Change" event on the default bus when an execution
+        ends; moto does not. Put it, with the fields AWS documents, so rules on it (the run-end cleanup) fire."""
+
+        def millis(value: Any) -> int | None:
+            return int(value.timestamp() * 1000) if value is not None else None
+
+        detail = {
+            "executionArn": execution.exec_arn,
+            "stateMachineArn": execution.state_machine.arn,
+            "name": execution.name,
+            "status": execution.exec_status.value,
+            "startDate": millis(execution.start_date),
+            "stopDate": millis(getattr(execution, "stop_date", None)),
+            "input": execution.input_data
+            if isinstance(execution.input_data, str)
+            else json.dumps(execution.input_data),
+            "output": json.dumps(execution.output) if getattr(execution, "output", None) is not None else None,
+            "error": getattr(execution, "error", None),
+            "cause": getattr(execution, "cause", None),
+        }
+
+        boto3.client("events", region_name=self.region).put_events(
+            Entries=[
+                {
+                    "Source": "aws.states",
+                    "DetailType": "Step Functions Execution Status Change",
+                    "Resources": [execution.exec_arn],
+                    "Detail": json.dumps(detail, default=str),
+                }
+            ]
+        )
+
+    def advance_clock(self, execution_arn: str, seconds: float) -> None:
+        """Let `seconds` more pass for an execution than the wall clock says (Waits do not sleep here)."""
+        self.clock_advance[execution_arn] = self.clock_advance.get(execution_arn, 0.0) + seconds
+
+    def check_execution_timeout(self, env: Any, context: dict[str, Any]) -> None:
+        """An execution whose elapsed time (wall time since its first Wait plus what was advanced) passes the state
+        machine's TimeoutSeconds ends TIMED_OUT, as on AWS (moto counts wall time only, and Waits do not sleep)."""
+        execution_arn = context.get("Execution", {}).get("Id")
+        machine_arn = context.get("StateMachine", {}).get("Id")
+        if not execution_arn or not machine_arn:
+            return
+        if machine_arn not in self.execution_timeouts:
+            definition = boto3.client("stepfunctions", region_name=self.region).describe_state_machine(
+                stateMachineArn=machine_arn
+            )["definition"]
+            self.execution_timeouts[machine_arn] = json.loads(definition).get("TimeoutSeconds")
+        timeout = self.execution_timeouts[machine_arn]
+        started = self.execution_clock.setdefault(execution_arn, time.monotonic())
+        if timeout and time.monotonic() - started + self.clock_advance.get(execution_arn, 0.0) > timeout:
+            env.set_timed_out()
 
     def start_execution(self, state_machine_arn: str, name: str, payload: str) -> str:
         arn = state_machine_arn.split(":")

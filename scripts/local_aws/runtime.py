@@ -26,6 +26,7 @@ from refit_core import names
 
 from scripts.local_aws.bridges import Bridges, TrainingOutcome
 from scripts.local_aws.cloud_assembly import CloudAssembly
+from scripts.local_aws.iam import LocalIam, role_policies
 from scripts.local_aws.limits import enforce_aws_rules
 from scripts.local_aws.standup import StandUp
 
@@ -75,8 +76,10 @@ class LocalRuntime:
         spot_discount: float = 0.0,
         seed: int = 0,
         log: Callable[[str], None] | None = None,
+        enforce_iam: bool = True,
     ) -> None:
         self.assembly = CloudAssembly.load(cloud_assembly)
+        self.iam = LocalIam(ACCOUNT) if enforce_iam else None
         self.workdir = Path(workdir)
         self.region = region
         self.spot_discount = spot_discount
@@ -105,6 +108,12 @@ class LocalRuntime:
         self._limits.__enter__()
         try:
             self.stack = StandUp(self.assembly, ACCOUNT, self.region).run()
+            if self.iam is not None:
+                self.iam.policies = role_policies(
+                    self.assembly.template,
+                    self.stack.resolver.resolve,
+                    lambda logical: self.stack.resolver.get_att(logical, "Arn"),
+                )
             training_image = next(
                 image
                 for image in self.assembly.assets.get("dockerImages", {}).values()
@@ -119,9 +128,14 @@ class LocalRuntime:
                 spot_discount=self.spot_discount,
                 seed=self.seed,
                 log=self.log,
+                iam=self.iam,
             )
             self.bridges.install()
+            if self.iam is not None:
+                self.iam.install()
         except Exception:
+            if self.iam is not None:
+                self.iam.uninstall()
             self._limits.__exit__(None, None, None)
             self._mock.stop()
             raise
@@ -136,6 +150,8 @@ class LocalRuntime:
         try:
             self._stop_running_executions()
         finally:
+            if self.iam is not None:
+                self.iam.uninstall()
             if self.bridges is not None:
                 self.bridges.uninstall()
             self._limits.__exit__(None, None, None)
@@ -243,6 +259,11 @@ class LocalRuntime:
             self.bridges.wait_hooks.pop(state_name, None)
         else:
             self.bridges.wait_hooks[state_name] = hook
+
+    def advance_clock(self, execution_arn: str, seconds: float) -> None:
+        """Let an execution's clock run `seconds` ahead of the wall clock (Waits do not sleep here): an execution
+        whose time passes its TimeoutSeconds ends TIMED_OUT at its next Wait, as it would on AWS."""
+        self.bridges.advance_clock(execution_arn, seconds)
 
     def next_training_outcome(self, kind: str, message: str = "", after_folds: int = 0) -> None:
         """Simulate what SageMaker can do to the next training job: 'internal_error'; 'interrupt' (SIGTERM once

@@ -19,9 +19,10 @@ import boto3
 from scripts.local_aws.cloud_assembly import CloudAssembly, Resolver, creation_order
 
 SKIPPED_TYPES = {
-    "AWS::IAM::Policy": "IAM is not enforced locally",
+    "AWS::IAM::Policy": "read by the local IAM (scripts/local_aws/iam.py), which authorizes each role's calls against it",
     "AWS::S3::BucketPolicy": "bucket policies are not enforced locally",
     "AWS::SNS::TopicPolicy": "topic policies are not enforced locally",
+    "AWS::Lambda::Permission": "Lambda resource policies are not enforced locally (EventBridge invokes its targets)",
     "AWS::CDK::Metadata": "metadata only",
 }
 
@@ -30,6 +31,7 @@ SKIPPED_TYPES = {
 class LocalFunction:
     name: str
     arn: str
+    role_arn: str
     handler: str
     asset_directory: Path
     environment: dict[str, str]
@@ -225,6 +227,7 @@ class StandUp:
         self.stack.functions[name] = LocalFunction(
             name=name,
             arn=response["FunctionArn"],
+            role_arn=props["Role"],
             handler=command[0],
             asset_directory=self.assembly.image_asset_directory(code["ImageUri"]),
             environment={k: str(v) for k, v in environment.items()},
@@ -276,6 +279,8 @@ class StandUp:
             "TreatMissingData",
             "Dimensions",
             "ActionsEnabled",
+            "Metrics",
+            "AlarmActions",
         )
         arguments = {k: v for k, v in props.items() if k in allowed}
         self.clients["cloudwatch"].put_metric_alarm(AlarmName=name, **arguments)

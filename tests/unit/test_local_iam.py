@@ -1,0 +1,105 @@
+"""The local IAM's policy evaluation and its operation -> (action, resource, context) rules (scripts/local_aws/iam.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.local_aws.iam import Call, IamRequest, NoAuthorizationRule, evaluate, iam_requests
+
+BUCKET = "arn:aws:s3:::data"
+
+
+def allow(action, resource, **extra):
+    return {"Effect": "Allow", "Action": action, "Resource": resource, **extra}
+
+
+def call(service, operation, **params):
+    return Call(service, operation, params, "us-east-1", "123456789012")
+
+
+def test_wildcard_prefix_grant_matches_its_prefix_and_not_a_neighbouring_one():
+    statements = [allow(["s3:GetObject*", "s3:List*"], [BUCKET, f"{BUCKET}/incoming/churn/*"])]
+    assert evaluate(statements, IamRequest("s3:GetObject", f"{BUCKET}/incoming/churn/a.csv"))[0]
+    assert evaluate(statements, IamRequest("s3:getobjectversion", f"{BUCKET}/incoming/churn/a.csv"))[0]
+    assert not evaluate(statements, IamRequest("s3:GetObject", f"{BUCKET}/incoming/churn-eu/a.csv"))[0]
+    assert not evaluate(statements, IamRequest("s3:PutObject", f"{BUCKET}/incoming/churn/a.csv"))[0]
+    # resources are case-sensitive, `?` is one character, and nothing else is a pattern
+    assert not evaluate(statements, IamRequest("s3:GetObject", f"{BUCKET}/INCOMING/churn/a.csv"))[0]
+    assert evaluate([allow("s3:GetObject", "arn:aws:s3:::data/a?c")], IamRequest("s3:GetObject", f"{BUCKET}/abc"))[0]
+    assert not evaluate([allow("s3:GetObject", "arn:aws:s3:::data/[ab]")], IamRequest("s3:GetObject", f"{BUCKET}/a"))[0]
+
+
+def test_explicit_deny_wins_over_any_allow():
+    statements = [allow("dynamodb:*", "*"), {"Effect": "Deny", "Action": "dynamodb:DeleteItem", "Resource": "*"}]
+    assert evaluate(statements, IamRequest("dynamodb:PutItem", "arn:aws:dynamodb:us-east-1:1:table/t"))[0]
+    allowed, deciding = evaluate(statements, IamRequest("dynamodb:DeleteItem", "arn:aws:dynamodb:us-east-1:1:table/t"))
+    assert not allowed and deciding["Effect"] == "Deny"
+
+
+def test_not_action_and_not_resource():
+    statements = [{"Effect": "Allow", "NotAction": "iam:*", "NotResource": "arn:aws:s3:::secret/*"}]
+    assert evaluate(statements, IamRequest("s3:GetObject", f"{BUCKET}/x"))[0]
+    assert not evaluate(statements, IamRequest("iam:PassRole", "arn:aws:iam::1:role/r"))[0]
+    assert not evaluate(statements, IamRequest("s3:GetObject", "arn:aws:s3:::secret/x"))[0]
+
+
+def test_conditions_are_evaluated_and_a_missing_key_fails_them():
+    metrics = [allow("cloudwatch:PutMetricData", "*", Condition={"StringEquals": {"cloudwatch:namespace": ["Refit"]}})]
+    assert evaluate(metrics, IamRequest("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": "Refit"}))[0]
+    assert not evaluate(metrics, IamRequest("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": "Other"}))[0]
+    assert not evaluate(metrics, IamRequest("cloudwatch:PutMetricData", "*"))[0]
+    passing = [
+        allow(
+            "iam:PassRole",
+            "arn:aws:iam::1:role/sm",
+            Condition={"StringLike": {"iam:PassedToService": "sagemaker.*"}},
+        )
+    ]
+    role = "arn:aws:iam::1:role/sm"
+    assert evaluate(passing, IamRequest("iam:PassRole", role, {"iam:PassedToService": "sagemaker.amazonaws.com"}))[0]
+    assert not evaluate(passing, IamRequest("iam:PassRole", role, {"iam:PassedToService": "lambda.amazonaws.com"}))[0]
+    if_exists = [allow("s3:ListBucket", BUCKET, Condition={"StringLikeIfExists": {"s3:prefix": "incoming/*"}})]
+    assert evaluate(if_exists, IamRequest("s3:ListBucket", BUCKET))[0]
+    assert not evaluate(if_exists, IamRequest("s3:ListBucket", BUCKET, {"s3:prefix": "training/"}))[0]
+
+
+def test_s3_operations_become_the_actions_and_resources_aws_checks():
+    assert iam_requests(call("s3", "ListObjectsV2", Bucket="data", Prefix="incoming/churn/")) == [
+        IamRequest("s3:ListBucket", BUCKET, {"s3:prefix": "incoming/churn/"})
+    ]
+    assert iam_requests(call("s3", "HeadObject", Bucket="data", Key="k")) == [IamRequest("s3:GetObject", f"{BUCKET}/k")]
+    assert (
+        iam_requests(call("s3", "GetObject", Bucket="data", Key="k", VersionId="v"))[0].action == "s3:GetObjectVersion"
+    )
+    copy = iam_requests(
+        call("s3", "CopyObject", Bucket="data", Key="training/x", CopySource={"Bucket": "data", "Key": "in/x"})
+    )
+    assert copy == [IamRequest("s3:GetObject", f"{BUCKET}/in/x"), IamRequest("s3:PutObject", f"{BUCKET}/training/x")]
+
+
+def test_sagemaker_calls_name_lower_case_arns_tags_and_the_role_they_pass():
+    requests = iam_requests(
+        call(
+            "sagemaker",
+            "CreateModel",
+            ModelName="refit-churn--Manual-Run",
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
+            PrimaryContainer={},
+            Tags=[{"Key": "a", "Value": "b"}],
+        )
+    )
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model/refit-churn--manual-run"
+    assert requests == [
+        IamRequest("sagemaker:CreateModel", arn),
+        IamRequest("sagemaker:AddTags", arn),
+        IamRequest(
+            "iam:PassRole", "arn:aws:iam::123456789012:role/sm", {"iam:PassedToService": "sagemaker.amazonaws.com"}
+        ),
+    ]
+    update = iam_requests(call("sagemaker", "UpdateEndpoint", EndpointName="e", EndpointConfigName="e--c"))
+    assert [r.resource.rsplit(":", 1)[-1] for r in update] == ["endpoint/e", "endpoint-config/e--c"]
+
+
+def test_an_operation_without_a_rule_is_refused_not_waved_through():
+    with pytest.raises(NoAuthorizationRule, match="sagemaker DeleteModelPackageGroup"):
+        iam_requests(call("sagemaker", "DeleteModelPackageGroup", ModelPackageGroupName="g"))
