@@ -11,6 +11,7 @@ from refit_core.config import ModelConfig, RefitConfig
 from stacks.nag import acknowledge_findings
 from stacks.retrain_functions import RetrainFunctions
 from stacks.retrain_state_machine import RetrainStateMachine
+from stacks.run_end import RunEnd
 from stacks.sagemaker_access import SageMakerAccess
 from stacks.storage import Storage
 from stacks.triggers import Triggers
@@ -50,6 +51,7 @@ class ModelPipeline(Construct):
             endpoint_name=self.endpoint_name,
             package_group_name=self.package_group.model_package_group_name,
             canary_alarm_name=canary_alarm_name,
+            state_machine_name=prefix,
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
         )
@@ -65,6 +67,15 @@ class ModelPipeline(Construct):
             endpoint_name=self.endpoint_name,
             canary_alarm_name=canary_alarm_name,
             quality_alarm_name=names.alarm_name(prefix, "quality"),
+        )
+        self.run_end = RunEnd(
+            self,
+            "RunEnd",
+            model=model,
+            state_machine=self.retrain.state_machine,
+            cleanup=self.functions.functions["Cleanup"],
+            topic=storage.topic,
+            alarm_name=names.alarm_name(prefix, "runs-failed"),
         )
         CfnOutput(self, "StateMachineArn", value=self.retrain.state_machine.state_machine_arn)
         CfnOutput(self, "EndpointName", value=self.endpoint_name)

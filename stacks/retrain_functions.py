@@ -43,6 +43,7 @@ SPECS = {
     "Finalize": FunctionSpec("refit_handlers.finalize.handler", 512, 120),
     "RequestApproval": FunctionSpec("refit_handlers.approval.request_handler", 256, 60),
     "ExpireApproval": FunctionSpec("refit_handlers.approval.expire_handler", 256, 60),
+    "Cleanup": FunctionSpec("refit_handlers.cleanup.handler", 512, 300),
 }
 
 
@@ -58,6 +59,7 @@ class RetrainFunctions(Construct):
         endpoint_name: str,
         package_group_name: str,
         canary_alarm_name: str,
+        state_machine_name: str,
         instance_prices: dict[str, float],
         code_version: str,
     ) -> None:
@@ -184,7 +186,7 @@ class RetrainFunctions(Construct):
                 f"{arn}:model-package/{package_group_name}/*",
             ],
         )
-        for reader in ("CheckBatch", "Deploy", "Finalize"):
+        for reader in ("CheckBatch", "Deploy", "Finalize", "Cleanup"):
             f[reader].add_to_role_policy(endpoint_reads)
         f["Deploy"].add_to_role_policy(
             iam.PolicyStatement(
@@ -222,3 +224,25 @@ class RetrainFunctions(Construct):
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.audit_table.grant(f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem")
         storage.topic.grant_publish(f["Finalize"])
+
+        # Cleanup: a run that ended without Finalize. It reads the run's history, puts the endpoint back on the
+        # champion's config, writes the audit record and releases the lock.
+        f["Cleanup"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["states:GetExecutionHistory"],
+                resources=[
+                    f"arn:{stack.partition}:states:{stack.region}:{stack.account}:execution:{state_machine_name}:*"
+                ],
+            )
+        )
+        f["Cleanup"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:UpdateEndpoint", "sagemaker:UpdateEndpointWeightsAndCapacities"],
+                resources=[
+                    f"{arn}:endpoint/{endpoint_name}",
+                    f"{arn}:endpoint-config/{names.pattern(endpoint_name)}",
+                ],
+            )
+        )
+        storage.audit_table.grant(f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem")
+        storage.topic.grant_publish(f["Cleanup"])

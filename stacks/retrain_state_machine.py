@@ -13,12 +13,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
-from refit_core.config import ModelConfig
+from refit_core.config import ENDPOINT_POLL_SECONDS, TRAINING_POLL_SECONDS, ModelConfig
 
 from stacks.retrain_functions import RetrainFunctions
 
-TRAINING_POLL_SECONDS = 60
-ENDPOINT_POLL_SECONDS = 30
 ALL_ERRORS = ["States.ALL"]
 
 
@@ -33,6 +31,7 @@ class RetrainStateMachine(Construct):
         state_machine_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.state_machine_name = state_machine_name
         fn = functions.functions
 
         def invoke(name: str, function: str, payload: dict, result_path: str) -> tasks.LambdaInvoke:
@@ -70,7 +69,8 @@ class RetrainStateMachine(Construct):
             return state
 
         prepare = catch_to(
-            invoke("Prepare", "Prepare", {"payload.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.run"), finalize
+            invoke("Prepare", "Prepare", {"payload.$": "$.input", "execution_name.$": "$$.Execution.Name"}, "$.run"),
+            finalize,
         )
         keep_run = sfn.Pass(self, "Keep run context", parameters={"run.$": "$.run"})
         check = catch_to(
@@ -373,8 +373,12 @@ class RetrainStateMachine(Construct):
                 .otherwise(finalize)
             )
 
+        # The input goes under `input` first: an input that is not a JSON object (`[1, 2]`, `"weekly"`, `null`) would
+        # leave the Catch no object to write its error into, and the run would end without Finalize.
+        read_input = sfn.Pass(self, "Read input", parameters={"input.$": "$"})
         definition = (
-            sfn.Chain.start(prepare)
+            sfn.Chain.start(read_input)
+            .next(prepare)
             .next(keep_run)
             .next(
                 sfn.Choice(self, "Lock acquired?")
@@ -397,7 +401,7 @@ class RetrainStateMachine(Construct):
             "StateMachine",
             state_machine_name=state_machine_name,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
-            timeout=Duration.hours(24),
+            timeout=Duration.seconds(model.run_timeout_seconds),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -71,5 +72,8 @@ class Storage(Construct):
         self.topic = sns.Topic(
             self, "RunSummaries", display_name="refit run summaries", master_key=self.key, enforce_ssl=True
         )
+        # CloudWatch alarm actions publish to this topic; with a customer-managed key, SNS drops their messages unless
+        # CloudWatch may use the key (the key policy; no identity policy can give a service principal this).
+        self.key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
         if notification_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(notification_email))

@@ -28,6 +28,17 @@ DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
 }
 
 
+# How often the retrain state machine polls a training job and the endpoint (its Wait states).
+TRAINING_POLL_SECONDS = 60
+ENDPOINT_POLL_SECONDS = 30
+# What one endpoint update (create, canary, promote, roll back, restore) may take before SageMaker fails it; three can
+# happen in one run. And everything the run's Lambdas may take together (the batch check alone may take 15 minutes).
+ENDPOINT_UPDATE_ALLOWANCE_SECONDS = 3600
+LAMBDA_ALLOWANCE_SECONDS = 3600
+# Step Functions' limit on a Standard execution.
+MAX_EXECUTION_SECONDS = 365 * 86400
+
+
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the field and the fix."""
 
@@ -239,6 +250,39 @@ class ModelConfig(_Strict):
         if self.target in self.categorical_columns:
             raise ValueError(f"target {self.target!r} must not also be listed in categorical_columns")
         return self
+
+    @model_validator(mode="after")
+    def _run_fits_an_execution(self) -> ModelConfig:
+        if self.run_timeout_seconds > MAX_EXECUTION_SECONDS:
+            raise ValueError(
+                f"a run may take up to {self.run_timeout_seconds} s (training wait, approval_timeout_seconds, "
+                f"canary.bake_seconds and endpoint updates), over Step Functions' {MAX_EXECUTION_SECONDS} s limit "
+                "for an execution; shorten approval_timeout_seconds or spot.max_wait_seconds"
+            )
+        return self
+
+    @property
+    def run_timeout_seconds(self) -> int:
+        """The longest a retrain run may take, from this model's settings, with margin: the state machine's timeout.
+        Training: the spot job's max wait, then an on-demand fallback's max runtime (parallel candidates run at the
+        same time), each with a poll's delay; the manual-approval wait; the bake; three endpoint updates; the
+        Lambdas. A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
+        spot = self.spot
+        training = (
+            spot.effective_max_wait_seconds if spot.enabled else spot.max_runtime_seconds
+        ) + TRAINING_POLL_SECONDS
+        if spot.enabled and spot.fallback_to_on_demand:
+            training += spot.max_runtime_seconds + TRAINING_POLL_SECONDS
+        approval = self.approval_timeout_seconds if self.approval == "manual" else 0
+        endpoint = 3 * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
+        total = training + approval + self.canary.bake_seconds + endpoint + LAMBDA_ALLOWANCE_SECONDS
+        return int(total * 1.1) + 3600
+
+    @property
+    def lock_seconds(self) -> int:
+        """How long a run's single-flight lock lasts: longer than any run, so no second run drives the endpoint while
+        the first may still; a run that ends any way (Finalize, or the run-end cleanup) releases it sooner."""
+        return self.run_timeout_seconds + 3600
 
     @property
     def new_data_prefix(self) -> str:

@@ -19,7 +19,6 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 
-LOCK_SECONDS = 6 * 3600  # longer than any run; an abandoned lock expires instead of blocking forever
 RECENT_RUNS = 50  # how far back a scheduled run looks for a run that settled the newest batch
 SETTLED_BY_FIELDS = ("run_id", "data_uri", "data_etag", "outcome")
 
@@ -57,8 +56,9 @@ def recent_runs(dynamodb: Any, table: str, model: str, limit: int = RECENT_RUNS)
     return [{k: v.get("S") for k, v in item.items()} for item in reply.get("Items", [])]
 
 
-def acquire_lock(dynamodb: Any, table: str, model: str, run_id: str, now: int) -> str | None:
-    """Returns None when the lock is ours, else the run id holding it."""
+def acquire_lock(dynamodb: Any, table: str, model: str, run_id: str, now: int, lock_seconds: int) -> str | None:
+    """Returns None when the lock is ours, else the run id holding it. The lock outlives any run of the model
+    (`ModelConfig.lock_seconds`); an abandoned one expires instead of blocking forever."""
     try:
         dynamodb.put_item(
             TableName=table,
@@ -66,7 +66,7 @@ def acquire_lock(dynamodb: Any, table: str, model: str, run_id: str, now: int) -
                 "pk": {"S": model},
                 "sk": {"S": "lock"},
                 "owner": {"S": run_id},
-                "expires_at": {"N": str(now + LOCK_SECONDS)},
+                "expires_at": {"N": str(now + lock_seconds)},
             },
             ConditionExpression="attribute_not_exists(pk) OR expires_at < :now OR #owner = :me",
             ExpressionAttributeNames={"#owner": "owner"},
@@ -95,7 +95,7 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "no_data": False,
         "settled_by": None,
     }
-    holder = acquire_lock(dynamodb, config.audit_table, model.name, run_id, int(time.time()))
+    holder = acquire_lock(dynamodb, config.audit_table, model.name, run_id, int(time.time()), model.lock_seconds)
     if holder is not None:
         run.update(proceed=False, reason=f"another run ({holder}) holds the lock for model {model.name}")
         return run

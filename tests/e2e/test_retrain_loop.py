@@ -85,7 +85,7 @@ def test_invalid_manual_input_fails_at_the_first_state(aws):
     history = aws.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     failed_tasks = [e for e in history if e["type"] == "TaskFailed" or e["type"] == "LambdaFunctionFailed"]
     entered = [e["stateEnteredEventDetails"]["name"] for e in history if e["type"].endswith("StateEntered")]
-    assert entered[:2] == ["Prepare", "Finalize"] and failed_tasks
+    assert entered[:3] == ["Read input", "Prepare", "Finalize"] and failed_tasks
 
 
 def test_forced_run_with_no_better_challenger_keeps_the_champion(aws):

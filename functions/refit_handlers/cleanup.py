@@ -1,0 +1,166 @@
+"""A run that ended without reaching Finalize (timed out, aborted, or failed where no Catch reached) still gets what
+Finalize gives every run: the endpoint back on its champion, an audit record with the reason, the lock released and
+a summary. Started by an EventBridge rule on the state machine's own "Step Functions Execution Status Change" events.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from boto3.dynamodb.types import TypeSerializer
+from pydantic import BaseModel, Field
+from refit_core.audit import format_summary, summarize_run
+from refit_core.champion import endpoint_view
+from refit_core.runs import run_id_from_execution, utc_now
+
+from refit_handlers.common import Settings, client, parse, settings, to_dynamodb
+from refit_handlers.deploy import Rollback, rollback
+from refit_handlers.finalize import release_lock
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+OUTCOMES = {"TIMED_OUT": "timed_out", "ABORTED": "aborted", "FAILED": "failed_outside_catch"}
+
+
+class ExecutionStatusDetail(BaseModel):
+    executionArn: str  # noqa: N815 - the event's own field names
+    stateMachineArn: str  # noqa: N815
+    name: str
+    status: Literal["TIMED_OUT", "ABORTED", "FAILED"]
+    startDate: int | None = None  # noqa: N815 - epoch milliseconds
+    error: str | None = None
+    cause: str | None = None
+
+
+class ExecutionStatusEvent(BaseModel):
+    detail_type: Literal["Step Functions Execution Status Change"] = Field(alias="detail-type")
+    detail: ExecutionStatusDetail
+
+
+def audit_record_exists(dynamodb: Any, table: str, model: str, execution_name: str) -> bool:
+    """Whether Finalize already wrote this execution's record (a FAILED status after Finalize is a normal end)."""
+    paginator = dynamodb.get_paginator("query")
+    for page in paginator.paginate(
+        TableName=table,
+        KeyConditionExpression="pk = :model AND begins_with(sk, :runs)",
+        FilterExpression="#execution = :name",
+        ExpressionAttributeNames={"#execution": "execution"},
+        ExpressionAttributeValues={":model": {"S": model}, ":runs": {"S": "run#"}, ":name": {"S": execution_name}},
+        ProjectionExpression="pk",
+    ):
+        if page.get("Items"):
+            return True
+    return False
+
+
+def last_run_state(stepfunctions: Any, execution_arn: str) -> dict[str, Any]:
+    """The run's accumulated state as the last state that finished left it (the exited event with the highest id;
+    ordered by id rather than trusting the page order)."""
+    newest: tuple[int, dict[str, Any]] = (-1, {})
+    paginator = stepfunctions.get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True, includeExecutionData=True):
+        for event in page["events"]:
+            output = (event.get("stateExitedEventDetails") or {}).get("output")
+            if output is None or event["id"] <= newest[0]:
+                continue
+            try:
+                state = json.loads(output)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(state, dict):
+                newest = (event["id"], state)
+    return newest[1]
+
+
+def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) -> str:
+    """Put the endpoint back on the config it had before the run, when the run had started a canary and not
+    finished promoting it. A first deployment (no champion before) and a promotion under way are left as they are."""
+    deploy = state.get("deploy") or {}
+    if deploy.get("mode") != "canary":
+        return "endpoint untouched by this run"
+    if state.get("promotion"):
+        return "the canary had passed and was being promoted; endpoint left on the promoted config"
+    previous = deploy.get("previous_config") or (state.get("check") or {}).get("champion_config")
+    result = rollback(Rollback(action="rollback", previous_config=previous), config, sagemaker)
+    return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
+
+
+def clean_up(
+    detail: ExecutionStatusDetail,
+    config: Settings,
+    stepfunctions: Any,
+    dynamodb: Any,
+    sagemaker: Any,
+    sns: Any,
+) -> dict[str, Any]:
+    model = config.model.name
+    if audit_record_exists(dynamodb, config.audit_table, model, detail.name):
+        return {"action": "none", "reason": f"{detail.name} reached Finalize; its record stands"}
+    state = last_run_state(stepfunctions, detail.executionArn)
+    problems: list[str] = []
+    try:
+        endpoint_note = restore_endpoint(state, config, sagemaker)
+    except Exception as error:  # the record must still be written
+        endpoint_note = f"could not restore the endpoint: {type(error).__name__}: {error}"
+        problems.append(endpoint_note)
+    try:
+        endpoint = endpoint_view(sagemaker, config.endpoint_name)
+    except Exception as error:
+        endpoint = None
+        problems.append(f"could not read the endpoint: {error}")
+    started = (
+        datetime.fromtimestamp(detail.startDate / 1000, UTC).isoformat(timespec="seconds")
+        if detail.startDate
+        else utc_now()
+    )
+    record = summarize_run(state, model, detail.name, started, utc_now(), endpoint)
+    why = {"TIMED_OUT": "timed out", "ABORTED": "was stopped", "FAILED": "failed where no Catch reached"}[detail.status]
+    reason = ": ".join(part for part in (detail.error, detail.cause) if part)
+    record.update(
+        status=detail.status,
+        outcome=OUTCOMES[detail.status],
+        message=f"the execution {why} before Finalize{f' ({reason[:1500]})' if reason else ''}; {endpoint_note}",
+        problems=problems,
+        kept_for_training=None,
+    )
+    serializer = TypeSerializer()
+    dynamodb.put_item(
+        TableName=config.audit_table,
+        Item={key: serializer.serialize(value) for key, value in to_dynamodb(record).items()},
+    )
+    subject, message = format_summary(record)
+    sns.publish(
+        TopicArn=config.topic_arn,
+        Subject=subject,
+        Message=message,
+        MessageAttributes={"status": {"DataType": "String", "StringValue": detail.status}},
+    )
+    release_lock(
+        dynamodb,
+        config.audit_table,
+        model,
+        (state.get("run") or {}).get("run_id") or run_id_from_execution(detail.name),
+    )
+    return {"action": "recorded", "status": detail.status, "outcome": record["outcome"], "message": record["message"]}
+
+
+@logger.inject_lambda_context(log_event=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: Any) -> dict:
+    config = settings()
+    parsed = parse(ExecutionStatusEvent, event)
+    result = clean_up(
+        parsed.detail, config, client("stepfunctions"), client("dynamodb"), client("sagemaker"), client("sns")
+    )
+    if result["action"] == "recorded":
+        metrics.add_dimension(name="Model", value=config.model.name)
+        metrics.add_metric(name=f"Runs{parsed.detail.status.title().replace('_', '')}", unit=MetricUnit.Count, value=1)
+    logger.info("run end checked", extra={"result": result})
+    return result
