@@ -131,7 +131,7 @@ class Champion(Step):
 
 class Decision(Step):
     action: Literal["train", "stop", "fail"]
-    reason: str
+    reason: str | None = None
     outcome: str | None = None  # for a stop: no_data, already_checked, no_drift
 
 
