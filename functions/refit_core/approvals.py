@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from refit_core.steps import ApprovalDecision
 
 
 class ApprovalError(ValueError):
@@ -35,7 +36,7 @@ def decide_approval(
         ModelApprovalStatus=status,
         ApprovalDescription=f"{status.lower()} by {by}: {comment}"[:1000],
     )
-    decision = {"approved": approve, "by": by, "reason": comment or f"{status.lower()} by {by}"}
-    stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=json.dumps(decision))
+    decision = ApprovalDecision(approved=approve, by=by, reason=comment or f"{status.lower()} by {by}")
+    stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
     dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
     return {"model": model, "version": version, "status": status, "run_id": item["run_id"]["S"]}

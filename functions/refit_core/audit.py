@@ -10,75 +10,102 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from refit_core.steps import MAX_LISTED, CheckResult, RunState, StepError
 
-def error_reason(error: dict[str, Any] | None) -> str | None:
+
+def error_reason(error: StepError | dict[str, Any] | None) -> str | None:
     """The message of a caught Step Functions error (Lambda errors carry JSON in Cause)."""
-    if not error:
+    if isinstance(error, dict):
+        error = StepError.model_validate(error)
+    if error is None or (error.Error is None and error.Cause is None):
         return None
-    cause = error.get("Cause") or ""
+    cause = error.Cause or ""
     try:
         parsed = json.loads(cause)
         message = parsed.get("errorMessage") if isinstance(parsed, dict) else None
     except (json.JSONDecodeError, TypeError):
         message = None
     message = message or cause or "no cause given"
-    return f"{error.get('Error', 'Error')}: {message}"[:2000]
+    return f"{error.Error or 'Error'}: {message}"[:2000]
 
 
-def _outcome(state: dict[str, Any]) -> tuple[str, str, str]:
+def _outcome(state: RunState) -> tuple[str, str, str]:
     """(status, outcome, message)."""
-    run = state.get("run") or {}
-    check = state.get("check") or {}
-    gate = state.get("gate") or {}
-    deploy = state.get("deploy") or {}
-    canary = state.get("canary") or {}
-    training = state.get("training") or {}
-    if state.get("error"):
-        return "FAILED", "failed", error_reason(state["error"]) or "failed"
-    if run and not run.get("proceed", True):
-        return "SKIPPED", "skipped", run.get("reason", "skipped")
-    decision = check.get("decision") or {}
-    if decision.get("action") == "fail":
-        return "FAILED", "bad_data", decision.get("reason", "the batch failed the data-quality gate")
-    if decision.get("action") == "stop":
-        return "SUCCEEDED", decision.get("outcome", "no_drift"), decision.get("reason", "no drift")
-    if training.get("next") == "refused":
-        return "SKIPPED", "budget_exceeded", training.get("reason", "the training budget is spent")
-    if training.get("next") == "failed":
-        reason = training.get("failure_reason") or training.get("secondary_status") or "unknown"
-        return "FAILED", "training_failed", f"training job {training.get('job_name')} failed: {reason}"
-    if gate and not gate.get("promote"):
-        return "SUCCEEDED", "not_promoted", gate.get("reason", "the challenger did not pass the gate")
-    approval = state.get("approval") or {}
-    if approval and not approval.get("approved"):
-        outcome = "approval_timed_out" if approval.get("by") == "timeout" else "not_approved"
-        return "SUCCEEDED", outcome, approval.get("reason", "the challenger was not approved")
-    if deploy.get("mode") == "create":
+    run, check, gate, deploy, canary, training = (
+        state.run,
+        state.check,
+        state.gate,
+        state.deploy,
+        state.canary,
+        state.training,
+    )
+    if state.error is not None:
+        return "FAILED", "failed", error_reason(state.error) or "failed"
+    if run is not None and not run.proceed:
+        return "SKIPPED", "skipped", run.reason or "skipped"
+    decision = check.decision if check is not None else None
+    if decision is not None and decision.action == "fail":
+        return "FAILED", "bad_data", decision.reason or "the batch failed the data-quality gate"
+    if decision is not None and decision.action == "stop":
+        return "SUCCEEDED", decision.outcome or "no_drift", decision.reason or "no drift"
+    if training is not None and training.next == "refused":
+        return "SKIPPED", "budget_exceeded", training.reason or "the training budget is spent"
+    if training is not None and training.next == "failed":
+        reason = training.failure_reason or training.secondary_status or "unknown"
+        return "FAILED", "training_failed", f"training job {training.job_name} failed: {reason}"
+    if gate is not None and not gate.promote:
+        return "SUCCEEDED", "not_promoted", gate.reason or "the challenger did not pass the gate"
+    approval = state.approval
+    if approval is not None and not approval.approved:
+        outcome = "approval_timed_out" if approval.by == "timeout" else "not_approved"
+        return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
+    if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
-    if canary:
-        if canary.get("healthy"):
-            return "SUCCEEDED", "promoted", f"canary passed and was promoted: {canary.get('reason')}"
-        return "SUCCEEDED", "rolled_back", f"canary rolled back: {canary.get('reason')}"
+    if canary is not None:
+        if canary.healthy:
+            return "SUCCEEDED", "promoted", f"canary passed and was promoted: {canary.reason}"
+        return "SUCCEEDED", "rolled_back", f"canary rolled back: {canary.reason}"
     return "FAILED", "incomplete", "the run ended before reaching a decision"
 
 
+TRAINING_FIELDS = (
+    "job_name",
+    "status",
+    "secondary_status",
+    "spot",
+    "training_seconds",
+    "billable_seconds",
+    "savings_percent",
+    "estimated_cost_usd",
+    "attempts",
+)
+GATE_FIELDS = ("promote", "reason", "test", "p_value", "primary_metric", "challenger", "champion", "improvement")
+
+
 def summarize_run(
-    state: dict[str, Any],
+    state: RunState | dict[str, Any],
     model_name: str,
     execution_name: str,
     started_at: str,
     ended_at: str,
     endpoint: dict | None,
 ) -> dict[str, Any]:
+    """The audit record. `state` is the execution's state as it came (a dict, parsed here without raising: what did
+    not fit the step contract is listed in the record's `problems`) or an already parsed RunState."""
+    problems: list[str] = []
+    if not isinstance(state, RunState):
+        state, problems = RunState.from_state(state)
     status, outcome, message = _outcome(state)
-    run = state.get("run") or {}
-    check = state.get("check") or {}
-    drift = check.get("drift") or {}
-    quality = check.get("quality") or {}
-    training = state.get("training") or {}
-    gate = state.get("gate") or {}
-    registry = state.get("registry") or {}
-    run_id = run.get("run_id") or execution_name
+    run = state.run
+    check = state.check or CheckResult()
+    drift, quality, training, gate, registry = check.drift, check.quality, state.training, state.gate, state.registry
+    run_id = (run.run_id if run else None) or execution_name
+    training_record = None
+    if training is not None:
+        training_record = {k: getattr(training, k) for k in TRAINING_FIELDS}
+        if training.candidates is not None:
+            training_record["candidates"] = [c.model_dump(mode="json") for c in training.candidates]
+            training_record["chosen"] = training.chosen
     return {
         "pk": model_name,
         "sk": f"run#{started_at}#{run_id}",
@@ -88,75 +115,39 @@ def summarize_run(
         "status": status,
         "outcome": outcome,
         "message": message,
-        "trigger": run.get("trigger", "unknown"),
-        "trigger_reason": run.get("reason", "the input could not be read"),
-        "data_uri": run.get("data_uri"),
-        "data_etag": run.get("data_etag"),
+        "trigger": run.trigger if run else "unknown",
+        "trigger_reason": (run.reason if run else None) or "the input could not be read",
+        "data_uri": run.data_uri if run else None,
+        "data_etag": run.data_etag if run else None,
         "started_at": started_at,
         "ended_at": ended_at,
         "quality": {
-            "passed": quality.get("passed"),
-            "blocking": [f["message"] for f in quality.get("findings", []) if f.get("severity") == "block"][:10],
-            "warnings": [f["message"] for f in quality.get("findings", []) if f.get("severity") == "warn"][:10],
+            "passed": quality.passed,
+            "blocking": [f.message for f in quality.findings if f.severity == "block"][:MAX_LISTED],
+            "warnings": [f.message for f in quality.findings if f.severity == "warn"][:MAX_LISTED],
         }
-        if quality
+        if quality is not None
         else None,
         "drift": {
-            "detected": drift.get("drift_detected"),
-            "drifted_features": drift.get("drifted_features", []),
-            "target_drifted": (drift.get("target") or {}).get("drifted"),
-            "prediction_drifted": (drift.get("prediction") or {}).get("drifted"),
-            "performance": {
-                k: (drift.get("performance") or {}).get(k) for k in ("metric", "baseline", "current", "drifted")
-            }
-            if drift.get("performance")
-            else None,
-            "report_uri": check.get("report_uri"),
-            "report_html_uri": check.get("report_html_uri"),
+            "detected": drift.drift_detected,
+            "drifted_features": drift.drifted_features,
+            "n_drifted_features": drift.n_drifted_features,
+            "target_drifted": drift.target_drifted,
+            "prediction_drifted": drift.prediction_drifted,
+            "performance": drift.performance.model_dump(mode="json") if drift.performance else None,
+            "report_uri": check.report_uri,
+            "report_html_uri": check.report_html_uri,
         }
-        if drift
+        if drift is not None
         else None,
-        "training": {
-            k: training.get(k)
-            for k in (
-                "job_name",
-                "status",
-                "secondary_status",
-                "spot",
-                "training_seconds",
-                "billable_seconds",
-                "savings_percent",
-                "estimated_cost_usd",
-                "attempts",
-                "chosen",
-                "candidates",
-            )
-            if k in training or k not in ("chosen", "candidates")
-        }
-        if training
-        else None,
-        "gate": {
-            k: gate.get(k)
-            for k in (
-                "promote",
-                "reason",
-                "test",
-                "p_value",
-                "primary_metric",
-                "challenger",
-                "champion",
-                "improvement",
-            )
-        }
-        if gate
-        else None,
-        "registry": {k: registry.get(k) for k in ("model_package_arn", "version", "approval", "lineage_uri")}
-        if registry
-        else None,
-        "approval": state.get("approval"),
-        "canary": state.get("canary"),
+        "training": training_record,
+        "gate": {k: getattr(gate, k) for k in GATE_FIELDS} if gate is not None else None,
+        "registry": registry.model_dump(mode="json") if registry is not None else None,
+        "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
+        "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
         "endpoint": endpoint,
-        "error": error_reason(state.get("error")),
+        "error": error_reason(state.error),
+        "problems": problems,
     }
 
 
@@ -170,7 +161,9 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
     ]
     if record.get("drift"):
         drifted = record["drift"]["drifted_features"] or ["none"]
-        lines.append(f"Drift: {'yes' if record['drift']['detected'] else 'no'}; drifted: {', '.join(drifted)}")
+        more = (record["drift"].get("n_drifted_features") or 0) - len(record["drift"]["drifted_features"])
+        listed = ", ".join(drifted) + (f" and {more} more" if more > 0 else "")
+        lines.append(f"Drift: {'yes' if record['drift']['detected'] else 'no'}; drifted: {listed}")
         if record["drift"].get("report_html_uri"):
             lines.append(f"Drift report: {record['drift']['report_html_uri']} (JSON: {record['drift']['report_uri']})")
     if record.get("training") and record["training"].get("job_name"):

@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from pydantic import BaseModel
 from refit_core.approvals import approval_key
+from refit_core.steps import ApprovalDecision, ApprovalRequested
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -71,12 +72,14 @@ def expire_approval(event: ApprovalExpiry, config: Settings, dynamodb: Any, sage
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def request_handler(event: dict, context: Any) -> dict:
-    return request_approval(
+    requested = request_approval(
         parse(ApprovalRequest, event), settings(), client("dynamodb"), client("sns"), client("sagemaker")
     )
+    return ApprovalRequested(**requested).to_state()
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def expire_handler(event: dict, context: Any) -> dict:
-    return expire_approval(parse(ApprovalExpiry, event), settings(), client("dynamodb"), client("sagemaker"))
+    decision = expire_approval(parse(ApprovalExpiry, event), settings(), client("dynamodb"), client("sagemaker"))
+    return ApprovalDecision(**decision).to_state()

@@ -23,6 +23,7 @@ from refit_core.profile import ProfileError, build_profile, categorical_columns,
 from refit_core.quality import check_quality
 from refit_core.report import render_html
 from refit_core.s3uri import S3Uri
+from refit_core.steps import CheckResult, DriftSummary, QualitySummary
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -87,7 +88,21 @@ def load_champion_model(s3: Any, model_data_url: str) -> ModelArtifact:
         return ModelArtifact.from_archive(archive, Path(scratch))
 
 
-def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
+def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> CheckResult:
+    """What rides in the state: the quality and drift verdicts with capped lists; the per-column drift report is at
+    `report_uri`."""
+    result = _check_batch(event, config, s3, sagemaker)
+    quality, drift = result.get("quality"), result.get("drift")
+    return CheckResult(
+        **{
+            **result,
+            "quality": QualitySummary.of(quality) if quality else None,
+            "drift": DriftSummary.of(drift) if drift else None,
+        }
+    )
+
+
+def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> dict[str, Any]:
     """One streamed pass over the batch (memory: one chunk plus the baseline, whatever the batch's size)."""
     model = config.model
     champion = find_champion(sagemaker, config.endpoint_name)
@@ -197,5 +212,5 @@ def handler(event: dict, context: Any) -> dict:
     config = settings()
     metrics.add_dimension(name="Model", value=config.model.name)
     result = check_batch(parse(CheckEvent, event), config, client("s3"), client("sagemaker"))
-    logger.info("batch checked", extra={"decision": result["decision"]})
-    return result
+    logger.info("batch checked", extra={"decision": result.decision.model_dump() if result.decision else None})
+    return result.to_state()

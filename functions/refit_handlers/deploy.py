@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 from refit_core import names
 from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, variant
 from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
+from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, Step
+from refit_core.steps import Rollback as RollbackStep
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -192,6 +194,16 @@ def rollback(event: Rollback, config: Settings, sagemaker: Any) -> dict[str, Any
     return {"expected_config": event.previous_config, "changed": True}
 
 
+OUTPUTS: dict[str, type[Step]] = {
+    "start": DeployStarted,
+    "status": EndpointCheck,
+    "check_canary": CanaryVerdict,
+    "promote": Promotion,
+    "rollback": RollbackStep,
+    "restore": RollbackStep,
+}  # the step contract of each action (refit_core.steps)
+
+
 def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, StartDeploy):
         return start(request, config, client("sagemaker"))
@@ -210,7 +222,7 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
 def handler(event: dict, context: Any) -> dict:
     config = settings()
     request = parse(DeployEvent, {"request": event}).request
-    result = dispatch(request, config)
+    result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
     if request.action in ("promote", "rollback"):
         metrics.add_dimension(name="Model", value=config.model.name)
         metrics.add_metric(

@@ -13,6 +13,7 @@ from refit_core.audit import format_summary, summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
 from refit_core.s3uri import S3Uri
+from refit_core.steps import AuditKey, FinalStep, RunState
 
 from refit_handlers.common import Settings, client, parse, settings, to_dynamodb
 
@@ -22,20 +23,20 @@ metrics = Metrics()
 
 
 class FinalizeEvent(BaseModel):
-    state: dict[str, Any]
+    state: Any  # parsed by RunState.from_state, which never raises: every run gets its record
     execution_name: str
     execution_started_at: str
 
 
-def keep_batch_for_training(s3: Any, config: Settings, state: dict[str, Any]) -> str | None:
+def keep_batch_for_training(s3: Any, config: Settings, state: RunState) -> str | None:
     """A batch that passed the quality gate becomes training data for later runs (after this run trained on it,
     so its holdout rows were never seen by the challenger)."""
-    check = state.get("check") or {}
-    data_uri = check.get("data_uri")
-    if not data_uri or not (check.get("quality") or {}).get("passed"):
+    check = state.check
+    if check is None or not check.data_uri or check.quality is None or not check.quality.passed:
         return None
+    data_uri = check.data_uri
     source = S3Uri.parse(data_uri)
-    run_id = (state.get("run") or {}).get("run_id", "run")
+    run_id = state.run.run_id if state.run else "run"
     target = S3Uri(config.data_bucket, f"{config.model.training_data_prefix}{run_id}-{source.key.rsplit('/', 1)[-1]}")
     s3.copy_object(Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key})
     return str(target)
@@ -55,8 +56,7 @@ def release_lock(dynamodb: Any, table: str, model: str, run_id: str) -> None:
 
 
 def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
-    state = event.state
-    problems: list[str] = []
+    state, problems = RunState.from_state(event.state)
     kept = None
     try:
         kept = keep_batch_for_training(s3, config, state)
@@ -71,7 +71,7 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
         state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
     )
     record["kept_for_training"] = kept
-    record["problems"] = problems
+    record["problems"] = problems + record["problems"]
     serializer = TypeSerializer()
     try:
         item = {key: serializer.serialize(value) for key, value in to_dynamodb(record).items()}
@@ -106,15 +106,15 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
         Message=message,
         MessageAttributes={"status": {"DataType": "String", "StringValue": record["status"]}},
     )
-    run_id = (state.get("run") or {}).get("run_id") or run_id_from_execution(event.execution_name)
-    if (state.get("run") or {}).get("proceed", True):
+    run_id = (state.run.run_id if state.run else None) or run_id_from_execution(event.execution_name)
+    if state.run is None or state.run.proceed:
         release_lock(dynamodb, config.audit_table, config.model.name, run_id)
-    return {
-        "status": record["status"],
-        "outcome": record["outcome"],
-        "message": record["message"],
-        "audit_key": {"pk": record["pk"], "sk": record["sk"]},
-    }
+    return FinalStep(
+        status=record["status"],
+        outcome=record["outcome"],
+        message=record["message"],
+        audit_key=AuditKey(pk=record["pk"], sk=record["sk"]),
+    ).to_state()
 
 
 @logger.inject_lambda_context

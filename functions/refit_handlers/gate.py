@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
+from refit_core.steps import GateStep, RegistryStep
 from refit_core.training import inputs_manifest_key, read_training_outputs
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -36,12 +37,13 @@ class RegisterEvent(BaseModel):
     data_uri: str
     job_name: str
     model_data_url: str
-    gate: dict[str, Any]
+    gate: GateStep
     evaluation_uri: str
     baseline_uri: str
 
 
-def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
+def gate(event: GateEvent, config: Settings, s3: Any) -> GateStep:
+    """The full decision (every guard and segment) goes to gate.json; the state carries its verdict and numbers."""
     model = config.model
     files = read_training_outputs(s3, event.output_path, event.job_name)
     evaluation = json.loads(files["evaluation.json"])
@@ -74,8 +76,7 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> dict[str, Any]:
         Body=json.dumps(decision, indent=1).encode(),
         ContentType="application/json",
     )
-    decision.update(evaluation_uri=str(evaluation_uri), baseline_uri=str(baseline), gate_uri=str(gate_uri))
-    return decision
+    return GateStep.of(decision, evaluation_uri=str(evaluation_uri), baseline_uri=str(baseline), gate_uri=str(gate_uri))
 
 
 def image_digest(ecr: Any, image_uri: str) -> str:
@@ -86,18 +87,22 @@ def image_digest(ecr: Any, image_uri: str) -> str:
     return images[0]["imageDigest"]
 
 
-def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ecr: Any) -> dict[str, Any]:
+def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ecr: Any) -> RegistryStep:
     """Every challenger is registered, approved, pending approval or rejected, with its lineage and the evidence."""
     model = config.model
-    if not event.gate.get("promote"):
+    decision = event.gate.model_dump(mode="json")
+    if event.gate.gate_uri:  # the full decision, every guard included (the state carries only the failed ones)
+        gate_uri = S3Uri.parse(event.gate.gate_uri)
+        decision = json.loads(s3.get_object(Bucket=gate_uri.bucket, Key=gate_uri.key)["Body"].read())
+    if not event.gate.promote:
         approval = "Rejected"
     else:
         approval = "PendingManualApproval" if model.approval == "manual" else "Approved"
     manifest_key = inputs_manifest_key(model.name, event.run_id, event.job_name)
     manifest = json.loads(s3.get_object(Bucket=config.artifact_bucket, Key=manifest_key)["Body"].read())
     lineage_uri = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/lineage.json")
-    challenger = event.gate.get("challenger")
-    champion = event.gate.get("champion")
+    challenger = event.gate.challenger
+    champion = event.gate.champion
     metadata = {
         "run_id": event.run_id,
         "trigger": event.trigger,
@@ -110,12 +115,12 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         "primary_metric": model.primary_metric,
         "challenger_value": f"{challenger:.6f}" if challenger is not None else "",
         "champion_value": f"{champion:.6f}" if champion is not None else "",
-        "gate_test": str(event.gate.get("test")),
-        "gate_p_value": str(event.gate.get("p_value")),
+        "gate_test": str(event.gate.test),
+        "gate_p_value": str(event.gate.p_value),
     }
     response = sagemaker.create_model_package(
         ModelPackageGroupName=config.model_package_group,
-        ModelPackageDescription=str(event.gate.get("reason", ""))[:1000],
+        ModelPackageDescription=event.gate.reason[:1000],
         ModelApprovalStatus=approval,
         InferenceSpecification={
             "Containers": [{"Image": config.image_uri, "ModelDataUrl": event.model_data_url}],
@@ -147,9 +152,9 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         "code_version": config.code_version,
         "baseline_uri": event.baseline_uri,
         "evaluation_uri": event.evaluation_uri,
-        "metrics": event.gate.get("all_metrics"),
+        "metrics": event.gate.all_metrics,
         "gate": {
-            k: event.gate.get(k)
+            k: decision.get(k)
             for k in (
                 "promote",
                 "reason",
@@ -172,7 +177,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         Body=json.dumps(lineage, indent=1).encode(),
         ContentType="application/json",
     )
-    return {"model_package_arn": arn, "version": version, "approval": approval, "lineage_uri": str(lineage_uri)}
+    return RegistryStep(model_package_arn=arn, version=version, approval=approval, lineage_uri=str(lineage_uri))
 
 
 @logger.inject_lambda_context
@@ -182,12 +187,14 @@ def gate_handler(event: dict, context: Any) -> dict:
     config = settings()
     decision = gate(parse(GateEvent, event), config, client("s3"))
     metrics.add_dimension(name="Model", value=config.model.name)
-    metrics.add_metric(name="ChallengerPromoted", unit=MetricUnit.Count, value=int(decision["promote"]))
-    logger.info("gate decided", extra={"promote": decision["promote"], "reason": decision["reason"]})
-    return decision
+    metrics.add_metric(name="ChallengerPromoted", unit=MetricUnit.Count, value=int(decision.promote))
+    logger.info("gate decided", extra={"promote": decision.promote, "reason": decision.reason})
+    return decision.to_state()
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def register_handler(event: dict, context: Any) -> dict:
-    return register(parse(RegisterEvent, event), settings(), client("sagemaker"), client("s3"), client("ecr"))
+    return register(
+        parse(RegisterEvent, event), settings(), client("sagemaker"), client("s3"), client("ecr")
+    ).to_state()

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from refit_core.datasets import S3Object, list_s3_object_details
 from refit_core.runs import parse_run_input, run_id_from_execution, settled_by, utc_now
 from refit_core.s3uri import S3Uri
+from refit_core.steps import RunInfo
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -128,4 +129,4 @@ def handler(event: dict, context: Any) -> dict:
     metrics.add_dimension(name="Model", value=config.model.name)
     metrics.add_metric(name=f"RunsStarted_{run['trigger']}", unit=MetricUnit.Count, value=1)
     logger.info("run prepared", extra={"run": run})
-    return run
+    return RunInfo(**run).to_state()

@@ -13,6 +13,7 @@ from refit_core.datasets import list_s3_objects
 from refit_core.lineage import object_identity, prefix_identities
 from refit_core.metric_names import higher_is_better
 from refit_core.s3uri import S3Uri
+from refit_core.steps import TrainingStep
 from refit_core.training import (
     best_cv_score,
     choose_candidate,
@@ -177,7 +178,8 @@ def pick_candidate(event: PickEvent, config: Settings, s3: Any) -> dict[str, Any
 @metrics.log_metrics
 def start_handler(event: dict, context: Any) -> dict:
     config = settings()
-    return start_training(parse(StartEvent, event), config, client("s3"), client("sagemaker"), client("dynamodb"))
+    started = start_training(parse(StartEvent, event), config, client("s3"), client("sagemaker"), client("dynamodb"))
+    return TrainingStep(**started).to_state()
 
 
 @logger.inject_lambda_context
@@ -195,7 +197,7 @@ def poll_handler(event: dict, context: Any) -> dict:
         if summary["estimated_cost_usd"] is not None:
             metrics.add_metric(name="TrainingCostUSD", unit=MetricUnit.NoUnit, value=summary["estimated_cost_usd"])
         logger.info("training job finished", extra={"summary": summary})
-    return summary
+    return TrainingStep(**summary).to_state()
 
 
 @logger.inject_lambda_context
@@ -203,4 +205,4 @@ def poll_handler(event: dict, context: Any) -> dict:
 @metrics.log_metrics
 def pick_handler(event: dict, context: Any) -> dict:
     config = settings()
-    return pick_candidate(parse(PickEvent, event), config, client("s3"))
+    return TrainingStep(**pick_candidate(parse(PickEvent, event), config, client("s3"))).to_state()

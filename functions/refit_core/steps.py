@@ -1,0 +1,398 @@
+"""The step contract: what each state of the retrain run writes into the execution's state, and the run state itself.
+
+Each Lambda returns one of these models (serialized with `model_dump(mode="json")`, every field present, null when
+unknown, so a JSONPath the state machine reads always resolves); the state machine writes it at its ResultPath
+(`$.run`, `$.check`, ...); `RunState` is the whole accumulated state, which Finalize and the audit code parse.
+`tests/infrastructure/test_step_contract.py` checks every `$.x.y` path and Choice literal of the synthesized
+definition against these models.
+
+Step models refuse fields they do not declare (a handler cannot add a key the contract does not know). The run state
+ignores top-level keys it does not know, and `RunState.from_state` drops undeclared or invalid parts of a section with
+a note instead of raising: the definition can only write the sections declared here (the infrastructure test checks
+every ResultPath), so anything else came from a hand-written input, and Finalize must write a record whatever it got.
+
+What rides in the state stays small (Step Functions caps a state at 256 KiB): per-column detail goes to S3 (the drift
+report, gate.json) and the state carries its URI and a capped summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+MAX_LISTED = 10  # findings, failed guards: enough to say what went wrong; the full list is in S3 or countable
+MAX_DRIFTED_NAMES = 50  # drifted feature names carried in the state (the count and the report have them all)
+
+Trigger = Literal["manual", "s3", "schedule", "alarm"]
+
+
+class Step(BaseModel):
+    """A state's output: undeclared keys are an error where the model is built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def to_state(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- Prepare -> $.run ---------------------------------------------------------------------------------------------
+class RunInfo(Step):
+    run_id: str
+    model: str | None = None
+    trigger: Trigger | Literal["unknown"] = "unknown"
+    reason: str | None = None
+    force: bool = False
+    data_uri: str | None = None
+    started_at: str | None = None
+    data_etag: str | None = None
+    proceed: bool = True
+    no_data: bool = False
+    settled_by: str | None = None
+
+
+# --- CheckBatch -> $.check ----------------------------------------------------------------------------------------
+class Finding(Step):
+    check: str
+    column: str | None = None
+    severity: Literal["block", "warn"]
+    observed: Any = None
+    limit: Any = None
+    message: str
+
+
+class QualitySummary(Step):
+    passed: bool
+    n_rows: int | None = None
+    reason: str | None = None
+    findings: list[Finding] = Field(default_factory=list)  # the first MAX_LISTED blocking and warning findings
+    n_blocking: int = 0
+    n_warnings: int = 0
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> QualitySummary:
+        """From `check_quality`'s report: every finding counted, the first few of each severity kept."""
+        findings = report.get("findings") or []
+        blocking = [f for f in findings if f["severity"] == "block"]
+        warnings = [f for f in findings if f["severity"] == "warn"]
+        return cls(
+            passed=report["passed"],
+            n_rows=report.get("n_rows"),
+            reason=report.get("reason"),
+            findings=[Finding(**f) for f in blocking[:MAX_LISTED] + warnings[:MAX_LISTED]],
+            n_blocking=len(blocking),
+            n_warnings=len(warnings),
+        )
+
+
+class PerformanceSummary(Step):
+    metric: str | None = None
+    baseline: float | None = None
+    current: float | None = None
+    drifted: bool | None = None
+
+
+class DriftSummary(Step):
+    """The drift report's verdict; the per-column report is at `CheckResult.report_uri`."""
+
+    drift_detected: bool
+    drifted_features: list[str] = Field(default_factory=list)  # sorted, capped at MAX_DRIFTED_NAMES
+    n_drifted_features: int = 0
+    n_features: int = 0
+    target_drifted: bool | None = None
+    prediction_drifted: bool | None = None
+    performance: PerformanceSummary | None = None
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> DriftSummary:
+        drifted = report.get("drifted_features") or []
+        performance = report.get("performance")
+        return cls(
+            drift_detected=report["drift_detected"],
+            drifted_features=drifted[:MAX_DRIFTED_NAMES],
+            n_drifted_features=len(drifted),
+            n_features=len(report.get("features") or {}),
+            target_drifted=(report.get("target") or {}).get("drifted"),
+            prediction_drifted=(report.get("prediction") or {}).get("drifted"),
+            performance=PerformanceSummary(**{k: performance.get(k) for k in PerformanceSummary.model_fields})
+            if performance
+            else None,
+        )
+
+
+class Champion(Step):
+    endpoint_config: str
+    model_name: str
+    model_data_url: str
+    model_package_arn: str | None = None
+    version: int | None = None
+    baseline_uri: str | None = None
+
+
+class Decision(Step):
+    action: Literal["train", "stop", "fail"]
+    reason: str | None = None
+    outcome: str | None = None  # for a stop: no_data, already_checked, no_drift
+
+
+class CheckResult(Step):
+    data_uri: str | None = None
+    quality: QualitySummary | None = None
+    drift: DriftSummary | None = None
+    champion: Champion | None = None
+    has_champion: bool = False
+    champion_model_uri: str | None = None
+    champion_config: str | None = None
+    decision: Decision | None = None
+    report_uri: str | None = None
+    report_html_uri: str | None = None
+
+
+# --- StartTraining / PollTraining / PickCandidate -> $.training -----------------------------------------------------
+class CandidateSummary(Step):
+    family: str | None = None
+    job_name: str | None = None
+    status: str | None = None
+    cv_score: float | None = None
+    estimated_cost_usd: float | None = None
+    billable_seconds: float | None = None
+    reason: str | None = None
+
+
+class TrainingStep(Step):
+    next: Literal["wait", "done", "fallback", "failed", "refused"]
+    job_name: str | None = None
+    attempt: int | None = None
+    attempts: int | None = None
+    spot: bool | None = None
+    family: str | None = None
+    status: str | None = None
+    secondary_status: str | None = None
+    failure_reason: str | None = None
+    reason: str | None = None  # why training was refused (budget)
+    training_seconds: float | None = None
+    billable_seconds: float | None = None
+    savings_percent: float | None = None
+    estimated_cost_usd: float | None = None
+    model_data_url: str | None = None
+    output_path: str | None = None
+    candidates: list[CandidateSummary] | None = None  # parallel candidates only
+    chosen: str | None = None
+
+
+# --- Gate -> $.gate ------------------------------------------------------------------------------------------------
+class GateStep(Step):
+    """The gate's verdict and headline numbers; every guard and segment is in `gate_uri` (gate.json)."""
+
+    promote: bool
+    reason: str
+    test: str | None = None
+    p_value: float | None = None
+    primary_metric: str | None = None
+    challenger: float | None = None
+    champion: float | None = None
+    difference: float | None = None
+    improvement: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    required_improvement: float | None = None
+    alpha: float | None = None
+    min_improvement: float | None = None
+    n_rows: int | None = None
+    floors: list[dict[str, Any]] = Field(default_factory=list)  # one per configured floor
+    failed_guards: list[dict[str, Any]] = Field(default_factory=list)  # the first MAX_LISTED that failed
+    n_guards: int = 0
+    all_metrics: dict[str, Any] | None = None
+    intervals: dict[str, Any] | None = None
+    evaluation_uri: str | None = None
+    baseline_uri: str | None = None
+    gate_uri: str | None = None
+
+    @classmethod
+    def of(cls, decision: dict[str, Any], **uris: Any) -> GateStep:
+        guards = decision.get("guards") or []
+        fields = {k: v for k, v in decision.items() if k in cls.model_fields}
+        return cls(
+            **fields,
+            failed_guards=[g for g in guards if not g.get("holds")][:MAX_LISTED],
+            n_guards=len(guards),
+            **uris,
+        )
+
+
+# --- Register -> $.registry ----------------------------------------------------------------------------------------
+class RegistryStep(Step):
+    model_package_arn: str
+    version: int | None = None
+    approval: Literal["Approved", "PendingManualApproval", "Rejected"]
+    lineage_uri: str | None = None
+
+
+# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.promotion, $.rollback, $.restore ---------------------
+class DeployStarted(Step):
+    mode: Literal["create", "canary"]
+    previous_config: str | None = None
+    expected_config: str
+    challenger_model: str
+    canary_weight: float | None = None
+
+
+class Variant(Step):
+    name: str
+    weight: float
+
+
+class EndpointView(Step):
+    name: str
+    status: str | None = None
+    config: str | None = None
+    failure_reason: str | None = None
+    variants: list[Variant] = Field(default_factory=list)
+
+
+class EndpointCheck(Step):
+    next: Literal["ready", "wait", "failed"]
+    reason: str | None = None
+    name: str | None = None
+    status: str | None = None
+    config: str | None = None
+    failure_reason: str | None = None
+    variants: list[Variant] = Field(default_factory=list)
+    canary_started_at: str | None = None
+
+
+class CanaryVerdict(Step):
+    healthy: bool
+    reason: str
+    invocations: float | None = None
+    errors_5xx: float | None = None
+    error_rate: float | None = None
+    mean_model_latency_ms: float | None = None
+    alarm_state: str | None = None
+
+
+class Promotion(Step):
+    expected_config: str
+
+
+class Rollback(Step):
+    expected_config: str | None = None
+    changed: bool = False
+    deleted: bool = False
+
+
+# --- RequestApproval (task token) / ExpireApproval -> $.approval ----------------------------------------------------
+class ApprovalRequested(Step):
+    """What RequestApproval returns; the state gets the decision sent with the task token (`ApprovalDecision`)."""
+
+    requested: bool
+    version: int
+
+
+class ApprovalDecision(Step):
+    approved: bool
+    by: str | None = None
+    reason: str | None = None
+
+
+# --- Finalize -> $.final -------------------------------------------------------------------------------------------
+class AuditKey(Step):
+    pk: str
+    sk: str
+
+
+class FinalStep(Step):
+    status: Literal["SUCCEEDED", "FAILED", "SKIPPED"]
+    outcome: str
+    message: str
+    audit_key: AuditKey
+
+
+# --- Catch / Pass -> $.error, $.restore_error, $.approval_timeout ---------------------------------------------------
+class StepError(BaseModel):
+    """A caught error as Step Functions writes it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    Error: str | None = None
+    Cause: str | None = None
+
+
+# --- the run state -------------------------------------------------------------------------------------------------
+class CandidateCheck(Step):
+    """The part of the check each parallel candidate's branch receives (the Map's ItemSelector)."""
+
+    data_uri: str | None = None
+    champion_model_uri: str | None = None
+
+
+class CandidateBranch(BaseModel):
+    """The state inside one branch of the parallel candidates' Map, and what the branch ends with."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    family: str | None = None
+    run: RunInfo | None = None
+    check: CandidateCheck | None = None
+    training: TrainingStep | None = None
+    error: StepError | None = None
+
+
+class RunState(BaseModel):
+    """The execution's accumulated state: whatever steps ran. Every section is optional (a run that failed at its first
+    step still gets an audit record)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run: RunInfo | None = None
+    check: CheckResult | None = None
+    families: list[str] | None = None
+    candidates: list[CandidateBranch] | None = None
+    training: TrainingStep | None = None
+    gate: GateStep | None = None
+    registry: RegistryStep | None = None
+    approval: ApprovalDecision | None = None
+    approval_timeout: StepError | None = None
+    deploy: DeployStarted | None = None
+    endpoint: EndpointCheck | None = None
+    canary: CanaryVerdict | None = None
+    promotion: Promotion | None = None
+    rollback: Rollback | None = None
+    restore: Rollback | None = None
+    restore_error: StepError | None = None
+    error: StepError | None = None
+    final: FinalStep | None = None
+
+    @classmethod
+    def from_state(cls, state: Any) -> tuple[RunState, list[str]]:
+        """Parse what the state machine passed, never raising: a section that does not fit its model is kept without
+        its undeclared keys, or dropped if it is still invalid, and each such repair is returned as a problem."""
+        if not isinstance(state, dict):
+            return cls(), [f"the run state is not an object: {type(state).__name__}"]
+        sections: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, field in cls.model_fields.items():
+            if name not in state or state[name] is None:
+                continue
+            value = state[name]
+            single = _section_model(field.annotation)
+            if isinstance(value, dict) and single is not None:
+                unknown = sorted(set(value) - set(single.model_fields))
+                if unknown and single.model_config.get("extra") == "forbid":
+                    problems.append(f"state.{name}: undeclared keys ignored: {', '.join(unknown)}")
+                    value = {k: v for k, v in value.items() if k not in unknown}
+            try:
+                sections[name] = TypeAdapter(field.annotation).validate_python(value)
+            except ValidationError as error:
+                where = "; ".join(
+                    f"state.{'.'.join([name, *(str(p) for p in e['loc'])])}: {e['msg']}" for e in error.errors()
+                )
+                problems.append(f"{where} (section ignored)"[:1000])
+        return cls(**sections), problems
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
