@@ -344,6 +344,7 @@ class RunState(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    input: Any = None  # the execution input as given (any JSON), put under `input` by the first state
     run: RunInfo | None = None
     check: CheckResult | None = None
     families: list[str] | None = None

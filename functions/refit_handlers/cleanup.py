@@ -126,7 +126,7 @@ def clean_up(
         status=detail.status,
         outcome=OUTCOMES[detail.status],
         message=f"the execution {why} before Finalize{f' ({reason[:1500]})' if reason else ''}; {endpoint_note}",
-        problems=problems,
+        problems=[*record.get("problems", []), *problems],
         kept_for_training=None,
     )
     serializer = TypeSerializer()
