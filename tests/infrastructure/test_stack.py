@@ -71,15 +71,48 @@ def test_one_state_machine_with_the_retrain_states_and_four_triggers(template):
         assert f'"{state}"' in text
     assert ".sync" not in text  # SageMaker .sync is not executable locally; training is polled
     rules = resources(template, "AWS::Events::Rule")
-    kinds = {("schedule" if "ScheduleExpression" in r else r["EventPattern"]["detail-type"][0]) for r in rules.values()}
-    assert kinds == {"schedule", "Object Created", "CloudWatch Alarm State Change"}
-    for rule in rules.values():
-        assert rule["Targets"][0]["Arn"] == {"Ref": next(iter(machines))}
+    kinds = {
+        ("schedule" if "ScheduleExpression" in r else r["EventPattern"]["detail-type"][0]): r for r in rules.values()
+    }
+    assert set(kinds) == {
+        "schedule",
+        "Object Created",
+        "CloudWatch Alarm State Change",
+        "Step Functions Execution Status Change",
+    }
+    for kind, rule in kinds.items():
+        if kind != "Step Functions Execution Status Change":
+            assert rule["Targets"][0]["Arn"] == {"Ref": next(iter(machines))}
+    # A run that ends without Finalize (timed out, aborted, failed outside a Catch) goes to the Cleanup Lambda.
+    run_end = kinds["Step Functions Execution Status Change"]
+    assert run_end["EventPattern"]["detail"] == {
+        "stateMachineArn": [{"Ref": next(iter(machines))}],
+        "status": ["TIMED_OUT", "ABORTED", "FAILED"],
+    }
+    cleanup = next(k for k, v in resources(template, "AWS::Lambda::Function").items() if "Cleanup" in k)
+    assert run_end["Targets"][0]["Arn"] == {"Fn::GetAtt": [cleanup, "Arn"]}
+
+
+def test_the_execution_timeout_covers_the_longest_run_the_settings_allow(template):
+    """Step Functions stops a run at the definition's TimeoutSeconds and skips every Catch: it must outlast the
+    longest run the model's settings allow (the spot wait and fallback, approval, bake, endpoint updates)."""
+    from refit_core.config import load_config
+
+    model = load_config(ROOT / "refit.toml").model("churn")
+    machine = next(iter(resources(template, "AWS::StepFunctions::StateMachine").values()))
+    text = "".join(p for p in machine["DefinitionString"]["Fn::Join"][1] if isinstance(p, str))
+    timeout = int(text.rsplit('"TimeoutSeconds":', 1)[1].split("}", 1)[0].split(",", 1)[0])
+    assert timeout == model.run_timeout_seconds
+    longest = (
+        model.spot.effective_max_wait_seconds + model.spot.max_runtime_seconds + model.canary.bake_seconds + 3 * 3600
+    )
+    assert timeout > longest
+    assert model.lock_seconds > timeout
 
 
 def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
     functions = {k: v for k, v in resources(template, "AWS::Lambda::Function").items() if "ImageUri" in v["Code"]}
-    assert len(functions) == 10
+    assert len(functions) == 11
     for props in functions.values():
         variables = props["Environment"]["Variables"]
         assert variables["POWERTOOLS_SERVICE_NAME"].startswith("refit-churn-")

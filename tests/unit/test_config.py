@@ -61,3 +61,21 @@ def test_unreadable_and_invalid_toml(tmp_path):
     bad.write_text("[[models]\nname=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_the_run_timeout_grows_with_every_wait_a_run_can_make_and_the_lock_outlasts_it():
+    base = parse_config(minimal()).models[0]
+    manual = parse_config(minimal(approval="manual", approval_timeout_seconds=3 * 86400)).models[0]
+    long_bake = parse_config(minimal(canary={"bake_seconds": 86400})).models[0]
+    long_spot = parse_config(minimal(spot={"max_runtime_seconds": 86400, "max_wait_seconds": 172800})).models[0]
+    assert base.run_timeout_seconds > base.spot.effective_max_wait_seconds + base.spot.max_runtime_seconds
+    assert manual.run_timeout_seconds > base.run_timeout_seconds + 3 * 86400
+    assert long_bake.run_timeout_seconds > base.run_timeout_seconds + 86400
+    assert long_spot.run_timeout_seconds > 172800 + 86400 > 24 * 3600  # the old fixed 24 h would have cut it
+    for model in (base, manual, long_bake, long_spot):
+        assert model.lock_seconds > model.run_timeout_seconds
+
+
+def test_settings_whose_runs_could_outlast_a_step_functions_execution_are_refused():
+    with pytest.raises(ConfigError, match="over Step Functions' 31536000 s limit"):
+        parse_config(minimal(approval="manual", approval_timeout_seconds=364 * 86400))
