@@ -23,7 +23,7 @@ def config_path(tmp_path_factory):
         tmp_path_factory,
         "manual",
         {
-            'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 5',
+            'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 30',
             "fallback_to_on_demand = true": "fallback_to_on_demand = false",
         },
     )

@@ -93,11 +93,15 @@ def serving(root: Path):
         },
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    # Up to two minutes: on a loaded machine importing scikit-learn in gunicorn's workers alone can take 10 s.
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"serve exited with {process.returncode} before answering /ping"
         try:
-            urllib.request.urlopen(f"{url}/ping", timeout=1)
+            urllib.request.urlopen(f"{url}/ping", timeout=5)
             break
         except OSError:
+            assert time.monotonic() < deadline, "serve did not answer /ping within 120 s"
             time.sleep(0.1)
     try:
         yield url
