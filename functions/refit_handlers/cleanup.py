@@ -11,15 +11,14 @@ from typing import Any, Literal
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-from boto3.dynamodb.types import TypeSerializer
 from pydantic import BaseModel, Field
-from refit_core.audit import format_summary, summarize_run
+from refit_core.audit import summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
 
-from refit_handlers.common import Settings, client, parse, settings, to_dynamodb
+from refit_handlers.common import Settings, client, parse, settings
 from refit_handlers.deploy import Rollback, rollback
-from refit_handlers.finalize import release_lock
+from refit_handlers.finalize import release_lock, store_and_publish
 
 logger = Logger()
 tracer = Tracer()
@@ -129,18 +128,7 @@ def clean_up(
         problems=[*record.get("problems", []), *problems],
         kept_for_training=None,
     )
-    serializer = TypeSerializer()
-    dynamodb.put_item(
-        TableName=config.audit_table,
-        Item={key: serializer.serialize(value) for key, value in to_dynamodb(record).items()},
-    )
-    subject, message = format_summary(record)
-    sns.publish(
-        TopicArn=config.topic_arn,
-        Subject=subject,
-        Message=message,
-        MessageAttributes={"status": {"DataType": "String", "StringValue": detail.status}},
-    )
+    store_and_publish(record, config, dynamodb, sns)
     release_lock(
         dynamodb,
         config.audit_table,

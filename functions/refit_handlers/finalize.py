@@ -55,23 +55,9 @@ def release_lock(dynamodb: Any, table: str, model: str, run_id: str) -> None:
         pass  # held by another run (this one was skipped) or already expired
 
 
-def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
-    state, problems = RunState.from_state(event.state)
-    kept = None
-    try:
-        kept = keep_batch_for_training(s3, config, state)
-    except Exception as error:  # the audit record must still be written
-        problems.append(f"could not keep the batch for training: {error}")
-    try:
-        endpoint = endpoint_view(sagemaker, config.endpoint_name)
-    except Exception as error:
-        endpoint = None
-        problems.append(f"could not read the endpoint: {error}")
-    record = summarize_run(
-        state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
-    )
-    record["kept_for_training"] = kept
-    record["problems"] = problems + record["problems"]
+def store_and_publish(record: dict[str, Any], config: Settings, dynamodb: Any, sns: Any) -> None:
+    """Write the audit record (its essentials when the whole record cannot be stored) and publish its summary: how
+    every run ends, whether Finalize or the run-end cleanup records it."""
     serializer = TypeSerializer()
     try:
         item = {key: serializer.serialize(value) for key, value in to_dynamodb(record).items()}
@@ -106,6 +92,26 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
         Message=message,
         MessageAttributes={"status": {"DataType": "String", "StringValue": record["status"]}},
     )
+
+
+def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
+    state, problems = RunState.from_state(event.state)
+    kept = None
+    try:
+        kept = keep_batch_for_training(s3, config, state)
+    except Exception as error:  # the audit record must still be written
+        problems.append(f"could not keep the batch for training: {error}")
+    try:
+        endpoint = endpoint_view(sagemaker, config.endpoint_name)
+    except Exception as error:
+        endpoint = None
+        problems.append(f"could not read the endpoint: {error}")
+    record = summarize_run(
+        state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
+    )
+    record["kept_for_training"] = kept
+    record["problems"] = problems + record["problems"]
+    store_and_publish(record, config, dynamodb, sns)
     run_id = (state.run.run_id if state.run else None) or run_id_from_execution(event.execution_name)
     if state.run is None or state.run.proceed:
         release_lock(dynamodb, config.audit_table, config.model.name, run_id)
