@@ -18,8 +18,15 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - SageMaker endpoints: moto lacks UpdateEndpoint; it is added. `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
-- EventBridge: moto cannot deliver to Step Functions targets and lets schedule rules match every event; here
-  pattern rules start executions of their state-machine targets and schedule rules only fire on request.
+- EventBridge: moto cannot deliver to Step Functions or Lambda targets and lets schedule rules match every event;
+  here pattern rules start executions of their state-machine targets, invoke their Lambda targets asynchronously,
+  and schedule rules only fire on request.
+- Step Functions run ends: moto puts no "Step Functions Execution Status Change" event; here one is put when an
+  execution ends. Its clock is the wall clock plus what `advance_clock` adds, and an execution past its
+  TimeoutSeconds ends TIMED_OUT at its next Wait.
+- Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
+  session, and its own copies of refit's modules); training and serving read and write S3 as the job's or model's
+  role. The local IAM (iam.py) authorizes those calls.
 """
 
 from __future__ import annotations

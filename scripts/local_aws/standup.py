@@ -1,9 +1,10 @@
 """Creates the synthesized stack's resources in moto, in dependency order, with real names and ARNs.
 
 moto's own CloudFormation skips or hangs on several resource types refit uses (see local-aws-facts),
-so each type refit needs is created here through the ordinary API calls. Types with nothing to run
-locally (IAM policies, bucket and topic policies, CDK's notification-handler Lambda) are recorded as
-skipped; `LocalFunction` records carry what the Lambda bridge needs to run a handler in-process.
+so each type refit needs is created here through the ordinary API calls. Types with nothing to create
+locally (IAM policies, which the local IAM reads from the template instead; bucket, topic and Lambda resource
+policies; CDK's notification-handler Lambda) are recorded as skipped; `LocalFunction` records carry what the Lambda
+bridge needs to run a handler in-process, its execution role included.
 """
 
 from __future__ import annotations
