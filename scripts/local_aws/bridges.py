@@ -58,6 +58,7 @@ from typing import Any
 from unittest import mock
 
 import boto3
+from botocore.config import Config as BotoConfig
 from moto.awslambda.models import LambdaFunction
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.events.models import Rule
@@ -65,6 +66,7 @@ from moto.sagemaker.models import FakeEndpoint, sagemaker_backends
 from moto.sagemaker.responses import SageMakerResponse
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
@@ -257,6 +259,8 @@ class Bridges:
         self.clock_advance: dict[str, float] = {}
         self.execution_clock: dict[str, float] = {}
         self.execution_timeouts: dict[str, int | None] = {}
+        self.state_machine_caller = threading.local()
+        self.state_machine_roles: dict[str, str] = {}
         self.region = region
         self.functions = functions
         self.training_asset = training_asset
@@ -302,6 +306,32 @@ class Bridges:
                 hook(state, wait_seconds)
             bridges.check_execution_timeout(env, context)
             time.sleep(0.01)
+
+        def signed_as_state_machine(original: Callable) -> Callable:
+            """The interpreter's Lambda calls, made as the executing state machine's role (moto signs them with a
+            fixed key that no policy governs)."""
+
+            def call(env: Any, *args: Any, **kwargs: Any) -> Any:
+                bridges.state_machine_caller.arn = env.states.context_object.context_object_data["StateMachine"]["Id"]
+                try:
+                    return original(env, *args, **kwargs)
+                finally:
+                    bridges.state_machine_caller.arn = None
+
+            return call
+
+        original_boto_client_for = lambda_eval_utils.boto_client_for
+
+        def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+            machine = getattr(bridges.state_machine_caller, "arn", None)
+            if machine is None or bridges.iam is None:
+                return original_boto_client_for(region=region, service=service, state_credentials=state_credentials)
+            return bridges.role_client(
+                service,
+                bridges.state_machine_role(machine),
+                "states",
+                config=BotoConfig(parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1}),
+            )
 
         original_terminated = BaseExecutionWorkerCommunication.terminated
 
@@ -352,6 +382,17 @@ class Bridges:
             mock.patch.object(boto3, "_get_default_session", default_session),
             mock.patch.object(WaitFunction, "_wait_interval", wait_interval),
             mock.patch.object(BaseExecutionWorkerCommunication, "terminated", terminated),
+            mock.patch.object(lambda_eval_utils, "boto_client_for", boto_client_for),
+            mock.patch.object(
+                lambda_eval_utils,
+                "exec_lambda_function",
+                signed_as_state_machine(lambda_eval_utils.exec_lambda_function),
+            ),
+            mock.patch.object(
+                lambda_eval_utils,
+                "execute_lambda_function_integration",
+                signed_as_state_machine(lambda_eval_utils.execute_lambda_function_integration),
+            ),
             mock.patch.object(retrier_decl, "time", _NoSleepTime()),
             mock.patch.object(
                 sagemaker_backends[self.account][self.region].__class__, "create_training_job", create_training_job
@@ -395,10 +436,18 @@ class Bridges:
                 self.sessions[role_arn] = boto3.Session(**credentials, region_name=self.region)
             return self.sessions[role_arn]
 
-    def role_client(self, service: str, role_arn: str, session_name: str) -> Any:
+    def role_client(self, service: str, role_arn: str, session_name: str, config: BotoConfig | None = None) -> Any:
         session = self.role_session(role_arn, session_name)
         with self.session_lock:  # creating clients from one session is not thread-safe
-            return session.client(service)
+            return session.client(service, config=config)
+
+    def state_machine_role(self, state_machine_arn: str) -> str:
+        if state_machine_arn not in self.state_machine_roles:
+            described = boto3.client("stepfunctions", region_name=self.region).describe_state_machine(
+                stateMachineArn=state_machine_arn
+            )
+            self.state_machine_roles[state_machine_arn] = described["roleArn"]
+        return self.state_machine_roles[state_machine_arn]
 
     # ---------------------------------------------------------------- Lambda
     def _handler(self, function: LocalFunction) -> Callable[[Any, Any], Any]:

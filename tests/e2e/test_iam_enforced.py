@@ -68,6 +68,15 @@ def test_finalize_without_put_on_the_audit_table_fails_the_run_naming_the_call(a
     assert len(aws.audit_records(MODEL)) == before
 
 
+def test_the_state_machine_invokes_its_lambdas_as_its_own_role(aws):
+    machine_role = aws.client("stepfunctions").describe_state_machine(
+        stateMachineArn=aws.model(MODEL).state_machine_arn
+    )["roleArn"]
+    invokes = [d for d in aws.iam.decisions if d.request.action == "lambda:InvokeFunction"]
+    assert invokes and all(d.principal == machine_role and d.allowed for d in invokes)
+    assert {d.request.resource for d in invokes} <= {f.arn for f in aws.stack.functions.values()}
+
+
 def test_what_the_runs_were_allowed_by_a_resource_wildcard_is_only_what_aws_cannot_scope(aws):
     unscoped = {d.request.action for d in aws.iam.wildcard_grants()}
     assert unscoped <= {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "ecr:GetAuthorizationToken"}
