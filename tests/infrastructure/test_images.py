@@ -126,3 +126,12 @@ def test_image_pins_are_the_project_pins(image):
             assert pins.get(name.lower()) == version, (
                 f"{image}: {requirement}, but the project pins {pins.get(name.lower())}"
             )
+
+
+def test_every_image_is_built_for_the_architecture_it_runs_on(cloud_assembly):
+    """An image built on an arm64 laptop without a platform would not start on x86_64 Lambdas or ml.m5 instances. (The
+    training asset names its platform; CDK derives the Lambda asset's from the functions' x86_64 architecture.)"""
+    assets = json.loads((cloud_assembly / "refit.assets.json").read_text())["dockerImages"]
+    assert len(assets) == 2
+    for image in assets.values():
+        assert image["source"].get("platform") == "linux/amd64", image["source"]
