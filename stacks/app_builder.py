@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -17,9 +18,28 @@ from stacks.refit_stack import RefitStack
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+SOURCE_FOLDERS = ("functions", "training_container", "stacks")
+
+
+def source_digest(root: Path) -> str:
+    """A digest of the code that is deployed (the functions, the training image and the stacks): what identifies the
+    code when there is no git checkout to ask (a source archive, a git that refuses the folder's owner)."""
+    digest = hashlib.sha256()
+    files = sorted(
+        path
+        for folder in SOURCE_FOLDERS
+        for path in (root / folder).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:20]
+
+
 def code_version(root: Path) -> str:
-    """The git commit the stack is synthesized from (`-dirty` with uncommitted changes); recorded in each model's
-    lineage. Outside a git checkout: 'unknown'."""
+    """What each model's lineage names as the code it was trained and gated by: the git commit the stack is
+    synthesized from (`-dirty` with uncommitted changes), or `source-<digest>` of the deployed code outside a git
+    checkout. Never a placeholder: lineage that cannot tell two deployments apart is no lineage."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         status = subprocess.run(
@@ -30,7 +50,7 @@ def code_version(root: Path) -> str:
             check=True,
         )
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return f"source-{source_digest(root)}"
     return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
@@ -59,6 +79,7 @@ def build_app(config_path: str, outdir: str | None = None) -> App:
         app,
         stack_name(config.project),
         config=config,
+        code_version=code_version(REPO_ROOT),
         env=Environment(account=None, region=None),
         description="refit: keeps tabular SageMaker models fresh",
     )

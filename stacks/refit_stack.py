@@ -83,7 +83,7 @@ class ModelPipeline(Construct):
 
 class RefitStack(Stack):
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: RefitConfig, code_version: str = "unknown", **kwargs
+        self, scope: Construct, construct_id: str, *, config: RefitConfig, code_version: str, **kwargs
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.storage = Storage(self, "Storage", notification_email=config.notification_email)

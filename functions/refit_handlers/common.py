@@ -52,7 +52,7 @@ def settings() -> Settings:
         image_uri=env["REFIT_IMAGE_URI"],
         canary_alarm=env["REFIT_CANARY_ALARM"],
         instance_prices=json.loads(env["REFIT_INSTANCE_PRICES"]),
-        code_version=env.get("REFIT_CODE_VERSION", "unknown"),
+        code_version=env["REFIT_CODE_VERSION"],
     )
 
 

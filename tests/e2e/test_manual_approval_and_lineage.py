@@ -12,7 +12,8 @@ import pytest
 from scripts.cli import main as refit
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import config_variant
+from stacks.app_builder import code_version
+from tests.conftest import ROOT, config_variant
 
 MODEL = "churn"
 
@@ -127,7 +128,7 @@ def test_lineage_and_diff_name_data_code_settings_and_metrics(aws, config_path):
     lineage = json.loads(out)
     assert code == 0 and lineage["version"] == 1 and lineage["approval"] == "Approved"
     assert lineage["inputs"][0]["uri"].endswith("incoming/churn/first.csv") and lineage["inputs"][0]["version_id"]
-    assert lineage["code_version"] not in ("", None) and lineage["image_digest"].startswith("sha256:")
+    assert lineage["code_version"] == code_version(ROOT) and lineage["image_digest"].startswith("sha256:")
     assert lineage["hyperparameters"]["target"] == "churned" and lineage["baseline_uri"].startswith("s3://")
     assert lineage["gate"]["reason"] and lineage["training_job"]
     code, out, _ = cli(config_path, "diff", MODEL, "1", "2")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from stacks.app_builder import SOURCE_FOLDERS, code_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,6 +124,27 @@ def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
         assert props["ImageConfig"]["Command"][0].startswith("refit_handlers.")
     check = next(p for p in functions.values() if p["ImageConfig"]["Command"] == ["refit_handlers.check_batch.handler"])
     assert check["EphemeralStorage"] == {"Size": 10240}  # Parquet objects are spooled to /tmp, not memory
+
+
+def test_every_function_names_the_code_it_was_synthesized_from(template):
+    """Lineage records REFIT_CODE_VERSION: the synthesizing commit, never a placeholder (it once was always
+    'unknown' because the app never passed it)."""
+    versions = {
+        props["Environment"]["Variables"].get("REFIT_CODE_VERSION")
+        for props in resources(template, "AWS::Lambda::Function").values()
+        if "ImageUri" in props["Code"]
+    }
+    assert versions == {code_version(ROOT)}
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", code_version(ROOT))
+
+
+def test_code_version_outside_git_is_a_digest_of_the_deployed_code(tmp_path):
+    for folder in SOURCE_FOLDERS:
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    first = code_version(tmp_path)
+    assert re.fullmatch(r"source-[0-9a-f]{20}", first)
+    (tmp_path / "functions" / "refit_core" / "gate.py").write_text("changed = True\n")
+    assert code_version(tmp_path) != first
 
 
 def test_cdk_nag_passes_with_every_acknowledgement_reasoned(cloud_assembly):
