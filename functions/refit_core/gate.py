@@ -102,13 +102,16 @@ def paired_bootstrap(
     for i in range(samples):
         counts = bootstrap_counts(rng, n)
         differences[i] = sign * (resampled_a.metric(metric, counts) - resampled_b.metric(metric, counts))
+    # The interval is of the reported difference metric(a) - metric(b), not of the improvement: for a lower-is-better
+    # metric (sign -1) the improvement's upper quantile is the difference's lower bound.
+    raw_differences = sign * differences
     return {
         "metric_a": compute_metric(metric, y_true, score_a),
         "metric_b": compute_metric(metric, y_true, score_b),
         "difference": float(sign * observed),
         "p_value": float((np.sum(differences <= margin) + 1) / (samples + 1)),
-        "ci_low": float(sign * np.quantile(differences, 0.025)),
-        "ci_high": float(sign * np.quantile(differences, 0.975)),
+        "ci_low": float(np.quantile(raw_differences, 0.025)),
+        "ci_high": float(np.quantile(raw_differences, 0.975)),
     }
 
 

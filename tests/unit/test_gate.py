@@ -141,6 +141,26 @@ def test_regression_uses_paired_bootstrap():
     assert result["test"] == "paired_bootstrap" and result["promote"]
 
 
+@pytest.mark.parametrize(("metric", "direction"), [("rmse", "minimize"), ("mae", "minimize"), ("r2", "maximize")])
+def test_bootstrap_interval_brackets_the_difference_whichever_way_the_metric_improves(metric, direction):
+    """The interval is of the reported difference, challenger minus champion: for lower-is-better metrics it came out
+    with ci_low above ci_high (the resampled improvements' quantiles were flipped back in the wrong order)."""
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=500)
+    result = decide(
+        "regression",
+        metric,
+        direction,
+        GateSettings(bootstrap_samples=300),
+        y,
+        y + rng.normal(0, 0.5, 500),
+        y + rng.normal(0, 1.0, 500),
+    )
+    assert result["ci_low"] < result["difference"] < result["ci_high"]
+    better_is_lower = direction == "minimize"
+    assert (result["ci_high"] < 0) if better_is_lower else (result["ci_low"] > 0)  # the challenger is clearly better
+
+
 def test_refit_gate_cli_on_holdout_predictions(tmp_path):
     import io
     import json
