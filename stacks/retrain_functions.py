@@ -157,12 +157,14 @@ class RetrainFunctions(Construct):
         storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")
         storage.topic.grant_publish(f["RequestApproval"])
         storage.audit_table.grant(f["ExpireApproval"], "dynamodb:DeleteItem")
-        f["ExpireApproval"].add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["sagemaker:UpdateModelPackage"],
-                resources=[f"{arn}:model-package/{package_group_name}/*"],
-            )
+        # ExpireApproval rejects an undecided package; Finalize and Cleanup reject the run's package when it does
+        # not serve at the run's end (rolled back, failed, timed out).
+        package_updates = iam.PolicyStatement(
+            actions=["sagemaker:UpdateModelPackage"],
+            resources=[f"{arn}:model-package/{package_group_name}/*"],
         )
+        for updater in ("ExpireApproval", "Finalize", "Cleanup"):
+            f[updater].add_to_role_policy(package_updates)
         f["Register"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"],

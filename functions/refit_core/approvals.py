@@ -40,3 +40,26 @@ def decide_approval(
     stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
     dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
     return {"model": model, "version": version, "status": status, "run_id": item["run_id"]["S"]}
+
+
+SERVED_OUTCOMES = frozenset({"promoted", "deployed_first"})
+
+
+def withdraw_unserved_package(
+    sagemaker: Any, package_arn: str | None, served: bool, run_id: str, why: str
+) -> str | None:
+    """A package this run registered but that does not serve when the run ends (rolled back, failed, stopped, timed
+    out) is set Rejected: the registry must not keep saying Approved (or awaiting approval) for a model whose run
+    turned it down, or anything that deploys "the latest approved package" picks a model that failed its canary.
+    Returns what was changed, for the audit record; None when nothing needed changing."""
+    if package_arn is None or served:
+        return None
+    status = sagemaker.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
+    if status == "Rejected":
+        return None
+    sagemaker.update_model_package(
+        ModelPackageArn=package_arn,
+        ModelApprovalStatus="Rejected",
+        ApprovalDescription=f"rejected by refit run {run_id} (was {status}): {why}"[:1000],
+    )
+    return f"model package {package_arn} set Rejected (was {status}): {why}"[:1000]

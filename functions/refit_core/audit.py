@@ -183,6 +183,8 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Gate: {'promote' if g['promote'] else 'keep champion'} - {g['reason']}")
     if record.get("registry"):
         lines.append(f"Registry: version {record['registry']['version']} ({record['registry']['approval']})")
+    if record.get("registry_update"):
+        lines.append(f"Registry: {record['registry_update']}")
     if record.get("endpoint"):
         weights = ", ".join(f"{v['name']}={v['weight']}" for v in record["endpoint"].get("variants", []))
         lines.append(f"Endpoint {record['endpoint']['name']}: {record['endpoint'].get('status')} [{weights}]")

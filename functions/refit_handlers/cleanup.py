@@ -12,6 +12,7 @@ from typing import Any, Literal
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
+from refit_core.approvals import withdraw_unserved_package
 from refit_core.audit import summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
@@ -128,6 +129,18 @@ def clean_up(
         problems=[*record.get("problems", []), *problems],
         kept_for_training=None,
     )
+    registry = state.get("registry") or {}
+    deploy = state.get("deploy") or {}
+    try:
+        record["registry_update"] = withdraw_unserved_package(
+            sagemaker,
+            registry.get("model_package_arn"),
+            bool(state.get("promotion")) or deploy.get("mode") == "create",  # left serving by restore_endpoint
+            record["run_id"],
+            record["message"],
+        )
+    except Exception as error:
+        record["problems"].append(f"could not withdraw the run's model package approval: {error}")
     store_and_publish(record, config, dynamodb, sns)
     release_lock(
         dynamodb,

@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from boto3.dynamodb.types import TypeSerializer
 from pydantic import BaseModel
+from refit_core.approvals import SERVED_OUTCOMES, withdraw_unserved_package
 from refit_core.audit import format_summary, summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
@@ -110,6 +111,16 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
         state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
     )
     record["kept_for_training"] = kept
+    try:
+        record["registry_update"] = withdraw_unserved_package(
+            sagemaker,
+            state.registry.model_package_arn if state.registry else None,
+            record["outcome"] in SERVED_OUTCOMES,
+            record["run_id"],
+            f"run ended {record['outcome']}: {record['message']}",
+        )
+    except Exception as error:
+        problems.append(f"could not withdraw the run's model package approval: {error}")
     record["problems"] = problems + record["problems"]
     store_and_publish(record, config, dynamodb, sns)
     run_id = (state.run.run_id if state.run else None) or run_id_from_execution(event.execution_name)

@@ -202,6 +202,10 @@ def test_canary_alarm_rolls_back(aws):
     assert seen["weights"] == {"champion": 0.8, "challenger": 0.2}
     assert record["outcome"] == "rolled_back" and "canary alarm is in ALARM" in record["message"]
     assert champion_model(aws) == before
+    # The registry no longer offers the rolled-back challenger as the latest approved package.
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected" and "rolled_back" in package["ApprovalDescription"]
+    assert record["registry_update"].startswith(f"model package {record['registry']['model_package_arn']} set Rejected")
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
 
 

@@ -81,6 +81,9 @@ def test_a_run_that_times_out_during_the_bake_is_cleaned_up(aws):
     assert record["drift"]["detected"] and record["training"]["job_name"]  # what the run did before, kept
     assert endpoint_config(aws) == champion_config and aws.endpoint_weights(MODEL) == {"champion": 1.0}
     assert lock(aws) is None
+    package_arn = record["registry"]["model_package_arn"]
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=package_arn)
+    assert package["ModelApprovalStatus"] == "Rejected" and "timed out" in package["ApprovalDescription"]
     summary = aws.published_summaries()[-1]
     assert len(aws.published_summaries()) == summaries + 1 and "TIMED_OUT" in summary["subject"]
 
