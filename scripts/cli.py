@@ -27,7 +27,7 @@ import pandas as pd
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
 from refit_core.config import ConfigError, DriftSettings, QualitySettings, load_config
-from refit_core.datasets import DataError, iter_table, read_table
+from refit_core.datasets import DataError, iter_parts, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, decide_on_predictions
 from refit_core.lineage import diff
@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
                 parser.error("give --baseline or a REFERENCE file")
             baseline = _baseline(args)
             s3 = boto3.client("s3") if is_s3_uri(args.current) else None
-            chunks = (chunk for _, chunk in iter_table(args.current, s3))
+            parts = (part for _, part in iter_parts(args.current, s3))
             # One streamed pass: a CURRENT larger than memory is fine (the REFERENCE form reads REFERENCE whole).
-            stats = BatchStats.of(chunks, baseline, duplicates=args.command == "quality")
+            stats = BatchStats.of(parts, baseline, duplicates=args.command == "quality")
             if args.command == "drift":
                 report = detect_drift(stats, DriftSettings())
                 if args.html:

@@ -20,13 +20,15 @@ categories share one count (chi-square on merged categories stays a valid test).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from refit_core.datasets import DEFAULT_CHUNK_ROWS, ColumnGroup
 from refit_core.profile import numeric_sample
 
 DUPLICATE_ROWS = 1_000_000
@@ -56,7 +58,11 @@ class KsCounts:
             self.counts[0] += ordered.size
         else:
             left = np.searchsorted(ordered, self.points, side="left")
-            right = np.searchsorted(ordered, self.points, side="right")
+            # Ties with a reference value are rare in continuous data: search again only where the batch has one.
+            tied = ordered[np.minimum(left, ordered.size - 1)] == self.points
+            right = left.copy()
+            if tied.any():
+                right[tied] = np.searchsorted(ordered, self.points[tied], side="right")
             self.counts[0:-1:2] += left - np.concatenate(([0], right[:-1]))
             self.counts[1::2] += right - left
             self.counts[-1] += ordered.size - right[-1]
@@ -140,6 +146,45 @@ class RowSample:
         return parts[0] if parts else np.empty(0)
 
 
+class RowHash:
+    """pandas' row hash (`hash_pandas_object(frame, index=False)`) built a column at a time: the same combination of
+    the columns' hashes (CPython's tuple hash, as pandas' combine_hash_arrays), so a row's hash, and so the duplicate
+    sample, does not depend on whether the batch was read in row chunks or a column at a time."""
+
+    def __init__(self, n_columns: int, n_rows: int) -> None:
+        self.n_columns = n_columns
+        self.added = 0
+        self.multiplier = np.uint64(1000003)
+        self.hashes = np.full(n_rows, 0x345678, dtype=np.uint64)
+
+    @staticmethod
+    def of_column(column: pd.Series) -> np.ndarray:
+        return pd.util.hash_pandas_object(column, index=False).to_numpy(dtype=np.uint64)
+
+    def add(self, column_hash: np.ndarray) -> None:
+        remaining = self.n_columns - self.added
+        self.hashes ^= column_hash
+        self.hashes *= self.multiplier
+        self.multiplier += np.uint64(82520 + remaining + remaining)
+        self.added += 1
+
+    def result(self) -> np.ndarray:
+        if self.added != self.n_columns:
+            raise ValueError(f"row hash of {self.added} columns, expected {self.n_columns}")
+        return self.hashes + np.uint64(97531)
+
+
+def _in_order(pool: ThreadPoolExecutor, work: Callable[[str], Any], names: list[str], ahead: int) -> Iterator[Any]:
+    """work(name) for each name on the pool, results in order, at most `ahead` in flight (each holds a column)."""
+    pending: deque[Future[Any]] = deque()
+    for name in names:
+        pending.append(pool.submit(work, name))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 class NumericColumn:
     def __init__(self, spec: dict[str, Any], name: str) -> None:
         self.name = name
@@ -210,19 +255,21 @@ class CategoricalColumn:
 class BatchStats:
     """Accumulates a batch against a baseline profile. `scorer` (the serving model's outputs for a chunk) adds the
     prediction-drift and performance evidence; when it fails (say, a feature column is missing) the first error is
-    kept in `score_error` and the batch is no longer scored. `duplicates=False` skips row hashing when no quality
-    check is wanted."""
+    kept in `score_error` and the batch is no longer scored; `score_columns` (the model's features) limits what a
+    Parquet group reads for scoring. `duplicates=False` skips row hashing when no quality check is wanted."""
 
     def __init__(
         self,
         profile: dict[str, Any],
         *,
         scorer: Callable[[pd.DataFrame], np.ndarray] | None = None,
+        score_columns: list[str] | None = None,
         duplicates: bool = True,
         seed: int = 0,
     ) -> None:
         self.profile = profile
         self.scorer = scorer
+        self.score_columns = score_columns
         self.columns: list[str] | None = None
         self.n_rows = 0
         self.numeric: dict[str, NumericColumn] = {}
@@ -244,10 +291,14 @@ class BatchStats:
         self._rng = np.random.default_rng(seed)
 
     @classmethod
-    def of(cls, chunks: Iterable[pd.DataFrame], profile: dict[str, Any], **options: Any) -> BatchStats:
+    def of(cls, parts: Iterable[pd.DataFrame | ColumnGroup], profile: dict[str, Any], **options: Any) -> BatchStats:
+        """Accumulate row chunks and Parquet column groups (datasets.iter_parts) alike."""
         stats = cls(profile, **options)
-        for chunk in chunks:
-            stats.add(chunk)
+        for part in parts:
+            if isinstance(part, ColumnGroup):
+                stats.add_columns(part)
+            else:
+                stats.add(part)
         return stats
 
     def add(self, chunk: pd.DataFrame) -> None:
@@ -274,6 +325,53 @@ class BatchStats:
             self.duplicates.add(pd.util.hash_pandas_object(chunk, index=False).to_numpy(dtype=np.uint64))
         if self.scorer is not None:
             self._add_scores(chunk, keys)
+
+    def add_columns(self, group: ColumnGroup) -> None:
+        """Accumulate a Parquet row group a column at a time: the same statistics `add` gives on the same rows, with a
+        few columns in memory instead of the whole group (which may be the whole file). Scoring needs whole rows: with
+        a scorer, the model's columns are then read once more, in row chunks."""
+        if self.columns is None:
+            self.columns = list(group.names)
+        n = group.n_rows
+        self.n_rows += n
+        keys = self._rng.integers(0, _KEY_MAX, size=n, dtype=np.uint64, endpoint=True)
+        # The plot sample keeps the smallest keys overall, so only this group's PLOT_ROWS smallest can stay in it.
+        plot_rows = np.sort(np.argpartition(keys, PLOT_ROWS)[:PLOT_ROWS]) if n > PLOT_ROWS else np.arange(n)
+        row_hash = RowHash(len(group.names), n) if self.duplicates is not None else None
+
+        def one_column(name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+            series = group.column(name)
+            values = None
+            if name in self.numeric:
+                values = self.numeric[name].add(series)[plot_rows]
+            elif name in self.categorical:
+                self.categorical[name].add(series)
+            return name, RowHash.of_column(series) if row_hash is not None else None, values
+
+        workers = max(1, min(4, os.cpu_count() or 1))
+        plot_values: dict[str, np.ndarray] = {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            # Each column's statistics are its own; only the row hash combines columns, in file order.
+            for name, column_hash, values in _in_order(pool, one_column, group.names, ahead=workers + 1):
+                if values is not None:
+                    plot_values[name] = values
+                if row_hash is not None:
+                    row_hash.add(column_hash)
+        self.plot.add(keys[plot_rows], {name: plot_values[name] for name in self.numeric if name in plot_values})
+        if row_hash is not None:
+            self.duplicates.add(row_hash.result())
+        if self.scorer is not None:
+            start = 0
+            for chunk in group.row_chunks(self._score_columns(group.names), DEFAULT_CHUNK_ROWS):
+                self._add_scores(chunk, keys[start : start + len(chunk)])
+                start += len(chunk)
+
+    def _score_columns(self, names: list[str]) -> list[str]:
+        """The columns scoring reads: the model's features and the target, when the caller named the features."""
+        if self.score_columns is None:
+            return names
+        keep = set(self.score_columns) | {self.profile.get("target")}
+        return [name for name in names if name in keep]
 
     def _add_scores(self, chunk: pd.DataFrame, keys: np.ndarray) -> None:
         if self.score_error is not None:

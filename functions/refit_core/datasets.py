@@ -111,7 +111,12 @@ def _seekable(location: str, s3: Any | None) -> Iterator[Any]:
         try:
             s3.download_fileobj(uri.bucket, uri.key, spool)
         except s3.exceptions.ClientError as error:
-            raise DataError(f"{location}: cannot read ({error.response['Error'].get('Code')})") from None
+            # Only a missing object says something about the batch. Throttling, a 5xx, a dropped connection or a
+            # missing grant are the run's failure, not bad data: raised as they are, the run fails and settles
+            # nothing, so the next scheduled run checks the batch again.
+            if error.response["Error"].get("Code") in ("404", "NoSuchKey"):
+                raise DataError(f"{location}: no such object") from None
+            raise
         spool.seek(0)
         yield spool
 
@@ -203,6 +208,105 @@ def iter_parquet(source: Any, name: str, chunk_rows: int | None) -> Iterator[pd.
         raise DataError(f"{name}: has a schema but no rows")
 
 
+COLUMN_SPAN_ROWS = 1_000_000  # rows of consecutive row groups read as one column: 8 MB of float64
+
+
+class ColumnGroup:
+    """Consecutive row groups of a Parquet file (at least COLUMN_SPAN_ROWS rows, or the rest of the file), offered a
+    column at a time. A writer's row group can hold the whole file (pandas and pyarrow write 1M rows per group by
+    default), and small groups are many: reading a column across the span keeps one column in memory instead of
+    every column of a group, decodes each column once and lets the statistics work on long columns (a KS update's
+    cost is mostly per call). Valid only while its file is open: use it before asking its iterator for more."""
+
+    def __init__(self, parquet: Any, row_groups: list[int], source: str, names: list[str]) -> None:
+        self._parquet = parquet
+        self._row_groups = row_groups
+        self.source = source
+        self.names = names
+        self.n_rows = sum(int(parquet.metadata.row_group(i).num_rows) for i in row_groups)
+
+    def _read(self, row_groups: list[int], columns: list[str]) -> Any:
+        try:
+            return self._parquet.read_row_groups(row_groups, columns=columns)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{self.source}: not a readable Parquet file ({error})") from None
+
+    def column(self, name: str) -> pd.Series:
+        """One column of the span, as to_pandas of the whole span would give it."""
+        return self._read(self._row_groups, [name]).to_pandas()[name]
+
+    def row_chunks(self, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+        """These columns, a row group at a time, in chunks of rows (for what needs whole rows, like scoring)."""
+        size = rows_per_chunk(chunk_rows, len(columns))
+        for index in self._row_groups:
+            table = self._read([index], columns)
+            for start in range(0, table.num_rows, size):
+                yield table.slice(start, size).to_pandas()
+
+
+def column_spans(row_group_rows: list[int], span_rows: int = COLUMN_SPAN_ROWS) -> list[list[int]]:
+    """Consecutive row groups joined until they hold at least span_rows rows (empty groups left out)."""
+    spans: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    for index, count in enumerate(row_group_rows):
+        if count == 0:
+            continue
+        current.append(index)
+        rows += count
+        if rows >= span_rows:
+            spans.append(current)
+            current, rows = [], 0
+    if current:
+        spans.append(current)
+    return spans
+
+
+def _frame_columns(parquet: Any) -> list[str]:
+    """The columns a Parquet file's to_pandas gives (a stored index is not one of them)."""
+    return [str(c) for c in parquet.schema_arrow.empty_table().to_pandas().columns]
+
+
+def iter_parts(location: str, s3: Any | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[str, Any]]:
+    """Like iter_table, but a Parquet file comes as ColumnGroups (spans of row groups) instead of row chunks, so a
+    consumer that works a column at a time (the quality and drift statistics) holds a few columns, never a whole row
+    group, whatever the row-group size; CSV files come as row chunks. Every file must have the first file's
+    columns."""
+    import pyarrow.parquet as pq
+
+    names = _object_names(location, s3)
+    first_columns: list[str] | None = None
+    for name in names:
+        if not name.endswith(".parquet"):
+            with _file_chunks(name, s3, chunk_rows) as chunks:
+                for frame in chunks:
+                    first_columns = _same_columns(first_columns, [str(c) for c in frame.columns], name, names[0])
+                    yield name, frame
+            continue
+        if not is_s3_uri(name) and not Path(name).is_file():
+            raise DataError(f"{name}: cannot read (no such file)")
+        with _seekable(name, s3) as source:
+            try:
+                parquet = pq.ParquetFile(source, pre_buffer=False)
+                columns = _frame_columns(parquet)
+            except (OSError, ValueError) as error:
+                if "size is 0 bytes" in str(error):
+                    raise DataError(f"{name}: the file is empty") from None
+                raise DataError(f"{name}: not a readable Parquet file ({error})") from None
+            if parquet.metadata.num_rows == 0:
+                raise DataError(f"{name}: has a schema but no rows")
+            first_columns = _same_columns(first_columns, columns, name, names[0])
+            sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+            for span in column_spans(sizes):
+                yield name, ColumnGroup(parquet, span, name, columns)
+
+
+def _same_columns(first: list[str] | None, columns: list[str], name: str, first_name: str) -> list[str]:
+    if first is not None and columns != first:
+        raise DataError(f"{name}: columns {columns} differ from {first_name}'s {first}")
+    return first if first is not None else columns
+
+
 def _object_names(location: str, s3: Any | None) -> list[str]:
     if is_s3_uri(location):
         uri = S3Uri.parse(location)
@@ -232,11 +336,7 @@ def iter_table(
     for name in names:
         with _file_chunks(name, s3, chunk_rows) as chunks:
             for frame in chunks:
-                columns = [str(c) for c in frame.columns]
-                if first_columns is None:
-                    first_columns = columns
-                elif columns != first_columns:
-                    raise DataError(f"{name}: columns {columns} differ from {names[0]}'s {first_columns}")
+                first_columns = _same_columns(first_columns, [str(c) for c in frame.columns], name, names[0])
                 yield name, frame
 
 

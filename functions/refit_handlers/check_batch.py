@@ -17,7 +17,7 @@ from refit_core.artifacts import ModelArtifact
 from refit_core.batch import BatchStats
 from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
-from refit_core.datasets import DataError, iter_table
+from refit_core.datasets import DataError, iter_parts, iter_table
 from refit_core.drift import detect_drift
 from refit_core.profile import ProfileError, build_profile, categorical_columns, loads_profile
 from refit_core.quality import check_quality
@@ -142,9 +142,14 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
     except ProfileError as error:
         result["decision"] = {"action": "fail", "reason": str(error)}
         return result
-    scorer = load_champion_model(s3, champion["model_data_url"]).scores
+    champion_model = load_champion_model(s3, champion["model_data_url"])
     try:
-        stats = BatchStats.of((chunk for _, chunk in iter_table(event.data_uri, s3)), profile, scorer=scorer)
+        stats = BatchStats.of(
+            (part for _, part in iter_parts(event.data_uri, s3)),
+            profile,
+            scorer=champion_model.scores,
+            score_columns=champion_model.features,
+        )
     except DataError as error:
         return _unreadable(result, error)
     quality = check_quality(stats, model.quality, model.drift.min_rows, event.data_uri)

@@ -1,6 +1,9 @@
 """Batches larger than memory: the check reads a batch chunk by chunk and its answers equal the whole-batch ones."""
 
 import gzip
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import boto3
@@ -10,9 +13,9 @@ import pytest
 from moto import mock_aws
 from refit_core.batch import BatchStats, KsCounts, RowSample
 from refit_core.config import DriftSettings, QualitySettings
-from refit_core.datasets import DataError, iter_table, read_table
+from refit_core.datasets import ColumnGroup, DataError, column_spans, iter_parts, iter_table, read_table
 from refit_core.drift import detect_drift
-from refit_core.profile import build_profile
+from refit_core.profile import build_profile, dumps_profile
 from refit_core.quality import check_quality
 from scipy import stats
 
@@ -181,3 +184,133 @@ def test_a_batch_the_serving_model_cannot_score_keeps_the_reason_and_the_feature
     assert calls == [300]  # not retried on every chunk
     report = detect_drift(stats_, DriftSettings())
     assert report["prediction"] is None and set(report["features"]) == {f"x{i}" for i in range(6)} | {"plan"}
+
+
+def labelled_profile(frame: pd.DataFrame) -> dict:
+    profile = build_profile(frame, target="y", categorical=["plan", "y"])
+    profile["prediction"] = profile["columns"]["x1"]  # any stored sample will do as reference outputs
+    profile["holdout"] = {"metric": "rmse", "value": 0.5, "standard_error": 0.01}
+    return profile
+
+
+def every_statistic(stats_: BatchStats) -> dict:
+    settings = DriftSettings()
+    return {
+        "drift": detect_drift(stats_, settings),
+        "quality": check_quality(stats_, QualitySettings(), 100, "b.parquet"),
+        "duplicates": stats_.duplicate_fraction(),
+        "plot": {name: stats_.plot_values(name).tolist() for name in stats_.numeric},
+        "labelled": (stats_.labelled.keys().tolist(), stats_.labelled.values("score").tolist()),
+        "prediction": stats_.prediction.statistic() if stats_.prediction else None,
+    }
+
+
+@pytest.mark.parametrize("row_group_size", [None, 7_000])  # pandas' default (the file is one group), small groups
+def test_parquet_read_a_column_at_a_time_gives_the_row_chunks_statistics(tmp_path, monkeypatch, row_group_size):
+    """Row groups are read as spans of columns (iter_parts); every statistic equals the row-chunk path's, including
+    the sampled ones (plot, labelled rows, duplicates), so the reading strategy never changes a verdict."""
+    monkeypatch.setattr("refit_core.batch.PLOT_ROWS", 500)  # sampled below the batch size: the sample is compared
+    monkeypatch.setattr("refit_core.datasets.COLUMN_SPAN_ROWS", 10_000)  # several spans
+    current = batch(30_000, 2, shift=0.3)
+    current = pd.concat([current, current.iloc[:900]], ignore_index=True)  # duplicates to find
+    current.loc[7, "x3"] = np.inf
+    current.to_parquet(tmp_path / "b.parquet", row_group_size=row_group_size)
+    profile = labelled_profile(batch(2000, 1))
+    scored: list[list[str]] = []
+
+    def scorer(chunk: pd.DataFrame) -> np.ndarray:
+        scored.append(list(chunk.columns))
+        return chunk["x1"].to_numpy() * 0.5
+
+    options = {"scorer": scorer, "score_columns": ["x1", "x2"]}
+    parts = list(iter_parts(str(tmp_path / "b.parquet")))
+    assert all(isinstance(part, ColumnGroup) for _, part in parts)
+    by_column = BatchStats.of((part for _, part in parts), profile, **options)
+    by_rows = BatchStats.of(
+        (c for _, c in iter_table(str(tmp_path / "b.parquet"), chunk_rows=4_000)), profile, **options
+    )
+    assert every_statistic(by_column) == every_statistic(by_rows)
+    assert by_column.n_rows == 30_900 and 0.02 < by_column.duplicate_fraction() < 0.04
+    assert {tuple(columns) for columns in scored} == {
+        ("x1", "x2", "y"),
+        tuple(current.columns),
+    }  # only what scoring needs
+
+
+def test_column_spans_join_row_groups_up_to_the_span():
+    assert column_spans([100, 100, 100, 0, 100, 50], span_rows=200) == [[0, 1], [2, 4], [5]]
+    assert column_spans([1_000], span_rows=200) == [[0]]  # one big group stays one span
+    assert column_spans([0, 0], span_rows=200) == []
+
+
+PEAK_OF_A_PATH = """
+import sys, tracemalloc, pyarrow as pa
+from refit_core.batch import BatchStats
+from refit_core.datasets import iter_parts, iter_table
+from refit_core.profile import loads_profile
+profile = loads_profile(open(sys.argv[2], "rb").read(), "profile")
+read = iter_parts if sys.argv[1] == "columns" else iter_table
+tracemalloc.start()
+BatchStats.of((part for _, part in read(sys.argv[3])), profile, duplicates=False)
+print(tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory())
+"""
+
+
+def test_a_one_group_parquet_file_is_read_with_a_few_columns_in_memory_not_the_group(tmp_path):
+    """Peak memory (Python allocations + Arrow's pool, each path in a fresh process) on a file written as one row
+    group: a fraction of what reading the group in row chunks holds."""
+    profile = build_profile(batch(5_000, 1), target="y", categorical=["plan", "y"])
+    (tmp_path / "profile.json").write_text(dumps_profile(profile))
+    wide = pd.concat([batch(60_000, seed) for seed in range(5)], ignore_index=True)
+    for i in range(30):
+        wide[f"z{i}"] = wide["x1"] * i
+    wide.to_parquet(tmp_path / "one.parquet")
+
+    def peak(path: str) -> int:
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [
+            sys.executable,
+            "-c",
+            PEAK_OF_A_PATH,
+            path,
+            str(tmp_path / "profile.json"),
+            str(tmp_path / "one.parquet"),
+        ]
+        return int(subprocess.run(command, capture_output=True, text=True, check=True, env=environment).stdout)
+
+    by_rows, by_column = peak("rows"), peak("columns")
+    assert by_column < by_rows / 3, (by_column, by_rows)
+
+
+class FlakyS3:
+    """An S3 client whose downloads fail as S3 sometimes does (throttling, a 5xx), or as a missing object does."""
+
+    def __init__(self, s3, code: str) -> None:
+        self._s3, self.code = s3, code
+        self.exceptions = s3.exceptions
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def download_fileobj(self, *args, **kwargs):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": self.code, "Message": "try again"}}, "GetObject")
+
+
+@mock_aws
+@pytest.mark.parametrize("code", ["SlowDown", "InternalError", "AccessDenied"])
+def test_a_transient_s3_error_on_a_parquet_batch_is_a_failure_not_bad_data(tmp_path, code):
+    """Bad data is settled (a scheduled run never checks the batch again); a throttled or failed read must fail the
+    run instead, which settles nothing, so the batch is checked again."""
+    from botocore.exceptions import ClientError
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="data")
+    batch(100, 1).to_parquet(tmp_path / "b.parquet")
+    s3.upload_file(str(tmp_path / "b.parquet"), "data", "in/b.parquet")
+    for read in (iter_table, iter_parts):
+        with pytest.raises(ClientError, match=code):
+            list(read("s3://data/in/b.parquet", FlakyS3(s3, code)))
+    with pytest.raises(DataError, match=r"s3://data/in/b.parquet: no such object"):
+        list(iter_parts("s3://data/in/b.parquet", FlakyS3(s3, "NoSuchKey")))
