@@ -170,3 +170,23 @@ def test_a_version_removed_after_resolution_or_a_new_batch_changed_since_its_che
     s3.delete_object(Bucket="data", Key="training/churn/r1-a.csv", VersionId=made["VersionId"])
     with pytest.raises(WindowError, match="training/churn/r1-a.csv .*changed or removed since the window"):
         pin_inputs(s3, resolved, S3Uri("art", "job-data/x/"), history)
+
+
+def test_a_batch_over_the_copy_object_limit_is_pinned_part_by_part(s3, monkeypatch):
+    """CopyObject stops at 5 GiB; above it the pinned copy is made with UploadPartCopy, of the same version."""
+    import refit_core.window as window_module
+
+    monkeypatch.setattr(window_module, "MAX_COPY_OBJECT_BYTES", 5 * 1024**2)
+    monkeypatch.setattr(window_module, "COPY_PART_BYTES", 5 * 1024**2)
+    body = b"a,churned\n" + b"1,0\n" * (3 * 1024**2)  # 12 MiB: three parts
+    s3.put_object(Bucket="data", Key="incoming/churn/new.csv", Body=b"a,churned\n1,0\n")
+    first = s3.put_object(Bucket="data", Key="training/churn/r1-big.csv", Body=body)
+    history = S3Uri("data", "training/churn/")
+    resolved = resolve_window(s3, TrainingWindow(), history, S3Uri("data", "incoming/churn/new.csv"), NOW)
+    s3.put_object(Bucket="data", Key="training/churn/r1-big.csv", Body=b"a,churned\n")  # a newer version
+    calls = []
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", lambda params, **_: calls.append(dict(params)))
+    entries = pin_inputs(s3, resolved, S3Uri("art", "job-data/churn/r9/job/"), history)
+    assert len(calls) == 3 and all(c["CopySource"]["VersionId"] == first["VersionId"] for c in calls)
+    assert entries[1]["version_id"] == first["VersionId"]
+    assert s3.get_object(Bucket="art", Key="job-data/churn/r9/job/train/r1-big.csv")["Body"].read() == body
