@@ -75,7 +75,12 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
                 f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]",
                 "batches are objects with user-chosen names under this model's own prefix",
             )
-        for prefix in (f"models/{model.name}/", f"reports/{model.name}/", f"training/{model.name}/"):
+        for prefix in (
+            f"models/{model.name}/",
+            f"reports/{model.name}/",
+            f"training/{model.name}/",
+            f"job-data/{model.name}/",
+        ):
             _ack(
                 pipeline,
                 f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/{prefix}*]",

@@ -150,6 +150,7 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")
         storage.artifact_bucket.grant_put(f["StartTraining"], f"reports/{model.name}/*")
+        storage.artifact_bucket.grant_put(f["StartTraining"], f"job-data/{model.name}/*")  # the pinned window
         storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
         storage.audit_table.grant(f["StartTraining"], "dynamodb:Query")

@@ -52,6 +52,8 @@ class Storage(Construct):
             server_access_logs_prefix="artifacts/",
             lifecycle_rules=[
                 s3.LifecycleRule(prefix="checkpoints/", expiration=Duration.days(30)),
+                # Pinned copies of what each training job read (refit_core.window); lineage names the source versions.
+                s3.LifecycleRule(prefix="job-data/", expiration=Duration.days(30)),
                 s3.LifecycleRule(noncurrent_version_expiration=Duration.days(90)),
             ],
             **common,

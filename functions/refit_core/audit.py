@@ -103,6 +103,8 @@ def summarize_run(
     training_record = None
     if training is not None:
         training_record = {k: getattr(training, k) for k in TRAINING_FIELDS}
+        # The training window: which batches, how many, how old (the objects and versions: inputs_manifest_uri).
+        training_record["window"] = training.window.model_dump(mode="json") if training.window else None
         if training.candidates is not None:
             training_record["candidates"] = [c.model_dump(mode="json") for c in training.candidates]
             training_record["chosen"] = training.chosen
@@ -172,6 +174,12 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
             f"Training: {t['job_name']} {t['status']} spot={t['spot']} training={t['training_seconds']}s "
             f"billable={t['billable_seconds']}s savings={t['savings_percent']}% cost=${t['estimated_cost_usd']}"
         )
+        if t.get("window"):
+            w = t["window"]
+            lines.append(
+                f"Training window: {w['window']}: {w['n_batches']} batches (the new one and {w['n_batches'] - 1} of "
+                f"{w['n_kept_available']} kept), {w['bytes']} bytes"
+            )
         for candidate in t.get("candidates") or []:
             lines.append(
                 f"  candidate {candidate['family']}: {candidate['status']}, CV score {candidate['cv_score']}, "

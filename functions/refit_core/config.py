@@ -177,6 +177,42 @@ class QualityAlarmSettings(_Strict):
     period_seconds: int = Field(3600, ge=60)
 
 
+class TrainingWindow(_Strict):
+    """Which kept batches (objects under `training/<model>/`) a retrain trains on, besides the new batch, which is
+    always trained on. A batch's age is its LastModified in `training/<model>/` (when a run kept it), measured from
+    the run's start. `kind`: `all` (every kept batch), `last_batches` (the newest `batches` batches, the new one
+    counted), `last_days` (kept batches at most `days` days old). `half_life_days` weights rows by recency
+    (scikit-learn sample_weight 0.5 ** (age / half_life)); 0 or unset trains unweighted."""
+
+    kind: Literal["all", "last_batches", "last_days"] = "all"
+    batches: int | None = Field(None, ge=1, le=100_000, description="last_batches: how many, the new batch counted.")
+    days: float | None = Field(None, gt=0, le=36_500, description="last_days: the oldest kept batch's age, in days.")
+    half_life_days: float | None = Field(None, ge=0, description="Recency weights' half-life; 0 or unset: none.")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> TrainingWindow:
+        needs = {"last_batches": "batches", "last_days": "days"}
+        for kind, field in needs.items():
+            if self.kind == kind and getattr(self, field) is None:
+                raise ValueError(f"kind {kind!r} needs {field} (e.g. {field} = {5 if field == 'batches' else 30})")
+            if self.kind != kind and getattr(self, field) is not None:
+                raise ValueError(f"{field} applies only to kind {kind!r}, not {self.kind!r}; remove it or change kind")
+        return self
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.half_life_days)
+
+    def describe(self) -> str:
+        if self.kind == "last_batches":
+            what = f"last {self.batches} batches"
+        elif self.kind == "last_days":
+            what = f"last {self.days:g} days"
+        else:
+            what = "all batches"
+        return what + (f", half-life {self.half_life_days:g} days" if self.weighted else "")
+
+
 class ModelConfig(_Strict):
     name: str
     problem_type: Literal["binary_classification", "regression"]
@@ -192,6 +228,7 @@ class ModelConfig(_Strict):
     seed: int = 42
     spot: SpotSettings = SpotSettings()
     search: SearchSettings = SearchSettings()
+    training_window: TrainingWindow = TrainingWindow()
     monthly_training_budget_usd: float | None = Field(
         None, gt=0, description="Refuse to start a training job that could take this month's spend past it."
     )

@@ -159,6 +159,19 @@ class CandidateSummary(Step):
     reason: str | None = None
 
 
+class WindowSummary(Step):
+    """The training window a job was given (refit_core.window); the objects and versions are in the manifest."""
+
+    window: str
+    kind: str
+    n_batches: int  # batches trained on, the new one included
+    n_kept_available: int  # kept batches in the history
+    bytes: int | None = None
+    oldest_age_days: float | None = None
+    weighted: bool = False
+    inputs_manifest_uri: str | None = None
+
+
 class TrainingStep(Step):
     next: Literal["wait", "done", "fallback", "failed", "refused"]
     job_name: str | None = None
@@ -178,6 +191,7 @@ class TrainingStep(Step):
     output_path: str | None = None
     candidates: list[CandidateSummary] | None = None  # parallel candidates only
     chosen: str | None = None
+    window: WindowSummary | None = None
 
 
 # --- Gate -> $.gate ------------------------------------------------------------------------------------------------

@@ -30,15 +30,28 @@ def inputs_manifest_key(model: str, run_id: str, job_name: str) -> str:
     return f"reports/{model}/{run_id}/inputs/{job_name}.json"
 
 
+def job_data_prefix(model: str, run_id: str, job_name: str) -> str:
+    """Where StartTraining pins the objects a job trains on (copies of the resolved versions, `current/` and
+    `train/`), read by the job's `current` and `train` channels; expired by a lifecycle rule (the inputs manifest
+    and lineage name the source versions, which stay in the data bucket)."""
+    return f"job-data/{model}/{run_id}/{job_name}/"
+
+
 def settings_prefix(model: str, run_id: str, job_name: str) -> str:
     """Where the job's settings (config.json) are written: the job's `config` input channel."""
     return f"reports/{model}/{run_id}/inputs/{job_name}/"
 
 
-def job_settings(model: ModelConfig, run_id: str, family: str | None = None) -> dict[str, Any]:
+def job_settings(
+    model: ModelConfig,
+    run_id: str,
+    family: str | None = None,
+    window_files: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """What `train` is told, as config.json in the job's `config` channel. A file has no size cap; a hyperparameter
     value has (2,500 characters), which about 86 categorical column names pass. With `family` (parallel candidates)
-    the job searches that family alone."""
+    the job searches that family alone. `window_files` (refit_core.window.window_files): each pinned file's age and
+    recency weight, by its path in the channels (`current/<name>`, `train/<name>`)."""
     config = {
         "target": model.target,
         "problem_type": model.problem_type,
@@ -54,6 +67,11 @@ def job_settings(model: ModelConfig, run_id: str, family: str | None = None) -> 
         "max_trials": model.search.max_trials,
         "cv_folds": model.search.cv_folds,
         "search_seconds": min(model.search.max_seconds, int(model.spot.max_runtime_seconds * 0.8)),
+        "window": {
+            "description": model.training_window.describe(),
+            "half_life_days": model.training_window.half_life_days or None,
+            "files": window_files or {},
+        },
     }
     return config
 

@@ -146,6 +146,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         "training_job": event.job_name,
         "model_data_url": event.model_data_url,
         "inputs": manifest["inputs"],
+        "window": manifest.get("window"),  # the training window resolved at run time (refit_core.window)
         "hyperparameters": json.loads(manifest["hyperparameters"]["config"]),
         "image_uri": manifest["image_uri"],
         "image_digest": image_digest(ecr, manifest["image_uri"]),

@@ -10,20 +10,23 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 from refit_core.datasets import list_s3_objects
-from refit_core.lineage import object_identity, prefix_identities
+from refit_core.lineage import prefix_identities
 from refit_core.metric_names import higher_is_better
+from refit_core.names import training_job_name
 from refit_core.s3uri import S3Uri
 from refit_core.steps import TrainingStep
 from refit_core.training import (
     best_cv_score,
     choose_candidate,
     inputs_manifest_key,
+    job_data_prefix,
     job_settings,
     read_training_outputs,
     settings_prefix,
     summarize_job,
     training_job_request,
 )
+from refit_core.window import pin_inputs, resolve_window, window_files
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -39,11 +42,14 @@ class StartEvent(BaseModel):
     attempt: int = 1
     spot: bool = True
     family: str | None = None
+    started_at: str | None = None  # the run's start: the training window's "now", the same for all its jobs
+    data_etag: str | None = None  # the new batch's ETag when the run checked it
 
 
 class PollEvent(BaseModel):
     job_name: str
     attempt: int = 1
+    window: dict[str, Any] | None = None  # StartTraining's window summary, carried to the audit record
 
 
 class PickEvent(BaseModel):
@@ -89,13 +95,18 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     optional = {
         channel: S3Uri(config.data_bucket, prefix)
         for channel, prefix in (
-            ("train", model.training_data_prefix),
             ("validation", model.validation_data_prefix),
             ("baseline", model.baseline_data_prefix),
         )
     }
     present = {channel: uri for channel, uri in optional.items() if list_s3_objects(s3, uri)}
     spot = event.spot and model.spot.enabled
+    history = S3Uri(config.data_bucket, model.training_data_prefix)
+    now = datetime.fromisoformat(event.started_at) if event.started_at else datetime.now(UTC)
+    resolved = resolve_window(s3, model.training_window, history, S3Uri.parse(event.data_uri), now)
+    job_name = training_job_name(config.endpoint_name, event.run_id, event.attempt, spot, event.family)
+    pinned = S3Uri(config.artifact_bucket, job_data_prefix(model.name, event.run_id, job_name))
+    window_inputs = pin_inputs(s3, resolved, pinned, history, event.data_etag)
     request = training_job_request(
         model=model,
         name_prefix=config.endpoint_name,  # the endpoint is named by the model's prefix (refit_core.names)
@@ -104,18 +115,20 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         spot=spot,
         image_uri=config.image_uri,
         role_arn=config.sagemaker_role_arn,
-        batch_uri=event.data_uri,
-        earlier_data_uri=str(present["train"]) if "train" in present else None,
+        batch_uri=str(pinned.join("current")) + "/",
+        earlier_data_uri=str(pinned.join("train")) + "/" if resolved.kept else None,
         champion_model_uri=event.champion_model_uri,
         artifact_bucket=config.artifact_bucket,
         family=event.family,
         validation_data_uri=str(present["validation"]) if "validation" in present else None,
         baseline_data_uri=str(present["baseline"]) if "baseline" in present else None,
     )
-    inputs = [{**object_identity(s3, S3Uri.parse(event.data_uri)), "channel": "current"}] + [
+    inputs = window_inputs + [
         {**identity, "channel": channel} for channel, uri in present.items() for identity in prefix_identities(s3, uri)
     ]
-    job_config = json.dumps(job_settings(model, event.run_id, event.family), sort_keys=True)
+    job_config = json.dumps(
+        job_settings(model, event.run_id, event.family, window_files(window_inputs, pinned)), sort_keys=True
+    )
     config_object = S3Uri(config.artifact_bucket, settings_prefix(model.name, event.run_id, request["TrainingJobName"]))
     s3.put_object(
         Bucket=config_object.bucket,
@@ -124,12 +137,19 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         Body=job_config.encode(),
     )
     manifest = S3Uri(config.artifact_bucket, inputs_manifest_key(model.name, event.run_id, request["TrainingJobName"]))
+    window = {**resolved.summary(), "inputs_manifest_uri": str(manifest)}
     s3.put_object(
         Bucket=manifest.bucket,
         Key=manifest.key,
         ContentType="application/json",
         Body=json.dumps(
-            {"inputs": inputs, "hyperparameters": {"config": job_config}, "image_uri": config.image_uri}, indent=1
+            {
+                "inputs": inputs,
+                "window": {**window, "now": now.isoformat()},
+                "hyperparameters": {"config": job_config},
+                "image_uri": config.image_uri,
+            },
+            indent=1,
         ).encode(),
     )
     sagemaker.create_training_job(**request)
@@ -139,6 +159,7 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         "attempt": event.attempt,
         "spot": spot,
         "family": event.family,
+        "window": window,
         "next": "wait",
     }
 
@@ -149,6 +170,7 @@ def poll_training(event: PollEvent, config: Settings, sagemaker: Any) -> dict[st
     summary = summarize_job(description, price, config.model.spot.fallback_to_on_demand)
     summary["attempts"] = event.attempt
     summary["attempt"] = event.attempt
+    summary["window"] = event.window
     return summary
 
 

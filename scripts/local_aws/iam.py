@@ -252,6 +252,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("s3", "CompleteMultipartUpload"): _object("s3:PutObject"),
     ("s3", "DeleteObject"): _object("s3:DeleteObject"),
     ("s3", "CopyObject"): _s3_copy,
+    ("s3", "UploadPartCopy"): _s3_copy,  # a copy over 5 GiB, part by part (refit_core.window pins such batches)
     ("s3", "ListObjectsV2"): _s3_list("s3:ListBucket"),
     ("s3", "ListObjects"): _s3_list("s3:ListBucket"),
     ("s3", "ListObjectVersions"): _s3_list("s3:ListBucketVersions"),

@@ -63,6 +63,24 @@ def test_training_runs_the_entrypoint_and_reports_seconds_and_metrics(aws):
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 1000
 
 
+def test_training_reads_its_channels_prefixes_the_pinned_window_and_nothing_beside_them(aws):
+    """StartTraining pins the objects a job trains on under job-data/ (refit_core.window); the bridge downloads an
+    S3Prefix channel as SageMaker's File mode does, so the job sees exactly those objects (its rows, by file)."""
+    from refit_core.training import read_training_outputs
+
+    sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
+    name = sagemaker.list_training_jobs()["TrainingJobSummaries"][0]["TrainingJobName"]
+    job = sagemaker.describe_training_job(TrainingJobName=name)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in job["InputDataConfig"]}
+    current = channels["current"]["S3Uri"]
+    assert channels["current"]["S3DataType"] == "S3Prefix" and "/job-data/churn/" in current
+    bucket, prefix = current.removeprefix("s3://").split("/", 1)
+    pinned = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert [key[len(prefix) :] for key in pinned] == ["first.csv"]
+    evaluation = json.loads(read_training_outputs(s3, job["OutputDataConfig"]["S3OutputPath"], name)["evaluation.json"])
+    assert evaluation["inputs"]["rows"] == {"current/first.csv": 2000}
+
+
 def test_update_endpoint_and_weighted_routing_to_real_serve_processes(aws):
     sagemaker = aws.client("sagemaker")
     endpoint = aws.model("churn").endpoint_name

@@ -80,8 +80,9 @@ def test_a_fixed_holdout_and_a_drift_reference_become_channels_recorded_in_the_i
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
     assert channels == {
         "config": f"s3://art/reports/churn/r1/inputs/{started['job_name']}/",
-        "current": "s3://data/incoming/churn/b.csv",
-        "train": "s3://data/training/churn/",
+        # The new batch and the training window are read from the versions pinned for this job (refit_core.window).
+        "current": f"s3://art/job-data/churn/r1/{started['job_name']}/current/",
+        "train": f"s3://art/job-data/churn/r1/{started['job_name']}/train/",
         "validation": "s3://data/validation/churn/",
         "baseline": "s3://data/baseline/churn/",
     }

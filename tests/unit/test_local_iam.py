@@ -75,6 +75,21 @@ def test_s3_operations_become_the_actions_and_resources_aws_checks():
         call("s3", "CopyObject", Bucket="data", Key="training/x", CopySource={"Bucket": "data", "Key": "in/x"})
     )
     assert copy == [IamRequest("s3:GetObject", f"{BUCKET}/in/x"), IamRequest("s3:PutObject", f"{BUCKET}/training/x")]
+    part = iam_requests(
+        call(
+            "s3",
+            "UploadPartCopy",
+            Bucket="art",
+            Key="job-data/x",
+            PartNumber=1,
+            UploadId="u",
+            CopySource={"Bucket": "data", "Key": "training/x", "VersionId": "v1"},
+        )
+    )
+    assert part == [
+        IamRequest("s3:GetObjectVersion", f"{BUCKET}/training/x"),
+        IamRequest("s3:PutObject", "arn:aws:s3:::art/job-data/x"),
+    ]
 
 
 def test_sagemaker_calls_name_lower_case_arns_tags_and_the_role_they_pass():

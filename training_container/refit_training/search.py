@@ -167,15 +167,18 @@ def fit_fold(
     store: CheckpointStore,
     key: str,
     term: TermFlag,
+    sample_weight: np.ndarray | None = None,
 ) -> Pipeline:
     """Fit one fold's pipeline. Boosting stages (hgb) and trees (forest) are added with warm_start in blocks sized
     to take about BLOCK_SECONDS each: a SIGTERM in the middle of a long fold saves what is fitted and exits within
     SageMaker's 120 s grace, and the restart continues from it. A fold that will take less than a block is fitted in
     two calls (25 stages, then the rest), so short jobs pay almost nothing for this. scikit-learn's warm start adds
-    the stages and trees a single fit would, so the model is the one an uninterrupted run fits (tested)."""
+    the stages and trees a single fit would, so the model is the one an uninterrupted run fits (tested).
+    `sample_weight` (recency weights, one per row) goes to the estimator's fit; every family accepts it."""
     model = pipeline(candidate, config, x_train)
+    weights = {} if sample_weight is None else {"sample_weight": sample_weight}
     if candidate.family not in BLOCK_PARAMETER:
-        return model.fit(x_train, y_train)
+        return model.fit(x_train, y_train, **{f"model__{k}": v for k, v in weights.items()})
     parameter = BLOCK_PARAMETER[candidate.family]
     total = model.named_steps["model"].get_params()[parameter]
     saved = store.load_partial(key)
@@ -192,7 +195,7 @@ def fit_fold(
         before, started = done, time.monotonic()
         done = min(total, done + step)
         estimator.set_params(**{parameter: done})
-        estimator.fit(features, y_train)
+        estimator.fit(features, y_train, **weights)
         seconds_per_stage = max(time.monotonic() - started, 1e-6) / (done - before)
         if getattr(estimator, "n_iter_", done) < done:  # boosting stopped early: a single fit stops here too
             break
@@ -232,7 +235,11 @@ def search(
     target: str,
     store: CheckpointStore,
     term: TermFlag,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[Pipeline, dict[str, Any]]:
+    """Cross-validate the candidates and refit the best on all rows. With `sample_weight` (recency weights) every
+    fit is weighted, the cross-validation folds' included (each fold fits with its rows' weights); fold scores are
+    unweighted, as the gate's holdout score is."""
     classification = config["problem_type"] == "binary_classification"
     metric = config["primary_metric"]
     folds = int(config.get("cv_folds", 3))
@@ -259,7 +266,8 @@ def search(
             if time.monotonic() - started > budget_seconds:
                 store.log("budget_exhausted", next=key)
                 break
-            model = fit_fold(candidate, config, x.iloc[train_rows], y.iloc[train_rows], store, key, term)
+            fold_weight = None if sample_weight is None else sample_weight[train_rows]
+            model = fit_fold(candidate, config, x.iloc[train_rows], y.iloc[train_rows], store, key, term, fold_weight)
             score = compute_metric(
                 metric, y.iloc[test_rows].to_numpy(dtype=float), scores_of(model, classification, x.iloc[test_rows])
             )
@@ -273,7 +281,7 @@ def search(
         raise RuntimeError("the search budget ended before any candidate finished cross-validation")
     best_key = (max if higher_is_better(metric) else min)(results, key=results.get)
     best = next(c for c in trials if c.key == best_key)
-    model = fit_fold(best, config, x, y, store, f"refit:{best_key}", term)
+    model = fit_fold(best, config, x, y, store, f"refit:{best_key}", term, sample_weight)
     store.clear_partial()
     store.log("refit_best", key=best_key)
     return model, {
@@ -283,4 +291,5 @@ def search(
         "best": best_key,
         "family": best.family,
         "params": dict(best.params),
+        "weighted": sample_weight is not None,
     }

@@ -22,7 +22,7 @@ import joblib
 import numpy as np
 import pandas as pd
 from refit_core.artifacts import METADATA_FILE, MODEL_FILE, ModelArtifact
-from refit_core.datasets import read_table, stable_row_hash
+from refit_core.datasets import iter_table, read_table, stable_row_hash
 from refit_core.metrics import Resampler, bootstrap_counts, compute_metrics
 from refit_core.profile import build_profile, categorical_columns, dumps_profile, numeric_summary
 
@@ -56,6 +56,24 @@ def _read_channel(opt: OptMl, name: str) -> pd.DataFrame | None:
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
     return read_table(str(folder))
+
+
+WEIGHT = "__refit_sample_weight__"  # rides along with the rows until training; never a feature
+
+
+def _read_weighted(opt: OptMl, name: str, config: dict[str, Any]) -> tuple[pd.DataFrame | None, dict[str, int]]:
+    """A channel's rows with each row's recency weight in WEIGHT (from the job's window settings: the weight of the
+    file it came from, 1 for a file the settings do not list), and the rows read from each file."""
+    folder = opt.channel(name)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None, {}
+    files = config.get("window", {}).get("files", {})
+    frames, rows = [], {}
+    for path, frame in iter_table(str(folder), chunk_rows=None):
+        relative = f"{name}/{Path(path).relative_to(folder).as_posix()}"
+        rows[relative] = int(len(frame))
+        frames.append(frame.assign(**{WEIGHT: float(files.get(relative, {}).get("weight", 1.0))}))
+    return (pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]), rows
 
 
 def _same_columns(channel: str, frame: pd.DataFrame, current: pd.DataFrame) -> None:
@@ -126,12 +144,16 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     started = time.monotonic()
     config = load_settings(opt)
     target = config["target"]
-    current = _read_channel(opt, "current")
+    current, rows_read = _read_weighted(opt, "current", config)
     if current is None:
         raise TrainingError("the 'current' channel is empty: there is no batch to train and judge on")
     if target not in current.columns:
         raise TrainingError(f"target column {target!r} is missing from the current batch")
-    earlier = _read_channel(opt, "train")
+    earlier, earlier_rows = _read_weighted(opt, "train", config)
+    rows_read.update(earlier_rows)
+    weights_of_current = current.pop(WEIGHT)
+    if earlier is not None:
+        earlier_weights = earlier.pop(WEIGHT)
     validation = _read_channel(opt, "validation")
     if validation is not None:
         _same_columns("validation", validation, current)
@@ -152,8 +174,13 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         current_train = _drop_rows_in(current_train, holdout, columns, "current rows that are in the validation set")
         if earlier is not None:
             earlier = _drop_rows_in(earlier, holdout, columns, "earlier rows that are in the validation set")
+    current_train = current_train.assign(**{WEIGHT: weights_of_current.loc[current_train.index]})
+    if earlier is not None:
+        earlier = earlier.assign(**{WEIGHT: earlier_weights.loc[earlier.index]})
     training = pd.concat([earlier, current_train], ignore_index=True) if earlier is not None else current_train
     training = training.dropna(subset=[target])
+    sample_weight = training.pop(WEIGHT).to_numpy(dtype=float)
+    weighted = bool(config.get("window", {}).get("half_life_days"))
     holdout = holdout.dropna(subset=[target])
     if len(training) < 20 or len(holdout) < 20:
         raise TrainingError(f"too little labelled data: {len(training)} training rows, {len(holdout)} holdout rows")
@@ -172,7 +199,9 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         flush=True,
     )
     store = CheckpointStore(opt.checkpoints, fingerprint(config, training))
-    model, search_summary = search(config, training, features, target, store, term)
+    model, search_summary = search(
+        config, training, features, target, store, term, sample_weight=sample_weight if weighted else None
+    )
     y_true = holdout[target].to_numpy(dtype=float)
     trained = ModelArtifact(model, features, config["problem_type"], {})
     challenger_scores = trained.scores(holdout)
@@ -198,6 +227,14 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         "n_holdout": int(len(holdout)),
         "features": features,
         "champion_version": None,
+        # What the job read: rows per file of its `current` and `train` channels, and whether rows were weighted.
+        "inputs": {
+            "rows": rows_read,
+            "window": config.get("window", {}).get("description"),
+            "half_life_days": config.get("window", {}).get("half_life_days"),
+            "weighted": weighted,
+            "sum_of_weights": round(float(sample_weight.sum()), 6) if weighted else None,
+        },
     }
     with tempfile.TemporaryDirectory() as scratch:
         champion = load_champion(opt, Path(scratch))
