@@ -39,6 +39,11 @@ class Batch:
         return f"{LEDGER_PREFIX}{digest}"
 
 
+def _names(*names: str) -> dict[str, str]:
+    """Every attribute through a placeholder: several (status, key, bucket) are DynamoDB reserved words."""
+    return {f"#{name}": name for name in names}
+
+
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
     return {name: value.get("S") for name, value in item.items() if "S" in value}
 
@@ -105,11 +110,11 @@ def claim(
             TableName=table,
             Key={"pk": {"S": model}, "sk": {"S": batch.sort_key}},
             UpdateExpression=(
-                "SET #status = :checking, run_id = :run, claimed_at = :now, bucket = :bucket, #key = :key, "
-                "etag = :etag, landed_at = if_not_exists(landed_at, :landed)"
+                "SET #status = :checking, #run_id = :run, #claimed_at = :now, #bucket = :bucket, #key = :key, "
+                "#etag = :etag, #landed_at = if_not_exists(#landed_at, :landed)"
             ),
-            ConditionExpression=f"attribute_not_exists(sk) OR run_id = :run OR #status IN ({', '.join(values)})",
-            ExpressionAttributeNames={"#status": "status", "#key": "key"},
+            ConditionExpression=f"attribute_not_exists(sk) OR #run_id = :run OR #status IN ({', '.join(values)})",
+            ExpressionAttributeNames=_names("status", "run_id", "claimed_at", "bucket", "key", "etag", "landed_at"),
             ExpressionAttributeValues={
                 ":checking": {"S": "checking"},
                 ":run": {"S": run_id},
@@ -135,9 +140,9 @@ def settle(
         dynamodb.update_item(
             TableName=table,
             Key={"pk": {"S": model}, "sk": {"S": batch.sort_key}},
-            UpdateExpression="SET #status = :status, outcome = :outcome, ended_at = :now",
-            ConditionExpression="run_id = :run",
-            ExpressionAttributeNames={"#status": "status"},
+            UpdateExpression="SET #status = :status, #outcome = :outcome, #ended_at = :now",
+            ConditionExpression="#run_id = :run",
+            ExpressionAttributeNames=_names("status", "outcome", "ended_at", "run_id"),
             ExpressionAttributeValues={
                 ":status": {"S": "checked" if settled else "unsettled"},
                 ":outcome": {"S": outcome},
