@@ -66,6 +66,10 @@ class RetrainFunctions(Construct):
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         arn = f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}"
+        # Built from the name, not read from the state machine (which depends on these functions): no cycle.
+        state_machine_arn = (
+            f"arn:{stack.partition}:states:{stack.region}:{stack.account}:stateMachine:{state_machine_name}"
+        )
         environment = {
             "REFIT_MODEL_CONFIG": model.to_json(),
             "REFIT_DATA_BUCKET": storage.data_bucket.bucket_name,
@@ -79,6 +83,7 @@ class RetrainFunctions(Construct):
             "REFIT_CANARY_ALARM": canary_alarm_name,
             "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
             "REFIT_CODE_VERSION": code_version,
+            "REFIT_STATE_MACHINE_ARN": state_machine_arn,
             "POWERTOOLS_METRICS_NAMESPACE": "Refit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }
@@ -115,7 +120,10 @@ class RetrainFunctions(Construct):
             key.grant_encrypt_decrypt(fn)
 
         storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
-        storage.audit_table.grant(f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query")
+        # The lock, the batch ledger (record, list the queue, claim) and the run records a scheduled run reads.
+        storage.audit_table.grant(
+            f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"
+        )
 
         storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
@@ -225,8 +233,14 @@ class RetrainFunctions(Construct):
         )
         storage.data_bucket.grant_read(f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
-        storage.audit_table.grant(f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem")
+        storage.audit_table.grant(
+            f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:Query"
+        )
         storage.topic.grant_publish(f["Finalize"])
+        # Finalize and Cleanup release the lock and start the next queued run: this state machine only.
+        start_next = iam.PolicyStatement(actions=["states:StartExecution"], resources=[state_machine_arn])
+        f["Finalize"].add_to_role_policy(start_next)
+        f["Cleanup"].add_to_role_policy(start_next)
 
         # Cleanup: a run that ended without Finalize. It reads the run's history, puts the endpoint back on the
         # champion's config, writes the audit record and releases the lock.
@@ -247,5 +261,7 @@ class RetrainFunctions(Construct):
                 ],
             )
         )
-        storage.audit_table.grant(f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem")
+        storage.audit_table.grant(
+            f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"
+        )
         storage.topic.grant_publish(f["Cleanup"])

@@ -10,6 +10,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 from refit_core.canary import CHALLENGER
 from refit_core.config import ModelConfig
+from refit_core.s3uri import SUPPORTED_SUFFIXES
 
 from stacks.storage import Storage
 
@@ -37,13 +38,17 @@ class Triggers(Construct):
         self.new_data_rule = events.Rule(
             self,
             "NewData",
-            description=f"refit {model.name}: a new batch under s3://<data>/{model.new_data_prefix}",
+            description=f"refit {model.name}: a new .csv, .csv.gz or .parquet batch under s3://<data>/{model.new_data_prefix}",
             event_pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=["Object Created"],
                 detail={
                     "bucket": {"name": [storage.data_bucket.bucket_name]},
-                    "object": {"key": [{"prefix": model.new_data_prefix}]},
+                    # Only the objects refit reads: prefix and suffix together need a wildcard (one field's list is
+                    # an OR, and a prefix and a suffix filter cannot be combined in one matcher).
+                    "object": {
+                        "key": [{"wildcard": f"{model.new_data_prefix}*{suffix}"} for suffix in SUPPORTED_SUFFIXES]
+                    },
                 },
             ),
             targets=[target],

@@ -42,7 +42,7 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
     if state.error is not None:
         return "FAILED", "failed", error_reason(state.error) or "failed"
     if run is not None and not run.proceed:
-        return "SKIPPED", "skipped", run.reason or "skipped"
+        return "SKIPPED", run.skip_outcome or "skipped", run.reason or "skipped"
     decision = check.decision if check is not None else None
     if decision is not None and decision.action == "fail":
         return "FAILED", "bad_data", decision.reason or "the batch failed the data-quality gate"

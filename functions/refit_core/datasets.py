@@ -16,9 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from refit_core.s3uri import S3Uri, is_s3_uri
-
-SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+from refit_core.s3uri import SUPPORTED_SUFFIXES, S3Uri, is_s3_uri
 
 
 class DataError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from refit_core.s3uri import S3Uri
+from refit_core.s3uri import SUPPORTED_SUFFIXES, S3Uri
 
 
 class RunInputError(ValueError):
@@ -36,6 +36,15 @@ class ManualInput(BaseModel):
         return value
 
 
+class QueuedInput(BaseModel):
+    """The input refit itself starts a run with when a run releases the model's lock and batches are queued
+    (README 'Starting a run by hand'); the run checks the oldest queued batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queued_after: str = Field(description="The run whose end started this one.", max_length=80)
+
+
 class EventBridgeEvent(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -47,10 +56,11 @@ class EventBridgeEvent(BaseModel):
 
 
 class RunRequest(BaseModel):
-    trigger: Literal["manual", "s3", "schedule", "alarm"]
+    trigger: Literal["manual", "s3", "schedule", "alarm", "queue"]
     reason: str
     data_uri: str | None
     force: bool
+    etag: str | None = None  # the ETag an S3 event carries (AWS's field `detail.object.etag`)
 
 
 def _describe(error: ValidationError) -> str:
@@ -80,11 +90,13 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
                 raise RunInputError("event.detail: an Object Created event needs bucket.name and object.key")
             if bucket != data_bucket or not key.startswith(new_data_prefix):
                 raise RunInputError(f"s3://{bucket}/{key} is not under this model's new-data prefix {new_data_prefix}")
+            etag = event.detail.get("object", {}).get("etag")
             return RunRequest(
                 trigger="s3",
                 reason=f"new data s3://{bucket}/{key}",
                 data_uri=f"s3://{bucket}/{key}",
                 force=False,
+                etag=etag.strip('"') if isinstance(etag, str) and etag else None,
             )
         if event.detail_type == "Scheduled Event":
             rule = event.resources[0].rsplit("/", 1)[-1] if event.resources else "schedule"
@@ -98,13 +110,24 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
                 )
             return RunRequest(trigger="alarm", reason=f"quality alarm {name} in ALARM", data_uri=None, force=True)
         raise RunInputError(f"event.detail-type: {event.detail_type!r} is not a refit trigger")
+    if "queued_after" in payload:
+        try:
+            queued = QueuedInput.model_validate(payload)
+        except ValidationError as error:
+            raise RunInputError(_describe(error)) from None
+        return RunRequest(
+            trigger="queue",
+            reason=f"queued batches waiting when run {queued.queued_after} released the lock",
+            data_uri=None,
+            force=False,
+        )
     try:
         manual = ManualInput.model_validate(payload)
     except ValidationError as error:
         raise RunInputError(_describe(error)) from None
     if manual.data_uri:
         uri = S3Uri.parse(manual.data_uri)
-        if not uri.key.endswith((".csv", ".csv.gz", ".parquet")):
+        if not uri.key.endswith(SUPPORTED_SUFFIXES):
             raise RunInputError(f"data_uri: {manual.data_uri!r} is not a .csv, .csv.gz or .parquet object")
         if uri.bucket != data_bucket or not uri.key.startswith(new_data_prefix):
             raise RunInputError(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The object suffixes refit reads as data; the S3 trigger's event pattern filters on them too.
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
 
 @dataclass(frozen=True)
 class S3Uri:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 MAX_LISTED = 10  # findings, failed guards: enough to say what went wrong; the full list is in S3 or countable
 MAX_DRIFTED_NAMES = 50  # drifted feature names carried in the state (the count and the report have them all)
 
-Trigger = Literal["manual", "s3", "schedule", "alarm"]
+Trigger = Literal["manual", "s3", "schedule", "alarm", "queue"]
 
 
 class Step(BaseModel):
@@ -49,6 +49,9 @@ class RunInfo(Step):
     proceed: bool = True
     no_data: bool = False
     settled_by: str | None = None
+    skip_outcome: Literal["queued", "already_checked"] | None = None  # why a run that did not proceed stopped
+    claimed_batch: bool = False  # this run claimed its batch in the ledger; its end settles the ledger item
+    queued: int = 0  # batches still waiting in the queue when this run started
 
 
 # --- CheckBatch -> $.check ----------------------------------------------------------------------------------------

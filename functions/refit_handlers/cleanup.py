@@ -16,10 +16,11 @@ from refit_core.approvals import withdraw_unserved_package
 from refit_core.audit import summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
+from refit_core.steps import RunInfo
 
 from refit_handlers.common import Settings, client, parse, settings
 from refit_handlers.deploy import Rollback, rollback
-from refit_handlers.finalize import release_lock, store_and_publish
+from refit_handlers.finalize import end_run, store_and_publish
 
 logger = Logger()
 tracer = Tracer()
@@ -141,13 +142,15 @@ def clean_up(
         )
     except Exception as error:
         record["problems"].append(f"could not withdraw the run's model package approval: {error}")
+    run = state.get("run") if isinstance(state.get("run"), dict) else None
+    try:
+        parsed_run = RunInfo.model_validate(run) if run else None
+    except ValueError as error:
+        parsed_run = None
+        record["problems"].append(f"the run's state could not be read: {error}"[:1000])
+    run_id = (run or {}).get("run_id") or run_id_from_execution(detail.name)
+    end_run(record, parsed_run, run_id, config, dynamodb, stepfunctions)
     store_and_publish(record, config, dynamodb, sns)
-    release_lock(
-        dynamodb,
-        config.audit_table,
-        model,
-        (state.get("run") or {}).get("run_id") or run_id_from_execution(detail.name),
-    )
     return {"action": "recorded", "status": detail.status, "outcome": record["outcome"], "message": record["message"]}
 
 

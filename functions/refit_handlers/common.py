@@ -35,6 +35,7 @@ class Settings:
     canary_alarm: str
     instance_prices: dict[str, float]
     code_version: str
+    state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
 
 
 def settings() -> Settings:
@@ -53,6 +54,7 @@ def settings() -> Settings:
         canary_alarm=env["REFIT_CANARY_ALARM"],
         instance_prices=json.loads(env["REFIT_INSTANCE_PRICES"]),
         code_version=env["REFIT_CODE_VERSION"],
+        state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
     )
 
 

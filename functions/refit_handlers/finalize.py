@@ -3,18 +3,21 @@ release the lock. Runs on success, on a stop and after any caught failure."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from boto3.dynamodb.types import TypeSerializer
 from pydantic import BaseModel
+from refit_core import ledger
 from refit_core.approvals import SERVED_OUTCOMES, withdraw_unserved_package
 from refit_core.audit import format_summary, summarize_run
 from refit_core.champion import endpoint_view
-from refit_core.runs import run_id_from_execution, utc_now
+from refit_core.runs import SETTLED_OUTCOMES, run_id_from_execution, utc_now
 from refit_core.s3uri import S3Uri
-from refit_core.steps import AuditKey, FinalStep, RunState
+from refit_core.steps import AuditKey, FinalStep, RunInfo, RunState
 
 from refit_handlers.common import Settings, client, parse, settings, to_dynamodb
 
@@ -56,6 +59,65 @@ def release_lock(dynamodb: Any, table: str, model: str, run_id: str) -> None:
         pass  # held by another run (this one was skipped) or already expired
 
 
+def settle_batch(dynamodb: Any, config: Settings, run: RunInfo | None, outcome: str) -> bool:
+    """The ledger item of the batch this run claimed records how the run ended: `checked` when the outcome settles
+    the bytes, else `unsettled` (the schedule tries it again)."""
+    if run is None or not run.claimed_batch or not run.data_uri or not run.data_etag:
+        return False
+    uri = S3Uri.parse(run.data_uri)
+    batch = ledger.Batch(uri.bucket, uri.key, run.data_etag, "")
+    return ledger.settle(
+        dynamodb,
+        config.audit_table,
+        config.model.name,
+        batch,
+        run.run_id,
+        outcome,
+        outcome in SETTLED_OUTCOMES,
+        utc_now(),
+    )
+
+
+def start_next_run(stepfunctions: Any, dynamodb: Any, config: Settings, run_id: str) -> str | None:
+    """After the lock is released: when batches are queued, start the run that checks the oldest of them (each run
+    checks one batch and starts the next when it ends, so the queue drains one by one). The name is derived from the
+    ending run, so a retried call starts nothing twice. Returns the started execution's name."""
+    if not ledger.entries(dynamodb, config.audit_table, config.model.name, status="queued"):
+        return None
+    name = f"queue-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}"
+    try:
+        stepfunctions.start_execution(
+            stateMachineArn=config.state_machine_arn, name=name, input=json.dumps({"queued_after": run_id})
+        )
+    except stepfunctions.exceptions.ExecutionAlreadyExists:
+        pass  # this run's end already started it
+    return name
+
+
+def end_run(
+    record: dict[str, Any],
+    run: RunInfo | dict[str, Any] | None,
+    run_id: str,
+    config: Settings,
+    dynamodb: Any,
+    stepfunctions: Any,
+) -> None:
+    """What every run's end does before its record is stored: settle its batch in the ledger, and, when it held the
+    model's lock, release it and start the next queued run. Problems go into the record; none stops it."""
+    info = RunInfo.model_validate(run) if isinstance(run, dict) else run
+    try:
+        settle_batch(dynamodb, config, info, record["outcome"])
+    except Exception as error:
+        record["problems"].append(f"could not settle the batch in the ledger: {type(error).__name__}: {error}")
+    if info is not None and not info.proceed:
+        return  # a run that did not take the lock neither releases it nor starts the next run
+    release_lock(dynamodb, config.audit_table, config.model.name, run_id)
+    try:
+        record["next_run"] = start_next_run(stepfunctions, dynamodb, config, run_id)
+    except Exception as error:  # the queue waits for the next run's end or the schedule
+        record["problems"].append(f"could not start the next queued run: {type(error).__name__}: {error}")
+
+
 def store_and_publish(record: dict[str, Any], config: Settings, dynamodb: Any, sns: Any) -> None:
     """Write the audit record (its essentials when the whole record cannot be stored) and publish its summary: how
     every run ends, whether Finalize or the run-end cleanup records it."""
@@ -95,7 +157,9 @@ def store_and_publish(record: dict[str, Any], config: Settings, dynamodb: Any, s
     )
 
 
-def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any) -> dict:
+def finalize(
+    event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any, stepfunctions: Any
+) -> dict:
     state, problems = RunState.from_state(event.state)
     kept = None
     try:
@@ -122,10 +186,9 @@ def finalize(event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns
     except Exception as error:
         problems.append(f"could not withdraw the run's model package approval: {error}")
     record["problems"] = problems + record["problems"]
-    store_and_publish(record, config, dynamodb, sns)
     run_id = (state.run.run_id if state.run else None) or run_id_from_execution(event.execution_name)
-    if state.run is None or state.run.proceed:
-        release_lock(dynamodb, config.audit_table, config.model.name, run_id)
+    end_run(record, state.run, run_id, config, dynamodb, stepfunctions)
+    store_and_publish(record, config, dynamodb, sns)
     return FinalStep(
         status=record["status"],
         outcome=record["outcome"],
@@ -146,6 +209,7 @@ def handler(event: dict, context: Any) -> dict:
         client("dynamodb"),
         client("sns"),
         client("sagemaker"),
+        client("stepfunctions"),
     )
     metrics.add_dimension(name="Model", value=config.model.name)
     metrics.add_metric(name=f"Runs{result['status'].title()}", unit=MetricUnit.Count, value=1)

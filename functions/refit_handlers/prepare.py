@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
+from refit_core import ledger
 from refit_core.datasets import S3Object, list_s3_object_details
+from refit_core.ledger import Batch
 from refit_core.runs import parse_run_input, run_id_from_execution, settled_by, utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import RunInfo
@@ -79,10 +82,77 @@ def acquire_lock(dynamodb: Any, table: str, model: str, run_id: str, now: int, l
         return item.get("owner", {}).get("S", "unknown")
 
 
+def batch_of(s3: Any, data_uri: str, etag: str | None) -> Batch | None:
+    """The named object as a ledger batch (ETag from the event when it carries one, else a HEAD); None when the
+    object cannot be read: the check reports that, with its reason."""
+    uri = S3Uri.parse(data_uri)
+    try:
+        head = s3.head_object(Bucket=uri.bucket, Key=uri.key)
+    except ClientError:
+        return None
+    landed = head["LastModified"].astimezone(UTC).isoformat(timespec="milliseconds")
+    return Batch(uri.bucket, uri.key, etag or head.get("ETag", "").strip('"'), landed)
+
+
+def listed_batch(obj: S3Object) -> Batch:
+    landed = obj.last_modified.astimezone(UTC).isoformat(timespec="milliseconds")
+    return Batch(obj.uri.bucket, obj.uri.key, obj.etag, landed)
+
+
+def reconcile(dynamodb: Any, config: Settings, objects: list[S3Object], now: str) -> int:
+    """Record in the ledger every batch under the new-data prefix it does not know (an S3 event can be lost, and
+    batches from before the ledger existed have none): one an earlier run settled (its audit record says so) as
+    checked, any other as queued. Returns how many were queued."""
+    model = config.model.name
+    known = {item["sk"] for item in _ledger_keys(dynamodb, config.audit_table, model)}
+    new = [batch for batch in map(listed_batch, objects) if batch.sort_key not in known]
+    if not new:
+        return 0
+    history = recent_runs(dynamodb, config.audit_table, model)
+    queued = 0
+    for batch in new:
+        earlier = settled_by(history, batch.uri, batch.etag)
+        if earlier is not None:
+            ledger.enqueue(
+                dynamodb,
+                config.audit_table,
+                model,
+                batch,
+                now,
+                "checked",
+                run_id=earlier["run_id"],
+                outcome=earlier["outcome"],
+            )
+        elif ledger.enqueue(dynamodb, config.audit_table, model, batch, now) is None:
+            queued += 1
+    return queued
+
+
+def _ledger_keys(dynamodb: Any, table: str, model: str) -> list[dict[str, Any]]:
+    reply = dynamodb.get_paginator("query").paginate(
+        TableName=table,
+        KeyConditionExpression="pk = :model AND begins_with(sk, :batch)",
+        ExpressionAttributeValues={":model": {"S": model}, ":batch": {"S": ledger.LEDGER_PREFIX}},
+        ProjectionExpression="sk",
+        ConsistentRead=True,
+    )
+    return [{"sk": item["sk"]["S"]} for page in reply for item in page.get("Items", [])]
+
+
+def _checked_message(item: dict[str, Any], uri: str) -> str:
+    outcome = item.get("outcome") or item.get("status")
+    return f"{uri} (ETag {item.get('etag')}) was already checked by run {item.get('run_id')} (outcome: {outcome})"
+
+
 def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamodb: Any) -> dict[str, Any]:
+    """Validate the input, record the batch in the ledger, take the lock, and choose the one batch this run checks:
+    the named one for a manual run, else the oldest queued batch (one by one, oldest first), else the newest batch
+    when the schedule may retry it or the run is forced."""
     model = config.model
+    table = config.audit_table
     request = parse_run_input(payload, model.new_data_prefix, config.data_bucket)
     run_id = run_id_from_execution(execution_name)
+    now = utc_now()
     run = {
         "run_id": run_id,
         "model": model.name,
@@ -90,32 +160,85 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "reason": request.reason,
         "force": request.force,
         "data_uri": request.data_uri,
-        "started_at": utc_now(),
+        "started_at": now,
         "data_etag": None,
         "proceed": True,
         "no_data": False,
         "settled_by": None,
+        "skip_outcome": None,
+        "claimed_batch": False,
+        "queued": 0,
     }
-    holder = acquire_lock(dynamodb, config.audit_table, model.name, run_id, int(time.time()), model.lock_seconds)
+    named = batch_of(s3, request.data_uri, request.etag) if request.data_uri else None
+    if request.data_uri is not None and named is not None:
+        run["data_etag"] = named.etag
+        existing = ledger.enqueue(dynamodb, table, model.name, named, now)
+        # A re-delivered event, or a manual pick of bytes already checked, ends here (a forced run checks again).
+        if existing is not None and existing["status"] != "queued" and not request.force:
+            run.update(proceed=False, skip_outcome="already_checked", reason=_checked_message(existing, named.uri))
+            return run
+    newly_queued = 0
+    objects: list[S3Object] = []
+    if request.data_uri is None:
+        objects = list_s3_object_details(s3, S3Uri(config.data_bucket, model.new_data_prefix))
+        newly_queued = reconcile(dynamodb, config, objects, now)
+
+    holder = acquire_lock(dynamodb, table, model.name, run_id, int(time.time()), model.lock_seconds)
     if holder is not None:
-        run.update(proceed=False, reason=f"another run ({holder}) holds the lock for model {model.name}")
+        waiting = named is not None or newly_queued > 0
+        note = " the batch is queued and is checked when that run releases the lock" if waiting else ""
+        run.update(
+            proceed=False,
+            skip_outcome="queued" if waiting else None,
+            reason=f"another run ({holder}) holds the lock for model {model.name};{note}".rstrip(";"),
+        )
         return run
-    if run["data_uri"] is not None:
-        run["data_etag"] = object_etag(s3, run["data_uri"])
+
+    queue = ledger.entries(dynamodb, table, model.name, status="queued")
+    run["queued"] = len(queue)
+    if request.trigger == "manual" and named is not None:
+        # The batch someone named; a forced run checks it again whatever the ledger says.
+        allowed = ("queued", "unsettled", "checked", "checking") if request.force else ("queued", "unsettled")
+        run["claimed_batch"] = ledger.claim(dynamodb, table, model.name, named, run_id, now, allowed)
+        if not run["claimed_batch"]:
+            run["settled_by"] = _checked_message(ledger.entry(dynamodb, table, model.name, named) or {}, named.uri)
         return run
-    newest = newest_batch(s3, config.data_bucket, model.new_data_prefix)
+    if request.trigger == "s3" and named is not None and not queue:
+        # Another run checked this event's batch between the event and the lock.
+        run["settled_by"] = _checked_message(ledger.entry(dynamodb, table, model.name, named) or {}, named.uri)
+        return run
+    if request.data_uri is not None and named is None:
+        return run  # the object cannot be read: the check reports why
+    if queue:
+        return _take(run, queue[0], dynamodb, table, model.name, run_id, now)
+    newest = max(objects, key=lambda o: (o.last_modified, o.uri.key)) if objects else None
     if newest is None:
         run["no_data"] = True
         return run
-    run.update(data_uri=str(newest.uri), data_etag=newest.etag)
-    if request.trigger == "schedule":
-        # A schedule fires whether or not data arrived; a batch an earlier run already settled is not checked and
-        # retrained on every day. Manual and alarm runs check it again: someone or something asked for it.
-        earlier = settled_by(recent_runs(dynamodb, config.audit_table, model.name), run["data_uri"], newest.etag)
-        if earlier is not None:
-            run["settled_by"] = (
-                f"no new batch since run {earlier['run_id']} checked {run['data_uri']} (outcome: {earlier['outcome']})"
-            )
+    batch = listed_batch(newest)
+    run.update(data_uri=batch.uri, data_etag=batch.etag)
+    # A schedule fires whether or not data arrived: a batch an earlier run settled is not checked and retrained on
+    # every day, but one whose run failed or was refused by the budget is tried again. An alarm forces a retrain.
+    allowed = ("queued", "unsettled", "checked", "checking") if request.force else ("queued", "unsettled")
+    run["claimed_batch"] = ledger.claim(dynamodb, table, model.name, batch, run_id, now, allowed)
+    if not run["claimed_batch"]:
+        item = ledger.entry(dynamodb, table, model.name, batch) or {}
+        run["settled_by"] = (
+            f"no new batch since run {item.get('run_id')} checked {batch.uri} (outcome: {item.get('outcome')})"
+        )
+    return run
+
+
+def _take(
+    run: dict[str, Any], item: dict[str, Any], dynamodb: Any, table: str, model: str, run_id: str, now: str
+) -> dict[str, Any]:
+    batch = ledger.as_batch(item)
+    claimed = ledger.claim(dynamodb, table, model, batch, run_id, now, ("queued",))
+    run.update(data_uri=batch.uri, data_etag=batch.etag, claimed_batch=claimed)
+    if run["trigger"] == "s3" and run["reason"] != f"new data {batch.uri}":
+        run["reason"] = f"{run['reason']}; checking the oldest queued batch {batch.uri} first"
+    if not claimed:
+        run["settled_by"] = f"{batch.uri} was claimed by another run"
     return run
 
 

@@ -20,7 +20,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
 - EventBridge: moto cannot deliver to Step Functions or Lambda targets and lets schedule rules match every event;
   here pattern rules start executions of their state-machine targets, invoke their Lambda targets asynchronously,
-  and schedule rules only fire on request.
+  and schedule rules only fire on request. moto's S3 "Object Created" event names the object's ETag `eTag`; AWS's
+  field is `etag` (as Powertools' S3EventNotificationEventBridgeModel reads it), so it is renamed before matching.
+  moto's pattern matching itself honours `prefix`, `suffix` and `wildcard` filters as EventBridge does (tested).
 - Step Functions run ends: moto puts no "Step Functions Execution Status Change" event; here one is put when an
   execution ends. Its clock is the wall clock plus what `advance_clock` adds, and an execution past its
   TimeoutSeconds ends TIMED_OUT at its next Wait.
@@ -849,6 +851,10 @@ class Bridges:
 
     # ---------------------------------------------------------------- events
     def route_event(self, rule: Rule, event: Any, transform_input: bool, original: Callable) -> None:
+        detail = event.get("detail")
+        s3_object = detail.get("object") if isinstance(detail, dict) and event.get("source") == "aws.s3" else None
+        if isinstance(s3_object, dict) and "eTag" in s3_object:
+            s3_object["etag"] = s3_object.pop("eTag")  # AWS's field name (moto's event says eTag)
         if rule.scheduled_expression and not rule.event_pattern.get_pattern():
             return  # moto lets a schedule-only rule match every event; on AWS it matches none
         if not rule.event_pattern.matches_event(event):

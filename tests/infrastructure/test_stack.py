@@ -97,6 +97,45 @@ def test_one_state_machine_with_the_retrain_states_and_four_triggers(template):
     assert run_end["Targets"][0]["Arn"] == {"Fn::GetAtt": [cleanup, "Arn"]}
 
 
+def test_the_new_data_rule_matches_only_the_suffixes_refit_reads(template):
+    rule = next(
+        r
+        for r in resources(template, "AWS::Events::Rule").values()
+        if r.get("EventPattern", {}).get("detail-type") == ["Object Created"]
+    )
+    assert rule["EventPattern"]["detail"]["object"] == {
+        "key": [
+            {"wildcard": "incoming/churn/*.csv"},
+            {"wildcard": "incoming/churn/*.csv.gz"},
+            {"wildcard": "incoming/churn/*.parquet"},
+        ]
+    }
+
+
+def test_only_finalize_and_cleanup_start_runs_and_only_of_their_own_state_machine(template):
+    """The run that releases the lock starts the next queued run: states:StartExecution on the model's state machine,
+    its ARN built from the name (a reference to the state machine would make a dependency cycle)."""
+    functions = resources(template, "AWS::Lambda::Function")
+    function_roles = {f["Role"]["Fn::GetAtt"][0]: name for name, f in functions.items()}
+    starters = {}
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        if policy["Roles"][0]["Ref"] not in function_roles:
+            continue  # the EventBridge rules' own role
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if any(a.startswith("states:StartExecution") or a in ("states:*", "*") for a in actions):
+                starters[function_roles[policy["Roles"][0]["Ref"]]] = statement["Resource"]
+    assert sorted(name.split("Functions")[-1].rstrip("0123456789ABCDEF") for name in starters) == [
+        "Cleanup",
+        "Finalize",
+    ]
+    for resource in starters.values():
+        parts = resource["Fn::Join"][1]
+        assert "".join(p for p in parts if isinstance(p, str)).endswith(":stateMachine:refit-churn")
+    environment = next(f for k, f in functions.items() if "Finalize" in k)["Environment"]["Variables"]
+    assert environment["REFIT_STATE_MACHINE_ARN"] == next(iter(starters.values()))
+
+
 def test_the_execution_timeout_covers_the_longest_run_the_settings_allow(template):
     """Step Functions stops a run at the definition's TimeoutSeconds and skips every Catch: it must outlast the
     longest run the model's settings allow (the spot wait and fallback, approval, bake, endpoint updates)."""

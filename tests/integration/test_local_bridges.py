@@ -43,12 +43,54 @@ def test_lambda_runs_the_real_handler_and_errors_in_runtime_shape(aws):
 def test_events_reach_state_machines_and_schedules_do_not_match_other_events(aws):
     before = {e["executionArn"] for e in aws.executions("churn")}
     aws.put_object(aws.data_bucket, "elsewhere/ignored.csv", b"a\n1\n")
+    aws.put_object(aws.data_bucket, "incoming/churn/notes.txt", b"not data")
     arn = aws.land_batch("churn", "first.csv", to_csv_bytes(churn_batch(2000, 1)))
     time.sleep(0.5)
     started = [e["executionArn"] for e in aws.executions("churn") if e["executionArn"] not in before]
-    assert started == [arn]  # one S3 rule match; the schedule rule and the other prefix start nothing
+    assert started == [arn]  # one S3 rule match; the schedule rule, the other prefix and the .txt start nothing
+    # The event as AWS delivers it: the object's ETag is `detail.object.etag` (moto's own event says `eTag`).
+    delivered = json.loads(aws.client("stepfunctions").describe_execution(executionArn=arn)["input"])
+    etag = aws.client("s3").head_object(Bucket=aws.data_bucket, Key="incoming/churn/first.csv")["ETag"].strip('"')
+    assert delivered["detail"]["object"]["etag"] == etag and "eTag" not in delivered["detail"]["object"]
     execution = aws.wait_for(arn)
     assert execution["status"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize(
+    ("key", "matches"),
+    [
+        ("incoming/churn/b.csv", True),
+        ("incoming/churn/b.csv.gz", True),
+        ("incoming/churn/b.parquet", True),
+        ("incoming/churn/2026/11/b.csv", True),  # sub-folders, as the prefix filter matched them
+        ("incoming/churn/b.txt", False),
+        ("incoming/churn/b.csv.txt", False),
+        ("incoming/churn/b.CSV", False),  # EventBridge's wildcard is case-sensitive, as refit's reader is
+        ("incoming/churn/b.gz", False),
+        ("incoming/churn-eu/b.csv", False),  # another model's prefix
+        ("elsewhere/incoming/churn/b.csv", False),
+    ],
+)
+def test_the_new_data_rule_matches_as_eventbridge_does(aws, key, matches):
+    """The local runtime decides a rule's match with moto's EventPattern (scripts/local_aws/bridges.py route_event);
+    it honours the deployed rule's wildcard filters (prefix and suffix together) as EventBridge documents them."""
+    from moto.events.models import events_backends
+
+    from scripts.local_aws.runtime import ACCOUNT
+
+    rules = events_backends[ACCOUNT][aws.region].event_buses["default"].rules.values()
+    rule = next(r for r in rules if "Object Created" in (r.event_pattern.dump() or ""))
+    event = {
+        "version": "0",
+        "id": "1",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        "region": aws.region,
+        "resources": [],
+        "detail": {"bucket": {"name": aws.data_bucket}, "object": {"key": key, "etag": "e"}},
+    }
+    assert rule.event_pattern.matches_event(event) is matches
 
 
 def test_training_runs_the_entrypoint_and_reports_seconds_and_metrics(aws):
