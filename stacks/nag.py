@@ -69,6 +69,7 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
             model.training_data_prefix,
             model.validation_data_prefix,
             model.baseline_data_prefix,
+            model.quarantine_prefix,
         ):
             _ack(
                 pipeline,

@@ -233,6 +233,7 @@ class RetrainFunctions(Construct):
         )
         storage.data_bucket.grant_read(f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
+        storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")
         storage.audit_table.grant(
             f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:Query"
         )

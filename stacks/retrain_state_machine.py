@@ -104,6 +104,7 @@ class RetrainStateMachine(Construct):
                         "run_id.$": "$.run.run_id",
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "train_columns.$": "$.check.train_columns",
                         "attempt": 1,
                         "spot": True,
                         "started_at.$": "$.run.started_at",
@@ -122,6 +123,7 @@ class RetrainStateMachine(Construct):
                         "run_id.$": "$.run.run_id",
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "train_columns.$": "$.check.train_columns",
                         "attempt.$": "States.MathAdd($.training.attempt, 1)",
                         "spot": False,
                         "started_at.$": "$.run.started_at",
@@ -354,6 +356,7 @@ class RetrainStateMachine(Construct):
                     "check": {
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "train_columns.$": "$.check.train_columns",
                     },
                 },
                 result_path="$.candidates",

@@ -191,6 +191,8 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Gate: {'promote' if g['promote'] else 'keep champion'} - {g['reason']}")
     if record.get("registry"):
         lines.append(f"Registry: version {record['registry']['version']} ({record['registry']['approval']})")
+    if record.get("quarantined"):
+        lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):
         lines.append(f"Registry: {record['registry_update']}")
     if record.get("endpoint"):

@@ -138,7 +138,13 @@ class QualitySettings(_Strict):
             "too_few_rows",
             "all_null_column",
             "infinite_value",
+            "unseen_label",
         ]
+    )
+    extra_columns: Literal["drop", "block"] = Field(
+        "drop",
+        description="A batch column the baseline does not have: `drop` (warn; training reads only the baseline's "
+        "columns) or `block` (refuse the batch).",
     )
 
 
@@ -328,6 +334,11 @@ class ModelConfig(_Strict):
     @property
     def training_data_prefix(self) -> str:
         return f"training/{self.name}/"
+
+    @property
+    def quarantine_prefix(self) -> str:
+        """Where a batch the quality gate refused is copied, its reason in the run's audit record."""
+        return f"quarantine/{self.name}/"
 
     @property
     def validation_data_prefix(self) -> str:

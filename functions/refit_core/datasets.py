@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import tempfile
@@ -265,44 +266,51 @@ def _frame_columns(parquet: Any) -> list[str]:
     return [str(c) for c in parquet.schema_arrow.empty_table().to_pandas().columns]
 
 
-def iter_parts(location: str, s3: Any | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[str, Any]]:
+def iter_parts(
+    location: str, s3: Any | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, columns: list[str] | None = None
+) -> Iterator[tuple[str, Any]]:
     """Like iter_table, but a Parquet file comes as ColumnGroups (spans of row groups) instead of row chunks, so a
     consumer that works a column at a time (the quality and drift statistics) holds a few columns, never a whole row
     group, whatever the row-group size; CSV files come as row chunks. Every file must have the first file's
-    columns."""
+    columns (matched by name; extras are left out), or `columns` when given."""
     import pyarrow.parquet as pq
 
     names = _object_names(location, s3)
-    first_columns: list[str] | None = None
+    expected, against = columns, "the expected schema" if columns is not None else names[0]
     for name in names:
         if not name.endswith(".parquet"):
             with _file_chunks(name, s3, chunk_rows) as chunks:
                 for frame in chunks:
-                    first_columns = _same_columns(first_columns, [str(c) for c in frame.columns], name, names[0])
-                    yield name, frame
+                    expected = _aligned(expected, [str(c) for c in frame.columns], name, against)
+                    yield name, frame if list(frame.columns) == expected else frame[expected]
             continue
         if not is_s3_uri(name) and not Path(name).is_file():
             raise DataError(f"{name}: cannot read (no such file)")
         with _seekable(name, s3) as source:
             try:
                 parquet = pq.ParquetFile(source, pre_buffer=False)
-                columns = _frame_columns(parquet)
+                file_columns = _frame_columns(parquet)
             except (OSError, ValueError) as error:
                 if "size is 0 bytes" in str(error):
                     raise DataError(f"{name}: the file is empty") from None
                 raise DataError(f"{name}: not a readable Parquet file ({error})") from None
             if parquet.metadata.num_rows == 0:
                 raise DataError(f"{name}: has a schema but no rows")
-            first_columns = _same_columns(first_columns, columns, name, names[0])
+            expected = _aligned(expected, file_columns, name, against)
             sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
             for span in column_spans(sizes):
-                yield name, ColumnGroup(parquet, span, name, columns)
+                yield name, ColumnGroup(parquet, span, name, expected)
 
 
-def _same_columns(first: list[str] | None, columns: list[str], name: str, first_name: str) -> list[str]:
-    if first is not None and columns != first:
-        raise DataError(f"{name}: columns {columns} differ from {first_name}'s {first}")
-    return first if first is not None else columns
+def _aligned(expected: list[str] | None, columns: list[str], name: str, against: str) -> list[str]:
+    """The columns to take from a file: `expected` (the first file's, or the caller's) matched by name, in any order;
+    a file's extra columns are left out. A missing one is an error naming the file and the column."""
+    if expected is None:
+        return columns
+    missing = [column for column in expected if column not in columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {missing} that {against} has (columns: {columns})")
+    return expected
 
 
 def _object_names(location: str, s3: Any | None) -> list[str]:
@@ -313,8 +321,8 @@ def _object_names(location: str, s3: Any | None) -> list[str]:
             raise DataError(f"{location}: no .csv, .csv.gz or .parquet objects under this prefix")
         return [str(obj) for obj in objects]
     path = Path(location)
-    names = (
-        [str(p) for p in sorted(path.iterdir()) if p.name.endswith(SUPPORTED_SUFFIXES)]
+    names = (  # sub-folders too: SageMaker copies a channel's keys with their folders
+        [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.name.endswith(SUPPORTED_SUFFIXES)]
         if path.is_dir()
         else [str(path)]
     )
@@ -324,18 +332,22 @@ def _object_names(location: str, s3: Any | None) -> list[str]:
 
 
 def iter_table(
-    location: str, s3: Any | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+    location: str,
+    s3: Any | None = None,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    columns: list[str] | None = None,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
-    """Stream a CSV (optionally gzip) or Parquet object, or every such object under a prefix or in a folder, as
-    (file name, chunk of at most chunk_rows rows) — or one chunk per file when chunk_rows is None. Every file must
-    have the first file's columns. Only one chunk is in memory at a time."""
+    """Stream a CSV (optionally gzip) or Parquet object, or every such object under a prefix or in a folder (its
+    sub-folders included), as (file name, chunk of at most chunk_rows rows) — or one chunk per file when chunk_rows is
+    None. Every file must have the first file's columns, or `columns` when given: matched by name, in any order, its
+    extra columns left out; chunks come in that column order. Only one chunk is in memory at a time."""
     names = _object_names(location, s3)
-    first_columns: list[str] | None = None
+    expected, against = columns, "the expected schema" if columns is not None else names[0]
     for name in names:
         with _file_chunks(name, s3, chunk_rows) as chunks:
             for frame in chunks:
-                first_columns = _same_columns(first_columns, [str(c) for c in frame.columns], name, names[0])
-                yield name, frame
+                expected = _aligned(expected, [str(c) for c in frame.columns], name, against)
+                yield name, frame if list(frame.columns) == expected else frame[expected]
 
 
 @contextmanager
@@ -350,9 +362,10 @@ def _file_chunks(name: str, s3: Any | None, chunk_rows: int | None) -> Iterator[
             yield iter_csv(binary, name, chunk_rows)
 
 
-def read_table(location: str, s3: Any | None = None) -> pd.DataFrame:
-    """The whole of a CSV / Parquet object, prefix or folder in memory (training and profiling need all rows)."""
-    frames = [frame for _, frame in iter_table(location, s3, chunk_rows=None)]
+def read_table(location: str, s3: Any | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """The whole of a CSV / Parquet object, prefix or folder in memory (training and profiling need all rows); its
+    files aligned by column name (iter_table)."""
+    frames = [frame for _, frame in iter_table(location, s3, chunk_rows=None, columns=columns)]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -363,3 +376,71 @@ def is_numeric(series: pd.Series) -> bool:
 def stable_row_hash(frame: pd.DataFrame) -> np.ndarray:
     """A per-row hash that depends only on the row's values, for deterministic holdout splits."""
     return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+
+
+HEADER_BYTES = 1 << 20  # a CSV header longer than 1 MiB is refused rather than read further
+
+
+class _S3RangeFile(io.RawIOBase):
+    """A seekable read-only view of one S3 object version that fetches only the byte ranges read (a Parquet footer)."""
+
+    def __init__(self, s3: Any, uri: S3Uri, version_id: str | None, size: int) -> None:
+        self._s3, self._uri, self._version, self._size, self._position = s3, uri, version_id, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        if self._position >= self._size or len(buffer) == 0:
+            return 0
+        end = min(self._size, self._position + len(buffer)) - 1
+        data = _get_range(self._s3, self._uri, self._version, self._position, end)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def _get_range(s3: Any, uri: S3Uri, version_id: str | None, start: int, end: int) -> bytes:
+    version = {"VersionId": version_id} if version_id else {}
+    return s3.get_object(Bucket=uri.bucket, Key=uri.key, Range=f"bytes={start}-{end}", **version)["Body"].read()
+
+
+def object_columns(s3: Any, uri: S3Uri, version_id: str | None = None) -> list[str]:
+    """The column names of a CSV (optionally gzip) or Parquet object, from its header or footer alone (a few ranged
+    reads, never the whole object): what a pre-check needs to know whether files will train together."""
+    head = s3.head_object(Bucket=uri.bucket, Key=uri.key, **({"VersionId": version_id} if version_id else {}))
+    size = int(head["ContentLength"])
+    if size == 0:
+        raise DataError(f"{uri}: the file is empty")
+    if uri.key.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return _frame_columns(pq.ParquetFile(_S3RangeFile(s3, uri, version_id, size)))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{uri}: not a readable Parquet file ({error})") from None
+    data = _get_range(s3, uri, version_id, 0, min(size, HEADER_BYTES) - 1)
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, HEADER_BYTES)
+        except zlib.error as error:
+            raise DataError(f"{uri}: truncated or corrupt gzip data ({error})") from None
+    line, newline, _ = data.partition(b"\n")
+    if not newline and size > HEADER_BYTES:
+        raise DataError(f"{uri}: no header line within the first {HEADER_BYTES:,} bytes")
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        raise DataError(f"{uri}: the header is not UTF-8 text") from None
+    return [name.strip() for name in next(csv.reader([text]), [])]

@@ -36,7 +36,8 @@ def check_quality(
     findings: list[Finding] = []
 
     def add(check: str, column: str | None, observed: Any, limit: Any, message: str) -> None:
-        severity = "block" if check in settings.block_on else "warn"
+        blocks = check in settings.block_on or (check == "extra_column" and settings.extra_columns == "block")
+        severity = "block" if blocks else "warn"
         findings.append(Finding(check, column, severity, observed, limit, f"{source}: {message}"))
 
     expected = stats.profile["columns"]
@@ -47,6 +48,8 @@ def check_quality(
 
     for name, spec in expected.items():
         if spec["role"] == "id":
+            if name not in present:
+                add("missing_column", name, "absent", "present", f"id column {name!r} is missing")
             continue
         if name not in present:
             add("missing_column", name, "absent", "present", f"column {name!r} is missing")
@@ -113,13 +116,27 @@ def check_quality(
                     f"column {name!r} has {len(unseen)}{more} categories not seen in training, e.g. {unseen[:3]}",
                 )
             elif unseen:
+                # Labels the history never had (`yes`/`no` where it has 0/1) would train a different problem, or
+                # fail the job: blocked by default, and never kept for training.
                 add(
-                    "unseen_category", name, unseen[:5], sorted(seen), f"target {name!r} has unseen labels {unseen[:3]}"
+                    "unseen_label",
+                    name,
+                    unseen[:5],
+                    sorted(seen),
+                    f"target {name!r} has labels the training history does not have: {unseen[:3]} "
+                    f"(known: {sorted(seen)[:10]})",
                 )
 
     extra = [c for c in stats.columns or [] if c not in expected]
     if extra and against_baseline:
-        add("extra_column", ", ".join(map(str, extra)), extra, [], f"columns not in the baseline: {extra}")
+        action = "refused (quality.extra_columns = 'block')" if settings.extra_columns == "block" else "dropped"
+        add(
+            "extra_column",
+            ", ".join(map(str, extra)),
+            extra,
+            [],
+            f"columns not in the baseline: {extra}; {action} for training",
+        )
     if n_rows and stats.duplicates is not None:
         duplicate = stats.duplicate_fraction()
         if duplicate > settings.max_duplicate_fraction:

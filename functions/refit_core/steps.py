@@ -149,6 +149,9 @@ class CheckResult(Step):
     decision: Decision | None = None
     report_uri: str | None = None
     report_html_uri: str | None = None
+    # The columns a job trains on: the baseline's (the champion's training data), or the first batch's own. Every
+    # file a job reads must have them (matched by name); other columns are left out.
+    train_columns: list[str] | None = None
 
 
 # --- StartTraining / PollTraining / PickCandidate -> $.training -----------------------------------------------------
@@ -341,6 +344,7 @@ class CandidateCheck(Step):
 
     data_uri: str | None = None
     champion_model_uri: str | None = None
+    train_columns: list[str] | None = None
 
 
 class CandidateBranch(BaseModel):

@@ -7,6 +7,7 @@ import tarfile
 from typing import Any
 
 from refit_core.config import ModelConfig
+from refit_core.datasets import DataError, object_columns
 from refit_core.names import training_job_name
 from refit_core.s3uri import S3Uri
 
@@ -15,6 +16,27 @@ OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
 
 class TrainingOutputError(ValueError):
     """A finished job whose output cannot be used; the message names the object and what is missing."""
+
+
+class TrainingInputError(ValueError):
+    """Data a job would train on that cannot train with the rest; the message names the file and the column."""
+
+
+def check_trainable(s3: Any, objects: list[tuple[S3Uri, str | None]], columns: list[str]) -> None:
+    """Before anything is spent: every file a job would read (URI, version) has the columns it trains on, from each
+    file's header or footer alone. A file kept before refit checked schemas (or put under `training/` by hand) that
+    lacks one fails the run here, naming the file, instead of failing a paid training job."""
+    for uri, version_id in objects:
+        try:
+            found = object_columns(s3, uri, version_id)
+        except DataError as error:
+            raise TrainingInputError(f"{error}; it would be trained on, so nothing was started") from None
+        missing = [column for column in columns if column not in found]
+        if missing:
+            raise TrainingInputError(
+                f"{uri}: cannot train with the new batch: missing column(s) {missing} (it has {found}); nothing was "
+                "started. Fix or remove the file, or narrow the training window."
+            )
 
 
 # Statuses after which SageMaker will not change the job again.

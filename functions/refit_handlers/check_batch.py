@@ -59,10 +59,13 @@ def _unreadable(result: dict[str, Any], error: DataError) -> dict[str, Any]:
     return result
 
 
-def first_model_quality(chunks: Iterator[tuple[str, Any]], model: ModelConfig, source: str) -> dict[str, Any]:
+def first_model_quality(
+    chunks: Iterator[tuple[str, Any]], model: ModelConfig, source: str
+) -> tuple[dict[str, Any], list[str]]:
     """With no champion there is no baseline: check the batch against the schema of its own first chunk and the
-    config, streaming the rest."""
+    config, streaming the rest. Returns the verdict and the batch's columns (what the first model trains on)."""
     _, first = next(chunks)
+    columns = [str(c) for c in first.columns]
     if model.target not in first.columns:
         message = f"{source}: target column {model.target!r} is missing (columns: {list(first.columns)})"
         finding = {
@@ -73,11 +76,11 @@ def first_model_quality(chunks: Iterator[tuple[str, Any]], model: ModelConfig, s
             "limit": "present",
             "message": message,
         }
-        return {"passed": False, "n_rows": len(first), "findings": [finding], "reason": message}
+        return {"passed": False, "n_rows": len(first), "findings": [finding], "reason": message}, columns
     categorical = categorical_columns(model.categorical_columns, model.target, model.problem_type)
     profile = build_profile(first, target=model.target, categorical=categorical, id_column=model.id_column)
     stats = BatchStats.of(chain([first], (chunk for _, chunk in chunks)), profile)
-    return check_quality(stats, model.quality, model.drift.min_rows, source, against_baseline=False)
+    return check_quality(stats, model.quality, model.drift.min_rows, source, against_baseline=False), columns
 
 
 def load_champion_model(s3: Any, model_data_url: str) -> ModelArtifact:
@@ -124,10 +127,11 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
 
     if champion is None or not champion.get("baseline_uri"):
         try:
-            quality = first_model_quality(iter_table(event.data_uri, s3), model, event.data_uri)
+            quality, columns = first_model_quality(iter_table(event.data_uri, s3), model, event.data_uri)
         except DataError as error:
             return _unreadable(result, error)
         result["quality"] = quality
+        result["train_columns"] = columns
         if not quality["passed"]:
             result["decision"] = {"action": "fail", "reason": quality["reason"]}
         else:
@@ -154,6 +158,8 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
         return _unreadable(result, error)
     quality = check_quality(stats, model.quality, model.drift.min_rows, event.data_uri)
     result["quality"] = quality
+    # The champion's training columns, in the batch's order; a batch's extra columns are left out of training.
+    result["train_columns"] = [name for name in stats.columns or [] if name in profile["columns"]]
     if not quality["passed"]:
         result["decision"] = {"action": "fail", "reason": quality["reason"]}
         return result

@@ -34,15 +34,38 @@ class FinalizeEvent(BaseModel):
 
 def keep_batch_for_training(s3: Any, config: Settings, state: RunState) -> str | None:
     """A batch that passed the quality gate becomes training data for later runs (after this run trained on it,
-    so its holdout rows were never seen by the challenger)."""
+    so its holdout rows were never seen by the challenger) — unless this run tried to train on it and did not
+    finish: a batch whose own training failed or was refused would be read by every later job."""
     check = state.check
     if check is None or not check.data_uri or check.quality is None or not check.quality.passed:
         return None
-    data_uri = check.data_uri
-    source = S3Uri.parse(data_uri)
+    training = state.training
+    if training is not None and training.next != "done":
+        return None
+    if (check.decision is not None and check.decision.action == "train") and training is None:
+        return None  # the run failed between the check and training: it never showed the batch trains
+    return _copy_batch(s3, config, state, config.model.training_data_prefix)
+
+
+def quarantine_batch(s3: Any, config: Settings, state: RunState) -> str | None:
+    """A batch the quality gate refused is copied to `quarantine/<model>/`, where its reason (in the audit record)
+    can be read beside it; the original stays where it landed."""
+    check = state.check
+    refused = check is not None and check.decision is not None and check.decision.action == "fail"
+    if not refused or not check.data_uri:
+        return None
+    return _copy_batch(s3, config, state, config.model.quarantine_prefix)
+
+
+def _copy_batch(s3: Any, config: Settings, state: RunState, prefix: str) -> str:
+    source = S3Uri.parse(state.check.data_uri)
     run_id = state.run.run_id if state.run else "run"
-    target = S3Uri(config.data_bucket, f"{config.model.training_data_prefix}{run_id}-{source.key.rsplit('/', 1)[-1]}")
-    s3.copy_object(Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key})
+    target = S3Uri(config.data_bucket, f"{prefix}{run_id}-{source.key.rsplit('/', 1)[-1]}")
+    copy_source = {"Bucket": source.bucket, "Key": source.key}
+    etag = state.run.data_etag if state.run else None
+    # The bytes the run checked, not whatever the key holds now (a batch overwritten since fails the copy).
+    condition = {"CopySourceIfMatch": f'"{etag}"'} if etag else {}
+    s3.copy_object(Bucket=target.bucket, Key=target.key, CopySource=copy_source, **condition)
     return str(target)
 
 
@@ -161,11 +184,15 @@ def finalize(
     event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any, stepfunctions: Any
 ) -> dict:
     state, problems = RunState.from_state(event.state)
-    kept = None
+    kept = quarantined = None
     try:
         kept = keep_batch_for_training(s3, config, state)
     except Exception as error:  # the audit record must still be written
         problems.append(f"could not keep the batch for training: {error}")
+    try:
+        quarantined = quarantine_batch(s3, config, state)
+    except Exception as error:
+        problems.append(f"could not quarantine the refused batch: {error}")
     try:
         endpoint = endpoint_view(sagemaker, config.endpoint_name)
     except Exception as error:
@@ -175,6 +202,9 @@ def finalize(
         state, config.model.name, event.execution_name, event.execution_started_at, utc_now(), endpoint
     )
     record["kept_for_training"] = kept
+    record["quarantined"] = (
+        {"uri": quarantined, "reason": state.check.decision.reason} if quarantined and state.check.decision else None
+    )
     try:
         record["registry_update"] = withdraw_unserved_package(
             sagemaker,

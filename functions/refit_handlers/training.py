@@ -17,6 +17,7 @@ from refit_core.s3uri import S3Uri
 from refit_core.steps import TrainingStep
 from refit_core.training import (
     best_cv_score,
+    check_trainable,
     choose_candidate,
     inputs_manifest_key,
     job_data_prefix,
@@ -44,6 +45,7 @@ class StartEvent(BaseModel):
     family: str | None = None
     started_at: str | None = None  # the run's start: the training window's "now", the same for all its jobs
     data_etag: str | None = None  # the new batch's ETag when the run checked it
+    train_columns: list[str] | None = None  # CheckBatch's: every file trained on must have them
 
 
 class PollEvent(BaseModel):
@@ -104,6 +106,8 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
     history = S3Uri(config.data_bucket, model.training_data_prefix)
     now = datetime.fromisoformat(event.started_at) if event.started_at else datetime.now(UTC)
     resolved = resolve_window(s3, model.training_window, history, S3Uri.parse(event.data_uri), now)
+    if event.train_columns:
+        check_trainable(s3, [(batch.uri, batch.version_id) for _, batch in resolved.objects], event.train_columns)
     job_name = training_job_name(config.endpoint_name, event.run_id, event.attempt, spot, event.family)
     pinned = S3Uri(config.artifact_bucket, job_data_prefix(model.name, event.run_id, job_name))
     window_inputs = pin_inputs(s3, resolved, pinned, history, event.data_etag)
@@ -127,7 +131,11 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         {**identity, "channel": channel} for channel, uri in present.items() for identity in prefix_identities(s3, uri)
     ]
     job_config = json.dumps(
-        job_settings(model, event.run_id, event.family, window_files(window_inputs, pinned)), sort_keys=True
+        {
+            **job_settings(model, event.run_id, event.family, window_files(window_inputs, pinned)),
+            "columns": event.train_columns,
+        },
+        sort_keys=True,
     )
     config_object = S3Uri(config.artifact_bucket, settings_prefix(model.name, event.run_id, request["TrainingJobName"]))
     s3.put_object(

@@ -22,7 +22,7 @@ import joblib
 import numpy as np
 import pandas as pd
 from refit_core.artifacts import METADATA_FILE, MODEL_FILE, ModelArtifact
-from refit_core.datasets import iter_table, read_table, stable_row_hash
+from refit_core.datasets import DataError, iter_table, read_table, stable_row_hash
 from refit_core.metrics import Resampler, bootstrap_counts, compute_metrics
 from refit_core.profile import build_profile, categorical_columns, dumps_profile, numeric_summary
 
@@ -51,11 +51,15 @@ def load_settings(opt: OptMl) -> dict[str, Any]:
     return settings
 
 
-def _read_channel(opt: OptMl, name: str) -> pd.DataFrame | None:
+def _read_channel(opt: OptMl, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """A channel's files (sub-folders included), aligned by column name to `columns` (the job's), extras left out."""
     folder = opt.channel(name)
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
-    return read_table(str(folder))
+    try:
+        return read_table(str(folder), columns=columns)
+    except DataError as error:
+        raise TrainingError(f"the {name!r} channel: {error}") from None
 
 
 WEIGHT = "__refit_sample_weight__"  # rides along with the rows until training; never a feature
@@ -69,10 +73,13 @@ def _read_weighted(opt: OptMl, name: str, config: dict[str, Any]) -> tuple[pd.Da
         return None, {}
     files = config.get("window", {}).get("files", {})
     frames, rows = [], {}
-    for path, frame in iter_table(str(folder), chunk_rows=None):
-        relative = f"{name}/{Path(path).relative_to(folder).as_posix()}"
-        rows[relative] = int(len(frame))
-        frames.append(frame.assign(**{WEIGHT: float(files.get(relative, {}).get("weight", 1.0))}))
+    try:
+        for path, frame in iter_table(str(folder), chunk_rows=None, columns=config.get("columns")):
+            relative = f"{name}/{Path(path).relative_to(folder).as_posix()}"
+            rows[relative] = int(len(frame))
+            frames.append(frame.assign(**{WEIGHT: float(files.get(relative, {}).get("weight", 1.0))}))
+    except DataError as error:
+        raise TrainingError(f"the {name!r} channel: {error}") from None
     return (pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]), rows
 
 
@@ -154,13 +161,13 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     weights_of_current = current.pop(WEIGHT)
     if earlier is not None:
         earlier_weights = earlier.pop(WEIGHT)
-    validation = _read_channel(opt, "validation")
+    validation = _read_channel(opt, "validation", config.get("columns"))
     if validation is not None:
         _same_columns("validation", validation, current)
         current_train, holdout = current, validation
     else:
         current_train, holdout = split_holdout(current, config["holdout_fraction"], config["seed"])
-    reference = _read_channel(opt, "baseline")  # read before training: a bad one fails the job at once
+    reference = _read_channel(opt, "baseline", config.get("columns"))  # read first: a bad one fails at once
     if reference is not None:
         _same_columns("baseline", reference, current)
     else:
