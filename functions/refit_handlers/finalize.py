@@ -134,7 +134,11 @@ def end_run(
         record["problems"].append(f"could not settle the batch in the ledger: {type(error).__name__}: {error}")
     if info is not None and not info.proceed:
         return  # a run that did not take the lock neither releases it nor starts the next run
-    release_lock(dynamodb, config.audit_table, config.model.name, run_id)
+    try:
+        release_lock(dynamodb, config.audit_table, config.model.name, run_id)
+    except Exception as error:  # the record is still stored; the lock expires (ModelConfig.lock_seconds)
+        record["problems"].append(f"could not release the lock: {type(error).__name__}: {error}")
+        return
     try:
         record["next_run"] = start_next_run(stepfunctions, dynamodb, config, run_id)
     except Exception as error:  # the queue waits for the next run's end or the schedule
