@@ -329,6 +329,30 @@ def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_re
     assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
 
 
+def test_channels_with_sub_folders_and_files_in_another_column_order_train(tmp_path):
+    """SageMaker copies a channel's keys with their folders: files under sub-folders of validation/ and baseline/
+    are read (they failed the job before), and every file is aligned to the job's columns by name, extras left
+    out, so a history file written in another column order or with an extra column trains with the rest."""
+    root = opt_ml(tmp_path / "ml", churn_batch(1500, 1))
+    columns = list(churn_batch(5, 1).columns)
+    settings = json.loads((root / "input" / "data" / "config" / "config.json").read_text())
+    (root / "input" / "data" / "config" / "config.json").write_text(json.dumps({**settings, "columns": columns}))
+    for channel, frame in (("validation", churn_batch(600, 7)), ("baseline", churn_batch(700, 9))):
+        folder = root / "input" / "data" / channel / "2026" / "11"
+        folder.mkdir(parents=True)
+        frame[list(reversed(columns))].to_csv(folder / "part.csv", index=False)
+    (root / "input" / "data" / "train" / "old").mkdir(parents=True)
+    churn_batch(800, 3)[list(reversed(columns))].assign(referrer="ads").to_csv(
+        root / "input" / "data" / "train" / "old" / "kept.csv", index=False
+    )
+    result = run_train(root)
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((root / "model" / "evaluation.json").read_text())
+    assert (evaluation["n_train"], evaluation["n_holdout"]) == (2300, 600)
+    assert "referrer" not in evaluation["features"]
+    assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
+
+
 @pytest.mark.parametrize("channel", ["validation", "baseline"])
 def test_a_channel_without_the_batch_columns_fails_before_training_naming_them(tmp_path, channel):
     root = opt_ml(tmp_path / "ml", churn_batch(500, 1))
