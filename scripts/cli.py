@@ -2,20 +2,22 @@
 credentials) or the local runtime (inside its mock).
 
     refit profile DATA [--target COL] [--categorical COL ...] -o baseline.json
-    refit drift (--baseline baseline.json | REFERENCE) CURRENT [--target COL] [--json]
-    refit quality (--baseline baseline.json | REFERENCE) CURRENT [--json]
-    refit gate EVALUATION_DIR --model NAME            (holdout_predictions.csv from a training job's output)
+    refit drift (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--target COL] [--json]
+    refit quality (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--json]
+    refit gate EVALUATION_DIR --model NAME            (evaluation.json + holdout_predictions.csv of a training job)
     refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues)
     refit reject MODEL VERSION [--comment TEXT]
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
+
+drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
+the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import io
 import json
 import os
 import sys
@@ -24,15 +26,16 @@ from typing import Any
 
 import boto3
 import pandas as pd
+from botocore.exceptions import ClientError
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
-from refit_core.config import ConfigError, DriftSettings, QualitySettings, load_config
+from refit_core.config import ConfigError, ModelConfig, load_config
 from refit_core.datasets import DataError, iter_parts, read_table
 from refit_core.drift import detect_drift
-from refit_core.gate import GateInputError, decide_on_predictions
+from refit_core.gate import GateInputError, gate_training_outputs
 from refit_core.lineage import diff
 from refit_core.names import stack_name
-from refit_core.profile import ProfileError, build_profile, dumps_profile, loads_profile
+from refit_core.profile import ProfileError, build_profile, categorical_columns, dumps_profile, loads_profile
 from refit_core.quality import check_quality
 from refit_core.report import render_html
 from refit_core.s3uri import S3Uri, is_s3_uri
@@ -51,15 +54,38 @@ def _read(location: str) -> pd.DataFrame:
 def _read_bytes(location: str) -> bytes:
     if is_s3_uri(location):
         uri = S3Uri.parse(location)
-        return boto3.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-    return Path(location).read_bytes()
+        try:
+            return boto3.client("s3").get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+        except ClientError as error:
+            raise CliError(f"{location}: cannot read ({error.response['Error'].get('Code')})") from None
+    try:
+        return Path(location).read_bytes()
+    except OSError as error:
+        raise CliError(f"{location}: cannot read ({error.strerror})") from None
 
 
-def _baseline(args: argparse.Namespace) -> dict:
+def _checked_model(args: argparse.Namespace) -> ModelConfig:
+    """The model whose checks `drift` / `quality` apply: --model, or the configuration's only model."""
+    config = load_config(args.config)
+    if args.model:
+        return config.model(args.model)
+    if len(config.models) > 1:
+        names = ", ".join(m.name for m in config.models)
+        raise CliError(f"{args.config} configures several models ({names}): pass --model NAME")
+    return config.models[0]
+
+
+def _baseline(args: argparse.Namespace, model: ModelConfig) -> dict:
+    """The stored baseline, or a profile of REFERENCE built with the model's column roles, as training builds it."""
     if args.baseline:
         return loads_profile(_read_bytes(args.baseline), args.baseline)
-    categorical = list(args.categorical or [])
-    return build_profile(_read(args.reference), target=args.target, categorical=categorical)
+    target = args.target or model.target
+    categorical = (
+        list(args.categorical)
+        if args.categorical is not None
+        else categorical_columns(model.categorical_columns, target, model.problem_type)
+    )
+    return build_profile(_read(args.reference), target=target, categorical=categorical, id_column=model.id_column)
 
 
 def _audit_table(args: argparse.Namespace) -> str:
@@ -98,46 +124,57 @@ def _lineage(sagemaker: Any, group: str, version: int | None) -> dict[str, Any]:
 
 
 def gate_command(args: argparse.Namespace) -> dict[str, Any]:
+    """The Gate Lambda's decision on a training job's output (the folder of its output.tar.gz, unpacked): whether a
+    champion is compared comes from the job's evaluation.json, as in the run."""
     model = load_config(args.config).model(args.model)
     folder = args.evaluation.rstrip("/")
-    predictions = pd.read_csv(io.BytesIO(_read_bytes(f"{folder}/holdout_predictions.csv")))
-    return decide_on_predictions(model, predictions, expect_champion="champion" in predictions.columns)
+    evaluation = _read_bytes(f"{folder}/evaluation.json")
+    predictions = _read_bytes(f"{folder}/holdout_predictions.csv")
+    return gate_training_outputs(model, evaluation, predictions, folder)[0]
 
 
 def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     parser = argparse.ArgumentParser(prog="refit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="model configuration file (refit.toml)")
+    # --config is accepted after the command too; there it is only set when given (the main parser's default stays).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="model configuration file (refit.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    profile = commands.add_parser("profile", help="write a baseline profile of DATA")
+    profile = commands.add_parser("profile", help="write a baseline profile of DATA", parents=[common])
     profile.add_argument("data")
     profile.add_argument("--target")
     profile.add_argument("--categorical", nargs="*")
     profile.add_argument("-o", "--output", required=True)
     for name in ("drift", "quality"):
-        command = commands.add_parser(name, help=f"{name} of CURRENT against a baseline or a reference file")
+        command = commands.add_parser(
+            name, help=f"{name} of CURRENT against a baseline or a reference file", parents=[common]
+        )
         command.add_argument("reference", nargs="?")
         command.add_argument("current")
         command.add_argument("--baseline")
+        command.add_argument("--model", help="whose drift and quality settings apply (default: the only model)")
         command.add_argument("--target")
         command.add_argument("--categorical", nargs="*")
         command.add_argument("--json", action="store_true")
         if name == "drift":
             command.add_argument("--html", help="also write a self-contained HTML report here")
-    gate = commands.add_parser("gate", help="gate a challenger on a training job's holdout predictions")
-    gate.add_argument("evaluation", help="folder or s3:// prefix holding holdout_predictions.csv")
+    gate = commands.add_parser(
+        "gate", help="gate a challenger on a training job's holdout predictions", parents=[common]
+    )
+    gate.add_argument("evaluation", help="folder or s3:// prefix holding evaluation.json and holdout_predictions.csv")
     gate.add_argument("--model", required=True)
     for name in ("approve", "reject"):
-        command = commands.add_parser(name, help=f"{name} a version waiting for manual approval")
+        command = commands.add_parser(name, help=f"{name} a version waiting for manual approval", parents=[common])
         command.add_argument("model")
         command.add_argument("version", type=int)
         command.add_argument("--comment", default="")
         command.add_argument("--audit-table")
         command.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
-    lineage = commands.add_parser("lineage", help="where a model version came from")
+    lineage = commands.add_parser("lineage", help="where a model version came from", parents=[common])
     lineage.add_argument("model")
     lineage.add_argument("version", type=int, nargs="?")
-    difference = commands.add_parser("diff", help="what changed between two model versions")
+    difference = commands.add_parser("diff", help="what changed between two model versions", parents=[common])
     difference.add_argument("model")
     difference.add_argument("v1", type=int)
     difference.add_argument("v2", type=int)
@@ -150,17 +187,18 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         if args.command in ("drift", "quality"):
             if not args.baseline and not args.reference:
                 parser.error("give --baseline or a REFERENCE file")
-            baseline = _baseline(args)
+            model = _checked_model(args)
+            baseline = _baseline(args, model)
             s3 = boto3.client("s3") if is_s3_uri(args.current) else None
             parts = (part for _, part in iter_parts(args.current, s3))
             # One streamed pass: a CURRENT larger than memory is fine (the REFERENCE form reads REFERENCE whole).
             stats = BatchStats.of(parts, baseline, duplicates=args.command == "quality")
             if args.command == "drift":
-                report = detect_drift(stats, DriftSettings())
+                report = detect_drift(stats, model.drift)
                 if args.html:
                     Path(args.html).write_text(render_html(report, stats, f"refit drift: {args.current}"))
             else:
-                report = check_quality(stats, QualitySettings(), DriftSettings().min_rows, args.current)
+                report = check_quality(stats, model.quality, model.drift.min_rows, args.current)
         elif args.command == "gate":
             report = gate_command(args)
         elif args.command in ("approve", "reject"):

@@ -37,6 +37,15 @@ class ModelArtifact:
             source.extractall(directory, filter="data")
         return cls.load(directory)
 
+    @property
+    def numeric_features(self) -> list[str]:
+        """The features the fitted preprocessing treats as numbers (its `numeric` transformer's columns)."""
+        preprocess = getattr(self.pipeline, "named_steps", {}).get("preprocess")
+        for name, _, columns in getattr(preprocess, "transformers_", None) or []:
+            if name == "numeric":
+                return [str(column) for column in columns]
+        return []
+
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
         """Positive-class probability for classification, the prediction for regression."""
         features = frame[self.features]

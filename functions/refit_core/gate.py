@@ -9,6 +9,8 @@ everything else a paired bootstrap of the metric difference. With no champion, o
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from refit_core.config import GateSettings, GuardSettings, ModelConfig
+from refit_core.datasets import iter_csv
 from refit_core.metric_names import higher_is_better
 from refit_core.metrics import Resampler, bootstrap_counts, compute_metric
 
@@ -310,3 +313,52 @@ def decide_on_predictions(model: ModelConfig, predictions: pd.DataFrame, expect_
         seed=model.seed,
         segments=segments,
     )
+
+
+def champion_expected(evaluation: dict[str, Any]) -> bool:
+    """Whether the training job scored a champion on its holdout: train writes the champion's metrics into
+    evaluation.json exactly when the run gave it the serving model (the `champion` channel)."""
+    return bool((evaluation.get("metrics") or {}).get("champion"))
+
+
+def read_predictions(data: bytes, source: str) -> pd.DataFrame:
+    """holdout_predictions.csv through the project's CSV reader: an empty or non-CSV file is a DataError naming
+    `source` and what is wrong with it."""
+    return next(iter_csv(io.BytesIO(data), source, None))
+
+
+def gate_training_outputs(
+    model: ModelConfig,
+    evaluation_json: bytes,
+    predictions_csv: bytes,
+    source: str,
+    has_champion: bool | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gate on a training job's evaluation.json and holdout_predictions.csv (both under `source`), as the Gate
+    Lambda and `refit gate` run it: (decision, evaluation). Whether a champion is compared comes from the
+    evaluation; `has_champion`, when the run knows it, must agree with it."""
+    try:
+        evaluation = json.loads(evaluation_json)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GateInputError(f"{source}/evaluation.json: not valid JSON ({error})") from None
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("metrics"), dict):
+        raise GateInputError(f"{source}/evaluation.json: not a training evaluation (no 'metrics' object)")
+    expect_champion = champion_expected(evaluation)
+    if has_champion is not None and has_champion != expect_champion:
+        raise GateInputError(
+            f"{source}/evaluation.json: "
+            + (
+                "the run has a serving champion but the training job scored none"
+                if has_champion
+                else "the training job scored a champion although the run has none serving"
+            )
+        )
+    for side in ("challenger",) + (("champion",) if expect_champion else ()):
+        found = evaluation["metrics"].get(side) or {}
+        if model.primary_metric not in found:
+            raise GateInputError(
+                f"{source}/evaluation.json has no {side} value for the primary metric {model.primary_metric!r} "
+                f"(found: {sorted(found)})"
+            )
+    predictions = read_predictions(predictions_csv, f"{source}/holdout_predictions.csv")
+    return decide_on_predictions(model, predictions, expect_champion), evaluation

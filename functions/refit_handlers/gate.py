@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
-import pandas as pd
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
-from refit_core.gate import GateInputError, decide_on_predictions
+from refit_core.gate import gate_training_outputs
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
 from refit_core.steps import GateStep, RegistryStep
@@ -46,16 +44,13 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> GateStep:
     """The full decision (every guard and segment) goes to gate.json; the state carries its verdict and numbers."""
     model = config.model
     files = read_training_outputs(s3, event.output_path, event.job_name)
-    evaluation = json.loads(files["evaluation.json"])
-    for side in ("challenger",) + (("champion",) if event.has_champion else ()):
-        metrics_found = (evaluation.get("metrics") or {}).get(side) or {}
-        if model.primary_metric not in metrics_found:
-            raise GateInputError(
-                f"evaluation.json has no {side} value for the primary metric {model.primary_metric!r} "
-                f"(found: {sorted(metrics_found)})"
-            )
-    predictions = pd.read_csv(io.BytesIO(files["holdout_predictions.csv"]))
-    decision = decide_on_predictions(model, predictions, event.has_champion)
+    decision, evaluation = gate_training_outputs(
+        model,
+        files["evaluation.json"],
+        files["holdout_predictions.csv"],
+        f"{event.output_path.rstrip('/')}/{event.job_name}/output",
+        has_champion=event.has_champion,
+    )
     decision = json.loads(json.dumps(decision, default=float))
     decision["all_metrics"] = evaluation["metrics"]
     decision["intervals"] = evaluation.get("intervals")

@@ -68,15 +68,27 @@ def test_train_failure_leaves_a_reason(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def trained(tmp_path_factory):
     root = opt_ml(tmp_path_factory.mktemp("serve") / "ml", churn_batch(2000, 2))
     assert run_train(root).returncode == 0
-    with serving(root) as url:
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    with serving(trained) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["gunicorn", "simple"])
+def any_server(trained, request):
+    """Both servers `serve` can run: gunicorn (the default) and the standard library's (REFIT_SERVER=simple)."""
+    with serving(trained, request.param) as url:
         yield url
 
 
 @contextlib.contextmanager
-def serving(root: Path):
+def serving(root: Path, server: str = "gunicorn"):
     """`serve` on a free port of 127.0.0.1 over the model `train` wrote under `root`; stopped on exit."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -90,6 +102,7 @@ def serving(root: Path):
             "REFIT_OPT_ML": str(root),
             "SAGEMAKER_BIND_TO_PORT": str(port),
             "REFIT_SERVE_HOST": "127.0.0.1",
+            "REFIT_SERVER": server,
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -145,13 +158,89 @@ def test_serve_answers_csv_and_json(server):
         ("1,2,3\n", "text/csv", "needs 6 values"),
         ("{not json", "application/json", "malformed JSON"),
         ('{"instances": [{"plan": "basic"}]}', "application/json", "lack the features"),
-        ("x", "image/png", "unsupported content type"),
+        ("12.0,abc,1,48.0,basic,north\n", "text/csv", "column 'monthly_charges' must be numeric: row 1 has 'abc'"),
+        ('{"instances": [[1, 2, "x", 4, "basic", "north"]]}', "application/json", "'support_calls' must be numeric"),
+        ("5\n", "application/jsonlines", "each line must be a list of 6 values or a record object"),
     ],
 )
 def test_serve_rejects_bad_payloads_with_4xx_and_keeps_serving(server, body, content_type, message):
     status, reply = post(server, body, content_type)
     assert status == 400 and message in reply
     assert post(server, "12.0,70.5,1,48.0,basic,north", "text/csv")[0] == 200
+
+
+ROWS_CSV = "12.0,70.5,1,48.0,basic,north\n3.0,99.0,5,20.0,premium,south\n"
+RECORD = (
+    '{"tenure_months": 3, "monthly_charges": 99, "support_calls": 5, "usage_gb": 20, "plan": "plus", "region": "east"}'
+)
+
+
+def test_media_types_are_matched_case_insensitively_with_parameters(any_server):
+    status, body = post(any_server, ROWS_CSV, "Text/CSV; charset=utf-8", accept="Application/JSON")
+    assert status == 200 and len(json.loads(body)["predictions"]) == 2
+
+
+def test_json_lines_are_one_row_per_line_in_and_out(any_server):
+    status, body = post(any_server, f"{RECORD}\n\n{RECORD}\n", "application/jsonlines", "application/jsonlines")
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert status == 200 and len(lines) == 2 and set(lines[0]) == {"prediction", "probability"}
+    instances = '[3, 99, 5, 20, "plus", "east"]\n' * 3
+    status, body = post(any_server, instances, "application/x-jsonlines", "application/jsonlines")
+    assert status == 200 and [json.loads(line) for line in body.splitlines()] == [lines[0]] * 3  # same row, same answer
+    status, body = post(any_server, "{not json}\n", "application/jsonlines")
+    assert status == 400 and "JSON Lines line 1: malformed JSON" in body
+
+
+@pytest.mark.parametrize(
+    ("accept", "status", "reply_type"),
+    [
+        ("image/png", 406, "application/json"),
+        ("text/csv;q=0.5, application/json", 200, "application/json"),
+        ("application/json;q=0, text/csv", 200, "text/csv"),
+        ("*/*", 200, "application/json"),
+        ("text/*", 200, "text/csv"),
+    ],
+)
+def test_the_reply_follows_accept_and_an_unsupported_one_is_406(any_server, accept, status, reply_type):
+    request = urllib.request.Request(
+        f"{any_server}/invocations",
+        data=ROWS_CSV.encode(),
+        method="POST",
+        headers={"Content-Type": "text/csv", "Accept": accept},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            got, content_type, body = reply.status, reply.headers["Content-Type"], reply.read().decode()
+    except urllib.error.HTTPError as error:
+        got, content_type, body = error.code, error.headers["Content-Type"], error.read().decode()
+    assert (got, content_type) == (status, reply_type), body
+    if status == 406:
+        assert "Accept one of application/json, text/csv, application/jsonlines" in body
+
+
+def test_an_unsupported_content_type_is_415(any_server):
+    status, body = post(any_server, "x", "image/png")
+    assert status == 415 and "unsupported content type 'image/png'" in body
+
+
+def test_a_chunked_body_is_read_whole(any_server):
+    import http.client
+
+    host, port = any_server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/invocations",
+            body=iter([b"12.0,70.5,1,48.0,basic,north\n", b"3.0,99.0,5,20.0,premium,south\n"]),
+            headers={"Content-Type": "text/csv", "Accept": "application/json"},
+            encode_chunked=True,
+        )
+        reply = connection.getresponse()
+        body = reply.read().decode()
+    finally:
+        connection.close()
+    assert reply.status == 200 and len(json.loads(body)["predictions"]) == 2, body
 
 
 def events(root: Path) -> list[dict]:
@@ -237,6 +326,30 @@ def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_re
     assert (evaluation["n_train"], evaluation["n_holdout"]) == (1500, 600)  # the whole batch but the leaked rows
     predictions = pd.read_csv(root / "output" / "data" / "holdout_predictions.csv")
     assert len(predictions) == 600 and predictions["label"].tolist() == validation["churned"].astype(float).tolist()
+    assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
+
+
+def test_channels_with_sub_folders_and_files_in_another_column_order_train(tmp_path):
+    """SageMaker copies a channel's keys with their folders: files under sub-folders of validation/ and baseline/
+    are read (they failed the job before), and every file is aligned to the job's columns by name, extras left
+    out, so a history file written in another column order or with an extra column trains with the rest."""
+    root = opt_ml(tmp_path / "ml", churn_batch(1500, 1))
+    columns = list(churn_batch(5, 1).columns)
+    settings = json.loads((root / "input" / "data" / "config" / "config.json").read_text())
+    (root / "input" / "data" / "config" / "config.json").write_text(json.dumps({**settings, "columns": columns}))
+    for channel, frame in (("validation", churn_batch(600, 7)), ("baseline", churn_batch(700, 9))):
+        folder = root / "input" / "data" / channel / "2026" / "11"
+        folder.mkdir(parents=True)
+        frame[list(reversed(columns))].to_csv(folder / "part.csv", index=False)
+    (root / "input" / "data" / "train" / "old").mkdir(parents=True)
+    churn_batch(800, 3)[list(reversed(columns))].assign(referrer="ads").to_csv(
+        root / "input" / "data" / "train" / "old" / "kept.csv", index=False
+    )
+    result = run_train(root)
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((root / "model" / "evaluation.json").read_text())
+    assert (evaluation["n_train"], evaluation["n_holdout"]) == (2300, 600)
+    assert "referrer" not in evaluation["features"]
     assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
 
 

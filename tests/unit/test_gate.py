@@ -173,6 +173,8 @@ def test_refit_gate_cli_on_holdout_predictions(tmp_path):
     pd.DataFrame({"row_id": range(y.size), "label": y, "challenger": a, "champion": b}).to_csv(
         tmp_path / "holdout_predictions.csv", index=False
     )
+    metrics = {"challenger": {"roc_auc": 0.8}, "champion": {"roc_auc": 0.74}}
+    (tmp_path / "evaluation.json").write_text(json.dumps({"metrics": metrics}))
     out, err = io.StringIO(), io.StringIO()
     assert main(["gate", str(tmp_path), "--model", "churn"], out=out, err=err) == 0
     decision = json.loads(out.getvalue())

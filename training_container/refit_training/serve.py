@@ -26,7 +26,49 @@ log = logging.getLogger("refit.serve")
 
 
 class BadRequest(ValueError):
-    pass
+    """A client's mistake: answered with `status` and a message naming the problem."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+CSV, JSON, JSON_LINES = "text/csv", "application/json", "application/jsonlines"
+# Media types are case-insensitive and may carry parameters (`text/CSV; charset=utf-8`). JSON Lines is what SageMaker's
+# JSONLinesSerializer and batch transform send: one record or instance per line, answered one result per line.
+INPUT_TYPES = {CSV: CSV, JSON: JSON, JSON_LINES: JSON_LINES, "application/x-jsonlines": JSON_LINES}
+OUTPUT_TYPES = (JSON, CSV, JSON_LINES)
+WILDCARDS = {"*/*": JSON, "application/*": JSON, "text/*": CSV}
+
+
+def media_type(header: str) -> str:
+    return header.split(";", 1)[0].strip().lower()
+
+
+def reply_type(accept: str) -> str:
+    """The first type the client accepts that serve can write, in the client's order of preference (q values, q=0
+    refused); no Accept header means JSON. Raises 406 naming what is supported."""
+    offers = []
+    for position, part in enumerate(accept.split(",")):
+        kind, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if kind and quality > 0:
+            offers.append((-quality, position, kind.lower()))
+    if not offers:
+        return JSON
+    for _, _, kind in sorted(offers):
+        if kind in OUTPUT_TYPES:
+            return kind
+        if kind in WILDCARDS:
+            return WILDCARDS[kind]
+    raise BadRequest(f"cannot answer in {accept!r}; Accept one of {', '.join(OUTPUT_TYPES)}", HTTPStatus.NOT_ACCEPTABLE)
 
 
 class LoadedModel:
@@ -37,27 +79,19 @@ class LoadedModel:
         else:
             self.artifact = ModelArtifact.load(model_dir)
         self.features: list[str] = self.artifact.features
+        self.numeric: list[str] = self.artifact.numeric_features
         self.problem_type: str = self.artifact.problem_type
 
     def frame(self, body: bytes, content_type: str) -> pd.DataFrame:
-        if content_type.startswith("text/csv"):
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest("the CSV body is not UTF-8") from None
-            first = text.split("\n", 1)[0].split(",")
-            has_header = [c.strip() for c in first] == self.features
-            try:
-                frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None)
-            except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-                raise BadRequest(f"malformed CSV: {error}") from None
-            if frame.shape[1] != len(self.features):
-                raise BadRequest(
-                    f"each CSV row needs {len(self.features)} values ({', '.join(self.features)}), got {frame.shape[1]}"
-                )
-            frame.columns = self.features
-            return frame
-        if content_type.startswith("application/json"):
+        kind = INPUT_TYPES.get(media_type(content_type))
+        if kind is None:
+            raise BadRequest(
+                f"unsupported content type {content_type!r}; use {', '.join(INPUT_TYPES)}",
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            )
+        if kind == CSV:
+            frame = self._csv(body)
+        elif kind == JSON:
             try:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -65,15 +99,62 @@ class LoadedModel:
             rows = payload.get("instances", payload.get("records")) if isinstance(payload, dict) else payload
             if not isinstance(rows, list) or not rows:
                 raise BadRequest('JSON must be {"instances": [...]} or {"records": [...]} with at least one row')
-            if all(isinstance(r, dict) for r in rows):
-                missing = sorted(set(self.features) - set().union(*rows))
-                if missing:
-                    raise BadRequest(f"records lack the features {missing}")
-                return pd.DataFrame(rows)[self.features]
-            if all(isinstance(r, list) and len(r) == len(self.features) for r in rows):
-                return pd.DataFrame(rows, columns=self.features)
-            raise BadRequest(f"each instance must be a list of {len(self.features)} values or a record object")
-        raise BadRequest(f"unsupported content type {content_type!r}; use text/csv or application/json")
+            frame = self._rows(rows, "instance")
+        else:
+            rows = []
+            for number, line in enumerate(body.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                        raise BadRequest(f"JSON Lines line {number}: malformed JSON: {error}") from None
+            if not rows:
+                raise BadRequest("JSON Lines body has no rows")
+            frame = self._rows(rows, "line")
+        return self._numbers(frame)
+
+    def _csv(self, body: bytes) -> pd.DataFrame:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the CSV body is not UTF-8") from None
+        first = text.split("\n", 1)[0].split(",")
+        has_header = [c.strip() for c in first] == self.features
+        try:
+            frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise BadRequest(f"malformed CSV: {error}") from None
+        if frame.shape[1] != len(self.features):
+            raise BadRequest(
+                f"each CSV row needs {len(self.features)} values ({', '.join(self.features)}), got {frame.shape[1]}"
+            )
+        frame.columns = self.features
+        return frame
+
+    def _rows(self, rows: list[Any], unit: str) -> pd.DataFrame:
+        if all(isinstance(r, dict) for r in rows):
+            missing = sorted(set(self.features) - set().union(*rows))
+            if missing:
+                raise BadRequest(f"records lack the features {missing}")
+            return pd.DataFrame(rows)[self.features]
+        if all(isinstance(r, list) and len(r) == len(self.features) for r in rows):
+            return pd.DataFrame(rows, columns=self.features)
+        raise BadRequest(f"each {unit} must be a list of {len(self.features)} values or a record object")
+
+    def _numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Numeric features as numbers; a value that is not one is named with its column and row (scikit-learn's
+        own message names neither)."""
+        for column in self.numeric:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = values.isna() & frame[column].notna()
+            if bad.any():
+                row = int(bad.to_numpy().nonzero()[0][0])
+                raise BadRequest(
+                    f"column {column!r} must be numeric: row {row + 1} has {frame[column].iloc[row]!r}"
+                    + (f" ({int(bad.sum())} such values)" if bad.sum() > 1 else "")
+                )
+            frame[column] = values
+        return frame
 
     def predict(self, frame: pd.DataFrame) -> dict[str, list[Any]]:
         try:
@@ -88,37 +169,69 @@ class LoadedModel:
             raise BadRequest(f"the rows cannot be scored: {error}") from None
 
 
-def render(result: dict[str, list[Any]], accept: str) -> tuple[bytes, str]:
-    if "text/csv" in accept and "application/json" not in accept:
+def render(result: dict[str, list[Any]], kind: str) -> bytes:
+    if kind == CSV:
         columns = [result["predictions"]] + ([result["probabilities"]] if "probabilities" in result else [])
         lines = [",".join(str(v) for v in row) for row in zip(*columns, strict=True)]
-        return ("\n".join(lines) + "\n").encode(), "text/csv"
-    return json.dumps(result).encode(), "application/json"
+        return ("\n".join(lines) + "\n").encode()
+    if kind == JSON_LINES:
+        names = {"predictions": "prediction", "probabilities": "probability"}
+        rows = zip(*(result[key] for key in names if key in result), strict=True)
+        keys = [names[key] for key in names if key in result]
+        return "".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows).encode()
+    return json.dumps(result).encode()
+
+
+class TooLarge(Exception):
+    pass
+
+
+def read_limited(read: Any, length: int | None) -> bytes:
+    """The body: Content-Length bytes, or, without one (Transfer-Encoding: chunked), everything `read` yields until
+    it is exhausted; over MAX_REQUEST_BYTES either way is refused."""
+    if length is not None:
+        if length > MAX_REQUEST_BYTES:
+            raise TooLarge
+        return read(length) if length else b""
+    parts, size = [], 0
+    while True:
+        part = read(min(65536, MAX_REQUEST_BYTES + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+        if size > MAX_REQUEST_BYTES:
+            raise TooLarge
 
 
 def handle(
-    model: LoadedModel, method: str, path: str, content_type: str, accept: str, length: int, read: Any
+    model: LoadedModel, method: str, path: str, content_type: str, accept: str, length: int | None, read: Any
 ) -> tuple[int, str, bytes]:
-    """One request, whatever server carries it: (status, content type, body)."""
+    """One request, whatever server carries it: (status, content type, body). `length` None: no Content-Length
+    (a chunked body, which `read` returns decoded)."""
 
     def error(status: int, message: str) -> tuple[int, str, bytes]:
-        return status, "application/json", json.dumps({"error": message}).encode()
+        return status, JSON, json.dumps({"error": message}).encode()
 
     if method == "GET" and path == "/ping":
-        return HTTPStatus.OK, "application/json", b'{"status":"ok"}'
+        return HTTPStatus.OK, JSON, b'{"status":"ok"}'
     if method != "POST" or path != "/invocations":
         return error(HTTPStatus.NOT_FOUND, f"no route {method} {path}")
-    if length > MAX_REQUEST_BYTES:
+    try:
+        kind = reply_type(accept)
+        body = read_limited(read, length)
+    except BadRequest as problem:
+        return error(problem.status, str(problem))
+    except TooLarge:
         return error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_REQUEST_BYTES} bytes")
-    body = read(length) if length else b""
     if not body:
         return error(HTTPStatus.BAD_REQUEST, "empty request body")
     try:
-        frame = model.frame(body, content_type or "text/csv")
-        payload, reply_type = render(model.predict(frame), accept or "application/json")
+        frame = model.frame(body, content_type or CSV)
+        payload = render(model.predict(frame), kind)
     except BadRequest as problem:
-        return error(HTTPStatus.BAD_REQUEST, str(problem))
-    return HTTPStatus.OK, reply_type, payload
+        return error(problem.status, str(problem))
+    return HTTPStatus.OK, kind, payload
 
 
 def model_directory() -> Path:
@@ -136,8 +249,8 @@ def wsgi_app(model_dir: Path | None = None) -> Any:
             environ.get("PATH_INFO", ""),
             environ.get("CONTENT_TYPE", ""),
             environ.get("HTTP_ACCEPT", ""),
-            int(environ.get("CONTENT_LENGTH") or 0),
-            environ["wsgi.input"].read,
+            int(environ["CONTENT_LENGTH"]) if environ.get("CONTENT_LENGTH") else None,
+            environ["wsgi.input"].read,  # gunicorn decodes a chunked body here
         )
         start_response(
             f"{int(status)} {HTTPStatus(status).phrase}",
@@ -158,20 +271,45 @@ def make_handler(model: LoadedModel) -> type[BaseHTTPRequestHandler]:
             log.info(json.dumps({"client": self.client_address[0], "request": format % args}))
 
         def _serve(self, method: str) -> None:
+            length = self.headers.get("Content-Length")
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             status, content_type, body = handle(
                 model,
                 method,
                 self.path,
                 self.headers.get("Content-Type", ""),
                 self.headers.get("Accept", ""),
-                int(self.headers.get("Content-Length") or 0),
-                self.rfile.read,
+                None if chunked or length is None else int(length),
+                self._chunked_reader() if chunked else self.rfile.read,
             )
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _chunked_reader(self) -> Any:
+            """read(n) over a chunked body, decoded (the standard library's server leaves that to the handler)."""
+            pending = bytearray()
+            done = False
+
+            def read(size: int) -> bytes:
+                nonlocal done
+                while len(pending) < size and not done:
+                    line = self.rfile.readline(65537)
+                    chunk_size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                    if chunk_size == 0:
+                        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        done = True
+                        break
+                    pending.extend(self.rfile.read(chunk_size))
+                    self.rfile.readline(3)  # the CRLF after the chunk
+                taken = bytes(pending[:size])
+                del pending[:size]
+                return taken
+
+            return read
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
             self._serve("GET")

@@ -1,0 +1,185 @@
+"""The `refit` command as a user calls it: the checks agree with the run's, bad gate input is a one-line error."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scripts.cli import main
+from scripts.sample_data import churn_batch
+from tests.unit.test_gate import binormal
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def refit(*arguments: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(arguments), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def configured(tmp_path: Path, replacements: dict[str, str], extra: str = "") -> str:
+    """refit.toml with some settings of the example model changed (and optionally more sections appended)."""
+    text = (ROOT / "refit.toml").read_text()
+    for old, new in replacements.items():
+        assert old in text, f"refit.toml no longer contains {old!r}"
+        text = text.replace(old, new)
+    path = tmp_path / "refit.toml"
+    path.write_text(text + extra)
+    return str(path)
+
+
+@pytest.fixture
+def batches(tmp_path):
+    churn_batch(500, 1).to_csv(tmp_path / "a.csv", index=False)
+    churn_batch(500, 2, shift=1.0).to_csv(tmp_path / "b.csv", index=False)
+    return str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+
+
+def test_drift_uses_the_models_configured_drift_settings_and_column_roles(tmp_path, batches):
+    reference, current = batches
+    assert json.loads(refit("drift", reference, current, "--json")[1])["drift_detected"] is True
+    # The model ignores shifts below a PSI of 100 and a total variation of 1: the run would not retrain on this batch.
+    config = configured(
+        tmp_path,
+        {
+            "min_effect_size = 0.05": "min_effect_size = 1.0",
+            "min_psi = 0.01": "min_psi = 100.0",
+            'categorical_columns = ["plan", "region"]': 'categorical_columns = ["plan", "region", "support_calls"]',
+        },
+    )
+    code, out, err = refit("--config", config, "drift", reference, current, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["drift_detected"] is False and report["min_psi"] == 100.0
+    assert report["features"]["support_calls"]["kind"] == "categorical"  # as training profiles it
+    assert report["target"] is not None  # the model's target, without --target
+
+
+def test_quality_uses_the_models_configured_quality_settings(tmp_path, batches):
+    reference, current = batches
+    assert json.loads(refit("quality", reference, current, "--json")[1])["passed"] is True
+    config = configured(tmp_path, {"min_psi = 0.01": "min_psi = 0.01\nmin_rows = 1000"})
+    code, out, err = refit("quality", reference, current, "--json", "--config", config)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["passed"] is False
+    assert [f["check"] for f in report["findings"] if f["severity"] == "block"] == ["too_few_rows"]
+
+
+def test_drift_needs_model_when_the_configuration_has_several(tmp_path, batches):
+    reference, current = batches
+    second = '\n[[models]]\nname = "other"\nproblem_type = "regression"\ntarget = "usage_gb"\nprimary_metric = "rmse"\n'
+    second += 'metric_direction = "minimize"\n'
+    config = configured(tmp_path, {}, extra=second)
+    code, _, err = refit("--config", config, "drift", reference, current)
+    assert code == 1 and "configures several models (churn, other): pass --model NAME" in err
+    code, out, err = refit("--config", config, "drift", reference, current, "--model", "churn", "--json")
+    assert code == 0 and json.loads(out)["drift_detected"] is True, err
+
+
+def training_output(folder: Path, champion_scored: bool, champion_column: bool) -> str:
+    """What a training job's output.tar.gz unpacks to: evaluation.json and holdout_predictions.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    y, challenger, champion = binormal(np.random.default_rng(21), 2000, 0.80, 0.74, 0.8)
+    predictions = pd.DataFrame({"row_id": range(y.size), "label": y, "challenger": challenger})
+    if champion_column:
+        predictions["champion"] = champion
+    predictions.to_csv(folder / "holdout_predictions.csv", index=False)
+    metrics = {"challenger": {"roc_auc": 0.8}, "champion": {"roc_auc": 0.74} if champion_scored else None}
+    (folder / "evaluation.json").write_text(json.dumps({"format": "refit.evaluation/1", "metrics": metrics}))
+    return str(folder)
+
+
+def test_gate_compares_with_the_champion_the_training_job_scored(tmp_path):
+    code, out, err = refit("gate", training_output(tmp_path / "a", True, True), "--model", "churn")
+    assert code == 0, err
+    assert json.loads(out)["test"] == "delong" and json.loads(out)["champion"] is not None
+
+
+def test_gate_refuses_predictions_without_the_champion_training_scored(tmp_path):
+    folder = training_output(tmp_path / "job", champion_scored=True, champion_column=False)
+    code, out, err = refit("gate", folder, "--model", "churn")
+    assert (code, out) == (1, "")  # not promoted as a first model
+    assert "no champion column" in err
+
+
+def test_gate_decides_a_first_model_when_training_scored_no_champion(tmp_path):
+    code, out, err = refit("gate", training_output(tmp_path / "job", False, False), "--model", "churn")
+    assert code == 0, err
+    assert json.loads(out)["champion"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "the file is empty"),
+        (b"PAR1\x15\x04\x15\x80\xff\x01" + bytes(range(256)), "not UTF-8 text"),
+        (b"label;challenger\n1;0.5\n", "looks semicolon-separated"),
+    ],
+)
+def test_gate_names_the_file_and_the_problem_for_an_unreadable_predictions_file(tmp_path, content, problem):
+    folder = training_output(tmp_path / "job", champion_scored=False, champion_column=False)
+    (tmp_path / "job" / "holdout_predictions.csv").write_bytes(content)
+    code, _, err = refit("gate", folder, "--model", "churn")
+    assert code == 1
+    assert err.startswith(f"refit: {folder}/holdout_predictions.csv: ") and problem in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_gate_without_evaluation_json_says_what_it_needs(tmp_path):
+    folder = training_output(tmp_path / "job", champion_scored=False, champion_column=False)
+    (tmp_path / "job" / "evaluation.json").unlink()
+    code, _, err = refit("gate", folder, "--model", "churn")
+    assert code == 1 and f"{folder}/evaluation.json: cannot read" in err
+
+
+def test_config_is_accepted_before_and_after_the_command(tmp_path):
+    folder = training_output(tmp_path / "job", champion_scored=False, champion_column=False)
+    config = configured(tmp_path, {'name = "churn"': 'name = "attrition"'})
+    before = refit("--config", config, "gate", folder, "--model", "attrition")
+    after = refit("gate", folder, "--model", "attrition", "--config", config)
+    assert before[0] == after[0] == 0, before[2] + after[2]
+    assert before[1] == after[1]
+    code, _, err = refit("gate", folder, "--model", "attrition")  # the default configuration has no such model
+    assert code == 1 and "no model named 'attrition'" in err
+
+
+def test_the_gate_lambda_and_refit_gate_decide_the_same_on_the_same_job_output(tmp_path, monkeypatch):
+    import io as bytes_io
+    import tarfile
+
+    import boto3
+    from moto import mock_aws
+    from refit_core.gate import GateInputError
+    from refit_handlers.gate import GateEvent, gate
+
+    from tests.conftest import handler_settings
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    folder = Path(training_output(tmp_path / "job", champion_scored=True, champion_column=True))
+    archive = bytes_io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        (folder / "baseline.json").write_text("{}")
+        for name in ("evaluation.json", "holdout_predictions.csv", "baseline.json"):
+            tar.add(folder / name, arcname=name)
+    cli_decision = json.loads(refit("gate", str(folder), "--model", "churn")[1])
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        for bucket in ("art", "out"):
+            s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket="out", Key="jobs/j1/output/output.tar.gz", Body=archive.getvalue())
+        event = {"run_id": "r1", "job_name": "j1", "output_path": "s3://out/jobs", "model_data_url": "s3://out/m"}
+        step = gate(GateEvent(**event, has_champion=True), handler_settings(), s3)
+        stored = json.loads(s3.get_object(Bucket="art", Key="reports/churn/r1/gate.json")["Body"].read())
+        with pytest.raises(GateInputError, match="the training job scored a champion although the run has none"):
+            gate(GateEvent(**event, has_champion=False), handler_settings(), s3)
+    assert step.promote is cli_decision["promote"] is True
+    for key in ("test", "p_value", "challenger", "champion", "reason"):
+        assert stored[key] == cli_decision[key], key
