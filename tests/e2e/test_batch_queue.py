@@ -171,3 +171,40 @@ def test_a_redelivered_event_after_the_run_finished_starts_no_second_check(aws):
     assert {i["key"]: i for i in ledger(aws)}[key] == before
     time.sleep(1.0)
     assert len(aws.executions(MODEL)) == len(known) + 1  # and it started nothing after it
+
+
+def test_a_run_that_times_out_releases_the_lock_to_the_queue_through_the_run_end_cleanup(aws):
+    key = f"incoming/{MODEL}/during-timeout.csv"
+    arn = aws.start_run(MODEL, {"data_uri": f"s3://{aws.data_bucket}/incoming/{MODEL}/first.csv", "force": True})
+
+    def land_and_run_out_of_time(state, seconds):
+        if key not in {i["key"] for i in ledger(aws)}:
+            aws.put_object(aws.data_bucket, key, burst_batch(50))
+            deadline = time.monotonic() + 30
+            while key not in {i["key"] for i in ledger(aws)} and time.monotonic() < deadline:
+                time.sleep(0.1)  # the new batch's run has queued it
+            aws.advance_clock(arn, 400 * 86400)
+
+    aws.on_wait("Wait for training", land_and_run_out_of_time)
+    try:
+        execution = aws.wait_for(arn)
+    finally:
+        aws.on_wait("Wait for training", None)
+    assert execution["status"] == "TIMED_OUT"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        item = {i["key"]: i for i in ledger(aws)}[key]
+        if item["status"] == "checked" and not [e for e in aws.executions(MODEL) if e["status"] not in TERMINAL]:
+            break
+        time.sleep(0.5)
+    items = {i["key"]: i for i in ledger(aws)}
+    assert items[key]["status"] == "checked" and items[key]["outcome"] in CHECK_OUTCOMES - {"bad_data"}
+    checker = next(r for r in aws.audit_records(MODEL) if r["run_id"] == items[key]["run_id"])
+    assert checker["trigger"] == "queue" and checker["execution"].startswith("queue-")
+    timed_out = next(r for r in aws.audit_records(MODEL) if r["execution"] == execution["name"])
+    assert timed_out["outcome"] == "timed_out" and timed_out["next_run"] == checker["execution"]
+    # The timed-out run settled nothing: the schedule may try its batch again.
+    assert (items[f"incoming/{MODEL}/first.csv"]["status"], items[f"incoming/{MODEL}/first.csv"]["outcome"]) == (
+        "unsettled",
+        "timed_out",
+    )
