@@ -234,6 +234,13 @@ def _reply(status: int, headers: dict[str, Any], body: Any) -> tuple[int, dict[s
     return status, {**headers, "status": status}, body
 
 
+def channel_relative_path(prefix: str, key: str) -> str:
+    """Where SageMaker puts an S3Prefix channel's object under /opt/ml/input/data/<channel>/: the key after the
+    prefix's last `/`, sub-folders kept (`training/churn/` + `training/churn/2026/a.csv` -> `2026/a.csv`; a prefix that
+    is a whole key -> its file name). Flattening them, as this bridge once did, hid a job that failed on sub-folders."""
+    return key[prefix.rfind("/") + 1 :]
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
@@ -618,7 +625,9 @@ class Bridges:
                 target = root / "input" / "data" / channel["ChannelName"]
                 target.mkdir(parents=True, exist_ok=True)
                 for key in _s3_keys(s3, bucket, prefix):
-                    (target / key.rsplit("/", 1)[-1]).write_bytes(_s3_get(s3, bucket, key))
+                    path = target / channel_relative_path(prefix, key)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(_s3_get(s3, bucket, key))
             config = root / "input" / "config"
             config.mkdir(parents=True, exist_ok=True)
             (config / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))

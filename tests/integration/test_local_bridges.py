@@ -250,3 +250,11 @@ def test_a_lambdas_environment_is_seen_only_by_the_thread_running_it():
     thread.join()
     assert seen["lambda"] == {"AWS_REGION": "eu-west-1", "REFIT_MODEL_CONFIG": "{}", "SET_BY_HANDLER": "1"}
     assert seen["other"] == base and dict(environ) == base and base == {"HOME": "/root", "AWS_REGION": "us-east-1"}
+
+
+def test_a_training_channel_keeps_its_sub_folders_as_sagemaker_does():
+    from scripts.local_aws.bridges import channel_relative_path
+
+    assert channel_relative_path("validation/churn/", "validation/churn/2026/11/part.csv") == "2026/11/part.csv"
+    assert channel_relative_path("incoming/churn/first.csv", "incoming/churn/first.csv") == "first.csv"
+    assert channel_relative_path("job-data/churn/r/j/train/", "job-data/churn/r/j/train/r1-a.csv") == "r1-a.csv"
