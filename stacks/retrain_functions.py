@@ -35,7 +35,9 @@ class FunctionSpec:
 SPECS = {
     "Prepare": FunctionSpec("refit_handlers.prepare.handler", 512, 60),
     "CheckBatch": FunctionSpec("refit_handlers.check_batch.handler", 3008, 900, ephemeral_mb=10240),
-    "StartTraining": FunctionSpec("refit_handlers.training.start_handler", 512, 60),
+    # StartTraining reads the header of every object in the training window and copies each chosen version
+    # server-side (CopyObject up to 5 GiB, larger part by part): a long history takes minutes, not seconds.
+    "StartTraining": FunctionSpec("refit_handlers.training.start_handler", 512, 900),
     "PollTraining": FunctionSpec("refit_handlers.training.poll_handler", 512, 60),
     "Gate": FunctionSpec("refit_handlers.gate.gate_handler", 2048, 600),
     "Register": FunctionSpec("refit_handlers.gate.register_handler", 512, 60),
