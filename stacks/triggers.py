@@ -8,8 +8,9 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
-from refit_core.canary import CHALLENGER
+from refit_core.canary import CHALLENGER, CHAMPION
 from refit_core.config import ModelConfig
+from refit_core.metric_names import LIVE_METRIC_ALARM_BOUND, MONITOR_NAMESPACE, higher_is_better
 from refit_core.s3uri import SUPPORTED_SUFFIXES
 
 from stacks.storage import Storage
@@ -66,21 +67,27 @@ class Triggers(Construct):
         self.quality_alarm_rule = None
         if model.quality_alarm:
             settings = model.quality_alarm
+            maximize = higher_is_better(model.primary_metric)
             self.quality_alarm = cloudwatch.Alarm(
                 self,
                 "QualityAlarm",
                 alarm_name=quality_alarm_name,
-                alarm_description=f"refit {model.name}: model quality dropped; starts a retrain",
+                alarm_description=(
+                    f"refit {model.name}: the live {model.primary_metric} is confidently "
+                    f"{'below' if maximize else 'above'} {settings.threshold} (its whole interval, with at least "
+                    f"{model.monitor.min_labelled_rows} labelled rows); starts a retrain"
+                ),
                 metric=cloudwatch.Metric(
-                    namespace="Refit",
-                    metric_name=settings.metric_name,
-                    dimensions_map={"Model": model.name},
-                    period=Duration.seconds(settings.period_seconds),
+                    namespace=MONITOR_NAMESPACE,
+                    metric_name=LIVE_METRIC_ALARM_BOUND,
+                    dimensions_map={"Model": model.name, "Variant": CHAMPION},
+                    period=Duration.seconds(model.monitor.period_seconds),
                     statistic="Average",
                 ),
                 threshold=settings.threshold,
-                comparison_operator=COMPARISONS[settings.comparison],
+                comparison_operator=COMPARISONS["LessThanThreshold" if maximize else "GreaterThanThreshold"],
                 evaluation_periods=settings.evaluation_periods,
+                # No labelled rows, or too few: the monitor publishes no bound, and silence is not a breach.
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             )
             self.quality_alarm_rule = events.Rule(

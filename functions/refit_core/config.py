@@ -43,6 +43,12 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the field and the fix."""
 
 
+def _schedule(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))", value):
+        raise ValueError(f"{value!r} is not an EventBridge schedule: use 'rate(1 day)' or 'cron(0 3 * * ? *)'")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -176,11 +182,42 @@ class CanarySettings(_Strict):
 
 
 class QualityAlarmSettings(_Strict):
-    metric_name: str = "PrimaryMetric"
+    """The alarm on the live primary metric the monitor publishes (refit_core.monitor). It fires on the metric's
+    *conservative* confidence bound (the upper bound for a metric to maximize, the lower for one to minimize), which
+    the monitor publishes only when at least `monitor.min_labelled_rows` labelled rows are in its window: a retrain
+    starts only when the whole interval is on the wrong side of `threshold`, for `evaluation_periods` monitor
+    periods in a row, so a dip on a few hundred rows does not start one."""
+
     threshold: float
-    comparison: Literal["LessThanThreshold", "GreaterThanThreshold"] = "LessThanThreshold"
-    evaluation_periods: int = Field(1, ge=1, le=24)
-    period_seconds: int = Field(3600, ge=60)
+    evaluation_periods: int = Field(1, ge=1, le=24, description="Consecutive monitor periods in breach.")
+
+
+class MonitorSettings(_Strict):
+    """The production half of the loop (refit_core.monitor): what the endpoint captures, how often the monitor reads
+    it, how the live primary metric is judged, and how much labelling effort active learning asks for. The quality
+    alarm on what it publishes is `quality_alarm`."""
+
+    capture_percent: int = Field(100, ge=1, le=100, description="Share of requests Data Capture records.")
+    schedule: str | None = Field("rate(1 hour)", description="EventBridge schedule of the monitor, or none.")
+    window_hours: float = Field(168, gt=0, le=24 * 90, description="Live metric: labelled rows this recent.")
+    min_labelled_rows: int = Field(1000, ge=30, description="Fewer labelled rows: no alarm metric is published.")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="Two-sided level of the live metric's interval.")
+    labeling_budget_per_day: int = Field(200, ge=0, le=100_000, description="Active learning; 0 turns it off.")
+    feedback: bool = Field(True, description="Labelled captured rows join the training history (feedback/).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_expression(cls, value: str | None) -> str | None:
+        return _schedule(value)
+
+    @property
+    def period_seconds(self) -> int:
+        """The monitor's period, from its schedule (a cron schedule counts as hourly): the alarm's period."""
+        match = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)", self.schedule or "")
+        if not match:
+            return 3600
+        unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+        return max(60, int(match.group(1)) * unit)
 
 
 class TrainingWindow(_Strict):
@@ -243,6 +280,7 @@ class ModelConfig(_Strict):
     gate: GateSettings = GateSettings()
     canary: CanarySettings = CanarySettings()
     quality_alarm: QualityAlarmSettings | None = None
+    monitor: MonitorSettings = MonitorSettings()
     approval: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(3 * 86400, ge=5, le=365 * 86400)
 
@@ -260,11 +298,7 @@ class ModelConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule_expression(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(
-            r"(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))", value
-        ):
-            raise ValueError(f"{value!r} is not an EventBridge schedule: use 'rate(1 day)' or 'cron(0 3 * * ? *)'")
-        return value
+        return _schedule(value)
 
     @model_validator(mode="after")
     def _metric_matches_problem(self) -> ModelConfig:
@@ -351,6 +385,31 @@ class ModelConfig(_Strict):
         """Optional drift reference: when anything is under it, the baseline profile is built from it instead of
         from the new batch."""
         return f"baseline/{self.name}/"
+
+    @property
+    def capture_prefix(self) -> str:
+        """Data Capture's destination in the data bucket: `<prefix><endpoint>/<variant>/yyyy/mm/dd/hh/<file>.jsonl`."""
+        return f"capture/{self.name}/"
+
+    @property
+    def ground_truth_prefix(self) -> str:
+        """Labels for captured requests, by inference id (SageMaker's ground-truth merge format, CSV or JSON Lines)."""
+        return f"ground-truth/{self.name}/"
+
+    @property
+    def feedback_prefix(self) -> str:
+        """Captured requests joined with their labels, written by the monitor: batches of the training history."""
+        return f"feedback/{self.name}/"
+
+    @property
+    def labeling_prefix(self) -> str:
+        """Active learning's picks: a SageMaker Ground Truth input manifest per day and one object per request."""
+        return f"labeling/{self.name}/"
+
+    @property
+    def monitoring_prefix(self) -> str:
+        """The monitor's state, prediction parts and reports, in the artifact bucket."""
+        return f"monitoring/{self.name}/"
 
     @property
     def segment_columns(self) -> list[str]:

@@ -16,3 +16,21 @@ METRIC_DIRECTIONS = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
 
 def higher_is_better(name: str) -> bool:
     return METRIC_DIRECTIONS[name] == "maximize"
+
+
+# What the monitor publishes (namespace Refit, dimensions Model and Variant), and what the quality alarm watches:
+# the conservative bound of the live primary metric's interval, published only with enough labelled rows.
+MONITOR_NAMESPACE = "Refit"
+LIVE_METRIC = "LiveMetric"
+LIVE_METRIC_LOWER = "LiveMetricLower"
+LIVE_METRIC_UPPER = "LiveMetricUpper"
+LIVE_METRIC_ALARM_BOUND = "LiveMetricAlarmBound"
+ESTIMATED_METRIC = "EstimatedMetric"
+LABELLED_ROWS = "LabelledRows"
+CAPTURED_ROWS = "CapturedRows"
+INPUT_DRIFT = "InputDrift"
+DRIFTED_FEATURES = "DriftedFeatures"
+PREDICTION_DRIFT = "PredictionDrift"
+LABEL_DELAY_SECONDS = "LabelDelaySeconds"
+CAPTURE_PROBLEMS = "CaptureProblems"
+LABEL_PROBLEMS = "LabelProblems"
