@@ -86,6 +86,7 @@ class RetrainFunctions(Construct):
             "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
             "REFIT_CODE_VERSION": code_version,
             "REFIT_STATE_MACHINE_ARN": state_machine_arn,
+            "REFIT_KMS_KEY_ARN": storage.key.key_arn,
             "POWERTOOLS_METRICS_NAMESPACE": "Refit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }

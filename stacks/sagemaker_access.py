@@ -43,6 +43,8 @@ class SageMakerAccess(Construct):
         )
         storage.data_bucket.grant_read(self.role)
         storage.artifact_bucket.grant_read_write(self.role)
+        # Data Capture writes each endpoint's requests and responses as the model's execution role.
+        storage.data_bucket.grant_put(self.role, "capture/*")
         storage.key.grant_encrypt_decrypt(self.role)
         self.image.repository.grant_pull(self.role)
         stack = Stack.of(self)

@@ -52,6 +52,7 @@ def handler_settings(**model_updates: object) -> Settings:
         canary_alarm="a",
         instance_prices=config.instance_prices_usd_per_hour,
         code_version="c",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
     )
 
 

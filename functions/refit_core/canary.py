@@ -26,6 +26,24 @@ def variant(model_name: str, variant_name: str, weight: float, instance_type: st
     }
 
 
+# Content types Data Capture records as text (CSV and JSON); anything else is captured base64-encoded.
+CAPTURE_CSV_TYPES = ["text/csv"]
+CAPTURE_JSON_TYPES = ["application/json", "application/jsonlines"]
+
+
+def data_capture(destination: str, sampling_percent: int, kms_key_arn: str) -> dict[str, Any]:
+    """The DataCaptureConfig of every endpoint config refit creates: requests and responses, as text, encrypted with
+    the project key, under `destination` (SageMaker adds `/<endpoint>/<variant>/yyyy/mm/dd/hh/`)."""
+    return {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": sampling_percent,
+        "DestinationS3Uri": destination.rstrip("/"),
+        "KmsKeyId": kms_key_arn,
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"CsvContentTypes": CAPTURE_CSV_TYPES, "JsonContentTypes": CAPTURE_JSON_TYPES},
+    }
+
+
 def canary_variants(
     champion_model: str, challenger_model: str, weight: float, instance_type: str
 ) -> list[dict[str, Any]]:

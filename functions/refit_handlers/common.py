@@ -35,6 +35,7 @@ class Settings:
     canary_alarm: str
     instance_prices: dict[str, float]
     code_version: str
+    kms_key_arn: str
     state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
 
 
@@ -54,6 +55,7 @@ def settings() -> Settings:
         canary_alarm=env["REFIT_CANARY_ALARM"],
         instance_prices=json.loads(env["REFIT_INSTANCE_PRICES"]),
         code_version=env["REFIT_CODE_VERSION"],
+        kms_key_arn=env["REFIT_KMS_KEY_ARN"],
         state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
     )
 

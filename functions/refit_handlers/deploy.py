@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 from refit_core import names
-from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, variant
+from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, data_capture, variant
 from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
 from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, Step
 from refit_core.steps import Rollback as RollbackStep
@@ -55,6 +55,14 @@ class DeployEvent(BaseModel):
     request: Annotated[StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback, Field(discriminator="action")]
 
 
+def capture(config: Settings) -> dict[str, Any]:
+    """Every endpoint config refit creates captures traffic for the monitor (refit_core.monitor)."""
+    model = config.model
+    return data_capture(
+        f"s3://{config.data_bucket}/{model.capture_prefix}", model.monitor.capture_percent, config.kms_key_arn
+    )
+
+
 def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
     model = config.model
     model_name = names.model_name(config.endpoint_name, event.run_id)
@@ -74,6 +82,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         sagemaker.create_endpoint_config(
             EndpointConfigName=config_name,
             ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
+            DataCaptureConfig=capture(config),
         )
         sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
         return {
@@ -94,6 +103,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         ProductionVariants=canary_variants(
             champion_model, model_name, model.canary.weight, model.serving_instance_type
         ),
+        DataCaptureConfig=capture(config),
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
@@ -164,6 +174,7 @@ def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
         ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],
+        DataCaptureConfig=capture(config),
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {"expected_config": config_name}
