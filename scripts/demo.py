@@ -5,7 +5,11 @@
 3. send traffic to the endpoint;
 4. land a drifted batch: the S3 event starts a retrain; the challenger is gated against the champion on the
    same rows, registered, and shipped as a canary that takes traffic during its bake, then promoted;
-5. land a batch without drift: the run ends "no drift".
+5. land a batch without drift: the run ends "no drift";
+6. production: traffic from a new market (a concept the model never saw) flows with an InferenceId per request and
+   Data Capture records it; labels arrive (`refit feedback`); the monitor joins them, the live metric falls, and the
+   quality alarm fires on its own; the run it starts retrains on the labelled traffic, gates, canaries and promotes
+   the challenger; more traffic and labels show the live metric recover.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from scripts.cli import upload_feedback
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 
@@ -91,6 +98,84 @@ def summary(record: dict) -> None:
     say(f"    audit id   : {record['pk']} / {record['sk']}")
 
 
+ROWS_PER_REQUEST = 20
+
+
+def production_traffic(aws: LocalRuntime, rows: int, seed: int, tag: str) -> pd.DataFrame:
+    """Requests of 20 rows from the new market, each with an InferenceId; returns the rows with their join keys
+    (`<InferenceId>:<row>`, README 'Ground truth'), as a label writer would know them."""
+    frame = churn_batch(rows, seed, shift=1.0, new_market=0.4)
+    keys: list[str] = []
+    for start in range(0, rows, ROWS_PER_REQUEST):
+        part = frame.iloc[start : start + ROWS_PER_REQUEST]
+        inference_id = f"{tag}-{start // ROWS_PER_REQUEST:05d}"
+        body = part.drop(columns=["churned"]).to_csv(index=False, header=False)
+        aws.invoke_endpoint(MODEL, body, inference_id=inference_id)
+        keys += [f"{inference_id}:{i}" for i in range(len(part))]
+    aws.flush_capture()
+    return frame.assign(inference_id=keys)
+
+
+def send_labels(aws: LocalRuntime, frame: pd.DataFrame, name: str) -> None:
+    labels = WORKDIR / name
+    frame[["inference_id", "churned"]].rename(columns={"churned": "label"}).to_csv(labels, index=False)
+    summary = upload_feedback(aws.client("s3"), aws.client("cloudformation"), MODEL, labels, stack=aws.stack_name)
+    say(f"    refit feedback {MODEL} {name}: {summary['accepted']} labels -> {summary['uri']}")
+
+
+def monitor(aws: LocalRuntime) -> dict:
+    result = aws.run_monitor(MODEL)
+    champion = result["variants"].get("champion", {})
+    live, estimated = champion.get("live", {}), champion.get("estimated")
+    if live.get("value") is not None:
+        line = (
+            f"    monitor    : live {live['metric']} {live['value']:.3f} ({live['confidence']:.0%} CI "
+            f"{live['lower']:.3f}-{live['upper']:.3f}, n = {live['n']:,})"
+        )
+        say(line + (f"; estimated from the scores alone {estimated:.3f}" if estimated is not None else ""))
+    say(f"    decision   : {result['decision']['reason']}")
+    say(f"    report     : {result['report_html_uri']}")
+    return result
+
+
+def alarm_state(aws: LocalRuntime) -> str:
+    name = aws.model(MODEL).quality_alarm
+    alarm = aws.client("cloudwatch").describe_alarms(AlarmNames=[name])["MetricAlarms"][0]
+    return f"{name} is {alarm['StateValue']}"
+
+
+def closed_loop(aws: LocalRuntime) -> None:
+    say("\n=== Production: traffic from a new market, captured with an InferenceId per request")
+    before = production_traffic(aws, 2000, seed=21, tag="week1")
+    captured = aws.client("s3").list_objects_v2(Bucket=aws.data_bucket, Prefix=f"capture/{MODEL}/")["KeyCount"]
+    say(f"    {len(before)} rows in {len(before) // ROWS_PER_REQUEST} requests; {captured} Data Capture file(s)")
+    send_labels(aws, before, "labels-week1.csv")
+    runs_before = {e["executionArn"] for e in aws.executions(MODEL)}
+    say("    the monitor's schedule fires:")
+    monitor(aws)
+    say(f"    alarm      : {alarm_state(aws)}")
+    started = [e for e in aws.executions(MODEL) if e["executionArn"] not in runs_before]
+    if not started:
+        raise SystemExit("the quality alarm did not start a run")
+    say("\n=== The run the quality alarm started")
+    run_started = time.monotonic()
+    seen: set[str] = set()
+
+    def entered(name: str, _: dict) -> None:
+        if name not in seen:
+            seen.add(name)
+            say(f"    [{time.monotonic() - run_started:5.1f}s] {name}")
+
+    execution_arn = started[0]["executionArn"]
+    aws.wait_for(execution_arn, timeout=600, on_state=entered)
+    summary(next(r for r in aws.audit_records(MODEL) if r["execution"] == execution_arn.rsplit(":", 1)[-1]))
+    say("\n=== After the promotion: the same market, new labels")
+    after = production_traffic(aws, 2000, seed=22, tag="week2")
+    send_labels(aws, after, "labels-week2.csv")
+    monitor(aws)
+    say(f"    alarm      : {alarm_state(aws)}")
+
+
 def main() -> int:
     wall = time.monotonic()
     # Each demo stands up a new local AWS: the last one's assembly, job folders and logs would only pile up.
@@ -119,6 +204,7 @@ def main() -> int:
         if report_uri:
             say(f"    drift report: {report_uri}")
         run_and_report(aws, "Batch without drift", "2026-11-22.csv", to_csv_bytes(churn_batch(4000, 3, shift=1.0)))
+        closed_loop(aws)
         say(
             f"\nSNS summaries published: {len(aws.published_summaries())}; "
             f"audit records: {len(aws.audit_records(MODEL))}"

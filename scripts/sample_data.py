@@ -10,7 +10,10 @@ PLANS = ["basic", "plus", "premium"]
 REGIONS = ["north", "south", "east", "west"]
 
 
-def churn_batch(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+def churn_batch(rows: int, seed: int, shift: float = 0.0, new_market: float = 0.0) -> pd.DataFrame:
+    """`new_market`: the share of rows from a region the history never saw ("central"), where customers churn by
+    another rule (long-tenure heavy users leave, support calls keep them): a concept change a model trained on the
+    history gets wrong, and one that labelled traffic from that region fixes."""
     rng = np.random.default_rng(seed)
     tenure = rng.gamma(2.0, 12.0, rows).round(1)
     monthly = rng.normal(70 + 8 * shift, 20, rows).clip(10, None).round(2)
@@ -28,6 +31,12 @@ def churn_batch(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
         + np.where(region == "south", 0.3, 0.0)
     )
     churned = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    if new_market:
+        central = rng.random(rows) < new_market
+        region = np.where(central, "central", region)
+        other_rule = -0.3 + 0.06 * (tenure - 24) + 0.06 * (usage - 38) - 0.5 * (support_calls - 2.5)
+        other = (rng.random(rows) < 1 / (1 + np.exp(-other_rule))).astype(int)
+        churned = np.where(central, other, churned)
     return pd.DataFrame(
         {
             "tenure_months": tenure,

@@ -51,6 +51,12 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
     )
     _ack(
         stack,
+        f"AwsSolutions-IAM5[Resource::<{data}.Arn>/capture/*]",
+        "Data Capture writes as the model's role under capture/<model>/<endpoint>/<variant>/<hour>/ with file names "
+        "SageMaker generates; put only, under the capture prefix",
+    )
+    _ack(
+        stack,
         f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/*]",
         "SageMaker writes model artifacts and checkpoints under job names it generates at run time",
     )
@@ -76,6 +82,20 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
                 f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]",
                 "batches are objects with user-chosen names under this model's own prefix",
             )
+        for prefix, reason in (
+            (model.capture_prefix, "Data Capture names its files by endpoint, variant, hour and a UUID"),
+            (model.ground_truth_prefix, "labels are files with user-chosen names under this model's own prefix"),
+            (model.labeling_prefix, "active learning writes a manifest per day and an object per picked request"),
+            (model.feedback_prefix, "feedback parts are named by monitor run, batches by the alarm run taking them"),
+            (f"{model.feedback_prefix}pending/", "the monitor writes a part per run; Prepare gathers and deletes them"),
+            (f"{model.feedback_prefix}batches/", "an alarm run's batch is named after the run, known at run time"),
+        ):
+            _ack(pipeline, f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]", reason)
+        _ack(
+            pipeline,
+            f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/{model.monitoring_prefix}*]",
+            "the monitor's state, parts and reports are keyed by capture file and run under this model's own prefix",
+        )
         for prefix in (
             f"models/{model.name}/",
             f"reports/{model.name}/",

@@ -8,6 +8,7 @@ from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig, RefitConfig
 
+from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
 from stacks.retrain_functions import RetrainFunctions
 from stacks.retrain_state_machine import RetrainStateMachine
@@ -67,6 +68,12 @@ class ModelPipeline(Construct):
             endpoint_name=self.endpoint_name,
             canary_alarm_name=canary_alarm_name,
             quality_alarm_name=names.alarm_name(prefix, "quality"),
+        )
+        self.monitor_schedule = MonitorSchedule(
+            self, "Monitor", model=model, monitor=self.functions.functions["Monitor"]
+        )
+        self.dashboard = ModelDashboard(
+            self, "Dashboard", model=model, dashboard_name=prefix, endpoint_name=self.endpoint_name
         )
         self.run_end = RunEnd(
             self,

@@ -13,6 +13,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig
+from refit_core.metric_names import MONITOR_NAMESPACE
 
 from stacks.sagemaker_access import SageMakerAccess
 from stacks.storage import Storage
@@ -33,7 +34,8 @@ class FunctionSpec:
 
 
 SPECS = {
-    "Prepare": FunctionSpec("refit_handlers.prepare.handler", 512, 60),
+    # An alarm run's Prepare gathers the pending feedback parts into one batch (refit_core.monitor.take_feedback).
+    "Prepare": FunctionSpec("refit_handlers.prepare.handler", 1024, 300),
     "CheckBatch": FunctionSpec("refit_handlers.check_batch.handler", 3008, 900, ephemeral_mb=10240),
     # StartTraining reads the header of every object in the training window and copies each chosen version
     # server-side (CopyObject up to 5 GiB, larger part by part): a long history takes minutes, not seconds.
@@ -46,6 +48,9 @@ SPECS = {
     "RequestApproval": FunctionSpec("refit_handlers.approval.request_handler", 256, 60),
     "ExpireApproval": FunctionSpec("refit_handlers.approval.expire_handler", 256, 60),
     "Cleanup": FunctionSpec("refit_handlers.cleanup.handler", 512, 300),
+    # Not a step of the run: the monitor schedule runs it (stacks/monitoring.py). It streams one capture file at a
+    # time but holds the window's labels and (label, score) pairs, and may read a week of capture files.
+    "Monitor": FunctionSpec("refit_handlers.monitor.handler", 3008, 900, ephemeral_mb=2048),
 }
 
 
@@ -128,6 +133,16 @@ class RetrainFunctions(Construct):
             f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"
         )
 
+        # An alarm run's batch: the pending feedback parts, gathered into one object under feedback/<model>/batches/.
+        storage.data_bucket.grant_read(f["Prepare"], f"{model.feedback_prefix}*")
+        storage.data_bucket.grant_put(f["Prepare"], f"{model.feedback_prefix}batches/*")
+        storage.data_bucket.grant_delete(f["Prepare"], f"{model.feedback_prefix}pending/*")
+        storage.artifact_bucket.grant_read(f["Prepare"], f"{model.monitoring_prefix}latest.json")
+
+        feedback_batches = f"{model.feedback_prefix}batches/*"
+        for reader in ("CheckBatch", "StartTraining", "Finalize"):
+            storage.data_bucket.grant_read(f[reader], feedback_batches)
+
         storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
         storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
@@ -200,8 +215,25 @@ class RetrainFunctions(Construct):
                 f"{arn}:model-package/{package_group_name}/*",
             ],
         )
-        for reader in ("CheckBatch", "Deploy", "Finalize", "Cleanup"):
+        for reader in ("CheckBatch", "Deploy", "Finalize", "Cleanup", "Monitor"):
             f[reader].add_to_role_policy(endpoint_reads)
+
+        # The monitor: reads captures and labels, keeps its parts, state and reports, writes feedback and labelling.
+        monitor = f["Monitor"]
+        for prefix in (model.capture_prefix, model.ground_truth_prefix, model.labeling_prefix):
+            storage.data_bucket.grant_read(monitor, f"{prefix}*")
+        storage.data_bucket.grant_put(monitor, f"{model.feedback_prefix}pending/*")
+        storage.data_bucket.grant_put(monitor, f"{model.labeling_prefix}*")
+        storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
+        storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
+        storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")
+        monitor.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],  # PutMetricData has no resource-level permissions; narrowed by namespace
+                conditions={"StringEquals": {"cloudwatch:namespace": MONITOR_NAMESPACE}},
+            )
+        )
         f["Deploy"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=[

@@ -82,7 +82,9 @@ class Triggers(Construct):
                     metric_name=LIVE_METRIC_ALARM_BOUND,
                     dimensions_map={"Model": model.name, "Variant": CHAMPION},
                     period=Duration.seconds(model.monitor.period_seconds),
-                    statistic="Average",
+                    # Several monitor runs in one period (a manual one besides the schedule): the most favourable
+                    # bound decides, so the alarm never fires on one run's evidence that a later run overturned.
+                    statistic="Maximum" if maximize else "Minimum",
                 ),
                 threshold=settings.threshold,
                 comparison_operator=COMPARISONS["LessThanThreshold" if maximize else "GreaterThanThreshold"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,14 @@ class ModelArtifact:
         if self.problem_type == "binary_classification":
             return self.pipeline.predict_proba(features)[:, 1]
         return self.pipeline.predict(features)
+
+
+def load_model_artifact(s3: Any, model_data_url: str) -> ModelArtifact:
+    """A model from its model.tar.gz in S3 (no call to the endpoint): the drift check and the monitor score with it
+    or read its features."""
+    from refit_core.s3uri import S3Uri
+
+    uri = S3Uri.parse(model_data_url)
+    archive = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
+    with tempfile.TemporaryDirectory() as scratch:
+        return ModelArtifact.from_archive(archive, Path(scratch))

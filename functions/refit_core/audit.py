@@ -120,6 +120,7 @@ def summarize_run(
         "trigger": run.trigger if run else "unknown",
         "trigger_reason": (run.reason if run else None) or "the input could not be read",
         "data_uri": run.data_uri if run else None,
+        "provenance": run.provenance if run else None,
         "data_etag": run.data_etag if run else None,
         "started_at": started_at,
         "ended_at": ended_at,

@@ -52,6 +52,7 @@ class RunInfo(Step):
     skip_outcome: Literal["queued", "already_checked"] | None = None  # why a run that did not proceed stopped
     claimed_batch: bool = False  # this run claimed its batch in the ledger; its end settles the ledger item
     queued: int = 0  # batches still waiting in the queue when this run started
+    provenance: Literal["batch", "feedback"] = "batch"  # feedback: labelled captured traffic (refit_core.monitor)
 
 
 # --- CheckBatch -> $.check ----------------------------------------------------------------------------------------

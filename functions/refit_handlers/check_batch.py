@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pydantic import BaseModel
-from refit_core.artifacts import ModelArtifact
+from refit_core.artifacts import load_model_artifact
 from refit_core.batch import BatchStats
 from refit_core.champion import find_champion
 from refit_core.config import ModelConfig
@@ -83,14 +81,6 @@ def first_model_quality(
     return check_quality(stats, model.quality, model.drift.min_rows, source, against_baseline=False), columns
 
 
-def load_champion_model(s3: Any, model_data_url: str) -> ModelArtifact:
-    """The serving model, from its artifact (no call to the endpoint): it scores the batch for prediction drift."""
-    uri = S3Uri.parse(model_data_url)
-    archive = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
-    with tempfile.TemporaryDirectory() as scratch:
-        return ModelArtifact.from_archive(archive, Path(scratch))
-
-
 def check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -> CheckResult:
     """What rides in the state: the quality and drift verdicts with capped lists; the per-column drift report is at
     `report_uri`."""
@@ -146,7 +136,7 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
     except ProfileError as error:
         result["decision"] = {"action": "fail", "reason": str(error)}
         return result
-    champion_model = load_champion_model(s3, champion["model_data_url"])
+    champion_model = load_model_artifact(s3, champion["model_data_url"])
     try:
         stats = BatchStats.of(
             (part for _, part in iter_parts(event.data_uri, s3)),

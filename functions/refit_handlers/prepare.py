@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from refit_core import ledger
 from refit_core.datasets import S3Object, list_s3_object_details
 from refit_core.ledger import Batch
+from refit_core.monitor import MonitorError, latest_decision, take_feedback
 from refit_core.runs import parse_run_input, run_id_from_execution, settled_by, utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import RunInfo
@@ -168,6 +169,7 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "skip_outcome": None,
         "claimed_batch": False,
         "queued": 0,
+        "provenance": "batch",
     }
     named = batch_of(s3, request.data_uri, request.etag) if request.data_uri else None
     if request.data_uri is not None and named is not None:
@@ -196,6 +198,17 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
 
     queue = ledger.entries(dynamodb, table, model.name, status="queued")
     run["queued"] = len(queue)
+    if request.trigger == "alarm":
+        _explain_alarm(run, config, s3)
+        feedback_uri = take_feedback(s3, config.data_bucket, model, run_id)
+        feedback = batch_of(s3, feedback_uri, None) if feedback_uri else None
+        if feedback is not None:
+            # The traffic that hurt, with its labels: what the alarm's retrain learns from and is judged on.
+            ledger.enqueue(dynamodb, table, model.name, feedback, now)
+            run.update(data_uri=feedback.uri, data_etag=feedback.etag, provenance="feedback")
+            run["claimed_batch"] = ledger.claim(dynamodb, table, model.name, feedback, run_id, now, ("queued",))
+            run["reason"] += f"; retraining on the labelled traffic gathered since the last alarm run ({feedback.uri})"
+            return run
     if request.trigger == "manual" and named is not None:
         # The batch someone named; a forced run checks it again whatever the ledger says.
         allowed = ("queued", "unsettled", "checked", "checking") if request.force else ("queued", "unsettled")
@@ -227,6 +240,16 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
             f"no new batch since run {item.get('run_id')} checked {batch.uri} (outcome: {item.get('outcome')})"
         )
     return run
+
+
+def _explain_alarm(run: dict[str, Any], config: Settings, s3: Any) -> None:
+    """The reason of a run the quality alarm started, in the monitor's own words (live metric, interval, rows)."""
+    try:
+        decision = latest_decision(s3, config.artifact_bucket, config.model)
+    except (ClientError, MonitorError):
+        return
+    if decision and decision.get("breached"):
+        run["reason"] = f"{run['reason']}: {decision['reason']} (monitor run {decision.get('run_id')})"
 
 
 def _take(

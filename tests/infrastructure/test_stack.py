@@ -74,7 +74,14 @@ def test_one_state_machine_with_the_retrain_states_and_four_triggers(template):
     ):
         assert f'"{state}"' in text
     assert ".sync" not in text  # SageMaker .sync is not executable locally; training is polled
-    rules = resources(template, "AWS::Events::Rule")
+    functions = resources(template, "AWS::Lambda::Function")
+    monitor = next(k for k in functions if "FunctionsMonitor" in k)
+    all_rules = resources(template, "AWS::Events::Rule")
+    rules = {k: r for k, r in all_rules.items() if r["Targets"][0]["Arn"] != {"Fn::GetAtt": [monitor, "Arn"]}}
+    # The monitor runs on its own schedule (refit.toml: hourly), with retries, outside the state machine.
+    (monitor_rule,) = [r for k, r in all_rules.items() if k not in rules]
+    assert monitor_rule["ScheduleExpression"] == "rate(1 hour)"
+    assert monitor_rule["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] == 2
     kinds = {
         ("schedule" if "ScheduleExpression" in r else r["EventPattern"]["detail-type"][0]): r for r in rules.values()
     }
@@ -155,7 +162,7 @@ def test_the_execution_timeout_covers_the_longest_run_the_settings_allow(templat
 
 def test_lambdas_are_images_with_powertools_settings_and_tracing(template):
     functions = {k: v for k, v in resources(template, "AWS::Lambda::Function").items() if "ImageUri" in v["Code"]}
-    assert len(functions) == 11
+    assert len(functions) == 12  # the 11 of the run, and the monitor
     for props in functions.values():
         variables = props["Environment"]["Variables"]
         assert variables["POWERTOOLS_SERVICE_NAME"].startswith("refit-churn-")
@@ -259,3 +266,50 @@ def test_npm_cdk_cli_synthesizes_offline_the_template_the_tests_run(tmp_path, cl
         if template["Resources"].get(k) != tested["Resources"].get(k)
     )
     assert different == [] and template == tested, f"cdk synth and python app.py differ in {different[:10]}"
+
+
+def test_the_quality_alarm_watches_refits_own_live_metric_bound(template):
+    """The alarm that starts a retrain watches what the monitor publishes (nothing else does): the conservative
+    bound of the champion's live metric, the most favourable value of a period, missing data not breaching."""
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    quality = next(a for a in alarms.values() if a.get("AlarmName") == "refit-churn--quality")
+    assert (quality["Namespace"], quality["MetricName"]) == ("Refit", "LiveMetricAlarmBound")
+    assert sorted(d["Name"] for d in quality["Dimensions"]) == ["Model", "Variant"]
+    assert {d["Name"]: d["Value"] for d in quality["Dimensions"]} == {"Model": "churn", "Variant": "champion"}
+    assert quality["Statistic"] == "Maximum" and quality["ComparisonOperator"] == "LessThanThreshold"
+    assert quality["Threshold"] == 0.7 and quality["Period"] == 3600
+    assert quality["TreatMissingData"] == "notBreaching"
+
+
+def test_the_monitor_may_publish_only_its_namespace_and_prepare_delete_only_pending_feedback(template):
+    policies = {k: p["PolicyDocument"]["Statement"] for k, p in resources(template, "AWS::IAM::Policy").items()}
+    monitor = next(v for k, v in policies.items() if "MonitorRole" in k)
+    put_metric = next(s for s in monitor if s["Action"] == "cloudwatch:PutMetricData")
+    assert put_metric["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Refit"}}
+    assert not any("Delete" in str(s["Action"]) for s in monitor)
+    deletes = [
+        (k, s["Resource"])
+        for k, statements in policies.items()
+        for s in statements
+        if "s3:DeleteObject*" in s["Action"]
+    ]
+    prepare = [resource for k, resource in deletes if "PrepareRole" in k]
+    assert prepare and all("feedback/churn/pending/*" in json.dumps(r) for r in prepare)
+
+
+def test_a_dashboard_per_model_shows_the_live_metric_against_the_alarm_threshold(template):
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    assert dashboard["DashboardName"] == "refit-churn"
+    body = json.dumps(dashboard["DashboardBody"])
+    for metric in (
+        "LiveMetric",
+        "LiveMetricLower",
+        "EstimatedMetric",
+        "LabelledRows",
+        "InputDrift",
+        "TrainingCostUSD",
+        "CanaryRolledBack",
+        "RunsStarted",
+    ):
+        assert metric in body
+    assert "alarm threshold" in body and "0.7" in body

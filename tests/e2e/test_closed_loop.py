@@ -1,0 +1,159 @@
+"""The production half of the loop on the local runtime, from the synthesized template: captured traffic, labels,
+the monitor, the quality alarm firing by itself from refit's own metric, a retrain on the feedback, and recovery.
+Tests in this module share one runtime and run in order."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from scripts.local_aws.runtime import LocalRuntime
+from scripts.sample_data import churn_batch, to_csv_bytes
+
+MODEL = "churn"
+ROWS_PER_REQUEST = 20
+
+
+@pytest.fixture(scope="module")
+def aws(cloud_assembly, tmp_path_factory):
+    with LocalRuntime(cloud_assembly, tmp_path_factory.mktemp("runtime"), spot_discount=0.7, seed=5) as runtime:
+        execution = runtime.wait_for(runtime.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(4000, 1))))
+        assert execution["status"] == "SUCCEEDED"
+        yield runtime
+
+
+def traffic(aws: LocalRuntime, rows: int, seed: int, tag: str, new_market: float) -> pd.DataFrame:
+    frame = churn_batch(rows, seed, new_market=new_market)
+    keys = []
+    for start in range(0, rows, ROWS_PER_REQUEST):
+        part = frame.iloc[start : start + ROWS_PER_REQUEST]
+        inference_id = f"{tag}-{start // ROWS_PER_REQUEST:05d}"
+        aws.invoke_endpoint(
+            MODEL, part.drop(columns=["churned"]).to_csv(index=False, header=False), inference_id=inference_id
+        )
+        keys += [f"{inference_id}:{i}" for i in range(len(part))]
+    aws.flush_capture()
+    return frame.assign(inference_id=keys)
+
+
+def put_labels(aws: LocalRuntime, name: str, body: bytes) -> None:
+    hour = datetime.now(UTC).strftime("%Y/%m/%d/%H")
+    aws.put_object(aws.data_bucket, f"ground-truth/{MODEL}/{hour}/{name}", body)
+
+
+def labels_csv(frame: pd.DataFrame) -> bytes:
+    return frame[["inference_id", "churned"]].rename(columns={"churned": "label"}).to_csv(index=False).encode()
+
+
+def alarm_state(aws: LocalRuntime) -> str:
+    cloudwatch = aws.client("cloudwatch")
+    return cloudwatch.describe_alarms(AlarmNames=[aws.model(MODEL).quality_alarm])["MetricAlarms"][0]["StateValue"]
+
+
+def monitor_metrics(aws: LocalRuntime, name: str) -> list[float]:
+    cloudwatch = aws.client("cloudwatch")
+    now = datetime.now(UTC)
+    points = cloudwatch.get_metric_statistics(
+        Namespace="Refit",
+        MetricName=name,
+        Dimensions=[{"Name": "Model", "Value": MODEL}, {"Name": "Variant", "Value": "champion"}],
+        StartTime=now.replace(hour=0, minute=0, second=0, microsecond=0),
+        EndTime=now.replace(microsecond=0).replace(second=59),
+        Period=60,
+        Statistics=["Minimum"],
+    )["Datapoints"]
+    return [p["Minimum"] for p in sorted(points, key=lambda p: p["Timestamp"])]
+
+
+def test_capture_files_are_written_as_sagemaker_writes_them(aws):
+    frame = traffic(aws, 200, seed=30, tag="warmup", new_market=0.0)
+    listed = aws.client("s3").list_objects_v2(Bucket=aws.data_bucket, Prefix=f"capture/{MODEL}/")["Contents"]
+    key = listed[0]["Key"]
+    parts = key.split("/")
+    assert parts[:4] == ["capture", MODEL, aws.model(MODEL).endpoint_name, "champion"] and key.endswith(".jsonl")
+    record = json.loads(aws.client("s3").get_object(Bucket=aws.data_bucket, Key=key)["Body"].read().splitlines()[0])
+    assert record["captureData"]["endpointInput"]["encoding"] == "CSV"
+    assert record["eventMetadata"]["inferenceId"].startswith("warmup-")
+    assert len(frame) == 200
+
+
+def test_monitor_reports_bad_input_without_crashing_and_is_idempotent(aws):
+    hour = datetime.now(UTC).strftime("%Y/%m/%d/%H")
+    endpoint = aws.model(MODEL).endpoint_name
+    aws.put_object(
+        aws.data_bucket,
+        f"capture/{MODEL}/{endpoint}/champion/{hour}/99-99-999-broken.jsonl",
+        b'{"captureData": {"endpointInput": {"data": "1,2", "encoding": "CSV", "mode": "INPUT"\n'
+        b'{"captureData": {"endpointInput": {"observedContentType": "x", "mode": "INPUT", "data": "AAA", '
+        b'"encoding": "ROT13"}, "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT", '
+        b'"data": "{}", "encoding": "JSON"}}, "eventMetadata": {"eventId": "e1", "inferenceTime": '
+        b'"2026-11-29T00:00:00Z"}, "eventVersion": "0"}\n',
+    )
+    put_labels(
+        aws,
+        "bad.csv",
+        b"inference_id,label\nno-such-request:0,1\nwarmup-00000:0,maybe\nwarmup-00000:1,1\nwarmup-00000:1,1\n",
+    )
+    first = aws.run_monitor(MODEL)
+    report = json.loads(aws.read_s3(first["report_uri"]))
+    assert (
+        report["capture"]["problems"].get("truncated_line", 0) + report["capture"]["problems"].get("not_json", 0) >= 1
+    )
+    assert report["capture"]["problems"].get("unknown_encoding") == 1
+    assert report["labels"]["problems"].get("wrong_type") == 1
+    assert report["labels"]["problems"].get("duplicate") == 1
+    assert report["labels"]["problems"].get("unknown_id") == 1
+    assert report["decision"]["breached"] is False  # 1 labelled row is no evidence
+    captured = report["variants"]["champion"]["captured_rows"]
+    second = aws.run_monitor(MODEL)
+    again = json.loads(aws.read_s3(second["report_uri"]))
+    assert again["capture"]["files"] == 0 and again["labels"]["files"] == 0  # nothing new: nothing read twice
+    assert again["variants"]["champion"]["captured_rows"] == captured
+    assert again["variants"]["champion"]["labelled_rows"] == report["variants"]["champion"]["labelled_rows"]
+    assert alarm_state(aws) != "ALARM"
+
+
+def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
+    before_runs = {e["executionArn"] for e in aws.executions(MODEL)}
+    hurt = traffic(aws, 2000, seed=31, tag="week1", new_market=0.4)
+    put_labels(aws, "week1.csv", labels_csv(hurt))
+    result = aws.run_monitor(MODEL)
+    live = result["variants"]["champion"]["live"]
+    assert live["n"] >= 1000 and live["upper"] < 0.7, live
+    assert result["decision"]["breached"] is True
+    assert result["decision"]["reason"].startswith("live roc_auc ") and "below 0.7" in result["decision"]["reason"]
+    assert monitor_metrics(aws, "LiveMetricAlarmBound")[-1] == pytest.approx(live["upper"])
+    # The alarm changed state by itself (from the metric put) and its event started a run.
+    started = [e for e in aws.executions(MODEL) if e["executionArn"] not in before_runs]
+    assert len(started) == 1
+    execution = aws.wait_for(started[0]["executionArn"], timeout=900)
+    assert execution["status"] == "SUCCEEDED"
+    record = next(r for r in aws.audit_records(MODEL) if r["execution"] == started[0]["name"])
+    assert record["trigger"] == "alarm" and record["provenance"] == "feedback"
+    assert "live roc_auc" in record["trigger_reason"] and "n = 2,0" in record["trigger_reason"]
+    assert record["data_uri"].startswith(f"s3://{aws.data_bucket}/feedback/{MODEL}/batches/")
+    assert record["outcome"] == "promoted", record["message"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+    # The feedback batch is now training history; its pending parts are gone.
+    s3 = aws.client("s3")
+    kept = s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"training/{MODEL}/")["Contents"]
+    assert any("feedback-" in item["Key"] for item in kept)
+    assert s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"feedback/{MODEL}/pending/")["KeyCount"] == 0
+    # Active learning asked for labels within its daily budget.
+    manifests = s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"labeling/{MODEL}/")["Contents"]
+    manifest = next(item for item in manifests if item["Key"].endswith(".manifest"))
+    lines = s3.get_object(Bucket=aws.data_bucket, Key=manifest["Key"])["Body"].read().splitlines()
+    assert 0 < len(lines) <= 200
+    assert json.loads(lines[0])["source-ref"].startswith(f"s3://{aws.data_bucket}/labeling/{MODEL}/")
+
+    # Recovery: the promoted model on the same market, with new labels.
+    recovered = traffic(aws, 2000, seed=32, tag="week2", new_market=0.4)
+    put_labels(aws, "week2.csv", labels_csv(recovered))
+    result = aws.run_monitor(MODEL)
+    live = result["variants"]["champion"]["live"]
+    assert live["n"] == 2000  # only what the new champion served counts
+    assert live["value"] > 0.7 and result["decision"]["breached"] is False
+    assert alarm_state(aws) == "OK"
