@@ -38,6 +38,7 @@ CAPTURE_PROBLEMS = (
     "missing_half",  # a record without its input or its output
 )
 MAX_EXAMPLES = 10
+EXAMPLES_PER_KIND = 3
 ENCODINGS = ("CSV", "JSON", "BASE64")
 META_COLUMNS = ("key", "event_id", "inference_id", "inference_time", "variant", "prediction", "probability")
 _HOUR = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]+$")
@@ -45,10 +46,12 @@ _HOUR = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]+$")
 
 @dataclass
 class Problems:
-    """Counts per kind (every kind present, 0 when none) and the first MAX_EXAMPLES messages."""
+    """Counts per kind (every kind present, 0 when none), the first MAX_EXAMPLES messages, and the first
+    EXAMPLES_PER_KIND messages of each kind."""
 
     counts: dict[str, int]
     examples: list[str] = field(default_factory=list)
+    by_kind: dict[str, list[str]] = field(default_factory=dict)
     lines: int = 0  # non-blank lines read
 
     @classmethod
@@ -59,6 +62,9 @@ class Problems:
         self.counts[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(message)
+        kind_examples = self.by_kind.setdefault(kind, [])
+        if len(kind_examples) < EXAMPLES_PER_KIND:
+            kind_examples.append(message)
 
 
 @dataclass
@@ -66,12 +72,13 @@ class CaptureRows:
     """One row per scored row of the file's good records: `key` (the join key), `event_id`, `inference_id` (None when
     the caller passed none), `inference_time` (UTC), `variant`, the model's features, `prediction` and, for binary
     classification, `probability`. `problems` counts every kind in CAPTURE_PROBLEMS; `records` is the number of
-    non-blank lines read."""
+    non-blank lines read; `examples_by_kind` holds the first EXAMPLES_PER_KIND messages of each kind seen."""
 
     frame: pd.DataFrame
     problems: dict[str, int]
     examples: list[str]
     records: int = 0
+    examples_by_kind: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +89,7 @@ class CapturedKeys:
     problems: dict[str, int]
     examples: list[str]
     records: int = 0
+    examples_by_kind: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -250,7 +258,7 @@ def read_capture(
     frame["prediction"] = pd.Series(meta["prediction"], dtype="int64" if binary else "float64")
     if binary:
         frame["probability"] = pd.Series(meta["probability"], dtype="float64")
-    return CaptureRows(frame, problems.counts, problems.examples, problems.lines)
+    return CaptureRows(frame, problems.counts, problems.examples, problems.lines, problems.by_kind)
 
 
 def captured_keys(lines: Iterable[bytes], *, source: str, problem_type: str) -> CapturedKeys:
@@ -262,7 +270,7 @@ def captured_keys(lines: Iterable[bytes], *, source: str, problem_type: str) -> 
         reply = _reply(record, problem_type, problems)
         if reply is not None:
             keys.extend(row_keys(record.base_key, len(reply["predictions"])))
-    return CapturedKeys(keys, problems.counts, problems.examples, problems.lines)
+    return CapturedKeys(keys, problems.counts, problems.examples, problems.lines, problems.by_kind)
 
 
 def capture_key_time(key: str) -> datetime:

@@ -17,7 +17,7 @@ import csv
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,12 +41,13 @@ _TRUE_FALSE = {"true": 1.0, "false": 0.0}
 class Labels:
     """`frame`: one row per key (the first label given for it): `key`, `label` (float), `label_time` (UTC).
     `problems` counts every kind in LABEL_PROBLEMS; `rows` is the number of label lines read (a CSV header and blank
-    lines not counted)."""
+    lines not counted); `examples_by_kind` holds the first few messages of each kind seen."""
 
     frame: pd.DataFrame
     problems: dict[str, int]
     examples: list[str]
     rows: int = 0
+    examples_by_kind: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Bad(Exception):
@@ -111,7 +112,7 @@ def read_labels(lines: Iterable[bytes], *, source: str, problem_type: str, label
         }
     )
     frame["label_time"] = pd.Series([when] * len(frame), dtype="datetime64[us, UTC]")
-    return Labels(frame, problems.counts, problems.examples, rows)
+    return Labels(frame, problems.counts, problems.examples, rows, problems.by_kind)
 
 
 def _csv_header(text: str | None) -> tuple[int, int] | None:
