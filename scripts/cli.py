@@ -9,6 +9,7 @@ credentials) or the local runtime (inside its mock).
     refit reject MODEL VERSION [--comment TEXT]
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
+    refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
 the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
@@ -21,6 +22,7 @@ import getpass
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,12 @@ import pandas as pd
 from botocore.exceptions import ClientError
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
+from refit_core.capture import captured_keys, list_capture_objects
 from refit_core.config import ConfigError, ModelConfig, load_config
 from refit_core.datasets import DataError, iter_parts, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, gate_training_outputs
+from refit_core.ground_truth import ground_truth_key, read_labels
 from refit_core.lineage import diff
 from refit_core.names import stack_name
 from refit_core.profile import ProfileError, build_profile, categorical_columns, dumps_profile, loads_profile
@@ -88,15 +92,120 @@ def _baseline(args: argparse.Namespace, model: ModelConfig) -> dict:
     return build_profile(_read(args.reference), target=target, categorical=categorical, id_column=model.id_column)
 
 
-def _audit_table(args: argparse.Namespace) -> str:
-    if args.audit_table:
-        return args.audit_table
+def _stack_output(args: argparse.Namespace, key: str, option: str) -> str:
+    """An output of the deployed stack (named after the configuration's project, or --stack)."""
     stack = args.stack or stack_name(load_config(args.config).project)
-    outputs = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    try:
+        outputs = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    except ClientError as error:
+        raise CliError(f"cannot read stack {stack} ({error.response['Error'].get('Code')}); pass {option}") from None
     for output in outputs:
-        if output["OutputKey"] == "AuditTable":
+        if output["OutputKey"] == key:
             return output["OutputValue"]
-    raise CliError(f"stack {stack} has no AuditTable output; pass --audit-table")
+    raise CliError(f"stack {stack} has no {key} output; pass {option}")
+
+
+def _audit_table(args: argparse.Namespace) -> str:
+    return args.audit_table or _stack_output(args, "AuditTable", "--audit-table")
+
+
+class FeedbackRefused(CliError):
+    """A label file that cannot be read at all or holds no valid label: nothing is uploaded (exit code 2)."""
+
+
+def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> dict[str, Any]:
+    """Validate a label file (refit_core.ground_truth), check its keys against the requests Data Capture recorded in
+    the last `monitor.window_hours`, and upload it unchanged under the model's ground-truth prefix (bad lines
+    included: the monitor counts them again). Raises FeedbackRefused for an unreadable file or one without a valid
+    label; the summary says what was found either way."""
+    model = load_config(args.config).model(args.model)
+    now = now or datetime.now(UTC)
+    try:
+        data = _read_bytes(args.file)
+    except CliError as error:
+        raise FeedbackRefused(str(error)) from None
+    name = S3Uri.parse(args.file).key.rsplit("/", 1)[-1] if is_s3_uri(args.file) else Path(args.file).name
+    labels = read_labels(data.splitlines(), source=name, problem_type=model.problem_type, label_time=now)
+    bucket = args.data_bucket or _stack_output(args, "DataBucket", "--data-bucket")
+    s3 = boto3.client("s3")
+    wanted, found = set(labels.frame["key"]), set()
+    files = records = 0
+    capture_problems: dict[str, int] = {}
+    try:
+        since = now - timedelta(hours=model.monitor.window_hours)
+        for item in list_capture_objects(s3, bucket, model.capture_prefix, since):
+            body = s3.get_object(Bucket=bucket, Key=item.key)["Body"]
+            keys = captured_keys(body.iter_lines(), source=f"s3://{bucket}/{item.key}", problem_type=model.problem_type)
+            found.update(wanted.intersection(keys.keys))
+            files, records = files + 1, records + keys.records
+            for kind, count in keys.problems.items():
+                capture_problems[kind] = capture_problems.get(kind, 0) + count
+    except ClientError as error:
+        raise CliError(f"cannot read captures in s3://{bucket}/{model.capture_prefix} ({error})") from None
+    unknown = [key for key in labels.frame["key"] if key not in found]
+    problems = {**labels.problems, "unknown_id": len(unknown)}
+    examples = {kind: list(messages) for kind, messages in labels.examples_by_kind.items()}
+    if unknown:
+        examples["unknown_id"] = [f"{name}: {key!r} was not captured in the last window" for key in unknown[:3]]
+    summary: dict[str, Any] = {
+        "model": model.name,
+        "file": args.file,
+        "rows": labels.rows,
+        "accepted": len(labels.frame),
+        "matched": len(labels.frame) - len(unknown),
+        "problems": problems,
+        "examples": examples,
+        "captured": {
+            "bucket": bucket,
+            "prefix": model.capture_prefix,
+            "window_hours": model.monitor.window_hours,
+            "capture_percent": model.monitor.capture_percent,
+            "files": files,
+            "records": records,
+            "problems": {kind: count for kind, count in capture_problems.items() if count},
+        },
+        "uploaded": None,
+        "dry_run": bool(args.dry_run),
+    }
+    if labels.frame.empty:
+        raise FeedbackRefused(f"{args.file}: no valid label; nothing uploaded", summary)
+    if not args.dry_run:
+        key = ground_truth_key(model.ground_truth_prefix, name, now)
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+        except ClientError as error:
+            raise CliError(f"cannot upload to s3://{bucket}/{key} ({error})") from None
+        summary["uploaded"] = f"s3://{bucket}/{key}"
+    return summary
+
+
+def render_feedback(summary: dict[str, Any]) -> str:
+    """The one-screen text form of `refit feedback`'s summary."""
+    captured = summary["captured"]
+    lines = [
+        f"refit feedback {summary['model']} {summary['file']}",
+        f"  rows read        {summary['rows']:>9,}",
+        f"  labels accepted  {summary['accepted']:>9,}  ({summary['matched']:,} for captured requests)",
+    ]
+    for kind, count in summary["problems"].items():
+        if count:
+            lines.append(f"  {kind:<16} {count:>9,}")
+            lines.extend(f"      {example}" for example in summary["examples"].get(kind, []))
+    if summary["problems"].get("unknown_id") and captured["capture_percent"] < 100:
+        lines.append(
+            f"      (Data Capture records {captured['capture_percent']}% of requests: the rest have no capture)"
+        )
+    lines.append(
+        f"  checked against  {captured['records']:,} captured records in {captured['files']:,} files of the last "
+        f"{captured['window_hours']:g} h (s3://{captured['bucket']}/{captured['prefix']})"
+    )
+    if captured["problems"]:
+        lines.append(f"  capture problems {', '.join(f'{k} {v:,}' for k, v in captured['problems'].items())}")
+    if summary["uploaded"]:
+        lines.append(f"uploaded {summary['uploaded']}")
+    elif summary["dry_run"]:
+        lines.append("dry run: nothing uploaded")
+    return "\n".join(lines)
 
 
 def _package_group(args: argparse.Namespace) -> str:
@@ -178,8 +287,27 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     difference.add_argument("model")
     difference.add_argument("v1", type=int)
     difference.add_argument("v2", type=int)
+    feedback = commands.add_parser(
+        "feedback", help="validate a ground-truth label file and upload it for the monitor", parents=[common]
+    )
+    feedback.add_argument("model")
+    feedback.add_argument("file", help="labels: Model Monitor merge format, JSON Lines or CSV (inference_id,label)")
+    feedback.add_argument("--dry-run", action="store_true", help="validate and check ids only; upload nothing")
+    feedback.add_argument("--json", action="store_true")
+    feedback.add_argument("--data-bucket", help="the data bucket (default: the stack's DataBucket output)")
+    feedback.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "feedback":
+            try:
+                summary = feedback_command(args)
+            except FeedbackRefused as refused:
+                if len(refused.args) > 1:
+                    print(json.dumps(refused.args[1]) if args.json else render_feedback(refused.args[1]), file=out)
+                print(f"refit: {refused.args[0]}", file=err)
+                return 2
+            print(json.dumps(summary) if args.json else render_feedback(summary), file=out)
+            return 0
         if args.command == "profile":
             result = build_profile(_read(args.data), target=args.target, categorical=args.categorical or [])
             Path(args.output).write_text(dumps_profile(result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,134 @@ def test_the_gate_lambda_and_refit_gate_decide_the_same_on_the_same_job_output(t
     assert step.promote is cli_decision["promote"] is True
     for key in ("test", "p_value", "challenger", "champion", "reason"):
         assert stored[key] == cli_decision[key], key
+
+
+# refit feedback: a label file validated, checked against what Data Capture recorded, and uploaded unchanged.
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """A data bucket (moto) with capture files of the example model: two requests in this hour on the champion (one
+    with an inference id, one three-row request without), one on the challenger an hour ago, a broken line, and a
+    request older than the monitor's 168-hour window."""
+    import boto3
+    from moto import mock_aws
+
+    from tests.unit.test_capture import ROW, ROW2, record
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    now = datetime.now(UTC)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="data")
+        three = {"predictions": [1, 0, 1], "probabilities": [0.9, 0.1, 0.6]}
+        files = {
+            ("champion", now): [
+                record(inference_id="order-1"),
+                record(f"{ROW}\n{ROW2}\n{ROW}", reply=three, event_id="ev-2"),
+                b'{"captureData": {"endpointInput"',
+            ],
+            ("challenger", now - timedelta(hours=1)): [record(inference_id="order-3")],
+            ("champion", now - timedelta(hours=200)): [record(inference_id="order-old")],
+        }
+        for (variant, hour), lines in files.items():
+            key = f"capture/churn/refit-churn/{variant}/{hour:%Y/%m/%d/%H}/00-00-000-{variant}.jsonl"
+            s3.put_object(Bucket="data", Key=key, Body=b"\n".join(lines) + b"\n")
+        yield s3
+
+
+def label_file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    return str(path)
+
+
+LABELS = (
+    "inference_id,label\norder-1,1\nev-2:0,0\nev-2:2,1\norder-3,0\norder-old,1\nnever-seen,0\norder-1,1\nev-2:1,yes\n"
+)
+
+
+def test_feedback_validates_checks_ids_against_the_captures_and_uploads_the_file_unchanged(tmp_path, captured):
+    path = label_file(tmp_path, "labels.csv", LABELS)
+    before = datetime.now(UTC)
+    code, out, err = refit("feedback", "churn", path, "--data-bucket", "data", "--json")
+    after = datetime.now(UTC)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["rows"], summary["accepted"], summary["matched"]) == (8, 6, 4)
+    assert summary["problems"] == {
+        "not_json": 0,
+        "unknown_format": 0,
+        "missing_id": 0,
+        "wrong_type": 1,
+        "duplicate": 1,
+        "conflict": 0,
+        "unknown_id": 2,
+    }
+    assert summary["examples"]["unknown_id"] == [
+        "labels.csv: 'order-old' was not captured in the last window",
+        "labels.csv: 'never-seen' was not captured in the last window",
+    ]
+    assert summary["examples"]["wrong_type"] == ["labels.csv line 9: label 'yes' is not a 0/1 label"]
+    assert summary["captured"]["files"] == 2 and summary["captured"]["records"] == 4
+    assert summary["captured"]["problems"] == {"truncated_line": 1}
+    keys = {f"ground-truth/churn/{hour:%Y/%m/%d/%H}/labels.csv" for hour in (before, after)}
+    assert summary["uploaded"] in {f"s3://data/{key}" for key in keys}
+    uploaded = summary["uploaded"].removeprefix("s3://data/")
+    assert captured.get_object(Bucket="data", Key=uploaded)["Body"].read() == LABELS.encode()
+
+
+def test_feedback_prints_a_one_screen_summary_with_examples(tmp_path, captured):
+    code, out, _ = refit("feedback", "churn", label_file(tmp_path, "labels.csv", LABELS), "--data-bucket", "data")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) <= 24
+    assert lines[1].split() == ["rows", "read", "8"]
+    assert lines[2].split()[:3] == ["labels", "accepted", "6"] and "(4 for captured requests)" in lines[2]
+    assert any(line.split()[:2] == ["unknown_id", "2"] for line in lines)
+    assert "      labels.csv line 8: 'order-1' labelled again (1)" in lines
+    assert lines[-1].startswith("uploaded s3://data/ground-truth/churn/")
+
+
+def test_feedback_dry_run_uploads_nothing(tmp_path, captured):
+    path = label_file(tmp_path, "l.jsonl", '{"inference_id": "order-1", "label": 1}\n')
+    code, out, _ = refit("feedback", "churn", path, "--data-bucket", "data", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["uploaded"] is None and json.loads(out)["matched"] == 1
+    assert "Contents" not in captured.list_objects_v2(Bucket="data", Prefix="ground-truth/")
+
+
+@pytest.mark.parametrize("text", ["", "a,1\nb,0\n", '{"inference_id": "order-1", "label": "yes"}\n'])
+def test_feedback_without_a_valid_label_exits_2_and_uploads_nothing(tmp_path, captured, text):
+    code, out, err = refit("feedback", "churn", label_file(tmp_path, "l.csv", text), "--data-bucket", "data")
+    assert code == 2 and "no valid label; nothing uploaded" in err
+    assert "rows read" in out
+    assert "Contents" not in captured.list_objects_v2(Bucket="data", Prefix="ground-truth/")
+
+
+def test_feedback_on_a_file_that_cannot_be_read_exits_2(tmp_path, captured):
+    code, _, err = refit("feedback", "churn", str(tmp_path / "missing.csv"), "--data-bucket", "data")
+    assert code == 2 and "missing.csv: cannot read" in err
+
+
+def test_feedback_finds_the_data_bucket_in_the_stack_outputs_and_reads_labels_from_s3(tmp_path, captured):
+    import boto3
+
+    template = {
+        "Resources": {"Data": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "data2"}}},
+        "Outputs": {"DataBucket": {"Value": {"Ref": "Data"}}},
+    }
+    boto3.client("cloudformation", region_name="us-east-1").create_stack(
+        StackName="refit", TemplateBody=json.dumps(template)
+    )
+    captured.put_object(Bucket="data", Key="inbox/merge.jsonl", Body=b'{"groundTruthData": {"data": "1", "encoding"')
+    merge = '{"groundTruthData": {"data": "1", "encoding": "CSV"}, "eventMetadata": {"eventId": "ev-2:1"}}\n'
+    captured.put_object(Bucket="data2", Key="inbox/merge.jsonl", Body=merge.encode())
+    code, out, err = refit("feedback", "churn", "s3://data2/inbox/merge.jsonl", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["captured"]["bucket"] == "data2" and summary["uploaded"].startswith("s3://data2/ground-truth/churn/")
+    assert summary["uploaded"].endswith("/merge.jsonl") and summary["matched"] == 0  # data2 holds no captures
+    code, _, err = refit("feedback", "churn", "s3://data2/inbox/merge.jsonl", "--stack", "other")
+    assert code == 1 and "cannot read stack other" in err and "--data-bucket" in err

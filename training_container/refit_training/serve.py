@@ -6,7 +6,6 @@ with a message naming the problem, never a 500 for the client's mistake.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -18,6 +17,15 @@ from typing import Any
 
 import pandas as pd
 from refit_core.artifacts import MODEL_FILE, ModelArtifact
+from refit_core.payloads import (
+    CSV,
+    JSON,
+    OUTPUT_TYPES,
+    PayloadError,
+    UnsupportedContentType,
+    parse_request,
+    render_reply,
+)
 
 from refit_training.paths import OptMl
 
@@ -33,16 +41,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-CSV, JSON, JSON_LINES = "text/csv", "application/json", "application/jsonlines"
-# Media types are case-insensitive and may carry parameters (`text/CSV; charset=utf-8`). JSON Lines is what SageMaker's
-# JSONLinesSerializer and batch transform send: one record or instance per line, answered one result per line.
-INPUT_TYPES = {CSV: CSV, JSON: JSON, JSON_LINES: JSON_LINES, "application/x-jsonlines": JSON_LINES}
-OUTPUT_TYPES = (JSON, CSV, JSON_LINES)
 WILDCARDS = {"*/*": JSON, "application/*": JSON, "text/*": CSV}
-
-
-def media_type(header: str) -> str:
-    return header.split(";", 1)[0].strip().lower()
 
 
 def reply_type(accept: str) -> str:
@@ -83,78 +82,12 @@ class LoadedModel:
         self.problem_type: str = self.artifact.problem_type
 
     def frame(self, body: bytes, content_type: str) -> pd.DataFrame:
-        kind = INPUT_TYPES.get(media_type(content_type))
-        if kind is None:
-            raise BadRequest(
-                f"unsupported content type {content_type!r}; use {', '.join(INPUT_TYPES)}",
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            )
-        if kind == CSV:
-            frame = self._csv(body)
-        elif kind == JSON:
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise BadRequest(f"malformed JSON: {error}") from None
-            rows = payload.get("instances", payload.get("records")) if isinstance(payload, dict) else payload
-            if not isinstance(rows, list) or not rows:
-                raise BadRequest('JSON must be {"instances": [...]} or {"records": [...]} with at least one row')
-            frame = self._rows(rows, "instance")
-        else:
-            rows = []
-            for number, line in enumerate(body.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                        raise BadRequest(f"JSON Lines line {number}: malformed JSON: {error}") from None
-            if not rows:
-                raise BadRequest("JSON Lines body has no rows")
-            frame = self._rows(rows, "line")
-        return self._numbers(frame)
-
-    def _csv(self, body: bytes) -> pd.DataFrame:
         try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("the CSV body is not UTF-8") from None
-        first = text.split("\n", 1)[0].split(",")
-        has_header = [c.strip() for c in first] == self.features
-        try:
-            frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise BadRequest(f"malformed CSV: {error}") from None
-        if frame.shape[1] != len(self.features):
-            raise BadRequest(
-                f"each CSV row needs {len(self.features)} values ({', '.join(self.features)}), got {frame.shape[1]}"
-            )
-        frame.columns = self.features
-        return frame
-
-    def _rows(self, rows: list[Any], unit: str) -> pd.DataFrame:
-        if all(isinstance(r, dict) for r in rows):
-            missing = sorted(set(self.features) - set().union(*rows))
-            if missing:
-                raise BadRequest(f"records lack the features {missing}")
-            return pd.DataFrame(rows)[self.features]
-        if all(isinstance(r, list) and len(r) == len(self.features) for r in rows):
-            return pd.DataFrame(rows, columns=self.features)
-        raise BadRequest(f"each {unit} must be a list of {len(self.features)} values or a record object")
-
-    def _numbers(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Numeric features as numbers; a value that is not one is named with its column and row (scikit-learn's
-        own message names neither)."""
-        for column in self.numeric:
-            values = pd.to_numeric(frame[column], errors="coerce")
-            bad = values.isna() & frame[column].notna()
-            if bad.any():
-                row = int(bad.to_numpy().nonzero()[0][0])
-                raise BadRequest(
-                    f"column {column!r} must be numeric: row {row + 1} has {frame[column].iloc[row]!r}"
-                    + (f" ({int(bad.sum())} such values)" if bad.sum() > 1 else "")
-                )
-            frame[column] = values
-        return frame
+            return parse_request(body, content_type, self.features, self.numeric)
+        except UnsupportedContentType as error:
+            raise BadRequest(str(error), HTTPStatus.UNSUPPORTED_MEDIA_TYPE) from None
+        except PayloadError as error:
+            raise BadRequest(str(error)) from None
 
     def predict(self, frame: pd.DataFrame) -> dict[str, list[Any]]:
         try:
@@ -167,19 +100,6 @@ class LoadedModel:
             return {"predictions": [float(v) for v in self.artifact.scores(frame)]}
         except (ValueError, TypeError) as error:
             raise BadRequest(f"the rows cannot be scored: {error}") from None
-
-
-def render(result: dict[str, list[Any]], kind: str) -> bytes:
-    if kind == CSV:
-        columns = [result["predictions"]] + ([result["probabilities"]] if "probabilities" in result else [])
-        lines = [",".join(str(v) for v in row) for row in zip(*columns, strict=True)]
-        return ("\n".join(lines) + "\n").encode()
-    if kind == JSON_LINES:
-        names = {"predictions": "prediction", "probabilities": "probability"}
-        rows = zip(*(result[key] for key in names if key in result), strict=True)
-        keys = [names[key] for key in names if key in result]
-        return "".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows).encode()
-    return json.dumps(result).encode()
 
 
 class TooLarge(Exception):
@@ -228,7 +148,7 @@ def handle(
         return error(HTTPStatus.BAD_REQUEST, "empty request body")
     try:
         frame = model.frame(body, content_type or CSV)
-        payload = render(model.predict(frame), kind)
+        payload = render_reply(model.predict(frame), kind)
     except BadRequest as problem:
         return error(problem.status, str(problem))
     return HTTPStatus.OK, kind, payload
