@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scripts.cli import upload_feedback
+from scripts.cli import feedback_command
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 
@@ -117,10 +118,17 @@ def production_traffic(aws: LocalRuntime, rows: int, seed: int, tag: str) -> pd.
 
 
 def send_labels(aws: LocalRuntime, frame: pd.DataFrame, name: str) -> None:
+    """`refit feedback churn FILE`: validate the labels, check them against the captured requests, upload."""
     labels = WORKDIR / name
     frame[["inference_id", "churned"]].rename(columns={"churned": "label"}).to_csv(labels, index=False)
-    summary = upload_feedback(aws.client("s3"), aws.client("cloudformation"), MODEL, labels, stack=aws.stack_name)
-    say(f"    refit feedback {MODEL} {name}: {summary['accepted']} labels -> {summary['uri']}")
+    arguments = argparse.Namespace(
+        config=str(ROOT / "refit.toml"), model=MODEL, file=str(labels), data_bucket=aws.data_bucket, dry_run=False
+    )
+    summary = feedback_command(arguments)
+    say(
+        f"    refit feedback {MODEL} {name}: {summary['accepted']:,} labels, {summary['matched']:,} for captured "
+        f"requests -> {summary['uploaded']}"
+    )
 
 
 def monitor(aws: LocalRuntime) -> dict:

@@ -460,13 +460,15 @@ def pick_for_labeling(
     except s3.exceptions.NoSuchKey:
         existing = None
     remaining = active_learning.remaining_budget(existing, budget)
-    if remaining <= 0:
-        return {"manifest": f"s3://{place.data_bucket}/{manifest_key}", "selected": 0, "budget_left": 0}
-    features = rows[artifact.features]
+    manifest_uri = f"s3://{place.data_bucket}/{manifest_key}"
+    asked = active_learning.selected_ids(existing)
+    rows = rows[~rows["key"].isin(asked)].reset_index(drop=True)
+    if remaining <= 0 or rows.empty:
+        return {"manifest": manifest_uri, "selected": 0, "budget_left": remaining}
     numeric = [c for c in artifact.features if c in artifact.numeric_features]
     categorical = [c for c in artifact.features if c not in numeric]
     chosen = active_learning.select_for_labeling(
-        features,
+        rows[artifact.features],
         rows[SCORE].to_numpy(dtype=float),
         remaining,
         numeric=numeric,
@@ -474,25 +476,23 @@ def pick_for_labeling(
         seed=model.seed,
     )
     if len(chosen) == 0:
-        return {"manifest": f"s3://{place.data_bucket}/{manifest_key}", "selected": 0, "budget_left": remaining}
+        return {"manifest": manifest_uri, "selected": 0, "budget_left": remaining}
+    picked = rows.iloc[list(chosen)]
     items = [
         {
-            "key": str(rows.iloc[i]["key"]),
-            "features": {c: _plain(rows.iloc[i][c]) for c in artifact.features},
-            "probability": float(rows.iloc[i][SCORE]),
+            "inference_id": str(row["key"]),
+            "features": {c: _plain(row[c]) for c in artifact.features},
+            "probability": float(row[SCORE]),
             "model_version": version,
+            "variant": CHAMPION,
         }
-        for i in chosen
+        for _, row in picked.iterrows()
     ]
     objects, lines = active_learning.manifest_lines(items, place.data_bucket, model.labeling_prefix, date)
     for key, body in objects:
         s3.put_object(Bucket=place.data_bucket, Key=key, Body=body, ContentType="application/json")
-    s3.put_object(Bucket=place.data_bucket, Key=manifest_key, Body=(existing or b"") + lines)
-    return {
-        "manifest": f"s3://{place.data_bucket}/{manifest_key}",
-        "selected": len(items),
-        "budget_left": remaining - len(items),
-    }
+    s3.put_object(Bucket=place.data_bucket, Key=manifest_key, Body=active_learning.append_manifest(existing, lines))
+    return {"manifest": manifest_uri, "selected": len(items), "budget_left": remaining - len(items)}
 
 
 def _plain(value: Any) -> Any:

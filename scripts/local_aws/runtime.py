@@ -339,3 +339,42 @@ class LocalRuntime:
             arguments["TargetVariant"] = target_variant
         response = self.client("sagemaker-runtime").invoke_endpoint(**arguments)
         return {"variant": response.get("InvokedProductionVariant"), "body": response["Body"].read()}
+
+    def run_monitor(self, model: str) -> dict[str, Any]:
+        """Deliver the model's monitor schedule once (moto never fires schedules) and wait for the monitor Lambda;
+        returns its result. EventBridge invokes it asynchronously on AWS; here the caller waits, which is all the
+        difference. A monitor that failed raises with the Lambda's error."""
+        service = f"refit-{model}-monitor"
+        function = next(
+            f for f in self.stack.functions.values() if f.environment.get("POWERTOOLS_SERVICE_NAME") == service
+        )
+        rule = next(
+            (
+                r
+                for r in self.stack.rules.values()
+                if r["schedule"] and any(t["Arn"] == function.arn for t in r["targets"])
+            ),
+            None,
+        )
+        event = {
+            "version": "0",
+            "id": os.urandom(8).hex(),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.region,
+            "resources": [rule["arn"]] if rule else [],
+            "detail": {},
+        }
+        headers: dict[str, str] = {}
+        result = json.loads(self.bridges.invoke_lambda(function.name, json.dumps(event), headers))
+        if headers.get("x-amz-function-error"):
+            raise RuntimeError(
+                f"the monitor of {model} failed: {result.get('errorType')}: {result.get('errorMessage')}"
+            )
+        return result
+
+    def read_s3(self, uri: str) -> bytes:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()

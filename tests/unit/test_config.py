@@ -35,6 +35,10 @@ def test_example_configuration_loads_with_spot_defaults():
         ({"spot": {"max_runtime_seconds": 3600, "max_wait_seconds": 60}}, "max_wait_seconds (60) must be >="),
         ({"colour": "blue"}, "models.0.colour: unknown field"),
         ({"schedule": "every day"}, "is not an EventBridge schedule"),
+        ({"monitor": {"schedule": "hourly"}}, "models.0.monitor.schedule: 'hourly' is not an EventBridge schedule"),
+        ({"monitor": {"capture_percent": 0}}, "models.0.monitor.capture_percent"),
+        ({"monitor": {"min_labelled_rows": 5}}, "models.0.monitor.min_labelled_rows"),
+        ({"quality_alarm": {"threshold": 0.7, "metric_name": "PrimaryMetric"}}, "quality_alarm.metric_name: unknown"),
     ],
 )
 def test_wrong_config_names_the_field(overrides, expected):
@@ -79,3 +83,21 @@ def test_the_run_timeout_grows_with_every_wait_a_run_can_make_and_the_lock_outla
 def test_settings_whose_runs_could_outlast_a_step_functions_execution_are_refused():
     with pytest.raises(ConfigError, match="over Step Functions' 31536000 s limit"):
         parse_config(minimal(approval="manual", approval_timeout_seconds=364 * 86400))
+
+
+def test_monitor_defaults_and_the_alarm_period_follow_the_schedule():
+    model = parse_config(minimal()).models[0]
+    assert (model.monitor.capture_percent, model.monitor.schedule, model.monitor.min_labelled_rows) == (
+        100,
+        "rate(1 hour)",
+        1000,
+    )
+    assert model.monitor.period_seconds == 3600 and model.quality_alarm is None
+    every = {"rate(5 minutes)": 300, "rate(1 day)": 86400, "cron(0 * * * ? *)": 3600}
+    for schedule, seconds in every.items():
+        assert parse_config(minimal(monitor={"schedule": schedule})).models[0].monitor.period_seconds == seconds
+    assert (model.capture_prefix, model.ground_truth_prefix, model.feedback_prefix) == (
+        "capture/churn/",
+        "ground-truth/churn/",
+        "feedback/churn/",
+    )
