@@ -166,8 +166,24 @@ def _score_column(frame: pd.DataFrame, problem_type: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce")
 
 
+def _typed(frame: pd.DataFrame, features: list[str], numeric: list[str]) -> pd.DataFrame:
+    """One type per column, as Parquet needs: pandas types each request's columns on its own, so a text column may
+    hold `1` in one request and `"basic"` in the next."""
+    for column in features:
+        if column in numeric:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        else:
+            frame[column] = frame[column].map(lambda value: None if pd.isna(value) else str(value)).astype(object)
+    return frame
+
+
 def ingest_captures(
-    s3: Any, place: Place, state: dict[str, Any], features: list[str], counts: Counter, examples: list[str]
+    s3: Any,
+    place: Place,
+    state: dict[str, Any],
+    artifact: ModelArtifact,
+    counts: Counter,
+    examples: list[str],
 ) -> tuple[dict[str, str], list[str]]:
     """New capture files -> prediction parts. Returns the new watermarks and the parts written."""
     model = place.model
@@ -185,12 +201,13 @@ def ingest_captures(
                 body.iter_lines(),
                 source=f"s3://{place.data_bucket}/{key}",
                 variant=variant,
-                features=features,
+                features=artifact.features,
                 problem_type=model.problem_type,
+                numeric=artifact.numeric_features,
             )
             counts.update(rows.problems)
             examples.extend(rows.examples[: max(0, 10 - len(examples))])
-            frame = rows.frame.copy()
+            frame = _typed(rows.frame.copy(), artifact.features, artifact.numeric_features)
             frame[SCORE] = _score_column(frame, model.problem_type) if len(frame) else pd.Series(dtype=float)
             part = place.monitoring("captured", variant, key[len(variant_prefix) :].removesuffix(".jsonl") + ".parquet")
             _put_parquet(s3, place.artifact_bucket, part, frame)
@@ -561,7 +578,7 @@ def run_monitor(
     capture_examples: list[str] = []
     label_counts: Counter = Counter()
     label_examples: list[str] = []
-    watermarks, new_captured = ingest_captures(s3, place, state, artifact.features, capture_counts, capture_examples)
+    watermarks, new_captured = ingest_captures(s3, place, state, artifact, capture_counts, capture_examples)
     label_watermark, new_labels = ingest_labels(s3, place, state, label_counts, label_examples)
     start = now - timedelta(hours=model.monitor.window_hours)
     labels, new_keys = window_labels(s3, place, now, new_labels, label_counts)
