@@ -112,6 +112,10 @@ def _audit_table(args: argparse.Namespace) -> str:
 class FeedbackRefused(CliError):
     """A label file that cannot be read at all or holds no valid label: nothing is uploaded (exit code 2)."""
 
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
 
 def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> dict[str, Any]:
     """Validate a label file (refit_core.ground_truth), check its keys against the requests Data Capture recorded in
@@ -302,9 +306,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             try:
                 summary = feedback_command(args)
             except FeedbackRefused as refused:
-                if len(refused.args) > 1:
-                    print(json.dumps(refused.args[1]) if args.json else render_feedback(refused.args[1]), file=out)
-                print(f"refit: {refused.args[0]}", file=err)
+                if refused.summary is not None:
+                    print(json.dumps(refused.summary) if args.json else render_feedback(refused.summary), file=out)
+                print(f"refit: {refused}", file=err)
                 return 2
             print(json.dumps(summary) if args.json else render_feedback(summary), file=out)
             return 0

@@ -297,3 +297,96 @@ def test_list_capture_objects_lists_each_variants_hours_from_since_on():
         ("champion", "00-00-000-b.jsonl", 1),
     ]
     assert {o.endpoint for o in found} == {"refit-churn"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A small model in refit's artifact layout, loaded by serve's own LoadedModel."""
+    import joblib
+    from refit_core.artifacts import METADATA_FILE, MODEL_FILE
+    from refit_training.search import preprocessor
+    from refit_training.serve import LoadedModel
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from scripts.sample_data import churn_batch
+
+    data = churn_batch(300, 3)
+    pipeline = Pipeline([("preprocess", preprocessor(FEATURES[4:], NUMERIC)), ("model", LogisticRegression())])
+    pipeline.fit(data[FEATURES], data["churned"])
+    folder = tmp_path_factory.mktemp("model")
+    joblib.dump(pipeline, folder / MODEL_FILE)
+    (folder / METADATA_FILE).write_text(json.dumps({"features": FEATURES, "problem_type": BINARY}))
+    return LoadedModel(folder)
+
+
+@pytest.mark.parametrize("reply_type", OUTPUT_TYPES)
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (f"{ROW}\n{ROW2}\n", CSV),
+        (json.dumps({"instances": [ROW.split(","), ROW2.split(",")]}), JSON),
+        ("\n".join(json.dumps(dict(zip(FEATURES, r.split(","), strict=True))) for r in (ROW, ROW2)), JSON_LINES),
+        (ROW, "text/CSV; charset=utf-8"),
+    ],
+)
+def test_a_captured_exchange_with_serve_reads_back_as_the_rows_and_scores_serve_had(
+    served, body, content_type, reply_type
+):
+    import io
+
+    from refit_training.serve import handle
+
+    raw = body.encode()
+    status, answered_type, reply = handle(
+        served, "POST", "/invocations", content_type, reply_type, len(raw), io.BytesIO(raw).read
+    )
+    assert status == 200 and answered_type == reply_type
+    captured = {
+        "captureData": {
+            "endpointInput": half(raw, content_type, "INPUT", "CSV" if "csv" in content_type.lower() else "JSON"),
+            "endpointOutput": half(reply, answered_type, "OUTPUT", "CSV" if answered_type == CSV else "JSON"),
+        },
+        "eventMetadata": {"eventId": "ev", "inferenceId": "req", "inferenceTime": "2026-11-29T01:02:03Z"},
+        "eventVersion": "0",
+    }
+    result = read_capture(
+        [json.dumps(captured).encode()],
+        source="f",
+        variant="champion",
+        features=served.features,
+        problem_type=BINARY,
+        numeric=served.numeric,
+    )
+    problems_only(result)
+    seen = served.frame(raw, content_type)
+    pd.testing.assert_frame_equal(result.frame[FEATURES], seen)
+    scores = served.predict(seen)
+    assert result.frame["prediction"].tolist() == scores["predictions"]
+    assert result.frame["probability"].tolist() == pytest.approx(scores["probabilities"], abs=1e-12)
+    assert result.frame["key"].tolist() == (["req"] if len(seen) == 1 else [f"req:{i}" for i in range(len(seen))])
+
+
+def test_a_request_serve_refuses_is_unparseable_input_in_its_capture(served):
+    from refit_training.serve import handle
+
+    body = b"12.0,lots,1,48.0,basic,north"
+    status, answered_type, reply = handle(served, "POST", "/invocations", CSV, JSON, len(body), lambda n: body[:n])
+    assert status == 400
+    captured = {
+        "captureData": {
+            "endpointInput": half(body, CSV, "INPUT"),
+            "endpointOutput": half(reply, answered_type, "OUTPUT"),
+        },
+        "eventMetadata": {"eventId": "ev", "inferenceTime": "2026-11-29T01:02:03Z"},
+    }
+    result = read_capture(
+        [json.dumps(captured).encode()],
+        source="f",
+        variant="champion",
+        features=served.features,
+        problem_type=BINARY,
+        numeric=served.numeric,
+    )
+    problems_only(result, unparseable_input=1)
+    assert json.loads(reply)["error"] in result.examples[0]
