@@ -282,10 +282,20 @@ class StandUp:
             "ActionsEnabled",
             "Metrics",
             "AlarmActions",
+            "OKActions",
+            "InsufficientDataActions",
+            "DatapointsToAlarm",
+            "ExtendedStatistic",
+            "Unit",
         )
         arguments = {k: v for k, v in props.items() if k in allowed}
         self.clients["cloudwatch"].put_metric_alarm(AlarmName=name, **arguments)
         self._set(logical, name, Arn=self._arn("cloudwatch", f"alarm:{name}"))
+
+    def _create_CloudWatch_Dashboard(self, logical: str, props: dict) -> None:
+        name = props.get("DashboardName") or f"{logical[:55]}-{_short(logical)}"
+        self.clients["cloudwatch"].put_dashboard(DashboardName=name, DashboardBody=props["DashboardBody"])
+        self._set(logical, name)
 
     def _create_SageMaker_ModelPackageGroup(self, logical: str, props: dict) -> None:
         name = props["ModelPackageGroupName"]
