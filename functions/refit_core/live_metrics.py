@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from refit_core.metric_names import CLASSIFICATION_METRICS, METRIC_DIRECTIONS, higher_is_better
 from refit_core.metrics import EPSILON, Resampler, bootstrap_counts, compute_metric, expected_calibration_error
@@ -176,7 +177,10 @@ def metric_interval(
     value = compute_metric(metric, y_true, scores)
     rng = np.random.default_rng(seed)
     resampler = Resampler(y_true, scores)
-    draws = np.array([resampler.metric(metric, bootstrap_counts(rng, n)) for _ in range(replicates)])
+    # A resample is a few dot products: BLAS threads only spin, and on a busy 2-core machine they made 1,000
+    # resamples of 25,000 rows take 6.7 s instead of 0.4 s (measured; threadpoolctl comes with scikit-learn).
+    with threadpool_limits(1, user_api="blas"):
+        draws = np.array([resampler.metric(metric, bootstrap_counts(rng, n)) for _ in range(replicates)])
     tail = (1 - confidence) / 2
     lower, upper = np.quantile(draws, [tail, 1 - tail])
     result.update({"value": value, "lower": float(lower), "upper": float(upper), "replicates": replicates})

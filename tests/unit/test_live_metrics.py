@@ -238,7 +238,7 @@ def test_cbpe_auc_is_within_a_hundredth_on_a_calibrated_sample_and_tighter_than_
 def test_cbpe_is_clearly_wrong_when_the_probabilities_are_miscalibrated_and_the_check_says_so():
     """The documented limit: the estimate assumes calibration. An overconfident model (logits doubled: the same
     ranking, so the same realized AUC) is estimated far better than it is, and a concept change (labels no longer
-    follow the scores) goes unseen. calibration_check flags both on labelled rows."""
+    follow the scores as closely) goes unseen. calibration_check flags both on labelled rows."""
     rng = np.random.default_rng(21)
     y, p = binormal_sample(rng, 100_000, auc=0.8)
     overconfident = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))
@@ -247,9 +247,12 @@ def test_cbpe_is_clearly_wrong_when_the_probabilities_are_miscalibrated_and_the_
     assert estimated_metric("roc_auc", overconfident) - realized > 0.08
     assert estimated_metric("accuracy", overconfident) - compute_metric("accuracy", y, overconfident) > 0.05
     assert not calibration_check(y[:5000], overconfident[:5000])["trustworthy"]
-    # Concept change: the world moved (true AUC 0.70), the model still scores as before.
-    y_new, _ = binormal_sample(rng, 100_000, auc=0.7)
-    assert estimated_metric("roc_auc", p) - roc_auc_score(y_new, p) > 0.05
+    # Concept change: the same inputs and scores, but the labels now follow the scores less closely (the world's
+    # log-odds are half the model's): realized AUC 0.68, the estimate still says 0.80.
+    world = 1 / (1 + np.exp(-(0.5 * np.log(p / (1 - p)) - 0.3)))
+    y_new = (rng.random(p.size) < world).astype(float)
+    assert roc_auc_score(y_new, p) < 0.70
+    assert estimated_metric("roc_auc", p) - roc_auc_score(y_new, p) > 0.1
     assert not calibration_check(y_new[:5000], p[:5000])["trustworthy"]
 
 
