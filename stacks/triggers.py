@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_stepfunctions as sfn
@@ -92,6 +93,8 @@ class Triggers(Construct):
                 # No labelled rows, or too few: the monitor publishes no bound, and silence is not a breach.
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             )
+            # The alarm starts the retrain (the rule below); the team hears of it too, not only of the run's end.
+            self.quality_alarm.add_alarm_action(cloudwatch_actions.SnsAction(storage.topic))
             self.quality_alarm_rule = events.Rule(
                 self,
                 "QualityAlarmState",

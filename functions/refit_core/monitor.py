@@ -377,6 +377,11 @@ def judge_variant(model: ModelConfig, rows: VariantRows) -> dict[str, Any]:
             "p90": float(np.quantile(delays, 0.9)) if delays.size else None,
         },
     }
+    if estimate is not None and labels.size:
+        # The estimate assumes calibrated probabilities: say whether the labelled rows bear that out.
+        calibration = live_metrics.calibration_check(labels, scores)
+        result["estimate_trustworthy"] = calibration["trustworthy"]
+        result["calibration"] = {k: calibration.get(k) for k in ("ece", "n", "trustworthy", "reason")}
     if model.quality_alarm is not None:
         result["breach"] = live_metrics.breach(interval, model.quality_alarm.threshold, monitor.min_labelled_rows)
     return result
