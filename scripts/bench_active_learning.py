@@ -17,7 +17,7 @@ A model (HistGradientBoostingClassifier, as refit's search trains) is fitted on 
 4,000 original rows + the N labelled ones and scored (ROC AUC) on 40,000 post-shift test rows. Random labels are
 also tried at larger N, so that "how many random labels reach the AUC active learning reaches with N" can be read
 off the random curve (linear interpolation, made non-decreasing), the label saving ratio.
-Run: .venv/bin/python -m scripts.bench_active_learning [--seeds 5] [--scenario unsure|confident|both]
+Run: .venv/bin/python -m scripts.bench_active_learning [--seeds 10] [--scenario unsure|confident|both]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import pandas as pd
 from refit_core.active_learning import select_for_labeling
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 NUMERIC = ["x1", "x2", "x3", "x4"]
 CATEGORICAL = ["segment"]
@@ -144,7 +145,7 @@ def report(scenario: str, baselines: list[float], runs: list[dict[tuple[str, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--scenario", choices=["unsure", "confident", "both"], default="both")
     args = parser.parse_args()
     scenarios = ["unsure", "confident"] if args.scenario == "both" else [args.scenario]
@@ -152,6 +153,9 @@ def main() -> None:
     models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     cpu = models[0] if models else platform.processor()
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}", flush=True)
+    # One OpenMP thread: on a shared 2-core machine, HistGradientBoosting's spinning threads slow down by 10x when
+    # another process holds a core; with one thread a seed takes about the same time, loaded or not.
+    threadpool_limits(1)
     started = time.perf_counter()
     results = {}
     for scenario in scenarios:

@@ -96,6 +96,23 @@ def test_one_uncertain_region_does_not_take_the_whole_budget() -> None:
     assert in_a[plain].all()
 
 
+def test_an_exploration_share_of_the_budget_is_drawn_at_random() -> None:
+    features, p = frame(4000, seed=2)
+    margin = np.abs(p - 0.5)
+    uncertain_only = select_for_labeling(features, p, 40, **COLUMNS)
+    chosen = select_for_labeling(features, p, 40, explore=0.25, **COLUMNS)
+    assert len(chosen) == 40 and len(set(chosen.tolist())) == 40
+    first, explored = chosen[:30], chosen[30:]
+    np.testing.assert_array_equal(first, select_for_labeling(features, p, 30, **COLUMNS))
+    assert np.sort(margin)[30 * 5 - 1] < margin[explored].mean()  # drawn from all rows, not the unsure ones
+    np.testing.assert_array_equal(select_for_labeling(features, p, 40, explore=0.0, **COLUMNS), uncertain_only)
+    np.testing.assert_array_equal(chosen, select_for_labeling(features, p, 40, explore=0.25, **COLUMNS))
+    everything_random = select_for_labeling(features, p, 400, explore=1.0, **COLUMNS)
+    assert 0.2 < margin[everything_random].mean() < 0.3  # a uniform draw: margin averages 0.25
+    with pytest.raises(ActiveLearningError, match="explore"):
+        select_for_labeling(features, p, 40, explore=1.5, **COLUMNS)
+
+
 def test_selection_is_deterministic_for_a_seed() -> None:
     features, p = frame(3000, seed=3)
     first = select_for_labeling(features, p, 40, seed=11, **COLUMNS)
