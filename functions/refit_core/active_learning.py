@@ -200,15 +200,52 @@ def payload_key(labeling_prefix: str, date: str, inference_id: str) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    """A feature value as JSON: numpy scalars as Python ones, missing values (NaN, None, NA, NaT) as null, times
+    in ISO 8601, anything else that JSON has no type for as its text."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, pd.Timestamp | datetime):
         return value.isoformat()
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def labeling_items(
+    features: pd.DataFrame,
+    chosen: np.ndarray,
+    *,
+    inference_ids: list[str] | np.ndarray | pd.Series,
+    probabilities: np.ndarray,
+    model_version: str | None = None,
+    variant: str | None = None,
+) -> list[dict[str, Any]]:
+    """The items `manifest_lines` takes, for the rows at positions `chosen` (as `select_for_labeling` returns them):
+    each row's features (all of `features`' columns), its join key and its probability."""
+    if not len(inference_ids) == len(probabilities) == len(features):
+        raise ActiveLearningError(
+            f"features ({len(features)} rows), inference_ids ({len(inference_ids)}) and probabilities "
+            f"({len(probabilities)}) must have one entry per row"
+        )
+    ids = np.asarray(inference_ids, dtype=object)
+    rows = features.iloc[np.asarray(chosen, dtype=np.intp)].to_dict(orient="records")
+    items = []
+    for position, row in zip(chosen, rows, strict=True):
+        item: dict[str, Any] = {
+            "inference_id": str(ids[position]),
+            "features": row,
+            "probability": float(probabilities[position]),
+        }
+        if model_version is not None:
+            item["model_version"] = model_version
+        if variant is not None:
+            item["variant"] = variant
+        items.append(item)
+    return items
 
 
 def manifest_lines(

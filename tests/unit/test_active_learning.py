@@ -13,6 +13,7 @@ from moto import mock_aws
 from refit_core.active_learning import (
     ActiveLearningError,
     append_manifest,
+    labeling_items,
     manifest_entries,
     manifest_lines,
     payload_key,
@@ -163,7 +164,15 @@ def test_bad_input_is_named() -> None:
 ITEMS = [
     {
         "inference_id": "req-1",
-        "features": {"x": np.float64(1.5), "y": float("nan"), "segment": "a", "n": np.int64(3)},
+        "features": {
+            "x": np.float64(1.5),
+            "y": float("nan"),
+            "segment": "a",
+            "n": np.int64(3),
+            "seen": pd.Timestamp("2026-11-29T01:02:03"),
+            "gone": pd.NaT,
+            "flag": np.bool_(True),
+        },
         "probability": np.float64(0.51),
         "model_version": "7",
         "variant": "AllTraffic",
@@ -185,7 +194,18 @@ def test_manifest_lines_parse_and_point_to_the_payload_keys() -> None:
     # An id with a character outside [A-Za-z0-9._-] gets a safe key that still names it.
     assert payloads[1][0].startswith("labeling/churn/items/2026-11-29/4f1c_2-") and payloads[1][0].endswith(".json")
     first = json.loads(payloads[0][1])
-    assert first == {"inference_id": "req-1", "features": {"x": 1.5, "y": None, "segment": "a", "n": 3}}
+    assert first == {
+        "inference_id": "req-1",
+        "features": {
+            "x": 1.5,
+            "y": None,
+            "segment": "a",
+            "n": 3,
+            "seen": "2026-11-29T01:02:03",
+            "gone": None,
+            "flag": True,
+        },
+    }
     assert json.loads(payloads[1][1])["features"]["segment"] is None
     assert manifest_entries(manifest) == entries
     assert selected_ids(manifest) == {"req-1", "4f1c:2"}
@@ -245,3 +265,18 @@ def test_the_daily_budget_is_shared_by_the_days_runs() -> None:
         remaining_budget(day, -1)
     with pytest.raises(ActiveLearningError, match="line 2"):
         manifest_entries(b'{"source-ref": "s3://b/k"}\nnot json\n')
+
+
+def test_selected_rows_become_manifest_items() -> None:
+    features, p = frame(300, seed=4)
+    ids = [f"req-{i}" for i in range(300)]
+    chosen = select_for_labeling(features, p, 12, **COLUMNS)
+    items = labeling_items(features, chosen, inference_ids=ids, probabilities=p, model_version="3", variant="v1")
+    assert [item["inference_id"] for item in items] == [ids[i] for i in chosen]
+    assert items[0]["features"] == features.iloc[chosen[0]].to_dict()
+    assert items[0]["probability"] == p[chosen[0]] and items[0]["model_version"] == "3"
+    payloads, manifest = manifest_lines(items, "b", "labeling/m/", "2026-11-29")
+    assert selected_ids(manifest) == {ids[i] for i in chosen}
+    assert json.loads(payloads[0][1])["features"]["segment"] == features["segment"].iloc[chosen[0]]
+    with pytest.raises(ActiveLearningError, match="one entry per row"):
+        labeling_items(features, chosen, inference_ids=ids[:5], probabilities=p)
