@@ -3,14 +3,14 @@ manifest that sends them to labelling.
 
 Selection (`select_for_labeling`) is uncertainty sampling with a diversity rule. Uncertainty is the binary
 classifier's margin |p - 0.5| (small = unsure) or the entropy of p; for one probability both rank the rows the same
-way (and so choose the same candidate pool), but they weight the clustering differently. Taking only the most uncertain rows spends the whole budget on one unsure region when the model is unsure
-there, so: a candidate pool of the `pool_factor` x budget most uncertain rows is clustered (MiniBatchKMeans, seeded,
-on standardized numeric + one-hot categorical features, each row weighted by its uncertainty), and the clusters
-give up their most uncertain rows in turns: each cluster its most uncertain row, then each its second, ... until
-the budget is spent. With as many clusters as the budget (the default up to `max_clusters`), that is the most
-uncertain row of each cluster. (Zhdanov, "Diverse mini-batch active learning", 2019, weights k-means the same way.)
-Optionally a share of the budget (`explore`) goes to rows drawn at random, the one way to find a region where the
-model is sure and wrong.
+way (and so choose the same candidate pool), but they weight the clustering differently. Taking only the most
+uncertain rows spends the whole budget on one unsure region when the model is unsure there, so: a candidate pool of
+the `pool_factor` x budget most uncertain rows is clustered (MiniBatchKMeans, seeded, on standardized numeric +
+one-hot categorical features, each row weighted by its uncertainty), and the clusters give up their most uncertain
+rows in turns: each cluster its most uncertain row, then each its second, ... until the budget is spent. With as
+many clusters as the budget (up to `max_clusters`), that is the most uncertain row of each cluster. (Zhdanov,
+"Diverse mini-batch active learning", 2019, weights k-means the same way.) Optionally a share of the budget
+(`explore`) goes to rows drawn at random, the one way to find a region where the model is sure and wrong.
 
 Regression models have no probabilities: the monitor does not call this for them, and `probabilities=None` selects
 nothing (an empty array).
@@ -71,7 +71,7 @@ def encode_features(features: pd.DataFrame, numeric: list[str], categorical: lis
     column -> 0), categorical columns one-hot (missing is a category of its own)."""
     parts: list[np.ndarray] = []
     for name in numeric:
-        values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
+        values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         finite = np.isfinite(values)
         fill = float(np.median(values[finite])) if finite.any() else 0.0
         values = np.where(finite, values, fill)

@@ -143,6 +143,11 @@ def test_rows_without_a_probability_are_never_chosen_and_missing_features_are_to
     assert len(chosen) == 100
     assert np.isfinite(p[chosen]).all()
     assert len(select_for_labeling(features, p, 1000, **COLUMNS)) == 150  # every row that has a probability
+    # pandas' nullable types with missing values, as a parsed capture can hold them.
+    nullable = features.assign(
+        x=pd.array([1, None, 3] * 100, dtype="Int64"), segment=features["segment"].astype("string")
+    )
+    assert len(select_for_labeling(nullable, p, 100, **COLUMNS)) == 100
 
 
 def test_bad_input_is_named() -> None:
