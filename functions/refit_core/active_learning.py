@@ -3,12 +3,14 @@ manifest that sends them to labelling.
 
 Selection (`select_for_labeling`) is uncertainty sampling with a diversity rule. Uncertainty is the binary
 classifier's margin |p - 0.5| (small = unsure) or the entropy of p; for one probability both rank the rows the same
-way (and so choose the same candidate pool), but they weight the clustering differently. Taking only the most uncertain rows spends the whole budget on one unsure region when the model is unsure
-there, so: a candidate pool of the `pool_factor` x budget most uncertain rows is clustered (MiniBatchKMeans, seeded,
-on standardized numeric + one-hot categorical features, each row weighted by its uncertainty), and the clusters
-give up their most uncertain rows in turns: each cluster its most uncertain row, then each its second, ... until
-the budget is spent. With as many clusters as the budget (the default up to `max_clusters`), that is the most
-uncertain row of each cluster. (Zhdanov, "Diverse mini-batch active learning", 2019, weights k-means the same way.)
+way (and so choose the same candidate pool), but they weight the clustering differently. Taking only the most
+uncertain rows spends the whole budget on one unsure region when the model is unsure there, so: a candidate pool of
+the `pool_factor` x budget most uncertain rows is clustered (MiniBatchKMeans, seeded, on standardized numeric +
+one-hot categorical features, each row weighted by its uncertainty), and the clusters give up their most uncertain
+rows in turns: each cluster its most uncertain row, then each its second, ... until the budget is spent. With as
+many clusters as the budget (up to `max_clusters`), that is the most uncertain row of each cluster. (Zhdanov,
+"Diverse mini-batch active learning", 2019, weights k-means the same way.) Optionally a share of the budget
+(`explore`) goes to rows drawn at random, the one way to find a region where the model is sure and wrong.
 
 Regression models have no probabilities: the monitor does not call this for them, and `probabilities=None` selects
 nothing (an empty array).
@@ -69,7 +71,7 @@ def encode_features(features: pd.DataFrame, numeric: list[str], categorical: lis
     column -> 0), categorical columns one-hot (missing is a category of its own)."""
     parts: list[np.ndarray] = []
     for name in numeric:
-        values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
+        values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         finite = np.isfinite(values)
         fill = float(np.median(values[finite])) if finite.any() else 0.0
         values = np.where(finite, values, fill)
@@ -94,13 +96,20 @@ def select_for_labeling(
     strategy: str = "margin",
     pool_factor: int = 5,
     max_clusters: int = 500,
+    explore: float = 0.0,
 ) -> np.ndarray:
     """Positions (0-based, as `features.iloc` takes them) of at most `budget` rows most worth labelling, most
     uncertain first; the same inputs and seed give the same rows. `probabilities` are the model's P(positive class)
     per row; rows whose probability is NaN are never chosen. An empty frame, a budget of 0 or `probabilities=None`
-    (a regression model) selects nothing. See the module docstring for the rule."""
+    (a regression model) selects nothing. See the module docstring for the rule.
+
+    `explore` (0 to 1) is the share of the budget drawn uniformly at random (seeded) from the rows with a
+    probability that the uncertainty rule did not take; those come after the uncertain ones. Uncertainty cannot see
+    a region where the model is sure and wrong; random picks can (see the README's active-learning benchmark)."""
     if budget < 0:
         raise ActiveLearningError(f"budget must be >= 0, got {budget}")
+    if not 0.0 <= explore <= 1.0:
+        raise ActiveLearningError(f"explore must be between 0 and 1, got {explore}")
     if pool_factor < 1 or max_clusters < 1:
         raise ActiveLearningError(f"pool_factor and max_clusters must be >= 1, got {pool_factor}, {max_clusters}")
     if strategy not in STRATEGIES:
@@ -121,6 +130,30 @@ def select_for_labeling(
         raise ActiveLearningError(f"probability out of [0, 1] at row {int(bad[0])}: {p[bad[0]]}")
     score = uncertainty(p, strategy)
     usable = np.flatnonzero(np.isfinite(score))
+    explored = min(round(budget * explore), len(usable))
+    uncertain = _most_uncertain_diverse(
+        features, score, usable, budget - explored, numeric, categorical, seed, pool_factor, max_clusters
+    )
+    if explored == 0:
+        return uncertain
+    rest = np.setdiff1d(usable, uncertain, assume_unique=True)
+    random_picks = np.random.default_rng(seed).choice(rest, size=min(explored, len(rest)), replace=False)
+    return np.concatenate([uncertain, np.sort(random_picks)]).astype(np.intp)
+
+
+def _most_uncertain_diverse(
+    features: pd.DataFrame,
+    score: np.ndarray,
+    usable: np.ndarray,
+    budget: int,
+    numeric: list[str],
+    categorical: list[str],
+    seed: int,
+    pool_factor: int,
+    max_clusters: int,
+) -> np.ndarray:
+    if budget == 0:
+        return np.empty(0, dtype=np.intp)
     # Most uncertain first; ties keep the rows' order, so the ranking is deterministic.
     ranked = usable[np.argsort(-score[usable], kind="stable")]
     pool = ranked[: budget * pool_factor]
@@ -167,15 +200,52 @@ def payload_key(labeling_prefix: str, date: str, inference_id: str) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    """A feature value as JSON: numpy scalars as Python ones, missing values (NaN, None, NA, NaT) as null, times
+    in ISO 8601, anything else that JSON has no type for as its text."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, pd.Timestamp | datetime):
         return value.isoformat()
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def labeling_items(
+    features: pd.DataFrame,
+    chosen: np.ndarray,
+    *,
+    inference_ids: list[str] | np.ndarray | pd.Series,
+    probabilities: np.ndarray,
+    model_version: str | None = None,
+    variant: str | None = None,
+) -> list[dict[str, Any]]:
+    """The items `manifest_lines` takes, for the rows at positions `chosen` (as `select_for_labeling` returns them):
+    each row's features (all of `features`' columns), its join key and its probability."""
+    if not len(inference_ids) == len(probabilities) == len(features):
+        raise ActiveLearningError(
+            f"features ({len(features)} rows), inference_ids ({len(inference_ids)}) and probabilities "
+            f"({len(probabilities)}) must have one entry per row"
+        )
+    ids = np.asarray(inference_ids, dtype=object)
+    rows = features.iloc[np.asarray(chosen, dtype=np.intp)].to_dict(orient="records")
+    items = []
+    for position, row in zip(chosen, rows, strict=True):
+        item: dict[str, Any] = {
+            "inference_id": str(ids[position]),
+            "features": row,
+            "probability": float(probabilities[position]),
+        }
+        if model_version is not None:
+            item["model_version"] = model_version
+        if variant is not None:
+            item["variant"] = variant
+        items.append(item)
+    return items
 
 
 def manifest_lines(

@@ -13,6 +13,7 @@ from moto import mock_aws
 from refit_core.active_learning import (
     ActiveLearningError,
     append_manifest,
+    labeling_items,
     manifest_entries,
     manifest_lines,
     payload_key,
@@ -96,6 +97,23 @@ def test_one_uncertain_region_does_not_take_the_whole_budget() -> None:
     assert in_a[plain].all()
 
 
+def test_an_exploration_share_of_the_budget_is_drawn_at_random() -> None:
+    features, p = frame(4000, seed=2)
+    margin = np.abs(p - 0.5)
+    uncertain_only = select_for_labeling(features, p, 40, **COLUMNS)
+    chosen = select_for_labeling(features, p, 40, explore=0.25, **COLUMNS)
+    assert len(chosen) == 40 and len(set(chosen.tolist())) == 40
+    first, explored = chosen[:30], chosen[30:]
+    np.testing.assert_array_equal(first, select_for_labeling(features, p, 30, **COLUMNS))
+    assert np.sort(margin)[30 * 5 - 1] < margin[explored].mean()  # drawn from all rows, not the unsure ones
+    np.testing.assert_array_equal(select_for_labeling(features, p, 40, explore=0.0, **COLUMNS), uncertain_only)
+    np.testing.assert_array_equal(chosen, select_for_labeling(features, p, 40, explore=0.25, **COLUMNS))
+    everything_random = select_for_labeling(features, p, 400, explore=1.0, **COLUMNS)
+    assert 0.2 < margin[everything_random].mean() < 0.3  # a uniform draw: margin averages 0.25
+    with pytest.raises(ActiveLearningError, match="explore"):
+        select_for_labeling(features, p, 40, explore=1.5, **COLUMNS)
+
+
 def test_selection_is_deterministic_for_a_seed() -> None:
     features, p = frame(3000, seed=3)
     first = select_for_labeling(features, p, 40, seed=11, **COLUMNS)
@@ -125,6 +143,11 @@ def test_rows_without_a_probability_are_never_chosen_and_missing_features_are_to
     assert len(chosen) == 100
     assert np.isfinite(p[chosen]).all()
     assert len(select_for_labeling(features, p, 1000, **COLUMNS)) == 150  # every row that has a probability
+    # pandas' nullable types with missing values, as a parsed capture can hold them.
+    nullable = features.assign(
+        x=pd.array([1, None, 3] * 100, dtype="Int64"), segment=features["segment"].astype("string")
+    )
+    assert len(select_for_labeling(nullable, p, 100, **COLUMNS)) == 100
 
 
 def test_bad_input_is_named() -> None:
@@ -146,7 +169,15 @@ def test_bad_input_is_named() -> None:
 ITEMS = [
     {
         "inference_id": "req-1",
-        "features": {"x": np.float64(1.5), "y": float("nan"), "segment": "a", "n": np.int64(3)},
+        "features": {
+            "x": np.float64(1.5),
+            "y": float("nan"),
+            "segment": "a",
+            "n": np.int64(3),
+            "seen": pd.Timestamp("2026-11-29T01:02:03"),
+            "gone": pd.NaT,
+            "flag": np.bool_(True),
+        },
         "probability": np.float64(0.51),
         "model_version": "7",
         "variant": "AllTraffic",
@@ -168,7 +199,18 @@ def test_manifest_lines_parse_and_point_to_the_payload_keys() -> None:
     # An id with a character outside [A-Za-z0-9._-] gets a safe key that still names it.
     assert payloads[1][0].startswith("labeling/churn/items/2026-11-29/4f1c_2-") and payloads[1][0].endswith(".json")
     first = json.loads(payloads[0][1])
-    assert first == {"inference_id": "req-1", "features": {"x": 1.5, "y": None, "segment": "a", "n": 3}}
+    assert first == {
+        "inference_id": "req-1",
+        "features": {
+            "x": 1.5,
+            "y": None,
+            "segment": "a",
+            "n": 3,
+            "seen": "2026-11-29T01:02:03",
+            "gone": None,
+            "flag": True,
+        },
+    }
     assert json.loads(payloads[1][1])["features"]["segment"] is None
     assert manifest_entries(manifest) == entries
     assert selected_ids(manifest) == {"req-1", "4f1c:2"}
@@ -228,3 +270,18 @@ def test_the_daily_budget_is_shared_by_the_days_runs() -> None:
         remaining_budget(day, -1)
     with pytest.raises(ActiveLearningError, match="line 2"):
         manifest_entries(b'{"source-ref": "s3://b/k"}\nnot json\n')
+
+
+def test_selected_rows_become_manifest_items() -> None:
+    features, p = frame(300, seed=4)
+    ids = [f"req-{i}" for i in range(300)]
+    chosen = select_for_labeling(features, p, 12, **COLUMNS)
+    items = labeling_items(features, chosen, inference_ids=ids, probabilities=p, model_version="3", variant="v1")
+    assert [item["inference_id"] for item in items] == [ids[i] for i in chosen]
+    assert items[0]["features"] == features.iloc[chosen[0]].to_dict()
+    assert items[0]["probability"] == p[chosen[0]] and items[0]["model_version"] == "3"
+    payloads, manifest = manifest_lines(items, "b", "labeling/m/", "2026-11-29")
+    assert selected_ids(manifest) == {ids[i] for i in chosen}
+    assert json.loads(payloads[0][1])["features"]["segment"] == features["segment"].iloc[chosen[0]]
+    with pytest.raises(ActiveLearningError, match="one entry per row"):
+        labeling_items(features, chosen, inference_ids=ids[:5], probabilities=p)
