@@ -91,11 +91,12 @@ class VariantRows:
     all_scores: list[np.ndarray] = field(default_factory=list)
     captured: int = 0
 
-    def add(self, frame: pd.DataFrame, labelled: pd.Series, label_time: pd.Series) -> None:
+    def add(self, frame: pd.DataFrame, labelled: pd.Series, label_time: pd.Series, sampled: np.ndarray) -> None:
+        """`sampled`: rows whose label is a sample of the traffic (not picked for labelling by active learning)."""
         scores = frame[SCORE].to_numpy(dtype=float)
         self.captured += len(frame)
         self.all_scores.append(scores)
-        mask = labelled.notna().to_numpy()
+        mask = labelled.notna().to_numpy() & sampled
         if mask.any():
             self.labels.append(labelled.to_numpy(dtype=float)[mask])
             self.scores.append(scores[mask])
@@ -301,8 +302,11 @@ def scan_window(
     new_parts: set[str],
     profile: dict[str, Any] | None,
     features: list[str],
+    asked: set[str] = frozenset(),
 ) -> WindowResult:
-    """One pass over the window's prediction parts, one part in memory at a time."""
+    """One pass over the window's prediction parts, one part in memory at a time. Labels of requests active learning
+    picked (`asked`) feed training but not the live metric: the model's hardest rows are not a sample of its traffic,
+    and counting them would make the metric look worse than the traffic it serves."""
     model = place.model
     by_key = labels.set_index("key") if len(labels) else None
     variants: dict[str, VariantRows] = {}
@@ -337,7 +341,10 @@ def scan_window(
                 rows = rows[current]
             if not len(rows):
                 continue
-            variants.setdefault(str(variant), VariantRows()).add(rows, matched[rows.index], label_time[rows.index])
+            sampled = ~rows["key"].isin(asked).to_numpy()
+            variants.setdefault(str(variant), VariantRows()).add(
+                rows, matched[rows.index], label_time[rows.index], sampled
+            )
             if variant == CHAMPION and stats is not None:
                 chunk = rows[[*features, SCORE]].copy()
                 if model.target in (profile or {}).get("columns", {}):
@@ -467,6 +474,20 @@ def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) ->
     return f"s3://{data_bucket}/{key}"
 
 
+def labeling_picks(s3: Any, place: Place, start: datetime, now: datetime) -> set[str]:
+    """The keys active learning sent for labelling on the days of the window."""
+    picked: set[str] = set()
+    day = start.date()
+    while day <= now.date():
+        key = f"{place.model.labeling_prefix}{day:%Y-%m-%d}.manifest"
+        try:
+            picked |= active_learning.selected_ids(s3.get_object(Bucket=place.data_bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            pass
+        day += timedelta(days=1)
+    return picked
+
+
 def pick_for_labeling(
     s3: Any, place: Place, rows: pd.DataFrame, artifact: ModelArtifact, now: datetime, version: Any
 ) -> dict[str, Any] | None:
@@ -587,9 +608,11 @@ def run_monitor(
     label_watermark, new_labels = ingest_labels(s3, place, state, label_counts, label_examples)
     start = now - timedelta(hours=model.monitor.window_hours)
     labels, new_keys = window_labels(s3, place, now, new_labels, label_counts)
+    asked = labeling_picks(s3, place, start, now)
     window = scan_window(
         s3,
         place,
+        asked=asked,
         start=start,
         champion_since=champion_since,
         labels=labels,
