@@ -9,6 +9,7 @@ credentials) or the local runtime (inside its mock).
     refit reject MODEL VERSION [--comment TEXT]
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
+    refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
@@ -38,11 +39,12 @@ from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, gate_training_outputs
 from refit_core.ground_truth import ground_truth_key, read_labels
 from refit_core.lineage import diff
-from refit_core.names import stack_name
 from refit_core.profile import ProfileError, build_profile, categorical_columns, dumps_profile, loads_profile
 from refit_core.quality import check_quality
 from refit_core.report import render_html
 from refit_core.s3uri import S3Uri, is_s3_uri
+
+from scripts import run_commands
 
 DEFAULT_CONFIG = os.environ.get("REFIT_CONFIG", str(Path(__file__).resolve().parent.parent / "refit.toml"))
 
@@ -93,16 +95,12 @@ def _baseline(args: argparse.Namespace, model: ModelConfig) -> dict:
 
 
 def _stack_output(args: argparse.Namespace, key: str, option: str) -> str:
-    """An output of the deployed stack (named after the configuration's project, or --stack)."""
-    stack = args.stack or stack_name(load_config(args.config).project)
+    """An output of the deployed stack (named after the configuration's project, or --stack), or of the file
+    $REFIT_STACK_OUTPUTS names: run_commands.Resources, the one place that finds the project's resources."""
     try:
-        outputs = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
-    except ClientError as error:
-        raise CliError(f"cannot read stack {stack} ({error.response['Error'].get('Code')}); pass {option}") from None
-    for output in outputs:
-        if output["OutputKey"] == key:
-            return output["OutputValue"]
-    raise CliError(f"stack {stack} has no {key} output; pass {option}")
+        return run_commands.Resources.from_args(args).output(key, option)
+    except run_commands.CommandError as error:
+        raise CliError(str(error)) from None
 
 
 def _audit_table(args: argparse.Namespace) -> str:
@@ -300,7 +298,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     feedback.add_argument("--json", action="store_true")
     feedback.add_argument("--data-bucket", help="the data bucket (default: the stack's DataBucket output)")
     feedback.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
+    run_commands.add_parsers(commands, common)
     args = parser.parse_args(argv)
+    if args.command in run_commands.COMMANDS:
+        return run_commands.run(args, out, err)
     try:
         if args.command == "feedback":
             try:
