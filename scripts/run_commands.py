@@ -60,6 +60,7 @@ COMMANDS = ("land", "trigger", "runs", "show", "status")
 STACK_OUTPUTS_ENV = "REFIT_STACK_OUTPUTS"
 POLL_SECONDS = 1.0
 CLOCK_SKEW = timedelta(seconds=60)  # between this machine's clock and the service's, when matching start times
+CHAMPION_FIELDS = ("version", "model_name", "model_package_arn", "endpoint_config")
 RECORD_WAIT_SECONDS = 30.0  # a run that timed out or was stopped gets its record from the run-end Cleanup, shortly
 
 
@@ -476,6 +477,11 @@ def dry_run(
     }
     if settled is not None:
         result["decision"] = {"action": "stop", "outcome": "already_checked", "reason": settled}
+        try:
+            champion = find_champion(sagemaker, resources.endpoint_name(model.name))
+        except (ClientError, BotoCoreError) as error:
+            raise aws_error(error, f"the champion of {model.name}") from None
+        result["champion"] = {k: champion[k] for k in CHAMPION_FIELDS} if champion else None
     else:
         settings = Settings(
             model=model,
@@ -594,19 +600,56 @@ def follow(
         time.sleep(poll)
 
 
+class StatePrinter:
+    """Prints each state as it is entered (seconds since the run started, name). A state entered again — the
+    training and endpoint polling loops — is not printed again: the loop becomes one line when the next new state
+    is entered, or when `every` seconds of the run passed since the last line (a long training job)."""
+
+    def __init__(self, out: Any, every: float = 300.0) -> None:
+        self.out, self.every = out, every
+        self.printed: set[str] = set()
+        self.repeated: dict[str, int] = {}
+        self.last = self.now = 0.0
+
+    def __call__(self, name: str, seconds: float) -> None:
+        if name in self.printed:
+            self.now = seconds
+            self.repeated[name] = self.repeated.get(name, 0) + 1
+            if seconds - self.last >= self.every:
+                self.flush()
+            return
+        self.flush()
+        self.now = seconds
+        self.printed.add(name)
+        self._line(seconds, name)
+
+    def flush(self) -> None:
+        """The loop entered since the last line, as one line at the time it was last entered."""
+        if self.repeated:
+            loop = ", ".join(self.repeated)
+            self._line(self.now, f"({loop}: {max(self.repeated.values())} more times)")
+            self.repeated = {}
+
+    def _line(self, seconds: float, text: str) -> None:
+        print(f"  {seconds:8.1f} s  {text}", file=self.out, flush=True)
+        self.last = seconds
+
+
 def _follow_and_report(
     args: argparse.Namespace, model: ModelConfig, resources: Resources, arn: str, result: dict[str, Any], out: Any
 ) -> int:
     sfn, dynamodb = boto3.client("stepfunctions"), boto3.client("dynamodb")
     states: list[dict[str, Any]] = []
+    printer = StatePrinter(out)
 
     def entered(name: str, seconds: float) -> None:
         states.append({"name": name, "seconds": round(seconds, 3)})
         if not args.json:
-            print(f"  {seconds:8.1f} s  {name}", file=out, flush=True)
+            printer(name, seconds)
 
     try:
         description = follow(sfn, arn, entered, timeout=args.timeout if args.command == "trigger" else None)
+        printer.flush()
         record = _record_of(dynamodb, resources.audit_table, model.name, arn.rsplit(":", 1)[-1], description)
     except (ClientError, BotoCoreError) as error:
         raise aws_error(error, f"execution {arn}", _endpoint_of(sfn)) from None
@@ -806,9 +849,7 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
     return {
         "model": model.name,
         "endpoint": endpoint,
-        "champion": {k: champion[k] for k in ("version", "model_name", "model_package_arn", "endpoint_config")}
-        if champion
-        else None,
+        "champion": {k: champion[k] for k in CHAMPION_FIELDS} if champion else None,
         "running": running,
         "lock": _lock_holder(lock),
         "queued": [ledger.as_batch(item).uri for item in queued],
@@ -822,6 +863,11 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
         if last
         else None,
     }
+
+
+def _usd(value: float) -> str:
+    """Dollars with cents, or with four decimals for a sum under a cent (a local run's jobs cost fractions)."""
+    return f"${value:,.4f}" if 0 < abs(value) < 0.01 else f"${value:,.2f}"
 
 
 def render_status(status: dict[str, Any], prefix: str) -> str:
@@ -849,11 +895,11 @@ def render_status(status: dict[str, Any], prefix: str) -> str:
     lines.append(f"  queued     {len(status['queued'])} batch(es)" + "".join(f"\n    {u}" for u in status["queued"]))
     spend = status["spend"]
     if spend["budget_usd"] is None:
-        lines.append(f"  spend      ${spend['spent_usd']:.2f} on training in {spend['month']} (no monthly budget set)")
+        lines.append(f"  spend      {_usd(spend['spent_usd'])} on training in {spend['month']} (no monthly budget set)")
     else:
         lines.append(
-            f"  spend      ${spend['spent_usd']:.2f} of ${spend['budget_usd']:.2f} on training in {spend['month']} "
-            f"(${spend['left_usd']:.2f} left)"
+            f"  spend      {_usd(spend['spent_usd'])} of {_usd(spend['budget_usd'])} on training in {spend['month']} "
+            f"({_usd(spend['left_usd'])} left)"
         )
     last = status["last_run"]
     if last:

@@ -11,7 +11,7 @@ import pytest
 
 from scripts.cli import main
 from scripts.local_aws.runtime import LocalRuntime
-from scripts.run_commands import STACK_OUTPUTS_ENV
+from scripts.run_commands import STACK_OUTPUTS_ENV, StatePrinter
 from scripts.sample_data import churn_batch
 from tests.conftest import config_variant
 
@@ -228,3 +228,34 @@ def test_no_stack_or_no_endpoint_says_what_to_set(aws, refit, first, monkeypatch
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     code, _, err = refit("runs", MODEL, located=False)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in one_line(err) and "refit local up" in err
+
+
+def test_a_run_that_fails_exits_1_with_its_summary(aws, refit, first, tmp_path):
+    path = tmp_path / "missing-column.csv"
+    churn_batch(500, 4).drop(columns=["usage_gb"]).to_csv(path, index=False)  # a table, but not the model's
+    code, out, err = refit("land", MODEL, str(path), "--follow")
+    assert code == 1, err
+    assert "run ended FAILED" in out and "Result: FAILED / bad_data" in out and "column 'usage_gb' is missing" in out
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+
+
+def test_a_polling_loop_is_printed_once_and_summarized():
+    out = io.StringIO()
+    printer = StatePrinter(out, every=100.0)
+    for name, seconds in [("Start training", 0.0), ("Wait", 1.0), ("Poll", 2.0), ("Done?", 3.0)] + [
+        (name, 3.0 + 60 * i + offset) for i in range(1, 4) for name, offset in (("Wait", 0), ("Poll", 1), ("Done?", 2))
+    ]:
+        printer(name, seconds)
+    printer("Gate", 190.0)
+    printer("Finalize", 191.0)
+    printer.flush()
+    assert out.getvalue().splitlines() == [
+        "       0.0 s  Start training",
+        "       1.0 s  Wait",
+        "       2.0 s  Poll",
+        "       3.0 s  Done?",
+        "     123.0 s  (Wait, Poll, Done?: 2 more times)",  # `every` seconds after the last line: still looping
+        "     185.0 s  (Poll, Done?, Wait: 2 more times)",
+        "     190.0 s  Gate",
+        "     191.0 s  Finalize",
+    ]
