@@ -227,6 +227,13 @@ def _alarm_spec(alarm: Alarm) -> AlarmSpec | None:
     percentile statistics)."""
     if alarm.rule or alarm.metric_data_queries or alarm.extended_statistic or not alarm.statistic:
         return None
+    try:
+        return _metric_alarm_spec(alarm)
+    except (TypeError, ValueError):  # an alarm CloudWatch would have refused: never breaks the PutMetricData
+        return None
+
+
+def _metric_alarm_spec(alarm: Alarm) -> AlarmSpec:
     return AlarmSpec(
         name=alarm.name,
         namespace=alarm.namespace,

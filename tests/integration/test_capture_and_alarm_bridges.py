@@ -518,3 +518,31 @@ def test_the_quality_alarm_fires_on_the_monitors_bound_and_starts_a_run(aws):
     )
     assert state(aws, handles.quality_alarm) == "OK"  # the hour's average bound is back above 0.7
     assert {e["executionArn"] for e in aws.executions("churn")} - before == {started[0]["executionArn"]}
+
+
+def test_alarms_not_evaluated_locally_never_break_put_metric_data(aws):
+    """Metric-math alarms (the stack's runs-failed alarm) and an alarm CloudWatch would refuse are left alone."""
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="bridge-impossible",
+        Namespace="Bridge",
+        MetricName="Odd",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        DatapointsToAlarm=3,  # more than EvaluationPeriods
+        Threshold=0.0,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cloudwatch.put_metric_data(Namespace="Bridge", MetricData=[{"MetricName": "Odd", "Value": 5.0}])
+    assert state(aws, "bridge-impossible") == "OK"  # moto's initial state, unchanged
+    runs_failed = next(
+        a for a in cloudwatch.describe_alarms()["MetricAlarms"] if a.get("Metrics") and "runs-failed" in a["AlarmName"]
+    )
+    cloudwatch.put_metric_data(
+        Namespace="AWS/States",
+        MetricData=[
+            {"MetricName": "ExecutionsFailed", "Value": 1.0, "Dimensions": [{"Name": "StateMachineArn", "Value": "x"}]}
+        ],
+    )
+    assert state(aws, runs_failed["AlarmName"]) == runs_failed["StateValue"]
