@@ -224,6 +224,8 @@ class RetrainFunctions(Construct):
             storage.data_bucket.grant_read(monitor, f"{prefix}*")
         storage.data_bucket.grant_put(monitor, f"{model.feedback_prefix}pending/*")
         storage.data_bucket.grant_put(monitor, f"{model.labeling_prefix}*")
+        # The champion's model.tar.gz (its features and numeric columns) and its baseline profile.
+        storage.artifact_bucket.grant_read(monitor, f"training/{model.name}/*")
         storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
         storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
         storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")

@@ -1,9 +1,9 @@
 """The production half of the loop: one monitor run per model per period (refit_handlers.monitor).
 
 A run
-1. reads the Data Capture files written since its watermark, variant by variant (refit_core.capture), and stores
+1. reads the Data Capture files it has not read yet, variant by variant (refit_core.capture), and stores
    each as a prediction part `monitoring/<model>/captured/<variant>/<capture path>.parquet`;
-2. reads the ground-truth files uploaded since its label watermark (refit_core.ground_truth) into label parts;
+2. reads the ground-truth files it has not read yet (refit_core.ground_truth) into label parts;
 3. joins the labels with the captured rows of its window (`monitor.window_hours`; for the champion variant only rows
    served since the endpoint last changed, so a promoted model starts a fresh record) and computes, per variant, the
    live primary metric with its confidence interval, the label delay and the confidence-based estimate
@@ -11,7 +11,7 @@ A run
 4. writes the rows labelled in this run as a feedback part (the training history's `feedback` provenance; an alarm
    run takes them as its batch), and active learning's picks as a Ground Truth manifest;
 5. publishes CloudWatch metrics (namespace Refit, dimensions Model + Variant), writes the report (JSON + HTML) and
-   only then moves its watermarks: a run that fails part-way is repeated whole by the next, and every file it writes
+   only then records what it read: a run that fails part-way is repeated whole by the next, and every file it writes
    is named after its input, so a repeat writes the same objects again.
 
 Memory is bounded by one capture file, the window's labels and per-variant (label, score) arrays.
@@ -19,6 +19,7 @@ Memory is bounded by one capture file, the window's labels and per-variant (labe
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -59,7 +60,12 @@ from refit_core.metric_names import (
 from refit_core.profile import ProfileError, loads_profile
 from refit_core.s3uri import S3Uri
 
-STATE_FORMAT = "refit.monitor-state/1"
+STATE_FORMAT = "refit.monitor-state/2"
+# Files may land out of key order: SageMaker names a capture file after its first record, and an instance may write
+# its buffer minutes after another instance wrote a later-named file; a label writer may file under an earlier hour.
+# So a run lists again every hour folder this recent and skips the files it already read (kept in its state).
+CAPTURE_LOOKBACK_HOURS = 3
+LABEL_LOOKBACK_HOURS = 48
 REPORT_FORMAT = "refit.monitor-report/1"
 SCORE = "__score"
 
@@ -156,7 +162,7 @@ def _read_parquet(s3: Any, bucket: str, key: str) -> pd.DataFrame:
 def load_state(s3: Any, place: Place) -> dict[str, Any]:
     state = _get_json(s3, place.artifact_bucket, place.monitoring("state.json"))
     if state is None:
-        return {"format": STATE_FORMAT, "capture": {}, "labels": None}
+        return {"format": STATE_FORMAT, "capture": {}, "labels": {}}
     if state.get("format") != STATE_FORMAT:
         raise MonitorError(f"monitor state format {state.get('format')!r} is not {STATE_FORMAT!r}")
     return state
@@ -178,6 +184,38 @@ def _typed(frame: pd.DataFrame, features: list[str], numeric: list[str]) -> pd.D
     return frame
 
 
+def _hour_of(relative: str) -> str:
+    """`yyyy/mm/dd/hh` of a key below a capture or label prefix, or "other" for a key outside that layout."""
+    parts = relative.split("/")
+    if len(parts) >= 5 and all(part.isdigit() for part in parts[:4]):
+        return "/".join(parts[:4])
+    return "other"
+
+
+def new_files(
+    s3: Any, bucket: str, prefix: str, seen: dict[str, list[str]], lookback_hours: int, now: datetime
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Objects under `prefix` this run has not read: every hour folder from `lookback_hours` ago is listed again and
+    files already read are skipped; older folders are taken as complete. The first run reads everything. Returns the
+    new objects in key order and what the state remembers afterwards (the read files of the recent hours)."""
+    oldest = _hour_path(now - timedelta(hours=lookback_hours))
+    start_after = f"{prefix}{oldest[:-3]}" if seen else None
+    remembered = {hour: set(names) for hour, names in seen.items() if hour == "other" or hour >= oldest}
+    fresh = []
+    for item in _list(s3, bucket, prefix, start_after):
+        relative = item["Key"][len(prefix) :]
+        hour = _hour_of(relative)
+        if hour != "other" and seen and hour < oldest:
+            continue
+        if relative in remembered.get(hour, ()):
+            continue
+        fresh.append(item)
+        remembered.setdefault(hour, set()).add(relative)
+    kept = {hour: sorted(names) for hour, names in remembered.items() if hour == "other" or hour >= oldest}
+    kept.setdefault("other", [])  # never empty after a first run: a later run does not read everything again
+    return fresh, kept
+
+
 def ingest_captures(
     s3: Any,
     place: Place,
@@ -185,15 +223,19 @@ def ingest_captures(
     artifact: ModelArtifact,
     counts: Counter,
     examples: list[str],
-) -> tuple[dict[str, str], list[str]]:
-    """New capture files -> prediction parts. Returns the new watermarks and the parts written."""
+    now: datetime,
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """New capture files -> prediction parts. Returns what the state remembers per variant and the parts written."""
     model = place.model
     root = f"{model.capture_prefix}{place.endpoint_name}/"
-    watermarks: dict[str, str] = dict(state.get("capture") or {})
+    remembered: dict[str, dict[str, list[str]]] = dict(state.get("capture") or {})
     written: list[str] = []
     for variant_prefix in _child_prefixes(s3, place.data_bucket, root):
         variant = variant_prefix[len(root) :].rstrip("/")
-        for item in _list(s3, place.data_bucket, variant_prefix, watermarks.get(variant)):
+        items, remembered[variant] = new_files(
+            s3, place.data_bucket, variant_prefix, remembered.get(variant) or {}, CAPTURE_LOOKBACK_HOURS, now
+        )
+        for item in items:
             key = item["Key"]
             if not key.endswith(".jsonl"):
                 continue
@@ -213,17 +255,18 @@ def ingest_captures(
             part = place.monitoring("captured", variant, key[len(variant_prefix) :].removesuffix(".jsonl") + ".parquet")
             _put_parquet(s3, place.artifact_bucket, part, frame)
             written.append(part)
-            watermarks[variant] = key
-    return watermarks, written
+    return remembered, written
 
 
 def ingest_labels(
-    s3: Any, place: Place, state: dict[str, Any], counts: Counter, examples: list[str]
-) -> tuple[str | None, list[str]]:
+    s3: Any, place: Place, state: dict[str, Any], counts: Counter, examples: list[str], now: datetime
+) -> tuple[dict[str, list[str]], list[str]]:
     model = place.model
-    watermark = state.get("labels")
     written: list[str] = []
-    for item in _list(s3, place.data_bucket, model.ground_truth_prefix, watermark):
+    items, remembered = new_files(
+        s3, place.data_bucket, model.ground_truth_prefix, state.get("labels") or {}, LABEL_LOOKBACK_HOURS, now
+    )
+    for item in items:
         key = item["Key"]
         body = s3.get_object(Bucket=place.data_bucket, Key=key)["Body"]
         labels = read_labels(
@@ -238,8 +281,7 @@ def ingest_labels(
         part = place.monitoring("labels", relative.rsplit(".", 1)[0] + ".parquet")
         _put_parquet(s3, place.artifact_bucket, part, labels.frame)
         written.append(part)
-        watermark = key
-    return watermark, written
+    return remembered, written
 
 
 def _window_parts(s3: Any, place: Place, kind: str, start: datetime) -> list[str]:
@@ -437,17 +479,21 @@ def publish(cloudwatch: Any, data: list[dict[str, Any]]) -> None:
         cloudwatch.put_metric_data(Namespace=MONITOR_NAMESPACE, MetricData=data[start : start + 500])
 
 
-def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, run_id: str, columns: list[str]) -> str | None:
+def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, label_parts: list[str], columns: list[str]) -> str | None:
     """The rows labelled in this run, as a training batch of the champion's columns (its id column, when configured,
     is the capture's join key): pending until an alarm run takes them (refit_core.monitor.take_feedback)."""
     model = place.model
     if not model.monitor.feedback or rows.empty:
         return None
     frame = rows.copy()
+    if model.problem_type == "binary_classification":
+        frame[model.target] = frame[model.target].astype(int)  # labels are read as numbers; the history has 0/1
     if model.id_column:
         frame[model.id_column] = frame["key"]
     frame = frame[[c for c in columns if c in frame.columns]]
-    key = f"{model.feedback_prefix}pending/{run_id}.csv"
+    # Named after the label files it joins: a run repeated after a failure writes the same object, not a second copy.
+    digest = hashlib.sha256("\n".join(sorted(label_parts)).encode()).hexdigest()[:20]
+    key = f"{model.feedback_prefix}pending/{digest}.csv"
     s3.put_object(Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv")
     return f"s3://{place.data_bucket}/{key}"
 
@@ -468,9 +514,16 @@ def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) ->
     key = f"{model.feedback_prefix}batches/feedback-{run_id}.csv"
     s3.put_object(Bucket=data_bucket, Key=key, Body=batch.to_csv(index=False).encode(), ContentType="text/csv")
     for start in range(0, len(pending), 1000):
-        s3.delete_objects(
+        reply = s3.delete_objects(
             Bucket=data_bucket, Delete={"Objects": [{"Key": k} for k in pending[start : start + 1000]], "Quiet": True}
         )
+        if reply.get("Errors"):
+            # A part left pending would be taken again by the next alarm run: its rows would be trained on twice.
+            first = reply["Errors"][0]
+            raise RuntimeError(
+                f"could not delete {len(reply['Errors'])} pending feedback part(s) after gathering them into "
+                f"s3://{data_bucket}/{key}, e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )
     return f"s3://{data_bucket}/{key}"
 
 
@@ -604,8 +657,8 @@ def run_monitor(
     capture_examples: list[str] = []
     label_counts: Counter = Counter()
     label_examples: list[str] = []
-    watermarks, new_captured = ingest_captures(s3, place, state, artifact, capture_counts, capture_examples)
-    label_watermark, new_labels = ingest_labels(s3, place, state, label_counts, label_examples)
+    read_captures, new_captured = ingest_captures(s3, place, state, artifact, capture_counts, capture_examples, now)
+    read_labels_, new_labels = ingest_labels(s3, place, state, label_counts, label_examples, now)
     start = now - timedelta(hours=model.monitor.window_hours)
     labels, new_keys = window_labels(s3, place, now, new_labels, label_counts)
     asked = labeling_picks(s3, place, start, now)
@@ -648,15 +701,16 @@ def run_monitor(
         report["decision"] = {"breached": False, "reason": "no quality_alarm configured"}
     else:
         report["decision"] = {"breached": False, "reason": "no captured traffic for the champion in the window"}
-    columns = [c for c in (profile or {}).get("columns", {})] or [*artifact.features, model.target]
+    # The champion's feature order (clients send headerless CSV in it), then the target and the id column.
+    columns = [*artifact.features, model.target, *([model.id_column] if model.id_column else [])]
     report["feedback"] = {
-        "uri": write_feedback(s3, place, window.feedback, run_id, columns),
+        "uri": write_feedback(s3, place, window.feedback, new_labels, columns),
         "rows": len(window.feedback),
     }
     report["labeling"] = pick_for_labeling(s3, place, window.new_unlabelled, artifact, now, champion.get("version"))
     publish(cloudwatch, metric_data(model, report, now))
     _write_report(s3, place, report, window.drift_stats)
-    state.update(capture=watermarks, labels=label_watermark, updated_at=report["at"], last_run=run_id)
+    state.update(capture=read_captures, labels=read_labels_, updated_at=report["at"], last_run=run_id)
     s3.put_object(
         Bucket=place.artifact_bucket,
         Key=place.monitoring("state.json"),

@@ -22,6 +22,8 @@ def aws(cloud_assembly, tmp_path_factory):
     with LocalRuntime(cloud_assembly, tmp_path_factory.mktemp("runtime"), spot_discount=0.7, seed=5) as runtime:
         execution = runtime.wait_for(runtime.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(4000, 1))))
         assert execution["status"] == "SUCCEEDED"
+        # A canary is judged on the traffic of its bake: the same market keeps sending requests meanwhile.
+        runtime.on_wait("Bake canary", lambda state, seconds: traffic(runtime, 400, 40, "bake", new_market=0.4))
         yield runtime
 
 
@@ -130,8 +132,8 @@ def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
     started = [e for e in aws.executions(MODEL) if e["executionArn"] not in before_runs]
     assert len(started) == 1
     execution = aws.wait_for(started[0]["executionArn"], timeout=900)
-    assert execution["status"] == "SUCCEEDED"
     record = next(r for r in aws.audit_records(MODEL) if r["execution"] == started[0]["name"])
+    assert execution["status"] == "SUCCEEDED", (record["outcome"], record["message"])
     assert record["trigger"] == "alarm" and record["provenance"] == "feedback"
     assert "live roc_auc" in record["trigger_reason"] and "n = 2,0" in record["trigger_reason"]
     assert record["data_uri"].startswith(f"s3://{aws.data_bucket}/feedback/{MODEL}/batches/")
