@@ -607,7 +607,9 @@ def serving_since(sagemaker: Any, place: Place, state: dict[str, Any], model_nam
     if known.get("model_name") == model_name and known.get("since"):
         return datetime.fromisoformat(known["since"])
     endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
+    # Capture records carry whole seconds: the second the endpoint changed in counts for the new champion.
     since = (endpoint.get("LastModifiedTime") or endpoint.get("CreationTime") or now).astimezone(UTC)
+    since = since.replace(microsecond=0)
     state["champion"] = {"model_name": model_name, "since": since.isoformat()}
     return since
 
