@@ -43,6 +43,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -579,6 +580,15 @@ class Bridges:
         return self.state_machine_roles[state_machine_arn]
 
     # ---------------------------------------------------------------- Lambda
+    def _log_to_function(self, function: LocalFunction) -> None:
+        """Powertools' Logger is a `logging` logger named after the service, process-wide: if the host imported the
+        handler first (a unit test, say), its handler writes to the host's stream. Point it at the proxy, which
+        writes to this function's log file, as the function's own process would."""
+        service = function.environment.get("POWERTOOLS_SERVICE_NAME")
+        for handler in logging.getLogger(service).handlers if service else []:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not self.stdout:
+                handler.setStream(self.stdout)
+
     def _handler(self, function: LocalFunction) -> Callable[[Any, Any], Any]:
         module_name, _, attribute = function.handler.rpartition(".")
         key = f"{function.name}:{module_name}"
@@ -642,6 +652,7 @@ class Bridges:
             self.default_session.session = session  # boto3.client() in this invocation signs as the function's role
             try:
                 handler = self._handler(function)
+                self._log_to_function(function)
                 context = LambdaContext(function.name, function.memory_mb, function.arn)
                 result = handler(event, context)
                 self.invocations.append((function.name, "ok"))
