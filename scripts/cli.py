@@ -22,6 +22,7 @@ import getpass
 import json
 import os
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,10 @@ def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> d
     if labels.frame.empty:
         raise FeedbackRefused(f"{args.file}: no valid label; nothing uploaded", summary)
     if not args.dry_run:
-        key = ground_truth_key(model.ground_truth_prefix, name, now)
+        # A unique name: a second upload of the same file name in the same hour must not replace the first.
+        stem, dot, suffix = name.partition(".")
+        unique = f"{stem}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}{dot}{suffix}"
+        key = ground_truth_key(model.ground_truth_prefix, unique, now)
         try:
             s3.put_object(Bucket=bucket, Key=key, Body=data)
         except ClientError as error:

@@ -121,6 +121,8 @@ class RetrainFunctions(Construct):
                 log_group=log_group,
                 environment={**environment, "POWERTOOLS_SERVICE_NAME": f"refit-{model.name}-{name.lower()}"},
                 description=f"refit {model.name}: {name}",
+                # One monitor run at a time: two would both rewrite the day's labelling manifest and the state.
+                reserved_concurrent_executions=1 if name == "Monitor" else None,
             )
         f = self.functions
         key = storage.key

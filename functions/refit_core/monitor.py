@@ -66,6 +66,8 @@ STATE_FORMAT = "refit.monitor-state/2"
 # So a run lists again every hour folder this recent and skips the files it already read (kept in its state).
 CAPTURE_LOOKBACK_HOURS = 3
 LABEL_LOOKBACK_HOURS = 48
+# What one run reads at most (a Lambda has 15 minutes); the rest waits for the next run, which the report says.
+MAX_FILES_PER_RUN = 3000
 REPORT_FORMAT = "refit.monitor-report/1"
 SCORE = "__score"
 
@@ -193,27 +195,51 @@ def _hour_of(relative: str) -> str:
 
 
 def new_files(
-    s3: Any, bucket: str, prefix: str, seen: dict[str, list[str]], lookback_hours: int, now: datetime
-) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Objects under `prefix` this run has not read: every hour folder from `lookback_hours` ago is listed again and
-    files already read are skipped; older folders are taken as complete. The first run reads everything. Returns the
-    new objects in key order and what the state remembers afterwards (the read files of the recent hours)."""
-    oldest = _hour_path(now - timedelta(hours=lookback_hours))
-    start_after = f"{prefix}{oldest[:-3]}" if seen else None
-    remembered = {hour: set(names) for hour, names in seen.items() if hour == "other" or hour >= oldest}
-    fresh = []
-    for item in _list(s3, bucket, prefix, start_after):
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    seen: dict[str, list[str]],
+    *,
+    oldest: datetime,
+    limit: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], bool]:
+    """Objects under `prefix` this run has not read, from the hour folder of `oldest` on: every folder since then is
+    listed again and files already read (remembered in the state) are skipped, so files that land out of key order
+    are still read. At most `limit` files: the rest wait for the next run (the third value says so). Returns the new
+    objects in key order and what the state remembers afterwards."""
+    first_hour = _hour_path(oldest)
+    remembered = {hour: set(names) for hour, names in seen.items() if hour == "other" or hour >= first_hour}
+    fresh: list[dict[str, Any]] = []
+    backlog = False
+    for item in _list(s3, bucket, prefix, f"{prefix}{first_hour[:-3]}"):
         relative = item["Key"][len(prefix) :]
         hour = _hour_of(relative)
-        if hour != "other" and seen and hour < oldest:
+        if (hour != "other" and hour < first_hour) or relative in remembered.get(hour, ()):
             continue
-        if relative in remembered.get(hour, ()):
-            continue
+        if len(fresh) >= limit:
+            backlog = True
+            break
         fresh.append(item)
         remembered.setdefault(hour, set()).add(relative)
-    kept = {hour: sorted(names) for hour, names in remembered.items() if hour == "other" or hour >= oldest}
-    kept.setdefault("other", [])  # never empty after a first run: a later run does not read everything again
-    return fresh, kept
+    kept = {hour: sorted(names) for hour, names in remembered.items() if hour == "other" or hour >= first_hour}
+    return fresh, kept, backlog
+
+
+def read_since(state: dict[str, Any], now: datetime, window_hours: float, lookback_hours: int) -> datetime:
+    """The oldest hour a run lists: `lookback_hours` before the last successful run (files land late, and runs may
+    have failed or been skipped since), never before the window (older files could not count)."""
+    window_start = now - timedelta(hours=window_hours)
+    last = state.get("updated_at")
+    if not last:
+        return window_start
+    return max(window_start, datetime.fromisoformat(last) - timedelta(hours=lookback_hours))
+
+
+def _read_capture(lines: Any, **options: Any) -> Any:
+    try:
+        return read_capture(lines, **options)
+    except ValueError as error:  # a feature named like one of the reader's own columns: no file can be read
+        raise MonitorError(f"cannot read the captures of this model: {error}") from None
 
 
 def ingest_captures(
@@ -232,15 +258,22 @@ def ingest_captures(
     written: list[str] = []
     for variant_prefix in _child_prefixes(s3, place.data_bucket, root):
         variant = variant_prefix[len(root) :].rstrip("/")
-        items, remembered[variant] = new_files(
-            s3, place.data_bucket, variant_prefix, remembered.get(variant) or {}, CAPTURE_LOOKBACK_HOURS, now
+        items, remembered[variant], more = new_files(
+            s3,
+            place.data_bucket,
+            variant_prefix,
+            remembered.get(variant) or {},
+            oldest=read_since(state, now, model.monitor.window_hours, CAPTURE_LOOKBACK_HOURS),
+            limit=MAX_FILES_PER_RUN,
         )
+        if more:
+            counts["backlog"] += 1
         for item in items:
             key = item["Key"]
             if not key.endswith(".jsonl"):
                 continue
             body = s3.get_object(Bucket=place.data_bucket, Key=key)["Body"]
-            rows = read_capture(
+            rows = _read_capture(
                 body.iter_lines(),
                 source=f"s3://{place.data_bucket}/{key}",
                 variant=variant,
@@ -252,6 +285,13 @@ def ingest_captures(
             examples.extend(rows.examples[: max(0, 10 - len(examples))])
             frame = _typed(rows.frame.copy(), artifact.features, artifact.numeric_features)
             frame[SCORE] = _score_column(frame, model.problem_type) if len(frame) else pd.Series(dtype=float)
+            invalid = ~np.isfinite(frame[SCORE].to_numpy(dtype=float))
+            if model.problem_type == "binary_classification":
+                invalid |= ~frame[SCORE].between(0, 1).to_numpy()
+            if invalid.any():
+                counts["unparseable_output"] += int(invalid.sum())
+                examples.append(f"s3://{place.data_bucket}/{key}: {int(invalid.sum())} row(s) with no usable score")
+                frame = frame[~invalid]
             part = place.monitoring("captured", variant, key[len(variant_prefix) :].removesuffix(".jsonl") + ".parquet")
             _put_parquet(s3, place.artifact_bucket, part, frame)
             written.append(part)
@@ -263,9 +303,16 @@ def ingest_labels(
 ) -> tuple[dict[str, list[str]], list[str]]:
     model = place.model
     written: list[str] = []
-    items, remembered = new_files(
-        s3, place.data_bucket, model.ground_truth_prefix, state.get("labels") or {}, LABEL_LOOKBACK_HOURS, now
+    items, remembered, more = new_files(
+        s3,
+        place.data_bucket,
+        model.ground_truth_prefix,
+        state.get("labels") or {},
+        oldest=read_since(state, now, model.monitor.window_hours, LABEL_LOOKBACK_HOURS),
+        limit=MAX_FILES_PER_RUN,
     )
+    if more:
+        counts["backlog"] += 1
     for item in items:
         key = item["Key"]
         body = s3.get_object(Bucket=place.data_bucket, Key=key)["Body"]
@@ -278,7 +325,7 @@ def ingest_labels(
         counts.update(labels.problems)
         examples.extend(labels.examples[: max(0, 10 - len(examples))])
         relative = key[len(model.ground_truth_prefix) :]
-        part = place.monitoring("labels", relative.rsplit(".", 1)[0] + ".parquet")
+        part = place.monitoring("labels", relative + ".parquet")  # x.csv and x.jsonl are two parts
         _put_parquet(s3, place.artifact_bucket, part, labels.frame)
         written.append(part)
     return remembered, written
@@ -309,9 +356,10 @@ def window_labels(
     for part in sorted(set(parts) | new):
         frame = _read_parquet(s3, place.artifact_bucket, part)
         frame["is_new"] = part in new
+        frame["label_part"] = part
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["key", "label", "label_time", "is_new"]), set()
+        return pd.DataFrame(columns=["key", "label", "label_time", "is_new", "label_part"]), set()
     labels = pd.concat(frames, ignore_index=True)
     repeated = labels.duplicated("key", keep="first")
     first = labels[~repeated].set_index("key")
@@ -338,7 +386,7 @@ def scan_window(
     place: Place,
     *,
     start: datetime,
-    champion_since: datetime,
+    variant_since: dict[str, datetime],
     labels: pd.DataFrame,
     new_label_keys: set[str],
     new_parts: set[str],
@@ -376,11 +424,12 @@ def scan_window(
         if fresh.any():
             rows = frame.loc[fresh, ["key", *features]].copy()
             rows[model.target] = matched[fresh].to_numpy()
+            rows["label_part"] = frame.loc[fresh, "key"].map(by_key["label_part"]).to_numpy()
             feedback.append(rows)
         for variant, rows in frame.groupby("variant", sort=False):
-            if variant == CHAMPION:
-                current = rows["inference_time"] >= pd.Timestamp(champion_since)
-                rows = rows[current]
+            if variant not in variant_since:
+                continue  # a variant no longer on the endpoint (the challenger of a finished canary)
+            rows = rows[rows["inference_time"] >= pd.Timestamp(variant_since[variant])]
             if not len(rows):
                 continue
             sampled = ~rows["key"].isin(asked).to_numpy()
@@ -479,40 +528,58 @@ def publish(cloudwatch: Any, data: list[dict[str, Any]]) -> None:
         cloudwatch.put_metric_data(Namespace=MONITOR_NAMESPACE, MetricData=data[start : start + 500])
 
 
-def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, label_parts: list[str], columns: list[str]) -> str | None:
-    """The rows labelled in this run, as a training batch of the champion's columns (its id column, when configured,
-    is the capture's join key): pending until an alarm run takes them (refit_core.monitor.take_feedback)."""
+def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The rows labelled in this run, as training batches of the champion's columns (its id column, when configured,
+    is the capture's join key), one per label file and named after it: a run repeated after a failure writes the
+    same objects again, never a second copy of a row. Pending until an alarm run takes them (take_feedback)."""
     model = place.model
     if not model.monitor.feedback or rows.empty:
-        return None
-    frame = rows.copy()
-    if model.problem_type == "binary_classification":
-        frame[model.target] = frame[model.target].astype(int)  # labels are read as numbers; the history has 0/1
-    if model.id_column:
-        frame[model.id_column] = frame["key"]
-    frame = frame[[c for c in columns if c in frame.columns]]
-    # Named after the label files it joins: a run repeated after a failure writes the same object, not a second copy.
-    digest = hashlib.sha256("\n".join(sorted(label_parts)).encode()).hexdigest()[:20]
-    key = f"{model.feedback_prefix}pending/{digest}.csv"
-    s3.put_object(Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv")
-    return f"s3://{place.data_bucket}/{key}"
+        return []
+    written = []
+    for label_part, group in rows.groupby("label_part", sort=True):
+        frame = group.copy()
+        if model.problem_type == "binary_classification":
+            frame[model.target] = frame[model.target].astype(int)  # labels are read as numbers; the history has 0/1
+        if model.id_column:
+            frame[model.id_column] = frame["key"]
+        frame = frame[[c for c in columns if c in frame.columns]]
+        digest = hashlib.sha256(str(label_part).encode()).hexdigest()[:24]
+        key = f"{model.feedback_prefix}pending/{digest}.csv"
+        s3.put_object(
+            Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv"
+        )
+        written.append(f"s3://{place.data_bucket}/{key}")
+    return written
 
 
 def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) -> str | None:
     """An alarm run's batch: every pending feedback part, in one CSV under `feedback/<model>/batches/`. The parts
-    are then deleted (the bucket keeps their versions), so the next alarm run takes only rows labelled since. None when
-    nothing is pending."""
+    are then deleted (the bucket keeps their versions), so the next alarm run takes only rows labelled since. A retry
+    of the same run finds its batch already written and takes it again. None when nothing is pending."""
+    key = f"{model.feedback_prefix}batches/feedback-{run_id}.csv"
+    uri = f"s3://{data_bucket}/{key}"
     pending = [
-        item["Key"]
-        for item in _list(s3, data_bucket, f"{model.feedback_prefix}pending/")
-        if item["Key"].endswith(".csv")
+        i["Key"] for i in _list(s3, data_bucket, f"{model.feedback_prefix}pending/") if i["Key"].endswith(".csv")
     ]
     if not pending:
-        return None
-    frames = [pd.read_csv(io.BytesIO(s3.get_object(Bucket=data_bucket, Key=key)["Body"].read())) for key in pending]
-    batch = pd.concat(frames, ignore_index=True)
-    key = f"{model.feedback_prefix}batches/feedback-{run_id}.csv"
-    s3.put_object(Bucket=data_bucket, Key=key, Body=batch.to_csv(index=False).encode(), ContentType="text/csv")
+        try:
+            s3.head_object(Bucket=data_bucket, Key=key)
+        except s3.exceptions.ClientError:
+            return None
+        return uri
+    # Read as text: ids like "007" and categories stay as the monitor wrote them.
+    frames = [
+        pd.read_csv(
+            io.BytesIO(s3.get_object(Bucket=data_bucket, Key=part)["Body"].read()), dtype=str, keep_default_na=False
+        )
+        for part in pending
+    ]
+    s3.put_object(
+        Bucket=data_bucket,
+        Key=key,
+        Body=pd.concat(frames, ignore_index=True).to_csv(index=False).encode(),
+        ContentType="text/csv",
+    )
     for start in range(0, len(pending), 1000):
         reply = s3.delete_objects(
             Bucket=data_bucket, Delete={"Objects": [{"Key": k} for k in pending[start : start + 1000]], "Quiet": True}
@@ -522,9 +589,9 @@ def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) ->
             first = reply["Errors"][0]
             raise RuntimeError(
                 f"could not delete {len(reply['Errors'])} pending feedback part(s) after gathering them into "
-                f"s3://{data_bucket}/{key}, e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                f"{uri}, e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
             )
-    return f"s3://{data_bucket}/{key}"
+    return uri
 
 
 def labeling_picks(s3: Any, place: Place, start: datetime, now: datetime) -> set[str]:
@@ -642,6 +709,15 @@ def run_monitor(
         _write_report(s3, place, report)
         return report
     champion_since = serving_since(sagemaker, place, state, champion["model_name"], now)
+    # Each variant's record: the champion's since its model took over; another (a canary's challenger) since the
+    # endpoint last changed, and only while it is on the endpoint.
+    endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
+    changed = (endpoint.get("LastModifiedTime") or now).astimezone(UTC).replace(microsecond=0)
+    variant_since = {
+        str(v["VariantName"]): champion_since if v["VariantName"] == CHAMPION else changed
+        for v in endpoint.get("ProductionVariants", [])
+    }
+    variant_since.setdefault(CHAMPION, champion_since)
     artifact = load_model_artifact(s3, champion["model_data_url"])
     profile = None
     if champion.get("baseline_uri"):
@@ -669,7 +745,7 @@ def run_monitor(
         place,
         asked=asked,
         start=start,
-        champion_since=champion_since,
+        variant_since=variant_since,
         labels=labels,
         new_label_keys=new_keys,
         new_parts=set(new_captured),
@@ -705,10 +781,7 @@ def run_monitor(
         report["decision"] = {"breached": False, "reason": "no captured traffic for the champion in the window"}
     # The champion's feature order (clients send headerless CSV in it), then the target and the id column.
     columns = [*artifact.features, model.target, *([model.id_column] if model.id_column else [])]
-    report["feedback"] = {
-        "uri": write_feedback(s3, place, window.feedback, new_labels, columns),
-        "rows": len(window.feedback),
-    }
+    report["feedback"] = {"uris": write_feedback(s3, place, window.feedback, columns), "rows": len(window.feedback)}
     report["labeling"] = pick_for_labeling(s3, place, window.new_unlabelled, artifact, now, champion.get("version"))
     publish(cloudwatch, metric_data(model, report, now))
     _write_report(s3, place, report, window.drift_stats)
@@ -722,11 +795,22 @@ def run_monitor(
     return report
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a statistic (r2 on a handful of rows) is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
 def _write_report(s3: Any, place: Place, report: dict[str, Any], stats: BatchStats | None = None) -> None:
     base = place.monitoring("reports", report["run_id"])
     report["report_uri"] = f"s3://{place.artifact_bucket}/{base}.json"
     report["report_html_uri"] = f"s3://{place.artifact_bucket}/{base}.html"
-    body = json.dumps(report, indent=1, default=str).encode()
+    body = json.dumps(_finite(report), indent=1, default=str, allow_nan=False).encode()
     s3.put_object(Bucket=place.artifact_bucket, Key=f"{base}.json", Body=body, ContentType="application/json")
     s3.put_object(
         Bucket=place.artifact_bucket,
@@ -793,7 +877,7 @@ def render_monitor_html(report: dict[str, Any], stats: BatchStats | None) -> str
         + f"<h2>Inputs</h2><p>{report['capture']['files']} capture file(s), {report['labels']['files']} label file(s)"
         f"</p><ul>{problems or '<li>no problems</li>'}</ul><ul>{examples}</ul>"
         + (
-            f"<h2>Feedback</h2><p>{report['feedback']['rows']} labelled row(s) → {html.escape(str(report['feedback']['uri']))}</p>"
+            f"<h2>Feedback</h2><p>{report['feedback']['rows']} labelled row(s) → {html.escape(', '.join(report['feedback']['uris']))}</p>"
             if report.get("feedback")
             else ""
         )

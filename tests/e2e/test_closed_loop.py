@@ -113,6 +113,8 @@ def test_monitor_reports_bad_input_without_crashing_and_is_idempotent(aws):
     assert report["labels"]["problems"].get("duplicate") == 1
     assert report["labels"]["problems"].get("unknown_id") == 1
     assert report["decision"]["breached"] is False  # 1 labelled row is no evidence
+    page = aws.read_s3(first["report_html_uri"]).decode()
+    assert "refit monitor: churn" in page and "unknown_encoding" in page and "unknown_id" in page
     captured = report["variants"]["champion"]["captured_rows"]
     second = aws.run_monitor(MODEL)
     again = json.loads(aws.read_s3(second["report_uri"]))
