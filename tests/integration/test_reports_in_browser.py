@@ -95,7 +95,9 @@ def pages(cloud_assembly, tmp_path_factory) -> dict[str, Any]:
         record = next(r for r in aws.audit_records(MODEL) if r["execution"] == name)
         assert record["outcome"] == "promoted", record["message"]
         run_page = folder / "run.html"
-        code, out, err = refit("report", record["run_id"], "-o", str(run_page), "--audit-table", aws.audit_table, "--json")
+        code, out, err = refit(
+            "report", record["run_id"], "-o", str(run_page), "--audit-table", aws.audit_table, "--json"
+        )
         assert code == 0, err
         drift_page = folder / "drift.html"
         drift_page.write_bytes(aws.read_s3(record["drift"]["report_html_uri"]))
