@@ -46,7 +46,7 @@ def chromium_executable() -> str | None:
 
 def unavailable(reason: str) -> None:
     """Skip outside CI; fail in CI, where .ci/run installs the browser."""
-    if os.environ.get("CI"):
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
         pytest.fail(f"CI: {reason}; .ci/run installs Debian's chromium-headless-shell and `make install` Playwright")
     pytest.skip(f"{reason} (apt-get install chromium-headless-shell, or set REFIT_CHROMIUM); CI runs this test")
 
@@ -56,6 +56,8 @@ def browser():
     executable = chromium_executable()
     if executable is None:
         unavailable(f"no Chromium on the PATH ({', '.join(BROWSERS)})")
+    if not os.access(executable, os.X_OK):
+        unavailable(f"REFIT_CHROMIUM={executable} is not an executable file")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
