@@ -29,7 +29,7 @@ from typing import Any
 
 import boto3
 import pandas as pd
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
 from refit_core.capture import captured_keys, list_capture_objects
@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             except ReportError as error:
                 print(f"refit: {error}", file=err)
                 return error.exit_code
+            except BotoCoreError as error:  # no endpoint, region or credentials while finding the stack
+                print(f"refit: {error}; check AWS_ENDPOINT_URL, the region and the credentials", file=err)
+                return 1
             return 0
         if args.command == "feedback":
             try:

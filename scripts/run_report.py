@@ -34,6 +34,8 @@ from refit_core.config import RefitConfig
 from refit_core.report import figures
 from refit_core.s3uri import S3Uri
 
+# The plots are copied into the page as they are: one that could run code (none refit draws) is left out.
+_ACTIVE = re.compile(r"<script|<foreignObject|<iframe|<[^>]*\son\w+\s*=|javascript:", re.I)
 MISSING_CODES = {
     "NoSuchKey",
     "NoSuchBucket",
@@ -238,7 +240,7 @@ def collect(
         data["drift"] = optional(f"drift report {drift['report_uri']}", lambda: _read_json(s3, drift["report_uri"]))
     if drift.get("report_html_uri"):
         page = optional(f"drift page {drift['report_html_uri']}", lambda: _read_text(s3, drift["report_html_uri"]))
-        data["drift_plots"] = figures(page) if page else {}
+        data["drift_plots"] = {k: v for k, v in (figures(page) if page else {}).items() if not _ACTIVE.search(v)}
     registry = record.get("registry") or {}
     artifact_bucket = next(
         (S3Uri.parse(u).bucket for u in (drift.get("report_uri"), registry.get("lineage_uri")) if u), None

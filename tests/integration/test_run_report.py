@@ -221,6 +221,23 @@ def test_an_unreachable_endpoint_is_one_line(monkeypatch, tmp_path):
     code, out, err = refit("report", "run-1", "--audit-table", "audit")
     assert code == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("refit: cannot read audit table audit (") and "check AWS_ENDPOINT_URL" in err
+    # Without --audit-table the stack's outputs are read first: the same one line.
+    code, out, err = refit("report", "run-1")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "check AWS_ENDPOINT_URL" in err
+
+
+def test_a_plot_that_could_run_code_is_left_out(aws, tmp_path):
+    write_run("churn", "run-1")
+    s3 = boto3.client("s3")
+    page = s3.get_object(Bucket="art", Key="reports/churn/run-1/drift.html")["Body"].read().decode()
+    column = next(iter(figures(page)))
+    hostile = page.replace("<svg ", "<svg onload='alert(1)' ", 1)
+    s3.put_object(Bucket="art", Key="reports/churn/run-1/drift.html", Body=hostile.encode())
+    code, out, err = refit("report", "run-1", "-o", str(tmp_path / "run.html"), "--audit-table", "audit", "--json")
+    assert code == 0, err
+    plots = json.loads(out)["drift_plots"]
+    assert column not in plots and set(plots) == set(figures(page)) - {column}
+    assert "alert(1)" not in (tmp_path / "run.html").read_text()
 
 
 def test_the_drift_pages_plots_read_back_by_column():
