@@ -168,8 +168,8 @@ def timeline(events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def execution_history(stepfunctions: Any, state_machine: str, execution: str) -> tuple[str, list[dict[str, Any]]]:
-    """The execution's ARN and its whole history (paginated). `state_machine` is the model's state machine name."""
+def execution_arn(stepfunctions: Any, state_machine: str, execution: str) -> str:
+    """The ARN of execution `execution` of the state machine named `state_machine`."""
     machine_arn = None
     for page in stepfunctions.get_paginator("list_state_machines").paginate():
         machine_arn = next(
@@ -179,11 +179,28 @@ def execution_history(stepfunctions: Any, state_machine: str, execution: str) ->
         raise ClientError(
             {"Error": {"Code": "StateMachineDoesNotExist", "Message": state_machine}}, "ListStateMachines"
         )
-    arn = f"{machine_arn.replace(':stateMachine:', ':execution:', 1)}:{execution}"
+    return f"{machine_arn.replace(':stateMachine:', ':execution:', 1)}:{execution}"
+
+
+def execution_history(stepfunctions: Any, state_machine: str, execution: str) -> tuple[str, list[dict[str, Any]]]:
+    """The execution's ARN and its whole history (paginated). `state_machine` is the model's state machine name."""
+    arn = execution_arn(stepfunctions, state_machine, execution)
     events: list[dict[str, Any]] = []
     for page in stepfunctions.get_paginator("get_execution_history").paginate(executionArn=arn):
         events.extend(page["events"])
     return arn, events
+
+
+def running_execution(stepfunctions: Any, config: RefitConfig, models: list[str], execution: str) -> str | None:
+    """The ARN of a still running execution named `execution` of one of `models` (its record is not written yet)."""
+    for model in models:
+        try:
+            arn = execution_arn(stepfunctions, config.prefix(model), execution)
+            if stepfunctions.describe_execution(executionArn=arn)["status"] == "RUNNING":
+                return arn
+        except ClientError:
+            continue
+    return None
 
 
 def _read_json(s3: Any, uri: str | None) -> Any:
@@ -210,7 +227,17 @@ def collect(
     models = [model] if model else [m.name for m in config.models]
     if model:
         config.model(model)
-    record = find_record(dynamodb, audit_table, models, run_id)
+    try:
+        record = find_record(dynamodb, audit_table, models, run_id)
+    except ReportError as error:
+        running = running_execution(stepfunctions, config, models, run_id) if error.exit_code == 2 else None
+        if running is None:
+            raise
+        raise ReportError(
+            f"run {run_id!r} is still running ({running}); its report can be written once it has ended "
+            "(`refit trigger --follow` or `aws stepfunctions describe-execution` shows when)",
+            exit_code=2,
+        ) from None
     notes: list[str] = []
     data: dict[str, Any] = {"run": record, "notes": notes}
 

@@ -198,6 +198,22 @@ def test_a_run_that_does_not_exist_is_one_line_and_exit_2(aws, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_a_run_still_running_says_so(aws, tmp_path):
+    sfn = boto3.client("stepfunctions")
+    waiting = {
+        "StartAt": "Wait for training",
+        "States": {"Wait for training": {"Type": "Wait", "Seconds": 5, "End": True}},
+    }
+    arn = sfn.create_state_machine(name="refit-churn", definition=json.dumps(waiting), roleArn=ROLE)["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, name="run-2")["executionArn"]
+    try:
+        code, out, err = refit("report", "run-2", "--audit-table", "audit")
+        assert (code, out) == (2, "")
+        assert err.startswith(f"refit: run 'run-2' is still running ({execution}); its report can be written once")
+    finally:
+        sfn.stop_execution(executionArn=execution)
+
+
 def test_parts_gone_are_named_and_the_page_is_still_written(aws, tmp_path):
     write_run("churn", "run-1")
     s3 = boto3.client("s3")
