@@ -10,6 +10,7 @@ credentials) or the local runtime (inside its mock).
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
+    refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
 the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
@@ -29,7 +30,7 @@ from typing import Any
 
 import boto3
 import pandas as pd
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
 from refit_core.capture import captured_keys, list_capture_objects
@@ -44,6 +45,9 @@ from refit_core.profile import ProfileError, build_profile, categorical_columns,
 from refit_core.quality import check_quality
 from refit_core.report import render_html
 from refit_core.s3uri import S3Uri, is_s3_uri
+
+from scripts.run_report import ReportError, report_command
+from scripts.run_report import add_parser as add_report_parser
 
 DEFAULT_CONFIG = os.environ.get("REFIT_CONFIG", str(Path(__file__).resolve().parent.parent / "refit.toml"))
 
@@ -304,8 +308,19 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     feedback.add_argument("--json", action="store_true")
     feedback.add_argument("--data-bucket", help="the data bucket (default: the stack's DataBucket output)")
     feedback.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
+    add_report_parser(commands, common)
     args = parser.parse_args(argv)
     try:
+        if args.command == "report":
+            try:
+                report_command(args, load_config(args.config), _audit_table(args), boto3.client, out)
+            except ReportError as error:
+                print(f"refit: {error}", file=err)
+                return error.exit_code
+            except BotoCoreError as error:  # no endpoint, region or credentials while finding the stack
+                print(f"refit: {error}; check AWS_ENDPOINT_URL, the region and the credentials", file=err)
+                return 1
+            return 0
         if args.command == "feedback":
             try:
                 summary = feedback_command(args)
