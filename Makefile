@@ -7,7 +7,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format synth clean
+.PHONY: install demo test lint format synth clean browser
 
 install: $(STAMP)
 
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
 	@echo "==> installing the AWS CDK CLI (package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
+
+# Debian's headless Chromium for tests/integration/test_reports_in_browser.py (Playwright drives this binary; it never
+# downloads a browser of its own). Needs root; without it the browser tests skip, except under CI, where they fail.
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
+	  echo "==> installing Debian's chromium-headless-shell"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo

@@ -11,6 +11,7 @@ credentials) or the local runtime (inside its mock).
     refit diff MODEL V1 V2
     refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
+    refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
 the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
@@ -23,13 +24,14 @@ import getpass
 import json
 import os
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pandas as pd
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
 from refit_core.capture import captured_keys, list_capture_objects
@@ -45,6 +47,8 @@ from refit_core.report import render_html
 from refit_core.s3uri import S3Uri, is_s3_uri
 
 from scripts import run_commands
+from scripts.run_report import ReportError, report_command
+from scripts.run_report import add_parser as add_report_parser
 
 DEFAULT_CONFIG = os.environ.get("REFIT_CONFIG", str(Path(__file__).resolve().parent.parent / "refit.toml"))
 
@@ -172,7 +176,10 @@ def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> d
     if labels.frame.empty:
         raise FeedbackRefused(f"{args.file}: no valid label; nothing uploaded", summary)
     if not args.dry_run:
-        key = ground_truth_key(model.ground_truth_prefix, name, now)
+        # A unique name: a second upload of the same file name in the same hour must not replace the first.
+        stem, dot, suffix = name.partition(".")
+        unique = f"{stem}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}{dot}{suffix}"
+        key = ground_truth_key(model.ground_truth_prefix, unique, now)
         try:
             s3.put_object(Bucket=bucket, Key=key, Body=data)
         except ClientError as error:
@@ -298,11 +305,22 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     feedback.add_argument("--json", action="store_true")
     feedback.add_argument("--data-bucket", help="the data bucket (default: the stack's DataBucket output)")
     feedback.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
+    add_report_parser(commands, common)
     run_commands.add_parsers(commands, common)
     args = parser.parse_args(argv)
     if args.command in run_commands.COMMANDS:
         return run_commands.run(args, out, err)
     try:
+        if args.command == "report":
+            try:
+                report_command(args, load_config(args.config), _audit_table(args), boto3.client, out)
+            except ReportError as error:
+                print(f"refit: {error}", file=err)
+                return error.exit_code
+            except BotoCoreError as error:  # no endpoint, region or credentials while finding the stack
+                print(f"refit: {error}; check AWS_ENDPOINT_URL, the region and the credentials", file=err)
+                return 1
+            return 0
         if args.command == "feedback":
             try:
                 summary = feedback_command(args)

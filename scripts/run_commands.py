@@ -56,6 +56,8 @@ from refit_handlers.common import Settings
 from refit_handlers.prepare import batch_of, newest_batch
 from refit_handlers.training import month_spend
 
+from scripts.run_report import ReportError, find_record, running_execution
+
 COMMANDS = ("land", "trigger", "runs", "show", "status")
 STACK_OUTPUTS_ENV = "REFIT_STACK_OUTPUTS"
 POLL_SECONDS = 1.0
@@ -86,8 +88,8 @@ def aws_error(error: Exception, what: str, endpoint: str | None = None) -> Comma
     where = f" at {endpoint}" if endpoint else ""
     if isinstance(error, EndpointConnectionError):
         return CommandError(
-            f"cannot reach {error.kwargs.get('endpoint_url', endpoint)} while reading {what}: if AWS_ENDPOINT_URL is "
-            "set, start `refit local up` (it prints the URL) or unset it to use AWS"
+            f"cannot reach {error.kwargs.get('endpoint_url', endpoint)} while reading {what}: check AWS_ENDPOINT_URL "
+            "(start `refit local up`, which prints it, or unset it to use AWS)"
         )
     if isinstance(error, NoCredentialsError):
         return CommandError(
@@ -252,25 +254,14 @@ def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
     return plain({k: deserializer.deserialize(v) for k, v in item.items()})
 
 
-def run_records(
-    dynamodb: Any,
-    table: str,
-    model: str,
-    limit: int | None = None,
-    match: str | None = None,
-) -> list[dict[str, Any]]:
-    """The model's audit records, newest first (sk = run#<started>#<run id>); `match`: only the run whose run id
-    or execution name it is."""
+def run_records(dynamodb: Any, table: str, model: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The model's audit records, newest first (sk = run#<started>#<run id>)."""
     arguments: dict[str, Any] = {
         "TableName": table,
         "KeyConditionExpression": "pk = :model AND begins_with(sk, :runs)",
         "ExpressionAttributeValues": {":model": {"S": model}, ":runs": {"S": "run#"}},
         "ScanIndexForward": False,
     }
-    if match is not None:
-        arguments["FilterExpression"] = "#run_id = :id OR #execution = :id"
-        arguments["ExpressionAttributeNames"] = {"#run_id": "run_id", "#execution": "execution"}
-        arguments["ExpressionAttributeValues"][":id"] = {"S": match}
     records: list[dict[str, Any]] = []
     for page in dynamodb.get_paginator("query").paginate(**arguments):
         records.extend(_deserialize(item) for item in page.get("Items", []))
@@ -676,9 +667,13 @@ def _record_of(
     after a run that ended without Finalize."""
     deadline = time.monotonic() + (0 if description["status"] == "SUCCEEDED" else RECORD_WAIT_SECONDS)
     while True:
-        found = run_records(dynamodb, table, model, match=execution)
-        if found or time.monotonic() > deadline:
-            return found[0] if found else None
+        try:
+            return find_record(dynamodb, table, [model], execution)
+        except ReportError as error:
+            if error.exit_code != 2:
+                raise CommandError(str(error)) from None
+            if time.monotonic() > deadline:
+                return None
         time.sleep(POLL_SECONDS)
 
 
@@ -716,51 +711,24 @@ def render_runs(records: list[dict[str, Any]], message_chars: int = 70) -> str:
     return "\n".join("  ".join([*(v.ljust(w) for v, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)
 
 
-def find_run(dynamodb: Any, table: str, models: list[str], run_id: str) -> dict[str, Any] | None:
-    """The audit record of `run_id` (a run id or an execution name) among `models`' runs."""
-    for model in models:
-        found = run_records(dynamodb, table, model, match=run_id)
-        if found:
-            return found[0]
-    return None
-
-
 def show(args: argparse.Namespace, config: RefitConfig, resources: Resources, out: Any) -> int:
     models = [_model(config, args.model, args.config).name] if args.model else [m.name for m in config.models]
-    dynamodb = boto3.client("dynamodb")
+    dynamodb, sfn = boto3.client("dynamodb"), boto3.client("stepfunctions")
     table = resources.audit_table
     try:
-        record = find_run(dynamodb, table, models, args.run_id)
-    except (ClientError, BotoCoreError) as error:
-        raise aws_error(error, f"audit table {table}", _endpoint_of(dynamodb)) from None
-    if record is None:
-        running = _running_execution(resources, models, args.run_id)
+        # The run report's lookup: by run id or execution name across the models, the running case named.
+        record = find_record(dynamodb, table, models, args.run_id)
+    except ReportError as error:
+        running = running_execution(sfn, config, models, args.run_id) if error.exit_code == 2 else None
         if running is not None:
-            raise bad_input(
-                f"run {args.run_id} of {running} is still running; its record is written when it ends "
-                f"(refit status {running})"
-            )
-        raise bad_input(
-            f"no run {args.run_id!r} of {', '.join(models)} in audit table {table}; list them with refit runs MODEL"
-        )
+            message = f"run {args.run_id!r} is still running ({running}); its record is written when it ends"
+            raise bad_input(message) from None
+        raise CommandError(str(error), error.exit_code) from None
     if args.json:
         print(json.dumps(record), file=out)
         return 0
     print(render_record(record), file=out)
     return 0
-
-
-def _running_execution(resources: Resources, models: list[str], name: str) -> str | None:
-    """The model of which `name` is a running execution (its audit record is written when it ends), if any."""
-    sfn = boto3.client("stepfunctions")
-    for model in models:
-        try:
-            arn = resources.state_machine_arn(model).replace(":stateMachine:", ":execution:", 1) + f":{name}"
-            if sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
-                return model
-        except (ClientError, BotoCoreError, CommandError):
-            continue
-    return None
 
 
 def _number(value: Any) -> str:

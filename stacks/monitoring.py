@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 from refit_core.canary import CHALLENGER, CHAMPION
 from refit_core.config import ModelConfig
@@ -16,6 +18,7 @@ from refit_core.metric_names import (
     INPUT_DRIFT,
     LABELLED_ROWS,
     LIVE_METRIC,
+    LIVE_METRIC_ALARM_BOUND,
     LIVE_METRIC_LOWER,
     LIVE_METRIC_UPPER,
     MONITOR_NAMESPACE,
@@ -24,10 +27,32 @@ from refit_core.metric_names import (
 
 
 class MonitorSchedule(Construct):
-    """Runs the model's monitor Lambda on `monitor.schedule` (none: run it by hand)."""
+    """Runs the model's monitor Lambda on `monitor.schedule` (none: run it by hand), and tells the team when the
+    monitor itself fails: the quality alarm treats silence as no breach, so a broken monitor must not look healthy."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, model: ModelConfig, monitor: lambda_.IFunction) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        monitor: lambda_.IFunction,
+        topic: sns.ITopic,
+        alarm_name: str,
+    ) -> None:
         super().__init__(scope, construct_id)
+        self.failures = cloudwatch.Alarm(
+            self,
+            "Failures",
+            alarm_name=alarm_name,
+            alarm_description=f"refit {model.name}: the monitor failed (its log says why); no live metric meanwhile",
+            metric=monitor.metric_errors(period=Duration.hours(1), statistic="Sum"),
+            threshold=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        self.failures.add_alarm_action(cloudwatch_actions.SnsAction(topic))
         self.rule = None
         if model.monitor.schedule:
             self.rule = events.Rule(
@@ -45,7 +70,14 @@ class ModelDashboard(Construct):
     dimension too, so those are found with SEARCH; the monitor's are named exactly."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, model: ModelConfig, dashboard_name: str, endpoint_name: str
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        dashboard_name: str,
+        endpoint_name: str,
+        alarms: list[cloudwatch.IAlarm],
     ) -> None:
         super().__init__(scope, construct_id)
         period = Duration.seconds(model.monitor.period_seconds)
@@ -75,6 +107,7 @@ class ModelDashboard(Construct):
         )
         metric = model.primary_metric
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=dashboard_name)
+        self.dashboard.add_widgets(cloudwatch.AlarmStatusWidget(title="Alarms", alarms=alarms, width=24))
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title=f"Live {metric} (champion) with its interval, and the estimate from scores alone",
@@ -83,6 +116,7 @@ class ModelDashboard(Construct):
                     live(LIVE_METRIC_LOWER, CHAMPION, "interval low"),
                     live(LIVE_METRIC_UPPER, CHAMPION, "interval high"),
                     live(ESTIMATED_METRIC, CHAMPION, f"estimated {metric}"),
+                    live(LIVE_METRIC_ALARM_BOUND, CHAMPION, "the bound the alarm watches (enough labelled rows)"),
                     live(LIVE_METRIC, CHALLENGER, f"live {metric} (challenger)"),
                 ],
                 left_annotations=threshold,

@@ -70,10 +70,12 @@ class ModelPipeline(Construct):
             quality_alarm_name=names.alarm_name(prefix, "quality"),
         )
         self.monitor_schedule = MonitorSchedule(
-            self, "Monitor", model=model, monitor=self.functions.functions["Monitor"]
-        )
-        self.dashboard = ModelDashboard(
-            self, "Dashboard", model=model, dashboard_name=prefix, endpoint_name=self.endpoint_name
+            self,
+            "Monitor",
+            model=model,
+            monitor=self.functions.functions["Monitor"],
+            topic=storage.topic,
+            alarm_name=names.alarm_name(prefix, "monitor-failed"),
         )
         self.run_end = RunEnd(
             self,
@@ -83,6 +85,12 @@ class ModelPipeline(Construct):
             cleanup=self.functions.functions["Cleanup"],
             topic=storage.topic,
             alarm_name=names.alarm_name(prefix, "runs-failed"),
+        )
+        alarms = [self.monitor_schedule.failures, self.triggers.canary_alarm, self.run_end.alarm]
+        if self.triggers.quality_alarm is not None:
+            alarms.insert(0, self.triggers.quality_alarm)
+        self.dashboard = ModelDashboard(
+            self, "Dashboard", model=model, dashboard_name=prefix, endpoint_name=self.endpoint_name, alarms=alarms
         )
         CfnOutput(self, "StateMachineArn", value=self.retrain.state_machine.state_machine_arn)
         CfnOutput(self, "EndpointName", value=self.endpoint_name)

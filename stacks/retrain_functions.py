@@ -121,6 +121,8 @@ class RetrainFunctions(Construct):
                 log_group=log_group,
                 environment={**environment, "POWERTOOLS_SERVICE_NAME": f"refit-{model.name}-{name.lower()}"},
                 description=f"refit {model.name}: {name}",
+                # One monitor run at a time: two would both rewrite the day's labelling manifest and the state.
+                reserved_concurrent_executions=1 if name == "Monitor" else None,
             )
         f = self.functions
         key = storage.key
@@ -224,6 +226,8 @@ class RetrainFunctions(Construct):
             storage.data_bucket.grant_read(monitor, f"{prefix}*")
         storage.data_bucket.grant_put(monitor, f"{model.feedback_prefix}pending/*")
         storage.data_bucket.grant_put(monitor, f"{model.labeling_prefix}*")
+        # The champion's model.tar.gz (its features and numeric columns) and its baseline profile.
+        storage.artifact_bucket.grant_read(monitor, f"training/{model.name}/*")
         storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
         storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
         storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")

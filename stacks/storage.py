@@ -44,7 +44,17 @@ class Storage(Construct):
             "removal_policy": RemovalPolicy.RETAIN,
         }
         self.data_bucket = s3.Bucket(
-            self, "Data", event_bridge_enabled=True, server_access_logs_prefix="data/", **common
+            self,
+            "Data",
+            event_bridge_enabled=True,
+            server_access_logs_prefix="data/",
+            # Captured traffic outlives the longest monitor window (90 days); gathered feedback parts are deleted
+            # by the run that takes them, and their old versions go after 30 days.
+            lifecycle_rules=[
+                s3.LifecycleRule(prefix="capture/", expiration=Duration.days(120)),
+                s3.LifecycleRule(prefix="feedback/", noncurrent_version_expiration=Duration.days(30)),
+            ],
+            **common,
         )
         self.artifact_bucket = s3.Bucket(
             self,
@@ -54,6 +64,8 @@ class Storage(Construct):
                 s3.LifecycleRule(prefix="checkpoints/", expiration=Duration.days(30)),
                 # Pinned copies of what each training job read (refit_core.window); lineage names the source versions.
                 s3.LifecycleRule(prefix="job-data/", expiration=Duration.days(30)),
+                # The monitor's parts of captured traffic and labels (its state and reports are rewritten or small).
+                s3.LifecycleRule(prefix="monitoring/", expiration=Duration.days(120)),
                 s3.LifecycleRule(noncurrent_version_expiration=Duration.days(90)),
             ],
             **common,

@@ -1,9 +1,9 @@
 """The production half of the loop: one monitor run per model per period (refit_handlers.monitor).
 
 A run
-1. reads the Data Capture files written since its watermark, variant by variant (refit_core.capture), and stores
+1. reads the Data Capture files it has not read yet, variant by variant (refit_core.capture), and stores
    each as a prediction part `monitoring/<model>/captured/<variant>/<capture path>.parquet`;
-2. reads the ground-truth files uploaded since its label watermark (refit_core.ground_truth) into label parts;
+2. reads the ground-truth files it has not read yet (refit_core.ground_truth) into label parts;
 3. joins the labels with the captured rows of its window (`monitor.window_hours`; for the champion variant only rows
    served since the endpoint last changed, so a promoted model starts a fresh record) and computes, per variant, the
    live primary metric with its confidence interval, the label delay and the confidence-based estimate
@@ -11,7 +11,7 @@ A run
 4. writes the rows labelled in this run as a feedback part (the training history's `feedback` provenance; an alarm
    run takes them as its batch), and active learning's picks as a Ground Truth manifest;
 5. publishes CloudWatch metrics (namespace Refit, dimensions Model + Variant), writes the report (JSON + HTML) and
-   only then moves its watermarks: a run that fails part-way is repeated whole by the next, and every file it writes
+   only then records what it read: a run that fails part-way is repeated whole by the next, and every file it writes
    is named after its input, so a repeat writes the same objects again.
 
 Memory is bounded by one capture file, the window's labels and per-variant (label, score) arrays.
@@ -19,6 +19,7 @@ Memory is bounded by one capture file, the window's labels and per-variant (labe
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -59,7 +60,14 @@ from refit_core.metric_names import (
 from refit_core.profile import ProfileError, loads_profile
 from refit_core.s3uri import S3Uri
 
-STATE_FORMAT = "refit.monitor-state/1"
+STATE_FORMAT = "refit.monitor-state/2"
+# Files may land out of key order: SageMaker names a capture file after its first record, and an instance may write
+# its buffer minutes after another instance wrote a later-named file; a label writer may file under an earlier hour.
+# So a run lists again every hour folder this recent and skips the files it already read (kept in its state).
+CAPTURE_LOOKBACK_HOURS = 3
+LABEL_LOOKBACK_HOURS = 48
+# What one run reads at most (a Lambda has 15 minutes); the rest waits for the next run, which the report says.
+MAX_FILES_PER_RUN = 3000
 REPORT_FORMAT = "refit.monitor-report/1"
 SCORE = "__score"
 
@@ -156,7 +164,7 @@ def _read_parquet(s3: Any, bucket: str, key: str) -> pd.DataFrame:
 def load_state(s3: Any, place: Place) -> dict[str, Any]:
     state = _get_json(s3, place.artifact_bucket, place.monitoring("state.json"))
     if state is None:
-        return {"format": STATE_FORMAT, "capture": {}, "labels": None}
+        return {"format": STATE_FORMAT, "capture": {}, "labels": {}}
     if state.get("format") != STATE_FORMAT:
         raise MonitorError(f"monitor state format {state.get('format')!r} is not {STATE_FORMAT!r}")
     return state
@@ -178,6 +186,62 @@ def _typed(frame: pd.DataFrame, features: list[str], numeric: list[str]) -> pd.D
     return frame
 
 
+def _hour_of(relative: str) -> str:
+    """`yyyy/mm/dd/hh` of a key below a capture or label prefix, or "other" for a key outside that layout."""
+    parts = relative.split("/")
+    if len(parts) >= 5 and all(part.isdigit() for part in parts[:4]):
+        return "/".join(parts[:4])
+    return "other"
+
+
+def new_files(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    seen: dict[str, list[str]],
+    *,
+    oldest: datetime,
+    limit: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], bool]:
+    """Objects under `prefix` this run has not read, from the hour folder of `oldest` on: every folder since then is
+    listed again and files already read (remembered in the state) are skipped, so files that land out of key order
+    are still read. At most `limit` files: the rest wait for the next run (the third value says so). Returns the new
+    objects in key order and what the state remembers afterwards."""
+    first_hour = _hour_path(oldest)
+    remembered = {hour: set(names) for hour, names in seen.items() if hour == "other" or hour >= first_hour}
+    fresh: list[dict[str, Any]] = []
+    backlog = False
+    for item in _list(s3, bucket, prefix, f"{prefix}{first_hour[:-3]}"):
+        relative = item["Key"][len(prefix) :]
+        hour = _hour_of(relative)
+        if (hour != "other" and hour < first_hour) or relative in remembered.get(hour, ()):
+            continue
+        if len(fresh) >= limit:
+            backlog = True
+            break
+        fresh.append(item)
+        remembered.setdefault(hour, set()).add(relative)
+    kept = {hour: sorted(names) for hour, names in remembered.items() if hour == "other" or hour >= first_hour}
+    return fresh, kept, backlog
+
+
+def read_since(state: dict[str, Any], now: datetime, window_hours: float, lookback_hours: int) -> datetime:
+    """The oldest hour a run lists: `lookback_hours` before the last successful run (files land late, and runs may
+    have failed or been skipped since), never before the window (older files could not count)."""
+    window_start = now - timedelta(hours=window_hours)
+    last = state.get("updated_at")
+    if not last:
+        return window_start
+    return max(window_start, datetime.fromisoformat(last) - timedelta(hours=lookback_hours))
+
+
+def _read_capture(lines: Any, **options: Any) -> Any:
+    try:
+        return read_capture(lines, **options)
+    except ValueError as error:  # a feature named like one of the reader's own columns: no file can be read
+        raise MonitorError(f"cannot read the captures of this model: {error}") from None
+
+
 def ingest_captures(
     s3: Any,
     place: Place,
@@ -185,20 +249,31 @@ def ingest_captures(
     artifact: ModelArtifact,
     counts: Counter,
     examples: list[str],
-) -> tuple[dict[str, str], list[str]]:
-    """New capture files -> prediction parts. Returns the new watermarks and the parts written."""
+    now: datetime,
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """New capture files -> prediction parts. Returns what the state remembers per variant and the parts written."""
     model = place.model
     root = f"{model.capture_prefix}{place.endpoint_name}/"
-    watermarks: dict[str, str] = dict(state.get("capture") or {})
+    remembered: dict[str, dict[str, list[str]]] = dict(state.get("capture") or {})
     written: list[str] = []
     for variant_prefix in _child_prefixes(s3, place.data_bucket, root):
         variant = variant_prefix[len(root) :].rstrip("/")
-        for item in _list(s3, place.data_bucket, variant_prefix, watermarks.get(variant)):
+        items, remembered[variant], more = new_files(
+            s3,
+            place.data_bucket,
+            variant_prefix,
+            remembered.get(variant) or {},
+            oldest=read_since(state, now, model.monitor.window_hours, CAPTURE_LOOKBACK_HOURS),
+            limit=MAX_FILES_PER_RUN,
+        )
+        if more:
+            counts["backlog"] += 1
+        for item in items:
             key = item["Key"]
             if not key.endswith(".jsonl"):
                 continue
             body = s3.get_object(Bucket=place.data_bucket, Key=key)["Body"]
-            rows = read_capture(
+            rows = _read_capture(
                 body.iter_lines(),
                 source=f"s3://{place.data_bucket}/{key}",
                 variant=variant,
@@ -210,20 +285,35 @@ def ingest_captures(
             examples.extend(rows.examples[: max(0, 10 - len(examples))])
             frame = _typed(rows.frame.copy(), artifact.features, artifact.numeric_features)
             frame[SCORE] = _score_column(frame, model.problem_type) if len(frame) else pd.Series(dtype=float)
+            invalid = ~np.isfinite(frame[SCORE].to_numpy(dtype=float))
+            if model.problem_type == "binary_classification":
+                invalid |= ~frame[SCORE].between(0, 1).to_numpy()
+            if invalid.any():
+                counts["unparseable_output"] += int(invalid.sum())
+                examples.append(f"s3://{place.data_bucket}/{key}: {int(invalid.sum())} row(s) with no usable score")
+                frame = frame[~invalid]
             part = place.monitoring("captured", variant, key[len(variant_prefix) :].removesuffix(".jsonl") + ".parquet")
             _put_parquet(s3, place.artifact_bucket, part, frame)
             written.append(part)
-            watermarks[variant] = key
-    return watermarks, written
+    return remembered, written
 
 
 def ingest_labels(
-    s3: Any, place: Place, state: dict[str, Any], counts: Counter, examples: list[str]
-) -> tuple[str | None, list[str]]:
+    s3: Any, place: Place, state: dict[str, Any], counts: Counter, examples: list[str], now: datetime
+) -> tuple[dict[str, list[str]], list[str]]:
     model = place.model
-    watermark = state.get("labels")
     written: list[str] = []
-    for item in _list(s3, place.data_bucket, model.ground_truth_prefix, watermark):
+    items, remembered, more = new_files(
+        s3,
+        place.data_bucket,
+        model.ground_truth_prefix,
+        state.get("labels") or {},
+        oldest=read_since(state, now, model.monitor.window_hours, LABEL_LOOKBACK_HOURS),
+        limit=MAX_FILES_PER_RUN,
+    )
+    if more:
+        counts["backlog"] += 1
+    for item in items:
         key = item["Key"]
         body = s3.get_object(Bucket=place.data_bucket, Key=key)["Body"]
         labels = read_labels(
@@ -235,11 +325,10 @@ def ingest_labels(
         counts.update(labels.problems)
         examples.extend(labels.examples[: max(0, 10 - len(examples))])
         relative = key[len(model.ground_truth_prefix) :]
-        part = place.monitoring("labels", relative.rsplit(".", 1)[0] + ".parquet")
+        part = place.monitoring("labels", relative + ".parquet")  # x.csv and x.jsonl are two parts
         _put_parquet(s3, place.artifact_bucket, part, labels.frame)
         written.append(part)
-        watermark = key
-    return watermark, written
+    return remembered, written
 
 
 def _window_parts(s3: Any, place: Place, kind: str, start: datetime) -> list[str]:
@@ -267,9 +356,10 @@ def window_labels(
     for part in sorted(set(parts) | new):
         frame = _read_parquet(s3, place.artifact_bucket, part)
         frame["is_new"] = part in new
+        frame["label_part"] = part
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["key", "label", "label_time", "is_new"]), set()
+        return pd.DataFrame(columns=["key", "label", "label_time", "is_new", "label_part"]), set()
     labels = pd.concat(frames, ignore_index=True)
     repeated = labels.duplicated("key", keep="first")
     first = labels[~repeated].set_index("key")
@@ -296,7 +386,7 @@ def scan_window(
     place: Place,
     *,
     start: datetime,
-    champion_since: datetime,
+    variant_since: dict[str, datetime],
     labels: pd.DataFrame,
     new_label_keys: set[str],
     new_parts: set[str],
@@ -334,11 +424,12 @@ def scan_window(
         if fresh.any():
             rows = frame.loc[fresh, ["key", *features]].copy()
             rows[model.target] = matched[fresh].to_numpy()
+            rows["label_part"] = frame.loc[fresh, "key"].map(by_key["label_part"]).to_numpy()
             feedback.append(rows)
         for variant, rows in frame.groupby("variant", sort=False):
-            if variant == CHAMPION:
-                current = rows["inference_time"] >= pd.Timestamp(champion_since)
-                rows = rows[current]
+            if variant not in variant_since:
+                continue  # a variant no longer on the endpoint (the challenger of a finished canary)
+            rows = rows[rows["inference_time"] >= pd.Timestamp(variant_since[variant])]
             if not len(rows):
                 continue
             sampled = ~rows["key"].isin(asked).to_numpy()
@@ -437,41 +528,70 @@ def publish(cloudwatch: Any, data: list[dict[str, Any]]) -> None:
         cloudwatch.put_metric_data(Namespace=MONITOR_NAMESPACE, MetricData=data[start : start + 500])
 
 
-def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, run_id: str, columns: list[str]) -> str | None:
-    """The rows labelled in this run, as a training batch of the champion's columns (its id column, when configured,
-    is the capture's join key): pending until an alarm run takes them (refit_core.monitor.take_feedback)."""
+def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The rows labelled in this run, as training batches of the champion's columns (its id column, when configured,
+    is the capture's join key), one per label file and named after it: a run repeated after a failure writes the
+    same objects again, never a second copy of a row. Pending until an alarm run takes them (take_feedback)."""
     model = place.model
     if not model.monitor.feedback or rows.empty:
-        return None
-    frame = rows.copy()
-    if model.id_column:
-        frame[model.id_column] = frame["key"]
-    frame = frame[[c for c in columns if c in frame.columns]]
-    key = f"{model.feedback_prefix}pending/{run_id}.csv"
-    s3.put_object(Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv")
-    return f"s3://{place.data_bucket}/{key}"
+        return []
+    written = []
+    for label_part, group in rows.groupby("label_part", sort=True):
+        frame = group.copy()
+        if model.problem_type == "binary_classification":
+            frame[model.target] = frame[model.target].astype(int)  # labels are read as numbers; the history has 0/1
+        if model.id_column:
+            frame[model.id_column] = frame["key"]
+        frame = frame[[c for c in columns if c in frame.columns]]
+        digest = hashlib.sha256(str(label_part).encode()).hexdigest()[:24]
+        key = f"{model.feedback_prefix}pending/{digest}.csv"
+        s3.put_object(
+            Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv"
+        )
+        written.append(f"s3://{place.data_bucket}/{key}")
+    return written
 
 
 def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) -> str | None:
     """An alarm run's batch: every pending feedback part, in one CSV under `feedback/<model>/batches/`. The parts
-    are then deleted (the bucket keeps their versions), so the next alarm run takes only rows labelled since. None when
-    nothing is pending."""
+    are then deleted (the bucket keeps their versions), so the next alarm run takes only rows labelled since. A retry
+    of the same run finds its batch already written and takes it again. None when nothing is pending."""
+    key = f"{model.feedback_prefix}batches/feedback-{run_id}.csv"
+    uri = f"s3://{data_bucket}/{key}"
     pending = [
-        item["Key"]
-        for item in _list(s3, data_bucket, f"{model.feedback_prefix}pending/")
-        if item["Key"].endswith(".csv")
+        i["Key"] for i in _list(s3, data_bucket, f"{model.feedback_prefix}pending/") if i["Key"].endswith(".csv")
     ]
     if not pending:
-        return None
-    frames = [pd.read_csv(io.BytesIO(s3.get_object(Bucket=data_bucket, Key=key)["Body"].read())) for key in pending]
-    batch = pd.concat(frames, ignore_index=True)
-    key = f"{model.feedback_prefix}batches/feedback-{run_id}.csv"
-    s3.put_object(Bucket=data_bucket, Key=key, Body=batch.to_csv(index=False).encode(), ContentType="text/csv")
+        try:
+            s3.head_object(Bucket=data_bucket, Key=key)
+        except s3.exceptions.ClientError:
+            return None
+        return uri
+    # Read as text: ids like "007" and categories stay as the monitor wrote them.
+    frames = [
+        pd.read_csv(
+            io.BytesIO(s3.get_object(Bucket=data_bucket, Key=part)["Body"].read()), dtype=str, keep_default_na=False
+        )
+        for part in pending
+    ]
+    s3.put_object(
+        Bucket=data_bucket,
+        Key=key,
+        Body=pd.concat(frames, ignore_index=True).to_csv(index=False).encode(),
+        ContentType="text/csv",
+    )
     for start in range(0, len(pending), 1000):
-        s3.delete_objects(
+        reply = s3.delete_objects(
             Bucket=data_bucket, Delete={"Objects": [{"Key": k} for k in pending[start : start + 1000]], "Quiet": True}
         )
-    return f"s3://{data_bucket}/{key}"
+        if reply.get("Errors"):
+            # A part left pending would be taken again by the next alarm run: its rows would be trained on twice.
+            first = reply["Errors"][0]
+            raise RuntimeError(
+                f"could not delete {len(reply['Errors'])} pending feedback part(s) after gathering them into "
+                f"{uri}, e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )
+    return uri
 
 
 def labeling_picks(s3: Any, place: Place, start: datetime, now: datetime) -> set[str]:
@@ -554,7 +674,9 @@ def serving_since(sagemaker: Any, place: Place, state: dict[str, Any], model_nam
     if known.get("model_name") == model_name and known.get("since"):
         return datetime.fromisoformat(known["since"])
     endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
+    # Capture records carry whole seconds: the second the endpoint changed in counts for the new champion.
     since = (endpoint.get("LastModifiedTime") or endpoint.get("CreationTime") or now).astimezone(UTC)
+    since = since.replace(microsecond=0)
     state["champion"] = {"model_name": model_name, "since": since.isoformat()}
     return since
 
@@ -587,6 +709,15 @@ def run_monitor(
         _write_report(s3, place, report)
         return report
     champion_since = serving_since(sagemaker, place, state, champion["model_name"], now)
+    # Each variant's record: the champion's since its model took over; another (a canary's challenger) since the
+    # endpoint last changed, and only while it is on the endpoint.
+    endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
+    changed = (endpoint.get("LastModifiedTime") or now).astimezone(UTC).replace(microsecond=0)
+    variant_since = {
+        str(v["VariantName"]): champion_since if v["VariantName"] == CHAMPION else changed
+        for v in endpoint.get("ProductionVariants", [])
+    }
+    variant_since.setdefault(CHAMPION, champion_since)
     artifact = load_model_artifact(s3, champion["model_data_url"])
     profile = None
     if champion.get("baseline_uri"):
@@ -604,8 +735,8 @@ def run_monitor(
     capture_examples: list[str] = []
     label_counts: Counter = Counter()
     label_examples: list[str] = []
-    watermarks, new_captured = ingest_captures(s3, place, state, artifact, capture_counts, capture_examples)
-    label_watermark, new_labels = ingest_labels(s3, place, state, label_counts, label_examples)
+    read_captures, new_captured = ingest_captures(s3, place, state, artifact, capture_counts, capture_examples, now)
+    read_labels_, new_labels = ingest_labels(s3, place, state, label_counts, label_examples, now)
     start = now - timedelta(hours=model.monitor.window_hours)
     labels, new_keys = window_labels(s3, place, now, new_labels, label_counts)
     asked = labeling_picks(s3, place, start, now)
@@ -614,7 +745,7 @@ def run_monitor(
         place,
         asked=asked,
         start=start,
-        champion_since=champion_since,
+        variant_since=variant_since,
         labels=labels,
         new_label_keys=new_keys,
         new_parts=set(new_captured),
@@ -648,15 +779,13 @@ def run_monitor(
         report["decision"] = {"breached": False, "reason": "no quality_alarm configured"}
     else:
         report["decision"] = {"breached": False, "reason": "no captured traffic for the champion in the window"}
-    columns = [c for c in (profile or {}).get("columns", {})] or [*artifact.features, model.target]
-    report["feedback"] = {
-        "uri": write_feedback(s3, place, window.feedback, run_id, columns),
-        "rows": len(window.feedback),
-    }
+    # The champion's feature order (clients send headerless CSV in it), then the target and the id column.
+    columns = [*artifact.features, model.target, *([model.id_column] if model.id_column else [])]
+    report["feedback"] = {"uris": write_feedback(s3, place, window.feedback, columns), "rows": len(window.feedback)}
     report["labeling"] = pick_for_labeling(s3, place, window.new_unlabelled, artifact, now, champion.get("version"))
     publish(cloudwatch, metric_data(model, report, now))
     _write_report(s3, place, report, window.drift_stats)
-    state.update(capture=watermarks, labels=label_watermark, updated_at=report["at"], last_run=run_id)
+    state.update(capture=read_captures, labels=read_labels_, updated_at=report["at"], last_run=run_id)
     s3.put_object(
         Bucket=place.artifact_bucket,
         Key=place.monitoring("state.json"),
@@ -666,11 +795,22 @@ def run_monitor(
     return report
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a statistic (r2 on a handful of rows) is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
 def _write_report(s3: Any, place: Place, report: dict[str, Any], stats: BatchStats | None = None) -> None:
     base = place.monitoring("reports", report["run_id"])
     report["report_uri"] = f"s3://{place.artifact_bucket}/{base}.json"
     report["report_html_uri"] = f"s3://{place.artifact_bucket}/{base}.html"
-    body = json.dumps(report, indent=1, default=str).encode()
+    body = json.dumps(_finite(report), indent=1, default=str, allow_nan=False).encode()
     s3.put_object(Bucket=place.artifact_bucket, Key=f"{base}.json", Body=body, ContentType="application/json")
     s3.put_object(
         Bucket=place.artifact_bucket,
@@ -737,7 +877,7 @@ def render_monitor_html(report: dict[str, Any], stats: BatchStats | None) -> str
         + f"<h2>Inputs</h2><p>{report['capture']['files']} capture file(s), {report['labels']['files']} label file(s)"
         f"</p><ul>{problems or '<li>no problems</li>'}</ul><ul>{examples}</ul>"
         + (
-            f"<h2>Feedback</h2><p>{report['feedback']['rows']} labelled row(s) → {html.escape(str(report['feedback']['uri']))}</p>"
+            f"<h2>Feedback</h2><p>{report['feedback']['rows']} labelled row(s) → {html.escape(', '.join(report['feedback']['uris']))}</p>"
             if report.get("feedback")
             else ""
         )

@@ -4,6 +4,7 @@ reference against the current distribution (inline SVG, no scripts or external f
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,24 @@ def categorical_plot(reference: dict[str, int], counts: dict[str, int]) -> str:
     return _svg("".join(shapes), "share per category: reference (blue) vs current (red)")
 
 
+def figure(column: str, plot: str) -> str:
+    """A column's plot as the drift page carries it; `figures` reads it back."""
+    return (
+        f"<figure data-column='{html.escape(column, quote=True)}'>"
+        f"<figcaption>{html.escape(column)}</figcaption>{plot}</figure>"
+    )
+
+
+# The caption names the column (pages written before `data-column` existed read the same).
+_FIGURE = re.compile(r"<figure[^>]*><figcaption>(.*?)</figcaption>(<svg .*?</svg>)</figure>", re.S)
+
+
+def figures(page: str) -> dict[str, str]:
+    """The plots of a drift page `render_html` wrote, by column: the run report shows the plots the check drew,
+    without reading the batch again."""
+    return {html.unescape(column): svg for column, svg in _FIGURE.findall(page)}
+
+
 def _svg(body: str, title: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">'
@@ -100,7 +119,7 @@ def render_html(report: dict[str, Any], batch: BatchStats, title: str) -> str:
                 plot = numeric_plot(reference, current)
             else:
                 plot = categorical_plot(spec["frequencies"], batch.categorical[name].category_counts())
-            plots.append(f"<figure><figcaption>{html.escape(str(name))}</figcaption>{plot}</figure>")
+            plots.append(figure(str(name), plot))
     verdict = "Drift detected" if report["drift_detected"] else "No drift"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -148,8 +148,13 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
         return _unreadable(result, error)
     quality = check_quality(stats, model.quality, model.drift.min_rows, event.data_uri)
     result["quality"] = quality
-    # The champion's training columns, in the batch's order; a batch's extra columns are left out of training.
-    result["train_columns"] = [name for name in stats.columns or [] if name in profile["columns"]]
+    # The champion's training columns; a batch's extra columns are left out of training. In the champion's feature
+    # order, whatever the batch's: a client sends headerless CSV rows in that order, and a challenger trained on a
+    # reordered batch would read them shuffled once promoted.
+    known = [name for name in stats.columns or [] if name in profile["columns"]]
+    result["train_columns"] = [name for name in champion_model.features if name in known] + [
+        name for name in known if name not in champion_model.features
+    ]
     if not quality["passed"]:
         result["decision"] = {"action": "fail", "reason": quality["reason"]}
         return result

@@ -26,6 +26,12 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - Step Functions run ends: moto puts no "Step Functions Execution Status Change" event; here one is put when an
   execution ends. Its clock is the wall clock plus what `advance_clock` adds, and an execution past its
   TimeoutSeconds ends TIMED_OUT at its next Wait.
+- SageMaker Data Capture (data_capture.py): moto keeps an endpoint config's DataCaptureConfig and captures nothing;
+  here the router samples InitialSamplingPercentage of the successful requests (the seeded random) and writes
+  SageMaker's JSON Lines records under `<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/`, 100 records a file or
+  after 1 s, as the variant's model execution role, SSE-KMS with the config's key.
+- CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms on
+  the metrics it touched, and a state change puts the "CloudWatch Alarm State Change" event, so rules on it fire.
 - Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
   session, and its own copies of refit's modules); training and serving read and write S3 as the job's or model's
   role. The local IAM (iam.py) authorizes those calls.
@@ -37,6 +43,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -54,6 +61,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -62,8 +70,9 @@ from unittest import mock
 import boto3
 from botocore.config import Config as BotoConfig
 from moto.awslambda.models import LambdaFunction
-from moto.cloudwatch.models import cloudwatch_backends
-from moto.events.models import Rule
+from moto.cloudwatch.models import Alarm, CloudWatchBackend, MetricAggregatedDatum, MetricDatum, cloudwatch_backends
+from moto.core.utils import utcnow
+from moto.events.models import Rule, events_backends
 from moto.sagemaker.models import FakeEndpoint, sagemaker_backends
 from moto.sagemaker.responses import SageMakerResponse
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
@@ -73,10 +82,15 @@ from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_funct
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 
+from scripts.local_aws.alarms import STATES, AlarmSpec, Datapoint, alarm_event_time, evaluate_alarm
+from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record
 from scripts.local_aws.iam import LocalIam
 from scripts.local_aws.standup import LocalFunction
 
 ISOLATED_PACKAGES = ("refit_core", "refit_handlers")
+CAPTURE_FILE_RECORDS = 100  # a capture file is written when it holds this many records ...
+CAPTURE_FILE_SECONDS = 1.0  # ... or when its oldest record is this old (SageMaker delivers within minutes)
+INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # InvokeEndpoint's InferenceId (botocore's service model)
 
 
 class _ThreadRoutedStream(io.TextIOBase):
@@ -197,6 +211,92 @@ class TrainingOutcome:
 
 
 @dataclass
+class CaptureFile:
+    """Records waiting to be written as one capture file (one endpoint, variant, destination, key and writer)."""
+
+    bucket_destination: str
+    kms_key: str | None
+    role_arn: str
+    endpoint: str
+    variant: str
+    first: datetime
+    opened: float  # time.monotonic() of the first record
+    lines: list[str] = field(default_factory=list)
+
+
+def _alarm_spec(alarm: Alarm) -> AlarmSpec | None:
+    """A moto alarm as an AlarmSpec; None for what is not evaluated locally (composite and metric-math alarms,
+    percentile statistics)."""
+    if alarm.rule or alarm.metric_data_queries or alarm.extended_statistic or not alarm.statistic:
+        return None
+    try:
+        return _metric_alarm_spec(alarm)
+    except (TypeError, ValueError):  # an alarm CloudWatch would have refused: never breaks the PutMetricData
+        return None
+
+
+def _metric_alarm_spec(alarm: Alarm) -> AlarmSpec:
+    return AlarmSpec(
+        name=alarm.name,
+        namespace=alarm.namespace,
+        metric_name=alarm.metric_name,
+        dimensions={d.name: d.value for d in alarm.dimensions},
+        statistic=alarm.statistic,
+        period=int(alarm.period),
+        evaluation_periods=int(alarm.evaluation_periods),
+        threshold=float(alarm.threshold),
+        comparison=alarm.comparison_operator,
+        datapoints_to_alarm=int(alarm.datapoints_to_alarm) if alarm.datapoints_to_alarm else None,
+        treat_missing_data=alarm.treat_missing_data or "missing",
+        unit=alarm.unit,
+    )
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _datapoint(datum: MetricDatum | MetricAggregatedDatum) -> Datapoint:
+    when = _timestamp(datum.timestamp)
+    if isinstance(datum, MetricAggregatedDatum):
+        return Datapoint(when, datum.sum, datum.min, datum.max, datum.sample_count)
+    return Datapoint.of(when, datum.value)
+
+
+def _alarm_configuration(alarm: Alarm) -> dict[str, Any]:
+    """The `configuration` of a CloudWatch Alarm State Change event: description and the alarm's metrics."""
+    if alarm.metric_data_queries:
+        metrics = [
+            {
+                "id": query.id,
+                **({"expression": query.expression} if query.expression else {}),
+                **({"label": query.label} if query.label else {}),
+                "returnData": str(query.return_data).lower() != "false",
+            }
+            for query in alarm.metric_data_queries
+        ]
+    else:
+        metrics = [
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, alarm.alarm_arn)),
+                "metricStat": {
+                    "metric": {
+                        "namespace": alarm.namespace,
+                        "name": alarm.metric_name,
+                        "dimensions": {d.name: d.value for d in alarm.dimensions},
+                    },
+                    "period": int(alarm.period),
+                    "stat": alarm.statistic or alarm.extended_statistic,
+                },
+                "returnData": True,
+            }
+        ]
+    return {"description": alarm.description or "", "metrics": metrics}
+
+
+@dataclass
 class ServeProcess:
     process: subprocess.Popen
     port: int
@@ -288,6 +388,13 @@ class Bridges:
         self.stdout = _ThreadRoutedStream(sys.stdout)
         self.stderr = _ThreadRoutedStream(sys.stderr)
         self.invocations: list[tuple[str, str]] = []  # (function, outcome) for tests and the demo
+        self.capture_lock = threading.RLock()  # buffers and their writes: a flush returns with everything written
+        self.capture_buffers: dict[tuple[str, ...], CaptureFile] = {}
+        self.capture_files: list[str] = []  # s3:// URIs of the capture files written, for tests and the demo
+        self.capture_failures: list[str] = []
+        self.capture_stop = threading.Event()
+        self.capture_thread: threading.Thread | None = None
+        self.alarm_lock = threading.RLock()
 
     # ---------------------------------------------------------------- install
     def install(self) -> None:
@@ -381,6 +488,12 @@ class Bridges:
             kwargs["customer_metadata_properties"] = {**existing, **(kwargs.get("customer_metadata_properties") or {})}
             return original_update_package(backend, **kwargs)
 
+        original_put_metric_data = CloudWatchBackend.put_metric_data
+
+        def put_metric_data(backend: CloudWatchBackend, namespace: str, metric_data: list[dict[str, Any]]) -> None:
+            original_put_metric_data(backend, namespace, metric_data)
+            bridges.evaluate_alarms(backend, namespace, metric_data)
+
         original_send = Rule.send_to_targets
 
         def send_to_targets(rule: Rule, event: Any, transform_input: bool = True) -> None:
@@ -410,16 +523,24 @@ class Bridges:
             mock.patch.object(backend_class, "update_model_package", update_model_package),
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
+            mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),
             mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),
         ]
         for patch in self.patches:
             patch.start()
+        self.capture_stop.clear()
+        self.capture_thread = threading.Thread(target=self._capture_flusher, name="data-capture", daemon=True)
+        self.capture_thread.start()
 
     def uninstall(self) -> None:
         for thread in self.training_threads + self.event_threads:
             thread.join(timeout=120)
+        self.capture_stop.set()
+        if self.capture_thread is not None:
+            self.capture_thread.join(timeout=10)
+        self.flush_capture()  # what the endpoint captured reaches S3 before the runtime goes
         with self.serve_lock:
             for serve in self.serve_processes.values():
                 serve.process.send_signal(signal.SIGTERM)
@@ -459,6 +580,15 @@ class Bridges:
         return self.state_machine_roles[state_machine_arn]
 
     # ---------------------------------------------------------------- Lambda
+    def _log_to_function(self, function: LocalFunction) -> None:
+        """Powertools' Logger is a `logging` logger named after the service, process-wide: if the host imported the
+        handler first (a unit test, say), its handler writes to the host's stream. Point it at the proxy, which
+        writes to this function's log file, as the function's own process would."""
+        service = function.environment.get("POWERTOOLS_SERVICE_NAME")
+        for handler in logging.getLogger(service).handlers if service else []:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not self.stdout:
+                handler.setStream(self.stdout)
+
     def _handler(self, function: LocalFunction) -> Callable[[Any, Any], Any]:
         module_name, _, attribute = function.handler.rpartition(".")
         key = f"{function.name}:{module_name}"
@@ -522,6 +652,7 @@ class Bridges:
             self.default_session.session = session  # boto3.client() in this invocation signs as the function's role
             try:
                 handler = self._handler(function)
+                self._log_to_function(function)
                 context = LambdaContext(function.name, function.memory_mb, function.arn)
                 result = handler(event, context)
                 self.invocations.append((function.name, "ok"))
@@ -722,6 +853,8 @@ class Bridges:
         endpoint.endpoint_config_name = config_name
         endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
         endpoint.endpoint_status = "InService"
+        # UpdateEndpoint moves LastModifiedTime (moto leaves it at creation): the monitor dates a promotion by it.
+        endpoint.last_modified_time = utcnow()
         return endpoint.arn
 
     def _variant_models(self, endpoint_name: str) -> tuple[list[tuple[str, float, str]], str]:
@@ -823,14 +956,16 @@ class Bridges:
                     400, {}, json.dumps({"__type": "ValidationError", "message": "all variant weights are 0"})
                 )
             variant = self.random.choices(live, weights=[v[1] for v in live])[0]
+        received = datetime.now(UTC)
         serve = self._serve(variant[2])
         body = response.body if isinstance(response.body, bytes) else (response.body or "").encode()
+        request_type = response.headers.get("Content-Type", "text/csv")
         request = urllib.request.Request(
             f"http://127.0.0.1:{serve.port}/invocations",
             data=body,
             method="POST",
             headers={
-                "Content-Type": response.headers.get("Content-Type", "text/csv"),
+                "Content-Type": request_type,
                 "Accept": response.headers.get("Accept", "application/json"),
             },
         )
@@ -842,6 +977,19 @@ class Bridges:
             status, payload, content_type = error.code, error.read(), "application/json"
         latency_us = (time.perf_counter() - started) * 1e6
         self._put_variant_metrics(endpoint_name, variant[0], status, latency_us)
+        if status == 200:
+            # Failed requests are not captured: AWS does not document capturing them, so none is recorded here.
+            self.capture(
+                endpoint_name,
+                variant[0],
+                variant[2],
+                request_type,
+                body,
+                content_type,
+                payload,
+                response.headers.get(INFERENCE_ID_HEADER),
+                received,
+            )
         if status != 200:
             message = payload.decode(errors="replace")
             return _reply(
@@ -857,6 +1005,181 @@ class Bridges:
                 ),
             )
         return _reply(200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant[0]}, payload)
+
+    # ---------------------------------------------------------------- data capture
+    def capture(
+        self,
+        endpoint: str,
+        variant: str,
+        model_name: str,
+        request_type: str | None,
+        request: bytes,
+        response_type: str | None,
+        response: bytes,
+        inference_id: str | None,
+        when: datetime,
+    ) -> None:
+        """Data Capture of one successful request on `variant`, under the endpoint's current config."""
+        backend = sagemaker_backends[self.account][self.region]
+        endpoint_config = backend.endpoint_configs[backend.endpoints[endpoint].endpoint_config_name]
+        config = getattr(endpoint_config, "data_capture_config", None) or {}
+        if not capture_enabled(config):
+            return
+        if self.random.random() * 100 >= float(config["InitialSamplingPercentage"]):
+            return
+        record = capture_record(
+            config,
+            request=request,
+            request_type=request_type,
+            response=response,
+            response_type=response_type,
+            inference_id=inference_id,
+            when=when,
+        )
+        # SageMaker writes a variant's capture files as the variant's model execution role (CreateModel's
+        # ExecutionRoleArn, the role that also reads the model artifact): it needs s3:PutObject on the destination and
+        # the use of the KMS key; a role without the grant loses its capture (locally the IAM bridge refuses it).
+        role_arn = backend._models[model_name].execution_role_arn
+        key = (endpoint, variant, config["DestinationS3Uri"], config.get("KmsKeyId") or "", role_arn)
+        with self.capture_lock:
+            buffered = self.capture_buffers.get(key)
+            if buffered is not None and buffered.first.strftime("%Y%m%d%H") != when.strftime("%Y%m%d%H"):
+                self._write_capture(self.capture_buffers.pop(key))  # a file holds one hour's records
+                buffered = None
+            if buffered is None:
+                buffered = self.capture_buffers[key] = CaptureFile(
+                    config["DestinationS3Uri"],
+                    config.get("KmsKeyId"),
+                    role_arn,
+                    endpoint,
+                    variant,
+                    when,
+                    time.monotonic(),
+                )
+            buffered.lines.append(json.dumps(record, separators=(",", ":")))
+            if len(buffered.lines) >= CAPTURE_FILE_RECORDS:
+                self._write_capture(self.capture_buffers.pop(key))
+
+    def flush_capture(self, older_than: float | None = None) -> list[str]:
+        """Write the buffered capture records (those waiting at least `older_than` seconds; all by default) and
+        return the s3:// URIs written. When it returns, every record captured before the call is in S3."""
+        with self.capture_lock:
+            due = [
+                key
+                for key, buffered in self.capture_buffers.items()
+                if older_than is None or time.monotonic() - buffered.opened >= older_than
+            ]
+            return [uri for key in due if (uri := self._write_capture(self.capture_buffers.pop(key)))]
+
+    def _capture_flusher(self) -> None:
+        while not self.capture_stop.wait(0.2):
+            self.flush_capture(older_than=CAPTURE_FILE_SECONDS)
+
+    def _write_capture(self, buffered: CaptureFile) -> str | None:
+        bucket, key = capture_key(buffered.bucket_destination, buffered.endpoint, buffered.variant, buffered.first)
+        encryption = {"ServerSideEncryption": "aws:kms"}  # with no key, the account's S3 key (aws/s3), as SageMaker
+        if buffered.kms_key:
+            encryption["SSEKMSKeyId"] = buffered.kms_key
+        try:
+            s3 = self.role_client("s3", buffered.role_arn, f"capture-{buffered.endpoint}")
+            s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(buffered.lines) + "\n").encode(), **encryption)
+        except Exception as error:  # SageMaker drops what it cannot write; the invocation itself is not affected
+            message = f"data capture s3://{bucket}/{key} ({len(buffered.lines)} records) not written: {error}"
+            self.capture_failures.append(message)
+            self.log(f"local: {message}")
+            return None
+        uri = f"s3://{bucket}/{key}"
+        self.capture_files.append(uri)
+        return uri
+
+    # ---------------------------------------------------------------- alarms
+    def evaluate_alarms(
+        self,
+        backend: CloudWatchBackend | None = None,
+        namespace: str | None = None,
+        metric_data: list[dict[str, Any]] | None = None,
+        now: datetime | None = None,
+    ) -> list[tuple[str, str]]:
+        """Evaluate the metric alarms on the metrics `metric_data` (of `namespace`) touched, or every metric alarm
+        when none is given, at `now` (the wall clock by default), and change the state of those whose evaluation
+        differs, with the state-change event. Returns (alarm, new state) for each change."""
+        backend = backend or cloudwatch_backends[self.account][self.region]
+        touched = None
+        if metric_data is not None:
+            touched = {
+                (
+                    namespace,
+                    datum["MetricName"],
+                    frozenset((d["Name"], d["Value"]) for d in datum.get("Dimensions", [])),
+                )
+                for datum in metric_data
+            }
+        changes = []
+        with self.alarm_lock:
+            for alarm in list(backend.alarms.values()):
+                spec = _alarm_spec(alarm)
+                if spec is None:
+                    continue
+                if (
+                    touched is not None
+                    and (spec.namespace, spec.metric_name, frozenset(spec.dimensions.items())) not in touched
+                ):
+                    continue
+                points = [
+                    _datapoint(datum)
+                    for datum in backend.get_all_metrics()
+                    if datum.namespace == spec.namespace
+                    and datum.name == spec.metric_name
+                    and {d.name: d.value for d in datum.dimensions} == spec.dimensions
+                    and (spec.unit is None or datum.unit == spec.unit)
+                ]
+                result = evaluate_alarm(spec, points, now or datetime.now(UTC), alarm.state_value)
+                if result.state != alarm.state_value:
+                    self.set_alarm_state(alarm.name, result.state, result.reason, result.reason_data)
+                    changes.append((alarm.name, result.state))
+        return changes
+
+    def set_alarm_state(
+        self, alarm_name: str, state: str, reason: str, reason_data: dict[str, Any] | None = None
+    ) -> None:
+        """Change an alarm's state and, when it changed, put the "CloudWatch Alarm State Change" event CloudWatch
+        puts on the default bus (detail: alarmName, state and previousState {value, reason, reasonData, timestamp},
+        configuration {description, metrics}). The one implementation for evaluated and forced changes."""
+        if state not in STATES:
+            raise ValueError(f"alarm {alarm_name}: state {state!r} is not one of {STATES}")
+        backend = cloudwatch_backends[self.account][self.region]
+        alarm = backend.alarms.get(alarm_name)
+        if alarm is None:
+            raise KeyError(f"no alarm named {alarm_name!r}")
+        with self.alarm_lock:
+            previous = {"value": alarm.state_value, "reason": alarm.state_reason}
+            if alarm.state_reason_data and alarm.state_reason_data != "{}":
+                previous["reasonData"] = alarm.state_reason_data
+            previous["timestamp"] = alarm_event_time(alarm.state_updated_timestamp)
+            backend.set_alarm_state(alarm_name, reason, json.dumps(reason_data) if reason_data else None, state)
+            if previous["value"] == state:
+                return
+            current = {"value": state, "reason": reason}
+            if reason_data:
+                current["reasonData"] = json.dumps(reason_data)
+            current["timestamp"] = alarm_event_time(alarm.state_updated_timestamp)
+            detail = {
+                "alarmName": alarm_name,
+                "state": current,
+                "previousState": previous,
+                "configuration": _alarm_configuration(alarm),
+            }
+            self.log(f"local: alarm {alarm_name} {previous['value']} -> {state}")
+            events_backends[self.account][self.region].put_events(
+                [
+                    {
+                        "Source": "aws.cloudwatch",
+                        "DetailType": "CloudWatch Alarm State Change",
+                        "Resources": [alarm.alarm_arn],
+                        "Detail": json.dumps(detail),
+                    }
+                ]
+            )
 
     # ---------------------------------------------------------------- events
     def route_event(self, rule: Rule, event: Any, transform_input: bool, original: Callable) -> None:

@@ -176,6 +176,20 @@ def _s3_copy(call: Call) -> list[IamRequest]:
     ]
 
 
+def _s3_delete_many(call: Call) -> list[IamRequest]:
+    """DeleteObjects is authorized object by object (s3:DeleteObject, or s3:DeleteObjectVersion for a version). AWS
+    reports a refused key in the response's Errors and deletes the rest; here the whole call is refused, which is
+    stricter, never looser."""
+    bucket = call.params["Bucket"]
+    return [
+        IamRequest(
+            "s3:DeleteObjectVersion" if item.get("VersionId") else "s3:DeleteObject",
+            _s3_object(call, bucket, item["Key"]),
+        )
+        for item in call.params.get("Delete", {}).get("Objects", [])
+    ]
+
+
 def _object(action: str) -> Callable[[Call], list[IamRequest]]:
     return lambda call: [IamRequest(action, _s3_object(call, call.params["Bucket"], call.params["Key"]))]
 
@@ -251,6 +265,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("s3", "UploadPart"): _object("s3:PutObject"),
     ("s3", "CompleteMultipartUpload"): _object("s3:PutObject"),
     ("s3", "DeleteObject"): _object("s3:DeleteObject"),
+    ("s3", "DeleteObjects"): _s3_delete_many,
     ("s3", "CopyObject"): _s3_copy,
     ("s3", "UploadPartCopy"): _s3_copy,  # a copy over 5 GiB, part by part (refit_core.window pins such batches)
     ("s3", "ListObjectsV2"): _s3_list("s3:ListBucket"),

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,8 @@ class LocalRuntime:
     def __exit__(self, *exc: Any) -> None:
         try:
             self._stop_running_executions()
+            if self.bridges is not None:
+                self.bridges.flush_capture()  # written while the roles' policies still apply
         finally:
             if self.iam is not None:
                 self.iam.uninstall()
@@ -231,27 +234,21 @@ class LocalRuntime:
         )
 
     def set_alarm_state(self, alarm_name: str, state: str, reason: str = "set by the local runtime") -> None:
-        """Change an alarm's state and emit the 'CloudWatch Alarm State Change' event AWS would emit."""
-        cloudwatch = self.client("cloudwatch")
-        alarm = cloudwatch.describe_alarms(AlarmNames=[alarm_name])["MetricAlarms"][0]
-        previous = alarm["StateValue"]
-        cloudwatch.set_alarm_state(AlarmName=alarm_name, StateValue=state, StateReason=reason)
-        self.client("events").put_events(
-            Entries=[
-                {
-                    "Source": "aws.cloudwatch",
-                    "DetailType": "CloudWatch Alarm State Change",
-                    "Resources": [alarm["AlarmArn"]],
-                    "Detail": json.dumps(
-                        {
-                            "alarmName": alarm_name,
-                            "state": {"value": state, "reason": reason},
-                            "previousState": {"value": previous},
-                        }
-                    ),
-                }
-            ]
-        )
+        """SetAlarmState: change an alarm's state and, when it changed, emit the 'CloudWatch Alarm State Change' event
+        AWS would emit. As on AWS, the state lasts until the alarm is next evaluated (here: the next PutMetricData
+        on its metric, or `evaluate_alarms`)."""
+        self.bridges.set_alarm_state(alarm_name, state, reason)
+
+    def evaluate_alarms(self, now: datetime | None = None) -> list[tuple[str, str]]:
+        """Evaluate every metric alarm at `now` (the wall clock by default), as CloudWatch does each period, and
+        return (alarm, new state) for those that changed (each with its state-change event). PutMetricData already
+        evaluates the alarms on the metric it touched; this is for time passing without data (missing data)."""
+        return self.bridges.evaluate_alarms(now=now)
+
+    def flush_capture(self) -> list[str]:
+        """Write every buffered Data Capture record now (the endpoint writes a file per 100 records or after 1 s)
+        and return the s3:// URIs of the files written."""
+        return self.bridges.flush_capture()
 
     def on_wait(self, state_name: str, hook: Callable[[str, int], None] | None) -> None:
         """Run `hook(state, seconds)` when a Wait state of that name is entered (Waits do not sleep here)."""
@@ -328,7 +325,10 @@ class LocalRuntime:
         content_type: str = "text/csv",
         accept: str = "application/json",
         target_variant: str | None = None,
+        inference_id: str | None = None,
     ) -> dict[str, Any]:
+        """InvokeEndpoint on the model's endpoint; `inference_id` is InvokeEndpoint's InferenceId (1-64 printable
+        characters), recorded in the request's Data Capture record so labels can be joined to it later."""
         arguments = {
             "EndpointName": self.model(model).endpoint_name,
             "Body": body,
@@ -337,8 +337,14 @@ class LocalRuntime:
         }
         if target_variant:
             arguments["TargetVariant"] = target_variant
+        if inference_id is not None:
+            arguments["InferenceId"] = inference_id
         response = self.client("sagemaker-runtime").invoke_endpoint(**arguments)
-        return {"variant": response.get("InvokedProductionVariant"), "body": response["Body"].read()}
+        return {
+            "variant": response.get("InvokedProductionVariant"),
+            "body": response["Body"].read(),
+            "inference_id": inference_id,
+        }
 
     def run_monitor(self, model: str) -> dict[str, Any]:
         """Deliver the model's monitor schedule once (moto never fires schedules) and wait for the monitor Lambda;

@@ -22,19 +22,25 @@ def aws(cloud_assembly, tmp_path_factory):
     with LocalRuntime(cloud_assembly, tmp_path_factory.mktemp("runtime"), spot_discount=0.7, seed=5) as runtime:
         execution = runtime.wait_for(runtime.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(4000, 1))))
         assert execution["status"] == "SUCCEEDED"
+        # A canary is judged on the traffic of its bake: the same market keeps sending requests meanwhile.
+        runtime.on_wait(
+            "Bake canary", lambda state, seconds: traffic(runtime, 200, 40, "bake", new_market=0.4, per_request=1)
+        )
         yield runtime
 
 
-def traffic(aws: LocalRuntime, rows: int, seed: int, tag: str, new_market: float) -> pd.DataFrame:
+def traffic(
+    aws: LocalRuntime, rows: int, seed: int, tag: str, new_market: float, per_request: int = ROWS_PER_REQUEST
+) -> pd.DataFrame:
     frame = churn_batch(rows, seed, new_market=new_market)
     keys = []
-    for start in range(0, rows, ROWS_PER_REQUEST):
-        part = frame.iloc[start : start + ROWS_PER_REQUEST]
-        inference_id = f"{tag}-{start // ROWS_PER_REQUEST:05d}"
+    for start in range(0, rows, per_request):
+        part = frame.iloc[start : start + per_request]
+        inference_id = f"{tag}-{start // per_request:05d}"
         aws.invoke_endpoint(
             MODEL, part.drop(columns=["churned"]).to_csv(index=False, header=False), inference_id=inference_id
         )
-        keys += [f"{inference_id}:{i}" for i in range(len(part))]
+        keys += [inference_id] if len(part) == 1 else [f"{inference_id}:{i}" for i in range(len(part))]
     aws.flush_capture()
     return frame.assign(inference_id=keys)
 
@@ -107,6 +113,8 @@ def test_monitor_reports_bad_input_without_crashing_and_is_idempotent(aws):
     assert report["labels"]["problems"].get("duplicate") == 1
     assert report["labels"]["problems"].get("unknown_id") == 1
     assert report["decision"]["breached"] is False  # 1 labelled row is no evidence
+    page = aws.read_s3(first["report_html_uri"]).decode()
+    assert "refit monitor: churn" in page and "unknown_encoding" in page and "unknown_id" in page
     captured = report["variants"]["champion"]["captured_rows"]
     second = aws.run_monitor(MODEL)
     again = json.loads(aws.read_s3(second["report_uri"]))
@@ -130,8 +138,8 @@ def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
     started = [e for e in aws.executions(MODEL) if e["executionArn"] not in before_runs]
     assert len(started) == 1
     execution = aws.wait_for(started[0]["executionArn"], timeout=900)
-    assert execution["status"] == "SUCCEEDED"
     record = next(r for r in aws.audit_records(MODEL) if r["execution"] == started[0]["name"])
+    assert execution["status"] == "SUCCEEDED", (record["outcome"], record["message"])
     assert record["trigger"] == "alarm" and record["provenance"] == "feedback"
     assert "live roc_auc" in record["trigger_reason"] and "n = 2,0" in record["trigger_reason"]
     assert record["data_uri"].startswith(f"s3://{aws.data_bucket}/feedback/{MODEL}/batches/")
@@ -154,6 +162,9 @@ def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
     put_labels(aws, "week2.csv", labels_csv(recovered))
     result = aws.run_monitor(MODEL)
     live = result["variants"]["champion"]["live"]
-    assert live["n"] == 2000  # only what the new champion served counts
+    report = json.loads(aws.read_s3(result["report_uri"]))
+    assert live["n"] == 2000, json.dumps(
+        {k: report[k] for k in ("capture", "labels", "variants", "champion")}, default=str
+    )[:3000]
     assert live["value"] > 0.7 and result["decision"]["breached"] is False
     assert alarm_state(aws) == "OK"

@@ -5,6 +5,8 @@ naming the file. The tests share one runtime and run in order."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from scripts.local_aws.runtime import LocalRuntime, synthesize
@@ -50,11 +52,21 @@ def test_first_model(aws):
 
 def test_a_reordered_batch_trains_with_the_history_and_is_kept(aws):
     batch = churn_batch(3000, 2, shift=1.0)
-    record = run(aws, "reordered.csv", to_csv_bytes(batch[list(reversed(batch.columns))]))
+    rows = batch.drop(columns=["churned"]).head(150).to_csv(index=False, header=False).splitlines()
+    # Clients keep sending headerless rows in the champion's order during the bake (the challenger takes a share).
+    aws.on_wait("Bake canary", lambda state, seconds: [aws.invoke_endpoint(MODEL, row) for row in rows])
+    try:
+        record = run(aws, "reordered.csv", to_csv_bytes(batch[list(reversed(batch.columns))]))
+    finally:
+        aws.on_wait("Bake canary", None)
     assert record["training"]["status"] == "Completed", record["message"]
     findings = record["quality"]["blocking"] + record["quality"]["warnings"]
     assert not [f for f in findings if "missing" in f or "not in the baseline" in f], findings
     assert record["kept_for_training"].endswith("-reordered.csv") and len(kept_files(aws)) == 2
+    # The challenger learnt the champion's feature order, not the batch's: headerless CSV clients keep working.
+    assert record["outcome"] == "promoted", record["message"]
+    reply = aws.invoke_endpoint(MODEL, "12.0,70.5,1,48.0,basic,north")
+    assert 0.0 <= json.loads(reply["body"])["probabilities"][0] <= 1.0
 
 
 def test_a_batch_with_an_extra_column_trains_without_it(aws):

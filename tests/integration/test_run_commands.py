@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_with_exit_code_2(aws, refit, first, tmp_path):
     code, _, err = refit("status", "nope")
     assert code == 2 and "has no model 'nope' (models: churn)" in one_line(err)
     code, _, err = refit("show", "no-such-run")
-    assert code == 2 and "no run 'no-such-run' of churn" in one_line(err)
+    assert code == 2 and "no run 'no-such-run' in audit table" in one_line(err) and "refit runs MODEL" in err
     (tmp_path / "garbage.csv").write_bytes(b"\xff\xfe\x00garbage,\n\x01")
     code, _, err = refit("land", MODEL, str(tmp_path / "garbage.csv"))
     assert code == 2 and "not a table" in one_line(err) and "not UTF-8" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -257,8 +258,9 @@ def test_feedback_validates_checks_ids_against_the_captures_and_uploads_the_file
     assert summary["examples"]["wrong_type"] == ["labels.csv line 9: label 'yes' is not a 0/1 label"]
     assert summary["captured"]["files"] == 2 and summary["captured"]["records"] == 4
     assert summary["captured"]["problems"] == {"truncated_line": 1}
-    keys = {f"ground-truth/churn/{hour:%Y/%m/%d/%H}/labels.csv" for hour in (before, after)}
-    assert summary["uploaded"] in {f"s3://data/{key}" for key in keys}
+    folders = {f"s3://data/ground-truth/churn/{hour:%Y/%m/%d/%H}/" for hour in (before, after)}
+    folder, _, name = summary["uploaded"].rpartition("/")
+    assert folder + "/" in folders and re.fullmatch(r"labels-\d{8}T\d{6}-[0-9a-f]{6}\.csv", name)
     uploaded = summary["uploaded"].removeprefix("s3://data/")
     assert captured.get_object(Bucket="data", Key=uploaded)["Body"].read() == LABELS.encode()
 
@@ -312,6 +314,8 @@ def test_feedback_finds_the_data_bucket_in_the_stack_outputs_and_reads_labels_fr
     assert code == 0, err
     summary = json.loads(out)
     assert summary["captured"]["bucket"] == "data2" and summary["uploaded"].startswith("s3://data2/ground-truth/churn/")
-    assert summary["uploaded"].endswith("/merge.jsonl") and summary["matched"] == 0  # data2 holds no captures
+    assert (
+        re.search(r"/merge-\d{8}T\d{6}-[0-9a-f]{6}\.jsonl$", summary["uploaded"]) and summary["matched"] == 0
+    )  # data2 holds no captures
     code, _, err = refit("feedback", "churn", "s3://data2/inbox/merge.jsonl", "--stack", "other")
     assert code == 1 and "cannot read stack other" in err and "--data-bucket" in err

@@ -92,6 +92,23 @@ def test_s3_operations_become_the_actions_and_resources_aws_checks():
     ]
 
 
+def test_delete_objects_is_authorized_key_by_key():
+    many = iam_requests(
+        call(
+            "s3",
+            "DeleteObjects",
+            Bucket="data",
+            Delete={"Objects": [{"Key": "feedback/churn/pending/a.csv"}, {"Key": "training/x", "VersionId": "v"}]},
+        )
+    )
+    assert many == [
+        IamRequest("s3:DeleteObject", f"{BUCKET}/feedback/churn/pending/a.csv"),
+        IamRequest("s3:DeleteObjectVersion", f"{BUCKET}/training/x"),
+    ]
+    policy = [allow("s3:DeleteObject*", f"{BUCKET}/feedback/churn/pending/*")]
+    assert evaluate(policy, many[0])[0] and not evaluate(policy, many[1])[0]
+
+
 def test_sagemaker_calls_name_lower_case_arns_tags_and_the_role_they_pass():
     requests = iam_requests(
         call(

@@ -4,6 +4,7 @@ uninterrupted search fits."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from refit_training.checkpoints import CheckpointStore
 from refit_training.search import Interrupted, fingerprint, search
@@ -86,3 +87,20 @@ def test_a_corrupt_partial_fold_is_refitted_from_scratch(tmp_path, data):
         "partial_saved",
         "partial_ignored",
     ]
+
+
+def test_candidates_are_scored_on_the_new_batchs_rows_when_the_history_outnumbers_it(tmp_path):
+    """After a concept change in a new market, the history's favourite (the linear model) cannot learn the market's
+    rule; scored on the new batch's rows, the search picks a model that can."""
+    history = churn_batch(9000, 1, shift=1.0)
+    new = churn_batch(1000, 5, shift=1.0, new_market=0.6)
+    frame = pd.concat([history, new], ignore_index=True)
+    features = [c for c in frame.columns if c != "churned"]
+    config = {**CONFIG, "families": ["linear", "hgb"], "max_trials": 2, "cv_folds": 3}
+    chosen = {}
+    for name, scored in (("all", None), ("new", np.r_[np.zeros(len(history), bool), np.ones(len(new), bool)])):
+        store = CheckpointStore(tmp_path / name, fingerprint(config, frame))
+        _, summary = search(config, frame, features, "churned", store, Quiet(), scored_rows=scored)
+        chosen[name] = summary["family"]
+        assert summary["scored_on"] == ("all rows" if scored is None else "the new batch's 1000 rows")
+    assert chosen == {"all": "linear", "new": "hgb"}

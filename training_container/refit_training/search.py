@@ -236,10 +236,13 @@ def search(
     store: CheckpointStore,
     term: TermFlag,
     sample_weight: np.ndarray | None = None,
+    scored_rows: np.ndarray | None = None,
 ) -> tuple[Pipeline, dict[str, Any]]:
     """Cross-validate the candidates and refit the best on all rows. With `sample_weight` (recency weights) every
     fit is weighted, the cross-validation folds' included (each fold fits with its rows' weights); fold scores are
-    unweighted, as the gate's holdout score is."""
+    unweighted, as the gate's holdout score is. With `scored_rows` (a boolean mask: the new batch's rows) each fold
+    trains on all its rows but is scored on those only: a candidate is chosen for the data it will serve, not for
+    the history that outnumbers it (after a concept change the history's favourite is often the wrong model)."""
     classification = config["problem_type"] == "binary_classification"
     metric = config["primary_metric"]
     folds = int(config.get("cv_folds", 3))
@@ -249,7 +252,13 @@ def search(
     trials = candidates(families, budget_trials, int(config["seed"]))
     x, y = training[features].reset_index(drop=True), training[target].reset_index(drop=True)
     splitter = (StratifiedKFold if classification else KFold)(n_splits=folds, shuffle=True, random_state=config["seed"])
-    splits = list(splitter.split(x, y))
+    if scored_rows is not None:
+        scored_rows = np.asarray(scored_rows, dtype=bool)
+        # Stratify on (label, scored) so each fold's scored rows hold both classes; fall back to all rows when too few.
+        strata = y.astype(str) + "|" + pd.Series(scored_rows).astype(str) if classification else None
+        if scored_rows.sum() < 10 * folds or (classification and y[scored_rows].nunique() < 2):
+            scored_rows = None
+    splits = list(splitter.split(x, strata if scored_rows is not None and classification else y))
     finished = store.load()
     started = time.monotonic()
     results: dict[str, float] = {}
@@ -268,8 +277,9 @@ def search(
                 break
             fold_weight = None if sample_weight is None else sample_weight[train_rows]
             model = fit_fold(candidate, config, x.iloc[train_rows], y.iloc[train_rows], store, key, term, fold_weight)
+            scored = test_rows if scored_rows is None else test_rows[scored_rows[test_rows]]
             score = compute_metric(
-                metric, y.iloc[test_rows].to_numpy(dtype=float), scores_of(model, classification, x.iloc[test_rows])
+                metric, y.iloc[scored].to_numpy(dtype=float), scores_of(model, classification, x.iloc[scored])
             )
             store.record(key, score)
             store.clear_partial()
@@ -292,4 +302,5 @@ def search(
         "family": best.family,
         "params": dict(best.params),
         "weighted": sample_weight is not None,
+        "scored_on": "all rows" if scored_rows is None else f"the new batch's {int(scored_rows.sum())} rows",
     }

@@ -63,6 +63,7 @@ def _read_channel(opt: OptMl, name: str, columns: list[str] | None = None) -> pd
 
 
 WEIGHT = "__refit_sample_weight__"  # rides along with the rows until training; never a feature
+NEW_BATCH = "__refit_new_batch__"  # which rows came from the run's own batch (the search scores candidates on them)
 
 
 def _read_weighted(opt: OptMl, name: str, config: dict[str, Any]) -> tuple[pd.DataFrame | None, dict[str, int]]:
@@ -184,8 +185,12 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     current_train = current_train.assign(**{WEIGHT: weights_of_current.loc[current_train.index]})
     if earlier is not None:
         earlier = earlier.assign(**{WEIGHT: earlier_weights.loc[earlier.index]})
+    current_train = current_train.assign(**{NEW_BATCH: True})
+    if earlier is not None:
+        earlier = earlier.assign(**{NEW_BATCH: False})
     training = pd.concat([earlier, current_train], ignore_index=True) if earlier is not None else current_train
-    training = training.dropna(subset=[target])
+    training = training.dropna(subset=[target]).reset_index(drop=True)
+    new_batch_rows = training.pop(NEW_BATCH).to_numpy(dtype=bool)
     sample_weight = training.pop(WEIGHT).to_numpy(dtype=float)
     weighted = bool(config.get("window", {}).get("half_life_days"))
     holdout = holdout.dropna(subset=[target])
@@ -207,7 +212,14 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     )
     store = CheckpointStore(opt.checkpoints, fingerprint(config, training))
     model, search_summary = search(
-        config, training, features, target, store, term, sample_weight=sample_weight if weighted else None
+        config,
+        training,
+        features,
+        target,
+        store,
+        term,
+        sample_weight=sample_weight if weighted else None,
+        scored_rows=new_batch_rows if earlier is not None else None,
     )
     y_true = holdout[target].to_numpy(dtype=float)
     trained = ModelArtifact(model, features, config["problem_type"], {})
