@@ -783,6 +783,8 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
         champion = find_champion(sagemaker, endpoint_name) if endpoint is not None else None
     except (ClientError, BotoCoreError) as error:
         raise aws_error(error, f"endpoint {endpoint_name}", _endpoint_of(sagemaker)) from None
+    except RuntimeError as error:  # an endpoint without a champion variant: not one refit made
+        raise CommandError(str(error)) from None
     state_machine = resources.state_machine_arn(model.name)
     try:
         running = []

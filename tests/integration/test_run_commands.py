@@ -8,12 +8,13 @@ import io
 import json
 
 import pytest
+from refit_core.config import load_config
 
 from scripts.cli import main
 from scripts.local_aws.runtime import LocalRuntime
-from scripts.run_commands import STACK_OUTPUTS_ENV, StatePrinter
+from scripts.run_commands import STACK_OUTPUTS_ENV, CommandError, Resources, StatePrinter
 from scripts.sample_data import churn_batch
-from tests.conftest import config_variant
+from tests.conftest import ROOT, config_variant
 
 MODEL = "churn"
 BUDGET = 50.0
@@ -259,3 +260,37 @@ def test_a_polling_loop_is_printed_once_and_summarized():
         "     190.0 s  Gate",
         "     191.0 s  Finalize",
     ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"DataBucket": "d", "AuditTable": "t"},  # a flat object
+        {"refit": {"DataBucket": "d", "AuditTable": "t"}},  # `cdk deploy --outputs-file`
+        {
+            "Stacks": [
+                {
+                    "Outputs": [
+                        {"OutputKey": "DataBucket", "OutputValue": "d"},
+                        {"OutputKey": "AuditTable", "OutputValue": "t"},
+                    ]
+                }
+            ]
+        },
+    ],
+)
+def test_a_file_of_stack_outputs_in_any_of_its_forms(tmp_path, content):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(content))
+    resources = Resources(load_config(ROOT / "refit.toml"), outputs_file=str(path), overrides={"AuditTable": "named"})
+    assert (resources.data_bucket, resources.audit_table) == ("d", "named")
+    with pytest.raises(CommandError, match="has no ArtifactBucket output; pass --artifact-bucket"):
+        resources.output("ArtifactBucket", "--artifact-bucket")
+
+
+def test_a_file_that_is_not_stack_outputs_is_bad_input(tmp_path):
+    path = tmp_path / "outputs.json"
+    path.write_text('["DataBucket"]')
+    with pytest.raises(CommandError, match="not a file of stack outputs") as raised:
+        Resources(load_config(ROOT / "refit.toml"), outputs_file=str(path)).output("DataBucket", "--data-bucket")
+    assert raised.value.exit_code == 2
