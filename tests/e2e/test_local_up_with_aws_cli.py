@@ -99,9 +99,13 @@ def server(tmp_path_factory):
         server.startup_seconds = time.monotonic() - started
         yield server
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        if server.process.poll() is None:  # a test failed before the SIGINT test: still stop it cleanly
+            server.process.send_signal(signal.SIGINT)
+            try:
+                server.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +262,40 @@ def test_the_readme_manual_input_starts_a_run(aws, outputs, boto):
     record = audit_record(boto, outputs, started["executionArn"])
     assert record["trigger"]["S"] == "manual"
     assert record["trigger_reason"]["S"] == payload["reason"]
+
+
+def test_metrics_and_lambda_invokes_over_http_reach_the_bridges(aws, outputs, tmp_path):
+    """PutMetricData from outside evaluates the alarms on its metric; an outside Invoke runs the real handler."""
+    endpoint = f"{outputs['Project']}-{MODEL}"
+    alarm = f"{endpoint}--canary"
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "challenger"}]
+    datum = {"MetricName": "Invocation5XXErrors", "Value": 3, "Dimensions": dimensions}
+    aws("cloudwatch", "put-metric-data", "--namespace", "AWS/SageMaker", "--metric-data", json.dumps([datum]))
+    state = aws("cloudwatch", "describe-alarms", "--alarm-names", alarm)["MetricAlarms"][0]
+    assert state["StateValue"] == "ALARM", state
+
+    functions = aws("lambda", "list-functions")["Functions"]
+    monitor = next(
+        f["FunctionName"]
+        for f in functions
+        if f["Environment"]["Variables"].get("POWERTOOLS_SERVICE_NAME") == f"refit-{MODEL}-monitor"
+    )
+    event = {
+        "version": "0",
+        "id": "cli",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+    reply = tmp_path / "monitor.json"
+    invoked = aws("lambda", "invoke", "--function-name", monitor, "--payload", json.dumps(event), str(reply))
+    assert invoked["StatusCode"] == 200 and "FunctionError" not in invoked, reply.read_text()
+    result = json.loads(reply.read_text())
+    assert result["report_uri"].startswith(f"s3://{outputs['ArtifactBucket']}/monitoring/{MODEL}/"), result
 
 
 def test_a_second_server_on_the_same_port_is_refused_in_one_line(server):
