@@ -19,6 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 from refit_core.config import load_config
+from refit_core.names import stack_name
 
 from scripts.sample_data import churn_batch, to_csv_bytes
 
@@ -176,7 +177,7 @@ def test_the_server_prints_the_environment_and_describe_stacks_gives_the_outputs
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
     }
-    stack = load_config(ROOT / "refit.toml").project
+    stack = stack_name(load_config(ROOT / "refit.toml").project)
     described = aws("cloudformation", "describe-stacks", "--stack-name", stack)["Stacks"][0]
     assert {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]} == outputs
     assert {"DataBucket", "AuditTable", "ArtifactBucket", "SummaryTopic"} <= set(outputs)
@@ -262,6 +263,26 @@ def test_the_readme_manual_input_starts_a_run(aws, outputs, boto):
     record = audit_record(boto, outputs, started["executionArn"])
     assert record["trigger"]["S"] == "manual"
     assert record["trigger_reason"]["S"] == payload["reason"]
+
+
+def test_refit_commands_work_with_the_printed_environment(server, tmp_path):
+    """`refit` in another process finds the stack through describe-stacks (feedback reads the DataBucket output) and
+    the registry through the same endpoint."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **server.environment()}
+
+    def refit(*arguments: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.cli", *arguments], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("inference_id,label\nt-0,1\nt-1,0\n")
+    summary = refit("feedback", MODEL, str(labels), "--dry-run", "--json")
+    assert (summary["accepted"], summary["matched"]) == (2, 2), summary
+    lineage = refit("lineage", MODEL, "1")
+    assert lineage["approval"] == "Approved"
 
 
 def test_metrics_and_lambda_invokes_over_http_reach_the_bridges(aws, outputs, tmp_path):
