@@ -16,6 +16,7 @@ The stack's outputs are also a CloudFormation stack record (`describe-stacks` on
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import sys
@@ -130,6 +131,7 @@ def local_up(
         print(f"refit: {error}", file=err)
         return 1
     stop = stop or threading.Event()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request; the Lambdas log to the workdir
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, signal.SIGTERM):
