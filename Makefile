@@ -45,4 +45,4 @@ synth: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk synth --quiet
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out .pytest_cache .refit-demo
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache .refit-demo .refit-local

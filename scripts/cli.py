@@ -12,6 +12,7 @@ credentials) or the local runtime (inside its mock).
     refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
     refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
+    refit local up [--port 4566] [--workdir DIR]      (the stack on a local AWS server until Ctrl-C)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
 the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
@@ -307,7 +308,17 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     feedback.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
     add_report_parser(commands, common)
     run_commands.add_parsers(commands, common)
+    local = commands.add_parser("local", help="the embedded local AWS as a server (`refit local up`)")
+    up = local.add_subparsers(dest="local_command", required=True).add_parser(
+        "up", help="serve the stack on 127.0.0.1 until Ctrl-C", parents=[common]
+    )
+    up.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default 4566)")
+    up.add_argument("--workdir", type=Path, default=Path(".refit-local"), help="synthesis, logs and outputs.json")
     args = parser.parse_args(argv)
+    if args.command == "local":
+        from scripts.local_aws.server import local_up  # moto's server only when asked for
+
+        return local_up(port=args.port, config=Path(args.config), workdir=args.workdir, out=out, err=err)
     if args.command in run_commands.COMMANDS:
         return run_commands.run(args, out, err)
     try:

@@ -395,6 +395,7 @@ class Bridges:
         self.capture_stop = threading.Event()
         self.capture_thread: threading.Thread | None = None
         self.alarm_lock = threading.RLock()
+        self.stopping = threading.Event()  # set by uninstall: running training jobs are stopped, as StopTrainingJob
 
     # ---------------------------------------------------------------- install
     def install(self) -> None:
@@ -535,6 +536,7 @@ class Bridges:
         self.capture_thread.start()
 
     def uninstall(self) -> None:
+        self.stopping.set()
         for thread in self.training_threads + self.event_threads:
             thread.join(timeout=120)
         self.capture_stop.set()
@@ -710,12 +712,19 @@ class Bridges:
             if path.is_file() and not path.name.endswith(".tmp"):
                 _s3_put(s3, bucket, f"{prefix.rstrip('/')}/{path.name}", path.read_bytes())
 
-    @staticmethod
-    def _watch(process: subprocess.Popen, events: Path, interrupt_after: int | None, timeout: float) -> bool:
-        """Wait for `train`; with `interrupt_after`, send SIGTERM once that many folds are checkpointed.
-        Returns True when the process was interrupted."""
+    def _watch(self, process: subprocess.Popen, events: Path, interrupt_after: int | None, timeout: float) -> bool:
+        """Wait for `train`; with `interrupt_after`, send SIGTERM once that many folds are checkpointed. When the
+        runtime shuts down, SIGTERM it as StopTrainingJob does. Returns True when the process was interrupted."""
         deadline = time.monotonic() + timeout
         while process.poll() is None:
+            if self.stopping.is_set():
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=120)  # SageMaker's grace period before SIGKILL
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                return False
             if interrupt_after is not None and events.exists():
                 done = sum(1 for line in events.read_text().splitlines() if '"fold_done"' in line)
                 if done >= interrupt_after:
@@ -797,6 +806,9 @@ class Bridges:
                     )
                 if checkpoint_uri:
                     self._save_checkpoints(s3, root / "checkpoints", checkpoint_uri)
+                if self.stopping.is_set():
+                    self._finish(job, "Stopped", "Stopped", None, time.monotonic() - started)
+                    return
                 if not interrupted:
                     break
                 if outcome is not None and outcome.kind == "capacity":

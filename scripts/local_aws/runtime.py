@@ -102,6 +102,12 @@ class LocalRuntime:
         }.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
+        # A shell that exported a client's settings for `refit local up` must not send this process's own (mocked)
+        # clients to an endpoint or a profile: they talk to the in-process backends.
+        for key in [
+            k for k in os.environ if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_SESSION_TOKEN")
+        ]:
+            self._saved_env[key] = os.environ.pop(key)
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # the interpreter logs every caught error at ERROR
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": True}})
         self._mock.start()
