@@ -40,7 +40,7 @@ def synthesize(outdir: Path, config_path: Path | None = None) -> Path:
     """`python app.py` with CDK_OUTDIR: the same synthesis `cdk synth` runs."""
     env = {**os.environ, "CDK_OUTDIR": str(outdir), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
     if config_path is not None:
-        env["REFIT_CONFIG"] = str(config_path)
+        env["REFIT_CONFIG"] = str(Path(config_path).resolve())  # synthesis runs in the repository, not here
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "app.py")], env=env, capture_output=True, text=True, cwd=REPO_ROOT
     )
