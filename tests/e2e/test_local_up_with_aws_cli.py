@@ -284,6 +284,33 @@ def test_refit_commands_work_with_the_printed_environment(server, tmp_path):
     lineage = refit("lineage", MODEL, "1")
     assert lineage["approval"] == "Approved"
 
+    # The run commands, from another process, through the same endpoint: land a batch, a manual run followed to
+    # its end, the status.
+    batch = tmp_path / "from-refit.csv"
+    batch.write_bytes(to_csv_bytes(churn_batch(1500, 7)))
+    landed = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "land", MODEL, str(batch), "--follow"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert landed.returncode == 0 and "run ended SUCCEEDED" in landed.stdout, landed.stdout + landed.stderr
+    followed = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "trigger", MODEL, "--reason", "from the suite", "--follow"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert "Prepare" in followed.stdout and "Why it ran: manual - from the suite" in followed.stdout, followed.stdout
+    status = refit("status", MODEL, "--json")
+    assert status["endpoint"]["status"] == "InService" and status["champion"]["version"] >= 1
+    assert status["running"] == [] and status["lock"] is None
+
 
 def test_metrics_and_lambda_invokes_over_http_reach_the_bridges(aws, outputs, tmp_path):
     """PutMetricData from outside evaluates the alarms on its metric; an outside Invoke runs the real handler."""
