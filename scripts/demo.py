@@ -99,11 +99,11 @@ def summary(record: dict) -> None:
     say(f"    audit id   : {record['pk']} / {record['sk']}")
 
 
-ROWS_PER_REQUEST = 20
+ROWS_PER_REQUEST = 40
 
 
 def production_traffic(aws: LocalRuntime, rows: int, seed: int, tag: str) -> pd.DataFrame:
-    """Requests of 20 rows from the new market, each with an InferenceId; returns the rows with their join keys
+    """Requests of 40 rows from the new market, each with an InferenceId; returns the rows with their join keys
     (`<InferenceId>:<row>`, README 'Ground truth'), as a label writer would know them."""
     frame = churn_batch(rows, seed, shift=1.0, new_market=0.4)
     keys: list[str] = []
@@ -197,7 +197,7 @@ def main() -> int:
             f"    data bucket {aws.data_bucket}; {len(aws.stack.functions)} Lambdas; state machine "
             f"{aws.model(MODEL).state_machine_arn.rsplit(':', 1)[-1]}"
         )
-        run_and_report(aws, "First batch (no model serving yet)", "2026-11-01.csv", to_csv_bytes(churn_batch(3000, 1)))
+        run_and_report(aws, "First batch (no model serving yet)", "2026-11-01.csv", to_csv_bytes(churn_batch(2000, 1)))
         say("\n=== Traffic to the champion")
         say(f"    served by: {send_traffic(aws, 50, seed=11)}")
 
@@ -207,11 +207,11 @@ def main() -> int:
                 f"    (bake: {seconds}s on AWS; sending traffic now) served by: {send_traffic(aws, 200, seed=12)}"
             ),
         )
-        record = run_and_report(aws, "Drifted batch", "2026-11-15.csv", to_csv_bytes(churn_batch(3000, 2, shift=1.0)))
+        record = run_and_report(aws, "Drifted batch", "2026-11-15.csv", to_csv_bytes(churn_batch(2000, 2, shift=1.0)))
         report_uri = (record.get("drift") or {}).get("report_uri")
         if report_uri:
             say(f"    drift report: {report_uri}")
-        run_and_report(aws, "Batch without drift", "2026-11-22.csv", to_csv_bytes(churn_batch(3000, 3, shift=1.0)))
+        run_and_report(aws, "Batch without drift", "2026-11-22.csv", to_csv_bytes(churn_batch(2000, 3, shift=1.0)))
         closed_loop(aws)
         say(
             f"\nSNS summaries published: {len(aws.published_summaries())}; "
