@@ -219,12 +219,22 @@ class LocalRuntime:
     def fire_schedule(self, model: str) -> str:
         """Deliver the model's schedule rule once (moto never fires schedules)."""
         handles = self.model(model)
-        rule_name, rule = next(
-            (n, r)
-            for n, r in self.stack.rules.items()
-            if r["schedule"] and any(t["Arn"] == handles.state_machine_arn for t in r["targets"])
+        event = self._scheduled_event(handles.state_machine_arn)
+        return self.bridges.start_execution(
+            handles.state_machine_arn, f"schedule-{os.urandom(6).hex()}", json.dumps(event)
         )
-        event = {
+
+    def _scheduled_event(self, target_arn: str) -> dict[str, Any]:
+        """The 'Scheduled Event' EventBridge delivers to a schedule rule's target (the rule found by its target)."""
+        rule = next(
+            (
+                r
+                for r in self.stack.rules.values()
+                if r["schedule"] and any(t["Arn"] == target_arn for t in r["targets"])
+            ),
+            None,
+        )
+        return {
             "version": "0",
             "id": os.urandom(8).hex(),
             "detail-type": "Scheduled Event",
@@ -232,12 +242,9 @@ class LocalRuntime:
             "account": ACCOUNT,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "region": self.region,
-            "resources": [rule["arn"]],
+            "resources": [rule["arn"]] if rule else [],
             "detail": {},
         }
-        return self.bridges.start_execution(
-            handles.state_machine_arn, f"schedule-{os.urandom(6).hex()}", json.dumps(event)
-        )
 
     def set_alarm_state(self, alarm_name: str, state: str, reason: str = "set by the local runtime") -> None:
         """SetAlarmState: change an alarm's state and, when it changed, emit the 'CloudWatch Alarm State Change' event
@@ -360,25 +367,7 @@ class LocalRuntime:
         function = next(
             f for f in self.stack.functions.values() if f.environment.get("POWERTOOLS_SERVICE_NAME") == service
         )
-        rule = next(
-            (
-                r
-                for r in self.stack.rules.values()
-                if r["schedule"] and any(t["Arn"] == function.arn for t in r["targets"])
-            ),
-            None,
-        )
-        event = {
-            "version": "0",
-            "id": os.urandom(8).hex(),
-            "detail-type": "Scheduled Event",
-            "source": "aws.events",
-            "account": ACCOUNT,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "region": self.region,
-            "resources": [rule["arn"]] if rule else [],
-            "detail": {},
-        }
+        event = self._scheduled_event(function.arn)
         headers: dict[str, str] = {}
         result = json.loads(self.bridges.invoke_lambda(function.name, json.dumps(event), headers))
         if headers.get("x-amz-function-error"):
