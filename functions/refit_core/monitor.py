@@ -666,14 +666,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def serving_since(sagemaker: Any, place: Place, state: dict[str, Any], model_name: str, now: datetime) -> datetime:
+def serving_since(endpoint: dict[str, Any], state: dict[str, Any], model_name: str, now: datetime) -> datetime:
     """Since when the champion variant serves this model. Capture records do not name the model, and the variant's
     name stays `champion` across promotions: the state remembers the champion it last saw; a new one serves since the
     endpoint last changed (its promotion)."""
     known = state.get("champion") or {}
     if known.get("model_name") == model_name and known.get("since"):
         return datetime.fromisoformat(known["since"])
-    endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
     # Capture records carry whole seconds: the second the endpoint changed in counts for the new champion.
     since = (endpoint.get("LastModifiedTime") or endpoint.get("CreationTime") or now).astimezone(UTC)
     since = since.replace(microsecond=0)
@@ -708,10 +707,10 @@ def run_monitor(
     if champion is None:
         _write_report(s3, place, report)
         return report
-    champion_since = serving_since(sagemaker, place, state, champion["model_name"], now)
+    endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
+    champion_since = serving_since(endpoint, state, champion["model_name"], now)
     # Each variant's record: the champion's since its model took over; another (a canary's challenger) since the
     # endpoint last changed, and only while it is on the endpoint.
-    endpoint = describe_endpoint(sagemaker, place.endpoint_name) or {}
     changed = (endpoint.get("LastModifiedTime") or now).astimezone(UTC).replace(microsecond=0)
     variant_since = {
         str(v["VariantName"]): champion_since if v["VariantName"] == CHAMPION else changed
@@ -870,7 +869,7 @@ def render_monitor_html(report: dict[str, Any], stats: BatchStats | None) -> str
         f"{html.escape(str((report.get('champion') or {}).get('version')))}</p>"
         f"<h2 class='{'alarm' if decision.get('breached') else 'ok'}'>{html.escape(decision.get('reason', ''))}</h2>"
         f"<h2>Live {html.escape(metric)}</h2><table><tr><th>variant</th><th>live</th>"
-        f"<th>{report.get('threshold') and 'interval' or 'interval'}</th><th>labelled</th><th>captured</th>"
+        "<th>interval</th><th>labelled</th><th>captured</th>"
         "<th>estimated (CBPE)</th><th>median label delay (s)</th></tr>"
         + "".join(rows)
         + "</table>"
