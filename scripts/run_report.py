@@ -391,6 +391,7 @@ def _why_html(data: dict[str, Any]) -> str:
             ("started / ended", f"{_e(run.get('started_at'))} / {_e(run.get('ended_at'))}"),
         ]
         + ([("next run", _e(run["next_run"]))] if run.get("next_run") else [])
+        + ([("waiting alarm", _e(run["pending_alarm"]))] if run.get("pending_alarm") else [])
         + (
             [("quarantined", f"{_e(run['quarantined'].get('uri'))}: {_e(run['quarantined'].get('reason'))}")]
             if isinstance(run.get("quarantined"), dict)

@@ -37,6 +37,7 @@ class ModelPipeline(Construct):
         prefix = config.prefix(model.name)
         self.endpoint_name = prefix
         canary_alarm_name = names.alarm_name(prefix, "canary")
+        quality_alarm_name = names.alarm_name(prefix, "quality")
         self.package_group = sagemaker.CfnModelPackageGroup(
             self,
             "ModelPackageGroup",
@@ -52,6 +53,7 @@ class ModelPipeline(Construct):
             endpoint_name=self.endpoint_name,
             package_group_name=self.package_group.model_package_group_name,
             canary_alarm_name=canary_alarm_name,
+            quality_alarm_name=quality_alarm_name,
             state_machine_name=prefix,
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
@@ -67,7 +69,7 @@ class ModelPipeline(Construct):
             state_machine=self.retrain.state_machine,
             endpoint_name=self.endpoint_name,
             canary_alarm_name=canary_alarm_name,
-            quality_alarm_name=names.alarm_name(prefix, "quality"),
+            quality_alarm_name=quality_alarm_name,
         )
         self.monitor_schedule = MonitorSchedule(
             self,

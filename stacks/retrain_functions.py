@@ -66,6 +66,7 @@ class RetrainFunctions(Construct):
         endpoint_name: str,
         package_group_name: str,
         canary_alarm_name: str,
+        quality_alarm_name: str,
         state_machine_name: str,
         instance_prices: dict[str, float],
         code_version: str,
@@ -88,6 +89,7 @@ class RetrainFunctions(Construct):
             "REFIT_SAGEMAKER_ROLE_ARN": sagemaker.role.role_arn,
             "REFIT_IMAGE_URI": sagemaker.image.image_uri,
             "REFIT_CANARY_ALARM": canary_alarm_name,
+            "REFIT_QUALITY_ALARM": quality_alarm_name if model.quality_alarm else "",
             "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
             "REFIT_CODE_VERSION": code_version,
             "REFIT_STATE_MACHINE_ARN": state_machine_arn,
@@ -132,7 +134,12 @@ class RetrainFunctions(Construct):
         storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
         # The lock, the batch ledger (record, list the queue, claim) and the run records a scheduled run reads.
         storage.audit_table.grant(
-            f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"
+            f["Prepare"],
+            "dynamodb:PutItem",
+            "dynamodb:GetItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",  # an alarm run that takes the lock clears the alarm request waiting for it
         )
 
         # An alarm run's batch: the pending feedback parts, gathered into one object under feedback/<model>/batches/.
@@ -231,6 +238,17 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
         storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
         storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")
+        if model.quality_alarm:
+            # It re-arms the quality alarm while a breach persists and new feedback waits (refit_core.monitor).
+            storage.data_bucket.grant_read(monitor, f"{model.feedback_prefix}pending/*")
+            monitor.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["cloudwatch:DescribeAlarms", "cloudwatch:SetAlarmState"],
+                    resources=[
+                        f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{quality_alarm_name}"
+                    ],
+                )
+            )
         monitor.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["cloudwatch:PutMetricData"],
@@ -274,7 +292,12 @@ class RetrainFunctions(Construct):
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")
         storage.audit_table.grant(
-            f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:Query"
+            f["Finalize"],
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:GetItem",  # the alarm run waiting for the lock (start_next_run)
         )
         storage.topic.grant_publish(f["Finalize"])
         # Finalize and Cleanup release the lock and start the next queued run: this state machine only.
@@ -302,6 +325,11 @@ class RetrainFunctions(Construct):
             )
         )
         storage.audit_table.grant(
-            f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"
+            f["Cleanup"],
+            "dynamodb:Query",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:GetItem",  # the alarm run waiting for the lock (start_next_run)
         )
         storage.topic.grant_publish(f["Cleanup"])

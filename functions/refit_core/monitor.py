@@ -84,6 +84,7 @@ class Place:
     data_bucket: str
     artifact_bucket: str
     endpoint_name: str
+    quality_alarm: str = ""  # the alarm on the live metric, when the model has one
 
     def monitoring(self, *parts: str) -> str:
         return self.model.monitoring_prefix + "/".join(parts)
@@ -420,11 +421,15 @@ def scan_window(
             matched = pd.Series(np.nan, index=frame.index)
             label_time = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
         joined.update(frame.loc[matched.notna(), "key"])
-        fresh = frame["key"].isin(new_label_keys) & matched.notna()
+        # A labelled request is feedback once, in the run that first sees both halves: its label's run, or, when the
+        # label came first (a capture file flushed late), the run that reads its capture. The source names the part.
+        label_new = frame["key"].isin(new_label_keys)
+        fresh = (label_new | (part in new_parts)) & matched.notna()
         if fresh.any():
             rows = frame.loc[fresh, ["key", *features]].copy()
             rows[model.target] = matched[fresh].to_numpy()
-            rows["label_part"] = frame.loc[fresh, "key"].map(by_key["label_part"]).to_numpy()
+            label_parts = frame.loc[fresh, "key"].map(by_key["label_part"]).to_numpy()
+            rows["source_part"] = np.where(label_new[fresh].to_numpy(), label_parts, part)
             feedback.append(rows)
         for variant, rows in frame.groupby("variant", sort=False):
             if variant not in variant_since:
@@ -529,21 +534,22 @@ def publish(cloudwatch: Any, data: list[dict[str, Any]]) -> None:
 
 
 def write_feedback(s3: Any, place: Place, rows: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The rows labelled in this run, as training batches of the champion's columns (its id column, when configured,
-    is the capture's join key), one per label file and named after it: a run repeated after a failure writes the
-    same objects again, never a second copy of a row. Pending until an alarm run takes them (take_feedback)."""
+    """The rows joined in this run, as training batches of the champion's columns (its id column, when configured,
+    is the capture's join key), one per part that made them new (a label file, or a late capture file) and named
+    after it: a run repeated after a failure writes the same objects again, never a second copy of a row. Pending
+    until an alarm run takes them (take_feedback)."""
     model = place.model
     if not model.monitor.feedback or rows.empty:
         return []
     written = []
-    for label_part, group in rows.groupby("label_part", sort=True):
+    for source_part, group in rows.groupby("source_part", sort=True):
         frame = group.copy()
         if model.problem_type == "binary_classification":
             frame[model.target] = frame[model.target].astype(int)  # labels are read as numbers; the history has 0/1
         if model.id_column:
             frame[model.id_column] = frame["key"]
         frame = frame[[c for c in columns if c in frame.columns]]
-        digest = hashlib.sha256(str(label_part).encode()).hexdigest()[:24]
+        digest = hashlib.sha256(str(source_part).encode()).hexdigest()[:24]
         key = f"{model.feedback_prefix}pending/{digest}.csv"
         s3.put_object(
             Bucket=place.data_bucket, Key=key, Body=frame.to_csv(index=False).encode(), ContentType="text/csv"
@@ -592,6 +598,57 @@ def take_feedback(s3: Any, data_bucket: str, model: ModelConfig, run_id: str) ->
                 f"{uri}, e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
             )
     return uri
+
+
+def rearm_reason(alarm_state: str | None, breached: bool, pending_rows: int, min_rows: int) -> str | None:
+    """Why to set the quality alarm back to OK, or None to leave it. CloudWatch sends one state-change event per
+    ALARM episode, so a retrain that failed its gate (or could not run) would leave the alarm in ALARM with nothing to
+    start another. While the breach persists and at least `min_rows` newly labelled rows wait as feedback (something
+    new to learn from), the monitor re-arms it: CloudWatch re-evaluates it at once, the bound still breaches, and the
+    alarm's event starts the next retrain. Fewer rows: the alarm stays in ALARM and waits for more labels."""
+    if alarm_state != "ALARM" or not breached or pending_rows < min_rows:
+        return None
+    return (
+        f"refit monitor: the breach persists and {pending_rows:,} rows labelled since the alarm fired wait as "
+        "feedback; "
+        "re-armed so the alarm starts another retrain"
+    )
+
+
+def pending_feedback_rows(s3: Any, data_bucket: str, model: ModelConfig, enough: int, since: datetime) -> int:
+    """Rows in the pending feedback parts written after `since`, counted until `enough` (the parts can be many after
+    a long quiet time)."""
+    total = 0
+    for item in _list(s3, data_bucket, f"{model.feedback_prefix}pending/"):
+        if item["Key"].endswith(".csv") and item["LastModified"] > since:
+            body = s3.get_object(Bucket=data_bucket, Key=item["Key"])["Body"].read()
+            total += len(pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False))
+            if total >= enough:
+                break
+    return total
+
+
+def rearm_alarm(cloudwatch: Any, s3: Any, place: Place, decision: dict[str, Any]) -> dict[str, Any] | None:
+    """The quality alarm's state, and whether this run re-armed it (rearm_reason): on the feedback written since the
+    alarm went to ALARM. None without an alarm."""
+    model = place.model
+    if not place.quality_alarm or model.quality_alarm is None:
+        return None
+    alarms = cloudwatch.describe_alarms(AlarmNames=[place.quality_alarm])["MetricAlarms"]
+    state = alarms[0]["StateValue"] if alarms else None
+    result: dict[str, Any] = {"name": place.quality_alarm, "state": state, "rearmed": False}
+    if state != "ALARM" or not decision.get("breached") or not model.monitor.feedback:
+        return result
+    enough = model.monitor.min_labelled_rows
+    # Only rows labelled since the alarm went to ALARM are new to it: the run its event started takes what was
+    # pending then (this run's own feedback, when this run's bound is what made it fire).
+    since = alarms[0]["StateUpdatedTimestamp"]
+    result["pending_feedback_rows"] = pending_feedback_rows(s3, place.data_bucket, model, enough, since)
+    reason = rearm_reason(state, True, result["pending_feedback_rows"], enough)
+    if reason:
+        cloudwatch.set_alarm_state(AlarmName=place.quality_alarm, StateValue="OK", StateReason=reason[:1023])
+        result.update(rearmed=True, reason=reason)
+    return result
 
 
 def labeling_picks(s3: Any, place: Place, start: datetime, now: datetime) -> set[str]:
@@ -702,6 +759,7 @@ def run_monitor(
         "feedback": None,
         "labeling": None,
         "decision": {"breached": False, "reason": "no model is serving"},
+        "alarm": None,
     }
     champion = find_champion(sagemaker, place.endpoint_name)
     if champion is None:
@@ -755,7 +813,8 @@ def run_monitor(
     if unknown:
         label_counts["unknown_id"] += unknown
         label_examples.append(
-            f"{unknown} labelled key(s) match no captured request of the last {model.monitor.window_hours:g} h"
+            f"{unknown} labelled key(s) match no captured request read so far of the last {model.monitor.window_hours:g} h "
+            "(a capture file read later still joins them)"
         )
     report["capture"] = {
         "files": len(new_captured),
@@ -783,6 +842,7 @@ def run_monitor(
     report["feedback"] = {"uris": write_feedback(s3, place, window.feedback, columns), "rows": len(window.feedback)}
     report["labeling"] = pick_for_labeling(s3, place, window.new_unlabelled, artifact, now, champion.get("version"))
     publish(cloudwatch, metric_data(model, report, now))
+    report["alarm"] = rearm_alarm(cloudwatch, s3, place, report["decision"])  # after the bound it judges is put
     _write_report(s3, place, report, window.drift_stats)
     state.update(capture=read_captures, labels=read_labels_, updated_at=report["at"], last_run=run_id)
     s3.put_object(
@@ -868,7 +928,8 @@ def render_monitor_html(report: dict[str, Any], stats: BatchStats | None) -> str
         f"<p>{html.escape(report['at'])}; window {report['window_hours']:g} h; champion version "
         f"{html.escape(str((report.get('champion') or {}).get('version')))}</p>"
         f"<h2 class='{'alarm' if decision.get('breached') else 'ok'}'>{html.escape(decision.get('reason', ''))}</h2>"
-        f"<h2>Live {html.escape(metric)}</h2><table><tr><th>variant</th><th>live</th>"
+        + _alarm_html(report.get("alarm"))
+        + f"<h2>Live {html.escape(metric)}</h2><table><tr><th>variant</th><th>live</th>"
         "<th>interval</th><th>labelled</th><th>captured</th>"
         "<th>estimated (CBPE)</th><th>median label delay (s)</th></tr>"
         + "".join(rows)
@@ -888,6 +949,17 @@ def render_monitor_html(report: dict[str, Any], stats: BatchStats | None) -> str
         + (f"<h2>Drift</h2>{drift_html}" if drift_html else "")
         + "</body></html>"
     )
+
+
+def _alarm_html(alarm: dict[str, Any] | None) -> str:
+    if not alarm:
+        return ""
+    text = f"quality alarm {alarm['name']}: {alarm['state']}"
+    if alarm.get("rearmed"):
+        text += f"; re-armed ({alarm['reason']})"
+    elif "pending_feedback_rows" in alarm:
+        text += f"; {alarm['pending_feedback_rows']:,} labelled row(s) wait as feedback, too few to re-arm it"
+    return f"<p>{html.escape(text)}</p>"
 
 
 def latest_decision(s3: Any, artifact_bucket: str, model: ModelConfig) -> dict[str, Any] | None:

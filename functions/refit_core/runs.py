@@ -45,6 +45,18 @@ class QueuedInput(BaseModel):
     queued_after: str = Field(description="The run whose end started this one.", max_length=80)
 
 
+class PendingAlarmInput(BaseModel):
+    """The input refit itself starts a run with when the quality alarm fired while another run held the model's lock
+    (README 'Starting a run by hand'): the alarm run that had to wait."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alarm_after: str = Field(description="The run that held the lock when the alarm fired.", max_length=80)
+
+
+PENDING_ALARM_KEY = "alarm#pending"  # the audit-table item (sk) of an alarm run waiting for the lock
+
+
 class EventBridgeEvent(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -61,15 +73,15 @@ class RunRequest(BaseModel):
     data_uri: str | None
     force: bool
     etag: str | None = None  # the ETag an S3 event carries (AWS's field `detail.object.etag`)
+    waited_for: str | None = None  # an alarm run started when the run holding the lock ended: that run's id
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, schema: type[BaseModel] = ManualInput) -> str:
+    allowed = ", ".join(schema.model_fields)
     parts = []
     for item in error.errors():
         location = ".".join(str(p) for p in item["loc"]) or "input"
-        message = (
-            "unknown field; allowed: data_uri, force, reason" if item["type"] == "extra_forbidden" else item["msg"]
-        )
+        message = f"unknown field; allowed: {allowed}" if item["type"] == "extra_forbidden" else item["msg"]
         parts.append(f"{location}: {message.removeprefix('Value error, ')}")
     return "; ".join(parts)
 
@@ -114,12 +126,24 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
         try:
             queued = QueuedInput.model_validate(payload)
         except ValidationError as error:
-            raise RunInputError(_describe(error)) from None
+            raise RunInputError(_describe(error, QueuedInput)) from None
         return RunRequest(
             trigger="queue",
             reason=f"queued batches waiting when run {queued.queued_after} released the lock",
             data_uri=None,
             force=False,
+        )
+    if "alarm_after" in payload:
+        try:
+            waiting = PendingAlarmInput.model_validate(payload)
+        except ValidationError as error:
+            raise RunInputError(_describe(error, PendingAlarmInput)) from None
+        return RunRequest(
+            trigger="alarm",
+            reason=f"quality alarm in ALARM while run {waiting.alarm_after} held the lock",
+            data_uri=None,
+            force=True,
+            waited_for=waiting.alarm_after,
         )
     try:
         manual = ManualInput.model_validate(payload)

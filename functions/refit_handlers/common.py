@@ -37,6 +37,7 @@ class Settings:
     code_version: str
     kms_key_arn: str
     state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
+    quality_alarm: str = ""  # the model's quality alarm, when it has one (the monitor re-arms it)
 
 
 def settings() -> Settings:
@@ -57,6 +58,7 @@ def settings() -> Settings:
         code_version=env["REFIT_CODE_VERSION"],
         kms_key_arn=env["REFIT_KMS_KEY_ARN"],
         state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
+        quality_alarm=env.get("REFIT_QUALITY_ALARM", ""),
     )
 
 

@@ -15,7 +15,7 @@ from refit_core import ledger
 from refit_core.approvals import SERVED_OUTCOMES, withdraw_unserved_package
 from refit_core.audit import format_summary, summarize_run
 from refit_core.champion import endpoint_view
-from refit_core.runs import SETTLED_OUTCOMES, run_id_from_execution, utc_now
+from refit_core.runs import PENDING_ALARM_KEY, SETTLED_OUTCOMES, run_id_from_execution, utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import AuditKey, FinalStep, RunInfo, RunState
 
@@ -101,17 +101,39 @@ def settle_batch(dynamodb: Any, config: Settings, run: RunInfo | None, outcome: 
     )
 
 
-def start_next_run(stepfunctions: Any, dynamodb: Any, config: Settings, run_id: str) -> str | None:
-    """After the lock is released: when batches are queued, start the run that checks the oldest of them (each run
-    checks one batch and starts the next when it ends, so the queue drains one by one). The name is derived from the
-    ending run, so a retried call starts nothing twice. Returns the started execution's name."""
-    if not ledger.entries(dynamodb, config.audit_table, config.model.name, status="queued"):
-        return None
-    name = f"queue-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}"
-    try:
-        stepfunctions.start_execution(
-            stateMachineArn=config.state_machine_arn, name=name, input=json.dumps({"queued_after": run_id})
+def start_next_run(
+    stepfunctions: Any, dynamodb: Any, config: Settings, run_id: str, outcome: str | None = None
+) -> tuple[str | None, str | None]:
+    """After the lock is released: an alarm run that waited for it comes first, unless this run put a new model in
+    service (the alarm judged the model this run replaced; the monitor judges the new one afresh, and its alarm fires
+    again if that one falls short too). Else, when batches are queued, the run that checks the oldest of them (each
+    run checks one batch and starts the next when it ends, so the queue drains one by one). Names derive from the
+    ending run, so a retried call starts nothing twice. Returns the started execution's name and, when a waiting
+    alarm was dropped, why."""
+    key = {"pk": {"S": config.model.name}, "sk": {"S": PENDING_ALARM_KEY}}
+    pending = dynamodb.get_item(TableName=config.audit_table, Key=key, ConsistentRead=True).get("Item")
+    dropped = None
+    if pending is not None and outcome in SERVED_OUTCOMES:
+        dynamodb.delete_item(TableName=config.audit_table, Key=key)
+        dropped = (
+            f"the quality alarm that fired during this run (run {pending['run_id']['S']}) was dropped: this run put a "
+            "new model in service, which the monitor judges afresh"
         )
+    elif pending is not None:
+        # The waiting run clears the request once it holds the lock: a failed start here leaves it for the next end.
+        return _start(stepfunctions, config, f"alarm-{_digest(run_id)}", {"alarm_after": run_id}), None
+    if not ledger.entries(dynamodb, config.audit_table, config.model.name, status="queued"):
+        return None, dropped
+    return _start(stepfunctions, config, f"queue-{_digest(run_id)}", {"queued_after": run_id}), dropped
+
+
+def _digest(run_id: str) -> str:
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+def _start(stepfunctions: Any, config: Settings, name: str, run_input: dict[str, str]) -> str:
+    try:
+        stepfunctions.start_execution(stateMachineArn=config.state_machine_arn, name=name, input=json.dumps(run_input))
     except stepfunctions.exceptions.ExecutionAlreadyExists:
         pass  # this run's end already started it
     return name
@@ -140,9 +162,11 @@ def end_run(
         record["problems"].append(f"could not release the lock: {type(error).__name__}: {error}")
         return
     try:
-        record["next_run"] = start_next_run(stepfunctions, dynamodb, config, run_id)
-    except Exception as error:  # the queue waits for the next run's end or the schedule
-        record["problems"].append(f"could not start the next queued run: {type(error).__name__}: {error}")
+        record["next_run"], dropped = start_next_run(stepfunctions, dynamodb, config, run_id, record.get("outcome"))
+        if dropped:
+            record["pending_alarm"] = dropped
+    except Exception as error:  # the queue (and a waiting alarm) waits for the next run's end or the schedule
+        record["problems"].append(f"could not start the next run: {type(error).__name__}: {error}")
 
 
 def store_and_publish(record: dict[str, Any], config: Settings, dynamodb: Any, sns: Any) -> None:

@@ -36,7 +36,7 @@ def handler(event: dict, context: Any) -> dict:
     config = settings()
     now = datetime.now(UTC)
     parsed = parse(MonitorEvent, event if isinstance(event, dict) else {})
-    place = Place(config.model, config.data_bucket, config.artifact_bucket, config.endpoint_name)
+    place = Place(config.model, config.data_bucket, config.artifact_bucket, config.endpoint_name, config.quality_alarm)
     report = run_monitor(
         place,
         run_id=run_name(parsed, getattr(context, "aws_request_id", "manual"), now),
@@ -51,11 +51,13 @@ def handler(event: dict, context: Any) -> dict:
             "decision": report["decision"],
             "variants": list(report["variants"]),
             "report": report.get("report_uri"),
+            "alarm": report.get("alarm"),
         },
     )
     return {
         "run_id": report["run_id"],
         "decision": report["decision"],
+        "alarm": report.get("alarm"),
         "report_uri": report.get("report_uri"),
         "report_html_uri": report.get("report_html_uri"),
         "variants": {

@@ -14,7 +14,7 @@ from refit_core import ledger
 from refit_core.datasets import S3Object, list_s3_object_details
 from refit_core.ledger import Batch
 from refit_core.monitor import MonitorError, latest_decision, take_feedback
-from refit_core.runs import parse_run_input, run_id_from_execution, settled_by, utc_now
+from refit_core.runs import PENDING_ALARM_KEY, parse_run_input, run_id_from_execution, settled_by, utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import RunInfo
 
@@ -31,6 +31,27 @@ SETTLED_BY_FIELDS = ("run_id", "data_uri", "data_etag", "outcome")
 class PrepareEvent(BaseModel):
     payload: Any
     execution_name: str
+
+
+def record_pending_alarm(
+    dynamodb: Any, table: str, model: str, run_id: str, holder: str, reason: str, now: str
+) -> None:
+    """The alarm run waiting for the lock; the holder's end starts it (refit_handlers.finalize.start_next_run)."""
+    dynamodb.put_item(
+        TableName=table,
+        Item={
+            "pk": {"S": model},
+            "sk": {"S": PENDING_ALARM_KEY},
+            "run_id": {"S": run_id},
+            "waiting_for": {"S": holder},
+            "reason": {"S": reason[:1000]},
+            "at": {"S": now},
+        },
+    )
+
+
+def clear_pending_alarm(dynamodb: Any, table: str, model: str) -> None:
+    dynamodb.delete_item(TableName=table, Key={"pk": {"S": model}, "sk": {"S": PENDING_ALARM_KEY}})
 
 
 def newest_batch(s3: Any, bucket: str, prefix: str) -> S3Object | None:
@@ -186,15 +207,24 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         newly_queued = reconcile(dynamodb, config, objects, now)
 
     holder = acquire_lock(dynamodb, table, model.name, run_id, int(time.time()), model.lock_seconds)
+    if holder is not None and request.trigger == "alarm":
+        # CloudWatch sends one event per ALARM episode: an alarm run that cannot start now must not be lost.
+        record_pending_alarm(dynamodb, table, model.name, run_id, holder, request.reason, now)
+        # The holder may have ended between the two calls without seeing the request: then this run is the one.
+        holder = acquire_lock(dynamodb, table, model.name, run_id, int(time.time()), model.lock_seconds)
     if holder is not None:
         waiting = named is not None or newly_queued > 0
         note = " the batch is queued and is checked when that run releases the lock" if waiting else ""
+        if request.trigger == "alarm":
+            note = " the alarm's retrain starts when that run releases the lock, unless that run promotes a new model"
         run.update(
             proceed=False,
-            skip_outcome="queued" if waiting else None,
+            skip_outcome="queued" if waiting or request.trigger == "alarm" else None,
             reason=f"another run ({holder}) holds the lock for model {model.name};{note}".rstrip(";"),
         )
         return run
+    if request.trigger == "alarm":
+        clear_pending_alarm(dynamodb, table, model.name)  # this run is the retrain a waiting alarm asked for
 
     queue = ledger.entries(dynamodb, table, model.name, status="queued")
     run["queued"] = len(queue)

@@ -91,6 +91,9 @@ ISOLATED_PACKAGES = ("refit_core", "refit_handlers")
 CAPTURE_FILE_RECORDS = 100  # a capture file is written when it holds this many records ...
 CAPTURE_FILE_SECONDS = 1.0  # ... or when its oldest record is this old (SageMaker delivers within minutes)
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # InvokeEndpoint's InferenceId (botocore's service model)
+# moto's own SetAlarmState (validation and the stored state): the bridge patches it to add the event and the
+# re-evaluation that follow a state change on AWS, and calls this one underneath.
+MOTO_SET_ALARM_STATE = CloudWatchBackend.set_alarm_state
 
 
 class _ThreadRoutedStream(io.TextIOBase):
@@ -495,6 +498,21 @@ class Bridges:
             original_put_metric_data(backend, namespace, metric_data)
             bridges.evaluate_alarms(backend, namespace, metric_data)
 
+        def set_alarm_state(
+            backend: CloudWatchBackend, alarm_name: str, reason: str, reason_data: str | None, state_value: str
+        ) -> None:
+            """SetAlarmState: the state-change event when the state changes (moto puts none), then the alarm goes
+            back to what its metric says at its next evaluation (CloudWatch: within a minute; here at once)."""
+            try:
+                data = json.loads(reason_data) if reason_data is not None else None
+            except ValueError:
+                data = None
+            if alarm_name not in backend.alarms or state_value not in STATES or (reason_data and data is None):
+                return MOTO_SET_ALARM_STATE(backend, alarm_name, reason, reason_data, state_value)  # moto's errors
+            bridges.set_alarm_state(alarm_name, state_value, reason, data)
+            bridges.evaluate_alarms(backend, names={alarm_name})
+            return None
+
         original_send = Rule.send_to_targets
 
         def send_to_targets(rule: Rule, event: Any, transform_input: bool = True) -> None:
@@ -525,6 +543,7 @@ class Bridges:
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
             mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),
+            mock.patch.object(CloudWatchBackend, "set_alarm_state", set_alarm_state),
             mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),
@@ -1111,10 +1130,11 @@ class Bridges:
         namespace: str | None = None,
         metric_data: list[dict[str, Any]] | None = None,
         now: datetime | None = None,
+        names: set[str] | None = None,
     ) -> list[tuple[str, str]]:
-        """Evaluate the metric alarms on the metrics `metric_data` (of `namespace`) touched, or every metric alarm
-        when none is given, at `now` (the wall clock by default), and change the state of those whose evaluation
-        differs, with the state-change event. Returns (alarm, new state) for each change."""
+        """Evaluate the metric alarms on the metrics `metric_data` (of `namespace`) touched, or the alarms `names`,
+        or every metric alarm when neither is given, at `now` (the wall clock by default), and change the state of
+        those whose evaluation differs, with the state-change event. Returns (alarm, new state) for each change."""
         backend = backend or cloudwatch_backends[self.account][self.region]
         touched = None
         if metric_data is not None:
@@ -1130,7 +1150,7 @@ class Bridges:
         with self.alarm_lock:
             for alarm in list(backend.alarms.values()):
                 spec = _alarm_spec(alarm)
-                if spec is None:
+                if spec is None or (names is not None and alarm.name not in names):
                     continue
                 if (
                     touched is not None
@@ -1168,7 +1188,7 @@ class Bridges:
             if alarm.state_reason_data and alarm.state_reason_data != "{}":
                 previous["reasonData"] = alarm.state_reason_data
             previous["timestamp"] = alarm_event_time(alarm.state_updated_timestamp)
-            backend.set_alarm_state(alarm_name, reason, json.dumps(reason_data) if reason_data else None, state)
+            MOTO_SET_ALARM_STATE(backend, alarm_name, reason, json.dumps(reason_data) if reason_data else None, state)
             if previous["value"] == state:
                 return
             current = {"value": state, "reason": reason}

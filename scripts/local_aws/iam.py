@@ -328,6 +328,9 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("cloudwatch", "GetMetricStatistics"): _everything("cloudwatch:GetMetricStatistics"),
     ("cloudwatch", "GetMetricData"): _everything("cloudwatch:GetMetricData"),
     ("cloudwatch", "DescribeAlarms"): _alarms,
+    ("cloudwatch", "SetAlarmState"): lambda call: [
+        IamRequest("cloudwatch:SetAlarmState", call.arn("cloudwatch", f"alarm:{call.params['AlarmName']}"))
+    ],
     ("ecr", "DescribeImages"): lambda call: [
         IamRequest(
             "ecr:DescribeImages",

@@ -168,3 +168,29 @@ def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
     )[:3000]
     assert live["value"] > 0.7 and result["decision"]["breached"] is False
     assert alarm_state(aws) == "OK"
+
+
+def pending_feedback_rows(aws: LocalRuntime) -> int:
+    s3 = aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"feedback/{MODEL}/pending/").get("Contents", [])
+    bodies = [s3.get_object(Bucket=aws.data_bucket, Key=item["Key"])["Body"].read() for item in listed]
+    return sum(len(body.decode().splitlines()) - 1 for body in bodies)
+
+
+def test_labels_that_arrive_before_their_capture_still_become_feedback(aws):
+    """A label file read before the capture file of its requests (SageMaker delivers captures within minutes; a
+    labeller can be faster) joins when the capture is read, and its rows become feedback then, once."""
+    before = pending_feedback_rows(aws)
+    early = churn_batch(200, 33, new_market=0.4)
+    early["inference_id"] = [f"early-{i // ROWS_PER_REQUEST:05d}:{i % ROWS_PER_REQUEST}" for i in range(len(early))]
+    put_labels(aws, "early.csv", labels_csv(early))
+    first = json.loads(aws.read_s3(aws.run_monitor(MODEL)["report_uri"]))
+    assert first["labels"]["problems"].get("unknown_id", 0) >= 200 and first["feedback"]["rows"] == 0
+    assert first["alarm"] == {"name": aws.model(MODEL).quality_alarm, "state": "OK", "rearmed": False}
+    sent = traffic(aws, 200, seed=33, tag="early", new_market=0.4)
+    assert list(sent["inference_id"]) == list(early["inference_id"])
+    second = json.loads(aws.read_s3(aws.run_monitor(MODEL)["report_uri"]))
+    assert second["labels"]["files"] == 0 and second["feedback"]["rows"] == 200
+    assert pending_feedback_rows(aws) == before + 200
+    third = json.loads(aws.read_s3(aws.run_monitor(MODEL)["report_uri"]))
+    assert third["feedback"]["rows"] == 0 and pending_feedback_rows(aws) == before + 200  # once, not again

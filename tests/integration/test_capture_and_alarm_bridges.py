@@ -450,6 +450,36 @@ def test_an_alarm_goes_ok_alarm_ok_from_the_metrics_put_with_its_events(aws, ala
     }
 
 
+def test_set_alarm_state_puts_its_event_and_the_alarm_returns_to_what_its_metric_says(aws, alarm_events):
+    """SetAlarmState (the monitor re-arms the quality alarm with it): the state changes with its event, then the
+    next evaluation puts the alarm back where its datapoints say, with a second event (CloudWatch: within a minute)."""
+    cloudwatch = aws.client("cloudwatch")
+    cloudwatch.put_metric_alarm(
+        AlarmName="bridge-rearm",
+        Namespace="Bridge",
+        MetricName="Bound",
+        Statistic="Maximum",
+        Period=3600,
+        EvaluationPeriods=1,
+        Threshold=0.7,
+        ComparisonOperator="LessThanThreshold",
+        TreatMissingData="notBreaching",
+    )
+    cloudwatch.put_metric_data(Namespace="Bridge", MetricData=[{"MetricName": "Bound", "Value": 0.6}])
+    assert state(aws, "bridge-rearm") == "ALARM"
+    alarm_events()
+    cloudwatch.set_alarm_state(AlarmName="bridge-rearm", StateValue="OK", StateReason="re-armed")
+    assert state(aws, "bridge-rearm") == "ALARM"
+    delivered = [e["detail"] for e in alarm_events() if e["detail"]["alarmName"] == "bridge-rearm"]
+    moves = sorted((d["state"]["timestamp"], d["previousState"]["value"], d["state"]["value"]) for d in delivered)
+    assert [m[1:] for m in moves] == [("ALARM", "OK"), ("OK", "ALARM")]
+    assert next(d for d in delivered if d["state"]["value"] == "OK")["state"]["reason"] == "re-armed"
+    with pytest.raises(ClientError, match="ResourceNotFound"):
+        cloudwatch.set_alarm_state(AlarmName="bridge-no-such-alarm", StateValue="OK", StateReason="x")
+    with pytest.raises(ClientError, match="StateReasonData|InvalidFormat"):
+        cloudwatch.set_alarm_state(AlarmName="bridge-rearm", StateValue="OK", StateReason="x", StateReasonData="{")
+
+
 def test_missing_data_is_judged_when_time_passes(aws, alarm_events):
     cloudwatch = aws.client("cloudwatch")
     for name, treatment in (("bridge-quiet-breaching", "breaching"), ("bridge-quiet-missing", "missing")):
@@ -511,7 +541,7 @@ def test_the_quality_alarm_fires_on_the_monitors_bound_and_starts_a_run(aws):
     assert len(started) == 1
     execution = aws.wait_for(started[0]["executionArn"], timeout=120)
     record = next(r for r in aws.audit_records("churn") if r["execution"] == execution["name"])
-    assert record["trigger"] == "alarm"
+    assert record["trigger"] == "alarm", (record["outcome"], record["message"], record.get("error"))
     cloudwatch.put_metric_data(
         Namespace=MONITOR_NAMESPACE,
         MetricData=[{"MetricName": LIVE_METRIC_ALARM_BOUND, "Value": 0.95, "Dimensions": dimensions}],

@@ -199,3 +199,72 @@ def test_a_queued_run_input_is_validated(aws):
         prepare({"queued_after": 3}, "r1", settings_for(machine), s3, dynamodb)
     with pytest.raises(RunInputError, match="force"):
         prepare({"queued_after": "r0", "force": True}, "r1", settings_for(machine), s3, dynamodb)
+
+
+ALARM = {
+    **SCHEDULE,
+    "detail-type": "CloudWatch Alarm State Change",
+    "source": "aws.cloudwatch",
+    "resources": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:refit-churn--quality"],
+    "detail": {"alarmName": "refit-churn--quality", "state": {"value": "ALARM"}},
+}
+
+
+def pending_alarm(dynamodb) -> dict | None:
+    key = {"pk": {"S": "churn"}, "sk": {"S": "alarm#pending"}}
+    return dynamodb.get_item(TableName="audit", Key=key).get("Item")
+
+
+def test_an_alarm_that_finds_the_lock_held_runs_when_the_holder_ends_without_a_new_model(aws):
+    """CloudWatch sends one event per ALARM episode: an alarm run skipped for the lock must not be lost."""
+    s3, dynamodb, sfn, machine = aws
+    config = settings_for(machine)
+    s3.put_object(Bucket="data", Key="incoming/churn/0.csv", Body=b"a\n0\n")
+    holder = prepare(s3_event("incoming/churn/0.csv"), "r0", config, s3, dynamodb)
+    skipped = prepare(ALARM, "a1", config, s3, dynamodb)
+    assert skipped["proceed"] is False and "alarm's retrain starts when that run releases the lock" in skipped["reason"]
+    finish(aws, skipped, {}, "2026-11-01T00:00:01")
+    assert pending_alarm(dynamodb)["waiting_for"]["S"] == "r0" and lock_owner(dynamodb) == "r0"
+
+    record = finish(aws, holder, NO_DRIFT, "2026-11-01T00:00:02")  # the holder changed nothing on the endpoint
+    started = sfn.list_executions(stateMachineArn=machine)["executions"]
+    assert len(started) == 1 and record["next_run"] == started[0]["name"] and not record.get("pending_alarm")
+    payload = json.loads(sfn.describe_execution(executionArn=started[0]["executionArn"])["input"])
+    assert payload == {"alarm_after": "r0"}
+    waited = prepare(payload, started[0]["name"], config, s3, dynamodb)
+    assert (waited["trigger"], waited["force"], waited["proceed"]) == ("alarm", True, True)
+    assert "while run r0 held the lock" in waited["reason"]
+    assert pending_alarm(dynamodb) is None and lock_owner(dynamodb) == waited["run_id"]
+    again = finish(aws, holder, NO_DRIFT, "2026-11-01T00:00:02")  # Finalize retried: nothing starts twice
+    assert again["next_run"] is None and len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+
+def test_an_alarm_waiting_for_a_run_that_promotes_a_new_model_is_dropped_and_queued_batches_go_on(aws):
+    s3, dynamodb, sfn, machine = aws
+    config = settings_for(machine)
+    s3.put_object(Bucket="data", Key="incoming/churn/0.csv", Body=b"a\n0\n")
+    holder = prepare(s3_event("incoming/churn/0.csv"), "r0", config, s3, dynamodb)
+    prepare(ALARM, "a1", config, s3, dynamodb)
+    s3.put_object(Bucket="data", Key="incoming/churn/1.csv", Body=b"a\n1\n")
+    prepare(s3_event("incoming/churn/1.csv"), "s1", config, s3, dynamodb)
+    record = {"outcome": "promoted", "problems": []}
+    end_run(record, holder, "r0", config, dynamodb, sfn)
+    assert "was dropped: this run put a new model in service" in record["pending_alarm"]
+    assert pending_alarm(dynamodb) is None
+    started = sfn.list_executions(stateMachineArn=machine)["executions"]
+    assert [s["name"] for s in started] == [record["next_run"]] and record["next_run"].startswith("queue-")
+
+
+def test_an_alarm_run_that_takes_the_lock_clears_a_waiting_one_and_the_waiting_input_is_validated(aws):
+    s3, dynamodb, sfn, machine = aws
+    config = settings_for(machine)
+    holder = prepare(SCHEDULE, "r0", config, s3, dynamodb)
+    prepare(ALARM, "a1", config, s3, dynamodb)
+    finish(aws, holder, {"check": {"decision": {"action": "stop", "outcome": "no_data", "reason": "none"}}}, "t")
+    assert pending_alarm(dynamodb) is not None  # the alarm run it started has not taken the lock yet
+    direct = prepare(ALARM, "a2", config, s3, dynamodb)  # the alarm fired again first (re-armed by the monitor)
+    assert direct["proceed"] is True and pending_alarm(dynamodb) is None
+    with pytest.raises(RunInputError, match="alarm_after"):
+        prepare({"alarm_after": 7}, "r1", config, s3, dynamodb)
+    with pytest.raises(RunInputError, match="force"):
+        prepare({"alarm_after": "r0", "force": True}, "r1", config, s3, dynamodb)

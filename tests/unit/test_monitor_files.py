@@ -1,8 +1,9 @@
 """The monitor's bookkeeping of what it read (refit_core.monitor): files landing out of key order, runs that failed
-or were skipped, the per-run cap, and feedback that is taken once and only once."""
+or were skipped, the per-run cap, feedback that is taken once and only once, and re-arming the quality alarm."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 from refit_core.config import load_config
-from refit_core.monitor import new_files, read_since, take_feedback
+from refit_core.monitor import Place, new_files, read_since, rearm_alarm, rearm_reason, take_feedback
 
 from tests.conftest import ROOT
 
@@ -84,3 +85,62 @@ def test_feedback_is_taken_once_a_retry_takes_the_same_batch_and_text_stays_text
     assert s3.list_objects_v2(Bucket="data", Prefix="feedback/churn/pending/")["KeyCount"] == 0
     assert take_feedback(s3, "data", model, "run-1") == uri  # Step Functions retried Prepare
     assert take_feedback(s3, "data", model, "run-2") is None  # nothing pending for the next alarm run
+
+
+@pytest.mark.parametrize(
+    ("state", "breached", "pending", "rearm"),
+    [
+        ("ALARM", True, 1000, True),
+        ("ALARM", True, 999, False),  # too little new to learn from: wait for more labels
+        ("ALARM", False, 5000, False),  # the breach is over: the alarm goes OK by itself
+        ("OK", True, 5000, False),  # not in ALARM: this run's bound makes it fire the first time
+        ("INSUFFICIENT_DATA", True, 5000, False),
+    ],
+)
+def test_the_alarm_is_re_armed_only_while_the_breach_persists_with_enough_new_feedback(state, breached, pending, rearm):
+    reason = rearm_reason(state, breached, pending, 1000)
+    assert (reason is not None) == rearm
+    if rearm:
+        assert "1,000 rows labelled since the alarm fired" in reason
+
+
+def test_rearm_sets_the_quality_alarm_ok_and_counts_pending_feedback(s3):
+    model = load_config(ROOT / "refit.toml").model("churn")
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    cloudwatch.put_metric_alarm(
+        AlarmName="refit-churn--quality",
+        Namespace="Refit",
+        MetricName="LiveMetricAlarmBound",
+        Statistic="Maximum",
+        Period=3600,
+        EvaluationPeriods=1,
+        Threshold=0.7,
+        ComparisonOperator="LessThanThreshold",
+    )
+    rows = pd.DataFrame({"x": range(600)}).to_csv(index=False).encode()
+    # Written before the alarm fired: the run the alarm's event started takes these; they are not new to it.
+    s3.put_object(Bucket="data", Key=f"{model.feedback_prefix}pending/0.csv", Body=rows * 3)
+    time.sleep(1.1)  # S3's LastModified has whole seconds
+    cloudwatch.set_alarm_state(AlarmName="refit-churn--quality", StateValue="ALARM", StateReason="bound 0.6")
+    time.sleep(1.1)  # a part written in the second the alarm fired is not counted as new (whole seconds again)
+    place = Place(model, "data", "artifacts", "refit-churn", "refit-churn--quality")
+    breached = {"breached": True, "reason": "live roc_auc 0.62 below 0.7"}
+    s3.put_object(Bucket="data", Key=f"{model.feedback_prefix}pending/a.csv", Body=rows)
+    waiting = rearm_alarm(cloudwatch, s3, place, breached)
+    assert waiting == {
+        "name": "refit-churn--quality",
+        "state": "ALARM",
+        "rearmed": False,
+        "pending_feedback_rows": 600,
+    }
+    s3.put_object(Bucket="data", Key=f"{model.feedback_prefix}pending/b.csv", Body=rows)
+    rearmed = rearm_alarm(cloudwatch, s3, place, breached)
+    assert rearmed["rearmed"] is True and rearmed["pending_feedback_rows"] == 1200
+    alarm = cloudwatch.describe_alarms(AlarmNames=["refit-churn--quality"])["MetricAlarms"][0]
+    assert alarm["StateValue"] == "OK" and "1,200 rows labelled since the alarm fired" in alarm["StateReason"]
+    assert rearm_alarm(cloudwatch, s3, place, breached) == {
+        "name": "refit-churn--quality",
+        "state": "OK",
+        "rearmed": False,
+    }
+    assert rearm_alarm(cloudwatch, s3, Place(model, "data", "artifacts", "refit-churn"), breached) is None
