@@ -188,6 +188,8 @@ class RetrainFunctions(Construct):
         storage.artifact_bucket.grant_put(f["StartTraining"], f"job-data/{model.name}/*")  # the pinned window
         storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
+        # The challenger's model.tar.gz: its model file's SHA-256 goes into the registry (refit_core.artifacts).
+        storage.artifact_bucket.grant_read(f["Register"], f"training/{model.name}/*")
         storage.audit_table.grant(f["StartTraining"], "dynamodb:Query")
         sagemaker.image.repository.grant(f["Register"], "ecr:DescribeImages")
         storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")

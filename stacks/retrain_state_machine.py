@@ -104,6 +104,7 @@ class RetrainStateMachine(Construct):
                         "run_id.$": "$.run.run_id",
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "champion_sha256.$": "$.check.champion_sha256",
                         "train_columns.$": "$.check.train_columns",
                         "attempt": 1,
                         "spot": True,
@@ -123,6 +124,7 @@ class RetrainStateMachine(Construct):
                         "run_id.$": "$.run.run_id",
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "champion_sha256.$": "$.check.champion_sha256",
                         "train_columns.$": "$.check.train_columns",
                         "attempt.$": "States.MathAdd($.training.attempt, 1)",
                         "spot": False,
@@ -356,6 +358,7 @@ class RetrainStateMachine(Construct):
                     "check": {
                         "data_uri.$": "$.check.data_uri",
                         "champion_model_uri.$": "$.check.champion_model_uri",
+                        "champion_sha256.$": "$.check.champion_sha256",
                         "train_columns.$": "$.check.train_columns",
                     },
                 },

@@ -1,8 +1,13 @@
 """A trained model as refit stores it (model.tar.gz holding model.joblib + metadata.json), loaded the same way by
-`serve`, by `train` (to score the champion) and by the drift check (prediction drift and performance)."""
+`serve`, by `train` (to score the champion) and by the drift check (prediction drift and performance).
+
+model.joblib is a pickle: loading it runs code. Register records its SHA-256 in the model's registry entry
+(`model_sha256`), and every loader is given that digest and refuses a file that does not match it, before
+unpickling. A model registered before digests were recorded has none, and loads as before."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -17,6 +22,44 @@ import pandas as pd
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
+MODEL_SHA256_ENV = "REFIT_MODEL_SHA256"  # the serving container's copy of the registry's digest (CreateModel)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ArtifactIntegrityError(ValueError):
+    """A model file whose SHA-256 is not the one its registry entry records: never unpickled."""
+
+
+def sha256_of(data: bytes | Path) -> str:
+    digest = hashlib.sha256()
+    if isinstance(data, bytes):
+        digest.update(data)
+    else:
+        with open(data, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def archive_model_sha256(archive: bytes) -> str:
+    """The SHA-256 of model.joblib inside a model.tar.gz (the bytes a loader unpickles, wherever they were
+    extracted), or ValueError naming what the archive lacks."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as source:
+        member = next((m for m in source.getmembers() if m.isfile() and Path(m.name).name == MODEL_FILE), None)
+        if member is None:
+            raise ValueError(f"the archive holds no {MODEL_FILE}")
+        return hashlib.sha256(source.extractfile(member).read()).hexdigest()
+
+
+def verify_model_file(path: Path, expected_sha256: str | None, source: str) -> None:
+    if expected_sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"{source}: {MODEL_FILE} has SHA-256 {actual}, but the model registry records {expected_sha256}; "
+            "refusing to load it (the file changed after it was registered)"
+        )
 
 
 @dataclass
@@ -27,16 +70,20 @@ class ModelArtifact:
     metadata: dict[str, Any]
 
     @classmethod
-    def load(cls, directory: Path) -> ModelArtifact:
+    def load(cls, directory: Path, expected_sha256: str | None = None, source: str | None = None) -> ModelArtifact:
+        """`expected_sha256`: the registry's digest of model.joblib, checked before it is unpickled."""
+        verify_model_file(directory / MODEL_FILE, expected_sha256, source or str(directory))
         metadata = json.loads((directory / METADATA_FILE).read_text())
         return cls(joblib.load(directory / MODEL_FILE), metadata["features"], metadata["problem_type"], metadata)
 
     @classmethod
-    def from_archive(cls, archive: bytes | Path, directory: Path) -> ModelArtifact:
+    def from_archive(
+        cls, archive: bytes | Path, directory: Path, expected_sha256: str | None = None, source: str | None = None
+    ) -> ModelArtifact:
         fileobj = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")  # noqa: SIM115
-        with fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as source:
-            source.extractall(directory, filter="data")
-        return cls.load(directory)
+        with fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as archived:
+            archived.extractall(directory, filter="data")
+        return cls.load(directory, expected_sha256, source or (str(archive) if isinstance(archive, Path) else None))
 
     @property
     def numeric_features(self) -> list[str]:
@@ -55,12 +102,12 @@ class ModelArtifact:
         return self.pipeline.predict(features)
 
 
-def load_model_artifact(s3: Any, model_data_url: str) -> ModelArtifact:
+def load_model_artifact(s3: Any, model_data_url: str, expected_sha256: str | None = None) -> ModelArtifact:
     """A model from its model.tar.gz in S3 (no call to the endpoint): the drift check and the monitor score with it
-    or read its features."""
+    or read its features. `expected_sha256`: the registry's digest (refit_core.champion.find_champion)."""
     from refit_core.s3uri import S3Uri
 
     uri = S3Uri.parse(model_data_url)
     archive = s3.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read()
     with tempfile.TemporaryDirectory() as scratch:
-        return ModelArtifact.from_archive(archive, Path(scratch))
+        return ModelArtifact.from_archive(archive, Path(scratch), expected_sha256, model_data_url)

@@ -56,4 +56,5 @@ def find_champion(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | None:
         "model_package_arn": package_arn,
         "version": package.get("ModelPackageVersion"),
         "baseline_uri": metadata.get("baseline_uri"),
+        "model_sha256": metadata.get("model_sha256"),  # refit_core.artifacts: checked before the model is loaded
     }

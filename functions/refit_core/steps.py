@@ -131,6 +131,7 @@ class Champion(Step):
     model_package_arn: str | None = None
     version: int | None = None
     baseline_uri: str | None = None
+    model_sha256: str | None = None
 
 
 class Decision(Step):
@@ -146,6 +147,7 @@ class CheckResult(Step):
     champion: Champion | None = None
     has_champion: bool = False
     champion_model_uri: str | None = None
+    champion_sha256: str | None = None
     champion_config: str | None = None
     decision: Decision | None = None
     report_uri: str | None = None
@@ -345,6 +347,7 @@ class CandidateCheck(Step):
 
     data_uri: str | None = None
     champion_model_uri: str | None = None
+    champion_sha256: str | None = None
     train_columns: list[str] | None = None
 
 

@@ -106,6 +106,7 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
         "champion": champion,
         "has_champion": champion is not None,
         "champion_model_uri": champion["model_data_url"] if champion else None,
+        "champion_sha256": champion.get("model_sha256") if champion else None,
         "champion_config": champion["endpoint_config"] if champion else None,
     }
     if event.no_data or not event.data_uri:
@@ -136,7 +137,7 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
     except ProfileError as error:
         result["decision"] = {"action": "fail", "reason": str(error)}
         return result
-    champion_model = load_model_artifact(s3, champion["model_data_url"])
+    champion_model = load_model_artifact(s3, champion["model_data_url"], champion.get("model_sha256"))
     try:
         stats = BatchStats.of(
             (part for _, part in iter_parts(event.data_uri, s3)),

@@ -9,6 +9,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 from refit_core import names
+from refit_core.artifacts import MODEL_SHA256_ENV
 from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, data_capture, variant
 from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
 from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, Step
@@ -63,6 +64,14 @@ def capture(config: Settings) -> dict[str, Any]:
     )
 
 
+def model_environment(sagemaker: Any, package_arn: str) -> dict[str, str]:
+    """The serving container's environment: its registry entry, and the digest of its model file recorded there,
+    which `serve` checks before unpickling (refit_core.artifacts)."""
+    metadata = sagemaker.describe_model_package(ModelPackageName=package_arn).get("CustomerMetadataProperties", {})
+    digest = metadata.get("model_sha256")
+    return {PACKAGE_ENV: package_arn, **({MODEL_SHA256_ENV: digest} if digest else {})}
+
+
 def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
     model = config.model
     model_name = names.model_name(config.endpoint_name, event.run_id)
@@ -72,7 +81,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         PrimaryContainer={
             "Image": config.image_uri,
             "ModelDataUrl": event.model_data_url,
-            "Environment": {PACKAGE_ENV: event.model_package_arn},
+            "Environment": model_environment(sagemaker, event.model_package_arn),
         },
         Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
     )

@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
+from refit_core.artifacts import archive_model_sha256
 from refit_core.gate import gate_training_outputs
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
@@ -96,6 +97,9 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
     manifest_key = inputs_manifest_key(model.name, event.run_id, event.job_name)
     manifest = json.loads(s3.get_object(Bucket=config.artifact_bucket, Key=manifest_key)["Body"].read())
     lineage_uri = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/lineage.json")
+    # What every loader checks before unpickling the model (refit_core.artifacts); the registry is the record.
+    artifact = S3Uri.parse(event.model_data_url)
+    model_sha256 = archive_model_sha256(s3.get_object(Bucket=artifact.bucket, Key=artifact.key)["Body"].read())
     challenger = event.gate.challenger
     champion = event.gate.champion
     metadata = {
@@ -112,6 +116,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         "champion_value": f"{champion:.6f}" if champion is not None else "",
         "gate_test": str(event.gate.test),
         "gate_p_value": str(event.gate.p_value),
+        "model_sha256": model_sha256,
     }
     response = sagemaker.create_model_package(
         ModelPackageGroupName=config.model_package_group,
@@ -140,6 +145,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
         "trigger": event.trigger,
         "training_job": event.job_name,
         "model_data_url": event.model_data_url,
+        "model_sha256": model_sha256,
         "inputs": manifest["inputs"],
         "window": manifest.get("window"),  # the training window resolved at run time (refit_core.window)
         "hyperparameters": json.loads(manifest["hyperparameters"]["config"]),

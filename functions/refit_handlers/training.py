@@ -40,6 +40,7 @@ class StartEvent(BaseModel):
     run_id: str
     data_uri: str
     champion_model_uri: str | None = None
+    champion_sha256: str | None = None  # the registry's digest of the champion's model.joblib (refit_core.artifacts)
     attempt: int = 1
     spot: bool = True
     family: str | None = None
@@ -134,6 +135,7 @@ def start_training(event: StartEvent, config: Settings, s3: Any, sagemaker: Any,
         {
             **job_settings(model, event.run_id, event.family, window_files(window_inputs, pinned)),
             "columns": event.train_columns,
+            "champion_sha256": event.champion_sha256,
         },
         sort_keys=True,
     )

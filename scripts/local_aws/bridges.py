@@ -916,6 +916,8 @@ class Bridges:
             port = _free_port()
             env = {
                 **self.base_environment,
+                # The model's PrimaryContainer.Environment, as SageMaker gives it to the container.
+                **(backend._models[model_name].primary_container.get("Environment") or {}),
                 "SM_MODEL_DIR": str(directory),
                 "SAGEMAKER_BIND_TO_PORT": str(port),
                 "REFIT_SERVE_HOST": "127.0.0.1",

@@ -194,3 +194,38 @@ def test_labels_that_arrive_before_their_capture_still_become_feedback(aws):
     assert pending_feedback_rows(aws) == before + 200
     third = json.loads(aws.read_s3(aws.run_monitor(MODEL)["report_uri"]))
     assert third["feedback"]["rows"] == 0 and pending_feedback_rows(aws) == before + 200  # once, not again
+
+
+def test_a_tampered_champion_is_refused_before_it_is_loaded(aws):
+    """The registry records the SHA-256 of each model's pickle; the endpoint's model carries it to `serve`, and the
+    monitor (like the drift check and `train`) refuses a file that does not match before unpickling it."""
+    import io
+    import tarfile
+
+    from refit_core.artifacts import archive_model_sha256
+
+    sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
+    endpoint = sagemaker.describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    container = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]
+    package = sagemaker.describe_model_package(ModelPackageName=container["Environment"]["REFIT_MODEL_PACKAGE_ARN"])
+    bucket, _, key = container["ModelDataUrl"].removeprefix("s3://").partition("/")
+    archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    digest = archive_model_sha256(archive)
+    assert package["CustomerMetadataProperties"]["model_sha256"] == digest
+    assert container["Environment"]["REFIT_MODEL_SHA256"] == digest
+    # Someone with write access to the artifact bucket swaps the pickle for another.
+    tampered = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as source,
+        tarfile.open(fileobj=tampered, mode="w:gz") as target,
+    ):
+        for member in source.getmembers():
+            data = source.extractfile(member).read()
+            if member.name.endswith("model.joblib"):
+                data += b"\x00"  # one byte more: a different file
+            member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    s3.put_object(Bucket=bucket, Key=key, Body=tampered.getvalue())
+    with pytest.raises(RuntimeError, match=f"the model registry records {digest}; refusing to load it"):
+        aws.run_monitor(MODEL)

@@ -406,3 +406,58 @@ def test_a_validation_channel_of_one_class_fails_naming_it(tmp_path):
         .read_text()
         .startswith("the holdout rows of the validation channel have a single class (0 only)")
     )
+
+
+def model_archive(root: Path) -> bytes:
+    """The model.tar.gz SageMaker would upload from what `train` wrote under `root`."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted((root / "model").iterdir()):
+            archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def test_serve_refuses_a_model_file_whose_digest_is_not_the_registrys(trained, tmp_path):
+    """model.joblib is a pickle: `serve` checks it against the digest Deploy puts in its environment (the registry's)
+    before loading it, and does not start on a mismatch; the matching digest starts it."""
+    from refit_core.artifacts import MODEL_FILE, archive_model_sha256, sha256_of
+
+    digest = archive_model_sha256(model_archive(trained))
+    assert digest == sha256_of(trained / "model" / MODEL_FILE)
+    wrong = "0" * 64
+    for server in ("simple", "gunicorn"):
+        result = subprocess.run(
+            [sys.executable, "-m", "refit_training", "serve"],
+            env={
+                **os.environ,
+                "REFIT_OPT_ML": str(trained),
+                "SAGEMAKER_BIND_TO_PORT": "1",
+                "REFIT_SERVE_HOST": "127.0.0.1",
+                "REFIT_SERVER": server,
+                "REFIT_MODEL_SHA256": wrong,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0, server
+        assert f"the model registry records {wrong}; refusing to load it" in result.stdout + result.stderr, server
+    os.environ["REFIT_MODEL_SHA256"] = digest
+    try:
+        with serving(trained, "simple") as url:
+            assert urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200
+    finally:
+        del os.environ["REFIT_MODEL_SHA256"]
+
+
+def test_train_refuses_a_champion_whose_model_file_is_not_the_registrys(trained, tmp_path):
+    root = opt_ml(tmp_path / "ml", churn_batch(400, 3), {**CONFIG, "champion_sha256": "f" * 64})
+    (root / "input" / "data" / "champion").mkdir(parents=True)
+    (root / "input" / "data" / "champion" / "model.tar.gz").write_bytes(model_archive(trained))
+    result = run_train(root)
+    assert result.returncode == 1
+    reason = (root / "output" / "failure").read_text()
+    assert "the model registry records ffff" in reason and "refusing to load it" in reason

@@ -125,10 +125,11 @@ def feature_columns(config: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in (config["target"], config.get("id_column"))]
 
 
-def load_champion(opt: OptMl, scratch: Path) -> ModelArtifact | None:
+def load_champion(opt: OptMl, scratch: Path, expected_sha256: str | None = None) -> ModelArtifact | None:
+    """The champion from its channel, its model file checked against the registry's digest before it is loaded."""
     folder = opt.channel("champion")
     archives = sorted(folder.glob("*.tar.gz")) if folder.is_dir() else []
-    return ModelArtifact.from_archive(archives[0], scratch) if archives else None
+    return ModelArtifact.from_archive(archives[0], scratch, expected_sha256) if archives else None
 
 
 def bootstrap_intervals(
@@ -256,7 +257,7 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
         },
     }
     with tempfile.TemporaryDirectory() as scratch:
-        champion = load_champion(opt, Path(scratch))
+        champion = load_champion(opt, Path(scratch), config.get("champion_sha256"))
         if champion is not None:
             champion_scores = champion.scores(holdout)
             predictions["champion"] = champion_scores
