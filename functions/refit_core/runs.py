@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from refit_core.s3uri import SUPPORTED_SUFFIXES, S3Uri
 
@@ -45,6 +45,24 @@ class QueuedInput(BaseModel):
     queued_after: str = Field(description="The run whose end started this one.", max_length=80)
 
 
+class DeployInput(BaseModel):
+    """The input `refit rollback` / `refit promote` start a run with (README 'Starting a run by hand'): the run takes
+    the model's lock, skips check, training and gate, and deploys registered version `deploy_version` as the single
+    champion variant through the verified endpoint path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deploy_version: StrictInt = Field(ge=1, description="The model package version to serve.")
+    kind: Literal["rollback", "promote"] = Field("promote", description="Recorded; both deploy the same way.")
+    reason: str = Field("manual redeploy", max_length=500)
+    requested_by: str = Field(min_length=1, max_length=128, description="Who asked; recorded and in the registry.")
+    force: StrictBool = Field(False, description="Deploy a version the registry marks Rejected (recorded).")
+
+
+DEPLOY_FIELDS = ", ".join(DeployInput.model_fields)
+MANUAL_FIELDS = "data_uri, force, reason"
+
+
 class EventBridgeEvent(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -61,15 +79,14 @@ class RunRequest(BaseModel):
     data_uri: str | None
     force: bool
     etag: str | None = None  # the ETag an S3 event carries (AWS's field `detail.object.etag`)
+    deploy: DeployInput | None = None  # a manual rollback / promotion of a registered version
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, allowed: str = MANUAL_FIELDS) -> str:
     parts = []
     for item in error.errors():
         location = ".".join(str(p) for p in item["loc"]) or "input"
-        message = (
-            "unknown field; allowed: data_uri, force, reason" if item["type"] == "extra_forbidden" else item["msg"]
-        )
+        message = f"unknown field; allowed: {allowed}" if item["type"] == "extra_forbidden" else item["msg"]
         parts.append(f"{location}: {message.removeprefix('Value error, ')}")
     return "; ".join(parts)
 
@@ -120,6 +137,20 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
             reason=f"queued batches waiting when run {queued.queued_after} released the lock",
             data_uri=None,
             force=False,
+        )
+    if "deploy_version" in payload:
+        try:
+            deploy = DeployInput.model_validate(payload)
+        except ValidationError as error:
+            raise RunInputError(_describe(error, DEPLOY_FIELDS)) from None
+        forced = " (forced: the version is deployed even if the registry rejected it)" if deploy.force else ""
+        return RunRequest(
+            trigger="manual",
+            reason=f"{deploy.kind} to version {deploy.deploy_version} requested by {deploy.requested_by}: "
+            f"{deploy.reason}{forced}",
+            data_uri=None,
+            force=False,
+            deploy=deploy,
         )
     try:
         manual = ManualInput.model_validate(payload)
