@@ -5,6 +5,8 @@
     refit runs MODEL [--limit N]
     refit show RUN_ID [--model MODEL]
     refit status MODEL
+    refit rollback MODEL [--to VERSION] [--reason TEXT] [--force] [--follow]
+    refit promote MODEL VERSION [--reason TEXT] [--force] [--follow]
 
 Every command takes `--json` and talks to AWS through plain boto3 clients with the standard settings, so the same
 command works against an account and against any endpoint `AWS_ENDPOINT_URL` names (`refit local up`). Where the
