@@ -176,3 +176,9 @@ def test_a_redeploy_whose_endpoint_update_fails_ends_failed_and_the_champion_kee
     assert SERVING not in (package(aws, 3).get("CustomerMetadataProperties") or {})
     reply = json.loads(aws.invoke_endpoint(MODEL, "12.0,70.5,1,48.0,basic,north")["body"])
     assert 0.0 <= reply["probabilities"][0] <= 1.0
+    # a Rejected version needs --force
+    sagemaker.update_model_package(
+        ModelPackageArn=package(aws, 3)["ModelPackageArn"], ModelApprovalStatus="Rejected", ApprovalDescription="bad"
+    )
+    code, _, err = refit("promote", MODEL, "3")
+    assert code == 2 and "version 3 is Rejected in the registry (bad); pass --force" in err

@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from refit_core.champion import RedeployRefused, check_redeploy, metadata_value
+from refit_core.approvals import withdraw_unserved_package
+from refit_core.champion import RedeployRefused, check_redeploy, metadata_value, record_serving
 from refit_core.names import model_package_arn
 from refit_core.runs import RunInputError, parse_run_input
 
@@ -126,3 +127,54 @@ def test_rollback_and_promote_refuse_bad_arguments_with_exit_2(arguments, messag
 def test_a_model_not_in_the_configuration_is_one_line_and_exit_2():
     code, err = cli("promote", "nope", "2")
     assert code == 2 and err.count("\n") == 1 and "has no model 'nope'" in err
+
+
+class Registry:
+    """A model package registry of one package, recording UpdateModelPackage calls."""
+
+    def __init__(self, status: str) -> None:
+        self.status, self.updates = status, []
+
+    def describe_model_package(self, ModelPackageName):  # noqa: N803 (boto3's parameter names)
+        return {"ModelPackageArn": ModelPackageName, "ModelApprovalStatus": self.status}
+
+    def update_model_package(self, **request):
+        self.updates.append(request)
+
+
+def test_a_withdrawn_package_carries_the_run_and_reason_in_its_metadata():
+    registry = Registry("Approved")
+    change = withdraw_unserved_package(registry, "arn:p/2", False, "run-7", "canary rolled back: 5XX rate 0.2 > 0.05")
+    assert change.startswith("model package arn:p/2 set Rejected (was Approved)")
+    (update,) = registry.updates
+    assert update["ModelApprovalStatus"] == "Rejected" and "run-7" in update["ApprovalDescription"]
+    metadata = update["CustomerMetadataProperties"]
+    assert metadata["refit:rejected_run"] == "run-7"
+    assert metadata["refit:rejected_reason"] == "canary rolled back: 5XX rate 0.2 0.05"
+    assert all(VALUE_PATTERN.fullmatch(v) for v in metadata.values())
+
+
+def test_the_serving_mark_moves_to_the_new_champion_and_a_manual_rollback_says_who():
+    registry = Registry("Approved")
+    changes = record_serving(
+        registry,
+        "arn:p/1",
+        "arn:p/2",
+        "rb-1",
+        "2026-11-29T05:00:00+00:00",
+        previous_version=2,
+        requested_by="ana",
+        reason="p99, doubled",
+        kind="rollback",
+    )
+    replaced, serving_now = registry.updates
+    assert replaced["ModelPackageArn"] == "arn:p/2" and set(replaced["CustomerMetadataPropertiesToRemove"]) == {
+        "refit:serving",
+        "refit:serving_since",
+        "refit:serving_run",
+    }
+    assert replaced["CustomerMetadataProperties"]["refit:rolled_back_by"] == "ana"
+    assert serving_now["CustomerMetadataProperties"]["refit:serving"] == "true"
+    assert serving_now["CustomerMetadataProperties"]["refit:previous_version"] == "2"
+    assert serving_now["CustomerMetadataProperties"]["refit:deploy_reason"] == "p99 doubled"
+    assert changes == ["arn:p/2 no longer serving (rolled back by hand)", "arn:p/1 marked serving"]
