@@ -220,6 +220,8 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):
         lines.append(f"Registry: {record['registry_update']}")
+    if record.get("serving_update"):
+        lines.append(f"Registry: {'; '.join(record['serving_update'])}")
     if record.get("endpoint"):
         weights = ", ".join(f"{v['name']}={v['weight']}" for v in record["endpoint"].get("variants", []))
         lines.append(f"Endpoint {record['endpoint']['name']}: {record['endpoint'].get('status')} [{weights}]")
