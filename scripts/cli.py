@@ -10,6 +10,7 @@ credentials) or the local runtime (inside its mock).
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
     refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
+    refit rollback MODEL [--to VERSION] | promote MODEL VERSION   (serve a registered version again, as a run)
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
     refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
     refit local up [--port 4566] [--workdir DIR]      (the stack on a local AWS server until Ctrl-C)

@@ -5,6 +5,8 @@
     refit runs MODEL [--limit N]
     refit show RUN_ID [--model MODEL]
     refit status MODEL
+    refit rollback MODEL [--to VERSION] [--reason TEXT] [--force] [--follow]
+    refit promote MODEL VERSION [--reason TEXT] [--force] [--follow]
 
 Every command takes `--json` and talks to AWS through plain boto3 clients with the standard settings, so the same
 command works against an account and against any endpoint `AWS_ENDPOINT_URL` names (`refit local up`). Where the
@@ -45,10 +47,17 @@ from botocore.exceptions import (
 )
 from refit_core import ledger
 from refit_core.audit import format_summary
-from refit_core.champion import endpoint_view, find_champion
+from refit_core.champion import (
+    RedeployRefused,
+    check_redeploy,
+    describe_version,
+    endpoint_view,
+    find_champion,
+    find_serving_package,
+)
 from refit_core.config import ConfigError, ModelConfig, RefitConfig, load_config
 from refit_core.datasets import DataError, iter_table
-from refit_core.names import stack_name
+from refit_core.names import model_package_arn, stack_name
 from refit_core.runs import RunInputError, parse_run_input, run_id_from_execution
 from refit_core.s3uri import SUPPORTED_SUFFIXES, is_s3_uri
 from refit_handlers.check_batch import CheckEvent, check_batch
@@ -58,7 +67,7 @@ from refit_handlers.training import month_spend
 
 from scripts.run_report import ReportError, find_record, running_execution
 
-COMMANDS = ("land", "trigger", "runs", "show", "status")
+COMMANDS = ("land", "trigger", "runs", "show", "status", "rollback", "promote")
 STACK_OUTPUTS_ENV = "REFIT_STACK_OUTPUTS"
 POLL_SECONDS = 1.0
 CLOCK_SKEW = timedelta(seconds=60)  # between this machine's clock and the service's, when matching start times
@@ -401,8 +410,21 @@ def trigger(args: argparse.Namespace, config: RefitConfig, resources: Resources,
             raise bad_input(f"{data_uri}: no such object; land it first (refit land {model.name} FILE)")
     if args.dry_run:
         return dry_run(args, config, model, resources, data_uri, out)
+    return _start_run(args, model, resources, payload, "manual", out)
+
+
+def _start_run(
+    args: argparse.Namespace,
+    model: ModelConfig,
+    resources: Resources,
+    payload: dict[str, Any],
+    kind: str,
+    out: Any,
+) -> int:
+    """Start the model's state machine with `payload` (execution `<kind>-<UTC time>-<hex>`), then print how to
+    follow it, or follow it (--follow)."""
     sfn = boto3.client("stepfunctions")
-    name = f"manual-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(3).hex()}"
+    name = f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(3).hex()}"
     state_machine = resources.state_machine_arn(model.name)
     try:
         arn = sfn.start_execution(stateMachineArn=state_machine, name=name, input=json.dumps(payload))["executionArn"]
@@ -557,6 +579,84 @@ def render_dry_run(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- rollback, promote
+def _served_before(records: list[dict[str, Any]], current: int | None) -> int | None:
+    """From the audit records (newest first): the newest version a run left serving that is not `current`."""
+    for record in records:
+        if record.get("outcome") == "redeployed":
+            version = (record.get("redeploy") or {}).get("version")
+        elif record.get("outcome") in ("promoted", "deployed_first"):
+            version = (record.get("registry") or {}).get("version")
+        else:
+            continue
+        if version is not None and version != current:
+            return int(version)
+    return None
+
+
+def redeploy(args: argparse.Namespace, config: RefitConfig, resources: Resources, out: Any) -> int:
+    """`refit rollback MODEL [--to VERSION]` / `refit promote MODEL VERSION`: start the run that deploys a registered
+    version through the verified endpoint path (README 'Rolling back and promoting by hand'). The version is checked
+    first with the run's own checks, so a version not in the group, Rejected (without --force) or already serving is
+    refused (exit 2) before anything starts."""
+    model = _model(config, args.model, args.config)
+    kind = args.command
+    group = config.prefix(model.name)
+    endpoint = resources.endpoint_name(model.name)
+    state_machine = resources.state_machine_arn(model.name)
+    sagemaker, dynamodb = boto3.client("sagemaker"), boto3.client("dynamodb")
+    try:
+        champion = find_champion(sagemaker, endpoint)
+    except (ClientError, BotoCoreError) as error:
+        raise aws_error(error, f"endpoint {endpoint}", _endpoint_of(sagemaker)) from None
+    except RuntimeError as error:
+        raise CommandError(str(error)) from None
+    if champion is None:
+        raise bad_input(f"{model.name} has no endpoint {endpoint} yet: the first model is deployed by a retrain run")
+    version = args.version if kind == "promote" else args.to
+    try:
+        if version is None:
+            serving = find_serving_package(sagemaker, group)
+            version = serving["previous_version"] if serving and serving["version"] == champion["version"] else None
+            if version is None:
+                version = _served_before(run_records(dynamodb, resources.audit_table, model.name), champion["version"])
+            if version is None:
+                raise bad_input(
+                    f"no version served {model.name} before version {champion['version']} (registry and audit "
+                    "records); name one with --to VERSION"
+                )
+        arn = model_package_arn(state_machine, group, version)
+        check_redeploy(describe_version(sagemaker, arn, version, group), version, args.force, champion)
+        lock = dynamodb.get_item(
+            TableName=resources.audit_table, Key={"pk": {"S": model.name}, "sk": {"S": "lock"}}
+        ).get("Item")
+    except RedeployRefused as error:
+        raise bad_input(f"{kind} {model.name}: {error}") from None
+    except (ClientError, BotoCoreError) as error:
+        raise aws_error(error, f"model package group {group}", _endpoint_of(sagemaker)) from None
+    holder = _lock_holder(lock)
+    if holder is not None:
+        raise CommandError(
+            f"run {holder['owner']} holds the lock of {model.name} until {holder['expires_at']}; wait for it to end "
+            f"(refit status {model.name}) and run this again"
+        )
+    payload: dict[str, Any] = {
+        "deploy_version": version,
+        "kind": kind,
+        "reason": args.reason or f"{kind} by {_user()}",
+        "requested_by": _user(),
+        "force": bool(args.force),
+    }
+    try:
+        parse_run_input(payload, model.new_data_prefix, resources.data_bucket)
+    except (RunInputError, ValueError) as error:
+        raise bad_input(str(error)) from None
+    if not args.json:
+        was = f"version {champion['version']}" if champion.get("version") else champion["endpoint_config"]
+        print(f"{kind} {model.name}: version {version} replaces {was}", file=out)
+    return _start_run(args, model, resources, payload, kind, out)
+
+
 # ---------------------------------------------------------------------------------------------- follow
 def follow(
     sfn: Any,
@@ -639,7 +739,9 @@ def _follow_and_report(
             printer(name, seconds)
 
     try:
-        description = follow(sfn, arn, entered, timeout=args.timeout if args.command == "trigger" else None)
+        description = follow(
+            sfn, arn, entered, timeout=getattr(args, "timeout", None) if args.command != "land" else None
+        )
         printer.flush()
         record = _record_of(dynamodb, resources.audit_table, model.name, arn.rsplit(":", 1)[-1], description)
     except (ClientError, BotoCoreError) as error:
@@ -785,6 +887,15 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
         raise aws_error(error, f"endpoint {endpoint_name}", _endpoint_of(sagemaker)) from None
     except RuntimeError as error:  # an endpoint without a champion variant: not one refit made
         raise CommandError(str(error)) from None
+    try:
+        serving = find_serving_package(sagemaker, config.prefix(model.name))
+    except (ClientError, BotoCoreError) as error:
+        raise aws_error(error, f"model package group {config.prefix(model.name)}", _endpoint_of(sagemaker)) from None
+    registry = {k: v for k, v in serving.items() if k != "metadata"} if serving else None
+    if registry is not None:
+        registry["agrees_with_endpoint"] = (
+            champion is not None and champion["model_package_arn"] == (serving["model_package_arn"])
+        )
     state_machine = resources.state_machine_arn(model.name)
     try:
         running = []
@@ -820,6 +931,7 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
         "model": model.name,
         "endpoint": endpoint,
         "champion": {k: champion[k] for k in CHAMPION_FIELDS} if champion else None,
+        "registry": registry,
         "running": running,
         "lock": _lock_holder(lock),
         "queued": [ledger.as_batch(item).uri for item in queued],
@@ -854,6 +966,15 @@ def render_status(status: dict[str, Any], prefix: str) -> str:
     lines.append(
         f"  champion   version {champion['version']} ({champion['model_name']})" if champion else "  champion   none"
     )
+    registry = status.get("registry")
+    if registry is None:
+        lines.append("  registry   no package marked serving (refit:serving)")
+    else:
+        lines.append(
+            f"  registry   version {registry['version']} marked serving since {registry['since']} "
+            f"(run {registry['run_id']})"
+            + ("" if registry["agrees_with_endpoint"] else "; DISAGREES with the endpoint")
+        )
     if status["running"]:
         lines.extend(
             f"  running    {r['execution']} since {r['started_at']} (in {r['state']})" for r in status["running"]
@@ -950,6 +1071,26 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "status", "endpoint, variants and weights, champion, running executions, lock, queue, month's spend"
     )
     status_parser.add_argument("model")
+    for name, help_text in (
+        ("rollback", "serve an earlier registered version again (default: the one that served before the champion)"),
+        ("promote", "serve a registered version, through the same verified path as a rollback"),
+    ):
+        parser = command(name, f"{help_text}; recorded as a run with an audit record")
+        parser.add_argument("model")
+        if name == "rollback":
+            parser.add_argument("--to", type=_positive, metavar="VERSION", help="the model package version to serve")
+        else:
+            parser.add_argument("version", type=_positive, help="the model package version to serve")
+        parser.add_argument("--reason", help="why; recorded in the audit record and the registry")
+        parser.add_argument(
+            "--force", action="store_true", help="deploy a version the registry marks Rejected (recorded)"
+        )
+        parser.add_argument(
+            "--follow", action="store_true", help="print each state as it is entered, then the run's summary"
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=None, help="with --follow: stop following after this many seconds"
+        )
 
 
 def _positive(value: str) -> int:
@@ -965,6 +1106,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, RefitConfig, Resources, Any], 
     "runs": runs,
     "show": show,
     "status": status,
+    "rollback": redeploy,
+    "promote": redeploy,
 }
 
 

@@ -209,7 +209,9 @@ class RetrainStateMachine(Construct):
         restore.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
         restore.next(finalize)
 
-        def endpoint_wait_loop(label: str, expected_path: str, on_ready: sfn.IChainable) -> sfn.Wait:
+        def endpoint_wait_loop(
+            label: str, expected_path: str, on_ready: sfn.IChainable, on_failure: sfn.IChainable = restore
+        ) -> sfn.Wait:
             wait = sfn.Wait(
                 self,
                 f"Wait for endpoint ({label})",
@@ -222,14 +224,14 @@ class RetrainStateMachine(Construct):
                     {"action": "status", "expected_config.$": expected_path},
                     "$.endpoint",
                 ),
-                restore,
+                on_failure,
             )
             failed = sfn.Pass(
                 self,
                 f"Endpoint failed ({label})",
                 parameters={"Error": "EndpointUpdateFailed", "Cause.$": "$.endpoint.reason"},
                 result_path="$.error",
-            ).next(restore)
+            ).next(on_failure)
             wait.next(status).next(
                 sfn.Choice(self, f"Endpoint ready? ({label})")
                 .when(sfn.Condition.string_equals("$.endpoint.next", "wait"), wait)
@@ -387,6 +389,35 @@ class RetrainStateMachine(Construct):
                 .otherwise(finalize)
             )
 
+        # A manual rollback / promotion (`refit rollback | promote`): no check, training or gate. The version is
+        # deployed as the single champion, verified InService on the requested config like every endpoint change,
+        # and the config it replaced is restored when that does not come. An error before UpdateEndpoint leaves the
+        # endpoint untouched, so the redeploy itself is caught straight into Finalize.
+        restore_redeploy = invoke(
+            "Restore endpoint (redeploy)",
+            "Deploy",
+            {"action": "restore", "previous_config.$": "$.redeploy.previous_config"},
+            "$.restore",
+        )
+        restore_redeploy.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+        restore_redeploy.next(finalize)
+        redeploy = catch_to(
+            invoke(
+                "Redeploy version",
+                "Deploy",
+                {
+                    "action": "redeploy",
+                    "run_id.$": "$.run.run_id",
+                    "version.$": "$.run.deploy_version",
+                    "kind.$": "$.run.deploy_kind",
+                    "force.$": "$.run.deploy_force",
+                },
+                "$.redeploy",
+            ),
+            finalize,
+        )
+        redeploy.next(endpoint_wait_loop("redeploy", "$.redeploy.expected_config", finalize, restore_redeploy))
+
         # The input goes under `input` first: an input that is not a JSON object (`[1, 2]`, `"weekly"`, `null`) would
         # leave the Catch no object to write its error into, and the run would end without Finalize.
         read_input = sfn.Pass(self, "Read input", parameters={"input.$": "$"})
@@ -397,6 +428,7 @@ class RetrainStateMachine(Construct):
             .next(
                 sfn.Choice(self, "Lock acquired?")
                 .when(sfn.Condition.boolean_equals("$.run.proceed", False), finalize)
+                .when(sfn.Condition.string_equals("$.run.mode", "redeploy"), redeploy)
                 .otherwise(
                     check.next(
                         sfn.Choice(self, "Train?")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from refit_core.champion import metadata_value
 from refit_core.steps import ApprovalDecision
 
 
@@ -42,7 +43,7 @@ def decide_approval(
     return {"model": model, "version": version, "status": status, "run_id": item["run_id"]["S"]}
 
 
-SERVED_OUTCOMES = frozenset({"promoted", "deployed_first"})
+SERVED_OUTCOMES = frozenset({"promoted", "deployed_first", "redeployed"})  # the run left a new champion serving
 
 
 def withdraw_unserved_package(
@@ -51,7 +52,8 @@ def withdraw_unserved_package(
     """A package this run registered but that does not serve when the run ends (rolled back, failed, stopped, timed
     out) is set Rejected: the registry must not keep saying Approved (or awaiting approval) for a model whose run
     turned it down, or anything that deploys "the latest approved package" picks a model that failed its canary.
-    Returns what was changed, for the audit record; None when nothing needed changing."""
+    The reason and the run are in its ApprovalDescription and in CustomerMetadataProperties (`refit:rejected_run`,
+    `refit:rejected_reason`). Returns what was changed, for the audit record; None when nothing needed changing."""
     if package_arn is None or served:
         return None
     status = sagemaker.describe_model_package(ModelPackageName=package_arn)["ModelApprovalStatus"]
@@ -61,5 +63,9 @@ def withdraw_unserved_package(
         ModelPackageArn=package_arn,
         ModelApprovalStatus="Rejected",
         ApprovalDescription=f"rejected by refit run {run_id} (was {status}): {why}"[:1000],
+        CustomerMetadataProperties={
+            "refit:rejected_run": metadata_value(run_id),
+            "refit:rejected_reason": metadata_value(why),
+        },
     )
     return f"model package {package_arn} set Rejected (was {status}): {why}"[:1000]

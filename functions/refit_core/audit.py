@@ -43,6 +43,17 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "FAILED", "failed", error_reason(state.error) or "failed"
     if run is not None and not run.proceed:
         return "SKIPPED", run.skip_outcome or "skipped", run.reason or "skipped"
+    redeploy = state.redeploy
+    if redeploy is not None:
+        was = f"version {redeploy.previous_version}" if redeploy.previous_version else redeploy.previous_config
+        forced = " (a Rejected version, forced)" if redeploy.forced else ""
+        who = f" by {run.requested_by}" if run is not None and run.requested_by else ""
+        return (
+            "SUCCEEDED",
+            "redeployed",
+            f"{redeploy.kind} to version {redeploy.version}{forced}{who}: serving on {redeploy.expected_config} "
+            f"(was {was})",
+        )
     decision = check.decision if check is not None else None
     if decision is not None and decision.action == "fail":
         return "FAILED", "bad_data", decision.reason or "the batch failed the data-quality gate"
@@ -148,6 +159,16 @@ def summarize_run(
         "registry": registry.model_dump(mode="json") if registry is not None else None,
         "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
         "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
+        "redeploy": {
+            **state.redeploy.model_dump(mode="json"),
+            "requested_by": run.requested_by if run else None,
+        }
+        if state.redeploy is not None
+        else (
+            {"kind": run.deploy_kind, "version": run.deploy_version, "requested_by": run.requested_by}
+            if run is not None and run.mode == "redeploy"
+            else None
+        ),
         "endpoint": endpoint,
         "error": error_reason(state.error),
         "problems": problems,
@@ -192,10 +213,15 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Gate: {'promote' if g['promote'] else 'keep champion'} - {g['reason']}")
     if record.get("registry"):
         lines.append(f"Registry: version {record['registry']['version']} ({record['registry']['approval']})")
+    if record.get("redeploy"):
+        r = record["redeploy"]
+        lines.append(f"Redeploy: {r.get('kind')} to version {r.get('version')} requested by {r.get('requested_by')}")
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):
         lines.append(f"Registry: {record['registry_update']}")
+    if record.get("serving_update"):
+        lines.append(f"Registry: {'; '.join(record['serving_update'])}")
     if record.get("endpoint"):
         weights = ", ".join(f"{v['name']}={v['weight']}" for v in record["endpoint"].get("variants", []))
         lines.append(f"Endpoint {record['endpoint']['name']}: {record['endpoint'].get('status')} [{weights}]")

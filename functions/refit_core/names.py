@@ -92,3 +92,14 @@ def endpoint_config_name(prefix: str, run_id: str, stage: str) -> str:
 def pattern(prefix: str) -> str:
     """The IAM resource-name pattern of every name generated from `prefix` (and of no other model's)."""
     return f"{prefix}{SEPARATOR}*"
+
+
+def model_package_arn(state_machine_arn: str, package_group: str, version: int) -> str:
+    """The ARN of version `version` of the model's package group, in the account and region of its state machine
+    (`arn:<partition>:states:<region>:<account>:stateMachine:<name>`). DescribeModelPackage names a version of a
+    versioned group only by its ARN; SageMaker ARNs carry names in lower case."""
+    parts = state_machine_arn.split(":")
+    if len(parts) < 7 or parts[2] != "states":
+        raise ValueError(f"{state_machine_arn!r} is not a state machine ARN")
+    partition, region, account = parts[1], parts[3], parts[4]
+    return f"arn:{partition}:sagemaker:{region}:{account}:model-package/{package_group.lower()}/{int(version)}"

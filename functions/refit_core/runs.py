@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from refit_core.s3uri import SUPPORTED_SUFFIXES, S3Uri
 
@@ -57,6 +57,20 @@ class PendingAlarmInput(BaseModel):
 PENDING_ALARM_KEY = "alarm#pending"  # the audit-table item (sk) of an alarm run waiting for the lock
 
 
+class DeployInput(BaseModel):
+    """The input `refit rollback` / `refit promote` start a run with (README 'Starting a run by hand'): the run takes
+    the model's lock, skips check, training and gate, and deploys registered version `deploy_version` as the single
+    champion variant through the verified endpoint path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deploy_version: StrictInt = Field(ge=1, description="The model package version to serve.")
+    kind: Literal["rollback", "promote"] = Field("promote", description="Recorded; both deploy the same way.")
+    reason: str = Field("manual redeploy", max_length=500)
+    requested_by: str = Field(min_length=1, max_length=128, description="Who asked; recorded and in the registry.")
+    force: StrictBool = Field(False, description="Deploy a version the registry marks Rejected (recorded).")
+
+
 class EventBridgeEvent(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -74,6 +88,7 @@ class RunRequest(BaseModel):
     force: bool
     etag: str | None = None  # the ETag an S3 event carries (AWS's field `detail.object.etag`)
     waited_for: str | None = None  # an alarm run started when the run holding the lock ended: that run's id
+    deploy: DeployInput | None = None  # a manual rollback / promotion of a registered version
 
 
 def _describe(error: ValidationError, schema: type[BaseModel] = ManualInput) -> str:
@@ -144,6 +159,20 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
             data_uri=None,
             force=True,
             waited_for=waiting.alarm_after,
+        )
+    if "deploy_version" in payload:
+        try:
+            deploy = DeployInput.model_validate(payload)
+        except ValidationError as error:
+            raise RunInputError(_describe(error, DeployInput)) from None
+        forced = " (forced: the version is deployed even if the registry rejected it)" if deploy.force else ""
+        return RunRequest(
+            trigger="manual",
+            reason=f"{deploy.kind} to version {deploy.deploy_version} requested by {deploy.requested_by}: "
+            f"{deploy.reason}{forced}",
+            data_uri=None,
+            force=False,
+            deploy=deploy,
         )
     try:
         manual = ManualInput.model_validate(payload)

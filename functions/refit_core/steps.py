@@ -53,6 +53,12 @@ class RunInfo(Step):
     claimed_batch: bool = False  # this run claimed its batch in the ledger; its end settles the ledger item
     queued: int = 0  # batches still waiting in the queue when this run started
     provenance: Literal["batch", "feedback"] = "batch"  # feedback: labelled captured traffic (refit_core.monitor)
+    # redeploy: a manual rollback / promotion of a registered version (no check, training or gate)
+    mode: Literal["retrain", "redeploy"] = "retrain"
+    deploy_version: int | None = None
+    deploy_kind: Literal["rollback", "promote"] | None = None
+    deploy_force: bool = False  # deploy a version the registry marks Rejected
+    requested_by: str | None = None
 
 
 # --- CheckBatch -> $.check ----------------------------------------------------------------------------------------
@@ -260,6 +266,23 @@ class DeployStarted(Step):
     canary_weight: float | None = None
 
 
+class RedeployStarted(Step):
+    """The Deploy action `redeploy` (a manual rollback or promotion): the version it put on the endpoint, the config
+    it asked for and the one it replaced (restored if the endpoint does not come InService on the new one)."""
+
+    kind: Literal["rollback", "promote"]
+    version: int
+    model_package_arn: str
+    model_data_url: str
+    approval: str | None = None  # the version's ModelApprovalStatus when it was deployed
+    forced: bool = False  # a Rejected version deployed on request
+    model_name: str
+    expected_config: str
+    previous_config: str
+    previous_version: int | None = None
+    previous_package_arn: str | None = None
+
+
 class Variant(Step):
     name: str
     weight: float
@@ -380,6 +403,7 @@ class RunState(BaseModel):
     approval: ApprovalDecision | None = None
     approval_timeout: StepError | None = None
     deploy: DeployStarted | None = None
+    redeploy: RedeployStarted | None = None
     endpoint: EndpointCheck | None = None
     canary: CanaryVerdict | None = None
     promotion: Promotion | None = None

@@ -11,8 +11,17 @@ from pydantic import BaseModel, Field
 from refit_core import names
 from refit_core.artifacts import MODEL_SHA256_ENV
 from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, data_capture, variant
-from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
-from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, Step
+from refit_core.champion import (
+    PACKAGE_ENV,
+    RedeployRefused,
+    check_redeploy,
+    container,
+    describe_endpoint,
+    describe_version,
+    endpoint_view,
+    find_champion,
+)
+from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, RedeployStarted, Step
 from refit_core.steps import Rollback as RollbackStep
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -52,8 +61,18 @@ class Rollback(BaseModel):
     previous_config: str | None = None
 
 
+class Redeploy(BaseModel):
+    action: Literal["redeploy"]
+    run_id: str
+    version: int
+    kind: Literal["rollback", "promote"]
+    force: bool = False
+
+
 class DeployEvent(BaseModel):
-    request: Annotated[StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback, Field(discriminator="action")]
+    request: Annotated[
+        StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback | Redeploy, Field(discriminator="action")
+    ]
 
 
 def capture(config: Settings) -> dict[str, Any]:
@@ -64,12 +83,11 @@ def capture(config: Settings) -> dict[str, Any]:
     )
 
 
-def model_environment(sagemaker: Any, package_arn: str) -> dict[str, str]:
-    """The serving container's environment: its registry entry, and the digest of its model file recorded there,
-    which `serve` checks before unpickling (refit_core.artifacts)."""
-    metadata = sagemaker.describe_model_package(ModelPackageName=package_arn).get("CustomerMetadataProperties", {})
-    digest = metadata.get("model_sha256")
-    return {PACKAGE_ENV: package_arn, **({MODEL_SHA256_ENV: digest} if digest else {})}
+def model_environment(package: dict[str, Any]) -> dict[str, str]:
+    """The serving container's environment from its registry entry (DescribeModelPackage): the entry's ARN, and the
+    digest of its model file recorded there, which `serve` checks before unpickling (refit_core.artifacts)."""
+    digest = package.get("CustomerMetadataProperties", {}).get("model_sha256")
+    return {PACKAGE_ENV: package["ModelPackageArn"], **({MODEL_SHA256_ENV: digest} if digest else {})}
 
 
 def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
@@ -81,7 +99,9 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         PrimaryContainer={
             "Image": config.image_uri,
             "ModelDataUrl": event.model_data_url,
-            "Environment": model_environment(sagemaker, event.model_package_arn),
+            "Environment": model_environment(
+                sagemaker.describe_model_package(ModelPackageName=event.model_package_arn)
+            ),
         },
         Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
     )
@@ -214,6 +234,55 @@ def rollback(event: Rollback, config: Settings, sagemaker: Any) -> dict[str, Any
     return {"expected_config": event.previous_config, "changed": True}
 
 
+def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """A manual rollback or promotion: put registered version `event.version` on the endpoint as the single champion
+    variant (its own model artifact and image, a `--redeploy` config with Data Capture). The version is checked again
+    here (the CLI checked it before starting the run): in the group, not Rejected unless forced, not serving already.
+    UpdateEndpoint is the last call, so an error before it leaves the endpoint untouched; the run then waits for
+    InService on the new config (the `status` action) and restores `previous_config` if that does not come."""
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        raise RedeployRefused(
+            f"endpoint {config.endpoint_name} does not exist: the first model is deployed by a retrain run"
+        )
+    champion = find_champion(sagemaker, config.endpoint_name)
+    arn = names.model_package_arn(config.state_machine_arn, config.model_package_group, event.version)
+    package = describe_version(sagemaker, arn, event.version, config.model_package_group)
+    check_redeploy(package, event.version, event.force, champion)
+    image = container(package)
+    model_name = names.model_name(config.endpoint_name, event.run_id)
+    sagemaker.create_model(
+        ModelName=model_name,
+        ExecutionRoleArn=config.sagemaker_role_arn,
+        PrimaryContainer={
+            "Image": image.get("Image") or config.image_uri,
+            "ModelDataUrl": image["ModelDataUrl"],
+            "Environment": model_environment(package),
+        },
+        Tags=[{"Key": "refit:model", "Value": config.model.name}, {"Key": "refit:run", "Value": event.run_id}],
+    )
+    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "redeploy")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        DataCaptureConfig=capture(config),
+    )
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {
+        "kind": event.kind,
+        "version": event.version,
+        "model_package_arn": package["ModelPackageArn"],
+        "model_data_url": image["ModelDataUrl"],
+        "approval": package.get("ModelApprovalStatus"),
+        "forced": event.force and package.get("ModelApprovalStatus") == "Rejected",
+        "model_name": model_name,
+        "expected_config": config_name,
+        "previous_config": current["EndpointConfigName"],
+        "previous_version": champion.get("version") if champion else None,
+        "previous_package_arn": champion.get("model_package_arn") if champion else None,
+    }
+
+
 OUTPUTS: dict[str, type[Step]] = {
     "start": DeployStarted,
     "status": EndpointCheck,
@@ -221,6 +290,7 @@ OUTPUTS: dict[str, type[Step]] = {
     "promote": Promotion,
     "rollback": RollbackStep,
     "restore": RollbackStep,
+    "redeploy": RedeployStarted,
 }  # the step contract of each action (refit_core.steps)
 
 
@@ -233,6 +303,8 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return check_canary(request, config, client("cloudwatch"))
     if isinstance(request, Promote):
         return promote(request, config, client("sagemaker"))
+    if isinstance(request, Redeploy):
+        return redeploy(request, config, client("sagemaker"))
     return rollback(request, config, client("sagemaker"))
 
 

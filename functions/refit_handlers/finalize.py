@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from refit_core import ledger
 from refit_core.approvals import SERVED_OUTCOMES, withdraw_unserved_package
 from refit_core.audit import format_summary, summarize_run
-from refit_core.champion import endpoint_view
+from refit_core.champion import endpoint_view, find_champion, record_serving
 from refit_core.runs import PENDING_ALARM_KEY, SETTLED_OUTCOMES, run_id_from_execution, utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import AuditKey, FinalStep, RunInfo, RunState
@@ -208,6 +208,32 @@ def store_and_publish(record: dict[str, Any], config: Settings, dynamodb: Any, s
     )
 
 
+def mark_champion(sagemaker: Any, config: Settings, state: RunState, run_id: str, now: str) -> list[str] | None:
+    """The registry says what serves: the package of the endpoint's champion variant (read from the endpoint, not
+    from the run's intent) is marked serving, and the package the run replaced is no longer marked."""
+    champion = find_champion(sagemaker, config.endpoint_name)
+    if champion is None or not champion.get("model_package_arn"):
+        return None
+    run, redeploy = state.run, state.redeploy
+    if redeploy is not None:
+        replaced, previous = redeploy.previous_package_arn, redeploy.previous_version
+    else:
+        before = state.check.champion if state.check is not None else None
+        replaced, previous = (before.model_package_arn, before.version) if before else (None, None)
+    return record_serving(
+        sagemaker,
+        champion["model_package_arn"],
+        replaced,
+        run_id,
+        now,
+        previous_version=previous,
+        requested_by=run.requested_by if run and redeploy else None,
+        reason=run.reason if run and redeploy else None,
+        kind=redeploy.kind if redeploy else None,
+        forced=bool(redeploy and redeploy.forced),
+    )
+
+
 def finalize(
     event: FinalizeEvent, config: Settings, s3: Any, dynamodb: Any, sns: Any, sagemaker: Any, stepfunctions: Any
 ) -> dict:
@@ -243,6 +269,11 @@ def finalize(
         )
     except Exception as error:
         problems.append(f"could not withdraw the run's model package approval: {error}")
+    if record["outcome"] in SERVED_OUTCOMES:
+        try:
+            record["serving_update"] = mark_champion(sagemaker, config, state, record["run_id"], record["ended_at"])
+        except Exception as error:
+            problems.append(f"could not mark the serving model package in the registry: {error}")
     record["problems"] = problems + record["problems"]
     run_id = (state.run.run_id if state.run else None) or run_id_from_execution(event.execution_name)
     end_run(record, state.run, run_id, config, dynamodb, stepfunctions)

@@ -192,6 +192,19 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "queued": 0,
         "provenance": "batch",
     }
+    if request.deploy is not None:
+        # A manual rollback / promotion: no batch, no ledger; the lock keeps it apart from every other run.
+        run.update(
+            mode="redeploy",
+            deploy_version=request.deploy.deploy_version,
+            deploy_kind=request.deploy.kind,
+            deploy_force=request.deploy.force,
+            requested_by=request.deploy.requested_by,
+        )
+        holder = acquire_lock(dynamodb, table, model.name, run_id, int(time.time()), model.lock_seconds)
+        if holder is not None:
+            run.update(proceed=False, reason=f"another run ({holder}) holds the lock for model {model.name}")
+        return run
     named = batch_of(s3, request.data_uri, request.etag) if request.data_uri else None
     if request.data_uri is not None and named is not None:
         run["data_etag"] = named.etag

@@ -13,9 +13,13 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   runs the real `train` entrypoint from the training image asset in a subprocess over a temporary /opt/ml
   tree whose channels come from moto S3, uploads model.tar.gz / output.tar.gz, and reports status, billable
   seconds and the metrics the job's MetricDefinitions pick out of the log.
-- SageMaker Model Registry: moto's UpdateModelPackage drops the package's CustomerMetadataProperties; they are kept
-  and merged as on AWS.
-- SageMaker endpoints: moto lacks UpdateEndpoint; it is added. `sagemaker-runtime InvokeEndpoint` returns
+- SageMaker Model Registry: moto's UpdateModelPackage drops the package's CustomerMetadataProperties, and sets its
+  ModelApprovalStatus and ApprovalDescription to null when the call names none; they are kept (the metadata merged,
+  CustomerMetadataPropertiesToRemove applied) as on AWS.
+- SageMaker endpoints: moto lacks UpdateEndpoint; it is added. As on AWS, the new config's models must start: each
+  variant's artifact is downloaded and its `serve` process must answer /ping. When one does not (an artifact that
+  does not load), the update fails the way SageMaker's does: the endpoint stays InService on its old config, with
+  the reason in FailureReason. `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
 - EventBridge: moto cannot deliver to Step Functions or Lambda targets and lets schedule rules match every event;
@@ -488,8 +492,14 @@ class Bridges:
             when the call names none)."""
             arn = kwargs["model_package_arn"]
             name = backend.model_package_name_mapping.get(arn, arn)
-            existing = dict(getattr(backend.model_packages.get(name), "customer_metadata_properties", None) or {})
+            package = backend.model_packages.get(name)
+            existing = dict(getattr(package, "customer_metadata_properties", None) or {})
             kwargs["customer_metadata_properties"] = {**existing, **(kwargs.get("customer_metadata_properties") or {})}
+            if package is not None:  # moto sets what the call does not name to null; AWS keeps it
+                if kwargs.get("model_approval_status") is None:
+                    kwargs["model_approval_status"] = package.model_approval_status
+                if kwargs.get("approval_description") is None:
+                    kwargs["approval_description"] = package.approval_description
             return original_update_package(backend, **kwargs)
 
         original_put_metric_data = CloudWatchBackend.put_metric_data
@@ -881,6 +891,19 @@ class Bridges:
 
             raise ValidationError(message=f'Could not find endpoint "{endpoint_name}".')
         config = backend.describe_endpoint_config(config_name)
+        try:
+            for production_variant in config["ProductionVariants"]:
+                self._serve(production_variant["ModelName"])  # SageMaker's health check of the new fleet
+        except Exception as error:
+            # The update fails and SageMaker rolls it back: InService on the old config, the reason recorded.
+            endpoint.endpoint_status = "InService"
+            endpoint.failure_reason = (
+                f"Endpoint update to {config_name} failed and was rolled back: the primary container for a production "
+                f"variant did not pass the ping health check ({type(error).__name__}: {error})"
+            )[:1024]
+            endpoint.last_modified_time = utcnow()
+            return endpoint.arn
+        endpoint.failure_reason = None
         endpoint.endpoint_config_name = config_name
         endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
         endpoint.endpoint_status = "InService"

@@ -6,6 +6,8 @@ import json
 import time
 
 import pytest
+from botocore.exceptions import ClientError
+from refit_core.champion import metadata_value
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
@@ -193,6 +195,27 @@ def test_update_model_package_keeps_customer_metadata(aws):
         "lineage_uri": "s3://b/l.json",
         "approved_by": "me",
     }
+    # A metadata-only update keeps the status and description (moto sets them to null); keys to remove go.
+    sagemaker.update_model_package(ModelPackageArn=arn, ApprovalDescription="checked by me")
+    sagemaker.update_model_package(
+        ModelPackageArn=arn,
+        CustomerMetadataProperties={"refit:serving": "true"},
+        CustomerMetadataPropertiesToRemove=["approved_by"],
+    )
+    package = sagemaker.describe_model_package(ModelPackageName=arn)
+    assert (package["ModelApprovalStatus"], package["ApprovalDescription"]) == ("Approved", "checked by me")
+    assert package["CustomerMetadataProperties"] == {
+        "run_id": "r1",
+        "lineage_uri": "s3://b/l.json",
+        "refit:serving": "true",
+    }
+    # SageMaker's pattern for metadata values (letters, spaces, digits, _.:/=+-@) and its 256 characters
+    for value in ("rolled back, canary (5XX)", "x" * 257):
+        with pytest.raises(ClientError, match="CustomerMetadataProperties.refit:reason"):
+            sagemaker.update_model_package(ModelPackageArn=arn, CustomerMetadataProperties={"refit:reason": value})
+    sagemaker.update_model_package(
+        ModelPackageArn=arn, CustomerMetadataProperties={"refit:reason": metadata_value("rolled back, canary (5XX)")}
+    )
 
 
 def test_image_assets_are_published_under_their_content_hash(aws):
