@@ -229,7 +229,7 @@ def test_the_champion_is_the_champion_variant_with_its_package_and_baseline(sage
     package = sagemaker.create_model_package(
         ModelPackageGroupName="g",
         ModelApprovalStatus="Approved",
-        CustomerMetadataProperties={"baseline_uri": "s3://art/reports/churn/baseline.json"},
+        CustomerMetadataProperties={"baseline_uri": "s3://art/reports/churn/baseline.json", "model_sha256": "ab" * 32},
         InferenceSpecification={
             "Containers": [{"Image": "img:1", "ModelDataUrl": "s3://art/models/m-old.tar.gz"}],
             "SupportedContentTypes": ["text/csv"],
@@ -247,6 +247,7 @@ def test_the_champion_is_the_champion_variant_with_its_package_and_baseline(sage
         "model_package_arn": package,
         "version": 1,
         "baseline_uri": "s3://art/reports/churn/baseline.json",
+        "model_sha256": "ab" * 32,
     }
 
 
