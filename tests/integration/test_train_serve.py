@@ -461,3 +461,39 @@ def test_train_refuses_a_champion_whose_model_file_is_not_the_registrys(trained,
     assert result.returncode == 1
     reason = (root / "output" / "failure").read_text()
     assert "the model registry records ffff" in reason and "refusing to load it" in reason
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """GET /metrics, parsed with prometheus-client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_every_request_across_workers(any_server):
+    """Under gunicorn (2 workers here) /metrics adds up every worker's samples (multiprocess mode): 20 scored requests
+    of 3 rows and 4 refused ones show as exactly that, whichever worker answered each and the scrape."""
+    version = frozenset({("model_version", "unregistered")})
+    ok = ("refit_serve_requests_total", version | {("path", "/invocations"), ("status", "200")})
+    refused = ("refit_serve_requests_total", version | {("path", "/invocations"), ("status", "400")})
+    rows = ("refit_serve_payload_rows_sum", version)
+    latency = ("refit_serve_request_seconds_count", version | {("path", "/invocations")})
+    before = scrape(any_server)
+    for _ in range(20):
+        assert post(any_server, "12.0,70.5,1,48.0,basic,north\n" * 3, "text/csv")[0] == 200
+    for _ in range(4):
+        assert post(any_server, "1,2,3\n", "text/csv")[0] == 400
+    after = scrape(any_server)
+    assert after[ok] - before.get(ok, 0) == 20
+    assert after[refused] - before.get(refused, 0) == 4
+    assert after[rows] - before.get(rows, 0) == 60  # refused requests score no rows
+    assert after[latency] - before.get(latency, 0) == 24
+    le_1s = ("refit_serve_request_seconds_bucket", version | {("path", "/invocations"), ("le", "1.0")})
+    assert after[le_1s] - before.get(le_1s, 0) >= 20

@@ -1,4 +1,5 @@
-"""`serve`: SageMaker inference contract on port 8080 (GET /ping, POST /invocations).
+"""`serve`: SageMaker inference contract on port 8080 (GET /ping, POST /invocations), and GET /metrics for
+Prometheus (refit_training.prometheus).
 
 Loads the model once at start; /ping answers 200 only when it is loaded. Bad requests get a 4xx
 with a message naming the problem, never a 500 for the client's mistake.
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +30,7 @@ from refit_core.payloads import (
 )
 
 from refit_training.paths import OptMl
+from refit_training.prometheus import ServeMetrics, prepare_multiprocess_dir, worker_exited
 
 MAX_REQUEST_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
 log = logging.getLogger("refit.serve")
@@ -128,14 +131,41 @@ def read_limited(read: Any, length: int | None) -> bytes:
 
 
 def handle(
-    model: LoadedModel, method: str, path: str, content_type: str, accept: str, length: int | None, read: Any
+    model: LoadedModel,
+    method: str,
+    path: str,
+    content_type: str,
+    accept: str,
+    length: int | None,
+    read: Any,
+    metrics: ServeMetrics | None = None,
 ) -> tuple[int, str, bytes]:
-    """One request, whatever server carries it: (status, content type, body). `length` None: no Content-Length
-    (a chunked body, which `read` returns decoded)."""
+    """One request, whatever server carries it: (status, content type, body), counted in `metrics`. `length` None:
+    no Content-Length (a chunked body, which `read` returns decoded)."""
+    started = time.perf_counter()
+    scored: list[int] = []
+    status, reply_kind, body = _answer(model, method, path, content_type, accept, length, read, metrics, scored)
+    if metrics is not None:
+        metrics.observe(path, status, started, scored[0] if scored else None)
+    return status, reply_kind, body
 
+
+def _answer(
+    model: LoadedModel,
+    method: str,
+    path: str,
+    content_type: str,
+    accept: str,
+    length: int | None,
+    read: Any,
+    metrics: ServeMetrics | None,
+    scored: list[int],
+) -> tuple[int, str, bytes]:
     def error(status: int, message: str) -> tuple[int, str, bytes]:
         return status, JSON, json.dumps({"error": message}).encode()
 
+    if method == "GET" and path == "/metrics" and metrics is not None:
+        return (HTTPStatus.OK, *metrics.exposition())
     if method == "GET" and path == "/ping":
         return HTTPStatus.OK, JSON, b'{"status":"ok"}'
     if method != "POST" or path != "/invocations":
@@ -152,6 +182,7 @@ def handle(
     try:
         frame = model.frame(body, content_type or CSV)
         payload = render_reply(model.predict(frame), kind)
+        scored.append(len(frame))
     except BadRequest as problem:
         return error(problem.status, str(problem))
     return HTTPStatus.OK, kind, payload
@@ -164,6 +195,7 @@ def model_directory() -> Path:
 def wsgi_app(model_dir: Path | None = None) -> Any:
     """The WSGI application; under gunicorn each worker builds it, so each loads the model once."""
     model = LoadedModel(model_dir or model_directory())
+    metrics = ServeMetrics()
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         status, content_type, body = handle(
@@ -174,6 +206,7 @@ def wsgi_app(model_dir: Path | None = None) -> Any:
             environ.get("HTTP_ACCEPT", ""),
             int(environ["CONTENT_LENGTH"]) if environ.get("CONTENT_LENGTH") else None,
             environ["wsgi.input"].read,  # gunicorn decodes a chunked body here
+            metrics,
         )
         start_response(
             f"{int(status)} {HTTPStatus(status).phrase}",
@@ -186,6 +219,7 @@ def wsgi_app(model_dir: Path | None = None) -> Any:
 
 def make_handler(model: LoadedModel) -> type[BaseHTTPRequestHandler]:
     """The single-process standard-library server (REFIT_SERVER=simple), kept as the benchmark's baseline."""
+    metrics = ServeMetrics()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -204,6 +238,7 @@ def make_handler(model: LoadedModel) -> type[BaseHTTPRequestHandler]:
                 self.headers.get("Accept", ""),
                 None if chunked or length is None else int(length),
                 self._chunked_reader() if chunked else self.rfile.read,
+                metrics,
             )
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -252,6 +287,7 @@ def run_gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("timeout", 60)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("child_exit", lambda server, worker: worker_exited(worker.pid))
             self.cfg.set(
                 "access_log_format", '{"client":"%(h)s","request":"%(r)s","status":%(s)s,"bytes":%(B)s,"micros":%(D)s}'
             )
@@ -259,6 +295,7 @@ def run_gunicorn(host: str, port: int, workers: int) -> None:
         def load(self) -> Any:
             return wsgi_app()
 
+    prepare_multiprocess_dir()  # before the workers fork: each writes its samples there
     Server().run()
 
 
