@@ -325,8 +325,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     try:
         if args.command == "report":
             try:
-                report_command(args, load_config(args.config), _audit_table(args), boto3.client, out)
-            except ReportError as error:
+                config = load_config(args.config)
+                resources = run_commands.Resources.from_args(args, config)  # the stack's outputs, read once
+                report_command(args, config, resources.audit_table, boto3.client, out, resources.state_machine_arn)
+            except (ReportError, run_commands.CommandError) as error:
                 print(f"refit: {error}", file=err)
                 return error.exit_code
             except BotoCoreError as error:  # no endpoint, region or credentials while finding the stack

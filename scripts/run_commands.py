@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -65,7 +64,7 @@ from refit_handlers.common import Settings
 from refit_handlers.prepare import batch_of, newest_batch
 from refit_handlers.training import month_spend
 
-from scripts.run_report import ReportError, find_record, running_execution
+from scripts.run_report import ReportError, find_record, from_dynamodb, plain, running_execution
 
 COMMANDS = ("land", "trigger", "runs", "show", "status", "rollback", "promote")
 STACK_OUTPUTS_ENV = "REFIT_STACK_OUTPUTS"
@@ -245,24 +244,6 @@ def _model(config: RefitConfig, name: str, config_path: str) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------- reading records
-def plain(value: Any) -> Any:
-    """DynamoDB numbers and history timestamps as JSON values."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [plain(v) for v in value]
-    return value
-
-
-def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
-    deserializer = TypeDeserializer()
-    return plain({k: deserializer.deserialize(v) for k, v in item.items()})
-
-
 def run_records(dynamodb: Any, table: str, model: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The model's audit records, newest first (sk = run#<started>#<run id>)."""
     arguments: dict[str, Any] = {
@@ -273,7 +254,7 @@ def run_records(dynamodb: Any, table: str, model: str, limit: int | None = None)
     }
     records: list[dict[str, Any]] = []
     for page in dynamodb.get_paginator("query").paginate(**arguments):
-        records.extend(_deserialize(item) for item in page.get("Items", []))
+        records.extend(from_dynamodb(item) for item in page.get("Items", []))
         if limit is not None and len(records) >= limit:
             return records[:limit]
     return records
@@ -821,7 +802,9 @@ def show(args: argparse.Namespace, config: RefitConfig, resources: Resources, ou
         # The run report's lookup: by run id or execution name across the models, the running case named.
         record = find_record(dynamodb, table, models, args.run_id)
     except ReportError as error:
-        running = running_execution(sfn, config, models, args.run_id) if error.exit_code == 2 else None
+        running = (
+            running_execution(sfn, resources.state_machine_arn, models, args.run_id) if error.exit_code == 2 else None
+        )
         if running is not None:
             message = f"run {args.run_id!r} is still running ({running}); its record is written when it ends"
             raise bad_input(message) from None

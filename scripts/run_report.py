@@ -6,7 +6,8 @@ Everything is read with plain boto3 clients (the standard endpoint settings, `AW
 command is the same against AWS and against a local AWS:
 - the audit record (DynamoDB, pk = model, sk = run#<started>#<run id>), found by run id or execution name across the
   configured models;
-- the execution's history (Step Functions GetExecutionHistory of the execution the record names);
+- the execution's history (Step Functions GetExecutionHistory of the execution the record names, on the model's
+  state machine as the run commands find it: `run_commands.Resources.state_machine_arn`, from the stack's outputs);
 - the drift report (`drift.report_uri`) and the plots the check drew (`drift.report_html_uri`, refit_core.report);
 - the gate's full decision and the evaluation (`reports/<model>/<run>/gate.json`, `evaluation.json` in the artifact
   bucket, written by the Gate Lambda) and the lineage document (`registry.lineage_uri`).
@@ -23,6 +24,7 @@ import argparse
 import html
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -54,17 +56,23 @@ class ReportError(Exception):
         self.exit_code = exit_code
 
 
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers (Decimal) and history timestamps (datetime) as JSON values."""
+def plain(value: Any) -> Any:
+    """DynamoDB numbers (Decimal) and history timestamps (datetime) as JSON values (the run commands use it too)."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [plain(v) for v in value]
     return value
+
+
+def from_dynamodb(item: dict[str, Any]) -> dict[str, Any]:
+    """An item in DynamoDB's attribute-value form (an audit record) as JSON values."""
+    deserializer = TypeDeserializer()
+    return plain({k: deserializer.deserialize(v) for k, v in item.items()})
 
 
 def _aws_error(error: Exception, what: str) -> ReportError:
@@ -77,7 +85,6 @@ def _aws_error(error: Exception, what: str) -> ReportError:
 def find_record(dynamodb: Any, table: str, models: list[str], run_id: str) -> dict[str, Any]:
     """The audit record of `run_id` (the run id or its execution name) among `models`' runs. Raises ReportError
     with exit code 2 when no model has it, and names the models when several have it."""
-    deserializer = TypeDeserializer()
     found: list[dict[str, Any]] = []
     for model in models:
         arguments: dict[str, Any] = {
@@ -88,9 +95,7 @@ def find_record(dynamodb: Any, table: str, models: list[str], run_id: str) -> di
         }
         try:
             for page in dynamodb.get_paginator("query").paginate(**arguments):
-                found.extend(
-                    _plain({k: deserializer.deserialize(v) for k, v in item.items()}) for item in page["Items"]
-                )
+                found.extend(from_dynamodb(item) for item in page["Items"])
         except (ClientError, BotoCoreError) as error:
             raise _aws_error(error, f"audit table {table}") from None
     if not found:
@@ -168,34 +173,28 @@ def timeline(events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def execution_arn(stepfunctions: Any, state_machine: str, execution: str) -> str:
-    """The ARN of execution `execution` of the state machine named `state_machine`."""
-    machine_arn = None
-    for page in stepfunctions.get_paginator("list_state_machines").paginate():
-        machine_arn = next(
-            (m["stateMachineArn"] for m in page["stateMachines"] if m["name"] == state_machine), machine_arn
-        )
-    if machine_arn is None:
-        raise ClientError(
-            {"Error": {"Code": "StateMachineDoesNotExist", "Message": state_machine}}, "ListStateMachines"
-        )
-    return f"{machine_arn.replace(':stateMachine:', ':execution:', 1)}:{execution}"
+def execution_arn(state_machine_arn: str, execution: str) -> str:
+    """The ARN of execution `execution` of the state machine `state_machine_arn`."""
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{execution}"
 
 
-def execution_history(stepfunctions: Any, state_machine: str, execution: str) -> tuple[str, list[dict[str, Any]]]:
-    """The execution's ARN and its whole history (paginated). `state_machine` is the model's state machine name."""
-    arn = execution_arn(stepfunctions, state_machine, execution)
+def execution_history(stepfunctions: Any, state_machine_arn: str, execution: str) -> tuple[str, list[dict[str, Any]]]:
+    """The execution's ARN and its whole history (paginated)."""
+    arn = execution_arn(state_machine_arn, execution)
     events: list[dict[str, Any]] = []
     for page in stepfunctions.get_paginator("get_execution_history").paginate(executionArn=arn):
         events.extend(page["events"])
     return arn, events
 
 
-def running_execution(stepfunctions: Any, config: RefitConfig, models: list[str], execution: str) -> str | None:
-    """The ARN of a still running execution named `execution` of one of `models` (its record is not written yet)."""
+def running_execution(
+    stepfunctions: Any, state_machine_arn: Callable[[str], str], models: list[str], execution: str
+) -> str | None:
+    """The ARN of a still running execution named `execution` of one of `models` (its record is not written yet).
+    `state_machine_arn(model)` is the model's state machine (run_commands.Resources.state_machine_arn)."""
     for model in models:
         try:
-            arn = execution_arn(stepfunctions, config.prefix(model), execution)
+            arn = execution_arn(state_machine_arn(model), execution)
             if stepfunctions.describe_execution(executionArn=arn)["status"] == "RUNNING":
                 return arn
         except ClientError:
@@ -221,16 +220,18 @@ def collect(
     dynamodb: Any,
     s3: Any,
     stepfunctions: Any,
+    state_machine_arn: Callable[[str], str],
     model: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows, as JSON (`refit report --json`). `notes` names what could not be read."""
+    """Everything the page shows, as JSON (`refit report --json`). `notes` names what could not be read.
+    `state_machine_arn(model)` is the model's state machine (run_commands.Resources.state_machine_arn)."""
     models = [model] if model else [m.name for m in config.models]
     if model:
         config.model(model)
     try:
         record = find_record(dynamodb, audit_table, models, run_id)
     except ReportError as error:
-        running = running_execution(stepfunctions, config, models, run_id) if error.exit_code == 2 else None
+        running = running_execution(stepfunctions, state_machine_arn, models, run_id) if error.exit_code == 2 else None
         if running is None:
             raise
         raise ReportError(
@@ -257,11 +258,11 @@ def collect(
     data["target_column"] = next((m.target for m in config.models if m.name == name), None)
     history = optional(
         f"execution history of {record['execution']}",
-        lambda: execution_history(stepfunctions, config.prefix(name), record["execution"]),
+        lambda: execution_history(stepfunctions, state_machine_arn(name), record["execution"]),
     )
     if history is not None:
         data["execution_arn"] = history[0]
-        data["timeline"] = _plain(timeline(history[1]))
+        data["timeline"] = plain(timeline(history[1]))
     drift = record.get("drift") or {}
     if drift.get("report_uri"):
         data["drift"] = optional(f"drift report {drift['report_uri']}", lambda: _read_json(s3, drift["report_uri"]))
@@ -809,14 +810,23 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     report.add_argument("--model", help="look for the run under this model only (default: every configured model)")
     report.add_argument("--audit-table")
     report.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
+    report.add_argument("--stack-outputs", help="a JSON file of the stack's outputs instead of CloudFormation")
 
 
 def default_output(run_id: str) -> Path:
     return Path(f"refit-run-{re.sub(r'[^A-Za-z0-9._-]', '-', run_id)}.html")
 
 
-def report_command(args: argparse.Namespace, config: RefitConfig, audit_table: str, clients: Any, out: Any) -> None:
-    """Write the page (and print the JSON with --json). `clients(service)` makes a boto3 client."""
+def report_command(
+    args: argparse.Namespace,
+    config: RefitConfig,
+    audit_table: str,
+    clients: Any,
+    out: Any,
+    state_machine_arn: Callable[[str], str],
+) -> None:
+    """Write the page (and print the JSON with --json). `clients(service)` makes a boto3 client;
+    `state_machine_arn(model)` finds the model's state machine (run_commands.Resources.state_machine_arn)."""
     data = collect(
         args.run_id,
         config=config,
@@ -824,6 +834,7 @@ def report_command(args: argparse.Namespace, config: RefitConfig, audit_table: s
         dynamodb=clients("dynamodb"),
         s3=clients("s3"),
         stepfunctions=clients("stepfunctions"),
+        state_machine_arn=state_machine_arn,
         model=args.model,
     )
     path = Path(args.output) if args.output else (None if args.json else default_output(args.run_id))

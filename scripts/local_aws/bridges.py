@@ -33,7 +33,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - SageMaker Data Capture (data_capture.py): moto keeps an endpoint config's DataCaptureConfig and captures nothing;
   here the router samples InitialSamplingPercentage of the successful requests (the seeded random) and writes
   SageMaker's JSON Lines records under `<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/`, 100 records a file or
-  after 1 s, as the variant's model execution role, SSE-KMS with the config's key.
+  after 1 s, as the variant's model execution role, SSE-KMS with the config's key. DescribeEndpoint answers the
+  current config's capture as AWS's DataCaptureConfigSummary (moto: the creation config's fields, two required ones
+  missing, which the SageMaker SDK refuses).
 - CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms on
   the metrics it touched, and a state change puts the "CloudWatch Alarm State Change" event, so rules on it fire.
 - Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
@@ -87,7 +89,7 @@ from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommu
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 
 from scripts.local_aws.alarms import STATES, AlarmSpec, Datapoint, alarm_event_time, evaluate_alarm
-from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record
+from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
 from scripts.local_aws.standup import LocalFunction
 
@@ -502,6 +504,17 @@ class Bridges:
                     kwargs["approval_description"] = package.approval_description
             return original_update_package(backend, **kwargs)
 
+        original_describe_endpoint = backend_class.describe_endpoint
+
+        def describe_endpoint(backend: Any, endpoint_name: str) -> dict[str, Any]:
+            described = original_describe_endpoint(backend, endpoint_name)
+            current = backend.endpoint_configs.get(described["EndpointConfigName"])  # a config in use can be deleted
+            config = (current or backend.endpoints[endpoint_name]).data_capture_config
+            described.pop("DataCaptureConfig", None)
+            if (summary := capture_summary(config)) is not None:
+                described["DataCaptureConfig"] = summary
+            return described
+
         original_put_metric_data = CloudWatchBackend.put_metric_data
 
         def put_metric_data(backend: CloudWatchBackend, namespace: str, metric_data: list[dict[str, Any]]) -> None:
@@ -550,6 +563,7 @@ class Bridges:
             ),
             mock.patch.object(SageMakerResponse, "update_endpoint", update_endpoint, create=True),
             mock.patch.object(backend_class, "update_model_package", update_model_package),
+            mock.patch.object(backend_class, "describe_endpoint", describe_endpoint),
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
             mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),

@@ -32,6 +32,25 @@ def capture_enabled(config: dict[str, Any] | None) -> bool:
     return bool(config) and config.get("EnableCapture", True) is not False
 
 
+def capture_summary(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """DescribeEndpoint's DataCaptureConfig (the service model's DataCaptureConfigSummary, all five fields required)
+    for an endpoint whose current config has the DataCaptureConfig `config`; None when it has none. moto returns the
+    endpoint config's own fields from creation instead (no CaptureStatus or CurrentSamplingPercentage), which the
+    SageMaker SDK's Endpoint refuses to load."""
+    if not config:
+        return None
+    enabled = capture_enabled(config)
+    summary = {
+        "EnableCapture": enabled,
+        "CaptureStatus": "Started" if enabled else "Stopped",
+        "CurrentSamplingPercentage": int(config["InitialSamplingPercentage"]),
+        "DestinationS3Uri": config["DestinationS3Uri"],
+    }
+    if config.get("KmsKeyId"):
+        summary["KmsKeyId"] = config["KmsKeyId"]
+    return summary
+
+
 def captured_modes(config: dict[str, Any]) -> set[str]:
     return {mode for option in config.get("CaptureOptions", []) for mode in MODES[option["CaptureMode"]]}
 

@@ -1,7 +1,7 @@
 """`refit local up` driven from outside, as a user would: the server in a subprocess, the AWS CLI (and boto3 in this
 process) talking to it over HTTP with nothing but the environment the server prints. Tests run in order on one
-server: the S3 event starts a run, the deployed endpoint answers, the README's manual input starts a run, a second
-server on the same port is refused, and SIGINT stops everything."""
+server: the S3 event starts a run, the deployed endpoint answers (the AWS CLI, boto3 and the SageMaker SDK), the
+README's manual input starts a run, a second server on the same port is refused, and SIGINT stops everything."""
 
 from __future__ import annotations
 
@@ -240,6 +240,52 @@ def test_a_batch_copied_with_the_cli_runs_the_loop_and_deploys(server, aws, outp
     assert len(captured) == 6, f"Data Capture wrote {len(captured)} of 6 records under {prefix}"
     ids = {json.loads(line)["eventMetadata"].get("inferenceId") for line in captured}
     assert ids == {None, "t-0", "t-1", "t-2", "t-3", "t-4"}
+
+
+# The SageMaker SDK in another process, with nothing but the printed environment: v3's Endpoint (its replacement of
+# v2's Predictor) loaded by name with DescribeEndpoint, then invoked with the SDK's CSVSerializer and JSONDeserializer.
+SDK_CLIENT = """
+import json, sys
+from sagemaker.core.deserializers import JSONDeserializer
+from sagemaker.core.resources import Endpoint
+from sagemaker.core.serializers import CSVSerializer
+
+endpoint = Endpoint.get(endpoint_name=sys.argv[1])
+endpoint.serializer, endpoint.deserializer = CSVSerializer(), JSONDeserializer()
+reply = endpoint.invoke(body=json.load(sys.stdin), content_type="text/csv", accept="application/json")
+print(json.dumps({"status": endpoint.endpoint_status, "variant": reply.invoked_production_variant, "body": reply.body}))
+"""
+
+
+def test_the_sagemaker_sdk_predicts_with_the_printed_environment(server, outputs, boto, tmp_path):
+    endpoint = f"{outputs['Project']}-{MODEL}"
+    features = churn_batch(25, 11).drop(columns=["churned"])
+    rows = features.to_numpy().tolist()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **server.environment()}  # no ~/.aws, no other AWS_*
+    result = subprocess.run(
+        [sys.executable, "-c", SDK_CLIENT, endpoint],
+        input=json.dumps(rows),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert (reply["status"], reply["variant"]) == ("InService", "champion")
+    predictions, probabilities = reply["body"]["predictions"], reply["body"]["probabilities"]
+    assert len(predictions) == len(probabilities) == len(rows)
+    assert all(0.0 < p < 1.0 for p in probabilities)
+    assert predictions == [int(p >= 0.5) for p in probabilities]
+
+    direct = boto("sagemaker-runtime").invoke_endpoint(
+        EndpointName=endpoint,
+        TargetVariant=reply["variant"],
+        ContentType="text/csv",
+        Accept="application/json",
+        Body=features.to_csv(header=False, index=False),
+    )
+    assert json.loads(direct["Body"].read()) == reply["body"]
 
 
 def test_the_readme_manual_input_starts_a_run(aws, outputs, boto):

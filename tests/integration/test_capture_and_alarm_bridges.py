@@ -314,6 +314,41 @@ def test_sampling_share_and_files_of_at_most_100_records(aws, endpoint):
     assert len(captured(aws, aws.flush_capture())) == 1  # the current config (100 %) decides, not the old one
 
 
+def test_describe_endpoint_answers_the_current_configs_capture_as_aws_does(aws, endpoint):
+    """DescribeEndpoint's DataCaptureConfig is a DataCaptureConfigSummary (every required field, the current config's
+    sampling); moto answered the creation config's fields without CaptureStatus and CurrentSamplingPercentage, and
+    the SageMaker SDK's Endpoint.get refused the reply."""
+    sagemaker = aws.client("sagemaker")
+    required = set(sagemaker.meta.service_model.shape_for("DataCaptureConfigSummary").required_members)
+    variants = sagemaker.describe_endpoint_config(EndpointConfigName=f"{ENDPOINT}-1")["ProductionVariants"]
+    variants = [{k: v for k, v in p.items() if k != "CurrentWeight"} for p in variants]
+    capture = data_capture(f"s3://{aws.data_bucket}/capture/churn/", 100, endpoint["kms_key"])
+    name = "refit-capture-summary"
+    configs = {
+        "full": capture,
+        "sampled": {**capture, "InitialSamplingPercentage": 20},
+        "off": {**capture, "EnableCapture": False},
+        "none": None,
+    }
+    for suffix, config in configs.items():
+        extra = {"DataCaptureConfig": config} if config else {}
+        sagemaker.create_endpoint_config(EndpointConfigName=f"{name}-{suffix}", ProductionVariants=variants, **extra)
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-full")
+    expected = {"DestinationS3Uri": capture["DestinationS3Uri"], "KmsKeyId": endpoint["kms_key"]}
+    summary = sagemaker.describe_endpoint(EndpointName=name)["DataCaptureConfig"]
+    assert set(summary) == required
+    assert summary == {**expected, "EnableCapture": True, "CaptureStatus": "Started", "CurrentSamplingPercentage": 100}
+
+    sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-sampled")
+    summary = sagemaker.describe_endpoint(EndpointName=name)["DataCaptureConfig"]
+    assert summary == {**expected, "EnableCapture": True, "CaptureStatus": "Started", "CurrentSamplingPercentage": 20}
+    sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-off")
+    summary = sagemaker.describe_endpoint(EndpointName=name)["DataCaptureConfig"]
+    assert summary == {**expected, "EnableCapture": False, "CaptureStatus": "Stopped", "CurrentSamplingPercentage": 100}
+    sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-none")
+    assert "DataCaptureConfig" not in sagemaker.describe_endpoint(EndpointName=name)
+
+
 def test_capture_options_and_undeclared_content_types(aws, endpoint):
     """Only the halves CaptureOptions names; a content type CaptureContentTypeHeader does not list is BASE64; the
     objects are encrypted with the config's KmsKeyId even where the bucket's default key differs."""

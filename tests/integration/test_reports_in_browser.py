@@ -97,8 +97,10 @@ def pages(cloud_assembly, tmp_path_factory) -> dict[str, Any]:
         record = next(r for r in aws.audit_records(MODEL) if r["execution"] == name)
         assert record["outcome"] == "promoted", record["message"]
         run_page = folder / "run.html"
+        outputs = folder / "outputs.json"
+        outputs.write_text(json.dumps(aws.outputs))  # where the state machine is: the stack's outputs
         code, out, err = refit(
-            "report", record["run_id"], "-o", str(run_page), "--audit-table", aws.audit_table, "--json"
+            "report", record["run_id"], "-o", str(run_page), "--stack-outputs", str(outputs), "--json"
         )
         assert code == 0, err
         drift_page = folder / "drift.html"

@@ -26,11 +26,13 @@ from refit_core.steps import DriftSummary, GateStep
 from refit_handlers.common import to_dynamodb
 
 from scripts.cli import main
+from scripts.run_commands import STACK_OUTPUTS_ENV
 from scripts.sample_data import churn_batch
 from tests.conftest import ROOT, create_audit_table
 from tests.unit.test_gate import binormal
 
 ROLE = "arn:aws:iam::123456789012:role/sfn"
+MACHINE_ARN = "arn:aws:states:us-east-1:123456789012:stateMachine:"
 PASSING = {
     "StartAt": "Prepare",
     "States": {
@@ -56,7 +58,11 @@ def refit(*arguments: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def aws(monkeypatch):
+def aws(monkeypatch, tmp_path):
+    # Where the state machines are, as the run commands find them: the stack's outputs (a file of them here).
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({f"Model{m}StateMachineArn": f"{MACHINE_ARN}refit-{m}" for m in ("churn", "other")}))
+    monkeypatch.setenv(STACK_OUTPUTS_ENV, str(outputs))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -222,7 +228,7 @@ def test_parts_gone_are_named_and_the_page_is_still_written(aws, tmp_path):
     code, out, err = refit("report", "run-1", "-o", str(tmp_path / "run.html"), "--audit-table", "audit", "--json")
     assert code == 0, err
     notes = json.loads(out)["notes"]
-    assert any(n.startswith("execution history of run-1: StateMachineDoesNotExist") for n in notes)
+    assert any(n.startswith("execution history of run-1: ExecutionDoesNotExist") for n in notes)
     assert "gate decision s3://art/reports/churn/run-1/gate.json: NoSuchKey" in notes
     assert "drift page s3://art/reports/churn/run-1/drift.html: NoSuchKey" in notes
     html = (tmp_path / "run.html").read_text()
