@@ -6,10 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Size, Stack
+from aws_cdk import Duration, Size, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig
@@ -52,6 +51,22 @@ SPECS = {
     # time but holds the window's labels and (label, score) pairs, and may read a week of capture files.
     "Monitor": FunctionSpec("refit_handlers.monitor.handler", 3008, 900, ephemeral_mb=2048),
 }
+
+
+# Who uses the project key: writers put S3 objects or publish to the topic (and read); readers only read objects or
+# use the audit table. Every other function gets no KMS permission.
+KEY_WRITERS = (
+    "Prepare",
+    "CheckBatch",
+    "StartTraining",
+    "Gate",
+    "Register",
+    "Finalize",
+    "RequestApproval",
+    "Cleanup",
+    "Monitor",
+)
+KEY_READERS = ("ExpireApproval", "PickCandidate")
 
 
 class RetrainFunctions(Construct):
@@ -101,9 +116,7 @@ class RetrainFunctions(Construct):
         if model.search.parallel_jobs:
             specs["PickCandidate"] = FunctionSpec("refit_handlers.training.pick_handler", 512, 120)
         for name, spec in specs.items():
-            log_group = logs.LogGroup(
-                self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
-            )
+            log_group = storage.log_group(self, f"{name}Logs")
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
             log_group.grant_write(role)
             self.functions[name] = lambda_.DockerImageFunction(
@@ -125,9 +138,13 @@ class RetrainFunctions(Construct):
                 reserved_concurrent_executions=1 if name == "Monitor" else None,
             )
         f = self.functions
-        key = storage.key
-        for fn in f.values():
-            key.grant_encrypt_decrypt(fn)
+        # The project key only for functions that touch an encrypted store (S3 objects, the audit table, the topic):
+        # PollTraining and Deploy call SageMaker only (Data Capture encrypts as the SageMaker role, not as Deploy).
+        for name in KEY_WRITERS:
+            storage.grant_key(f[name], write=True)
+        for name in KEY_READERS:
+            if name in f:
+                storage.grant_key(f[name], write=False)
 
         storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
         # The lock, the batch ledger (record, list the queue, claim) and the run records a scheduled run reads.
@@ -164,8 +181,14 @@ class RetrainFunctions(Construct):
                 resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
             )
         )
-        sagemaker.role.grant_pass_role(f["StartTraining"])
-        sagemaker.role.grant_pass_role(f["Deploy"])
+        # StartTraining passes the role to training jobs, Deploy to models; to SageMaker only.
+        pass_role = iam.PolicyStatement(
+            actions=["iam:PassRole"],
+            resources=[sagemaker.role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        )
+        f["StartTraining"].add_to_role_policy(pass_role)
+        f["Deploy"].add_to_role_policy(pass_role)
         f["PollTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:DescribeTrainingJob"],
