@@ -9,6 +9,7 @@ from pathlib import Path
 from aws_cdk import Duration, Size, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig
@@ -138,6 +139,14 @@ class RetrainFunctions(Construct):
                 reserved_concurrent_executions=1 if name == "Monitor" else None,
             )
         f = self.functions
+        # What each function may read, by bucket: CDK's read grant lets it list the whole bucket (s3:List* on the
+        # bucket ARN), so a deny below limits listing to these prefixes (s3:prefix).
+        readable: dict[tuple[str, s3.IBucket], list[str]] = {}
+
+        def read(bucket: s3.IBucket, function: lambda_.Function, pattern: str) -> None:
+            bucket.grant_read(function, pattern)
+            readable.setdefault((function.node.id, bucket), []).append(pattern)
+
         # The project key only for functions that touch an encrypted store (S3 objects, the audit table, the topic):
         # PollTraining and Deploy call SageMaker only (Data Capture encrypts as the SageMaker role, not as Deploy).
         for name in KEY_WRITERS:
@@ -146,25 +155,25 @@ class RetrainFunctions(Construct):
             if name in f:
                 storage.grant_key(f[name], write=False)
 
-        storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
+        read(storage.data_bucket, f["Prepare"], f"{model.new_data_prefix}*")
         # The lock, the batch ledger (record, list the queue, claim) and the run records a scheduled run reads.
-        storage.audit_table.grant(
-            f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"
+        storage.grant_audit(
+            model.name, f["Prepare"], "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"
         )
 
         # An alarm run's batch: the pending feedback parts, gathered into one object under feedback/<model>/batches/.
-        storage.data_bucket.grant_read(f["Prepare"], f"{model.feedback_prefix}*")
+        read(storage.data_bucket, f["Prepare"], f"{model.feedback_prefix}*")
         storage.data_bucket.grant_put(f["Prepare"], f"{model.feedback_prefix}batches/*")
         storage.data_bucket.grant_delete(f["Prepare"], f"{model.feedback_prefix}pending/*")
-        storage.artifact_bucket.grant_read(f["Prepare"], f"{model.monitoring_prefix}latest.json")
+        read(storage.artifact_bucket, f["Prepare"], f"{model.monitoring_prefix}latest.json")
 
         feedback_batches = f"{model.feedback_prefix}batches/*"
         for reader in ("CheckBatch", "StartTraining", "Finalize"):
-            storage.data_bucket.grant_read(f[reader], feedback_batches)
+            read(storage.data_bucket, f[reader], feedback_batches)
 
-        storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
-        storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
-        storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
+        read(storage.data_bucket, f["CheckBatch"], f"{model.new_data_prefix}*")
+        read(storage.artifact_bucket, f["CheckBatch"], f"models/{model.name}/*")
+        read(storage.artifact_bucket, f["CheckBatch"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
 
         # The new batch (its version and ETag go into the job's inputs manifest) and the optional channels.
@@ -174,7 +183,7 @@ class RetrainFunctions(Construct):
             model.validation_data_prefix,
             model.baseline_data_prefix,
         ):
-            storage.data_bucket.grant_read(f["StartTraining"], f"{prefix}*")
+            read(storage.data_bucket, f["StartTraining"], f"{prefix}*")
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],
@@ -196,19 +205,19 @@ class RetrainFunctions(Construct):
             )
         )
         if "PickCandidate" in f:
-            storage.artifact_bucket.grant_read(f["PickCandidate"], f"training/{model.name}/*")
-        storage.artifact_bucket.grant_read(f["Gate"], f"training/{model.name}/*")
+            read(storage.artifact_bucket, f["PickCandidate"], f"training/{model.name}/*")
+        read(storage.artifact_bucket, f["Gate"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")
         storage.artifact_bucket.grant_put(f["StartTraining"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["StartTraining"], f"job-data/{model.name}/*")  # the pinned window
-        storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
+        read(storage.artifact_bucket, f["Register"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
-        storage.audit_table.grant(f["StartTraining"], "dynamodb:Query")
+        storage.grant_audit(model.name, f["StartTraining"], "dynamodb:Query")
         sagemaker.image.repository.grant(f["Register"], "ecr:DescribeImages")
-        storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")
+        storage.grant_audit(model.name, f["RequestApproval"], "dynamodb:PutItem")
         storage.topic.grant_publish(f["RequestApproval"])
-        storage.audit_table.grant(f["ExpireApproval"], "dynamodb:DeleteItem")
+        storage.grant_audit(model.name, f["ExpireApproval"], "dynamodb:DeleteItem")
         # ExpireApproval rejects an undecided package; Finalize and Cleanup reject the run's package when it does
         # not serve at the run's end (rolled back, failed, timed out).
         package_updates = iam.PolicyStatement(
@@ -246,13 +255,13 @@ class RetrainFunctions(Construct):
         # The monitor: reads captures and labels, keeps its parts, state and reports, writes feedback and labelling.
         monitor = f["Monitor"]
         for prefix in (model.capture_prefix, model.ground_truth_prefix, model.labeling_prefix):
-            storage.data_bucket.grant_read(monitor, f"{prefix}*")
+            read(storage.data_bucket, monitor, f"{prefix}*")
         storage.data_bucket.grant_put(monitor, f"{model.feedback_prefix}pending/*")
         storage.data_bucket.grant_put(monitor, f"{model.labeling_prefix}*")
         # The champion's model.tar.gz (its features and numeric columns) and its baseline profile.
-        storage.artifact_bucket.grant_read(monitor, f"training/{model.name}/*")
-        storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
-        storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
+        read(storage.artifact_bucket, monitor, f"training/{model.name}/*")
+        read(storage.artifact_bucket, monitor, f"models/{model.name}/*")
+        read(storage.artifact_bucket, monitor, f"{model.monitoring_prefix}*")
         storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")
         monitor.add_to_role_policy(
             iam.PolicyStatement(
@@ -293,11 +302,16 @@ class RetrainFunctions(Construct):
                 resources=["*"],  # GetMetricStatistics has no resource-level permissions
             )
         )
-        storage.data_bucket.grant_read(f["Finalize"], f"{model.new_data_prefix}*")
+        read(storage.data_bucket, f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")
-        storage.audit_table.grant(
-            f["Finalize"], "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:Query"
+        storage.grant_audit(
+            model.name,
+            f["Finalize"],
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
         )
         storage.topic.grant_publish(f["Finalize"])
         # Finalize and Cleanup release the lock and start the next queued run: this state machine only.
@@ -324,7 +338,19 @@ class RetrainFunctions(Construct):
                 ],
             )
         )
-        storage.audit_table.grant(
-            f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"
+        storage.grant_audit(
+            model.name, f["Cleanup"], "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"
         )
         storage.topic.grant_publish(f["Cleanup"])
+
+        # A listing request carries s3:prefix; a read of a missing object also checks s3:ListBucket, without the key
+        # (S3 then answers 404, not 403), so the deny applies only when s3:prefix is present.
+        for (name, bucket), patterns in readable.items():
+            f[name].add_to_role_policy(
+                iam.PolicyStatement(
+                    effect=iam.Effect.DENY,
+                    actions=["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"],
+                    resources=[bucket.bucket_arn],
+                    conditions={"Null": {"s3:prefix": "false"}, "StringNotLike": {"s3:prefix": sorted(set(patterns))}},
+                )
+            )

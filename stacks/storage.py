@@ -189,3 +189,14 @@ class Storage(Construct):
         """The key for a principal that reads refit's encrypted stores, and with `write` also writes objects or
         publishes (KEY_READ, KEY_WRITE). Only principals that touch an encrypted store get it."""
         self.key.grant(grantee, *KEY_READ, *(KEY_WRITE if write else ()))
+
+    def grant_audit(self, model: str, grantee: iam.IGrantable, *actions: str) -> None:
+        """Item `actions` on the audit table, only on items whose partition key (`pk`) is `model`: every item of a
+        model's runs, ledger, lock and approvals is keyed by the model's name."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=list(actions),
+                resources=[self.audit_table.table_arn],
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [model]}},
+            )
+        )

@@ -179,3 +179,28 @@ def test_every_eventbridge_target_has_a_dead_letter_queue_and_a_retry_policy(tem
     )
     key_policy = next(iter(of_type(template, "AWS::KMS::Key").values()))["Properties"]["KeyPolicy"]["Statement"]
     assert any(s.get("Sid") == "EventBridgeSendsDeadLetters" for s in key_policy)
+
+
+def test_functions_list_only_the_prefixes_they_read_and_touch_only_their_models_audit_items(template):
+    roles = function_roles(template)
+    by_role = statements_by_role(template)
+    for name, role in roles.items():
+        statements = by_role[role]
+        lists = [s for s in statements if s["Effect"] == "Allow" and any(a.startswith("s3:List") for a in actions(s))]
+        denies = [s for s in statements if s["Effect"] == "Deny"]
+        # Every bucket the function may list has a deny on listing outside the prefixes it reads.
+        assert len(denies) == len({json.dumps(r) for s in lists for r in s["Resource"] if "Fn::GetAtt" in r}), name
+        for deny in denies:
+            assert set(actions(deny)) == {"s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"}
+            assert deny["Condition"]["Null"] == {"s3:prefix": "false"}
+            assert all(p.endswith(("/*", ".json")) for p in deny["Condition"]["StringNotLike"]["s3:prefix"])
+        for statement in statements:
+            if any(a.startswith("dynamodb:") for a in actions(statement)):
+                assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["churn"]}}
+    monitor = [s for s in by_role[roles["Monitor"]] if s["Effect"] == "Deny"]
+    data = next(s for s in monitor if "StorageData" in json.dumps(s["Resource"]))
+    assert data["Condition"]["StringNotLike"]["s3:prefix"] == [
+        "capture/churn/*",
+        "ground-truth/churn/*",
+        "labeling/churn/*",
+    ]
