@@ -251,6 +251,8 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
     }
     for name, function in f.items():
+        if name not in findings:
+            raise KeyError(f"stacks/nag.py: list the cdk-nag findings of function {name!r} and why they are accepted")
         acknowledge(policy_of(function.role), _wildcards(findings[name]))
 
     invoked = {
