@@ -9,6 +9,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 from refit_core.canary import CHALLENGER, CHAMPION
 from refit_core.config import ModelConfig
@@ -39,6 +40,7 @@ class MonitorSchedule(Construct):
         monitor: lambda_.IFunction,
         topic: sns.ITopic,
         alarm_name: str,
+        dead_letters: sqs.IQueue,
     ) -> None:
         super().__init__(scope, construct_id)
         self.failures = cloudwatch.Alarm(
@@ -60,7 +62,16 @@ class MonitorSchedule(Construct):
                 "Schedule",
                 description=f"refit {model.name}: monitor the served model (captured traffic, labels, live metric)",
                 schedule=events.Schedule.expression(model.monitor.schedule),
-                targets=[targets.LambdaFunction(monitor, retry_attempts=2)],
+                # A missed hour is made up by the next run (it reads the window); an event older than the schedule's
+                # period is stale, and one EventBridge could not deliver goes to the dead-letter queue.
+                targets=[
+                    targets.LambdaFunction(
+                        monitor,
+                        retry_attempts=2,
+                        max_event_age=Duration.hours(1),
+                        dead_letter_queue=dead_letters,
+                    )
+                ],
             )
 
 

@@ -1,135 +1,267 @@
-"""The cdk-nag (AwsSolutions) findings refit accepts, one by one, each with the reason.
+"""The cdk-nag (AwsSolutions) findings refit accepts, each on the one CloudFormation resource that raises it, with the
+exact finding (`AwsSolutions-IAM5[Action::s3:GetObject*]`, `...[Resource::<bucket>/incoming/churn/*]`) and the
+reason. Nothing is acknowledged for the whole stack or a whole model: a new wildcard on any role, or a new finding
+on any resource, fails synthesis until it is listed here for that resource
+(tests/infrastructure/test_nag_acknowledgements.py compares these with cdk-nag's raw findings).
 
-cdk-nag 3 matches finding ids exactly, so ids that name a resource are built from its logical id.
+cdk-nag 3 honours an acknowledgement on the resource or any construct above it, and matches ids exactly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
+from aws_cdk import aws_iam as iam
+from constructs import IConstruct
 from refit_core import names
 
 if TYPE_CHECKING:
     from stacks.refit_stack import ModelPipeline
+    from stacks.sagemaker_access import SageMakerAccess
     from stacks.storage import Storage
 
-CDK_GRANT_ACTIONS = {
-    "s3:GetObject*": "CDK's S3 read grant; every statement is limited to one refit bucket and a per-model prefix",
-    "s3:GetBucket*": "CDK's S3 read grant; limited to refit's own buckets",
-    "s3:List*": "CDK's S3 read grant; limited to refit's own buckets",
-    "s3:Abort*": "CDK's S3 put grant (abort multipart uploads); limited to a per-model prefix",
-    "s3:DeleteObject*": "SageMaker checkpoint sync removes stale checkpoint files; limited to refit's artifact bucket",
-    "kms:ReEncrypt*": "CDK's key grant; limited to refit's single customer-managed key",
-    "kms:GenerateDataKey*": "CDK's key grant; limited to refit's single customer-managed key",
+IAM5 = "AwsSolutions-IAM5"
+SAGEMAKER_ARN = "arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>"
+
+# CDK's grants on refit's buckets, key and topic use these wildcarded actions; each statement that carries them is
+# limited to one refit bucket (and a prefix), the project key, or the topic.
+S3_READ = {
+    "Action::s3:GetObject*": "CDK's S3 read grant (GetObject, GetObjectVersion, tags, ACL); limited to this role's "
+    "prefixes of one refit bucket",
+    "Action::s3:GetBucket*": "CDK's S3 read grant (bucket location and settings); limited to refit's own bucket",
+    "Action::s3:List*": "CDK's S3 read grant (ListBucket, ListBucketVersions: refit lists batches and versions); "
+    "limited to refit's own bucket",
 }
-NO_RESOURCE_LEVEL = (
-    "only actions without resource-level permissions use '*': xray:PutTraceSegments/PutTelemetryRecords, "
-    "ecr:GetAuthorizationToken, cloudwatch:GetMetricStatistics, and cloudwatch:PutMetricData (namespace-conditioned)"
-)
+S3_PUT = {"Action::s3:Abort*": "CDK's S3 put grant (AbortMultipartUpload); limited to this role's put prefixes"}
+S3_DELETE = {"Action::s3:DeleteObject*": "CDK's S3 delete grant; limited to the one prefix this role deletes under"}
+KEY_WRITE = {
+    "Action::kms:GenerateDataKey*": "CDK's grant to write SSE-KMS objects or publish to the encrypted topic; "
+    "limited to the project key",
+}
+KEY_REENCRYPT = {
+    "Action::kms:ReEncrypt*": "CDK's S3 put grant on an SSE-KMS bucket adds it; limited to the project key",
+}
+XRAY = "X-Ray tracing: xray:PutTraceSegments and PutTelemetryRecords have no resource-level permissions"
 
 
-def _ack(scope: Any, finding: str, reason: str) -> None:
-    Validations.of(scope).acknowledge(Acknowledgment(id=finding, reason=reason))
+def policy_of(role: iam.IRole) -> CfnResource:
+    """The CloudFormation AWS::IAM::Policy of a role's default policy: the resource cdk-nag reports IAM5 on."""
+    return role.node.find_child("DefaultPolicy").node.default_child
 
 
-def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPipeline]) -> None:
+def acknowledge(resource: IConstruct, findings: dict[str, str]) -> None:
+    """Acknowledge exactly `findings` (finding -> reason) on one CloudFormation resource."""
+    if not CfnResource.is_cfn_resource(resource):
+        raise TypeError(f"{resource.node.path}: acknowledge findings on the CloudFormation resource that raises them")
+    for finding, reason in findings.items():
+        Validations.of(resource).acknowledge(Acknowledgment(id=finding, reason=reason))
+
+
+def _wildcards(findings: dict[str, str]) -> dict[str, str]:
+    """IAM5 findings (`Action::...`, `Resource::...`) -> their full cdk-nag ids."""
+    return {f"{IAM5}[{finding}]": reason for finding, reason in findings.items()}
+
+
+def _objects(bucket: str, prefixes: Iterable[str], reason: str) -> dict[str, str]:
+    return {f"Resource::<{bucket}.Arn>/{prefix}*": reason for prefix in prefixes}
+
+
+def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> dict[str, str]:
+    resources = {
+        "endpoint-config": f"endpoint-config/{names.pattern(endpoint_name)}",
+        "model": f"model/{names.pattern(endpoint_name)}",
+        "model-package": f"model-package/{package_group}/*",
+        "training-job": f"training-job/{names.pattern(endpoint_name)}",
+    }
+    reason = (
+        "SageMaker names carry the run id, known only at run time; limited to this model's prefix and '--', which no "
+        "other model's names start with (package versions: this model's group)"
+    )
+    return {f"Resource::{SAGEMAKER_ARN}:{resources[kind]}": reason for kind in kinds}
+
+
+def acknowledge_findings(
+    stack: Stack, storage: Storage, sagemaker: SageMakerAccess, pipelines: list[ModelPipeline]
+) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
-    for action, reason in CDK_GRANT_ACTIONS.items():
-        _ack(stack, f"AwsSolutions-IAM5[Action::{action}]", reason)
-    _ack(stack, "AwsSolutions-IAM5[Resource::*]", NO_RESOURCE_LEVEL)
-    _ack(
-        stack,
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
-        "CDK's own handler that switches on S3->EventBridge delivery for the data bucket; the policy only writes logs",
+
+    notifications = next(c for c in stack.node.children if c.node.id.startswith("BucketNotificationsHandler"))
+    acknowledge(
+        notifications.node.find_child("Role").node.default_child,
+        {
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]": (
+                "CDK's own handler that switches on S3->EventBridge delivery for the data bucket; the policy only "
+                "writes logs"
+            )
+        },
     )
-    _ack(
-        stack,
-        f"AwsSolutions-IAM5[Resource::<{data}.Arn>/*]",
-        "SageMaker reads the data bucket's objects for training channels; the bucket holds only refit data",
+    acknowledge(
+        storage.dead_letters.node.default_child,
+        {
+            "AwsSolutions-SQS3": "this queue is the dead-letter queue of refit's EventBridge targets; a dead-letter "
+            "queue has none of its own (its alarm notifies the team)"
+        },
     )
-    _ack(
-        stack,
-        f"AwsSolutions-IAM5[Resource::<{data}.Arn>/capture/*]",
-        "Data Capture writes as the model's role under capture/<model>/<endpoint>/<variant>/<hour>/ with file names "
-        "SageMaker generates; put only, under the capture prefix",
+    acknowledge(
+        policy_of(sagemaker.role),
+        _wildcards(
+            {
+                **S3_READ,
+                **S3_PUT,
+                "Action::s3:DeleteObject*": "SageMaker's checkpoint sync removes stale checkpoint files; limited to "
+                "the artifact bucket",
+                **KEY_WRITE,
+                **KEY_REENCRYPT,
+                "Resource::*": "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData "
+                "has none either and is limited to SageMaker's namespaces by condition",
+                f"Resource::<{data}.Arn>/*": "SageMaker reads the data bucket's objects for training channels; the "
+                "bucket holds only refit data",
+                f"Resource::<{data}.Arn>/capture/*": "Data Capture writes as the model's role under "
+                "capture/<model>/<endpoint>/<variant>/<hour>/ with file names SageMaker generates; put only",
+                f"Resource::<{artifacts}.Arn>/*": "SageMaker writes model artifacts and checkpoints under job names it "
+                "generates at run time",
+                "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/"
+                "TrainingJobs:*": "SageMaker names a log stream per job at run time; SageMaker's training log group "
+                "only",
+                "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/"
+                "Endpoints/*": "SageMaker names a log group per endpoint and a stream per instance; SageMaker's "
+                "endpoint log groups only",
+            }
+        ),
     )
-    _ack(
-        stack,
-        f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/*]",
-        "SageMaker writes model artifacts and checkpoints under job names it generates at run time",
-    )
-    for suffix in ("TrainingJobs:*", "Endpoints/*"):
-        _ack(
-            stack,
-            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
-            f"log-group:/aws/sagemaker/{suffix}]",
-            "SageMaker names a log stream per job or endpoint at run time; limited to SageMaker's log groups",
-        )
-    sagemaker_arn = "arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>"
     for pipeline in pipelines:
-        model = pipeline.functions.model
-        for prefix in (
-            model.new_data_prefix,
-            model.training_data_prefix,
-            model.validation_data_prefix,
-            model.baseline_data_prefix,
-            model.quarantine_prefix,
-        ):
-            _ack(
-                pipeline,
-                f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]",
-                "batches are objects with user-chosen names under this model's own prefix",
-            )
-        for prefix, reason in (
-            (model.capture_prefix, "Data Capture names its files by endpoint, variant, hour and a UUID"),
-            (model.ground_truth_prefix, "labels are files with user-chosen names under this model's own prefix"),
-            (model.labeling_prefix, "active learning writes a manifest per day and an object per picked request"),
-            (model.feedback_prefix, "feedback parts are named by monitor run, batches by the alarm run taking them"),
-            (f"{model.feedback_prefix}pending/", "the monitor writes a part per run; Prepare gathers and deletes them"),
-            (f"{model.feedback_prefix}batches/", "an alarm run's batch is named after the run, known at run time"),
-        ):
-            _ack(pipeline, f"AwsSolutions-IAM5[Resource::<{data}.Arn>/{prefix}*]", reason)
-        _ack(
-            pipeline,
-            f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/{model.monitoring_prefix}*]",
-            "the monitor's state, parts and reports are keyed by capture file and run under this model's own prefix",
-        )
-        for prefix in (
-            f"models/{model.name}/",
-            f"reports/{model.name}/",
-            f"training/{model.name}/",
-            f"job-data/{model.name}/",
-        ):
-            _ack(
-                pipeline,
-                f"AwsSolutions-IAM5[Resource::<{artifacts}.Arn>/{prefix}*]",
-                "run artifacts are keyed by run id under this model's own prefix",
-            )
-        for resource in (
-            f"endpoint-config/{names.pattern(pipeline.endpoint_name)}",
-            f"model/{names.pattern(pipeline.endpoint_name)}",
-            f"model-package/{pipeline.package_group.model_package_group_name}/*",
-            f"training-job/{names.pattern(pipeline.endpoint_name)}",
-        ):
-            _ack(
-                pipeline,
-                f"AwsSolutions-IAM5[Resource::{sagemaker_arn}:{resource}]",
-                "SageMaker resource names carry the run id, known only at run time; limited to this model's prefix "
-                "and '--', which no other model's names start with",
-            )
-        _ack(
-            pipeline,
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
-            f"{pipeline.retrain.state_machine_name}:*]",
-            "the run-end cleanup reads the history of whichever run of this model's own state machine ended; "
-            "execution names are chosen when a run starts",
-        )
-        for function in pipeline.functions.functions.values():
-            logical = stack.get_logical_id(function.node.default_child)
-            _ack(
-                pipeline.retrain,
-                f"AwsSolutions-IAM5[Resource::<{logical}.Arn>:*]",
-                "Step Functions may invoke the function's versions; limited to refit's own function",
-            )
+        _acknowledge_pipeline(stack, pipeline, data, artifacts)
+
+
+def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, artifacts: str) -> None:
+    model = pipeline.functions.model
+    f = pipeline.functions.functions
+    batches = "batches are objects with user-chosen names under this model's own prefix"
+    runs = "run artifacts are keyed by run id under this model's own prefix"
+    feedback_batches = f"{model.feedback_prefix}batches/"
+    endpoint = pipeline.endpoint_name
+    group = pipeline.package_group.model_package_group_name
+    reads_endpoint = _sagemaker(endpoint, group, ("endpoint-config", "model", "model-package"))
+    s3_writer = {**S3_READ, **S3_PUT, **KEY_WRITE, **KEY_REENCRYPT, "Resource::*": XRAY}
+
+    findings: dict[str, dict[str, str]] = {
+        "Prepare": {
+            **s3_writer,
+            **S3_DELETE,
+            **_objects(data, [model.new_data_prefix], batches),
+            **_objects(
+                data,
+                [model.feedback_prefix],
+                "an alarm run reads this model's gathered feedback (parts and batches) by run-time names",
+            ),
+            **_objects(data, [feedback_batches], "an alarm run's batch is named after the run, known at run time"),
+            **_objects(
+                data, [f"{model.feedback_prefix}pending/"], "the monitor writes a part per run; Prepare deletes them"
+            ),
+        },
+        "CheckBatch": {
+            **s3_writer,
+            **reads_endpoint,
+            **_objects(data, [model.new_data_prefix, feedback_batches], batches),
+            **_objects(artifacts, [f"models/{model.name}/", f"reports/{model.name}/", f"training/{model.name}/"], runs),
+        },
+        "StartTraining": {
+            **s3_writer,
+            **_sagemaker(endpoint, group, ("training-job",)),
+            **_objects(
+                data,
+                [
+                    model.new_data_prefix,
+                    model.training_data_prefix,
+                    model.validation_data_prefix,
+                    model.baseline_data_prefix,
+                    feedback_batches,
+                ],
+                batches,
+            ),
+            **_objects(artifacts, [f"reports/{model.name}/", f"job-data/{model.name}/"], runs),
+        },
+        "PollTraining": {"Resource::*": XRAY, **_sagemaker(endpoint, group, ("training-job",))},
+        "Gate": {
+            **s3_writer,
+            **_objects(artifacts, [f"models/{model.name}/", f"reports/{model.name}/", f"training/{model.name}/"], runs),
+        },
+        "Register": {
+            **s3_writer,
+            **_sagemaker(endpoint, group, ("model-package",)),
+            **_objects(artifacts, [f"models/{model.name}/", f"reports/{model.name}/"], runs),
+        },
+        "Deploy": {
+            "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either",
+            **reads_endpoint,
+        },
+        "Finalize": {
+            **s3_writer,
+            **reads_endpoint,
+            **_objects(data, [model.new_data_prefix, feedback_batches], batches),
+            **_objects(
+                data,
+                [model.training_data_prefix, model.quarantine_prefix],
+                "Finalize keeps a checked batch under its own name (history) or quarantines it as <run>-<file>",
+            ),
+        },
+        "RequestApproval": {
+            "Action::kms:GenerateDataKey*": KEY_WRITE["Action::kms:GenerateDataKey*"],
+            "Resource::*": XRAY,
+        },
+        "ExpireApproval": {"Resource::*": XRAY, **_sagemaker(endpoint, group, ("model-package",))},
+        "Cleanup": {
+            "Action::kms:GenerateDataKey*": KEY_WRITE["Action::kms:GenerateDataKey*"],
+            "Resource::*": XRAY,
+            **reads_endpoint,
+            "Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
+            f"{pipeline.retrain.state_machine_name}:*": "the run-end cleanup reads the history of whichever run of "
+            "this model's own state machine ended; execution names are chosen when a run starts",
+        },
+        "Monitor": {
+            **s3_writer,
+            "Resource::*": XRAY + "; cloudwatch:PutMetricData has none either and is limited to refit's namespace",
+            **reads_endpoint,
+            **_objects(
+                data,
+                [model.capture_prefix],
+                "Data Capture names its files by endpoint, variant, hour and a UUID",
+            ),
+            **_objects(
+                data, [model.ground_truth_prefix], "labels are files with user-chosen names under this model's prefix"
+            ),
+            **_objects(
+                data, [model.labeling_prefix], "active learning writes a manifest per day and an object per request"
+            ),
+            **_objects(
+                data,
+                [f"{model.feedback_prefix}pending/"],
+                "the monitor writes a feedback part per run, named at run time",
+            ),
+            **_objects(artifacts, [f"models/{model.name}/", f"training/{model.name}/"], runs),
+            **_objects(
+                artifacts,
+                [model.monitoring_prefix],
+                "the monitor's state, parts and reports are keyed by capture file and run under this model's prefix",
+            ),
+        },
+        "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
+    }
+    for name, function in f.items():
+        if name not in findings:
+            raise KeyError(f"stacks/nag.py: list the cdk-nag findings of function {name!r} and why they are accepted")
+        acknowledge(policy_of(function.role), _wildcards(findings[name]))
+
+    invoked = {
+        f"Resource::<{stack.get_logical_id(function.node.default_child)}.Arn>:*": "Step Functions may invoke the "
+        "function's versions and aliases; limited to this model's own function"
+        for name, function in f.items()
+        if name not in ("Cleanup", "Monitor")
+    }
+    acknowledge(
+        policy_of(pipeline.retrain.state_machine.role),
+        _wildcards({"Resource::*": XRAY + " (the state machine's tracing)", **invoked}),
+    )

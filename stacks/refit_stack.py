@@ -59,7 +59,12 @@ class ModelPipeline(Construct):
             code_version=code_version,
         )
         self.retrain = RetrainStateMachine(
-            self, "Retrain", model=model, functions=self.functions, state_machine_name=prefix
+            self,
+            "Retrain",
+            model=model,
+            functions=self.functions,
+            state_machine_name=prefix,
+            log_group=storage.log_group(self, "RunLogs"),
         )
         self.triggers = Triggers(
             self,
@@ -78,6 +83,7 @@ class ModelPipeline(Construct):
             monitor=self.functions.functions["Monitor"],
             topic=storage.topic,
             alarm_name=names.alarm_name(prefix, "monitor-failed"),
+            dead_letters=storage.dead_letters,
         )
         self.run_end = RunEnd(
             self,
@@ -87,6 +93,7 @@ class ModelPipeline(Construct):
             cleanup=self.functions.functions["Cleanup"],
             topic=storage.topic,
             alarm_name=names.alarm_name(prefix, "runs-failed"),
+            dead_letters=storage.dead_letters,
         )
         alarms = [self.monitor_schedule.failures, self.triggers.canary_alarm, self.run_end.alarm]
         if self.triggers.quality_alarm is not None:
@@ -103,7 +110,9 @@ class RefitStack(Stack):
         self, scope: Construct, construct_id: str, *, config: RefitConfig, code_version: str, **kwargs
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        self.storage = Storage(self, "Storage", notification_email=config.notification_email)
+        self.storage = Storage(
+            self, "Storage", notification_email=config.notification_email, retention=config.retention
+        )
         self.sagemaker_access = SageMakerAccess(self, "SageMaker", storage=self.storage)
         self.pipelines = {
             model.name: ModelPipeline(
@@ -122,4 +131,4 @@ class RefitStack(Stack):
         CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
         CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)
         CfnOutput(self, "SummaryTopic", value=self.storage.topic.topic_arn)
-        acknowledge_findings(self, self.storage, list(self.pipelines.values()))
+        acknowledge_findings(self, self.storage, self.sagemaker_access, list(self.pipelines.values()))

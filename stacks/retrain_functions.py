@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Size, Stack
+from aws_cdk import Duration, Size, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig
@@ -52,6 +52,22 @@ SPECS = {
     # time but holds the window's labels and (label, score) pairs, and may read a week of capture files.
     "Monitor": FunctionSpec("refit_handlers.monitor.handler", 3008, 900, ephemeral_mb=2048),
 }
+
+
+# Who uses the project key: writers put S3 objects or publish to the topic (and read); readers only read objects or
+# use the audit table. Every other function gets no KMS permission.
+KEY_WRITERS = (
+    "Prepare",
+    "CheckBatch",
+    "StartTraining",
+    "Gate",
+    "Register",
+    "Finalize",
+    "RequestApproval",
+    "Cleanup",
+    "Monitor",
+)
+KEY_READERS = ("ExpireApproval", "PickCandidate")
 
 
 class RetrainFunctions(Construct):
@@ -103,9 +119,7 @@ class RetrainFunctions(Construct):
         if model.search.parallel_jobs:
             specs["PickCandidate"] = FunctionSpec("refit_handlers.training.pick_handler", 512, 120)
         for name, spec in specs.items():
-            log_group = logs.LogGroup(
-                self, f"{name}Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
-            )
+            log_group = storage.log_group(self, f"{name}Logs")
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
             log_group.grant_write(role)
             self.functions[name] = lambda_.DockerImageFunction(
@@ -127,13 +141,26 @@ class RetrainFunctions(Construct):
                 reserved_concurrent_executions=1 if name == "Monitor" else None,
             )
         f = self.functions
-        key = storage.key
-        for fn in f.values():
-            key.grant_encrypt_decrypt(fn)
+        # What each function may read, by bucket: CDK's read grant lets it list the whole bucket (s3:List* on the
+        # bucket ARN), so a deny below limits listing to these prefixes (s3:prefix).
+        readable: dict[tuple[str, s3.IBucket], list[str]] = {}
 
-        storage.data_bucket.grant_read(f["Prepare"], f"{model.new_data_prefix}*")
+        def read(bucket: s3.IBucket, function: lambda_.Function, pattern: str) -> None:
+            bucket.grant_read(function, pattern)
+            readable.setdefault((function.node.id, bucket), []).append(pattern)
+
+        # The project key only for functions that touch an encrypted store (S3 objects, the audit table, the topic):
+        # PollTraining and Deploy call SageMaker only (Data Capture encrypts as the SageMaker role, not as Deploy).
+        for name in KEY_WRITERS:
+            storage.grant_key(f[name], write=True)
+        for name in KEY_READERS:
+            if name in f:
+                storage.grant_key(f[name], write=False)
+
+        read(storage.data_bucket, f["Prepare"], f"{model.new_data_prefix}*")
         # The lock, the batch ledger (record, list the queue, claim) and the run records a scheduled run reads.
-        storage.audit_table.grant(
+        storage.grant_audit(
+            model.name,
             f["Prepare"],
             "dynamodb:PutItem",
             "dynamodb:GetItem",
@@ -143,18 +170,18 @@ class RetrainFunctions(Construct):
         )
 
         # An alarm run's batch: the pending feedback parts, gathered into one object under feedback/<model>/batches/.
-        storage.data_bucket.grant_read(f["Prepare"], f"{model.feedback_prefix}*")
+        read(storage.data_bucket, f["Prepare"], f"{model.feedback_prefix}*")
         storage.data_bucket.grant_put(f["Prepare"], f"{model.feedback_prefix}batches/*")
         storage.data_bucket.grant_delete(f["Prepare"], f"{model.feedback_prefix}pending/*")
-        storage.artifact_bucket.grant_read(f["Prepare"], f"{model.monitoring_prefix}latest.json")
+        read(storage.artifact_bucket, f["Prepare"], f"{model.monitoring_prefix}latest.json")
 
         feedback_batches = f"{model.feedback_prefix}batches/*"
         for reader in ("CheckBatch", "StartTraining", "Finalize"):
-            storage.data_bucket.grant_read(f[reader], feedback_batches)
+            read(storage.data_bucket, f[reader], feedback_batches)
 
-        storage.data_bucket.grant_read(f["CheckBatch"], f"{model.new_data_prefix}*")
-        storage.artifact_bucket.grant_read(f["CheckBatch"], f"models/{model.name}/*")
-        storage.artifact_bucket.grant_read(f["CheckBatch"], f"training/{model.name}/*")
+        read(storage.data_bucket, f["CheckBatch"], f"{model.new_data_prefix}*")
+        read(storage.artifact_bucket, f["CheckBatch"], f"models/{model.name}/*")
+        read(storage.artifact_bucket, f["CheckBatch"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["CheckBatch"], f"reports/{model.name}/*")
 
         # The new batch (its version and ETag go into the job's inputs manifest) and the optional channels.
@@ -164,15 +191,21 @@ class RetrainFunctions(Construct):
             model.validation_data_prefix,
             model.baseline_data_prefix,
         ):
-            storage.data_bucket.grant_read(f["StartTraining"], f"{prefix}*")
+            read(storage.data_bucket, f["StartTraining"], f"{prefix}*")
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],
                 resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
             )
         )
-        sagemaker.role.grant_pass_role(f["StartTraining"])
-        sagemaker.role.grant_pass_role(f["Deploy"])
+        # StartTraining passes the role to training jobs, Deploy to models; to SageMaker only.
+        pass_role = iam.PolicyStatement(
+            actions=["iam:PassRole"],
+            resources=[sagemaker.role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        )
+        f["StartTraining"].add_to_role_policy(pass_role)
+        f["Deploy"].add_to_role_policy(pass_role)
         f["PollTraining"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:DescribeTrainingJob"],
@@ -180,21 +213,21 @@ class RetrainFunctions(Construct):
             )
         )
         if "PickCandidate" in f:
-            storage.artifact_bucket.grant_read(f["PickCandidate"], f"training/{model.name}/*")
-        storage.artifact_bucket.grant_read(f["Gate"], f"training/{model.name}/*")
+            read(storage.artifact_bucket, f["PickCandidate"], f"training/{model.name}/*")
+        read(storage.artifact_bucket, f["Gate"], f"training/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Gate"], f"models/{model.name}/*")
         storage.artifact_bucket.grant_put(f["StartTraining"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["StartTraining"], f"job-data/{model.name}/*")  # the pinned window
-        storage.artifact_bucket.grant_read(f["Register"], f"reports/{model.name}/*")
+        read(storage.artifact_bucket, f["Register"], f"reports/{model.name}/*")
         storage.artifact_bucket.grant_put(f["Register"], f"models/{model.name}/*")
         # The challenger's model.tar.gz: its model file's SHA-256 goes into the registry (refit_core.artifacts).
-        storage.artifact_bucket.grant_read(f["Register"], f"training/{model.name}/*")
-        storage.audit_table.grant(f["StartTraining"], "dynamodb:Query")
+        read(storage.artifact_bucket, f["Register"], f"training/{model.name}/*")
+        storage.grant_audit(model.name, f["StartTraining"], "dynamodb:Query")
         sagemaker.image.repository.grant(f["Register"], "ecr:DescribeImages")
-        storage.audit_table.grant(f["RequestApproval"], "dynamodb:PutItem")
+        storage.grant_audit(model.name, f["RequestApproval"], "dynamodb:PutItem")
         storage.topic.grant_publish(f["RequestApproval"])
-        storage.audit_table.grant(f["ExpireApproval"], "dynamodb:DeleteItem")
+        storage.grant_audit(model.name, f["ExpireApproval"], "dynamodb:DeleteItem")
         # ExpireApproval rejects an undecided package; Finalize and Cleanup reject the run's package when it does
         # not serve at the run's end (rolled back, failed, timed out).
         package_updates = iam.PolicyStatement(
@@ -232,17 +265,17 @@ class RetrainFunctions(Construct):
         # The monitor: reads captures and labels, keeps its parts, state and reports, writes feedback and labelling.
         monitor = f["Monitor"]
         for prefix in (model.capture_prefix, model.ground_truth_prefix, model.labeling_prefix):
-            storage.data_bucket.grant_read(monitor, f"{prefix}*")
+            read(storage.data_bucket, monitor, f"{prefix}*")
         storage.data_bucket.grant_put(monitor, f"{model.feedback_prefix}pending/*")
         storage.data_bucket.grant_put(monitor, f"{model.labeling_prefix}*")
         # The champion's model.tar.gz (its features and numeric columns) and its baseline profile.
-        storage.artifact_bucket.grant_read(monitor, f"training/{model.name}/*")
-        storage.artifact_bucket.grant_read(monitor, f"models/{model.name}/*")
-        storage.artifact_bucket.grant_read(monitor, f"{model.monitoring_prefix}*")
+        read(storage.artifact_bucket, monitor, f"training/{model.name}/*")
+        read(storage.artifact_bucket, monitor, f"models/{model.name}/*")
+        read(storage.artifact_bucket, monitor, f"{model.monitoring_prefix}*")
         storage.artifact_bucket.grant_put(monitor, f"{model.monitoring_prefix}*")
         if model.quality_alarm:
             # It re-arms the quality alarm while a breach persists and new feedback waits (refit_core.monitor).
-            storage.data_bucket.grant_read(monitor, f"{model.feedback_prefix}pending/*")
+            read(storage.data_bucket, monitor, f"{model.feedback_prefix}pending/*")
             monitor.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["cloudwatch:DescribeAlarms", "cloudwatch:SetAlarmState"],
@@ -290,10 +323,11 @@ class RetrainFunctions(Construct):
                 resources=["*"],  # GetMetricStatistics has no resource-level permissions
             )
         )
-        storage.data_bucket.grant_read(f["Finalize"], f"{model.new_data_prefix}*")
+        read(storage.data_bucket, f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")
-        storage.audit_table.grant(
+        storage.grant_audit(
+            model.name,
             f["Finalize"],
             "dynamodb:PutItem",
             "dynamodb:DeleteItem",
@@ -326,7 +360,8 @@ class RetrainFunctions(Construct):
                 ],
             )
         )
-        storage.audit_table.grant(
+        storage.grant_audit(
+            model.name,
             f["Cleanup"],
             "dynamodb:Query",
             "dynamodb:PutItem",
@@ -335,3 +370,15 @@ class RetrainFunctions(Construct):
             "dynamodb:GetItem",  # the alarm run waiting for the lock (start_next_run)
         )
         storage.topic.grant_publish(f["Cleanup"])
+
+        # A listing request carries s3:prefix; a read of a missing object also checks s3:ListBucket, without the key
+        # (S3 then answers 404, not 403), so the deny applies only when s3:prefix is present.
+        for (name, bucket), patterns in readable.items():
+            f[name].add_to_role_policy(
+                iam.PolicyStatement(
+                    effect=iam.Effect.DENY,
+                    actions=["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"],
+                    resources=[bucket.bucket_arn],
+                    conditions={"Null": {"s3:prefix": "false"}, "StringNotLike": {"s3:prefix": sorted(set(patterns))}},
+                )
+            )

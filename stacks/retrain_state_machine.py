@@ -8,7 +8,7 @@ changes are polled by Lambdas with Wait loops.
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
@@ -29,6 +29,7 @@ class RetrainStateMachine(Construct):
         model: ModelConfig,
         functions: RetrainFunctions,
         state_machine_name: str,
+        log_group: logs.ILogGroup,
     ) -> None:
         super().__init__(scope, construct_id)
         self.state_machine_name = state_machine_name
@@ -439,9 +440,6 @@ class RetrainStateMachine(Construct):
             )
         )
 
-        log_group = logs.LogGroup(
-            self, "Logs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
-        )
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
@@ -449,5 +447,6 @@ class RetrainStateMachine(Construct):
             definition_body=sfn.DefinitionBody.from_chainable(definition),
             timeout=Duration.seconds(model.run_timeout_seconds),
             tracing_enabled=True,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            # Every state's transitions, without inputs and outputs: those carry task tokens and batch details.
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )

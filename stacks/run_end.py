@@ -9,6 +9,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 from refit_core.config import ModelConfig
@@ -29,6 +30,7 @@ class RunEnd(Construct):
         cleanup: lambda_.IFunction,
         topic: sns.ITopic,
         alarm_name: str,
+        dead_letters: sqs.IQueue,
     ) -> None:
         super().__init__(scope, construct_id)
         self.rule = events.Rule(
@@ -43,7 +45,11 @@ class RunEnd(Construct):
                     "status": ["TIMED_OUT", "ABORTED", "FAILED"],
                 },
             ),
-            targets=[targets.LambdaFunction(cleanup, retry_attempts=8, max_event_age=Duration.hours(24))],
+            targets=[
+                targets.LambdaFunction(
+                    cleanup, retry_attempts=8, max_event_age=Duration.hours(24), dead_letter_queue=dead_letters
+                )
+            ],
         )
         failed_runs = cloudwatch.MathExpression(
             expression="failed + timedout + aborted",

@@ -45,7 +45,9 @@ class SageMakerAccess(Construct):
         storage.artifact_bucket.grant_read_write(self.role)
         # Data Capture writes each endpoint's requests and responses as the model's execution role.
         storage.data_bucket.grant_put(self.role, "capture/*")
-        storage.key.grant_encrypt_decrypt(self.role)
+        # Reads SSE-KMS data (Decrypt), writes artifacts and checkpoints (GenerateDataKey), and Data Capture with the
+        # project key needs Encrypt as the model's role.
+        storage.key.grant(self.role, "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey", "kms:Encrypt")
         self.image.repository.grant_pull(self.role)
         stack = Stack.of(self)
         self.role.add_to_policy(

@@ -16,6 +16,8 @@ from refit_core.s3uri import SUPPORTED_SUFFIXES
 
 from stacks.storage import Storage
 
+START_RETRY_ATTEMPTS = 8
+START_MAX_EVENT_AGE = Duration.hours(24)
 COMPARISONS = {
     "LessThanThreshold": cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
     "GreaterThanThreshold": cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -36,7 +38,14 @@ class Triggers(Construct):
         quality_alarm_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
-        target = targets.SfnStateMachine(state_machine)
+        # A start EventBridge cannot deliver (throttled, the state machine being updated) is retried for a day, then
+        # kept in the dead-letter queue, whose alarm notifies the team: no new batch goes unnoticed.
+        target = targets.SfnStateMachine(
+            state_machine,
+            retry_attempts=START_RETRY_ATTEMPTS,
+            max_event_age=START_MAX_EVENT_AGE,
+            dead_letter_queue=storage.dead_letters,
+        )
         self.new_data_rule = events.Rule(
             self,
             "NewData",

@@ -424,9 +424,62 @@ class ModelConfig(_Strict):
         return self.model_dump_json()
 
 
+# CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
+
+class RetentionSettings(_Strict):
+    """How long refit keeps logs and objects (S3 lifecycle rules on the shared buckets); `None` keeps them."""
+
+    log_days: int = Field(365, description="The Lambdas' and state machines' log groups (one of CloudWatch's periods).")
+    incoming_days: int | None = Field(
+        None, ge=1, description="New-data batches under incoming/ (kept by default: the ledger and lineage name them)."
+    )
+    incoming_noncurrent_days: int | None = Field(90, ge=1, description="Overwritten versions under incoming/.")
+    capture_days: int | None = Field(120, ge=1, description="Data Capture files under capture/.")
+    feedback_noncurrent_days: int | None = Field(30, ge=1, description="Gathered feedback parts under feedback/.")
+    checkpoint_days: int | None = Field(30, ge=1, description="Training checkpoints under checkpoints/.")
+    job_data_days: int | None = Field(30, ge=1, description="Pinned copies of what each job read, under job-data/.")
+    monitoring_days: int | None = Field(120, ge=1, description="The monitor's parts under monitoring/.")
+    artifact_noncurrent_days: int | None = Field(90, ge=1, description="Overwritten versions in the artifact bucket.")
+
+    @field_validator("log_days")
+    @classmethod
+    def _log_days_is_a_cloudwatch_period(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(
+                f"{value} is not a CloudWatch Logs retention period; use one of {list(LOG_RETENTION_DAYS)}"
+            )
+        return value
+
+
 class RefitConfig(_Strict):
     project: str = Field("refit", description="Prefixes every resource and names the stack.")
     notification_email: str | None = None
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
     )

@@ -6,7 +6,8 @@ an in-process client makes with a role's credentials against the identity polici
 (the template's AWS::IAM::Policy and inline role policies, resolved to the stood-up ARNs):
 
 - each operation refit calls is turned into the IAM requests AWS evaluates for it — action, resource ARN(s) and the
-  condition keys refit's policies use (`REQUESTS` below: S3's ListObjectsV2 is `s3:ListBucket` on the bucket,
+  condition keys refit's policies use (`REQUESTS` below: S3's ListObjectsV2 is `s3:ListBucket` on the bucket with
+  `s3:prefix`, a DynamoDB item request carries `dynamodb:LeadingKeys`,
   CopyObject is `s3:GetObject` on the source and `s3:PutObject` on the target, a Create* call with tags also needs
   `sagemaker:AddTags`, passing a role needs `iam:PassRole` with `iam:PassedToService`, SageMaker ARNs are lower
   case, ...); an operation a role calls that has no entry is refused, so a new call cannot go unchecked;
@@ -194,12 +195,34 @@ def _object(action: str) -> Callable[[Call], list[IamRequest]]:
     return lambda call: [IamRequest(action, _s3_object(call, call.params["Bucket"], call.params["Key"]))]
 
 
+def _leading_keys(call: Call) -> list[str]:
+    """`dynamodb:LeadingKeys`: the partition key values an item request names (Key, Item, or the key condition's
+    `pk = :v`), read against the table's key schema in moto. Empty for a request that names none (Scan)."""
+    from moto.dynamodb.exceptions import ResourceNotFoundException
+    from moto.dynamodb.models import dynamodb_backends
+
+    try:
+        hash_key = dynamodb_backends[call.account][call.region].get_table(call.params["TableName"]).hash_key_attr
+    except ResourceNotFoundException:  # a table moto does not have: the call itself fails with AWS's error
+        return []
+    item = call.params.get("Key") or call.params.get("Item")
+    if item is not None:
+        return [next(iter(item[hash_key].values()))] if hash_key in item else []
+    expression = call.params.get("KeyConditionExpression", "")
+    names = {v: k for k, v in call.params.get("ExpressionAttributeNames", {}).items()}
+    for alias, placeholder in re.findall(r"([#\w]+)\s*=\s*(:\w+)", expression):
+        if names.get(hash_key) == alias or alias == hash_key:
+            return [next(iter(call.params["ExpressionAttributeValues"][placeholder].values()))]
+    return []
+
+
 def _table(action: str) -> Callable[[Call], list[IamRequest]]:
     def requests(call: Call) -> list[IamRequest]:
         resource = call.arn("dynamodb", f"table/{call.params['TableName']}")
         if call.params.get("IndexName"):
             resource += f"/index/{call.params['IndexName']}"
-        return [IamRequest(action, resource)]
+        leading = _leading_keys(call)
+        return [IamRequest(action, resource, {"dynamodb:LeadingKeys": leading} if leading else {})]
 
     return requests
 

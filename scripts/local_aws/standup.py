@@ -23,6 +23,7 @@ SKIPPED_TYPES = {
     "AWS::IAM::Policy": "read by the local IAM (scripts/local_aws/iam.py), which authorizes each role's calls against it",
     "AWS::S3::BucketPolicy": "bucket policies are not enforced locally",
     "AWS::SNS::TopicPolicy": "topic policies are not enforced locally",
+    "AWS::SQS::QueuePolicy": "queue policies are not enforced locally",
     "AWS::Lambda::Permission": "Lambda resource policies are not enforced locally (EventBridge invokes its targets)",
     "AWS::CDK::Metadata": "metadata only",
 }
@@ -85,6 +86,7 @@ class StandUp:
                 "cloudwatch",
                 "sagemaker",
                 "logs",
+                "sqs",
             )
         }
 
@@ -189,6 +191,12 @@ class StandUp:
     def _create_SNS_Subscription(self, logical: str, props: dict) -> None:
         self.stack.skipped[logical] = "e-mail subscriptions are not delivered locally"
         self._set(logical, f"{props['TopicArn']}:local")
+
+    def _create_SQS_Queue(self, logical: str, props: dict) -> None:
+        name = props.get("QueueName") or f"{self.assembly.stack_name}-{logical}"[:80]
+        url = self.clients["sqs"].create_queue(QueueName=name)["QueueUrl"]
+        arn = self._arn("sqs", name)
+        self._set(logical, url, Arn=arn, QueueName=name, QueueUrl=url)
 
     def _create_IAM_Role(self, logical: str, props: dict) -> None:
         name = props.get("RoleName") or f"{logical[:55]}-{_short(logical)}"

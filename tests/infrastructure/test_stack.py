@@ -193,38 +193,42 @@ def test_code_version_outside_git_is_a_digest_of_the_deployed_code(tmp_path):
     assert code_version(tmp_path) != first
 
 
-def test_cdk_nag_passes_with_every_acknowledgement_reasoned(cloud_assembly):
-    report = json.loads((cloud_assembly / "validation-report.json").read_text())
-    # Synthesis itself fails when AwsSolutions reports an unacknowledged finding; every report here must pass.
-    assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
-    metadata = json.loads((cloud_assembly / "refit.metadata.json").read_text())
-    reasons = {
-        rule: reason
-        for entries in metadata.values()
-        for entry in entries
-        if entry.get("type") == "aws:cdk:acknowledged-rules"
-        for rule, reason in entry["data"].items()
-        if "AwsSolutions-" in rule
-    }
-    assert len(reasons) >= 20
-    assert all(len(reason) > 40 for reason in reasons.values()), [r for r, why in reasons.items() if len(why) <= 40]
+# cfn-lint findings refit accepts; every other error, warning or informational finding fails the build.
+CFN_LINT_ACCEPTED = {
+    # CDK puts a DependsOn on a function's role policy next to the GetAtt of the role, so the policy exists before the
+    # function can run; cfn-lint sees the role dependency twice. A CDK pattern on every function and state machine.
+    "W3005",
+}
 
 
-def test_cfn_lint_reports_no_errors(cloud_assembly):
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "cfn-lint"),
-            "--format",
-            "parseable",
-            "--ignore-checks",
-            "W",
-            "--",
-            str(cloud_assembly / "refit.template.json"),
-        ],
+def cfn_lint(template: Path, *ignored: str) -> subprocess.CompletedProcess:
+    arguments = ["--ignore-checks", *ignored] if ignored else []
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--include-checks", "I", *arguments]
+        + ["--", str(template)],
         capture_output=True,
         text=True,
     )
+
+
+def test_cfn_lint_reports_nothing_but_the_accepted_findings(cloud_assembly):
+    template = cloud_assembly / "refit.template.json"
+    result = cfn_lint(template, *sorted(CFN_LINT_ACCEPTED))
     assert result.returncode == 0, result.stdout + result.stderr
+    # The list is no longer than it must be: each accepted rule is still reported without the exception.
+    reported = {line.split(":")[5] for line in cfn_lint(template).stdout.splitlines() if line.count(":") >= 6}
+    assert reported >= CFN_LINT_ACCEPTED, reported
+
+
+def test_cfn_lint_fails_on_a_warning(cloud_assembly, tmp_path):
+    """Warnings are not ignored wholesale: a template with one (a legacy bucket ACL, W3045) fails."""
+    template = json.loads((cloud_assembly / "refit.template.json").read_text())
+    bucket = next(r for r in template["Resources"].values() if r["Type"] == "AWS::S3::Bucket")
+    bucket["Properties"]["AccessControl"] = "LogDeliveryWrite"
+    path = tmp_path / "warned.template.json"
+    path.write_text(json.dumps(template))
+    result = cfn_lint(path, *sorted(CFN_LINT_ACCEPTED))
+    assert result.returncode != 0 and "W3045" in result.stdout
 
 
 def test_wrong_config_stops_synthesis_naming_the_field(tmp_path):

@@ -135,3 +135,65 @@ def test_sagemaker_calls_name_lower_case_arns_tags_and_the_role_they_pass():
 def test_an_operation_without_a_rule_is_refused_not_waved_through():
     with pytest.raises(NoAuthorizationRule, match="sagemaker DeleteModelPackageGroup"):
         iam_requests(call("sagemaker", "DeleteModelPackageGroup", ModelPackageGroupName="g"))
+
+
+def test_item_requests_carry_their_partition_key_as_dynamodb_leading_keys():
+    """The audit table's grants allow only the model's own items (ForAllValues:StringEquals dynamodb:LeadingKeys):
+    the local IAM reads the partition key value from Key, Item or the query's key condition, per the table's schema."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        boto3.client("dynamodb", region_name="us-east-1").create_table(
+            TableName="audit",
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+        )
+        key = {"pk": {"S": "churn"}, "sk": {"S": "lock"}}
+        query = call(
+            "dynamodb",
+            "Query",
+            TableName="audit",
+            KeyConditionExpression="#s = :batch AND pk = :model",
+            ExpressionAttributeNames={"#s": "sk"},
+            ExpressionAttributeValues={":model": {"S": "churn-eu"}, ":batch": {"S": "x"}},
+        )
+        requests = {
+            "GetItem": iam_requests(call("dynamodb", "GetItem", TableName="audit", Key=key)),
+            "PutItem": iam_requests(call("dynamodb", "PutItem", TableName="audit", Item={**key, "a": {"N": "1"}})),
+            "Query": iam_requests(query),
+        }
+    assert requests["GetItem"][0].context == {"dynamodb:LeadingKeys": ["churn"]}
+    assert requests["PutItem"][0].context == {"dynamodb:LeadingKeys": ["churn"]}
+    assert requests["Query"][0].context == {"dynamodb:LeadingKeys": ["churn-eu"]}
+    own = [
+        allow(
+            "dynamodb:Query",
+            "arn:aws:dynamodb:us-east-1:123456789012:table/audit",
+            Condition={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["churn"]}},
+        )
+    ]
+    assert not evaluate(own, requests["Query"][0])[0]  # churn's role cannot read churn-eu's items
+
+
+def test_a_listing_deny_on_s3_prefix_spares_the_existence_check_of_a_read():
+    """The Lambdas' deny on listing outside their prefixes applies only when the request carries s3:prefix; a read of
+    a missing object checks s3:ListBucket without it (and gets 404 rather than 403 on AWS)."""
+    statements = [
+        allow("s3:List*", BUCKET),
+        {
+            "Effect": "Deny",
+            "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
+            "Resource": BUCKET,
+            "Condition": {"Null": {"s3:prefix": "false"}, "StringNotLike": {"s3:prefix": ["incoming/churn/*"]}},
+        },
+    ]
+    listing = iam_requests(call("s3", "ListObjectsV2", Bucket="data", Prefix="incoming/churn/"))[0]
+    assert evaluate(statements, listing)[0]
+    for prefix in ("training/churn/", "incoming/churn-eu/", ""):
+        assert not evaluate(statements, IamRequest("s3:ListBucket", BUCKET, {"s3:prefix": prefix}))[0]
+    assert evaluate(statements, IamRequest("s3:ListBucket", BUCKET))[0]
