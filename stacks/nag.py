@@ -193,6 +193,12 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             **s3_writer,
             **_sagemaker(endpoint, group, ("model-package",)),
             **_objects(artifacts, [f"models/{model.name}/", f"reports/{model.name}/"], runs),
+            **_objects(
+                artifacts,
+                [f"training/{model.name}/"],
+                "Register reads the challenger's model.tar.gz (a training job's output, named by the job at run time) "
+                "to record its model file's SHA-256",
+            ),
         },
         "Deploy": {
             "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either",
