@@ -8,7 +8,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   environment (a per-thread overlay of os.environ, so other threads never see it change), returning errors in
   the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS.
 - Step Functions: Wait states and Retry intervals sleep in real time; here they return at once (a Wait calls
-  an optional hook by state name, so a test or the demo can act "during" a bake).
+  an optional hook by state name, so a test or the demo can act "during" a bake), except while a training job
+  runs: then a Wait lasts until a job ends or JOB_WAIT_SECONDS pass, so a training poll loop does not spin (a
+  DescribeTrainingJob every few milliseconds: thousands of history events a run, and the CPU the job needs).
 - SageMaker training: moto completes jobs instantly without running anything; here `create_training_job`
   runs the real `train` entrypoint from the training image asset in a subprocess over a temporary /opt/ml
   tree whose channels come from moto S3, uploads model.tar.gz / output.tar.gz, and reports status, billable
@@ -100,6 +102,7 @@ INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # InvokeEndpoint's Infere
 # moto's own SetAlarmState (validation and the stored state): the bridge patches it to add the event and the
 # re-evaluation that follow a state change on AWS, and calls this one underneath.
 MOTO_SET_ALARM_STATE = CloudWatchBackend.set_alarm_state
+JOB_WAIT_SECONDS = 1.0  # the longest a Wait lasts locally while a training job runs (a job's end cuts it short)
 
 
 class _ThreadRoutedStream(io.TextIOBase):
@@ -392,6 +395,8 @@ class Bridges:
         self.wait_hooks: dict[str, Callable[[str, int], None]] = {}
         self.training_outcomes: list[TrainingOutcome] = []
         self.training_threads: list[threading.Thread] = []
+        self.jobs = threading.Condition()  # notified when a training job ends; `jobs_running` is read under it
+        self.jobs_running = 0
         self.serve_processes: dict[str, ServeProcess] = {}
         self.serve_lock = threading.Lock()
         self.stdout = _ThreadRoutedStream(sys.stdout)
@@ -431,7 +436,7 @@ class Bridges:
             if hook is not None:
                 hook(state, wait_seconds)
             bridges.check_execution_timeout(env, context)
-            time.sleep(0.01)
+            bridges.pause_while_training()
 
         def signed_as_state_machine(original: Callable) -> Callable:
             """The interpreter's Lambda calls, made as the executing state machine's role (moto signs them with a
@@ -725,11 +730,28 @@ class Bridges:
         job.training_end_time = None
         job.final_metric_data_list = []
         outcome = self.training_outcomes.pop(0) if self.training_outcomes else None
+        with self.jobs:
+            self.jobs_running += 1
         thread = threading.Thread(
-            target=self._run_training, args=(job, outcome), name=f"train-{job.training_job_name}", daemon=True
+            target=self._train_and_signal, args=(job, outcome), name=f"train-{job.training_job_name}", daemon=True
         )
         self.training_threads.append(thread)
         thread.start()
+
+    def _train_and_signal(self, job: Any, outcome: TrainingOutcome | None) -> None:
+        try:
+            self._run_training(job, outcome)
+        finally:
+            with self.jobs:
+                self.jobs_running -= 1
+                self.jobs.notify_all()
+
+    def pause_while_training(self) -> None:
+        """A Wait's pause: none, unless a training job is running; then until a job ends or JOB_WAIT_SECONDS pass
+        (TrainingJobStatus only changes when a job ends: a poll loop sees the end at once, without spinning)."""
+        with self.jobs:
+            if self.jobs_running and not self.stopping.is_set():
+                self.jobs.wait(timeout=JOB_WAIT_SECONDS)
 
     def _finish(self, job: Any, status: str, secondary: str, reason: str | None, seconds: float) -> None:
         job.training_time_in_seconds = max(1, round(seconds))

@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 NO_VALUE = object()
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Synthesis:
+    """`python app.py` with CDK_OUTDIR (the synthesis `cdk synth` runs), started in the background: a caller can
+    load its own modules meanwhile and `wait()` for the assembly (this module imports nothing heavy)."""
+
+    def __init__(self, outdir: Path, config_path: Path | None = None) -> None:
+        env = {**os.environ, "CDK_OUTDIR": str(outdir), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+        if config_path is not None:
+            env["REFIT_CONFIG"] = str(Path(config_path).resolve())  # synthesis runs in the repository, not here
+        self.outdir = outdir
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "app.py")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+
+    def wait(self) -> Path:
+        """The assembly directory, once synthesis succeeded; its stderr's end otherwise."""
+        _, stderr = self.process.communicate()
+        if self.process.returncode != 0:
+            raise RuntimeError(f"synthesis failed:\n{stderr[-4000:]}")
+        return self.outdir
+
+
+def synthesize(outdir: Path, config_path: Path | None = None) -> Path:
+    """`python app.py` with CDK_OUTDIR: the same synthesis `cdk synth` runs."""
+    return Synthesis(outdir, config_path).wait()
 
 
 @dataclass

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,26 +25,14 @@ from refit_core import names
 
 from scripts.local_aws.bridges import Bridges, TrainingOutcome
 from scripts.local_aws.cloud_assembly import CloudAssembly
+from scripts.local_aws.cloud_assembly import synthesize as synthesize  # re-exported: tests and the CLI import it here
 from scripts.local_aws.iam import LocalIam, role_policies
 from scripts.local_aws.limits import enforce_aws_rules
 from scripts.local_aws.standup import StandUp
 
 ACCOUNT = "123456789012"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
-
-
-def synthesize(outdir: Path, config_path: Path | None = None) -> Path:
-    """`python app.py` with CDK_OUTDIR: the same synthesis `cdk synth` runs."""
-    env = {**os.environ, "CDK_OUTDIR": str(outdir), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    if config_path is not None:
-        env["REFIT_CONFIG"] = str(Path(config_path).resolve())  # synthesis runs in the repository, not here
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "app.py")], env=env, capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"synthesis failed:\n{result.stderr[-4000:]}")
-    return outdir
+HISTORY_POLL_SECONDS = 0.5  # wait_for's history reads; a state's printed time comes from its event's timestamp
 
 
 class ModelHandles:
@@ -290,18 +276,25 @@ class LocalRuntime:
     def wait_for(
         self, execution_arn: str, timeout: float = 300, on_state: Callable[[str, dict], None] | None = None
     ) -> dict[str, Any]:
+        """Poll an execution until it ends and return its description; `on_state(name, event)` is called for each
+        state entered, in order. DescribeExecution is polled often (it is cheap); the history, which moto serializes
+        whole on every call, at most every HISTORY_POLL_SECONDS and once at the end (each event carries its own
+        timestamp)."""
         sfn = self.client("stepfunctions")
         seen = 0
         deadline = time.monotonic() + timeout
+        next_history = 0.0
         while True:
             description = sfn.describe_execution(executionArn=execution_arn)
-            if on_state is not None:
+            ended = description["status"] in TERMINAL
+            if on_state is not None and (ended or time.monotonic() >= next_history):
                 events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
                 for event in events[seen:]:
                     if event["type"].endswith("StateEntered"):
                         on_state(event["stateEnteredEventDetails"]["name"], event)
                 seen = len(events)
-            if description["status"] in TERMINAL:
+                next_history = time.monotonic() + HISTORY_POLL_SECONDS
+            if ended:
                 return description
             if time.monotonic() > deadline:
                 sfn.stop_execution(executionArn=execution_arn, cause="local wait timed out")

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 from refit_core.champion import metadata_value
 
+from scripts.local_aws.bridges import JOB_WAIT_SECONDS
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
 
@@ -105,6 +106,20 @@ def test_training_runs_the_entrypoint_and_reports_seconds_and_metrics(aws):
     assert {m["MetricName"] for m in job["FinalMetricDataList"]} >= {"holdout:roc_auc"}
     bucket, key = job["ModelArtifacts"]["S3ModelArtifacts"].removeprefix("s3://").split("/", 1)
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 1000
+
+
+def test_a_training_poll_loop_waits_for_the_job_instead_of_spinning(aws):
+    """While a job runs, a Wait lasts until the job ends or JOB_WAIT_SECONDS pass: a Wait that returned at once made
+    the first run's poll loop enter "Wait for training" hundreds of times (a DescribeTrainingJob every ~10 ms)."""
+    run = min(aws.executions("churn"), key=lambda e: e["startDate"])["executionArn"]  # the first run: it trained
+    events = aws.client("stepfunctions").get_execution_history(executionArn=run, maxResults=1000)["events"]
+    entered = [e for e in events if e["type"].endswith("StateEntered")]
+    waits = [e["timestamp"] for e in entered if e["stateEnteredEventDetails"]["name"] == "Wait for training"]
+    assert len(waits) >= 2  # the job was polled while it ran ...
+    polled_for = (waits[-1] - waits[0]).total_seconds()
+    assert len(waits) <= polled_for / JOB_WAIT_SECONDS + 2  # ... about once a JOB_WAIT_SECONDS, not continuously
+    names = [e["stateEnteredEventDetails"]["name"] for e in entered]
+    assert "Gate challenger" in names or "Deploy challenger" in names  # and it went on once the job ended
 
 
 def test_training_reads_its_channels_prefixes_the_pinned_window_and_nothing_beside_them(aws):
