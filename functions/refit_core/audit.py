@@ -61,7 +61,9 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
     if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
-    if canary is not None:
+    if canary is not None and (canary.steps or canary.healthy):
+        if canary.healthy and canary.next == "shift":
+            return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
         if canary.healthy:
             return "SUCCEEDED", "promoted", f"canary passed and was promoted: {canary.reason}"
         return "SUCCEEDED", "rolled_back", f"canary rolled back: {canary.reason}"

@@ -19,7 +19,7 @@ def describe_endpoint(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | No
 
 
 def endpoint_view(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | None:
-    """JSON-safe view of the endpoint: status, config and each variant's current weight."""
+    """JSON-safe view of the endpoint: status, config and each variant's current and desired weight."""
     endpoint = describe_endpoint(sagemaker, endpoint_name)
     if endpoint is None:
         return None
@@ -29,7 +29,11 @@ def endpoint_view(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | None:
         "config": endpoint["EndpointConfigName"],
         "failure_reason": endpoint.get("FailureReason"),
         "variants": [
-            {"name": v["VariantName"], "weight": float(v.get("CurrentWeight", 0.0))}
+            {
+                "name": v["VariantName"],
+                "weight": float(v.get("CurrentWeight", 0.0)),
+                "desired_weight": float(v.get("DesiredWeight", v.get("CurrentWeight", 0.0))),
+            }
             for v in endpoint.get("ProductionVariants", [])
         ],
     }
