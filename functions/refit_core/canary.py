@@ -69,6 +69,11 @@ class VariantWindow:
     errors_5xx: float
     mean_latency_ms: float | None
     p99_latency_ms: float | None
+    latency_samples: float | None = None  # ModelLatency's SampleCount (None: one per invocation)
+
+    @property
+    def samples(self) -> float:
+        return self.invocations if self.latency_samples is None else self.latency_samples
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -103,8 +108,9 @@ def step_verdict(
     Fails on: the canary alarm in ALARM; the challenger's 5XX rate over `max_error_rate` or its mean ModelLatency over
     `max_model_latency_ms` (the fixed guards); a 5XX or 4XX rate significantly higher than the champion's (one-sided,
     level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
-    `min_invocations` on both variants (a quiet window is not promoted, and says so), both p99 latencies, and the
-    challenger's p99 at most `max_p99_latency_ratio` times the champion's."""
+    `min_invocations` on both variants (a quiet window is not promoted, and says so) and, once both variants have
+    `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
+    times the champion's (with fewer samples the p99 is not judged, and the verdict says so)."""
     p_5xx = higher_rate_p_value(
         challenger.errors_5xx, challenger.invocations, champion.errors_5xx, champion.invocations
     )
@@ -117,12 +123,14 @@ def step_verdict(
         else None
     )
     ratio = round(raw_ratio, 4) if raw_ratio is not None else None
+    p99_judged = min(challenger.samples, champion.samples) >= settings.min_latency_samples
     evidence = {
         "challenger": challenger.evidence(),
         "champion": champion.evidence(),
         "p_value_5xx": round(p_5xx, 6),
         "p_value_4xx": round(p_4xx, 6),
         "p99_latency_ratio": ratio,
+        "p99_judged": p99_judged,
         "alarm_state": alarm_state,
     }
 
@@ -154,6 +162,13 @@ def step_verdict(
                 f"quiet window: the {name} saw {window.invocations:.0f} invocations during the bake, fewer than the "
                 f"{settings.min_invocations} required to judge the step",
             )
+    if not p99_judged:
+        return verdict(
+            True,
+            f"challenger served {challenger.invocations:.0f} requests, no worse than the champion's "
+            f"{champion.invocations:.0f}; p99 not judged: fewer than {settings.min_latency_samples} latency samples "
+            "on a variant",
+        )
     if raw_ratio is None:
         return verdict(False, "p99 ModelLatency of both variants is needed to judge the step and was not reported")
     if raw_ratio > settings.max_p99_latency_ratio:

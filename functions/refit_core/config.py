@@ -194,6 +194,12 @@ class CanarySettings(_Strict):
     alpha: float = Field(
         0.05, gt=0, lt=0.5, description="Level of the one-sided tests that the challenger's 4XX/5XX rates are higher."
     )
+    min_latency_samples: int = Field(
+        100,
+        ge=20,
+        description="The p99 ratio is judged only when both variants have this many ModelLatency samples in the "
+        "step's window (below 100 a p99 is the largest value or two: one cold request decides it).",
+    )
 
     @model_validator(mode="after")
     def _one_plan(self) -> CanarySettings:

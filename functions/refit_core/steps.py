@@ -294,6 +294,7 @@ class VariantNumbers(Step):
     rate_5xx: float | None = None
     mean_latency_ms: float | None = None
     p99_latency_ms: float | None = None
+    latency_samples: float | None = None
 
 
 class CanaryStepVerdict(Step):
@@ -312,6 +313,7 @@ class CanaryStepVerdict(Step):
     p_value_5xx: float | None = None
     p_value_4xx: float | None = None
     p99_latency_ratio: float | None = None
+    p99_judged: bool | None = None
     alarm_state: str | None = None
 
 

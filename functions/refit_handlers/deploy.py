@@ -231,6 +231,7 @@ def variant_window(
         errors_4xx=total("Invocation4XXErrors"),
         errors_5xx=total("Invocation5XXErrors"),
         mean_latency_ms=round(sum(p["Sum"] for p in latency) / samples / 1000, 3) if samples else None,
+        latency_samples=float(samples),
         # One period covers the window; were there several, the largest p99 is the cautious one.
         p99_latency_ms=round(max(p99s) / 1000, 3) if p99s else None,
     )

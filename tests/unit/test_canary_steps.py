@@ -23,8 +23,8 @@ SETTINGS = CanarySettings(
 )
 
 
-def window(invocations=500, errors_4xx=0, errors_5xx=0, mean=10.0, p99=20.0) -> VariantWindow:
-    return VariantWindow(invocations, errors_4xx, errors_5xx, mean, p99)
+def window(invocations=500, errors_4xx=0, errors_5xx=0, mean=10.0, p99=20.0, samples=None) -> VariantWindow:
+    return VariantWindow(invocations, errors_4xx, errors_5xx, mean, p99, samples)
 
 
 CHAMPION = window(invocations=5000)
@@ -48,6 +48,7 @@ def test_steps_are_the_plan_and_a_lone_weight_is_a_one_step_plan():
         ({"steps": [0.1], "weight": 0.1}, "either steps or weight"),
         ({"min_invocations": 0}, "min_invocations"),
         ({"max_p99_latency_ratio": 1.0}, "max_p99_latency_ratio"),
+        ({"min_latency_samples": 10}, "min_latency_samples"),
     ],
 )
 def test_a_bad_plan_is_refused_naming_the_field(canary, message):
@@ -192,3 +193,14 @@ def test_a_staged_canary_is_promoted_only_after_its_last_step(canary, outcome):
 def test_canary_settings_refuse_unknown_keys():
     with pytest.raises(ValidationError):
         CanarySettings(steps=[0.1], colour="blue")
+
+
+def test_the_p99_is_judged_only_from_min_latency_samples_on_both_variants():
+    slow = dict(mean=12.0, p99=90.0)
+    below = step_verdict(SETTINGS, window(invocations=99, **slow), CHAMPION, None)
+    assert below["healthy"] and not below["p99_judged"] and below["p99_latency_ratio"] == 4.5
+    assert "p99 not judged: fewer than 100 latency samples on a variant" in below["reason"]
+    at = step_verdict(SETTINGS, window(invocations=100, **slow), CHAMPION, None)
+    assert not at["healthy"] and at["p99_judged"] and "p99 model latency 90.0 ms is 4.50 x" in at["reason"]
+    quiet_champion = step_verdict(SETTINGS, window(**slow), window(invocations=5000, p99=20.0, samples=99), None)
+    assert quiet_champion["healthy"] and not quiet_champion["p99_judged"]
