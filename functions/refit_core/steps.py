@@ -261,8 +261,7 @@ class DeployStarted(Step):
 
 class Variant(Step):
     name: str
-    weight: float  # CurrentWeight
-    desired_weight: float | None = None  # DesiredWeight: differs from the current one while a shift is under way
+    weight: float
 
 
 class EndpointView(Step):

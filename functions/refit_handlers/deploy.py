@@ -19,7 +19,7 @@ from refit_core.canary import (
     step_verdict,
     variant,
 )
-from refit_core.champion import PACKAGE_ENV, describe_endpoint, endpoint_view
+from refit_core.champion import PACKAGE_ENV, describe_endpoint, view_of
 from refit_core.steps import (
     CanaryShift,
     CanaryStepVerdict,
@@ -146,9 +146,10 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
 def status(event: EndpointStatus, config: Settings, sagemaker: Any) -> dict[str, Any]:
     """`ready` only when InService on the config we asked for: after an automatic rollback SageMaker also
     reports InService, on the old config and often without a FailureReason."""
-    view = endpoint_view(sagemaker, config.endpoint_name)
-    if view is None:
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    if endpoint is None:
         return {"next": "failed", "reason": f"endpoint {config.endpoint_name} does not exist"}
+    view = view_of(endpoint, config.endpoint_name)
     if view["status"] in FAILED_STATUSES:
         return {
             "next": "failed",
@@ -165,7 +166,7 @@ def status(event: EndpointStatus, config: Settings, sagemaker: Any) -> dict[str,
             **view,
         }
     if event.challenger_weight is not None:
-        shares = weight_shares(view["variants"])
+        shares = weight_shares(endpoint.get("ProductionVariants", []))
         if CHALLENGER not in shares:
             return {"next": "failed", "reason": f"endpoint has no {CHALLENGER} variant during the canary", **view}
         current, desired = shares[CHALLENGER]
@@ -186,10 +187,13 @@ WEIGHT_TOLERANCE = 1e-4
 
 
 def weight_shares(variants: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Each variant's (current, desired) share of the traffic: SageMaker routes by weight over the sum of weights."""
-    current = sum(v["weight"] for v in variants) or 1.0
-    desired = sum(v.get("desired_weight", v["weight"]) for v in variants) or 1.0
-    return {v["name"]: (v["weight"] / current, v.get("desired_weight", v["weight"]) / desired) for v in variants}
+    """Each variant's (current, desired) share of the traffic from DescribeEndpoint's ProductionVariants: SageMaker
+    routes by weight over the sum of weights; DesiredWeight differs from CurrentWeight while a shift is under way (a
+    variant without DesiredWeight has reached its weight; moto omits CurrentWeight for a weight of 0)."""
+    current = {v["VariantName"]: float(v.get("CurrentWeight", 0.0)) for v in variants}
+    desired = {v["VariantName"]: float(v.get("DesiredWeight", current[v["VariantName"]])) for v in variants}
+    current_total, desired_total = sum(current.values()) or 1.0, sum(desired.values()) or 1.0
+    return {name: (current[name] / current_total, desired[name] / desired_total) for name in current}
 
 
 def variant_window(

@@ -8,9 +8,10 @@ from pydantic import ValidationError
 from refit_core.audit import summarize_run
 from refit_core.canary import VariantWindow, higher_rate_p_value, step_verdict
 from refit_core.config import CanarySettings, ConfigError, parse_config
-from refit_handlers.deploy import weight_shares
+from refit_handlers.deploy import EndpointStatus, status, weight_shares
 from scipy.stats import hypergeom
 
+from tests.conftest import handler_settings
 from tests.unit.test_config import minimal
 
 SETTINGS = CanarySettings(
@@ -64,13 +65,15 @@ def test_every_step_adds_a_bake_and_an_endpoint_update_to_the_run_timeout():
 
 
 def test_weights_are_shares_of_their_sum_current_and_desired():
-    shares = weight_shares(
+    shifting = weight_shares(
         [
-            {"name": "champion", "weight": 3.0, "desired_weight": 1.0},
-            {"name": "challenger", "weight": 1.0, "desired_weight": 1.0},
+            {"VariantName": "champion", "CurrentWeight": 3.0, "DesiredWeight": 1.0},
+            {"VariantName": "challenger", "CurrentWeight": 1.0, "DesiredWeight": 1.0},
         ]
     )
-    assert shares == {"champion": (0.75, 0.5), "challenger": (0.25, 0.5)}
+    assert shifting == {"champion": (0.75, 0.5), "challenger": (0.25, 0.5)}
+    settled = weight_shares([{"VariantName": "champion", "CurrentWeight": 1.0}, {"VariantName": "challenger"}])
+    assert settled == {"champion": (1.0, 1.0), "challenger": (0.0, 0.0)}
 
 
 # --- the two-proportion test ---------------------------------------------------------------------------------------
@@ -204,3 +207,41 @@ def test_the_p99_is_judged_only_from_min_latency_samples_on_both_variants():
     assert not at["healthy"] and at["p99_judged"] and "p99 model latency 90.0 ms is 4.50 x" in at["reason"]
     quiet_champion = step_verdict(SETTINGS, window(**slow), window(invocations=5000, p99=20.0, samples=99), None)
     assert quiet_champion["healthy"] and not quiet_champion["p99_judged"]
+
+
+# --- the status check verifies a shift from DescribeEndpoint --------------------------------------------------------
+class _Described:
+    """A SageMaker client whose DescribeEndpoint answers with given variants (InService on config c2)."""
+
+    def __init__(self, variants):
+        self.variants = variants
+
+    def describe_endpoint(self, EndpointName):  # noqa: N803 - boto3's keyword
+        return {"EndpointStatus": "InService", "EndpointConfigName": "c2", "ProductionVariants": self.variants}
+
+
+def variants(champion_current, challenger_current, champion_desired=None, challenger_desired=None):
+    def one(name, current, desired):
+        return {"VariantName": name, "CurrentWeight": current, **({"DesiredWeight": desired} if desired else {})}
+
+    return [
+        one("champion", champion_current, champion_desired),
+        one("challenger", challenger_current, challenger_desired),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("described", "expected", "reason"),
+    [
+        (variants(0.75, 0.25), "ready", None),
+        (variants(0.95, 0.05, 0.75, 0.25), "wait", None),  # the shift is under way
+        (variants(0.95, 0.05, 0.95, 0.05), "failed", "desired share is 0.0500, not the requested 0.2500"),
+        ([{"VariantName": "champion", "CurrentWeight": 1.0}], "failed", "no challenger variant"),
+    ],
+)
+def test_a_step_begins_only_when_the_endpoint_shows_its_weights(described, expected, reason):
+    event = EndpointStatus(action="status", expected_config="c2", challenger_weight=0.25)
+    result = status(event, handler_settings(), _Described(described))
+    assert result["next"] == expected
+    assert (reason is None and "reason" not in result) or reason in result["reason"]
+    assert ("canary_started_at" in result) == (expected == "ready")
