@@ -32,6 +32,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
+from refit_core.audit import canary_step_line
 from refit_core.config import RefitConfig
 from refit_core.report import figures
 from refit_core.s3uri import S3Uri
@@ -696,6 +697,11 @@ def _deploy_html(run: dict[str, Any]) -> str:
                     ("mean model latency", f"{_n(canary.get('mean_model_latency_ms'), 1)} ms"),
                     ("alarm state", _e(canary.get("alarm_state"))),
                 ]
+            )
+            + (
+                "<ul>" + "".join(f"<li>{_e(canary_step_line(step))}</li>" for step in canary["steps"]) + "</ul>"
+                if canary.get("steps")
+                else ""
             )
         )
     if endpoint:

@@ -211,18 +211,23 @@ class RetrainStateMachine(Construct):
         restore.next(finalize)
 
         def endpoint_wait_loop(
-            label: str, expected_path: str, on_ready: sfn.IChainable, on_failure: sfn.IChainable = restore
+            label: str,
+            expected_path: str,
+            on_ready: sfn.IChainable,
+            on_failure: sfn.IChainable = restore,
+            challenger_weight_path: str | None = None,
         ) -> sfn.Wait:
             wait = sfn.Wait(
                 self,
                 f"Wait for endpoint ({label})",
                 time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS)),
             )
+            weight = {"challenger_weight.$": challenger_weight_path} if challenger_weight_path else {}
             status = catch_to(
                 invoke(
                     f"Endpoint status ({label})",
                     "Deploy",
-                    {"action": "status", "expected_config.$": expected_path},
+                    {"action": "status", "expected_config.$": expected_path, **weight},
                     "$.endpoint",
                 ),
                 on_failure,
@@ -261,25 +266,49 @@ class RetrainStateMachine(Construct):
             restore,
         )
         rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
+        # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
+        # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
         bake = sfn.Wait(self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds)))
+        start_canary = sfn.Pass(
+            self,
+            "Start canary",
+            result=sfn.Result.from_object(
+                {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
+            ),
+            result_path="$.canary",
+        )
         check_canary = catch_to(
             invoke(
                 "Check canary",
                 "Deploy",
-                {"action": "check_canary", "canary_started_at.$": "$.endpoint.canary_started_at"},
+                {
+                    "action": "check_canary",
+                    "canary_started_at.$": "$.endpoint.canary_started_at",
+                    "endpoint_weights.$": "$.endpoint.variants",
+                    "history.$": "$.canary.steps",
+                },
                 "$.canary",
             ),
             rollback,
         )
+        shift = catch_to(
+            invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
+            rollback,
+        )
+        shift.next(
+            endpoint_wait_loop("canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight")
+        )
+        start_canary.next(bake)
         bake.next(check_canary).next(
-            sfn.Choice(self, "Canary healthy?")
-            .when(sfn.Condition.boolean_equals("$.canary.healthy", True), promote)
+            sfn.Choice(self, "Canary verdict?")
+            .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
+            .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
             .otherwise(rollback)
         )
         after_deploy = (
             sfn.Choice(self, "First deployment?")
             .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-            .otherwise(bake)
+            .otherwise(start_canary)
         )
         deploy = catch_to(
             invoke(
@@ -295,7 +324,11 @@ class RetrainStateMachine(Construct):
             ),
             restore,
         )
-        deploy.next(endpoint_wait_loop("deploy", "$.deploy.expected_config", after_deploy))
+        deploy.next(
+            endpoint_wait_loop(
+                "deploy", "$.deploy.expected_config", after_deploy, challenger_weight_path="$.deploy.canary_weight"
+            )
+        )
 
         # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
         # without a decision before the configured timeout the version is rejected.

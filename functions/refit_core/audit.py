@@ -72,7 +72,9 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
     if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
-    if canary is not None:
+    if canary is not None and (canary.steps or canary.healthy):
+        if canary.healthy and canary.next == "shift":
+            return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
         if canary.healthy:
             return "SUCCEEDED", "promoted", f"canary passed and was promoted: {canary.reason}"
         return "SUCCEEDED", "rolled_back", f"canary rolled back: {canary.reason}"
@@ -175,6 +177,26 @@ def summarize_run(
     }
 
 
+def canary_step_line(step: dict[str, Any]) -> str:
+    """One judged canary step for the summary: share, endpoint weights, verdict and both variants' numbers."""
+    weights = ", ".join(f"{v['name']}={v['weight']}" for v in step.get("endpoint_weights") or [])
+
+    def numbers(side: dict[str, Any] | None) -> str:
+        if not side:
+            return "no data"
+        return (
+            f"{side['invocations']:.0f} invocations, 5XX {side['errors_5xx']:.0f}, 4XX {side['errors_4xx']:.0f}, "
+            f"mean {side.get('mean_latency_ms')} ms, p99 {side.get('p99_latency_ms')} ms"
+        )
+
+    return (
+        f"Canary step {step['step'] + 1} ({step['weight']:.0%}; endpoint {weights}): "
+        f"{'passed' if step['healthy'] else 'failed'} - {step['reason']}; challenger {numbers(step.get('challenger'))}; "
+        f"champion {numbers(step.get('champion'))}; p(5XX) {step.get('p_value_5xx')}, p(4XX) {step.get('p_value_4xx')}, "
+        f"p99 ratio {step.get('p99_latency_ratio')}"
+    )
+
+
 def format_summary(record: dict[str, Any]) -> tuple[str, str]:
     """SNS subject (<100 chars) and body."""
     subject = f"refit {record['model']}: {record['status']} ({record['outcome']})"[:99]
@@ -216,6 +238,8 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
     if record.get("redeploy"):
         r = record["redeploy"]
         lines.append(f"Redeploy: {r.get('kind')} to version {r.get('version')} requested by {r.get('requested_by')}")
+    for step in (record.get("canary") or {}).get("steps") or []:
+        lines.append(canary_step_line(step))
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):

@@ -1,14 +1,21 @@
-"""Endpoint layout and the canary verdict.
+"""Endpoint layout and the verdict on each canary step.
 
 The endpoint always has a variant called `champion`; during a canary a second variant called
-`challenger` takes `canary.weight` of the traffic. Fixed names let one CloudWatch alarm watch the
+`challenger` takes each share of `canary.steps` in turn. Fixed names let one CloudWatch alarm watch the
 challenger across model versions. Promotion replaces the config with the challenger's model under
 the name `champion`; rollback returns to the config the endpoint had before the run.
+
+A step is judged against the champion on the same window (`step_verdict`): the challenger's 5XX and 4XX
+rates against the champion's (one-sided Fisher exact tests), its p99 ModelLatency over the champion's, and
+fixed ceilings as guards. A window with too little traffic on either variant is never a pass.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from scipy.stats import fisher_exact
 
 from refit_core.config import CanarySettings
 
@@ -53,46 +60,125 @@ def canary_variants(
     ]
 
 
-def canary_verdict(
-    settings: CanarySettings,
-    invocations: float,
-    errors_5xx: float,
-    mean_latency_ms: float | None,
-    alarm_state: str | None,
+@dataclass(frozen=True)
+class VariantWindow:
+    """One variant's CloudWatch numbers over a step's window (latencies in milliseconds; None when no sample)."""
+
+    invocations: float
+    errors_4xx: float
+    errors_5xx: float
+    mean_latency_ms: float | None
+    p99_latency_ms: float | None
+    latency_samples: float | None = None  # ModelLatency's SampleCount (None: one per invocation)
+
+    @property
+    def samples(self) -> float:
+        return self.invocations if self.latency_samples is None else self.latency_samples
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "rate_4xx": _rate(self.errors_4xx, self.invocations),
+            "rate_5xx": _rate(self.errors_5xx, self.invocations),
+        }
+
+
+def _rate(events: float, invocations: float) -> float | None:
+    return round(events / invocations, 6) if invocations else None
+
+
+def higher_rate_p_value(
+    challenger_events: float, challenger_n: float, champion_events: float, champion_n: float
+) -> float:
+    """One-sided p-value that the challenger's event rate is higher than the champion's (Fisher's exact test on the
+    2x2 table of events and non-events; exact at the small error counts a canary sees, where a z-test is not)."""
+    c_n, h_n = round(challenger_n), round(champion_n)
+    c_events, h_events = min(round(challenger_events), c_n), min(round(champion_events), h_n)
+    if c_n == 0 or h_n == 0 or c_events == 0:
+        return 1.0
+    table = [[c_events, c_n - c_events], [h_events, h_n - h_events]]
+    return float(fisher_exact(table, alternative="greater").pvalue)
+
+
+def step_verdict(
+    settings: CanarySettings, challenger: VariantWindow, champion: VariantWindow, alarm_state: str | None
 ) -> dict[str, Any]:
-    """Healthy only with enough traffic, a low 5XX rate, an acceptable mean model latency (one slow request does not
-    fail a canary) and no alarm in ALARM."""
-    error_rate = errors_5xx / invocations if invocations else 0.0
+    """The verdict on one canary step, from both variants' numbers on the same window.
+
+    Fails on: the canary alarm in ALARM; the challenger's 5XX rate over `max_error_rate` or its mean ModelLatency over
+    `max_model_latency_ms` (the fixed guards); a 5XX or 4XX rate significantly higher than the champion's (one-sided,
+    level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
+    `min_invocations` on both variants (a quiet window is not promoted, and says so) and, once both variants have
+    `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
+    times the champion's (with fewer samples the p99 is not judged, and the verdict says so)."""
+    p_5xx = higher_rate_p_value(
+        challenger.errors_5xx, challenger.invocations, champion.errors_5xx, champion.invocations
+    )
+    p_4xx = higher_rate_p_value(
+        challenger.errors_4xx, challenger.invocations, champion.errors_4xx, champion.invocations
+    )
+    raw_ratio = (
+        challenger.p99_latency_ms / champion.p99_latency_ms
+        if challenger.p99_latency_ms is not None and champion.p99_latency_ms
+        else None
+    )
+    ratio = round(raw_ratio, 4) if raw_ratio is not None else None
+    p99_judged = min(challenger.samples, champion.samples) >= settings.min_latency_samples
     evidence = {
-        "invocations": invocations,
-        "errors_5xx": errors_5xx,
-        "error_rate": round(error_rate, 6),
-        "mean_model_latency_ms": mean_latency_ms,
+        "challenger": challenger.evidence(),
+        "champion": champion.evidence(),
+        "p_value_5xx": round(p_5xx, 6),
+        "p_value_4xx": round(p_4xx, 6),
+        "p99_latency_ratio": ratio,
+        "p99_judged": p99_judged,
         "alarm_state": alarm_state,
     }
+
+    def verdict(healthy: bool, reason: str) -> dict[str, Any]:
+        return {"healthy": healthy, "reason": reason, **evidence}
+
+    rate_5xx = challenger.errors_5xx / challenger.invocations if challenger.invocations else 0.0
     if alarm_state == "ALARM":
-        return {"healthy": False, "reason": "the canary alarm is in ALARM", **evidence}
-    if error_rate > settings.max_error_rate:
-        return {
-            "healthy": False,
-            "reason": f"challenger 5XX error rate {error_rate:.2%} is over {settings.max_error_rate:.2%}",
-            **evidence,
-        }
-    if mean_latency_ms is not None and mean_latency_ms > settings.max_model_latency_ms:
-        return {
-            "healthy": False,
-            "reason": f"challenger mean model latency {mean_latency_ms:.0f} ms is over {settings.max_model_latency_ms:.0f} ms",
-            **evidence,
-        }
-    if invocations < settings.min_invocations:
-        return {
-            "healthy": False,
-            "reason": f"challenger saw {invocations:.0f} invocations during the bake, fewer than the "
-            f"{settings.min_invocations} required to judge it",
-            **evidence,
-        }
-    return {
-        "healthy": True,
-        "reason": f"challenger served {invocations:.0f} requests within limits",
-        **evidence,
-    }
+        return verdict(False, "the canary alarm is in ALARM")
+    if rate_5xx > settings.max_error_rate:
+        return verdict(False, f"challenger 5XX error rate {rate_5xx:.2%} is over {settings.max_error_rate:.2%}")
+    if challenger.mean_latency_ms is not None and challenger.mean_latency_ms > settings.max_model_latency_ms:
+        return verdict(
+            False,
+            f"challenger mean model latency {challenger.mean_latency_ms:.0f} ms is over "
+            f"{settings.max_model_latency_ms:.0f} ms",
+        )
+    for kind, p_value in (("5XX", p_5xx), ("4XX", p_4xx)):
+        if p_value < settings.alpha:
+            return verdict(
+                False,
+                f"challenger {kind} rate is higher than the champion's on the same window "
+                f"(one-sided Fisher exact p = {p_value:.4f} < {settings.alpha})",
+            )
+    for name, window in (("challenger", challenger), ("champion", champion)):
+        if window.invocations < settings.min_invocations:
+            return verdict(
+                False,
+                f"quiet window: the {name} saw {window.invocations:.0f} invocations during the bake, fewer than the "
+                f"{settings.min_invocations} required to judge the step",
+            )
+    if not p99_judged:
+        return verdict(
+            True,
+            f"challenger served {challenger.invocations:.0f} requests, no worse than the champion's "
+            f"{champion.invocations:.0f}; p99 not judged: fewer than {settings.min_latency_samples} latency samples "
+            "on a variant",
+        )
+    if raw_ratio is None:
+        return verdict(False, "p99 ModelLatency of both variants is needed to judge the step and was not reported")
+    if raw_ratio > settings.max_p99_latency_ratio:
+        return verdict(
+            False,
+            f"challenger p99 model latency {challenger.p99_latency_ms:.1f} ms is {raw_ratio:.2f} x the champion's "
+            f"{champion.p99_latency_ms:.1f} ms, over {settings.max_p99_latency_ratio}",
+        )
+    return verdict(
+        True,
+        f"challenger served {challenger.invocations:.0f} requests, no worse than the champion's "
+        f"{champion.invocations:.0f} (p99 ratio {raw_ratio:.2f})",
+    )

@@ -24,8 +24,11 @@ def describe_endpoint(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | No
 def endpoint_view(sagemaker: Any, endpoint_name: str) -> dict[str, Any] | None:
     """JSON-safe view of the endpoint: status, config and each variant's current weight."""
     endpoint = describe_endpoint(sagemaker, endpoint_name)
-    if endpoint is None:
-        return None
+    return view_of(endpoint, endpoint_name) if endpoint is not None else None
+
+
+def view_of(endpoint: dict[str, Any], endpoint_name: str) -> dict[str, Any]:
+    """endpoint_view of a DescribeEndpoint response the caller already has."""
     return {
         "name": endpoint_name,
         "status": endpoint["EndpointStatus"],

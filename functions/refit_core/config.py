@@ -31,8 +31,8 @@ DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
 # How often the retrain state machine polls a training job and the endpoint (its Wait states).
 TRAINING_POLL_SECONDS = 60
 ENDPOINT_POLL_SECONDS = 30
-# What one endpoint update (create, canary, promote, roll back, restore) may take before SageMaker fails it; three can
-# happen in one run. And everything the run's Lambdas may take together (the batch check alone may take 15 minutes).
+# What one endpoint update (create, canary, canary step, promote, roll back, restore) may take before SageMaker fails it;
+# three, and one per further canary step, can happen in one run. And everything the run's Lambdas may take together (the batch check alone may take 15 minutes).
 ENDPOINT_UPDATE_ALLOWANCE_SECONDS = 3600
 LAMBDA_ALLOWANCE_SECONDS = 3600
 # Step Functions' limit on a Standard execution.
@@ -174,11 +174,54 @@ class GateSettings(_Strict):
 
 
 class CanarySettings(_Strict):
-    weight: float = Field(0.1, gt=0, lt=1, description="Share of traffic the challenger takes during the bake.")
-    bake_seconds: int = Field(600, ge=0, le=86400)
-    min_invocations: int = Field(20, ge=0, description="A canary with fewer invocations is not promoted.")
-    max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_model_latency_ms: float = Field(1000.0, gt=0, description="Limit on the challenger's mean ModelLatency.")
+    """The staged canary: the challenger takes `steps[0]` of the traffic, then each next share, with a bake per step;
+    every step is judged against the champion on the same window (refit_core.canary.step_verdict) before the next
+    shift. `weight` is the one-step plan of earlier configuration files (`weight = 0.2` is `steps = [0.2]`)."""
+
+    steps: list[float] | None = Field(
+        None, description="Challenger shares, strictly increasing, each in (0, 1), e.g. [0.05, 0.25, 0.5]."
+    )
+    weight: float | None = Field(None, gt=0, lt=1, description="A one-step plan (kept for earlier files).")
+    bake_seconds: int = Field(600, ge=0, le=86400, description="The bake of each step.")
+    min_invocations: int = Field(
+        20, ge=1, description="Per variant and step: a step with fewer invocations on either is not promoted."
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Ceiling on the challenger's 5XX rate.")
+    max_model_latency_ms: float = Field(1000.0, gt=0, description="Ceiling on the challenger's mean ModelLatency.")
+    max_p99_latency_ratio: float = Field(
+        1.3, gt=1, description="Limit on the challenger's p99 ModelLatency over the champion's in the same window."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Level of the one-sided tests that the challenger's 4XX/5XX rates are higher."
+    )
+    min_latency_samples: int = Field(
+        100,
+        ge=20,
+        description="The p99 ratio is judged only when both variants have this many ModelLatency samples in the "
+        "step's window (below 100 a p99 is the largest value or two: one cold request decides it).",
+    )
+
+    @model_validator(mode="after")
+    def _one_plan(self) -> CanarySettings:
+        if self.steps is not None and self.weight is not None:
+            raise ValueError("canary: give either steps or weight (a one-step plan), not both")
+        if self.steps is not None:
+            if not self.steps:
+                raise ValueError("canary.steps must list at least one traffic share")
+            for index, share in enumerate(self.steps):
+                if not 0 < share < 1:
+                    raise ValueError(f"canary.steps.{index} = {share} must be in (0, 1)")
+            for index, (before, after) in enumerate(zip(self.steps, self.steps[1:], strict=False), start=1):
+                if after <= before:
+                    raise ValueError(f"canary.steps must be strictly increasing: steps.{index} = {after} <= {before}")
+        return self
+
+    @property
+    def plan(self) -> list[float]:
+        """The challenger's share at each step (a lone `weight`, or the default 0.1, is a one-step plan)."""
+        if self.steps is not None:
+            return list(self.steps)
+        return [self.weight if self.weight is not None else 0.1]
 
 
 class QualityAlarmSettings(_Strict):
@@ -342,8 +385,8 @@ class ModelConfig(_Strict):
     def run_timeout_seconds(self) -> int:
         """The longest a retrain run may take, from this model's settings, with margin: the state machine's timeout.
         Training: the spot job's max wait, then an on-demand fallback's max runtime (parallel candidates run at the
-        same time), each with a poll's delay; the manual-approval wait; the bake; three endpoint updates; the
-        Lambdas. A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
+        same time), each with a poll's delay; the manual-approval wait; a bake per canary step; three endpoint updates
+        and one per further canary step; the Lambdas. A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
         spot = self.spot
         training = (
             spot.effective_max_wait_seconds if spot.enabled else spot.max_runtime_seconds
@@ -351,8 +394,9 @@ class ModelConfig(_Strict):
         if spot.enabled and spot.fallback_to_on_demand:
             training += spot.max_runtime_seconds + TRAINING_POLL_SECONDS
         approval = self.approval_timeout_seconds if self.approval == "manual" else 0
-        endpoint = 3 * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
-        total = training + approval + self.canary.bake_seconds + endpoint + LAMBDA_ALLOWANCE_SECONDS
+        steps = len(self.canary.plan)
+        endpoint = (3 + steps - 1) * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
+        total = training + approval + steps * self.canary.bake_seconds + endpoint + LAMBDA_ALLOWANCE_SECONDS
         return int(total * 1.1) + 3600
 
     @property

@@ -257,13 +257,14 @@ class RegistryStep(Step):
     lineage_uri: str | None = None
 
 
-# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.promotion, $.rollback, $.restore ---------------------
+# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore ---------------------
 class DeployStarted(Step):
     mode: Literal["create", "canary"]
     previous_config: str | None = None
     expected_config: str
     challenger_model: str
-    canary_weight: float | None = None
+    canary_weight: float | None = None  # the first step's share
+    canary_steps: list[float] | None = None  # the plan: the challenger's share at each step
 
 
 class RedeployStarted(Step):
@@ -307,14 +308,63 @@ class EndpointCheck(Step):
     canary_started_at: str | None = None
 
 
-class CanaryVerdict(Step):
+class VariantNumbers(Step):
+    """One variant's numbers over a canary step's window (refit_core.canary.VariantWindow)."""
+
+    invocations: float
+    errors_4xx: float
+    errors_5xx: float
+    rate_4xx: float | None = None
+    rate_5xx: float | None = None
+    mean_latency_ms: float | None = None
+    p99_latency_ms: float | None = None
+    latency_samples: float | None = None
+
+
+class CanaryStepVerdict(Step):
+    """One judged step: the share planned, the weights the endpoint had, the window, both variants' numbers, the tests
+    and the verdict."""
+
+    step: int
+    weight: float
+    endpoint_weights: list[Variant] = Field(default_factory=list)
+    window_start: str | None = None
+    window_end: str | None = None
     healthy: bool
     reason: str
+    challenger: VariantNumbers | None = None
+    champion: VariantNumbers | None = None
+    p_value_5xx: float | None = None
+    p_value_4xx: float | None = None
+    p99_latency_ratio: float | None = None
+    p99_judged: bool | None = None
+    alarm_state: str | None = None
+
+
+class CanaryVerdict(Step):
+    """The canary so far: every judged step in order, the last one's verdict and headline numbers, and what comes
+    next (`shift` to `next_step` at `next_weight`, `promote`, or `rollback`). Before the first step is judged the state
+    holds `healthy` false, no steps and `next` null."""
+
+    healthy: bool
+    reason: str
+    next: Literal["shift", "promote", "rollback"] | None = None
+    next_step: int | None = None
+    next_weight: float | None = None
+    steps: list[CanaryStepVerdict] = Field(default_factory=list)
     invocations: float | None = None
     errors_5xx: float | None = None
     error_rate: float | None = None
     mean_model_latency_ms: float | None = None
     alarm_state: str | None = None
+
+
+class CanaryShift(Step):
+    """The traffic shift to the next canary step (UpdateEndpointWeightsAndCapacities on the same endpoint config)."""
+
+    step: int
+    weight: float
+    expected_config: str
 
 
 class Promotion(Step):
@@ -406,6 +456,7 @@ class RunState(BaseModel):
     redeploy: RedeployStarted | None = None
     endpoint: EndpointCheck | None = None
     canary: CanaryVerdict | None = None
+    shift: CanaryShift | None = None
     promotion: Promotion | None = None
     rollback: Rollback | None = None
     restore: Rollback | None = None

@@ -1,4 +1,5 @@
-"""Every change refit makes to the serving endpoint: create, canary, status, verdict, promote, roll back, restore."""
+"""Every change refit makes to the serving endpoint: create, canary, status, step verdict, shift, promote, roll back,
+restore."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 from refit_core import names
 from refit_core.artifacts import MODEL_SHA256_ENV
-from refit_core.canary import CHALLENGER, CHAMPION, canary_variants, canary_verdict, data_capture, variant
+from refit_core.canary import (
+    CHALLENGER,
+    CHAMPION,
+    VariantWindow,
+    canary_variants,
+    data_capture,
+    step_verdict,
+    variant,
+)
 from refit_core.champion import (
     PACKAGE_ENV,
     RedeployRefused,
@@ -18,10 +27,20 @@ from refit_core.champion import (
     container,
     describe_endpoint,
     describe_version,
-    endpoint_view,
     find_champion,
+    view_of,
 )
-from refit_core.steps import CanaryVerdict, DeployStarted, EndpointCheck, Promotion, RedeployStarted, Step
+from refit_core.steps import (
+    CanaryShift,
+    CanaryStepVerdict,
+    CanaryVerdict,
+    DeployStarted,
+    EndpointCheck,
+    Promotion,
+    RedeployStarted,
+    Step,
+    Variant,
+)
 from refit_core.steps import Rollback as RollbackStep
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -43,11 +62,19 @@ class StartDeploy(BaseModel):
 class EndpointStatus(BaseModel):
     action: Literal["status"]
     expected_config: str
+    challenger_weight: float | None = None  # during a canary: the share the challenger must have taken
 
 
 class CheckCanary(BaseModel):
     action: Literal["check_canary"]
     canary_started_at: str
+    endpoint_weights: list[Variant] = []  # the weights the status check saw when the step began
+    history: list[CanaryStepVerdict] = []  # the steps judged before this one
+
+
+class ShiftCanary(BaseModel):
+    action: Literal["shift"]
+    step: int = Field(ge=1)
 
 
 class Promote(BaseModel):
@@ -71,7 +98,8 @@ class Redeploy(BaseModel):
 
 class DeployEvent(BaseModel):
     request: Annotated[
-        StartDeploy | EndpointStatus | CheckCanary | Promote | Rollback | Redeploy, Field(discriminator="action")
+        StartDeploy | EndpointStatus | CheckCanary | ShiftCanary | Promote | Rollback | Redeploy,
+        Field(discriminator="action"),
     ]
 
 
@@ -127,11 +155,10 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         if v["VariantName"] == CHAMPION
     )
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "canary")
+    plan = model.canary.plan
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=canary_variants(
-            champion_model, model_name, model.canary.weight, model.serving_instance_type
-        ),
+        ProductionVariants=canary_variants(champion_model, model_name, plan[0], model.serving_instance_type),
         DataCaptureConfig=capture(config),
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
@@ -140,16 +167,18 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         "previous_config": previous,
         "expected_config": config_name,
         "challenger_model": model_name,
-        "canary_weight": model.canary.weight,
+        "canary_weight": plan[0],
+        "canary_steps": plan,
     }
 
 
 def status(event: EndpointStatus, config: Settings, sagemaker: Any) -> dict[str, Any]:
     """`ready` only when InService on the config we asked for: after an automatic rollback SageMaker also
     reports InService, on the old config and often without a FailureReason."""
-    view = endpoint_view(sagemaker, config.endpoint_name)
-    if view is None:
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    if endpoint is None:
         return {"next": "failed", "reason": f"endpoint {config.endpoint_name} does not exist"}
+    view = view_of(endpoint, config.endpoint_name)
     if view["status"] in FAILED_STATUSES:
         return {
             "next": "failed",
@@ -165,37 +194,145 @@ def status(event: EndpointStatus, config: Settings, sagemaker: Any) -> dict[str,
             "(SageMaker rolled the update back)",
             **view,
         }
+    if event.challenger_weight is not None:
+        shares = weight_shares(endpoint.get("ProductionVariants", []))
+        if CHALLENGER not in shares:
+            return {"next": "failed", "reason": f"endpoint has no {CHALLENGER} variant during the canary", **view}
+        current, desired = shares[CHALLENGER]
+        if abs(desired - event.challenger_weight) > WEIGHT_TOLERANCE:
+            return {
+                "next": "failed",
+                "reason": f"the {CHALLENGER} variant's desired share is {desired:.4f}, not the requested "
+                f"{event.challenger_weight:.4f}",
+                **view,
+            }
+        if abs(current - event.challenger_weight) > WEIGHT_TOLERANCE:
+            return {"next": "wait", **view}  # the shift has not taken effect yet
     view["canary_started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return {"next": "ready", **view}
 
 
-def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[str, Any]:
-    start_time = datetime.fromisoformat(event.canary_started_at) - timedelta(minutes=1)
-    end_time = datetime.now(UTC) + timedelta(minutes=1)
+WEIGHT_TOLERANCE = 1e-4
+
+
+def weight_shares(variants: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Each variant's (current, desired) share of the traffic from DescribeEndpoint's ProductionVariants: SageMaker
+    routes by weight over the sum of weights; DesiredWeight differs from CurrentWeight while a shift is under way (a
+    variant without DesiredWeight has reached its weight; moto omits CurrentWeight for a weight of 0)."""
+    current = {v["VariantName"]: float(v.get("CurrentWeight", 0.0)) for v in variants}
+    desired = {v["VariantName"]: float(v.get("DesiredWeight", current[v["VariantName"]])) for v in variants}
+    current_total, desired_total = sum(current.values()) or 1.0, sum(desired.values()) or 1.0
+    return {name: (current[name] / current_total, desired[name] / desired_total) for name in current}
+
+
+def variant_window(
+    cloudwatch: Any, endpoint_name: str, variant_name: str, start_time: datetime, end_time: datetime
+) -> VariantWindow:
+    """One variant's numbers over [start, end) from CloudWatch, in one period covering the whole window (CloudWatch
+    rounds a recent StartTime down to the minute), so the p99 is over every request of the window. Statistics and
+    ExtendedStatistics cannot be asked for in the same call; SageMaker reports ModelLatency in microseconds."""
+    start_time = start_time.replace(second=0, microsecond=0)
+    period = max(60, -(-int((end_time - start_time).total_seconds()) // 60) * 60)
     dimensions = [
-        {"Name": "EndpointName", "Value": config.endpoint_name},
-        {"Name": "VariantName", "Value": CHALLENGER},
+        {"Name": "EndpointName", "Value": endpoint_name},
+        {"Name": "VariantName", "Value": variant_name},
     ]
 
-    def datapoints(metric: str, *stats: str) -> list[dict[str, float]]:
+    def datapoints(metric: str, **statistics: list[str]) -> list[dict[str, Any]]:
         return cloudwatch.get_metric_statistics(
             Namespace="AWS/SageMaker",
             MetricName=metric,
             Dimensions=dimensions,
             StartTime=start_time,
             EndTime=end_time,
-            Period=60,
-            Statistics=list(stats),
+            Period=period,
+            **statistics,
         )["Datapoints"]
 
-    invocations = sum(p["Sum"] for p in datapoints("Invocations", "Sum"))
-    errors = sum(p["Sum"] for p in datapoints("Invocation5XXErrors", "Sum"))
-    latency = datapoints("ModelLatency", "Sum", "SampleCount")  # SageMaker reports ModelLatency in microseconds
+    def total(metric: str) -> float:
+        return float(sum(p["Sum"] for p in datapoints(metric, Statistics=["Sum"])))
+
+    latency = datapoints("ModelLatency", Statistics=["Sum", "SampleCount"])
     samples = sum(p["SampleCount"] for p in latency)
-    mean_latency_ms = sum(p["Sum"] for p in latency) / samples / 1000 if samples else None
+    p99s = [
+        p["ExtendedStatistics"]["p99"]
+        for p in datapoints("ModelLatency", ExtendedStatistics=["p99"])
+        if "p99" in p.get("ExtendedStatistics", {})
+    ]
+    return VariantWindow(
+        invocations=total("Invocations"),
+        errors_4xx=total("Invocation4XXErrors"),
+        errors_5xx=total("Invocation5XXErrors"),
+        mean_latency_ms=round(sum(p["Sum"] for p in latency) / samples / 1000, 3) if samples else None,
+        latency_samples=float(samples),
+        # One period covers the window; were there several, the largest p99 is the cautious one.
+        p99_latency_ms=round(max(p99s) / 1000, 3) if p99s else None,
+    )
+
+
+def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+    """Judge the step the endpoint is on (the one after those in `history`) against the champion on the same window,
+    and say what comes next: the next step's shift, promotion after the last step, or rollback."""
+    plan = config.model.canary.plan
+    step = len(event.history)
+    if step >= len(plan):
+        raise ValueError(f"check_canary: {step} steps already judged, the plan has {len(plan)}")
+    start_time = datetime.fromisoformat(event.canary_started_at)
+    end_time = datetime.now(UTC) + timedelta(minutes=1)
+    windows = {
+        name: variant_window(cloudwatch, config.endpoint_name, name, start_time, end_time)
+        for name in (CHALLENGER, CHAMPION)
+    }
     alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
     alarm_state = alarms[0]["StateValue"] if alarms else None
-    return canary_verdict(config.model.canary, invocations, errors, mean_latency_ms, alarm_state)
+    verdict = step_verdict(config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state)
+    judged = CanaryStepVerdict(
+        step=step,
+        weight=plan[step],
+        endpoint_weights=event.endpoint_weights,
+        window_start=start_time.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
+        window_end=end_time.isoformat(timespec="seconds"),
+        **verdict,
+    )
+    last = step == len(plan) - 1
+    challenger = windows[CHALLENGER]
+    if not verdict["healthy"]:
+        following: dict[str, Any] = {"next": "rollback"}
+    elif last:
+        following = {"next": "promote"}
+    else:
+        following = {"next": "shift", "next_step": step + 1, "next_weight": plan[step + 1]}
+    return {
+        "healthy": verdict["healthy"],
+        "reason": f"step {step + 1} of {len(plan)} ({plan[step]:.0%}): {verdict['reason']}",
+        **following,
+        "steps": [*[s.to_state() for s in event.history], judged.to_state()],
+        "invocations": challenger.invocations,
+        "errors_5xx": challenger.errors_5xx,
+        "error_rate": judged.challenger.rate_5xx if judged.challenger else None,
+        "mean_model_latency_ms": challenger.mean_latency_ms,
+        "alarm_state": alarm_state,
+    }
+
+
+def shift(event: ShiftCanary, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """Move the challenger to the next step's share on the same endpoint config; the status loop then waits until
+    DescribeEndpoint shows the new weights."""
+    plan = config.model.canary.plan
+    if event.step >= len(plan):
+        raise ValueError(f"shift: step {event.step} is past the plan's {len(plan)} steps")
+    weight = plan[event.step]
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        raise ValueError(f"shift: endpoint {config.endpoint_name} does not exist")
+    sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=config.endpoint_name,
+        DesiredWeightsAndCapacities=[
+            {"VariantName": CHAMPION, "DesiredWeight": round(1 - weight, 6)},
+            {"VariantName": CHALLENGER, "DesiredWeight": weight},
+        ],
+    )
+    return {"step": event.step, "weight": weight, "expected_config": current["EndpointConfigName"]}
 
 
 def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
@@ -287,6 +424,7 @@ OUTPUTS: dict[str, type[Step]] = {
     "start": DeployStarted,
     "status": EndpointCheck,
     "check_canary": CanaryVerdict,
+    "shift": CanaryShift,
     "promote": Promotion,
     "rollback": RollbackStep,
     "restore": RollbackStep,
@@ -301,6 +439,8 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return status(request, config, client("sagemaker"))
     if isinstance(request, CheckCanary):
         return check_canary(request, config, client("cloudwatch"))
+    if isinstance(request, ShiftCanary):
+        return shift(request, config, client("sagemaker"))
     if isinstance(request, Promote):
         return promote(request, config, client("sagemaker"))
     if isinstance(request, Redeploy):

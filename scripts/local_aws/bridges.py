@@ -38,6 +38,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   after 1 s, as the variant's model execution role, SSE-KMS with the config's key. DescribeEndpoint answers the
   current config's capture as AWS's DataCaptureConfigSummary (moto: the creation config's fields, two required ones
   missing, which the SageMaker SDK refuses).
+- CloudWatch percentiles (metric_statistics.py): moto ignores GetMetricStatistics' ExtendedStatistics and accepts
+  it together with Statistics; here each datapoint carries the percentiles of its period's raw values (so a canary
+  can compare p99 ModelLatency per variant) and a call naming both is refused as CloudWatch refuses it.
 - CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms on
   the metrics it touched, and a state change puts the "CloudWatch Alarm State Change" event, so rules on it fire.
 - Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
@@ -79,6 +82,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from moto.awslambda.models import LambdaFunction
 from moto.cloudwatch.models import Alarm, CloudWatchBackend, MetricAggregatedDatum, MetricDatum, cloudwatch_backends
+from moto.cloudwatch.responses import CloudWatchResponse
 from moto.core.utils import utcnow
 from moto.events.models import Rule, events_backends
 from moto.sagemaker.models import FakeEndpoint, sagemaker_backends
@@ -93,6 +97,7 @@ from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 from scripts.local_aws.alarms import STATES, AlarmSpec, Datapoint, alarm_event_time, evaluate_alarm
 from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
+from scripts.local_aws.metric_statistics import get_metric_statistics
 from scripts.local_aws.standup import LocalFunction
 
 ISOLATED_PACKAGES = ("refit_core", "refit_handlers")
@@ -573,6 +578,7 @@ class Bridges:
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
             mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),
             mock.patch.object(CloudWatchBackend, "set_alarm_state", set_alarm_state),
+            mock.patch.object(CloudWatchResponse, "get_metric_statistics", get_metric_statistics),
             mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from refit_core.steps import (
     ApprovalDecision,
     ApprovalRequested,
+    CanaryShift,
     CanaryVerdict,
     CandidateBranch,
     CheckResult,
@@ -51,6 +52,7 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.deploy.handler", "start"): DeployStarted,
     ("refit_handlers.deploy.handler", "status"): EndpointCheck,
     ("refit_handlers.deploy.handler", "check_canary"): CanaryVerdict,
+    ("refit_handlers.deploy.handler", "shift"): CanaryShift,
     ("refit_handlers.deploy.handler", "promote"): Promotion,
     ("refit_handlers.deploy.handler", "rollback"): Rollback,
     ("refit_handlers.deploy.handler", "restore"): Rollback,

@@ -1,0 +1,229 @@
+"""The staged canary on the local runtime (`canary.steps = [0.2, 0.5]`): every step is judged against the champion on
+the same window from the real serve processes' CloudWatch metrics. A quiet window, a challenger that answers 5XX
+and one that is slow at p99 (its mean within `max_model_latency_ms`) are each rolled back at the first step; a healthy
+one is promoted through both steps. The faulty challengers are test-side wrappers of the model artifact the run
+trained (a first pipeline step that raises or sleeps), written over its model.tar.gz before its first request.
+In every case the champion keeps serving and the audit record agrees with the endpoint. The tests share one runtime
+and run in order: the first deploys the champion every later run is judged against."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import joblib
+import pytest
+from botocore.exceptions import ClientError
+from refit_core.artifacts import METADATA_FILE, MODEL_FILE
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.sample_data import churn_batch, to_csv_bytes
+from tests.conftest import config_variant
+
+MODEL = "churn"
+SLOW_SECONDS = 0.4
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    config = config_variant(
+        tmp_path_factory,
+        "staged-canary",
+        {
+            "weight = 0.2": "steps = [0.2, 0.5]\nmax_p99_latency_ratio = 3.0",
+            "max_trials = 3": "max_trials = 1",
+        },
+    )
+    assembly = synthesize(tmp_path_factory.mktemp("cdk-staged") / "cdk.out", config)
+    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-staged"), spot_discount=0.7, seed=5) as runtime:
+        yield runtime
+
+
+class _Evaluated:
+    """Pickles as `eval(source)`: a function the serve process can load without importing this test module."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __reduce__(self):
+        return (eval, (self.source,))
+
+    def __call__(self, frame):
+        return frame
+
+
+FAULTS = {
+    "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
+    "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
+}
+
+
+def challenger_artifact(aws) -> str:
+    sagemaker = aws.client("sagemaker")
+    endpoint = sagemaker.describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = next(v["ModelName"] for v in config["ProductionVariants"] if v["VariantName"] == "challenger")
+    return sagemaker.describe_model(ModelName=model)["PrimaryContainer"]["ModelDataUrl"]
+
+
+def wrap_challenger(aws, fault: str, scratch: Path) -> None:
+    """Rewrite the challenger's model.tar.gz with its pipeline behind a faulty first step."""
+    bucket, key = challenger_artifact(aws).removeprefix("s3://").split("/", 1)
+    s3 = aws.client("s3")
+    directory = scratch / fault
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), mode="r:gz") as tar:
+        tar.extractall(directory, filter="data")
+    features = json.loads((directory / METADATA_FILE).read_text())["features"]
+    sample = churn_batch(50, 1)[features]
+    step = FunctionTransformer(func=_Evaluated(FAULTS[fault])).fit(sample)
+    joblib.dump(Pipeline([("fault", step), ("model", joblib.load(directory / MODEL_FILE))]), directory / MODEL_FILE)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(directory.iterdir()):
+            tar.add(path, arcname=path.name)
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+
+
+class Traffic:
+    """Requests during each bake; `fault` wraps the challenger before its first request."""
+
+    def __init__(self, aws, per_bake: int, fault: str | None = None, scratch: Path | None = None) -> None:
+        self.aws, self.per_bake, self.fault, self.scratch = aws, per_bake, fault, scratch
+        self.bakes = 0
+        self.variants: dict[str, int] = {}
+        self.errors = 0
+        self.last_request = datetime.now(UTC)
+
+    def __call__(self, state: str, seconds: int) -> None:
+        if self.fault and self.bakes == 0:
+            wrap_challenger(self.aws, self.fault, self.scratch)
+        self.bakes += 1
+        rows = churn_batch(self.per_bake, 100 + self.bakes, shift=1.0).drop(columns=["churned"])
+        for line in rows.to_csv(index=False, header=False).splitlines():
+            try:
+                variant = self.aws.invoke_endpoint(MODEL, line)["variant"]
+                self.variants[variant] = self.variants.get(variant, 0) + 1
+            except ClientError:
+                self.errors += 1
+        self.last_request = datetime.now(UTC)
+
+
+LAST_TRAFFIC = {"at": datetime.now(UTC)}
+
+
+def separate_windows(state: str, seconds: int) -> None:
+    """CloudWatch windows start on a whole minute (a recent StartTime is rounded down) and the variant names are fixed:
+    before a canary starts, let the minute of the previous run's last request pass, so its requests are not counted
+    in this run's window (on AWS runs are minutes apart; here they are seconds)."""
+    boundary = LAST_TRAFFIC["at"].replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1)
+    time.sleep(max(0.0, (boundary - datetime.now(UTC)).total_seconds()))
+
+
+def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[dict, dict]:
+    aws.on_wait("Wait for endpoint (deploy)", separate_windows)
+    if traffic is not None:
+        aws.on_wait("Bake canary", traffic)
+    try:
+        execution = aws.wait_for(
+            aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=1.0))), timeout=600
+        )
+    finally:
+        aws.on_wait("Bake canary", None)
+        aws.on_wait("Wait for endpoint (deploy)", None)
+        if traffic is not None:
+            LAST_TRAFFIC["at"] = traffic.last_request
+    name = execution["executionArn"].rsplit(":", 1)[-1]
+    record = next(r for r in aws.audit_records(MODEL) if r["execution"] == name)
+    return execution, json.loads(json.dumps(record, default=float))  # DynamoDB numbers are Decimals
+
+
+def endpoint_config(aws) -> str:
+    return aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"]
+
+
+def assert_champion_serves(aws, record, expected_config: str) -> None:
+    """The endpoint is on `expected_config` with the champion alone, answers, and the audit record says so."""
+    assert endpoint_config(aws) == expected_config == record["endpoint"]["config"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+    assert [(v["name"], v["weight"]) for v in record["endpoint"]["variants"]] == [("champion", 1.0)]
+    reply = aws.invoke_endpoint(MODEL, "12.0,70.5,1,48.0,basic,north")
+    assert reply["variant"] == "champion" and "probabilities" in json.loads(reply["body"])
+    LAST_TRAFFIC["at"] = datetime.now(UTC)
+
+
+def assert_rolled_back_at_first_step(aws, record, reason: str, before: str) -> dict:
+    assert record["outcome"] == "rolled_back", (record["outcome"], record["message"])
+    canary = record["canary"]
+    assert canary["next"] == "rollback" and len(canary["steps"]) == 1
+    step = canary["steps"][0]
+    assert step["step"] == 0 and step["weight"] == 0.2 and not step["healthy"]
+    assert {v["name"]: v["weight"] for v in step["endpoint_weights"]} == {"champion": 0.8, "challenger": 0.2}
+    assert reason in step["reason"] and reason in record["message"]
+    assert_champion_serves(aws, record, before)
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected"
+    return step
+
+
+def test_the_first_batch_deploys_the_champion(aws):
+    execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1))), timeout=600)
+    assert execution["status"] == "SUCCEEDED"
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+
+
+def test_a_quiet_window_is_not_promoted(aws):
+    before = endpoint_config(aws)
+    execution, record = run_with(aws, "quiet.csv", 5, None)
+    step = assert_rolled_back_at_first_step(aws, record, "quiet window: the challenger saw 0 invocations", before)
+    assert step["challenger"]["invocations"] == 0 and step["p99_latency_ratio"] is None
+
+
+def test_a_5xx_burst_is_rolled_back_at_the_first_step(aws, tmp_path):
+    before = endpoint_config(aws)
+    traffic = Traffic(aws, 150, "5xx", tmp_path)
+    execution, record = run_with(aws, "errors.csv", 6, traffic)
+    # The stack's canary alarm (any challenger 5XX in a minute), evaluated from the router's metrics, is the first
+    # rule to fail the step; the step's evidence has both variants' numbers all the same.
+    step = assert_rolled_back_at_first_step(aws, record, "the canary alarm is in ALARM", before)
+    assert step["alarm_state"] == "ALARM" and step["challenger"]["rate_5xx"] == 1.0
+    assert traffic.bakes == 1 and "challenger" not in traffic.variants  # every challenger request failed
+    assert step["challenger"]["errors_5xx"] == step["challenger"]["invocations"] == traffic.errors > 0
+    assert step["champion"]["errors_5xx"] == 0 and step["champion"]["invocations"] == traffic.variants["champion"]
+
+
+def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_within_its_limit(aws, tmp_path):
+    before = endpoint_config(aws)
+    traffic = Traffic(aws, 700, "slow", tmp_path)
+    execution, record = run_with(aws, "slow.csv", 7, traffic)
+    step = assert_rolled_back_at_first_step(aws, record, "challenger p99 model latency", before)
+    challenger, champion = step["challenger"], step["champion"]
+    assert challenger["invocations"] == traffic.variants["challenger"] >= 100 and step["p99_judged"]
+    assert SLOW_SECONDS * 1000 <= challenger["mean_latency_ms"] < 1000  # the old mean-latency limit passes it
+    assert challenger["p99_latency_ms"] >= SLOW_SECONDS * 1000 and step["p99_latency_ratio"] > 3.0
+    assert champion["p99_latency_ms"] * step["p99_latency_ratio"] == pytest.approx(challenger["p99_latency_ms"], 1e-3)
+
+
+def test_a_healthy_challenger_is_promoted_through_every_step(aws):
+    before = endpoint_config(aws)
+    traffic = Traffic(aws, 700)
+    execution, record = run_with(aws, "healthy.csv", 8, traffic)
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
+    steps = record["canary"]["steps"]
+    assert [s["step"] for s in steps] == [0, 1] and [s["weight"] for s in steps] == [0.2, 0.5]
+    assert [{v["name"]: v["weight"] for v in s["endpoint_weights"]} for s in steps] == [
+        {"champion": 0.8, "challenger": 0.2},
+        {"champion": 0.5, "challenger": 0.5},
+    ]
+    assert all(s["healthy"] for s in steps) and traffic.bakes == 2
+    for s in steps:
+        assert s["challenger"]["invocations"] >= 100 and s["champion"]["invocations"] >= 100
+        assert s["p99_judged"] and s["p99_latency_ratio"] <= 3.0 and s["p_value_5xx"] == 1.0
+    assert record["canary"]["next"] == "promote"
+    assert record["endpoint"]["config"] != before
+    assert_champion_serves(aws, record, record["endpoint"]["config"])

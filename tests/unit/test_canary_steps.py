@@ -1,0 +1,247 @@
+"""The staged canary's pure parts: the plan in the configuration, and the verdict on one step, judged against the
+champion on the same window (each rule and its boundary)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from refit_core.audit import summarize_run
+from refit_core.canary import VariantWindow, higher_rate_p_value, step_verdict
+from refit_core.config import CanarySettings, ConfigError, parse_config
+from refit_handlers.deploy import EndpointStatus, status, weight_shares
+from scipy.stats import hypergeom
+
+from tests.conftest import handler_settings
+from tests.unit.test_config import minimal
+
+SETTINGS = CanarySettings(
+    steps=[0.05, 0.25, 0.5],
+    min_invocations=20,
+    max_error_rate=0.01,
+    max_model_latency_ms=200.0,
+    max_p99_latency_ratio=1.3,
+    alpha=0.05,
+)
+
+
+def window(invocations=500, errors_4xx=0, errors_5xx=0, mean=10.0, p99=20.0, samples=None) -> VariantWindow:
+    return VariantWindow(invocations, errors_4xx, errors_5xx, mean, p99, samples)
+
+
+CHAMPION = window(invocations=5000)
+
+
+# --- the plan -------------------------------------------------------------------------------------------------------
+def test_steps_are_the_plan_and_a_lone_weight_is_a_one_step_plan():
+    assert SETTINGS.plan == [0.05, 0.25, 0.5]
+    assert CanarySettings(weight=0.2).plan == [0.2]
+    assert CanarySettings().plan == [0.1]
+
+
+@pytest.mark.parametrize(
+    ("canary", "message"),
+    [
+        ({"steps": [0.25, 0.05]}, "canary.steps must be strictly increasing: steps.1 = 0.05 <= 0.25"),
+        ({"steps": [0.2, 0.2]}, "strictly increasing"),
+        ({"steps": [0.0, 0.5]}, "canary.steps.0 = 0.0 must be in (0, 1)"),
+        ({"steps": [0.5, 1.0]}, "canary.steps.1 = 1.0 must be in (0, 1)"),
+        ({"steps": []}, "at least one traffic share"),
+        ({"steps": [0.1], "weight": 0.1}, "either steps or weight"),
+        ({"min_invocations": 0}, "min_invocations"),
+        ({"max_p99_latency_ratio": 1.0}, "max_p99_latency_ratio"),
+        ({"min_latency_samples": 10}, "min_latency_samples"),
+    ],
+)
+def test_a_bad_plan_is_refused_naming_the_field(canary, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(minimal(canary=canary))
+    assert message in str(error.value) and "canary" in str(error.value)
+
+
+def test_every_step_adds_a_bake_and_an_endpoint_update_to_the_run_timeout():
+    one = parse_config(minimal(canary={"weight": 0.2, "bake_seconds": 3600})).models[0]
+    three = parse_config(minimal(canary={"steps": [0.05, 0.25, 0.5], "bake_seconds": 3600})).models[0]
+    assert three.run_timeout_seconds - one.run_timeout_seconds >= int(2 * (3600 + 3600) * 1.1)
+
+
+def test_weights_are_shares_of_their_sum_current_and_desired():
+    shifting = weight_shares(
+        [
+            {"VariantName": "champion", "CurrentWeight": 3.0, "DesiredWeight": 1.0},
+            {"VariantName": "challenger", "CurrentWeight": 1.0, "DesiredWeight": 1.0},
+        ]
+    )
+    assert shifting == {"champion": (0.75, 0.5), "challenger": (0.25, 0.5)}
+    settled = weight_shares([{"VariantName": "champion", "CurrentWeight": 1.0}, {"VariantName": "challenger"}])
+    assert settled == {"champion": (1.0, 1.0), "challenger": (0.0, 0.0)}
+
+
+# --- the two-proportion test ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("c_events", "c_n", "h_events", "h_n"), [(10, 500, 10, 5000), (3, 40, 1, 400), (1, 20, 0, 200)]
+)
+def test_the_higher_rate_p_value_is_the_hypergeometric_upper_tail(c_events, c_n, h_events, h_n):
+    """Oracle: given all events, the challenger's count is hypergeometric; the one-sided p is P(X >= observed)."""
+    expected = hypergeom.sf(c_events - 1, c_n + h_n, c_events + h_events, c_n)
+    assert higher_rate_p_value(c_events, c_n, h_events, h_n) == pytest.approx(expected, rel=1e-9)
+
+
+def test_no_challenger_error_or_no_traffic_is_no_evidence():
+    assert higher_rate_p_value(0, 500, 0, 5000) == 1.0
+    assert higher_rate_p_value(0, 0, 3, 5000) == 1.0
+
+
+# --- the step verdict ----------------------------------------------------------------------------------------------
+def test_a_challenger_no_worse_than_the_champion_passes_with_both_sides_evidence():
+    champion = window(invocations=5000, errors_5xx=10, errors_4xx=20)
+    verdict = step_verdict(SETTINGS, window(errors_5xx=1, errors_4xx=2, p99=25.0), champion, "OK")
+    assert verdict["healthy"], verdict["reason"]
+    assert verdict["challenger"]["rate_5xx"] == 0.002 and verdict["champion"]["invocations"] == 5000
+    assert verdict["p99_latency_ratio"] == 1.25 and verdict["p_value_5xx"] > 0.05 and verdict["alarm_state"] == "OK"
+
+
+def test_an_alarm_in_alarm_fails_the_step_whatever_the_numbers():
+    verdict = step_verdict(SETTINGS, window(), CHAMPION, "ALARM")
+    assert not verdict["healthy"] and verdict["reason"] == "the canary alarm is in ALARM"
+
+
+def test_the_5xx_ceiling_holds_at_its_value_and_fails_just_over():
+    same_rate = window(invocations=50_000, errors_5xx=500)
+    at = step_verdict(SETTINGS, window(errors_5xx=5), same_rate, None)
+    over = step_verdict(SETTINGS, window(errors_5xx=6), same_rate, None)
+    assert at["healthy"], at["reason"]
+    assert not over["healthy"] and over["reason"] == "challenger 5XX error rate 1.20% is over 1.00%"
+
+
+def test_a_5xx_rate_significantly_over_the_champions_fails_under_the_ceiling():
+    loose = SETTINGS.model_copy(update={"max_error_rate": 0.05})
+    verdict = step_verdict(loose, window(errors_5xx=10), window(invocations=5000, errors_5xx=10), None)
+    assert not verdict["healthy"] and verdict["p_value_5xx"] < 0.05
+    assert verdict["reason"].startswith("challenger 5XX rate is higher than the champion's on the same window")
+
+
+def test_a_4xx_rate_significantly_over_the_champions_fails_and_a_similar_one_does_not():
+    worse = step_verdict(SETTINGS, window(errors_4xx=25), window(invocations=5000, errors_4xx=50), None)
+    assert not worse["healthy"] and "challenger 4XX rate is higher" in worse["reason"]
+    similar = step_verdict(SETTINGS, window(errors_4xx=6), window(invocations=5000, errors_4xx=50), None)
+    assert similar["healthy"], similar["reason"]
+
+
+def test_the_mean_latency_ceiling_holds_at_its_value_and_fails_just_over():
+    at = step_verdict(SETTINGS, window(mean=200.0, p99=210.0), window(invocations=5000, p99=200.0), None)
+    over = step_verdict(SETTINGS, window(mean=201.0, p99=210.0), window(invocations=5000, p99=200.0), None)
+    assert at["healthy"], at["reason"]
+    assert not over["healthy"] and over["reason"] == "challenger mean model latency 201 ms is over 200 ms"
+
+
+def test_the_p99_ratio_holds_at_its_limit_and_fails_over_it_while_the_mean_is_fine():
+    at = step_verdict(SETTINGS, window(p99=26.0), CHAMPION, None)
+    over = step_verdict(SETTINGS, window(mean=12.0, p99=26.2), CHAMPION, None)
+    assert at["healthy"] and at["p99_latency_ratio"] == 1.3
+    assert not over["healthy"] and over["p99_latency_ratio"] == 1.31
+    assert over["reason"] == "challenger p99 model latency 26.2 ms is 1.31 x the champion's 20.0 ms, over 1.3"
+
+
+def test_a_missing_p99_is_not_a_pass():
+    verdict = step_verdict(SETTINGS, window(p99=None), CHAMPION, None)
+    assert not verdict["healthy"] and "p99 ModelLatency of both variants is needed" in verdict["reason"]
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "named"), [(0, 5000, "challenger"), (19, 5000, "challenger"), (500, 19, "champion")]
+)
+def test_a_quiet_window_is_never_a_pass(challenger, champion, named):
+    verdict = step_verdict(
+        SETTINGS, window(invocations=challenger, p99=None), window(invocations=champion, p99=None), "OK"
+    )
+    assert not verdict["healthy"]
+    assert verdict["reason"].startswith(f"quiet window: the {named} saw")
+    assert "fewer than the 20 required to judge the step" in verdict["reason"]
+
+
+def test_twenty_invocations_on_each_side_are_enough():
+    verdict = step_verdict(SETTINGS, window(invocations=20), window(invocations=20), None)
+    assert verdict["healthy"], verdict["reason"]
+
+
+def test_errors_are_judged_before_the_invocation_floor():
+    """A challenger failing most of the few requests it saw is reported for its errors, the more useful reason."""
+    verdict = step_verdict(SETTINGS, window(invocations=5, errors_5xx=4, p99=None), CHAMPION, "OK")
+    assert not verdict["healthy"] and "5XX error rate 80.00%" in verdict["reason"]
+
+
+# --- the audit outcome of a staged canary ---------------------------------------------------------------------------
+RUN = {"run_id": "r1", "trigger": "s3", "reason": "new data", "data_uri": "s3://d/incoming/churn/a.csv"}
+DEPLOY = {"mode": "canary", "expected_config": "c2", "challenger_model": "m2", "previous_config": "c1"}
+STEP = {"step": 0, "weight": 0.05, "healthy": True, "reason": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("canary", "outcome"),
+    [
+        ({"healthy": True, "reason": "ok", "next": "promote", "steps": [STEP, {**STEP, "step": 1}]}, "promoted"),
+        (
+            {"healthy": False, "reason": "5XX", "next": "rollback", "steps": [STEP, {**STEP, "healthy": False}]},
+            "rolled_back",
+        ),
+        ({"healthy": True, "reason": "ok", "next": "shift", "next_step": 1, "steps": [STEP]}, "incomplete"),
+        ({"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}, "incomplete"),
+    ],
+)
+def test_a_staged_canary_is_promoted_only_after_its_last_step(canary, outcome):
+    state = {"run": RUN, "gate": {"promote": True, "reason": "better"}, "deploy": DEPLOY, "canary": canary}
+    assert summarize_run(state, "churn", "exec-1", "t0", "t1", None)["outcome"] == outcome
+
+
+def test_canary_settings_refuse_unknown_keys():
+    with pytest.raises(ValidationError):
+        CanarySettings(steps=[0.1], colour="blue")
+
+
+def test_the_p99_is_judged_only_from_min_latency_samples_on_both_variants():
+    slow = dict(mean=12.0, p99=90.0)
+    below = step_verdict(SETTINGS, window(invocations=99, **slow), CHAMPION, None)
+    assert below["healthy"] and not below["p99_judged"] and below["p99_latency_ratio"] == 4.5
+    assert "p99 not judged: fewer than 100 latency samples on a variant" in below["reason"]
+    at = step_verdict(SETTINGS, window(invocations=100, **slow), CHAMPION, None)
+    assert not at["healthy"] and at["p99_judged"] and "p99 model latency 90.0 ms is 4.50 x" in at["reason"]
+    quiet_champion = step_verdict(SETTINGS, window(**slow), window(invocations=5000, p99=20.0, samples=99), None)
+    assert quiet_champion["healthy"] and not quiet_champion["p99_judged"]
+
+
+# --- the status check verifies a shift from DescribeEndpoint --------------------------------------------------------
+class _Described:
+    """A SageMaker client whose DescribeEndpoint answers with given variants (InService on config c2)."""
+
+    def __init__(self, variants):
+        self.variants = variants
+
+    def describe_endpoint(self, EndpointName):  # noqa: N803 - boto3's keyword
+        return {"EndpointStatus": "InService", "EndpointConfigName": "c2", "ProductionVariants": self.variants}
+
+
+def variants(champion_current, challenger_current, champion_desired=None, challenger_desired=None):
+    def one(name, current, desired):
+        return {"VariantName": name, "CurrentWeight": current, **({"DesiredWeight": desired} if desired else {})}
+
+    return [
+        one("champion", champion_current, champion_desired),
+        one("challenger", challenger_current, challenger_desired),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("described", "expected", "reason"),
+    [
+        (variants(0.75, 0.25), "ready", None),
+        (variants(0.95, 0.05, 0.75, 0.25), "wait", None),  # the shift is under way
+        (variants(0.95, 0.05, 0.95, 0.05), "failed", "desired share is 0.0500, not the requested 0.2500"),
+        ([{"VariantName": "champion", "CurrentWeight": 1.0}], "failed", "no challenger variant"),
+    ],
+)
+def test_a_step_begins_only_when_the_endpoint_shows_its_weights(described, expected, reason):
+    event = EndpointStatus(action="status", expected_config="c2", challenger_weight=0.25)
+    result = status(event, handler_settings(), _Described(described))
+    assert result["next"] == expected
+    assert (reason is None and "reason" not in result) or reason in result["reason"]
+    assert ("canary_started_at" in result) == (expected == "ready")
