@@ -148,7 +148,7 @@ def build_dashboard(
     )
     builder = (
         dashboard.Dashboard(f"refit: {model.name}")
-        .uid(prefix[:40])
+        .uid(prefix)  # letters, digits and hyphens, at most names.PREFIX_MAX (39) characters: within Grafana's 40
         .tags(["refit", model.name])
         .description(f"refit's figures for model {model.name}, from CloudWatch (the stack's dashboard {prefix})")
         .time("now-7d", "now")
