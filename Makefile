@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
 	@echo "==> creating $(VENV) and installing refit (pinned by constraints.txt)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev,grafana,kubeflow]'
 	@echo "==> installing the AWS CDK CLI (package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)

@@ -14,6 +14,7 @@ credentials) or the local runtime (inside its mock).
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
     refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
     refit local up [--port 4566] [--workdir DIR]      (the stack on a local AWS server until Ctrl-C)
+    refit grafana MODEL [-o dashboard.json]           (a Grafana dashboard over CloudWatch; the `grafana` extra)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
 the configuration's only model, as the run's CheckBatch does. --config goes before or after the command.
@@ -253,6 +254,28 @@ def gate_command(args: argparse.Namespace) -> dict[str, Any]:
     return gate_training_outputs(model, evaluation, predictions, folder)[0]
 
 
+def grafana_command(args: argparse.Namespace, out: Any, err: Any) -> int:
+    """`refit grafana MODEL`: the dashboard JSON of scripts.grafana_dashboard (exit 2: a model not configured)."""
+    try:
+        from scripts.grafana_dashboard import dashboard_json  # the SDK only when asked for
+    except ImportError as error:
+        print(f"refit: {error.name} is not installed: pip install 'refit[grafana]'", file=err)
+        return 1
+    try:
+        config = load_config(args.config)
+        text = dashboard_json(
+            config.model(args.model), config.prefix(args.model), region=args.region, datasource_uid=args.datasource_uid
+        )
+    except ConfigError as error:
+        print(f"refit: {error}", file=err)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text, file=out)
+    return 0
+
+
 def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     parser = argparse.ArgumentParser(prog="refit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -315,7 +338,16 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     )
     up.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default 4566)")
     up.add_argument("--workdir", type=Path, default=Path(".refit-local"), help="synthesis, logs and outputs.json")
+    grafana = commands.add_parser(
+        "grafana", help="write the model's Grafana dashboard (CloudWatch data source) as JSON", parents=[common]
+    )
+    grafana.add_argument("model")
+    grafana.add_argument("-o", "--output", help="write it here (default: standard output)")
+    grafana.add_argument("--region", default="default", help="CloudWatch region (default: the data source's own)")
+    grafana.add_argument("--datasource-uid", help="this CloudWatch data source (default: a `datasource` variable)")
     args = parser.parse_args(argv)
+    if args.command == "grafana":
+        return grafana_command(args, out, err)
     if args.command == "local":
         from scripts.local_aws.server import local_up  # moto's server only when asked for
 

@@ -34,3 +34,13 @@ PREDICTION_DRIFT = "PredictionDrift"
 LABEL_DELAY_SECONDS = "LabelDelaySeconds"
 CAPTURE_PROBLEMS = "CaptureProblems"
 LABEL_PROBLEMS = "LabelProblems"
+
+# What the Lambdas publish through Powertools (namespace Refit, dimensions Model and `service`), read by the
+# dashboards with SEARCH on these terms: RunsStarted_<trigger>, Runs<Outcome>, DriftDetected, TrainingCostUSD,
+# CanaryPromoted and CanaryRolledBack.
+RUNS_STARTED = "RunsStarted"
+RUNS_ENDED = "Runs"
+DRIFT_DETECTED = "DriftDetected"
+TRAINING_COST_USD = "TrainingCostUSD"
+CANARY_PROMOTED = "CanaryPromoted"
+CANARY_ROLLED_BACK = "CanaryRolledBack"
