@@ -2,7 +2,9 @@
 the same window from the real serve processes' CloudWatch metrics. A quiet window, a challenger that answers 5XX
 and one that is slow at p99 (its mean within `max_model_latency_ms`) are each rolled back at the first step; a healthy
 one is promoted through both steps. The faulty challengers are test-side wrappers of the model artifact the run
-trained (a first pipeline step that raises or sleeps), written over its model.tar.gz before its first request.
+trained (a first pipeline step that raises or sleeps), written over its model.tar.gz the moment its training job ends,
+before Register records the model file's SHA-256: as if training had produced the faulty model (a file changed after
+registration is refused at load, refit_core.artifacts).
 In every case the champion keeps serving and the audit record agrees with the endpoint. The tests share one runtime
 and run in order: the first deploys the champion every later run is judged against."""
 
@@ -64,17 +66,9 @@ FAULTS = {
 }
 
 
-def challenger_artifact(aws) -> str:
-    sagemaker = aws.client("sagemaker")
-    endpoint = sagemaker.describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
-    model = next(v["ModelName"] for v in config["ProductionVariants"] if v["VariantName"] == "challenger")
-    return sagemaker.describe_model(ModelName=model)["PrimaryContainer"]["ModelDataUrl"]
-
-
-def wrap_challenger(aws, fault: str, scratch: Path) -> None:
+def wrap_challenger(aws, fault: str, scratch: Path, artifact: str) -> None:
     """Rewrite the challenger's model.tar.gz with its pipeline behind a faulty first step."""
-    bucket, key = challenger_artifact(aws).removeprefix("s3://").split("/", 1)
+    bucket, key = artifact.removeprefix("s3://").split("/", 1)
     s3 = aws.client("s3")
     directory = scratch / fault
     with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), mode="r:gz") as tar:
@@ -90,8 +84,29 @@ def wrap_challenger(aws, fault: str, scratch: Path) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
 
 
+class FaultAfterTraining:
+    """A "Wait for training" hook: waits for the run's training job to end, then wraps its model artifact once."""
+
+    def __init__(self, aws, fault: str, scratch: Path) -> None:
+        self.aws, self.fault, self.scratch, self.done = aws, fault, scratch, False
+
+    def __call__(self, state: str, seconds: int) -> None:
+        if self.done:
+            return
+        sagemaker = self.aws.client("sagemaker")
+        jobs = sagemaker.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
+        name = max(jobs, key=lambda job: job["CreationTime"])["TrainingJobName"]  # this run's, just started
+        deadline = time.monotonic() + 300
+        while (described := sagemaker.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] == "InProgress":
+            assert time.monotonic() < deadline, f"training job {name} did not end"
+            time.sleep(0.2)
+        if described["TrainingJobStatus"] == "Completed":
+            wrap_challenger(self.aws, self.fault, self.scratch, described["ModelArtifacts"]["S3ModelArtifacts"])
+            self.done = True
+
+
 class Traffic:
-    """Requests during each bake; `fault` wraps the challenger before its first request."""
+    """Requests during each bake; with `fault`, the challenger is wrapped when its training ends (run_with)."""
 
     def __init__(self, aws, per_bake: int, fault: str | None = None, scratch: Path | None = None) -> None:
         self.aws, self.per_bake, self.fault, self.scratch = aws, per_bake, fault, scratch
@@ -101,8 +116,6 @@ class Traffic:
         self.last_request = datetime.now(UTC)
 
     def __call__(self, state: str, seconds: int) -> None:
-        if self.fault and self.bakes == 0:
-            wrap_challenger(self.aws, self.fault, self.scratch)
         self.bakes += 1
         rows = churn_batch(self.per_bake, 100 + self.bakes, shift=1.0).drop(columns=["churned"])
         for line in rows.to_csv(index=False, header=False).splitlines():
@@ -129,12 +142,15 @@ def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[
     aws.on_wait("Wait for endpoint (deploy)", separate_windows)
     if traffic is not None:
         aws.on_wait("Bake canary", traffic)
+        if traffic.fault:
+            aws.on_wait("Wait for training", FaultAfterTraining(aws, traffic.fault, traffic.scratch))
     try:
         execution = aws.wait_for(
             aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=1.0))), timeout=600
         )
     finally:
         aws.on_wait("Bake canary", None)
+        aws.on_wait("Wait for training", None)
         aws.on_wait("Wait for endpoint (deploy)", None)
         if traffic is not None:
             LAST_TRAFFIC["at"] = traffic.last_request
