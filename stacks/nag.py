@@ -17,9 +17,10 @@ from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 from refit_core import names
 
+from stacks.sagemaker_access import model_prefixes
+
 if TYPE_CHECKING:
     from stacks.refit_stack import ModelPipeline
-    from stacks.sagemaker_access import SageMakerAccess
     from stacks.storage import Storage
 
 IAM5 = "AwsSolutions-IAM5"
@@ -82,9 +83,7 @@ def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> 
     return {f"Resource::{SAGEMAKER_ARN}:{resources[kind]}": reason for kind in kinds}
 
 
-def acknowledge_findings(
-    stack: Stack, storage: Storage, sagemaker: SageMakerAccess, pipelines: list[ModelPipeline]
-) -> None:
+def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPipeline]) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
 
@@ -104,33 +103,6 @@ def acknowledge_findings(
             "AwsSolutions-SQS3": "this queue is the dead-letter queue of refit's EventBridge targets; a dead-letter "
             "queue has none of its own (its alarm notifies the team)"
         },
-    )
-    acknowledge(
-        policy_of(sagemaker.role),
-        _wildcards(
-            {
-                **S3_READ,
-                **S3_PUT,
-                "Action::s3:DeleteObject*": "SageMaker's checkpoint sync removes stale checkpoint files; limited to "
-                "the artifact bucket",
-                **KEY_WRITE,
-                **KEY_REENCRYPT,
-                "Resource::*": "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData "
-                "has none either and is limited to SageMaker's namespaces by condition",
-                f"Resource::<{data}.Arn>/*": "SageMaker reads the data bucket's objects for training channels; the "
-                "bucket holds only refit data",
-                f"Resource::<{data}.Arn>/capture/*": "Data Capture writes as the model's role under "
-                "capture/<model>/<endpoint>/<variant>/<hour>/ with file names SageMaker generates; put only",
-                f"Resource::<{artifacts}.Arn>/*": "SageMaker writes model artifacts and checkpoints under job names it "
-                "generates at run time",
-                "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/"
-                "TrainingJobs:*": "SageMaker names a log stream per job at run time; SageMaker's training log group "
-                "only",
-                "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/"
-                "Endpoints/*": "SageMaker names a log group per endpoint and a stream per instance; SageMaker's "
-                "endpoint log groups only",
-            }
-        ),
     )
     for pipeline in pipelines:
         _acknowledge_pipeline(stack, pipeline, data, artifacts)
@@ -256,6 +228,7 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         },
         "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
     }
+    _acknowledge_sagemaker_role(pipeline, data, artifacts)
     for name, function in f.items():
         if name not in findings:
             raise KeyError(f"stacks/nag.py: list the cdk-nag findings of function {name!r} and why they are accepted")
@@ -270,4 +243,51 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
     acknowledge(
         policy_of(pipeline.retrain.state_machine.role),
         _wildcards({"Resource::*": XRAY + " (the state machine's tracing)", **invoked}),
+    )
+
+
+def _acknowledge_sagemaker_role(pipeline: ModelPipeline, data: str, artifacts: str) -> None:
+    model = pipeline.functions.model
+    prefix = pipeline.endpoint_name
+    logs = "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker"
+    reads = model_prefixes(model)
+    acknowledge(
+        policy_of(pipeline.execution_role.role),
+        _wildcards(
+            {
+                **S3_READ,
+                **S3_PUT,
+                "Action::s3:DeleteObject*": "SageMaker's checkpoint sync removes stale checkpoint files; limited to "
+                "this model's checkpoints/<model>/",
+                **KEY_WRITE,
+                **KEY_REENCRYPT,
+                "Resource::*": "ecr:GetAuthorizationToken has no resource-level permissions; cloudwatch:PutMetricData "
+                "has none either and is limited to SageMaker's namespaces by condition",
+                **_objects(
+                    data,
+                    [p.removesuffix("*") for p in reads["data"]],
+                    "a training job reads this model's optional validation and baseline channels by prefix",
+                ),
+                **_objects(
+                    data,
+                    [model.capture_prefix],
+                    "Data Capture writes as the model's role under capture/<model>/<endpoint>/<variant>/<hour>/ with "
+                    "file names SageMaker generates; put only",
+                ),
+                **_objects(
+                    artifacts,
+                    [p.removesuffix("*") for p in reads["artifacts"]],
+                    "a training job's channels, output and checkpoints are named by run and job at run time, under "
+                    "this model's own prefixes",
+                ),
+                f"{logs}/TrainingJobs:*": "SageMaker's training log group, shared by every job of the account: "
+                "create it and describe its streams; writing is limited to this model's streams",
+                f"{logs}/TrainingJobs:log-stream:{names.pattern(prefix)}": "a job's log streams are named "
+                "<job>/algo-1-<time> at run time; this model's job names only",
+                f"{logs}/Endpoints/{prefix}:*": "the log group of this model's endpoint; SageMaker names a stream per "
+                "instance",
+                f"{logs}/Endpoints/{prefix}:log-stream:*": "SageMaker names a stream per instance of this model's "
+                "endpoint",
+            }
+        ),
     )

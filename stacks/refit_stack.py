@@ -13,7 +13,7 @@ from stacks.nag import acknowledge_findings
 from stacks.retrain_functions import RetrainFunctions
 from stacks.retrain_state_machine import RetrainStateMachine
 from stacks.run_end import RunEnd
-from stacks.sagemaker_access import SageMakerAccess
+from stacks.sagemaker_access import ModelExecutionRole, SageMakerAccess
 from stacks.storage import Storage
 from stacks.triggers import Triggers
 
@@ -44,12 +44,16 @@ class ModelPipeline(Construct):
             model_package_group_name=prefix,
             model_package_group_description=f"refit challengers for {model.name}, approved and rejected",
         )
+        self.execution_role = ModelExecutionRole(
+            self, "SageMaker", model=model, name_prefix=prefix, storage=storage, access=sagemaker_access
+        )
         self.functions = RetrainFunctions(
             self,
             "Functions",
             model=model,
             storage=storage,
             sagemaker=sagemaker_access,
+            execution_role=self.execution_role,
             endpoint_name=self.endpoint_name,
             package_group_name=self.package_group.model_package_group_name,
             canary_alarm_name=canary_alarm_name,
@@ -113,7 +117,7 @@ class RefitStack(Stack):
         self.storage = Storage(
             self, "Storage", notification_email=config.notification_email, retention=config.retention
         )
-        self.sagemaker_access = SageMakerAccess(self, "SageMaker", storage=self.storage)
+        self.sagemaker_access = SageMakerAccess(self, "SageMaker")
         self.pipelines = {
             model.name: ModelPipeline(
                 self,
@@ -131,4 +135,4 @@ class RefitStack(Stack):
         CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
         CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)
         CfnOutput(self, "SummaryTopic", value=self.storage.topic.topic_arn)
-        acknowledge_findings(self, self.storage, self.sagemaker_access, list(self.pipelines.values()))
+        acknowledge_findings(self, self.storage, list(self.pipelines.values()))

@@ -15,8 +15,8 @@ from refit_core import names
 from refit_core.config import ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
 
-from stacks.sagemaker_access import SageMakerAccess
-from stacks.storage import Storage
+from stacks.sagemaker_access import ModelExecutionRole, SageMakerAccess
+from stacks.storage import Storage, deny_listing_outside
 
 FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
 
@@ -79,6 +79,7 @@ class RetrainFunctions(Construct):
         model: ModelConfig,
         storage: Storage,
         sagemaker: SageMakerAccess,
+        execution_role: ModelExecutionRole,
         endpoint_name: str,
         package_group_name: str,
         canary_alarm_name: str,
@@ -102,7 +103,7 @@ class RetrainFunctions(Construct):
             "REFIT_TOPIC_ARN": storage.topic.topic_arn,
             "REFIT_ENDPOINT_NAME": endpoint_name,
             "REFIT_MODEL_PACKAGE_GROUP": package_group_name,
-            "REFIT_SAGEMAKER_ROLE_ARN": sagemaker.role.role_arn,
+            "REFIT_SAGEMAKER_ROLE_ARN": execution_role.role.role_arn,
             "REFIT_IMAGE_URI": sagemaker.image.image_uri,
             "REFIT_CANARY_ALARM": canary_alarm_name,
             "REFIT_QUALITY_ALARM": quality_alarm_name if model.quality_alarm else "",
@@ -198,10 +199,10 @@ class RetrainFunctions(Construct):
                 resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
             )
         )
-        # StartTraining passes the role to training jobs, Deploy to models; to SageMaker only.
+        # StartTraining passes the model's own SageMaker role to training jobs, Deploy to models; to SageMaker only.
         pass_role = iam.PolicyStatement(
             actions=["iam:PassRole"],
-            resources=[sagemaker.role.role_arn],
+            resources=[execution_role.role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
         f["StartTraining"].add_to_role_policy(pass_role)
@@ -371,14 +372,5 @@ class RetrainFunctions(Construct):
         )
         storage.topic.grant_publish(f["Cleanup"])
 
-        # A listing request carries s3:prefix; a read of a missing object also checks s3:ListBucket, without the key
-        # (S3 then answers 404, not 403), so the deny applies only when s3:prefix is present.
         for (name, bucket), patterns in readable.items():
-            f[name].add_to_role_policy(
-                iam.PolicyStatement(
-                    effect=iam.Effect.DENY,
-                    actions=["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"],
-                    resources=[bucket.bucket_arn],
-                    conditions={"Null": {"s3:prefix": "false"}, "StringNotLike": {"s3:prefix": sorted(set(patterns))}},
-                )
-            )
+            deny_listing_outside(f[name], bucket, patterns)

@@ -200,3 +200,17 @@ class Storage(Construct):
                 conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [model]}},
             )
         )
+
+
+def deny_listing_outside(grantee: iam.IGrantable, bucket: s3.IBucket, patterns: list[str]) -> None:
+    """Limit a grantee's listing of `bucket` to the key `patterns` it reads. CDK's read grant allows `s3:List*` on the
+    whole bucket; a listing request carries `s3:prefix`, while a read of a missing object also checks s3:ListBucket
+    without the key (S3 then answers 404, not 403), so the deny applies only when `s3:prefix` is present."""
+    grantee.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            effect=iam.Effect.DENY,
+            actions=["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"],
+            resources=[bucket.bucket_arn],
+            conditions={"Null": {"s3:prefix": "false"}, "StringNotLike": {"s3:prefix": sorted(set(patterns))}},
+        )
+    )

@@ -25,6 +25,20 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(tmp_path_factory.mktemp("cdk") / "cdk.out")
 
 
+@pytest.fixture(scope="session")
+def two_models_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Project `other` with two models whose names prefix each other, churn and churn-eu (the whole churn section of
+    refit.toml again under the longer name), synthesized once per test worker."""
+    text = (ROOT / "refit.toml").read_text()
+    head, models = text.split("\n[[models]]", 1)
+    assert 'project = "refit"' in head
+    config = head.replace('project = "refit"', 'project = "other"') + "\n[[models]]" + models
+    config += "\n[[models]]" + models.replace('name = "churn"', 'name = "churn-eu"', 1)
+    path = tmp_path_factory.mktemp("other") / "refit.toml"
+    path.write_text(config)
+    return synthesize(tmp_path_factory.mktemp("other-cdk") / "cdk.out", path)
+
+
 def config_variant(tmp_path_factory: pytest.TempPathFactory, name: str, replacements: dict[str, str]) -> Path:
     """refit.toml with some settings changed, for a module that needs the example model configured otherwise."""
     text = (ROOT / "refit.toml").read_text()

@@ -10,7 +10,6 @@ import pytest
 from refit_core import names
 
 from scripts.local_aws.cloud_assembly import CloudAssembly
-from scripts.local_aws.runtime import synthesize
 from tests.conftest import ROOT
 from tests.unit.test_names import iam_matches
 
@@ -33,16 +32,9 @@ NAME_PROPERTIES = {
 
 
 @pytest.fixture(scope="module")
-def other_project(tmp_path_factory):
-    """Project `other` with churn and churn-eu (the whole churn section again under the longer name)."""
-    text = (ROOT / "refit.toml").read_text()
-    head, models = text.split("\n[[models]]", 1)
-    assert 'project = "refit"' in head
-    config = head.replace('project = "refit"', 'project = "other"') + "\n[[models]]" + models
-    config += "\n[[models]]" + models.replace('name = "churn"', 'name = "churn-eu"', 1)
-    path = tmp_path_factory.mktemp("other") / "refit.toml"
-    path.write_text(config)
-    return CloudAssembly.load(synthesize(tmp_path_factory.mktemp("other-cdk") / "cdk.out", path))
+def other_project(two_models_assembly):
+    """Project `other` with churn and churn-eu (tests/conftest.py)."""
+    return CloudAssembly.load(two_models_assembly)
 
 
 def physical_names(assembly: CloudAssembly) -> set[str]:

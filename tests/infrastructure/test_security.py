@@ -1,6 +1,7 @@
-"""The smaller gaps of a security review, checked on the synthesized template: PassRole only to SageMaker, the
-project key only for functions that use it, log groups kept and encrypted without execution data, the audit table
-protected, lifecycle rules from refit.toml, and a dead-letter queue and retry policy on every EventBridge target."""
+"""A security review, checked on the synthesized template: one SageMaker role per model that reaches nothing of
+another model and may not overwrite or delete what a run relies on, PassRole only to SageMaker, the project key only
+for functions that use it, log groups kept and encrypted without execution data, the audit table protected,
+lifecycle rules from refit.toml, and a dead-letter queue and retry policy on every EventBridge target."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
 from refit_core.config import ConfigError, RetentionSettings, load_config
 
+from scripts.local_aws.iam import IamRequest, evaluate
 from stacks.app_builder import cdk_json_context
 from stacks.storage import Storage
 
@@ -205,3 +207,211 @@ def test_functions_list_only_the_prefixes_they_read_and_touch_only_their_models_
         "ground-truth/churn/*",
         "labeling/churn/*",
     ]
+
+
+# ---------------------------------------------------------------- per-model SageMaker roles (two models)
+MODELS = ("churn", "churn-eu")  # names that prefix each other: the hard case for prefixes and name patterns
+
+
+@pytest.fixture(scope="module")
+def two_models(two_models_assembly):
+    return json.loads((two_models_assembly / "other.template.json").read_text())
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def resolve(value, template) -> str:
+    """An IAM resource of the template as a plain ARN: buckets `arn:aws:s3:::<logical id>`, other GetAtts
+    `<logical id>`, pseudo parameters by name."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(resolve(part, template) for part in parts)
+    if "Fn::GetAtt" in value:
+        logical = value["Fn::GetAtt"][0]
+        if template["Resources"][logical]["Type"] == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{logical}"
+        return logical
+    return {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"}.get(
+        value.get("Ref"), str(value.get("Ref"))
+    )
+
+
+def resolved_statements(template, role: str) -> list[dict]:
+    out = []
+    for statement in statements_by_role(template)[role]:
+        statement = dict(statement)
+        statement["Resource"] = [resolve(r, template) for r in as_list(statement["Resource"])]
+        out.append(statement)
+    return out
+
+
+def sagemaker_roles(template) -> dict[str, str]:
+    """Model name -> the logical id of the SageMaker role its functions name (REFIT_SAGEMAKER_ROLE_ARN)."""
+    out: dict[str, str] = {}
+    for function in of_type(template, "AWS::Lambda::Function").values():
+        props = function["Properties"]
+        if "ImageConfig" not in props:
+            continue
+        model = props["Description"].removeprefix("refit ").split(":", 1)[0]
+        arn = props["Environment"]["Variables"]["REFIT_SAGEMAKER_ROLE_ARN"]
+        assert out.setdefault(model, arn["Fn::GetAtt"][0]) == arn["Fn::GetAtt"][0], "one role per model"
+    return out
+
+
+def own_prefixes(model: str) -> dict[str, tuple[str, ...]]:
+    """Where model `model`'s SageMaker role may act, by bucket logical id prefix."""
+    return {
+        "StorageData": (f"validation/{model}/", f"baseline/{model}/", f"capture/{model}/"),
+        "StorageArtifacts": (
+            f"job-data/{model}/",
+            f"reports/{model}/",
+            f"training/{model}/",
+            f"checkpoints/{model}/",
+        ),
+    }
+
+
+OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:Abort")
+
+
+def foreign_s3_grants(statements: list[dict], model: str) -> list[tuple[str, str]]:
+    """(action, resource) pairs an Allow statement grants outside `model`'s own prefixes: an object ARN not under one
+    of them, a bucket ARN with anything but listing and bucket settings, or listing a bucket without a deny that
+    keeps the listed prefixes to them."""
+    prefixes = own_prefixes(model)
+    foreign = []
+    listing_denied = {
+        r
+        for s in statements
+        if s["Effect"] == "Deny" and "s3:ListBucket" in as_list(s["Action"])
+        for r in s["Resource"]
+        if all(
+            p.startswith(next(v for k, v in prefixes.items() if k in r))
+            for p in s["Condition"]["StringNotLike"]["s3:prefix"]
+        )
+        and s["Condition"]["Null"] == {"s3:prefix": "false"}
+    }
+    for statement in statements:
+        if statement["Effect"] != "Allow":
+            continue
+        for action in (a for a in as_list(statement["Action"]) if a.startswith("s3:")):
+            for resource in statement["Resource"]:
+                bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
+                own = next((v for k, v in prefixes.items() if bucket.startswith(k)), ())
+                if not key:
+                    if action.startswith(OBJECT_ACTIONS):
+                        continue  # CDK's grants name the bucket beside its objects; object actions never match it
+                    if not action.startswith(("s3:List", "s3:GetBucket")) or (
+                        action.startswith("s3:List") and resource not in listing_denied
+                    ):
+                        foreign.append((action, resource))
+                elif not key.startswith(own):
+                    foreign.append((action, resource))
+    return foreign
+
+
+def test_each_model_has_its_own_sagemaker_role_and_passes_only_that(two_models):
+    roles = sagemaker_roles(two_models)
+    assert set(roles) == set(MODELS) and len(set(roles.values())) == 2
+    for logical in roles.values():
+        trust = two_models["Resources"][logical]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert [s["Principal"] for s in trust] == [{"Service": "sagemaker.amazonaws.com"}]
+    functions = function_roles_by_model(two_models)
+    by_role = statements_by_role(two_models)
+    for model, role in roles.items():
+        passes = [s for r in functions[model] for s in by_role[r] if "iam:PassRole" in actions(s)]
+        assert len(passes) == 2  # StartTraining and Deploy
+        for statement in passes:
+            assert statement["Resource"] == {"Fn::GetAtt": [role, "Arn"]}
+            assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    sagemaker_trust = [
+        k
+        for k, r in of_type(two_models, "AWS::IAM::Role").items()
+        if "sagemaker.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])
+    ]
+    assert sorted(sagemaker_trust) == sorted(roles.values())  # no shared role left behind
+
+
+def function_roles_by_model(template) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for function in of_type(template, "AWS::Lambda::Function").values():
+        props = function["Properties"]
+        if "ImageConfig" in props:
+            model = props["Description"].removeprefix("refit ").split(":", 1)[0]
+            out.setdefault(model, []).append(props["Role"]["Fn::GetAtt"][0])
+    return out
+
+
+@pytest.mark.parametrize(("model", "other"), [("churn", "churn-eu"), ("churn-eu", "churn")])
+def test_no_sagemaker_role_reaches_another_models_prefixes_or_logs(two_models, model, other):
+    statements = resolved_statements(two_models, sagemaker_roles(two_models)[model])
+    assert foreign_s3_grants(statements, model) == []
+    # The check can fail: the same statements judged as the other model's, and the shared role's old grants.
+    assert foreign_s3_grants(statements, other) != []
+    shared = [
+        {"Effect": "Allow", "Action": ["s3:GetObject*", "s3:List*"], "Resource": ["arn:aws:s3:::StorageDataX/*"]},
+        {"Effect": "Allow", "Action": ["s3:List*"], "Resource": ["arn:aws:s3:::StorageDataX"]},
+    ]
+    assert foreign_s3_grants(shared, model) == [
+        ("s3:GetObject*", "arn:aws:s3:::StorageDataX/*"),
+        ("s3:List*", "arn:aws:s3:::StorageDataX/*"),
+        ("s3:List*", "arn:aws:s3:::StorageDataX"),  # the whole bucket listed: no deny outside the prefixes
+    ]
+    writes = {
+        (a, r.split("/", 1)[1])
+        for s in statements
+        if s["Effect"] == "Allow"
+        for a in as_list(s["Action"])
+        if a.startswith(("s3:Put", "s3:Delete", "s3:Abort"))
+        for r in s["Resource"]
+    }
+    assert {r for a, r in writes if a.startswith("s3:Delete")} == {f"checkpoints/{model}/*"}
+    assert {r for _, r in writes} == {f"training/{model}/*", f"checkpoints/{model}/*", f"capture/{model}/*"}
+    logs = [r for s in statements for r in s["Resource"] if ":logs:" in r]
+    streams = [r for s in statements if "logs:PutLogEvents" in as_list(s["Action"]) for r in s["Resource"]]
+    assert sorted(r.split("log-group:")[1] for r in streams) == [
+        f"/aws/sagemaker/Endpoints/other-{model}:log-stream:*",
+        f"/aws/sagemaker/TrainingJobs:log-stream:other-{model}--*",
+    ]
+    assert logs and not any(f"other-{other}--" in r or f"Endpoints/other-{other}:" in r for r in logs)
+
+
+def decision(statements: list[dict], bucket: str, action: str, key: str) -> tuple[bool, str | None]:
+    """IAM's evaluation (the local runtime's): allowed, and the effect of the deciding statement (None: no statement
+    applies, the implicit deny)."""
+    ok, statement = evaluate(statements, IamRequest(action, f"{bucket}/{key}"))
+    return ok, statement and statement["Effect"]
+
+
+def test_sagemaker_roles_may_not_overwrite_or_delete_what_a_run_relies_on(two_models):
+    """Explicit denies (they win over any allow): no SageMaker role puts or deletes under models/ or reports/ of any
+    model, or deletes training output; IAM's evaluation (the local runtime's) of the role's own policy agrees."""
+    for model, role in sagemaker_roles(two_models).items():
+        statements = resolved_statements(two_models, role)
+        denies = [s for s in statements if s["Effect"] == "Deny" and "s3:ListBucket" not in as_list(s["Action"])]
+        keys = {(a, r.split("/", 1)[1]) for s in denies for a in as_list(s["Action"]) for r in s["Resource"]}
+        assert keys == {
+            ("s3:PutObject*", "models/*"),
+            ("s3:DeleteObject*", "models/*"),
+            ("s3:PutObject*", "reports/*"),
+            ("s3:DeleteObject*", "reports/*"),
+            ("s3:DeleteObject*", "training/*"),
+        }
+        bucket = next(
+            r.split("/")[0] for s in statements for r in s["Resource"] if "StorageArtifacts" in r and "/" in r
+        )
+        job = f"training/{model}/other-{model}--r1--s1/output/model.tar.gz"
+        assert decision(statements, bucket, "s3:PutObject", job) == (True, "Allow")
+        assert decision(statements, bucket, "s3:DeleteObject", job) == (False, "Deny")
+        assert decision(statements, bucket, "s3:DeleteObjectVersion", job) == (False, "Deny")
+        assert decision(statements, bucket, "s3:DeleteObject", f"checkpoints/{model}/r1/fold-1.json") == (True, "Allow")
+        for key in (f"models/{model}/r1/lineage.json", f"reports/{model}/r1/gate.json"):
+            assert decision(statements, bucket, "s3:PutObject", key) == (False, "Deny")
+            assert decision(statements, bucket, "s3:DeleteObjectVersion", key) == (False, "Deny")
+        other = next(m for m in MODELS if m != model)
+        assert decision(statements, bucket, "s3:PutObject", f"training/{other}/x/output/model.tar.gz") == (False, None)
+        assert decision(statements, bucket, "s3:GetObject", f"training/{other}/x/output/model.tar.gz") == (False, None)

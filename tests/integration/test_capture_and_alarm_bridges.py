@@ -27,6 +27,8 @@ from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch
 
 ENDPOINT = "refit-capture-bridge"
+# Where a training job of churn writes its model: what churn's SageMaker role may read for the endpoint.
+MODEL_KEY = "training/churn/refit-churn--bridge--od1/output/model.tar.gz"
 TRAINING_CONFIG = {
     "target": "churned",
     "problem_type": "binary_classification",
@@ -173,14 +175,14 @@ def endpoint(aws, tmp_path_factory):
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         for path in sorted((root / "model").iterdir()):
             tar.add(path, arcname=path.name)
-    aws.client("s3").put_object(Bucket=aws.artifact_bucket, Key="bridge/model.tar.gz", Body=archive.getvalue())
+    aws.client("s3").put_object(Bucket=aws.artifact_bucket, Key=MODEL_KEY, Body=archive.getvalue())
     sagemaker = aws.client("sagemaker")
     sagemaker.create_model(
         ModelName=f"{ENDPOINT}-model",
         ExecutionRoleArn=stack_setting(aws, "REFIT_SAGEMAKER_ROLE_ARN"),
         PrimaryContainer={
             "Image": stack_setting(aws, "REFIT_IMAGE_URI"),
-            "ModelDataUrl": f"s3://{aws.artifact_bucket}/bridge/model.tar.gz",
+            "ModelDataUrl": f"s3://{aws.artifact_bucket}/{MODEL_KEY}",
         },
     )
     kms_key = stack_setting(aws, "REFIT_KMS_KEY_ARN")
@@ -388,7 +390,9 @@ def test_capture_is_written_as_the_models_execution_role(aws, endpoint):
     try:
         for statement in aws.iam.policies[role]:
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            statement["Resource"] = [r for r in resources if not (isinstance(r, str) and r.endswith("/capture/*"))]
+            statement["Resource"] = [
+                r for r in resources if not (isinstance(r, str) and r.endswith("/capture/churn/*"))
+            ]
         aws.flush_capture()
         invoke(aws)
         assert aws.flush_capture() == []
