@@ -18,6 +18,7 @@ from constructs import IConstruct
 from refit_core import names
 
 if TYPE_CHECKING:
+    from stacks.approvers import ApproverRole
     from stacks.refit_stack import ModelPipeline
     from stacks.sagemaker_access import SageMakerAccess
     from stacks.storage import Storage
@@ -83,7 +84,11 @@ def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> 
 
 
 def acknowledge_findings(
-    stack: Stack, storage: Storage, sagemaker: SageMakerAccess, pipelines: list[ModelPipeline]
+    stack: Stack,
+    storage: Storage,
+    sagemaker: SageMakerAccess,
+    pipelines: list[ModelPipeline],
+    approvers: ApproverRole,
 ) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
@@ -129,6 +134,23 @@ def acknowledge_findings(
                 "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/"
                 "Endpoints/*": "SageMaker names a log group per endpoint and a stream per instance; SageMaker's "
                 "endpoint log groups only",
+            }
+        ),
+    )
+    acknowledge(
+        policy_of(approvers.role),
+        _wildcards(
+            {
+                "Resource::*": "states:SendTaskSuccess has no resource-level permissions (the Service Authorization "
+                "Reference lists no resource type: the task token names the task); the role reads tokens only from "
+                "this project's approval items",
+                **{
+                    finding: reason
+                    for pipeline in pipelines
+                    for finding, reason in _sagemaker(
+                        pipeline.endpoint_name, pipeline.package_group.model_package_group_name, ("model-package",)
+                    ).items()
+                },
             }
         ),
     )
