@@ -78,7 +78,7 @@ def decide_approval(
         check_separation(approver.arn, started_by, trigger, run_id)
     status = "Approved" if approve else "Rejected"
     decided_at = datetime.now(UTC).isoformat(timespec="seconds")
-    starter = started_by or f"no recorded starter (trigger {trigger or 'unknown'})"
+    starter = started_by or f"none: trigger {trigger or 'unknown'}"
     sagemaker.update_model_package(
         ModelPackageArn=item["model_package_arn"]["S"],
         ModelApprovalStatus=status,
