@@ -161,9 +161,7 @@ def test_without_fallback_a_spot_capacity_timeout_fails_the_run_and_keeps_the_ch
     assert after == before
 
 
-def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approve(
-    aws, config_path, tmp_path, monkeypatch
-):
+def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approve(aws, config_path, tmp_path):
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(aws.outputs))
     starter = CallerIdentity.of(aws.client("sts")).arn  # this process: moto's user
@@ -180,13 +178,14 @@ def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approv
     code, _, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table)
     assert code == 2 and err.strip().startswith("refit: separation of duties:") and starter in err
     assert package_status(aws, 4) == "PendingManualApproval" and pending(aws, 4, timeout=1)
-    # A session of the approver role (only what its synthesized policy allows) approves
+    # A session of the approver role (only what its synthesized policy allows) approves: boto3.client() in this
+    # thread signs as the role, the way the local runtime signs a Lambda invocation as its function's role
     role = next(v for k, v in aws.outputs.items() if "ApproverRoleArn" in k)
-    credentials = aws.iam.credentials_for(role, "ana", aws.client("sts"))
-    for name, value in credentials.items():
-        monkeypatch.setenv(name.upper(), value)
-    code, out, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table, "--comment", "ok")
-    monkeypatch.undo()
+    aws.bridges.default_session.session = aws.bridges.role_session(role, "ana")
+    try:
+        code, out, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table, "--comment", "ok")
+    finally:
+        aws.bridges.default_session.session = None
     approver = f"arn:aws:sts::123456789012:assumed-role/{role.rsplit('/', 1)[-1]}/ana"
     assert code == 0, err
     assert json.loads(out)["by"] == approver
