@@ -203,6 +203,7 @@ def test_functions_list_only_the_prefixes_they_read_and_touch_only_their_models_
     data = next(s for s in monitor if "StorageData" in json.dumps(s["Resource"]))
     assert data["Condition"]["StringNotLike"]["s3:prefix"] == [
         "capture/churn/*",
+        "feedback/churn/pending/*",  # the example model has a quality alarm: the monitor re-arms it on new feedback
         "ground-truth/churn/*",
         "labeling/churn/*",
     ]
