@@ -5,8 +5,8 @@ credentials) or the local runtime (inside its mock).
     refit drift (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--target COL] [--json]
     refit quality (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--json]
     refit gate EVALUATION_DIR --model NAME            (evaluation.json + holdout_predictions.csv of a training job)
-    refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues)
-    refit reject MODEL VERSION [--comment TEXT]
+    refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues; the approver is
+    refit reject MODEL VERSION [--comment TEXT]        the caller's AWS identity, STS GetCallerIdentity)
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
     refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
@@ -23,7 +23,6 @@ the configuration's only model, as the run's CheckBatch does. --config goes befo
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -43,6 +42,7 @@ from refit_core.datasets import DataError, iter_parts, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, gate_training_outputs
 from refit_core.ground_truth import ground_truth_key, read_labels
+from refit_core.identity import CallerIdentity
 from refit_core.lineage import diff
 from refit_core.profile import ProfileError, build_profile, categorical_columns, dumps_profile, loads_profile
 from refit_core.quality import check_quality
@@ -399,13 +399,15 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         elif args.command == "gate":
             report = gate_command(args)
         elif args.command in ("approve", "reject"):
-            load_config(args.config).model(args.model)
+            config = load_config(args.config)
+            config.model(args.model)
             report = decide_approval(
                 model=args.model,
                 version=args.version,
                 approve=args.command == "approve",
-                by=os.environ.get("REFIT_USER", getpass.getuser()),
+                approver=CallerIdentity.of(boto3.client("sts")),  # who decides is who AWS says the caller is
                 comment=args.comment,
+                separation_of_duties=config.approval.separation_of_duties,
                 audit_table=_audit_table(args),
                 dynamodb=boto3.client("dynamodb"),
                 sagemaker=boto3.client("sagemaker"),
@@ -418,7 +420,10 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             report = diff(_lineage(sagemaker, group, args.v1), _lineage(sagemaker, group, args.v2))
         print(json.dumps(report, indent=None if getattr(args, "json", False) else 1, default=float), file=out)
         return 0
-    except (DataError, ProfileError, ConfigError, GateInputError, ApprovalError, CliError, OSError) as error:
+    except ApprovalError as error:
+        print(f"refit: {error}", file=err)
+        return error.exit_code
+    except (DataError, ProfileError, ConfigError, GateInputError, CliError, OSError) as error:
         print(f"refit: {error}", file=err)
         return 1
 

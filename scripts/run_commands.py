@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import io
 import json
 import os
@@ -56,6 +55,7 @@ from refit_core.champion import (
 )
 from refit_core.config import ConfigError, ModelConfig, RefitConfig, load_config
 from refit_core.datasets import DataError, iter_table
+from refit_core.identity import CallerIdentity
 from refit_core.names import model_package_arn, stack_name
 from refit_core.runs import RunInputError, parse_run_input, run_id_from_execution
 from refit_core.s3uri import SUPPORTED_SUFFIXES, is_s3_uri
@@ -366,13 +366,23 @@ def _data_uri(value: str | None, model: ModelConfig, bucket: str) -> str | None:
 
 
 def _user() -> str:
-    return os.environ.get("REFIT_USER") or getpass.getuser()
+    """The caller's AWS identity (STS GetCallerIdentity's ARN): what `requested_by` records, never a typed name."""
+    sts = boto3.client("sts")
+    try:
+        return CallerIdentity.of(sts).arn
+    except (ClientError, BotoCoreError) as error:
+        raise aws_error(error, "the caller's identity (sts GetCallerIdentity)", _endpoint_of(sts)) from None
 
 
 def trigger(args: argparse.Namespace, config: RefitConfig, resources: Resources, out: Any) -> int:
     model = _model(config, args.model, args.config)
     bucket = resources.data_bucket
-    payload: dict[str, Any] = {"force": bool(args.force), "reason": args.reason or f"manual run by {_user()}"}
+    who = _user()
+    payload: dict[str, Any] = {
+        "force": bool(args.force),
+        "reason": args.reason or f"manual run by {who}",
+        "requested_by": who,
+    }
     data_uri = _data_uri(args.data, model, bucket)
     if data_uri is not None:
         payload["data_uri"] = data_uri
@@ -621,11 +631,12 @@ def redeploy(args: argparse.Namespace, config: RefitConfig, resources: Resources
             f"run {holder['owner']} holds the lock of {model.name} until {holder['expires_at']}; wait for it to end "
             f"(refit status {model.name}) and run this again"
         )
+    who = _user()
     payload: dict[str, Any] = {
         "deploy_version": version,
         "kind": kind,
-        "reason": args.reason or f"{kind} by {_user()}",
-        "requested_by": _user(),
+        "reason": args.reason or f"{kind} by {who}",
+        "requested_by": who,
         "force": bool(args.force),
     }
     try:

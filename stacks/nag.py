@@ -20,6 +20,7 @@ from refit_core import names
 from stacks.sagemaker_access import model_prefixes
 
 if TYPE_CHECKING:
+    from stacks.approvers import ApproverRole
     from stacks.refit_stack import ModelPipeline
     from stacks.storage import Storage
 
@@ -83,7 +84,9 @@ def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> 
     return {f"Resource::{SAGEMAKER_ARN}:{resources[kind]}": reason for kind in kinds}
 
 
-def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPipeline]) -> None:
+def acknowledge_findings(
+    stack: Stack, storage: Storage, pipelines: list[ModelPipeline], approvers: ApproverRole
+) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
 
@@ -103,6 +106,23 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
             "AwsSolutions-SQS3": "this queue is the dead-letter queue of refit's EventBridge targets; a dead-letter "
             "queue has none of its own (its alarm notifies the team)"
         },
+    )
+    acknowledge(
+        policy_of(approvers.role),
+        _wildcards(
+            {
+                "Resource::*": "states:SendTaskSuccess has no resource-level permissions (the Service Authorization "
+                "Reference lists no resource type: the task token names the task); the role reads tokens only from "
+                "this project's approval items",
+                **{
+                    finding: reason
+                    for pipeline in pipelines
+                    for finding, reason in _sagemaker(
+                        pipeline.endpoint_name, pipeline.package_group.model_package_group_name, ("model-package",)
+                    ).items()
+                },
+            }
+        ),
     )
     for pipeline in pipelines:
         _acknowledge_pipeline(stack, pipeline, data, artifacts)

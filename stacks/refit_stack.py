@@ -8,6 +8,7 @@ from constructs import Construct
 from refit_core import names
 from refit_core.config import ModelConfig, RefitConfig
 
+from stacks.approvers import ApproverRole
 from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
 from stacks.retrain_functions import RetrainFunctions
@@ -130,9 +131,16 @@ class RefitStack(Stack):
             )
             for model in config.models
         }
+        self.approvers = ApproverRole(
+            self,
+            "Approvers",
+            settings=config.approval,
+            storage=self.storage,
+            models={name: p.package_group.model_package_group_name for name, p in self.pipelines.items()},
+        )
         CfnOutput(self, "Project", value=config.project)
         CfnOutput(self, "DataBucket", value=self.storage.data_bucket.bucket_name)
         CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
         CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)
         CfnOutput(self, "SummaryTopic", value=self.storage.topic.topic_arn)
-        acknowledge_findings(self, self.storage, list(self.pipelines.values()))
+        acknowledge_findings(self, self.storage, list(self.pipelines.values()), self.approvers)

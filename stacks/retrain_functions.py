@@ -12,6 +12,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import names
+from refit_core.approvals import approval_partition
 from refit_core.config import ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
 
@@ -226,9 +227,9 @@ class RetrainFunctions(Construct):
         read(storage.artifact_bucket, f["Register"], f"training/{model.name}/*")
         storage.grant_audit(model.name, f["StartTraining"], "dynamodb:Query")
         sagemaker.image.repository.grant(f["Register"], "ecr:DescribeImages")
-        storage.grant_audit(model.name, f["RequestApproval"], "dynamodb:PutItem")
+        storage.grant_audit(approval_partition(model.name), f["RequestApproval"], "dynamodb:PutItem")
         storage.topic.grant_publish(f["RequestApproval"])
-        storage.grant_audit(model.name, f["ExpireApproval"], "dynamodb:DeleteItem")
+        storage.grant_audit(approval_partition(model.name), f["ExpireApproval"], "dynamodb:DeleteItem")
         # ExpireApproval rejects an undecided package; Finalize and Cleanup reject the run's package when it does
         # not serve at the run's end (rolled back, failed, timed out).
         package_updates = iam.PolicyStatement(

@@ -351,6 +351,8 @@ class RetrainStateMachine(Construct):
                     "model_package_arn.$": "$.registry.model_package_arn",
                     "version.$": "$.registry.version",
                     "reason.$": "$.gate.reason",
+                    "trigger.$": "$.run.trigger",
+                    "started_by.$": "$.run.requested_by",
                 }
             ),
             task_timeout=sfn.Timeout.duration(Duration.seconds(model.approval_timeout_seconds)),

@@ -190,14 +190,16 @@ class Storage(Construct):
         publishes (KEY_READ, KEY_WRITE). Only principals that touch an encrypted store get it."""
         self.key.grant(grantee, *KEY_READ, *(KEY_WRITE if write else ()))
 
-    def grant_audit(self, model: str, grantee: iam.IGrantable, *actions: str) -> None:
-        """Item `actions` on the audit table, only on items whose partition key (`pk`) is `model`: every item of a
-        model's runs, ledger, lock and approvals is keyed by the model's name."""
+    def grant_audit(self, partition: str | list[str], grantee: iam.IGrantable, *actions: str) -> None:
+        """Item `actions` on the audit table, only on items whose partition key (`pk`) is `partition` (or one of a
+        list): a model's runs, ledger and lock are keyed by the model's name, its pending approvals by
+        `approval#<model>` (refit_core.approvals.approval_partition)."""
+        keys = [partition] if isinstance(partition, str) else list(partition)
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=list(actions),
                 resources=[self.audit_table.table_arn],
-                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [model]}},
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": keys}},
             )
         )
 

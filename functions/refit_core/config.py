@@ -520,10 +520,36 @@ class RetentionSettings(_Strict):
         return value
 
 
+class ApprovalSettings(_Strict):
+    """Who may decide a model's manual approval (`approval = "manual"` in a model's section), for every model of the
+    project: one approver role per project (stacks/approvers.py)."""
+
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="IAM principal ARNs that may assume the approver role; empty: the account (its IAM policies "
+        "decide who may assume it).",
+    )
+    separation_of_duties: bool = Field(
+        False, description="The identity that started a run may not approve it (`refit approve` refuses)."
+    )
+
+    @field_validator("approvers")
+    @classmethod
+    def _principal_arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:(root|(user|role)/[\w+=,.@/-]+)", arn):
+                raise ValueError(
+                    f"{arn!r} is not an IAM principal ARN; use arn:aws:iam::<account>:role/<name>, :user/<name> or "
+                    ":root"
+                )
+        return value
+
+
 class RefitConfig(_Strict):
     project: str = Field("refit", description="Prefixes every resource and names the stack.")
     notification_email: str | None = None
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
     )

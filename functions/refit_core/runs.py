@@ -25,6 +25,13 @@ class ManualInput(BaseModel):
     )
     force: bool = Field(False, description="Retrain even when no drift is found.")
     reason: str = Field("manual run", max_length=500)
+    requested_by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="Who started it: `refit trigger` records the caller's STS ARN. Self-asserted (whoever may call "
+        "StartExecution may write any value); separation of duties compares it with the approver.",
+    )
 
     @field_validator("data_uri")
     @classmethod
@@ -67,7 +74,11 @@ class DeployInput(BaseModel):
     deploy_version: StrictInt = Field(ge=1, description="The model package version to serve.")
     kind: Literal["rollback", "promote"] = Field("promote", description="Recorded; both deploy the same way.")
     reason: str = Field("manual redeploy", max_length=500)
-    requested_by: str = Field(min_length=1, max_length=128, description="Who asked; recorded and in the registry.")
+    requested_by: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Who asked (the CLI: the caller's STS ARN); recorded and in the registry.",
+    )
     force: StrictBool = Field(False, description="Deploy a version the registry marks Rejected (recorded).")
 
 
@@ -89,6 +100,7 @@ class RunRequest(BaseModel):
     etag: str | None = None  # the ETag an S3 event carries (AWS's field `detail.object.etag`)
     waited_for: str | None = None  # an alarm run started when the run holding the lock ended: that run's id
     deploy: DeployInput | None = None  # a manual rollback / promotion of a registered version
+    requested_by: str | None = None  # who started a manual run, as its input says (self-asserted)
 
 
 def _describe(error: ValidationError, schema: type[BaseModel] = ManualInput) -> str:
@@ -173,6 +185,7 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
             data_uri=None,
             force=False,
             deploy=deploy,
+            requested_by=deploy.requested_by,
         )
     try:
         manual = ManualInput.model_validate(payload)
@@ -186,7 +199,13 @@ def parse_run_input(payload: Any, new_data_prefix: str, data_bucket: str) -> Run
             raise RunInputError(
                 f"data_uri: {manual.data_uri!r} must be under this model's new-data prefix s3://{data_bucket}/{new_data_prefix}"
             )
-    return RunRequest(trigger="manual", reason=manual.reason, data_uri=manual.data_uri, force=manual.force)
+    return RunRequest(
+        trigger="manual",
+        reason=manual.reason,
+        data_uri=manual.data_uri,
+        force=manual.force,
+        requested_by=manual.requested_by,
+    )
 
 
 def run_id_from_execution(execution_name: str) -> str:

@@ -386,9 +386,18 @@ class ApprovalRequested(Step):
 
 
 class ApprovalDecision(Step):
+    """The decision `refit approve` / `reject` sends with the task token, or ExpireApproval's on timeout. `by` is the
+    decider's STS ARN (`timeout` for ExpireApproval); `started_by` the run's recorded starter (None: no human started
+    it, or the input named none); `separation_of_duties` whether the rule was enforced for this decision."""
+
     approved: bool
     by: str | None = None
     reason: str | None = None
+    session: str | None = None  # the decider's assumed-role session name, when the decider is a role session
+    decided_at: str | None = None
+    started_by: str | None = None
+    trigger: str | None = None
+    separation_of_duties: bool | None = None
 
 
 # --- Finalize -> $.final -------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class ApprovalRequest(BaseModel):
     model_package_arn: str
     version: int
     reason: str
+    trigger: str | None = None  # the run's trigger and recorded starter, for separation of duties
+    started_by: str | None = None
 
 
 class ApprovalExpiry(BaseModel):
@@ -40,6 +42,8 @@ def request_approval(event: ApprovalRequest, config: Settings, dynamodb: Any, sn
             "run_id": {"S": event.run_id},
             "model_package_arn": {"S": event.model_package_arn},
             "expires_at": {"N": str(expires)},
+            **({"trigger": {"S": event.trigger}} if event.trigger else {}),
+            **({"started_by": {"S": event.started_by}} if event.started_by else {}),
         },
     )
     sns.publish(

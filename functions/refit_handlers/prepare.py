@@ -191,6 +191,7 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
         "claimed_batch": False,
         "queued": 0,
         "provenance": "batch",
+        "requested_by": request.requested_by,
     }
     if request.deploy is not None:
         # A manual rollback / promotion: no batch, no ledger; the lock keeps it apart from every other run.
@@ -199,7 +200,6 @@ def prepare(payload: Any, execution_name: str, config: Settings, s3: Any, dynamo
             deploy_version=request.deploy.deploy_version,
             deploy_kind=request.deploy.kind,
             deploy_force=request.deploy.force,
-            requested_by=request.deploy.requested_by,
         )
         holder = acquire_lock(dynamodb, table, model.name, run_id, int(time.time()), model.lock_seconds)
         if holder is not None:

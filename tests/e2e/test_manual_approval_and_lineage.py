@@ -1,5 +1,7 @@
-"""A second configuration of the example model — manual approval, no on-demand fallback — on the local runtime:
-approve, reject and timeout through the `refit` CLI, lineage and diff, and a spot job that finds no capacity."""
+"""A second configuration of the example model — manual approval with separation of duties, no on-demand fallback —
+on the local runtime: approve, reject and timeout through the `refit` CLI, lineage and diff, a spot job that finds no
+capacity, and an approval by the stack's approver role (its synthesized policy enforced by the local IAM) of a run
+another identity started, after the starter's own approval was refused."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import time
 
 import pytest
+from refit_core.identity import CallerIdentity
 
 from scripts.cli import main as refit
 from scripts.local_aws.runtime import LocalRuntime, synthesize
@@ -24,6 +27,7 @@ def config_path(tmp_path_factory):
         tmp_path_factory,
         "manual",
         {
+            'project = "refit"': 'project = "refit"\n\n[approval]\nseparation_of_duties = true\n',
             'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 30',
             "fallback_to_on_demand = true": "fallback_to_on_demand = false",
         },
@@ -42,7 +46,10 @@ def pending(aws, version, timeout=300):
     while time.monotonic() < deadline:
         item = (
             aws.client("dynamodb")
-            .get_item(TableName=aws.audit_table, Key={"pk": {"S": MODEL}, "sk": {"S": f"approval#{version:06d}"}})
+            .get_item(
+                TableName=aws.audit_table,
+                Key={"pk": {"S": f"approval#{MODEL}"}, "sk": {"S": f"approval#{version:06d}"}},
+            )
             .get("Item")
         )
         if item:
@@ -152,3 +159,51 @@ def test_without_fallback_a_spot_capacity_timeout_fails_the_run_and_keeps_the_ch
     assert "MaxWaitTimeInSeconds" in record["message"] and record["training"]["job_name"].endswith("-s1")
     after = aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"]
     assert after == before
+
+
+def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approve(aws, config_path, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(aws.outputs))
+    starter = CallerIdentity.of(aws.client("sts")).arn  # this process: moto's user
+    key = f"s3://{aws.data_bucket}/incoming/{MODEL}/drifted.csv"
+    code, out, err = cli(
+        config_path, "trigger", MODEL, "--force", "--data", key, "--stack-outputs", str(outputs), "--json"
+    )
+    assert code == 0, err
+    started = json.loads(out)
+    assert started["input"]["requested_by"] == starter
+    item = pending(aws, 4)
+    assert item["started_by"]["S"] == starter and item["trigger"]["S"] == "manual"
+    # The starter's own approval is refused (exit 2, one line naming the rule); nothing changes
+    code, _, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table)
+    assert code == 2 and err.strip().startswith("refit: separation of duties:") and starter in err
+    assert package_status(aws, 4) == "PendingManualApproval" and pending(aws, 4, timeout=1)
+    # A session of the approver role (only what its synthesized policy allows) approves: boto3.client() in this
+    # thread signs as the role, the way the local runtime signs a Lambda invocation as its function's role
+    role = next(v for k, v in aws.outputs.items() if "ApproverRoleArn" in k)
+    aws.bridges.default_session.session = aws.bridges.role_session(role, "ana")
+    try:
+        code, out, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table, "--comment", "ok")
+    finally:
+        aws.bridges.default_session.session = None
+    approver = f"arn:aws:sts::123456789012:assumed-role/{role.rsplit('/', 1)[-1]}/ana"
+    assert code == 0, err
+    assert json.loads(out)["by"] == approver
+    assert {d.request.action for d in aws.iam.decisions if d.principal == role and d.allowed} == {
+        "dynamodb:GetItem",
+        "sagemaker:UpdateModelPackage",
+        "states:SendTaskSuccess",
+        "dynamodb:DeleteItem",
+    }
+    record = record_for(aws, aws.wait_for(started["execution_arn"])["executionArn"])
+    assert record["approval"]["approved"] is True and record["approval"]["by"] == approver
+    assert record["approval"]["started_by"] == starter and record["approval"]["separation_of_duties"] is True
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=item["model_package_arn"]["S"])
+    # Who decided stays in the registry whatever the run did next (here the canary saw no traffic and rolled back,
+    # so Finalize set the package Rejected with its own ApprovalDescription)
+    metadata = package["CustomerMetadataProperties"]
+    assert (metadata["refit:decided_by"], metadata["refit:decision"], metadata["refit:started_by"]) == (
+        approver,
+        "Approved",
+        starter,
+    )

@@ -17,6 +17,7 @@ from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.conftest import ROOT
 
 MODEL = "churn"
+HOST = "arn:aws:sts::123456789012:user/moto"  # the test process's STS identity on the local runtime (moto's)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +99,13 @@ def test_after_two_promotions_the_registry_marks_the_one_serving(aws, two_versio
 
 
 def test_rollback_to_v1_serves_v1_and_is_recorded_as_a_run(aws, two_versions, refit, monkeypatch):
-    monkeypatch.setenv("REFIT_USER", "ana")
+    monkeypatch.setenv("REFIT_USER", "ana")  # ignored: who asked is the caller's STS identity
     code, result, err = refit("rollback", MODEL, "--to", "1", "--reason", "p99 doubled since v2", "--follow")
     assert code == 0, err
     record = result["record"]
     assert (result["status"], record["status"], record["outcome"]) == ("SUCCEEDED", "SUCCEEDED", "redeployed")
     assert record["trigger"] == "manual" and record["execution"].startswith("rollback-")
-    assert record["redeploy"]["kind"] == "rollback" and record["redeploy"]["requested_by"] == "ana"
+    assert record["redeploy"]["kind"] == "rollback" and record["redeploy"]["requested_by"] == HOST
     assert (record["redeploy"]["version"], record["redeploy"]["previous_version"]) == (1, 2)
     assert "p99 doubled since v2" in record["trigger_reason"]
     assert [s["name"] for s in result["states"]][:4] == ["Read input", "Prepare", "Keep run context", "Lock acquired?"]
@@ -114,8 +115,8 @@ def test_rollback_to_v1_serves_v1_and_is_recorded_as_a_run(aws, two_versions, re
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
     assert record["endpoint"]["config"] == record["redeploy"]["expected_config"]
     v1, v2 = package(aws, 1)["CustomerMetadataProperties"], package(aws, 2)["CustomerMetadataProperties"]
-    assert v1[SERVING] == "true" and v1["refit:previous_version"] == "2" and v1["refit:deployed_by"] == "ana"
-    assert SERVING not in v2 and v2["refit:rolled_back_by"] == "ana"
+    assert v1[SERVING] == "true" and v1["refit:previous_version"] == "2" and v1["refit:deployed_by"] == HOST
+    assert SERVING not in v2 and v2["refit:rolled_back_by"] == HOST
     assert "p99 doubled since v2" in v2["refit:rolled_back_reason"] and v2["refit:rolled_back_run"] == record["run_id"]
     assert package(aws, 2)["ModelApprovalStatus"] == "Approved"  # rolled back by hand, not rejected
     reply = json.loads(aws.invoke_endpoint(MODEL, "12.0,70.5,1,48.0,basic,north")["body"])

@@ -196,9 +196,11 @@ def test_functions_list_only_the_prefixes_they_read_and_touch_only_their_models_
             assert set(actions(deny)) == {"s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"}
             assert deny["Condition"]["Null"] == {"s3:prefix": "false"}
             assert all(p.endswith(("/*", ".json")) for p in deny["Condition"]["StringNotLike"]["s3:prefix"])
+        # The model's runs, ledger and lock (partition `churn`); the approval Lambdas its pending approvals only.
+        partition = "approval#churn" if name in ("RequestApproval", "ExpireApproval") else "churn"
         for statement in statements:
             if any(a.startswith("dynamodb:") for a in actions(statement)):
-                assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["churn"]}}
+                assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [partition]}}
     monitor = [s for s in by_role[roles["Monitor"]] if s["Effect"] == "Deny"]
     data = next(s for s in monitor if "StorageData" in json.dumps(s["Resource"]))
     assert data["Condition"]["StringNotLike"]["s3:prefix"] == [

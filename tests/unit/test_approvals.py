@@ -1,0 +1,230 @@
+"""`refit approve` / `reject`: the approver is the caller's STS identity, recorded in the registry and in the decision
+the run's audit record carries; separation of duties refuses the run's starter (moto: STS, DynamoDB, SageMaker; the
+Step Functions client is a recorder, since a task token needs a waiting execution — the e2e test has one)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+from refit_core.approvals import ApprovalError, ApprovalRefused, approval_key, decide_approval
+from refit_core.identity import CallerIdentity, person_of, same_person
+from refit_core.runs import parse_run_input
+from refit_handlers.approval import ApprovalRequest, request_approval
+
+from scripts.local_aws.limits import enforce_aws_rules
+from tests.conftest import create_audit_table, handler_settings
+
+REGION = "us-east-1"
+MOTO_USER = "arn:aws:sts::123456789012:user/moto"  # moto's fixed identity (AWS would write iam:: for a user)
+
+
+class Recorder:
+    """The Step Functions client's SendTaskSuccess, recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send_task_success(self, **kwargs: str) -> dict:
+        self.sent.append(kwargs)
+        return {}
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws(), enforce_aws_rules():
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        create_audit_table(dynamodb)
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        sagemaker.create_model_package_group(ModelPackageGroupName="refit-churn")
+        arn = sagemaker.create_model_package(
+            ModelPackageGroupName="refit-churn",
+            ModelApprovalStatus="PendingManualApproval",
+            InferenceSpecification={
+                "Containers": [{"Image": "img:1", "ModelDataUrl": "s3://art/m.tar.gz"}],
+                "SupportedContentTypes": ["text/csv"],
+                "SupportedResponseMIMETypes": ["text/csv"],
+            },
+        )["ModelPackageArn"]
+        iam = boto3.client("iam", region_name=REGION)
+        iam.create_role(RoleName="approver", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
+        yield {"dynamodb": dynamodb, "sagemaker": sagemaker, "package": arn}
+
+
+def as_session(session: str) -> CallerIdentity:
+    """A second identity: a session of the approver role (moto's STS gives it its own ARN and keys)."""
+    credentials = boto3.client("sts", region_name=REGION).assume_role(
+        RoleArn="arn:aws:iam::123456789012:role/approver", RoleSessionName=session
+    )["Credentials"]
+    sts = boto3.client(
+        "sts",
+        region_name=REGION,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+    return CallerIdentity.of(sts)
+
+
+def caller() -> CallerIdentity:
+    return CallerIdentity.of(boto3.client("sts", region_name=REGION))
+
+
+def pend(aws, *, started_by: str | None, trigger: str = "manual", version: int = 1) -> None:
+    """What RequestApproval writes for a run parked on its task token."""
+    event = ApprovalRequest(
+        task_token="token-1",
+        run_id="manual-1",
+        model_package_arn=aws["package"],
+        version=version,
+        reason="better",
+        trigger=trigger,
+        started_by=started_by,
+    )
+
+    class Sns:
+        def publish(self, **kwargs: str) -> dict:
+            return {}
+
+    request_approval(event, handler_settings(), aws["dynamodb"], Sns(), aws["sagemaker"])
+
+
+def decide(aws, approver: CallerIdentity, *, approve: bool = True, separation: bool = True, sfn=None):
+    return decide_approval(
+        model="churn",
+        version=1,
+        approve=approve,
+        approver=approver,
+        comment="checked the holdout",
+        separation_of_duties=separation,
+        audit_table="audit",
+        dynamodb=aws["dynamodb"],
+        sagemaker=aws["sagemaker"],
+        stepfunctions=sfn or Recorder(),
+    )
+
+
+def package(aws) -> dict:
+    return aws["sagemaker"].describe_model_package(ModelPackageName=aws["package"])
+
+
+def test_the_two_identities_are_moto_user_and_an_assumed_role_session(aws):
+    assert caller().arn == MOTO_USER and caller().session is None
+    ana = as_session("ana")
+    assert ana.arn == "arn:aws:sts::123456789012:assumed-role/approver/ana" and ana.session == "ana"
+
+
+def test_the_approver_recorded_is_the_sts_identity_in_registry_and_decision(aws):
+    pend(aws, started_by=MOTO_USER)
+    sfn = Recorder()
+    report = decide(aws, as_session("ana"), sfn=sfn)
+    ana = "arn:aws:sts::123456789012:assumed-role/approver/ana"
+    assert report["status"] == "Approved" and report["by"] == ana and report["started_by"] == MOTO_USER
+    described = package(aws)
+    assert described["ModelApprovalStatus"] == "Approved"
+    assert described["ApprovalDescription"] == f"approved by {ana}: checked the holdout"
+    metadata = described["CustomerMetadataProperties"]
+    assert metadata["refit:decided_by"] == ana and metadata["refit:decision"] == "Approved"
+    assert metadata["refit:started_by"] == MOTO_USER and metadata["refit:separation_of_duties"] == "on"
+    (sent,) = sfn.sent
+    decision = json.loads(sent["output"])
+    assert sent["taskToken"] == "token-1"
+    assert (decision["by"], decision["session"], decision["started_by"], decision["trigger"]) == (
+        ana,
+        "ana",
+        MOTO_USER,
+        "manual",
+    )
+    assert decision["approved"] is True and decision["separation_of_duties"] is True
+    assert "Item" not in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+
+
+def test_the_starter_may_not_approve_their_own_run_and_nothing_changes(aws):
+    pend(aws, started_by=MOTO_USER)
+    sfn = Recorder()
+    with pytest.raises(ApprovalRefused, match=r"separation of duties: arn:aws:sts::123456789012:user/moto started"):
+        decide(aws, caller(), sfn=sfn)
+    assert ApprovalRefused.exit_code == 2
+    assert package(aws)["ModelApprovalStatus"] == "PendingManualApproval" and sfn.sent == []
+    assert "Item" in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    # ... but may reject it, and without the rule may approve it
+    assert decide(aws, caller(), approve=False)["status"] == "Rejected"
+    pend(aws, started_by=MOTO_USER)
+    assert decide(aws, caller(), separation=False)["status"] == "Approved"
+    assert package(aws)["CustomerMetadataProperties"]["refit:separation_of_duties"] == "off"
+
+
+def test_a_user_and_a_role_session_named_after_them_are_one_person(aws):
+    ana_user = "arn:aws:iam::123456789012:user/ana"
+    pend(aws, started_by=ana_user)
+    with pytest.raises(ApprovalRefused, match="may not approve it"):
+        decide(aws, as_session("ana"))
+    assert decide(aws, as_session("bo"))["status"] == "Approved"
+
+
+def test_who_started_a_run_decides_whether_anyone_may_approve_it(aws):
+    pend(aws, started_by=None, trigger="manual")  # started by hand, no requested_by in the input
+    with pytest.raises(ApprovalRefused, match="started by hand without a recorded starter"):
+        decide(aws, as_session("ana"))
+    for trigger in ("s3", "schedule", "alarm", "queue"):  # no human starter: allowed
+        pend(aws, started_by=None, trigger=trigger)
+        assert decide(aws, as_session("ana"))["status"] == "Approved"
+        assert package(aws)["CustomerMetadataProperties"]["refit:started_by"] == f"none: trigger {trigger}"
+
+
+def test_nothing_pending_is_an_error_with_exit_code_1(aws):
+    with pytest.raises(ApprovalError, match="no approval is pending for churn version 1") as raised:
+        decide(aws, caller())
+    assert raised.value.exit_code == 1
+
+
+def test_an_identity_outside_the_metadata_character_set_is_cleaned_for_the_registry(aws):
+    pend(aws, started_by=MOTO_USER)
+    odd = as_session("ana,lead")  # ',' is legal in a session name, not in a metadata value
+    decide(aws, odd)  # enforce_aws_rules would refuse a value outside SageMaker's pattern
+    metadata = package(aws)["CustomerMetadataProperties"]
+    assert metadata["refit:decided_by"] == "arn:aws:sts::123456789012:assumed-role/approver/ana lead"
+    assert odd.arn in package(aws)["ApprovalDescription"]
+
+
+def test_approval_items_live_apart_from_the_models_runs():
+    assert approval_key("churn", 7) == {"pk": {"S": "approval#churn"}, "sk": {"S": "approval#000007"}}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("arn:aws:iam::111111111111:user/ana", "arn:aws:iam::111111111111:user/ana", True),
+        ("arn:aws:iam::111111111111:user/ana", "arn:aws:sts::111111111111:assumed-role/approver/ana", True),
+        ("arn:aws:iam::111111111111:user/ops/ana", "arn:aws:sts::111111111111:assumed-role/x/ana", True),
+        ("arn:aws:iam::111111111111:user/ana", "arn:aws:sts::222222222222:assumed-role/approver/ana", False),
+        (
+            "arn:aws:sts::111111111111:assumed-role/approver/ana",
+            "arn:aws:sts::111111111111:assumed-role/approver/bo",
+            False,
+        ),
+        ("arn:aws:iam::111111111111:root", "arn:aws:iam::111111111111:root", True),
+        ("arn:aws:iam::111111111111:root", "arn:aws:iam::111111111111:user/root", True),
+        ("not-an-arn", "arn:aws:iam::111111111111:user/ana", False),
+    ],
+)
+def test_same_person(first, second, same):
+    assert same_person(first, second) is same and same_person(second, first) is same
+
+
+def test_person_of_names_the_principal():
+    assert person_of("arn:aws:sts::111111111111:federated-user/ana") == ("111111111111", "ana")
+    assert person_of("arn:aws:iam::111111111111:role/approver") is None
+
+
+def test_a_manual_run_input_carries_its_starter_and_nothing_else_new():
+    request = parse_run_input({"requested_by": MOTO_USER, "force": True}, "incoming/churn/", "data")
+    assert request.requested_by == MOTO_USER and request.trigger == "manual"
+    assert parse_run_input({}, "incoming/churn/", "data").requested_by is None
+    deploy = parse_run_input({"deploy_version": 2, "requested_by": "arn:aws:sts::1:x" * 20}, "incoming/churn/", "data")
+    assert deploy.requested_by == deploy.deploy.requested_by  # ARNs longer than the old 128-character cap fit
