@@ -358,11 +358,16 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         if args.command == "report":
             try:
                 config = load_config(args.config)
+                if args.model:
+                    config.model(args.model)  # an unknown model is bad input, named before any AWS call
                 resources = run_commands.Resources.from_args(args, config)  # the stack's outputs, read once
                 report_command(args, config, resources.audit_table, boto3.client, out, resources.state_machine_arn)
             except (ReportError, run_commands.CommandError) as error:
                 print(f"refit: {error}", file=err)
                 return error.exit_code
+            except ConfigError as error:  # bad input, as in the run commands: exit 2
+                print(f"refit: {error}", file=err)
+                return 2
             except BotoCoreError as error:  # no endpoint, region or credentials while finding the stack
                 print(f"refit: {error}; check AWS_ENDPOINT_URL, the region and the credentials", file=err)
                 return 1
@@ -370,6 +375,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
         if args.command == "feedback":
             try:
                 summary = feedback_command(args)
+            except ConfigError as error:  # bad input, as in the run commands: exit 2
+                print(f"refit: {error}", file=err)
+                return 2
             except FeedbackRefused as refused:
                 if refused.summary is not None:
                     print(json.dumps(refused.summary) if args.json else render_feedback(refused.summary), file=out)

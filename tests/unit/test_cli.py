@@ -319,3 +319,12 @@ def test_feedback_finds_the_data_bucket_in_the_stack_outputs_and_reads_labels_fr
     )  # data2 holds no captures
     code, _, err = refit("feedback", "churn", "s3://data2/inbox/merge.jsonl", "--stack", "other")
     assert code == 1 and "cannot read stack other" in err and "--data-bucket" in err
+
+
+def test_an_unknown_model_is_bad_input_exit_2_in_report_and_feedback_as_in_the_run_commands(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("inference_id,label\nr-1,1\n")
+    for arguments in (("report", "run-1", "--model", "nosuch"), ("feedback", "nosuch", str(labels))):
+        code, out, err = refit(*arguments)
+        assert code == 2, (arguments, err)
+        assert err.startswith("refit: ") and "nosuch" in err and err.count("\n") == 1 and out == ""
