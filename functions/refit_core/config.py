@@ -224,6 +224,24 @@ class CanarySettings(_Strict):
         return [self.weight if self.weight is not None else 0.1]
 
 
+DEPLOY_MODES = ("variants", "guardrails", "shadow", "ab")
+
+
+class DeploySettings(_Strict):
+    """How a challenger reaches production (`deploy.mode`): `variants` (a second production variant that takes
+    `canary.steps` of the traffic, each step judged against the champion), `guardrails` (SageMaker's blue/green
+    deployment guardrails on a single-variant endpoint), `shadow` (the challenger gets a copy of live traffic whose
+    responses are never returned) or `ab` (a fixed split for a set duration, decided on the live primary metric)."""
+
+    mode: Literal["variants", "guardrails", "shadow", "ab"] = "variants"
+
+    @model_validator(mode="after")
+    def _mode_is_built(self) -> DeploySettings:
+        if self.mode != "variants":
+            raise ValueError(f"deploy.mode {self.mode!r} is not available in this version; use 'variants'")
+        return self
+
+
 class QualityAlarmSettings(_Strict):
     """The alarm on the live primary metric the monitor publishes (refit_core.monitor). It fires on the metric's
     *conservative* confidence bound (the upper bound for a metric to maximize, the lower for one to minimize), which
@@ -322,6 +340,7 @@ class ModelConfig(_Strict):
     quality: QualitySettings = QualitySettings()
     gate: GateSettings = GateSettings()
     canary: CanarySettings = CanarySettings()
+    deploy: DeploySettings = DeploySettings()
     quality_alarm: QualityAlarmSettings | None = None
     monitor: MonitorSettings = MonitorSettings()
     approval: Literal["auto", "manual"] = "auto"
