@@ -14,6 +14,7 @@ import io
 import json
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -108,8 +109,12 @@ class FaultAfterTraining:
 class Traffic:
     """Requests during each bake; with `fault`, the challenger is wrapped when its training ends (run_with)."""
 
-    def __init__(self, aws, per_bake: int, fault: str | None = None, scratch: Path | None = None) -> None:
-        self.aws, self.per_bake, self.fault, self.scratch = aws, per_bake, fault, scratch
+    def __init__(
+        self, aws, per_bake: int, fault: str | None = None, scratch: Path | None = None, clients: int = 4
+    ) -> None:
+        """`clients` concurrent callers; one where latency is judged against a limit, as a local serve process has a
+        single worker and concurrent requests would queue in front of a slow challenger."""
+        self.aws, self.per_bake, self.fault, self.scratch, self.clients = aws, per_bake, fault, scratch, clients
         self.bakes = 0
         self.variants: dict[str, int] = {}
         self.errors = 0
@@ -118,13 +123,20 @@ class Traffic:
     def __call__(self, state: str, seconds: int) -> None:
         self.bakes += 1
         rows = churn_batch(self.per_bake, 100 + self.bakes, shift=1.0).drop(columns=["churned"])
-        for line in rows.to_csv(index=False, header=False).splitlines():
-            try:
-                variant = self.aws.invoke_endpoint(MODEL, line)["variant"]
-                self.variants[variant] = self.variants.get(variant, 0) + 1
-            except ClientError:
+        with ThreadPoolExecutor(self.clients) as clients:
+            answered = list(clients.map(self._invoke, rows.to_csv(index=False, header=False).splitlines()))
+        for variant in answered:
+            if variant is None:
                 self.errors += 1
+            else:
+                self.variants[variant] = self.variants.get(variant, 0) + 1
         self.last_request = datetime.now(UTC)
+
+    def _invoke(self, line: str) -> str | None:
+        try:
+            return self.aws.invoke_endpoint(MODEL, line)["variant"]
+        except ClientError:
+            return None
 
 
 LAST_TRAFFIC = {"at": datetime.now(UTC)}
@@ -215,7 +227,7 @@ def test_a_5xx_burst_is_rolled_back_at_the_first_step(aws, tmp_path):
 
 def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_within_its_limit(aws, tmp_path):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, 700, "slow", tmp_path)
+    traffic = Traffic(aws, 700, "slow", tmp_path, clients=1)
     execution, record = run_with(aws, "slow.csv", 7, traffic)
     step = assert_rolled_back_at_first_step(aws, record, "challenger p99 model latency", before)
     challenger, champion = step["challenger"], step["champion"]
