@@ -7,6 +7,7 @@ unpickling. A model registered before digests were recorded has none, and loads 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -14,7 +15,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import joblib
 import numpy as np
@@ -41,14 +42,20 @@ def sha256_of(data: bytes | Path) -> str:
     return digest.hexdigest()
 
 
-def archive_model_sha256(archive: bytes) -> str:
+def archive_model_sha256(archive: bytes | BinaryIO) -> str:
     """The SHA-256 of model.joblib inside a model.tar.gz (the bytes a loader unpickles, wherever they were
-    extracted), or ValueError naming what the archive lacks."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as source:
-        member = next((m for m in source.getmembers() if m.isfile() and Path(m.name).name == MODEL_FILE), None)
-        if member is None:
-            raise ValueError(f"the archive holds no {MODEL_FILE}")
-        return hashlib.sha256(source.extractfile(member).read()).hexdigest()
+    extracted), or ValueError naming what the archive lacks. `archive` may be a stream (S3's StreamingBody): it is
+    read once, front to back, in blocks, so a large model is never held in memory whole."""
+    stream = io.BytesIO(archive) if isinstance(archive, bytes) else archive
+    with tarfile.open(fileobj=stream, mode="r|gz") as source:
+        for member in source:
+            if member.isfile() and Path(member.name).name == MODEL_FILE:
+                digest = hashlib.sha256()
+                handle = source.extractfile(member)
+                for block in iter(functools.partial(handle.read, 1 << 20), b""):
+                    digest.update(block)
+                return digest.hexdigest()
+    raise ValueError(f"the archive holds no {MODEL_FILE}")
 
 
 def verify_model_file(path: Path, expected_sha256: str | None, source: str) -> None:

@@ -99,7 +99,7 @@ def register(event: RegisterEvent, config: Settings, sagemaker: Any, s3: Any, ec
     lineage_uri = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/lineage.json")
     # What every loader checks before unpickling the model (refit_core.artifacts); the registry is the record.
     artifact = S3Uri.parse(event.model_data_url)
-    model_sha256 = archive_model_sha256(s3.get_object(Bucket=artifact.bucket, Key=artifact.key)["Body"].read())
+    model_sha256 = archive_model_sha256(s3.get_object(Bucket=artifact.bucket, Key=artifact.key)["Body"])
     challenger = event.gate.challenger
     champion = event.gate.champion
     metadata = {

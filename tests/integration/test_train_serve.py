@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -410,13 +412,20 @@ def test_a_validation_channel_of_one_class_fails_naming_it(tmp_path):
 
 def model_archive(root: Path) -> bytes:
     """The model.tar.gz SageMaker would upload from what `train` wrote under `root`."""
-    import io
-    import tarfile
-
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path in sorted((root / "model").iterdir()):
             archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def tarfile_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -427,6 +436,10 @@ def test_serve_refuses_a_model_file_whose_digest_is_not_the_registrys(trained, t
 
     digest = archive_model_sha256(model_archive(trained))
     assert digest == sha256_of(trained / "model" / MODEL_FILE)
+    # Register reads S3's stream once, in blocks, not the whole archive into memory: a one-pass stream gives the same.
+    assert archive_model_sha256(io.BufferedReader(io.BytesIO(model_archive(trained)))) == digest
+    with pytest.raises(ValueError, match="the archive holds no model.joblib"):
+        archive_model_sha256(tarfile_of({"metadata.json": b"{}"}))
     wrong = "0" * 64
     for server in ("simple", "gunicorn"):
         result = subprocess.run(
