@@ -23,10 +23,13 @@ already existing ...", ResourceInUse for a training job); moto overwrites the fi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import io
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import regex
@@ -137,6 +140,88 @@ def enforce_limits() -> Iterator[None]:
             _installed -= 1
             if _installed == 0:
                 ParamValidationDecorator.serialize_to_request = _original
+
+
+# The services refit's clients call over the JSON protocols (X-Amz-Target names the operation; the body is the
+# parameters). Query (IAM, STS, SNS, CloudWatch's query mode) and REST (S3, sagemaker-runtime) requests are parsed
+# by moto alone: `refit local up` does not check their limits for HTTP clients (in-process clients are checked).
+JSON_PROTOCOL_SERVICES = (
+    "sagemaker",
+    "stepfunctions",
+    "dynamodb",
+    "logs",
+    "events",
+    "kms",
+    "application-autoscaling",
+    "cloudwatch",
+)
+
+
+@functools.cache
+def _json_operations() -> dict[str, tuple[OperationModel, str]]:
+    """X-Amz-Target ("SageMaker.CreateModel") -> (the operation's model, its JSON content type)."""
+    import botocore.session
+
+    loader = botocore.session.get_session()
+    operations: dict[str, tuple[OperationModel, str]] = {}
+    for name in JSON_PROTOCOL_SERVICES:
+        service = loader.get_service_model(name)
+        prefix = service.metadata.get("targetPrefix")
+        if prefix is None:
+            continue
+        content_type = f"application/x-amz-json-{service.metadata.get('jsonVersion', '1.0')}"
+        for operation in service.operation_names:
+            operations[f"{prefix}.{operation}"] = (service.operation_model(operation), content_type)
+    return operations
+
+
+def _from_json(value: Any, shape: Shape) -> Any:
+    """A JSON-protocol body's value as a client's parameter: blobs travel base64-encoded (their limits are in bytes)."""
+    kind = shape.type_name
+    if kind == "structure" and isinstance(value, dict):
+        return {k: _from_json(v, shape.members[k]) if k in shape.members else v for k, v in value.items()}
+    if kind == "list" and isinstance(value, list):
+        return [_from_json(item, shape.member) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        return {k: _from_json(v, shape.value) for k, v in value.items()}
+    if kind == "blob" and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            return value
+    return value
+
+
+class RequestLimits:
+    """WSGI middleware in front of moto's server (`refit local up`): a JSON-protocol request over a limit the
+    service checks is refused as the service refuses it (400, ValidationException naming the parameter), whatever
+    client sent it, before moto sees it; in-process clients are checked by `enforce_limits`."""
+
+    def __init__(self, application: Callable[..., Any]) -> None:
+        self.application = application
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        found = _json_operations().get(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if found is not None:
+            operation, content_type = found
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+            try:
+                parameters = json.loads(body or b"{}")
+            except ValueError:
+                parameters = None  # not JSON: moto answers it as AWS would a malformed body
+            if isinstance(parameters, dict) and operation.input_shape is not None:
+                try:
+                    check_request(_from_json(parameters, operation.input_shape), operation)
+                except ClientError as error:
+                    reply = json.dumps({"__type": "ValidationException", "message": error.response["Error"]["Message"]})
+                    start_response(
+                        "400 Bad Request",
+                        [("Content-Type", content_type), ("x-amzn-ErrorType", "ValidationException")],
+                    )
+                    return [reply.encode()]
+        return self.application(environ, start_response)
 
 
 # (backend method, the backend's dict of existing resources, the ARN's resource type, the error SageMaker returns)

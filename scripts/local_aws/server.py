@@ -31,6 +31,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from refit_core.config import ConfigError, load_config
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from scripts.local_aws.limits import RequestLimits
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 
 HOST = "127.0.0.1"
@@ -64,7 +65,7 @@ def bind(port: int) -> BaseWSGIServer:
         return make_server(
             HOST,
             port,
-            DomainDispatcherApplication(create_backend_app),
+            RequestLimits(DomainDispatcherApplication(create_backend_app)),
             True,
             request_handler=MotoRequestHandler,
             fd=listening.fileno(),

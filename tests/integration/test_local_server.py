@@ -77,3 +77,52 @@ def test_the_runtime_clears_a_clients_endpoint_settings_from_its_own_environment
         assert "AWS_ENDPOINT_URL" not in os.environ and "AWS_ENDPOINT_URL_S3" not in os.environ
         aws.client("s3").head_bucket(Bucket=aws.data_bucket)
     assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+
+
+def test_the_server_refuses_what_aws_refuses_from_any_client():
+    """A client of `refit local up` in another process is not patched by enforce_limits: the server itself refuses a
+    JSON-protocol request over a service limit (SageMaker's 63-character names, a base64 blob over its byte limit)
+    with the service's ValidationException, and passes a valid one to moto."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = bind(port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    script = f"""
+import boto3, json
+from botocore.exceptions import ClientError
+def client(name):
+    return boto3.client(name, region_name="us-east-1", endpoint_url="http://127.0.0.1:{port}",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+out = {{}}
+def attempt(key, call):
+    try:
+        call()
+        out[key] = "ok"
+    except ClientError as error:
+        out[key] = [error.response["Error"]["Code"], error.response["Error"]["Message"]]
+attempt("long_name", lambda: client("sagemaker").create_model(ModelName="m" * 64,
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/r", PrimaryContainer={{"Image": "i"}}))
+attempt("valid", lambda: client("sagemaker").list_models())
+key = client("kms").create_key()["KeyMetadata"]["KeyId"]
+attempt("big_blob", lambda: client("kms").encrypt(KeyId=key, Plaintext=b"x" * 4097))
+attempt("small_blob", lambda: client("kms").encrypt(KeyId=key, Plaintext=b"x" * 4096))
+print(json.dumps(out))
+"""
+    try:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=environment
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    out = __import__("json").loads(result.stdout)
+    code, message = out["long_name"]
+    assert code == "ValidationException"
+    assert "sagemaker CreateModel" in message and "ModelName: length 64 is over the maximum 63" in message
+    assert out["valid"] == "ok" and out["small_blob"] == "ok"
+    assert out["big_blob"][0] == "ValidationException" and "Plaintext: 4097 bytes" in out["big_blob"][1]
