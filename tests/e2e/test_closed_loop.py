@@ -134,6 +134,8 @@ def test_the_alarm_fires_from_refits_own_metric_and_the_retrain_recovers(aws):
     assert result["decision"]["breached"] is True
     assert result["decision"]["reason"].startswith("live roc_auc ") and "below 0.7" in result["decision"]["reason"]
     assert monitor_metrics(aws, "LiveMetricAlarmBound")[-1] == pytest.approx(live["upper"])
+    for name in ("CapturedRows", "LabelledRows", "EstimatedMetric", "LabelDelaySeconds", "InputDrift"):
+        assert monitor_metrics(aws, name), f"the monitor published no {name}"  # the report's keys reach CloudWatch
     # The alarm changed state by itself (from the metric put) and its event started a run.
     started = [e for e in aws.executions(MODEL) if e["executionArn"] not in before_runs]
     assert len(started) == 1
