@@ -14,7 +14,9 @@ from refit_core.capture import captured_scores
 from refit_core.config import ConfigError, ShadowSettings, parse_config
 from refit_core.divergence import prediction_divergence
 from refit_core.shadow import shadow_variants, shadow_verdict
+from refit_handlers.cleanup import restore_endpoint
 
+from tests.conftest import handler_settings
 from tests.unit.test_config import minimal
 
 SETTINGS = ShadowSettings(min_invocations=20, max_error_rate=0.01, min_captured_predictions=20)
@@ -173,4 +175,40 @@ def test_the_audit_outcome_of_a_shadow_run(shadow, outcome, message):
     record = summarize_run(state, "churn", "exec-1", "t0", "t1", None)
     assert record["outcome"] == outcome and message in record["message"] and not record["problems"]
     assert record["shadow"]["reason"] == shadow["reason"]
-    format_summary(record)
+    body = format_summary(record)[1]
+    assert (f"Shadow (None% copied, None seen): {'passed' if shadow['healthy'] else 'failed'} - " in body) == bool(
+        shadow.get("next")
+    )
+
+
+class _Endpoint:
+    """DescribeEndpoint of an endpoint on the run's shadow config; records UpdateEndpoint."""
+
+    def __init__(self) -> None:
+        self.updates: list[str] = []
+
+    def describe_endpoint(self, EndpointName: str) -> dict:
+        return {
+            "EndpointName": EndpointName,
+            "EndpointConfigName": "c2",
+            "EndpointStatus": "InService",
+            "ProductionVariants": [{"VariantName": "champion", "CurrentWeight": 1.0}],
+            "ShadowProductionVariants": [{"VariantName": "challenger", "CurrentWeight": 1.0}],
+        }
+
+    def update_endpoint(self, EndpointName: str, EndpointConfigName: str) -> dict:
+        self.updates.append(EndpointConfigName)
+        return {}
+
+
+def test_a_run_that_ends_during_the_shadow_bake_is_cleaned_up_to_the_champion_alone():
+    sagemaker = _Endpoint()
+    message = restore_endpoint(
+        {"deploy": DEPLOY, "shadow": {"healthy": False, "reason": "x"}}, handler_settings(), sagemaker
+    )
+    assert sagemaker.updates == ["c1"] and message == "endpoint returned to c1"
+    promoting = _Endpoint()
+    message = restore_endpoint(
+        {"deploy": DEPLOY, "promotion": {"expected_config": "c3"}}, handler_settings(), promoting
+    )
+    assert promoting.updates == [] and message.startswith("the shadow had passed and was being promoted")
