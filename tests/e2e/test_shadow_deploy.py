@@ -4,7 +4,9 @@ while callers only ever get the champion's replies; it is then judged against th
 promoted (a healthy challenger) or dropped (one whose model raises: callers never saw a 5XX). The champion keeps
 serving and the registry and audit record agree with the endpoint. Diverging predictions and a quiet window are judged
 by the same check_shadow action in tests/integration/test_shadow_check.py (no training needed there). The tests share
-one runtime and run in order: the first deploys the champion."""
+one runtime and run in order: the first deploys the champion. The synthesized template is checked here too (one synth
+for the module): the deploy branch is the shadow's, its paths are in the step contract, the Deploy role gains only the
+capture prefix, and cdk-nag and cfn-lint pass."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.conftest import config_variant
 from tests.e2e.test_staged_canary import FaultAfterTraining
+from tests.infrastructure.test_stack import CFN_LINT_ACCEPTED, cfn_lint
+from tests.infrastructure.test_step_contract import contract_problems, load
 
 MODEL = "churn"
 SHADOW = '[models.deploy]\nmode = "shadow"\n\n[models.deploy.shadow]\nsampling_percent = 100\nbake_seconds = 5\n\n'
@@ -24,13 +28,17 @@ PER_BAKE = 60
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory):
+def assembly(tmp_path_factory):
     config = config_variant(
         tmp_path_factory,
         "shadow-deploy",
         {"[models.monitor]": SHADOW + "[models.monitor]", "max_trials = 3": "max_trials = 1"},
     )
-    assembly = synthesize(tmp_path_factory.mktemp("cdk-shadow-e2e") / "cdk.out", config)
+    return synthesize(tmp_path_factory.mktemp("cdk-shadow-e2e") / "cdk.out", config)
+
+
+@pytest.fixture(scope="module")
+def aws(assembly, tmp_path_factory):
     with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-shadow"), seed=13) as runtime:
         yield runtime
 
@@ -99,6 +107,61 @@ def assert_shadowed_during_the_bake(traffic: Traffic, shadow: dict, earlier: boo
     assert shadow["sampling_percent"] == 100
 
 
+# ---------------------------------------------------------------- the template
+def reachable(definition: dict, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = definition["States"][name]
+        todo += [state[k] for k in ("Next", "Default") if k in state]
+        todo += [c["Next"] for c in state.get("Choices", []) + state.get("Catch", [])]
+    return seen
+
+
+def test_the_deploy_branch_is_the_shadows_and_its_paths_are_in_the_step_contract(assembly):
+    definition, handlers = load(assembly)
+    assert contract_problems(definition, handlers) == []
+    states = reachable(definition, definition["StartAt"])
+    assert {"Deploy shadow challenger", "Bake shadow", "Check shadow", "Shadow verdict?"} <= states
+    assert not {"Deploy challenger", "Bake canary", "Check canary", "Shift canary"} & states
+    assert definition["States"]["Bake shadow"]["Seconds"] == 5
+    assert definition["States"]["Deploy shadow challenger"]["Parameters"]["action"] == "start_shadow"
+    verdict = definition["States"]["Shadow verdict?"]
+    assert [c["Next"] for c in verdict["Choices"]] == ["Promote challenger"]
+    assert verdict["Default"] == "Roll back canary"
+    assert definition["States"]["Check shadow"]["Catch"][0]["Next"] == "Roll back canary"
+
+
+def test_deploy_reads_the_capture_prefix_with_the_key_and_nothing_else_new(assembly):
+    template = json.loads((assembly / "refit.template.json").read_text())
+    policy = next(
+        r["Properties"]["PolicyDocument"]["Statement"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy" and "DeployRole" in r.get("Metadata", {}).get("aws:cdk:path", "")
+    )
+    reads = [s for s in policy if "s3:GetObject*" in s["Action"]]
+    assert len(reads) == 1
+    objects = [r for r in reads[0]["Resource"] if "Fn::Join" in r]
+    assert [r["Fn::Join"][1][-1] for r in objects] == ["/capture/churn/*"]
+    assert any(
+        a.startswith("kms:Decrypt")
+        for s in policy
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    )
+    assert not any("s3:PutObject" in s["Action"] for s in policy)
+
+
+def test_the_shadow_template_passes_cdk_nag_and_cfn_lint(assembly):
+    report = json.loads((assembly / "validation-report.json").read_text())
+    assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
+    result = cfn_lint(assembly / "refit.template.json", *sorted(CFN_LINT_ACCEPTED))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- the runs
 def test_the_first_batch_deploys_the_champion(aws):
     execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1))), timeout=600)
     assert execution["status"] == "SUCCEEDED"
