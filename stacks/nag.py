@@ -195,6 +195,18 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "Deploy": {
             "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either",
             **reads_endpoint,
+            **(
+                {  # deploy.mode shadow: the shadow's and the champion's captured predictions
+                    **S3_READ,
+                    **_objects(
+                        data,
+                        [model.capture_prefix],
+                        "Data Capture names its files by endpoint, variant, hour and a UUID",
+                    ),
+                }
+                if model.deploy.mode == "shadow"
+                else {}
+            ),
         },
         "Finalize": {
             **s3_writer,

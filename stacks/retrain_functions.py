@@ -325,6 +325,11 @@ class RetrainFunctions(Construct):
                 resources=["*"],  # GetMetricStatistics has no resource-level permissions
             )
         )
+        if model.deploy.mode == "shadow":
+            # check_shadow compares the variants' captured predictions (refit_core.shadow): the capture files, which
+            # SageMaker encrypts with the project key.
+            read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
+            storage.grant_key(f["Deploy"], write=False)
         read(storage.data_bucket, f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")

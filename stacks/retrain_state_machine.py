@@ -330,6 +330,59 @@ class RetrainStateMachine(Construct):
             )
         )
 
+        if model.deploy.mode == "shadow":
+            deploy = shadow_deploy = catch_to(
+                invoke(
+                    "Deploy shadow challenger",
+                    "Deploy",
+                    {
+                        "action": "start_shadow",
+                        "run_id.$": "$.run.run_id",
+                        "model_data_url.$": "$.training.model_data_url",
+                        "model_package_arn.$": "$.registry.model_package_arn",
+                    },
+                    "$.deploy",
+                ),
+                restore,
+            )
+            # deploy.mode = "shadow": the challenger receives copies for one bake, is judged against the champion on
+            # the same window (refit_core.shadow), then promoted or dropped (the rollback to the champion alone).
+            start_shadow = sfn.Pass(
+                self,
+                "Start shadow",
+                result=sfn.Result.from_object({"healthy": False, "reason": "the shadow has not been judged yet"}),
+                result_path="$.shadow",
+            )
+            check_shadow = catch_to(
+                invoke(
+                    "Check shadow",
+                    "Deploy",
+                    {"action": "check_shadow", "shadow_started_at.$": "$.endpoint.canary_started_at"},
+                    "$.shadow",
+                ),
+                rollback,
+            )
+            start_shadow.next(
+                sfn.Wait(
+                    self,
+                    "Bake shadow",
+                    time=sfn.WaitTime.duration(Duration.seconds(model.deploy.shadow.bake_seconds)),
+                )
+            ).next(check_shadow).next(
+                sfn.Choice(self, "Shadow verdict?")
+                .when(sfn.Condition.string_equals("$.shadow.next", "promote"), promote)
+                .otherwise(rollback)
+            )
+            shadow_deploy.next(
+                endpoint_wait_loop(
+                    "shadow",
+                    "$.deploy.expected_config",
+                    sfn.Choice(self, "First deployment? (shadow)")
+                    .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
+                    .otherwise(start_shadow),
+                )
+            )
+
         # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
         # without a decision before the configured timeout the version is rejected.
         expire = invoke(

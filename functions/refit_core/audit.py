@@ -72,6 +72,11 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
     if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
+    shadow = state.shadow
+    if shadow is not None and shadow.next is not None:
+        if shadow.healthy:
+            return "SUCCEEDED", "promoted", f"shadow passed and was promoted: {shadow.reason}"
+        return "SUCCEEDED", "rolled_back", f"shadow dropped: {shadow.reason}"
     if canary is not None and (canary.steps or canary.healthy):
         if canary.healthy and canary.next == "shift":
             return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
@@ -161,6 +166,7 @@ def summarize_run(
         "registry": registry.model_dump(mode="json") if registry is not None else None,
         "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
         "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
+        "shadow": state.shadow.model_dump(mode="json") if state.shadow is not None else None,
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -240,6 +246,14 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Redeploy: {r.get('kind')} to version {r.get('version')} requested by {r.get('requested_by')}")
     for step in (record.get("canary") or {}).get("steps") or []:
         lines.append(canary_step_line(step))
+    if record.get("shadow") and record["shadow"].get("next"):
+        shadow = record["shadow"]
+        divergence = shadow.get("divergence") or {}
+        lines.append(
+            f"Shadow ({shadow.get('sampling_percent')}% copied, {shadow.get('copied_share')} seen): "
+            + canary_step_line({**shadow, "step": 0, "weight": 0, "endpoint_weights": []}).split(": ", 1)[1]
+            + f", prediction KS distance {divergence.get('statistic')} (p {divergence.get('p_value')})"
+        )
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):

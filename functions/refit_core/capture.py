@@ -273,6 +273,33 @@ def captured_keys(lines: Iterable[bytes], *, source: str, problem_type: str) -> 
     return CapturedKeys(keys, problems.counts, problems.examples, problems.lines, problems.by_kind)
 
 
+@dataclass
+class CapturedScores:
+    """The scores a capture file's records replied with, without the model's schema: one per scored row, with its
+    record's inferenceTime (None when absent); the probability for binary classification, else the prediction."""
+
+    times: list[datetime | None]
+    scores: list[float]
+    problems: dict[str, int]
+    examples: list[str]
+
+
+def captured_scores(lines: Iterable[bytes], *, source: str, problem_type: str) -> CapturedScores:
+    """The scores of one capture file (refit_core.shadow compares two variants' on the same window)."""
+    problems = Problems.of(CAPTURE_PROBLEMS)
+    times: list[datetime | None] = []
+    scores: list[float] = []
+    for record in _records(lines, source, problems):
+        reply = _reply(record, problem_type, problems)
+        if reply is None:
+            continue
+        values = reply["probabilities"] if problem_type == "binary_classification" else reply["predictions"]
+        when = pd.to_datetime(record.inference_time, utc=True, errors="coerce") if record.inference_time else None
+        times.extend([None if when is None or pd.isna(when) else when.to_pydatetime()] * len(values))
+        scores.extend(float(v) for v in values)
+    return CapturedScores(times, scores, problems.counts, problems.examples)
+
+
 def capture_key_time(key: str) -> datetime:
     """The hour a capture object's key names (`.../yyyy/mm/dd/hh/<file>`), as a UTC datetime: SageMaker files a
     record under the hour it was captured, so every record in the file is from that hour. Raises ValueError for a key

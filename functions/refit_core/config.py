@@ -224,6 +224,53 @@ class CanarySettings(_Strict):
         return [self.weight if self.weight is not None else 0.1]
 
 
+class ShadowSettings(_Strict):
+    """`deploy.mode = "shadow"` (refit_core.shadow): the challenger runs as the endpoint's shadow variant
+    (CreateEndpointConfig's ShadowProductionVariants) and receives a copy of `sampling_percent` of the champion's
+    requests; its responses are never returned to callers. After `bake_seconds` both variants are compared on the same
+    window, with the canary's rules (4XX/5XX two-proportion tests, p99 ModelLatency ratio, fixed ceilings, an invocation
+    floor) and on their predictions from Data Capture; then the challenger is promoted or dropped."""
+
+    sampling_percent: int = Field(
+        100, ge=1, le=100, description="Share of the champion's requests SageMaker copies to the shadow variant."
+    )
+    bake_seconds: int = Field(600, ge=0, le=86400, description="How long the shadow receives copies before judged.")
+    min_invocations: int = Field(
+        20, ge=1, description="Per variant: fewer invocations on either in the window and the shadow is not promoted."
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Ceiling on the shadow's 5XX rate.")
+    max_model_latency_ms: float = Field(1000.0, gt=0, description="Ceiling on the shadow's mean ModelLatency.")
+    max_p99_latency_ratio: float = Field(
+        1.3, gt=1, description="Limit on the shadow's p99 ModelLatency over the champion's in the same window."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Level of the one-sided 4XX/5XX tests and of the prediction-divergence test."
+    )
+    min_latency_samples: int = Field(100, ge=20, description="The p99 ratio is judged from this many samples each.")
+    max_prediction_divergence: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Largest tolerated distance between the shadow's and the champion's captured output distributions "
+        "(two-sample Kolmogorov-Smirnov statistic on scores); a larger, significant one drops the shadow.",
+    )
+    min_captured_predictions: int = Field(
+        20, ge=5, description="Per variant: fewer captured predictions in the window and the shadow is not promoted."
+    )
+
+    def limits(self) -> CanarySettings:
+        """The comparison rules as the canary's step verdict takes them (refit_core.canary.step_verdict)."""
+        return CanarySettings(
+            bake_seconds=self.bake_seconds,
+            min_invocations=self.min_invocations,
+            max_error_rate=self.max_error_rate,
+            max_model_latency_ms=self.max_model_latency_ms,
+            max_p99_latency_ratio=self.max_p99_latency_ratio,
+            alpha=self.alpha,
+            min_latency_samples=self.min_latency_samples,
+        )
+
+
 DEPLOY_MODES = ("variants", "guardrails", "shadow", "ab")
 
 
@@ -234,10 +281,11 @@ class DeploySettings(_Strict):
     responses are never returned) or `ab` (a fixed split for a set duration, decided on the live primary metric)."""
 
     mode: Literal["variants", "guardrails", "shadow", "ab"] = "variants"
+    shadow: ShadowSettings = ShadowSettings()
 
     @model_validator(mode="after")
     def _mode_is_built(self) -> DeploySettings:
-        if self.mode != "variants":
+        if self.mode not in ("variants", "shadow"):
             raise ValueError(f"deploy.mode {self.mode!r} is not available in this version; use 'variants'")
         return self
 
@@ -414,8 +462,11 @@ class ModelConfig(_Strict):
             training += spot.max_runtime_seconds + TRAINING_POLL_SECONDS
         approval = self.approval_timeout_seconds if self.approval == "manual" else 0
         steps = len(self.canary.plan)
+        bake = steps * self.canary.bake_seconds
+        if self.deploy.mode == "shadow":  # one bake, three endpoint updates (shadow, promote or drop, restore)
+            steps, bake = 1, self.deploy.shadow.bake_seconds
         endpoint = (3 + steps - 1) * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
-        total = training + approval + steps * self.canary.bake_seconds + endpoint + LAMBDA_ALLOWANCE_SECONDS
+        total = training + approval + bake + endpoint + LAMBDA_ALLOWANCE_SECONDS
         return int(total * 1.1) + 3600
 
     @property

@@ -85,7 +85,7 @@ def model_name(prefix: str, run_id: str) -> str:
 
 
 def endpoint_config_name(prefix: str, run_id: str, stage: str) -> str:
-    """`stage`: `first` (a new endpoint), `canary` (both variants), `final` (the challenger alone)."""
+    """`stage`: `first` (a new endpoint), `canary` (both variants), `shadow` (the champion and the challenger as its shadow), `final` (the challenger alone)."""
     return sagemaker_name(prefix, run_id, stage)
 
 

@@ -259,7 +259,7 @@ class RegistryStep(Step):
 
 # --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore ---------------------
 class DeployStarted(Step):
-    mode: Literal["create", "canary"]
+    mode: Literal["create", "canary", "shadow"]
     previous_config: str | None = None
     expected_config: str
     challenger_model: str
@@ -357,6 +357,40 @@ class CanaryVerdict(Step):
     error_rate: float | None = None
     mean_model_latency_ms: float | None = None
     alarm_state: str | None = None
+
+
+class PredictionDivergence(Step):
+    """The shadow's captured scores against the champion's on the same window (refit_core.divergence)."""
+
+    n_champion: int
+    n_challenger: int
+    mean_champion: float | None = None
+    mean_challenger: float | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+
+
+class ShadowVerdict(Step):
+    """`deploy.mode = "shadow"` after its bake (refit_core.shadow.shadow_verdict): both variants' numbers on the same
+    window, the tests, the prediction comparison, the verdict and what comes next (`promote` or `rollback`, the drop).
+    Before the verdict the state holds `healthy` false and `next` null."""
+
+    healthy: bool
+    reason: str
+    next: Literal["promote", "rollback"] | None = None
+    sampling_percent: int | None = None
+    copied_share: float | None = None  # the shadow's invocations over the champion's in the window
+    window_start: str | None = None
+    window_end: str | None = None
+    challenger: VariantNumbers | None = None
+    champion: VariantNumbers | None = None
+    p_value_5xx: float | None = None
+    p_value_4xx: float | None = None
+    p99_latency_ratio: float | None = None
+    p99_judged: bool | None = None
+    alarm_state: str | None = None
+    divergence: PredictionDivergence | None = None
+    capture_problems: dict[str, int] = Field(default_factory=dict)
 
 
 class CanaryShift(Step):
@@ -465,6 +499,7 @@ class RunState(BaseModel):
     redeploy: RedeployStarted | None = None
     endpoint: EndpointCheck | None = None
     canary: CanaryVerdict | None = None
+    shadow: ShadowVerdict | None = None
     shift: CanaryShift | None = None
     promotion: Promotion | None = None
     rollback: Rollback | None = None

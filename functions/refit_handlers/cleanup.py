@@ -80,18 +80,18 @@ def last_run_state(stepfunctions: Any, execution_arn: str) -> dict[str, Any]:
 
 
 def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) -> str:
-    """Put the endpoint back on the config it had before the run, when the run had started a canary and not
-    finished promoting it. A first deployment (no champion before) and a promotion under way are left as they are."""
+    """Put the endpoint back on the config it had before the run, when the run had started a canary or a shadow and
+    not finished promoting it. A first deployment (no champion before) and a promotion under way are left as they are."""
     redeploy = state.get("redeploy") or {}
     if redeploy.get("previous_config"):  # a manual rollback / promotion that did not reach its verdict
         previous = redeploy["previous_config"]
         result = rollback(Rollback(action="restore", previous_config=previous), config, sagemaker)
         return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
     deploy = state.get("deploy") or {}
-    if deploy.get("mode") != "canary":
+    if deploy.get("mode") not in ("canary", "shadow"):
         return "endpoint untouched by this run"
     if state.get("promotion"):
-        return "the canary had passed and was being promoted; endpoint left on the promoted config"
+        return f"the {deploy['mode']} had passed and was being promoted; endpoint left on the promoted config"
     previous = deploy.get("previous_config") or (state.get("check") or {}).get("champion_config")
     result = rollback(Rollback(action="rollback", previous_config=previous), config, sagemaker)
     return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"

@@ -30,6 +30,7 @@ from refit_core.champion import (
     find_champion,
     view_of,
 )
+from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
     CanaryShift,
     CanaryStepVerdict,
@@ -38,6 +39,7 @@ from refit_core.steps import (
     EndpointCheck,
     Promotion,
     RedeployStarted,
+    ShadowVerdict,
     Step,
     Variant,
 )
@@ -72,6 +74,18 @@ class CheckCanary(BaseModel):
     history: list[CanaryStepVerdict] = []  # the steps judged before this one
 
 
+class StartShadow(BaseModel):
+    action: Literal["start_shadow"]
+    run_id: str
+    model_data_url: str
+    model_package_arn: str
+
+
+class CheckShadow(BaseModel):
+    action: Literal["check_shadow"]
+    shadow_started_at: str
+
+
 class ShiftCanary(BaseModel):
     action: Literal["shift"]
     step: int = Field(ge=1)
@@ -98,7 +112,15 @@ class Redeploy(BaseModel):
 
 class DeployEvent(BaseModel):
     request: Annotated[
-        StartDeploy | EndpointStatus | CheckCanary | ShiftCanary | Promote | Rollback | Redeploy,
+        StartDeploy
+        | EndpointStatus
+        | CheckCanary
+        | ShiftCanary
+        | Promote
+        | Rollback
+        | Redeploy
+        | StartShadow
+        | CheckShadow,
         Field(discriminator="action"),
     ]
 
@@ -169,6 +191,78 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         "challenger_model": model_name,
         "canary_weight": plan[0],
         "canary_steps": plan,
+    }
+
+
+def create_challenger_model(event: StartDeploy | StartShadow, config: Settings, sagemaker: Any) -> str:
+    """The run's challenger as a SageMaker model (its registry entry's digest in its environment); returns its name.
+    The same calls as the first half of `start`, which is left as it is while other deployment modes are built beside
+    it; it can call this (and create_endpoint, champion_model_of) once they are merged."""
+    model = config.model
+    model_name = names.model_name(config.endpoint_name, event.run_id)
+    sagemaker.create_model(
+        ModelName=model_name,
+        ExecutionRoleArn=config.sagemaker_role_arn,
+        PrimaryContainer={
+            "Image": config.image_uri,
+            "ModelDataUrl": event.model_data_url,
+            "Environment": model_environment(
+                sagemaker.describe_model_package(ModelPackageName=event.model_package_arn)
+            ),
+        },
+        Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
+    )
+    return model_name
+
+
+def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: str) -> dict[str, Any]:
+    """The first model of a new endpoint: the single champion variant, no canary or shadow."""
+    config_name = names.endpoint_config_name(config.endpoint_name, run_id, "first")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        DataCaptureConfig=capture(config),
+    )
+    sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {"mode": "create", "previous_config": None, "expected_config": config_name, "challenger_model": model_name}
+
+
+def champion_model_of(sagemaker: Any, config_name: str) -> str:
+    return next(
+        v["ModelName"]
+        for v in sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+        if v["VariantName"] == CHAMPION
+    )
+
+
+def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """`deploy.mode = "shadow"`: the champion alone in ProductionVariants, the challenger as the shadow variant at
+    `deploy.shadow.sampling_percent` of the champion's weight (refit_core.shadow). A first model creates the endpoint."""
+    model = config.model
+    model_name = create_challenger_model(event, config, sagemaker)
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        return create_endpoint(config, sagemaker, event.run_id, model_name)
+    previous = current["EndpointConfigName"]
+    production, shadow = shadow_variants(
+        champion_model_of(sagemaker, previous),
+        model_name,
+        model.deploy.shadow.sampling_percent,
+        model.serving_instance_type,
+    )
+    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "shadow")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=production,
+        ShadowProductionVariants=shadow,
+        DataCaptureConfig=capture(config),
+    )
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {
+        "mode": "shadow",
+        "previous_config": previous,
+        "expected_config": config_name,
+        "challenger_model": model_name,
     }
 
 
@@ -315,6 +409,39 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[
     }
 
 
+def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, s3: Any) -> dict[str, Any]:
+    """Judge the shadow against the champion on the window since the endpoint came InService on the shadow config:
+    CloudWatch per variant and the canary alarm (as a canary step), and both variants' captured predictions."""
+    settings = config.model.deploy.shadow
+    start_time = datetime.fromisoformat(event.shadow_started_at)
+    end_time = datetime.now(UTC) + timedelta(minutes=1)
+    windows = {
+        name: variant_window(cloudwatch, config.endpoint_name, name, start_time, end_time)
+        for name in (SHADOW, CHAMPION)
+    }
+    alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
+    alarm_state = alarms[0]["StateValue"] if alarms else None
+    window_start = start_time.replace(second=0, microsecond=0)
+    scores, problems = window_scores(
+        s3,
+        config.data_bucket,
+        config.model.capture_prefix,
+        config.endpoint_name,
+        window_start,
+        end_time,
+        config.model.problem_type,
+    )
+    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, scores)
+    return ShadowVerdict(
+        **verdict,
+        next="promote" if verdict["healthy"] else "rollback",
+        sampling_percent=settings.sampling_percent,
+        window_start=window_start.isoformat(timespec="seconds"),
+        window_end=end_time.isoformat(timespec="seconds"),
+        capture_problems=problems,
+    ).to_state()
+
+
 def shift(event: ShiftCanary, config: Settings, sagemaker: Any) -> dict[str, Any]:
     """Move the challenger to the next step's share on the same endpoint config; the status loop then waits until
     DescribeEndpoint shows the new weights."""
@@ -429,6 +556,8 @@ OUTPUTS: dict[str, type[Step]] = {
     "rollback": RollbackStep,
     "restore": RollbackStep,
     "redeploy": RedeployStarted,
+    "start_shadow": DeployStarted,
+    "check_shadow": ShadowVerdict,
 }  # the step contract of each action (refit_core.steps)
 
 
@@ -445,6 +574,10 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return promote(request, config, client("sagemaker"))
     if isinstance(request, Redeploy):
         return redeploy(request, config, client("sagemaker"))
+    if isinstance(request, StartShadow):
+        return start_shadow(request, config, client("sagemaker"))
+    if isinstance(request, CheckShadow):
+        return check_shadow(request, config, client("cloudwatch"), client("s3"))
     return rollback(request, config, client("sagemaker"))
 
 

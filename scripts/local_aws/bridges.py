@@ -24,6 +24,13 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   the reason in FailureReason. `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
+- SageMaker shadow variants: moto drops CreateEndpointConfig's ShadowProductionVariants. Here they are kept (and
+  refused as SageMaker refuses them: with a shadow, exactly one production and one shadow variant, distinct names),
+  returned by DescribeEndpointConfig and, for the endpoint's current config, by DescribeEndpoint; an update starts the
+  shadow's `serve` too. The router copies each request the production variant serves to the shadow's real `serve`
+  with probability shadow weight / production weight (capped at 1), after the production reply is made: the caller
+  only ever gets the production response; the shadow's Invocations/4XX/5XX/ModelLatency go to CloudWatch under its
+  own VariantName and its successful replies are captured under its own variant folder, as SageMaker does.
 - EventBridge: moto cannot deliver to Step Functions or Lambda targets and lets schedule rules match every event;
   here pattern rules start executions of their state-machine targets, invoke their Lambda targets asynchronously,
   and schedule rules only fire on request. moto's S3 "Object Created" event names the object's ETag `eTag`; AWS's
@@ -514,6 +521,11 @@ class Bridges:
                     kwargs["approval_description"] = package.approval_description
             return original_update_package(backend, **kwargs)
 
+        original_create_endpoint_config = SageMakerResponse.create_endpoint_config
+
+        def create_endpoint_config(response: SageMakerResponse) -> Any:
+            return bridges.create_endpoint_config(response, original_create_endpoint_config)
+
         original_describe_endpoint = backend_class.describe_endpoint
 
         def describe_endpoint(backend: Any, endpoint_name: str) -> dict[str, Any]:
@@ -523,6 +535,11 @@ class Bridges:
             described.pop("DataCaptureConfig", None)
             if (summary := capture_summary(config)) is not None:
                 described["DataCaptureConfig"] = summary
+            shadows = getattr(current, "shadow_production_variants", None) or []
+            if shadows:  # the current config's shadow variants, summarized as its production variants are
+                described["ShadowProductionVariants"] = backend.endpoints[endpoint_name]._process_production_variants(
+                    shadows
+                )
             return described
 
         original_put_metric_data = CloudWatchBackend.put_metric_data
@@ -574,6 +591,7 @@ class Bridges:
             mock.patch.object(SageMakerResponse, "update_endpoint", update_endpoint, create=True),
             mock.patch.object(backend_class, "update_model_package", update_model_package),
             mock.patch.object(backend_class, "describe_endpoint", describe_endpoint),
+            mock.patch.object(SageMakerResponse, "create_endpoint_config", create_endpoint_config),
             mock.patch.object(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
             mock.patch.object(Rule, "send_to_targets", send_to_targets),
             mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),
@@ -934,7 +952,7 @@ class Bridges:
             raise ValidationError(message=f'Could not find endpoint "{endpoint_name}".')
         config = backend.describe_endpoint_config(config_name)
         try:
-            for production_variant in config["ProductionVariants"]:
+            for production_variant in [*config["ProductionVariants"], *config.get("ShadowProductionVariants", [])]:
                 self._serve(production_variant["ModelName"])  # SageMaker's health check of the new fleet
         except Exception as error:
             # The update fails and SageMaker rolls it back: InService on the old config, the reason recorded.
@@ -952,6 +970,36 @@ class Bridges:
         # UpdateEndpoint moves LastModifiedTime (moto leaves it at creation): the monitor dates a promotion by it.
         endpoint.last_modified_time = utcnow()
         return endpoint.arn
+
+    def create_endpoint_config(self, response: SageMakerResponse, original: Callable) -> Any:
+        """CreateEndpointConfig keeping ShadowProductionVariants, refused as SageMaker refuses them: a config with a
+        shadow has exactly one production variant and one shadow variant, every variant name distinct."""
+        from moto.sagemaker.exceptions import ValidationError
+
+        shadows = response._get_param("ShadowProductionVariants") or []
+        if shadows:
+            production = response._get_param("ProductionVariants") or []
+            if len(production) != 1 or len(shadows) != 1:
+                raise ValidationError(
+                    message="An endpoint config with ShadowProductionVariants must have exactly one variant in "
+                    f"ProductionVariants and one in ShadowProductionVariants (got {len(production)} and {len(shadows)})"
+                )
+            variant_names = [v.get("VariantName") for v in [*production, *shadows]]
+            if len(set(variant_names)) != len(variant_names):
+                raise ValidationError(
+                    message=f"Variant names must be unique across the endpoint config: {variant_names}"
+                )
+        result = original(response)
+        if shadows:
+            backend = response.sagemaker_backend
+            endpoint_config = backend.endpoint_configs[response._get_param("EndpointConfigName")]
+            try:
+                endpoint_config.validate_production_variants(shadows)  # instance types, as for production variants
+            except Exception:
+                del backend.endpoint_configs[endpoint_config.endpoint_config_name]
+                raise
+            endpoint_config.shadow_production_variants = shadows  # DescribeEndpointConfig's ShadowProductionVariants
+        return result
 
     def _variant_models(self, endpoint_name: str) -> tuple[list[tuple[str, float, str]], str]:
         backend = sagemaker_backends[self.account][self.region]
@@ -1055,25 +1103,10 @@ class Bridges:
                 )
             variant = self.random.choices(live, weights=[v[1] for v in live])[0]
         received = datetime.now(UTC)
-        serve = self._serve(variant[2])
         body = response.body if isinstance(response.body, bytes) else (response.body or "").encode()
         request_type = response.headers.get("Content-Type", "text/csv")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{serve.port}/invocations",
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": request_type,
-                "Accept": response.headers.get("Accept", "application/json"),
-            },
-        )
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                status, payload, content_type = reply.status, reply.read(), reply.headers.get("Content-Type")
-        except urllib.error.HTTPError as error:
-            status, payload, content_type = error.code, error.read(), "application/json"
-        latency_us = (time.perf_counter() - started) * 1e6
+        accept = response.headers.get("Accept", "application/json")
+        status, payload, content_type, latency_us = self._call_serve(variant[2], body, request_type, accept)
         self._put_variant_metrics(endpoint_name, variant[0], status, latency_us)
         if status == 200:
             # Failed requests are not captured: AWS does not document capturing them, so none is recorded here.
@@ -1088,6 +1121,7 @@ class Bridges:
                 response.headers.get(INFERENCE_ID_HEADER),
                 received,
             )
+        self._copy_to_shadow(endpoint_name, body, request_type, accept, response.headers.get(INFERENCE_ID_HEADER))
         if status != 200:
             message = payload.decode(errors="replace")
             return _reply(
@@ -1103,6 +1137,63 @@ class Bridges:
                 ),
             )
         return _reply(200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": variant[0]}, payload)
+
+    def _call_serve(
+        self, model_name: str, body: bytes, request_type: str, accept: str
+    ) -> tuple[int, bytes, str | None, float]:
+        """One request to the model's `serve`: (status, payload, content type, latency in microseconds)."""
+        serve = self._serve(model_name)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{serve.port}/invocations",
+            data=body,
+            method="POST",
+            headers={"Content-Type": request_type, "Accept": accept},
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                status, payload, content_type = reply.status, reply.read(), reply.headers.get("Content-Type")
+        except urllib.error.HTTPError as error:
+            status, payload, content_type = error.code, error.read(), "application/json"
+        return status, payload, content_type, (time.perf_counter() - started) * 1e6
+
+    def _copy_to_shadow(
+        self, endpoint_name: str, body: bytes, request_type: str, accept: str, inference_id: str | None
+    ) -> None:
+        """A copy of a request the production variant served, to each shadow variant of the endpoint's config with
+        probability shadow weight / production weight: its metrics and capture under its own name; its reply is
+        dropped and nothing it does reaches the caller."""
+        backend = sagemaker_backends[self.account][self.region]
+        config = backend.endpoint_configs.get(backend.endpoints[endpoint_name].endpoint_config_name)
+        shadows = getattr(config, "shadow_production_variants", None) or []
+        if not shadows:
+            return
+        production_weight = sum(float(v.get("InitialVariantWeight", 1.0)) for v in config.production_variants)
+        for shadow in shadows:
+            share = min(1.0, float(shadow.get("InitialVariantWeight", 1.0)) / (production_weight or 1.0))
+            if self.random.random() >= share:
+                continue
+            received = datetime.now(UTC)
+            try:
+                status, payload, content_type, latency_us = self._call_serve(
+                    shadow["ModelName"], body, request_type, accept
+                )
+            except Exception as error:  # a shadow that cannot answer counts as a 5XX; the caller is not affected
+                self.log(f"local: shadow variant {shadow['VariantName']} of {endpoint_name} failed: {error}")
+                status, payload, content_type, latency_us = 500, b"", None, 0.0
+            self._put_variant_metrics(endpoint_name, shadow["VariantName"], status, latency_us)
+            if status == 200:
+                self.capture(
+                    endpoint_name,
+                    shadow["VariantName"],
+                    shadow["ModelName"],
+                    request_type,
+                    body,
+                    content_type,
+                    payload,
+                    inference_id,
+                    received,
+                )
 
     # ---------------------------------------------------------------- data capture
     def capture(

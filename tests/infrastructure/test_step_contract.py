@@ -33,6 +33,7 @@ from refit_core.steps import (
     Rollback,
     RunInfo,
     RunState,
+    ShadowVerdict,
     TrainingStep,
 )
 
@@ -57,6 +58,8 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.deploy.handler", "rollback"): Rollback,
     ("refit_handlers.deploy.handler", "restore"): Rollback,
     ("refit_handlers.deploy.handler", "redeploy"): RedeployStarted,
+    ("refit_handlers.deploy.handler", "start_shadow"): DeployStarted,
+    ("refit_handlers.deploy.handler", "check_shadow"): ShadowVerdict,
     ("refit_handlers.approval.request_handler", None): ApprovalRequested,
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,
     ("refit_handlers.finalize.handler", None): FinalStep,
