@@ -30,6 +30,7 @@ from refit_core.champion import (
     find_champion,
     view_of,
 )
+from refit_core.network import isolated
 from refit_core.steps import (
     CanaryShift,
     CanaryStepVerdict,
@@ -124,6 +125,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
+        **isolated(config.vpc_config),
         PrimaryContainer={
             "Image": config.image_uri,
             "ModelDataUrl": event.model_data_url,
@@ -140,6 +142,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
             EndpointConfigName=config_name,
             ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
             DataCaptureConfig=capture(config),
+            KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
         )
         sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
         return {
@@ -160,6 +163,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         EndpointConfigName=config_name,
         ProductionVariants=canary_variants(champion_model, model_name, plan[0], model.serving_instance_type),
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
@@ -341,6 +345,7 @@ def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
         EndpointConfigName=config_name,
         ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {"expected_config": config_name}
@@ -391,6 +396,7 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
+        **isolated(config.vpc_config),
         PrimaryContainer={
             "Image": image.get("Image") or config.image_uri,
             "ModelDataUrl": image["ModelDataUrl"],
@@ -403,6 +409,7 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         EndpointConfigName=config_name,
         ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
