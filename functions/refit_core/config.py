@@ -590,7 +590,7 @@ class NetworkSettings(_Strict):
     @field_validator("vpc_id")
     @classmethod
     def _vpc_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"vpc-[0-9a-f]{8,17}", value):
+        if value is not None and not re.fullmatch(r"vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})", value):
             raise ValueError(f"{value!r} is not a VPC id (vpc- and 8 or 17 hexadecimal digits)")
         return value
 
@@ -599,7 +599,7 @@ class NetworkSettings(_Strict):
     def _resource_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
         kind = "subnet" if info.field_name == "subnet_ids" else "sg"
         for item in value:
-            if not re.fullmatch(rf"{kind}-[0-9a-f]{{8,17}}", item):
+            if not re.fullmatch(rf"{kind}-(?:[0-9a-f]{{8}}|[0-9a-f]{{17}})", item):
                 raise ValueError(f"{item!r} is not a {kind} id ({kind}- and 8 or 17 hexadecimal digits)")
         if len(set(value)) != len(value):
             raise ValueError(f"repeated ids: {value}")
