@@ -11,6 +11,7 @@ from refit_core.config import ModelConfig, RefitConfig
 from stacks.approvers import ApproverRole
 from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
+from stacks.network import SageMakerNetwork
 from stacks.retrain_functions import RetrainFunctions
 from stacks.retrain_state_machine import RetrainStateMachine
 from stacks.run_end import RunEnd
@@ -31,6 +32,7 @@ class ModelPipeline(Construct):
         config: RefitConfig,
         storage: Storage,
         sagemaker_access: SageMakerAccess,
+        network: SageMakerNetwork,
         code_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -55,6 +57,7 @@ class ModelPipeline(Construct):
             storage=storage,
             sagemaker=sagemaker_access,
             execution_role=self.execution_role,
+            network=network,
             endpoint_name=self.endpoint_name,
             package_group_name=self.package_group.model_package_group_name,
             canary_alarm_name=canary_alarm_name,
@@ -119,6 +122,7 @@ class RefitStack(Stack):
             self, "Storage", notification_email=config.notification_email, retention=config.retention
         )
         self.sagemaker_access = SageMakerAccess(self, "SageMaker")
+        self.network = SageMakerNetwork(self, "Network", settings=config.network, storage=self.storage)
         self.pipelines = {
             model.name: ModelPipeline(
                 self,
@@ -127,6 +131,7 @@ class RefitStack(Stack):
                 config=config,
                 storage=self.storage,
                 sagemaker_access=self.sagemaker_access,
+                network=self.network,
                 code_version=code_version,
             )
             for model in config.models

@@ -15,7 +15,9 @@ from refit_core import names
 from refit_core.approvals import approval_partition
 from refit_core.config import ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
+from refit_core.network import VPC_CONFIG_ENV
 
+from stacks.network import SageMakerNetwork
 from stacks.sagemaker_access import ModelExecutionRole, SageMakerAccess
 from stacks.storage import Storage, deny_listing_outside
 
@@ -81,6 +83,7 @@ class RetrainFunctions(Construct):
         storage: Storage,
         sagemaker: SageMakerAccess,
         execution_role: ModelExecutionRole,
+        network: SageMakerNetwork,
         endpoint_name: str,
         package_group_name: str,
         canary_alarm_name: str,
@@ -112,6 +115,7 @@ class RetrainFunctions(Construct):
             "REFIT_CODE_VERSION": code_version,
             "REFIT_STATE_MACHINE_ARN": state_machine_arn,
             "REFIT_KMS_KEY_ARN": storage.key.key_arn,
+            VPC_CONFIG_ENV: network.environment(),
             "POWERTOOLS_METRICS_NAMESPACE": "Refit",
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }
@@ -194,10 +198,24 @@ class RetrainFunctions(Construct):
             model.baseline_data_prefix,
         ):
             read(storage.data_bucket, f["StartTraining"], f"{prefix}*")
+        # Private SageMaker (stacks/network.py): a request without network isolation, the project key or the VPC is
+        # denied. The condition keys are those the Service Authorization Reference lists for each action.
+        key_arn = storage.key.key_arn
         f["StartTraining"].add_to_role_policy(
             iam.PolicyStatement(
-                actions=["sagemaker:CreateTrainingJob", "sagemaker:AddTags"],
+                actions=["sagemaker:CreateTrainingJob"],
                 resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"],
+                conditions=network.conditions(
+                    isolation=True,
+                    vpc=True,
+                    kms_keys=("sagemaker:VolumeKmsKey", "sagemaker:OutputKmsKey"),
+                    key_arn=key_arn,
+                ),
+            )
+        )
+        f["StartTraining"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:AddTags"], resources=[f"{arn}:training-job/{names.pattern(endpoint_name)}"]
             )
         )
         # StartTraining passes the model's own SageMaker role to training jobs, Deploy to models; to SageMaker only.
@@ -295,9 +313,37 @@ class RetrainFunctions(Construct):
         )
         f["Deploy"].add_to_role_policy(
             iam.PolicyStatement(
+                actions=["sagemaker:CreateModel"],
+                resources=[f"{arn}:model/{names.pattern(endpoint_name)}"],
+                conditions=network.conditions(isolation=True, vpc=True, kms_keys=(), key_arn=key_arn),
+            )
+        )
+        # Only the storage-volume key: the endpoint config's NetworkIsolation and VPC keys are for endpoints that
+        # run inference components; refit's endpoint runs the models above, which carry both.
+        f["Deploy"].add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:CreateEndpointConfig"],
+                resources=[f"{arn}:endpoint-config/{names.pattern(endpoint_name)}"],
+                conditions=network.conditions(
+                    isolation=False, vpc=False, kms_keys=("sagemaker:VolumeKmsKey",), key_arn=key_arn
+                ),
+            )
+        )
+        # CreateEndpoint and UpdateEndpoint on a config with KmsKeyId need kms:CreateGrant as the caller: SageMaker
+        # grants itself the key for the instances' volumes. Only through SageMaker, only for an AWS resource.
+        sagemaker_grant = iam.PolicyStatement(
+            actions=["kms:CreateGrant"],
+            resources=[key_arn],
+            conditions={
+                "StringEquals": {"kms:ViaService": f"sagemaker.{stack.region}.amazonaws.com"},
+                "Bool": {"kms:GrantIsForAWSResource": "true"},
+            },
+        )
+        f["Deploy"].add_to_role_policy(sagemaker_grant)
+        f["Cleanup"].add_to_role_policy(sagemaker_grant)
+        f["Deploy"].add_to_role_policy(
+            iam.PolicyStatement(
                 actions=[
-                    "sagemaker:CreateModel",
-                    "sagemaker:CreateEndpointConfig",
                     "sagemaker:CreateEndpoint",
                     "sagemaker:UpdateEndpoint",
                     "sagemaker:UpdateEndpointWeightsAndCapacities",

@@ -114,6 +114,25 @@ class ModelExecutionRole(Construct):
         # Reads SSE-KMS data (Decrypt), writes artifacts and checkpoints (GenerateDataKey), and Data Capture with the
         # project key needs Encrypt as the model's role.
         storage.key.grant(self.role, "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey", "kms:Encrypt")
+        # The training volume (VolumeKmsKeyId) is encrypted with the project key: SageMaker grants the instance's
+        # volume the key as this role. Only for an AWS resource, only through SageMaker or the EC2 volume it attaches.
+        stack = Stack.of(self)
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="VolumeKeyGrant",
+                actions=["kms:CreateGrant"],
+                resources=[storage.key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": [
+                            f"sagemaker.{stack.region}.amazonaws.com",
+                            f"ec2.{stack.region}.amazonaws.com",
+                        ]
+                    },
+                    "Bool": {"kms:GrantIsForAWSResource": "true"},
+                },
+            )
+        )
         access.image.repository.grant_pull(self.role)
         self.role.add_to_policy(
             iam.PolicyStatement(
@@ -122,7 +141,6 @@ class ModelExecutionRole(Construct):
                 resources=["*"],  # GetAuthorizationToken has no resource-level permissions
             )
         )
-        stack = Stack.of(self)
         logs = f"arn:{Aws.PARTITION}:logs:{stack.region}:{stack.account}:log-group:/aws/sagemaker"
         # SageMaker's training log group is shared by every job of the account; each job writes streams named
         # `<job>/algo-1-<time>`, and this model's job names match `{prefix}--*` only (refit_core.names).

@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from refit_core.metric_names import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from refit_core.names import model_prefix
@@ -615,11 +623,62 @@ class ApprovalSettings(_Strict):
         return value
 
 
+class NetworkSettings(_Strict):
+    """Where SageMaker runs the project's training jobs and endpoints (`[network]`, for every model): no VPC (the
+    default: SageMaker's own network, the containers still network-isolated), an existing VPC (`vpc_id`,
+    `subnet_ids`, `security_group_ids`), or `create = true` for a new one (private isolated subnets in two
+    Availability Zones, no NAT, a security group without ingress, an S3 gateway endpoint; stacks/network.py)."""
+
+    create: bool = Field(False, description="Create a minimal private VPC for SageMaker.")
+    vpc_id: str | None = Field(None, description="An existing VPC (vpc-...); with subnet_ids and security_group_ids.")
+    subnet_ids: list[str] = Field(
+        default_factory=list, max_length=16, description="Private subnets of vpc_id (subnet-...), 1 to 16."
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list, max_length=5, description="Security groups of vpc_id (sg-...), 1 to 5."
+    )
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})", value):
+            raise ValueError(f"{value!r} is not a VPC id (vpc- and 8 or 17 hexadecimal digits)")
+        return value
+
+    @field_validator("subnet_ids", "security_group_ids")
+    @classmethod
+    def _resource_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        kind = "subnet" if info.field_name == "subnet_ids" else "sg"
+        for item in value:
+            if not re.fullmatch(rf"{kind}-(?:[0-9a-f]{{8}}|[0-9a-f]{{17}})", item):
+                raise ValueError(f"{item!r} is not a {kind} id ({kind}- and 8 or 17 hexadecimal digits)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated ids: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NetworkSettings:
+        existing = self.vpc_id is not None or self.subnet_ids or self.security_group_ids
+        if self.create and existing:
+            raise ValueError("either create = true or an existing vpc_id, subnet_ids and security_group_ids, not both")
+        if existing and not (self.vpc_id and self.subnet_ids and self.security_group_ids):
+            # SageMaker's VpcConfig requires both subnets and security groups; the VPC id is what they belong to.
+            raise ValueError(
+                "an existing VPC needs vpc_id, at least one of subnet_ids and at least one of security_group_ids"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.create or self.vpc_id is not None
+
+
 class RefitConfig(_Strict):
     project: str = Field("refit", description="Prefixes every resource and names the stack.")
     notification_email: str | None = None
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
     instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
     )

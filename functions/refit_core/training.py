@@ -9,6 +9,7 @@ from typing import Any
 from refit_core.config import ModelConfig
 from refit_core.datasets import DataError, object_columns
 from refit_core.names import training_job_name
+from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
 
 OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
@@ -111,6 +112,8 @@ def training_job_request(
     earlier_data_uri: str | None,
     champion_model_uri: str | None,
     artifact_bucket: str,
+    kms_key_arn: str,
+    vpc_config: dict[str, list[str]] | None = None,
     family: str | None = None,
     validation_data_uri: str | None = None,
     baseline_data_uri: str | None = None,
@@ -118,7 +121,8 @@ def training_job_request(
     """CreateTrainingJob parameters. `name_prefix` is the model's `{project}-{model}` (refit_core.names). The job's
     settings (`job_settings`) are read from its `config` channel: the caller writes them to `settings_prefix` first.
     Checkpoints are keyed by the run (and the family, for parallel candidates), not the job, so an on-demand retry
-    resumes them."""
+    resumes them. The job is network-isolated, in `vpc_config` when given, and its volume and output are encrypted
+    with the project key `kms_key_arn` (refit_core.network)."""
     artifacts = S3Uri(artifact_bucket, "")
     job = training_job_name(name_prefix, run_id, attempt, spot, family)
     channels = [
@@ -161,11 +165,15 @@ def training_job_request(
             }
             for name, uri, content_type in channels
         ],
-        "OutputDataConfig": {"S3OutputPath": str(artifacts.join("training", model.name)) + "/"},
+        "OutputDataConfig": {
+            "S3OutputPath": str(artifacts.join("training", model.name)) + "/",
+            "KmsKeyId": kms_key_arn,
+        },
         "ResourceConfig": {
             "InstanceType": model.training_instance_type,
             "InstanceCount": 1,
             "VolumeSizeInGB": 10,
+            "VolumeKmsKeyId": kms_key_arn,
         },
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spot,
@@ -174,7 +182,7 @@ def training_job_request(
             "LocalPath": "/opt/ml/checkpoints",
         },
         "RetryStrategy": {"MaximumRetryAttempts": model.spot.max_retry_attempts},
-        "EnableNetworkIsolation": False,
+        **isolated(vpc_config),
         "EnableInterContainerTrafficEncryption": True,
         "Tags": [{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": run_id}]
         + ([{"Key": "refit:family", "Value": family}] if family else []),

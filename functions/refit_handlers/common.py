@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 from pydantic import BaseModel, ValidationError
 from refit_core.config import ModelConfig, model_from_json
+from refit_core.network import VPC_CONFIG_ENV, vpc_config_from_json
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -38,6 +39,7 @@ class Settings:
     kms_key_arn: str
     state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
     quality_alarm: str = ""  # the model's quality alarm, when it has one (the monitor re-arms it)
+    vpc_config: dict[str, list[str]] | None = None  # the project's VPC for SageMaker, if any (refit_core.network)
 
 
 def settings() -> Settings:
@@ -59,6 +61,7 @@ def settings() -> Settings:
         kms_key_arn=env["REFIT_KMS_KEY_ARN"],
         state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
         quality_alarm=env.get("REFIT_QUALITY_ALARM", ""),
+        vpc_config=vpc_config_from_json(env.get(VPC_CONFIG_ENV)),
     )
 
 

@@ -30,6 +30,7 @@ from refit_core.champion import (
     find_champion,
     view_of,
 )
+from refit_core.network import isolated
 from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
     CanaryShift,
@@ -146,6 +147,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
+        **isolated(config.vpc_config),
         PrimaryContainer={
             "Image": config.image_uri,
             "ModelDataUrl": event.model_data_url,
@@ -162,6 +164,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
             EndpointConfigName=config_name,
             ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
             DataCaptureConfig=capture(config),
+            KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
         )
         sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
         return {
@@ -182,6 +185,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         EndpointConfigName=config_name,
         ProductionVariants=canary_variants(champion_model, model_name, plan[0], model.serving_instance_type),
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
@@ -203,6 +207,7 @@ def create_challenger_model(event: StartDeploy | StartShadow, config: Settings, 
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
+        **isolated(config.vpc_config),
         PrimaryContainer={
             "Image": config.image_uri,
             "ModelDataUrl": event.model_data_url,
@@ -222,6 +227,7 @@ def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: s
         EndpointConfigName=config_name,
         ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {"mode": "create", "previous_config": None, "expected_config": config_name, "challenger_model": model_name}
@@ -256,6 +262,7 @@ def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[s
         ProductionVariants=production,
         ShadowProductionVariants=shadow,
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
@@ -468,6 +475,7 @@ def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
         EndpointConfigName=config_name,
         ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {"expected_config": config_name}
@@ -518,6 +526,7 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     sagemaker.create_model(
         ModelName=model_name,
         ExecutionRoleArn=config.sagemaker_role_arn,
+        **isolated(config.vpc_config),
         PrimaryContainer={
             "Image": image.get("Image") or config.image_uri,
             "ModelDataUrl": image["ModelDataUrl"],
@@ -530,6 +539,7 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         EndpointConfigName=config_name,
         ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
         DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {

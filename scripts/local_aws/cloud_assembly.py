@@ -88,7 +88,8 @@ class CloudAssembly:
 
 @dataclass
 class Resolver:
-    """Evaluates Ref, Fn::GetAtt, Fn::Join, Fn::Sub, Fn::Select, Fn::Split against known physical values."""
+    """Evaluates Ref, Fn::GetAtt, Fn::Join, Fn::Sub, Fn::Select, Fn::Split, Fn::GetAZs against known physical
+    values."""
 
     pseudo: dict[str, str]
     refs: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +149,9 @@ class Resolver:
             if key == "Fn::Select":
                 index, items = argument
                 return self.resolve(items)[int(self.resolve(index))]
+            if key == "Fn::GetAZs":  # the region's Availability Zones, as moto's EC2 names them
+                region = self.resolve(argument) or self.pseudo["AWS::Region"]
+                return [f"{region}{zone}" for zone in "abc"]
             if key == "Fn::Split":
                 separator, text = argument
                 return str(self.resolve(text)).split(separator)

@@ -9,8 +9,9 @@ an in-process client makes with a role's credentials against the identity polici
   condition keys refit's policies use (`REQUESTS` below: S3's ListObjectsV2 is `s3:ListBucket` on the bucket with
   `s3:prefix`, a DynamoDB item request carries `dynamodb:LeadingKeys`,
   CopyObject is `s3:GetObject` on the source and `s3:PutObject` on the target, a Create* call with tags also needs
-  `sagemaker:AddTags`, passing a role needs `iam:PassRole` with `iam:PassedToService`, SageMaker ARNs are lower
-  case, ...); an operation a role calls that has no entry is refused, so a new call cannot go unchecked;
+  `sagemaker:AddTags`, passing a role needs `iam:PassRole` with `iam:PassedToService`, SageMaker's create actions
+  carry `sagemaker:NetworkIsolation`, `sagemaker:VolumeKmsKey` / `OutputKmsKey` and `sagemaker:VpcSubnets` /
+  `VpcSecurityGroupIds` from the request (SAGEMAKER_CONTEXT), SageMaker ARNs are lower case, ...); an operation a role calls that has no entry is refused, so a new call cannot go unchecked;
 - the policy evaluation is IAM's for identity policies: an explicit Deny wins, else an Allow whose Action /
   NotAction, Resource / NotResource (wildcards `*` and `?`; actions case-insensitive) and Condition all match;
   otherwise the implicit deny. Condition operators: String(Not)Equals/Like (+IgnoreCase), ArnEquals/ArnLike, Bool,
@@ -42,7 +43,7 @@ Statement = dict[str, Any]
 class IamRequest:
     action: str
     resource: str
-    context: dict[str, str] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- policy evaluation
@@ -244,6 +245,61 @@ def _sagemaker(action: str, *named: tuple[str, str]) -> Callable[[Call], list[Ia
     return requests
 
 
+def _network_isolation(call: Call) -> dict[str, Any]:
+    return {"sagemaker:NetworkIsolation": "true" if call.params.get("EnableNetworkIsolation") else "false"}
+
+
+def _vpc(call: Call) -> dict[str, Any]:
+    vpc = call.params.get("VpcConfig") or {}
+    keys = {"Subnets": "sagemaker:VpcSubnets", "SecurityGroupIds": "sagemaker:VpcSecurityGroupIds"}
+    return {key: list(vpc[member]) for member, key in keys.items() if vpc.get(member)}
+
+
+def _present(**keys: Any) -> dict[str, Any]:
+    return {key: value for key, value in keys.items() if value}
+
+
+# The request condition keys of SageMaker's create actions refit's policies use, read from the request as AWS reads
+# them (Service Authorization Reference: which keys each action supports). A key the request does not carry is
+# absent, so a condition on it fails (or, under `Null`, holds).
+SAGEMAKER_CONTEXT: dict[str, Callable[[Call], dict[str, Any]]] = {
+    "sagemaker:CreateTrainingJob": lambda call: {
+        **_network_isolation(call),
+        **_vpc(call),
+        **_present(
+            **{
+                "sagemaker:VolumeKmsKey": (call.params.get("ResourceConfig") or {}).get("VolumeKmsKeyId"),
+                "sagemaker:OutputKmsKey": (call.params.get("OutputDataConfig") or {}).get("KmsKeyId"),
+            }
+        ),
+    },
+    "sagemaker:CreateModel": lambda call: {**_network_isolation(call), **_vpc(call)},
+    "sagemaker:CreateEndpointConfig": lambda call: {
+        **_network_isolation(call),
+        **_vpc(call),
+        **_present(**{"sagemaker:VolumeKmsKey": call.params.get("KmsKeyId")}),
+    },
+}
+
+
+def _with_request_keys(inner: Callable[[Call], list[IamRequest]]) -> Callable[[Call], list[IamRequest]]:
+    """The create action's IAM request with its request condition keys (SAGEMAKER_CONTEXT); the other requests of
+    the call (AddTags, PassRole) carry none of them."""
+
+    def requests(call: Call) -> list[IamRequest]:
+        out = []
+        for request in inner(call):
+            context = SAGEMAKER_CONTEXT.get(request.action)
+            out.append(
+                IamRequest(request.action, request.resource, {**request.context, **context(call)})
+                if context
+                else request
+            )
+        return out
+
+    return requests
+
+
 def _passes_role(parameter: str, service: str, inner: Callable[[Call], list[IamRequest]]) -> Callable:
     def requests(call: Call) -> list[IamRequest]:
         return inner(call) + [IamRequest("iam:PassRole", call.params[parameter], {"iam:PassedToService": service})]
@@ -305,19 +361,21 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("sagemaker", "CreateTrainingJob"): _passes_role(
         "RoleArn",
         "sagemaker.amazonaws.com",
-        _sagemaker("sagemaker:CreateTrainingJob", ("TrainingJobName", "training-job")),
+        _with_request_keys(_sagemaker("sagemaker:CreateTrainingJob", ("TrainingJobName", "training-job"))),
     ),
     ("sagemaker", "DescribeTrainingJob"): _sagemaker(
         "sagemaker:DescribeTrainingJob", ("TrainingJobName", "training-job")
     ),
     ("sagemaker", "StopTrainingJob"): _sagemaker("sagemaker:StopTrainingJob", ("TrainingJobName", "training-job")),
     ("sagemaker", "CreateModel"): _passes_role(
-        "ExecutionRoleArn", "sagemaker.amazonaws.com", _sagemaker("sagemaker:CreateModel", ("ModelName", "model"))
+        "ExecutionRoleArn",
+        "sagemaker.amazonaws.com",
+        _with_request_keys(_sagemaker("sagemaker:CreateModel", ("ModelName", "model"))),
     ),
     ("sagemaker", "DescribeModel"): _sagemaker("sagemaker:DescribeModel", ("ModelName", "model")),
     ("sagemaker", "DeleteModel"): _sagemaker("sagemaker:DeleteModel", ("ModelName", "model")),
-    ("sagemaker", "CreateEndpointConfig"): _sagemaker(
-        "sagemaker:CreateEndpointConfig", ("EndpointConfigName", "endpoint-config")
+    ("sagemaker", "CreateEndpointConfig"): _with_request_keys(
+        _sagemaker("sagemaker:CreateEndpointConfig", ("EndpointConfigName", "endpoint-config"))
     ),
     ("sagemaker", "DescribeEndpointConfig"): _sagemaker(
         "sagemaker:DescribeEndpointConfig", ("EndpointConfigName", "endpoint-config")

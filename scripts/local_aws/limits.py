@@ -19,6 +19,9 @@ compile is listed in `UNCOMPILED` and left unchecked (a test asserts there is no
 `enforce_unique_names()` makes moto's SageMaker refuse a second CreateModel, CreateEndpointConfig, CreateEndpoint
 or CreateTrainingJob with an existing name, with the error SageMaker returns (ValidationException "Cannot create
 already existing ...", ResourceInUse for a training job); moto overwrites the first silently.
+
+`enforce_vpc_references()` makes it refuse (ValidationException) a training job or model whose VpcConfig names a
+subnet or security group that does not exist in moto's EC2, or subnets and groups of different VPCs; moto keeps any.
 """
 
 from __future__ import annotations
@@ -278,8 +281,63 @@ def enforce_unique_names() -> Iterator[None]:
             setattr(SageMakerModelBackend, method, original)
 
 
+def vpc_problems(vpc_config: dict[str, list[str]] | None, account: str, region: str) -> list[str]:
+    """What SageMaker refuses in a training job's or model's VpcConfig that botocore's client does not check (it does
+    check that both Subnets and SecurityGroupIds are given): subnets or security groups that do not exist in the
+    account and region (moto's EC2 here), or that are not all in one VPC."""
+    if not vpc_config:
+        return []
+    from moto.ec2.exceptions import InvalidSubnetIdError
+    from moto.ec2.models import ec2_backends
+
+    ec2 = ec2_backends[account][region]
+    problems, vpcs = [], {}
+    for subnet_id in vpc_config.get("Subnets", []):
+        try:
+            vpcs[subnet_id] = ec2.get_subnet(subnet_id).vpc_id
+        except InvalidSubnetIdError:
+            problems.append(f"VpcConfig.Subnets: the subnet {subnet_id} does not exist")
+    for group_id in vpc_config.get("SecurityGroupIds", []):
+        group = ec2.get_security_group_from_id(group_id)
+        if group is None:
+            problems.append(f"VpcConfig.SecurityGroupIds: the security group {group_id} does not exist")
+        else:
+            vpcs[group_id] = group.vpc_id
+    if len(set(vpcs.values())) > 1:
+        problems.append(f"VpcConfig: the subnets and security groups are in more than one VPC: {vpcs}")
+    return problems
+
+
+def _checking_vpc(method: str) -> Any:
+    original = getattr(SageMakerModelBackend, method)
+
+    def create(backend: SageMakerModelBackend, *args: Any, **kwargs: Any) -> Any:
+        problems = vpc_problems(kwargs.get("vpc_config"), backend.account_id, backend.region_name)
+        if problems:
+            raise ValidationError("; ".join(problems))
+        return original(backend, *args, **kwargs)
+
+    return original, create
+
+
+@contextlib.contextmanager
+def enforce_vpc_references() -> Iterator[None]:
+    """While inside, moto's SageMaker refuses a training job or model whose VpcConfig names subnets or security groups
+    that do not exist, or that span VPCs (vpc_problems)."""
+    originals = []
+    for method in ("create_training_job", "create_model"):
+        original, create = _checking_vpc(method)
+        originals.append((method, original))
+        setattr(SageMakerModelBackend, method, create)
+    try:
+        yield
+    finally:
+        for method, original in reversed(originals):
+            setattr(SageMakerModelBackend, method, original)
+
+
 @contextlib.contextmanager
 def enforce_aws_rules() -> Iterator[None]:
-    """Both: the request limits of every client and SageMaker's unique names."""
-    with enforce_limits(), enforce_unique_names():
+    """All three: the request limits of every client, SageMaker's unique names and its VPC references."""
+    with enforce_limits(), enforce_unique_names(), enforce_vpc_references():
         yield

@@ -87,6 +87,7 @@ class StandUp:
                 "sagemaker",
                 "logs",
                 "sqs",
+                "ec2",
             )
         }
 
@@ -304,6 +305,66 @@ class StandUp:
         name = props.get("DashboardName") or f"{logical[:55]}-{_short(logical)}"
         self.clients["cloudwatch"].put_dashboard(DashboardName=name, DashboardBody=props["DashboardBody"])
         self._set(logical, name)
+
+    # The project's VPC for SageMaker (`[network] create = true`, stacks/network.py), so a training job's or model's
+    # VpcConfig names subnets and a security group that exist (scripts/local_aws/limits.py checks them).
+    def _create_EC2_VPC(self, logical: str, props: dict) -> None:
+        vpc = self.clients["ec2"].create_vpc(CidrBlock=props["CidrBlock"])["Vpc"]
+        self._set(logical, vpc["VpcId"], VpcId=vpc["VpcId"], CidrBlock=vpc["CidrBlock"])
+
+    def _create_EC2_Subnet(self, logical: str, props: dict) -> None:
+        subnet = self.clients["ec2"].create_subnet(
+            VpcId=props["VpcId"], CidrBlock=props["CidrBlock"], AvailabilityZone=props["AvailabilityZone"]
+        )["Subnet"]
+        self._set(logical, subnet["SubnetId"], SubnetId=subnet["SubnetId"], AvailabilityZone=props["AvailabilityZone"])
+
+    def _create_EC2_RouteTable(self, logical: str, props: dict) -> None:
+        table = self.clients["ec2"].create_route_table(VpcId=props["VpcId"])["RouteTable"]
+        self._set(logical, table["RouteTableId"], RouteTableId=table["RouteTableId"])
+
+    def _create_EC2_SubnetRouteTableAssociation(self, logical: str, props: dict) -> None:
+        association = self.clients["ec2"].associate_route_table(
+            SubnetId=props["SubnetId"], RouteTableId=props["RouteTableId"]
+        )
+        self._set(logical, association["AssociationId"])
+
+    def _create_EC2_SecurityGroup(self, logical: str, props: dict) -> None:
+        ec2 = self.clients["ec2"]
+        group = ec2.create_security_group(
+            GroupName=props.get("GroupName") or f"{self.assembly.stack_name}-{logical}"[:255],
+            Description=props["GroupDescription"],
+            VpcId=props["VpcId"],
+        )["GroupId"]
+        if "SecurityGroupEgress" in props:  # CloudFormation replaces the default allow-all egress with these rules
+            ec2.revoke_security_group_egress(
+                GroupId=group, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+            )
+            for rule in props["SecurityGroupEgress"]:
+                permission = {"IpProtocol": rule["IpProtocol"], "IpRanges": [{"CidrIp": rule["CidrIp"]}]}
+                permission.update({k: rule[k] for k in ("FromPort", "ToPort") if k in rule})
+                ec2.authorize_security_group_egress(GroupId=group, IpPermissions=[permission])
+        self._set(logical, group, GroupId=group)
+
+    def _create_EC2_VPCEndpoint(self, logical: str, props: dict) -> None:
+        endpoint = self.clients["ec2"].create_vpc_endpoint(
+            VpcId=props["VpcId"],
+            ServiceName=props["ServiceName"],
+            VpcEndpointType=props.get("VpcEndpointType", "Gateway"),
+            RouteTableIds=props.get("RouteTableIds", []),
+            **({"PolicyDocument": json.dumps(props["PolicyDocument"])} if "PolicyDocument" in props else {}),
+        )["VpcEndpoint"]
+        self._set(logical, endpoint["VpcEndpointId"])
+
+    def _create_EC2_FlowLog(self, logical: str, props: dict) -> None:
+        ids = self.clients["ec2"].create_flow_logs(
+            ResourceIds=[props["ResourceId"]],
+            ResourceType=props["ResourceType"],
+            TrafficType=props["TrafficType"],
+            LogDestinationType=props.get("LogDestinationType", "cloud-watch-logs"),
+            LogGroupName=props["LogGroupName"],
+            DeliverLogsPermissionArn=props["DeliverLogsPermissionArn"],
+        )["FlowLogIds"]
+        self._set(logical, ids[0])  # created; no flow log record is ever delivered locally
 
     def _create_SageMaker_ModelPackageGroup(self, logical: str, props: dict) -> None:
         name = props["ModelPackageGroupName"]

@@ -126,6 +126,7 @@ def test_a_training_job_of_one_model_cannot_write_into_another_models_prefix(aws
         earlier_data_uri=None,
         champion_model_uri=None,
         artifact_bucket=art,
+        kms_key_arn=settings["REFIT_KMS_KEY_ARN"],
     )
     job = request["TrainingJobName"]
     aws.put_object(art, f"job-data/{A}/isolation/current/batch.csv", to_csv_bytes(churn_batch(400, 2)))

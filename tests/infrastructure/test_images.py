@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.refresh_base_images import DOCKERFILES, base_images
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # What each base image runs: (Python, glibc). A Dockerfile whose base is not listed fails the test, so a new base
@@ -32,9 +34,28 @@ IMAGES = {
 
 
 def base_image(dockerfile: Path) -> str:
-    bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE)
+    """The one base image's `image:tag` (its digest pin aside)."""
+    bases = base_images(dockerfile.read_text())
     assert len(bases) == 1, f"{dockerfile}: expected one FROM line, found {bases}"
-    return bases[0]
+    return bases[0].tagged
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(
+        path
+        for path in ROOT.rglob("Dockerfile*")
+        if not {"node_modules", ".venv", "cdk.out"} & set(path.relative_to(ROOT).parts)
+    )
+
+
+def test_every_base_image_is_pinned_by_digest():
+    """A tag moves; a digest does not. Every Dockerfile's FROM names `image:tag@sha256:...`, and the refresh script
+    (scripts/refresh_base_images.py) knows every Dockerfile."""
+    found = dockerfiles()
+    assert [path.relative_to(ROOT).as_posix() for path in found] == sorted(DOCKERFILES)
+    for path in found:
+        for image in base_images(path.read_text()):
+            assert image.digest is not None, f"{path}: FROM {image.tagged} is not pinned by digest"
 
 
 def platform_tags(glibc: tuple[int, int]) -> list[str]:

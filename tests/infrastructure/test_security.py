@@ -73,8 +73,17 @@ def test_only_functions_that_touch_an_encrypted_store_may_use_the_key(template):
     kms_users = {
         name for name, role in roles.items() if any(a.startswith("kms:") for s in by_role[role] for a in actions(s))
     }
-    assert "PollTraining" not in kms_users and "Deploy" not in kms_users
-    assert kms_users == set(roles) - {"PollTraining", "Deploy"}
+    assert "PollTraining" not in kms_users
+    assert kms_users == set(roles) - {"PollTraining"}
+    # Deploy reads and writes no encrypted store: it may only let SageMaker grant itself the key for an endpoint's
+    # volumes (CreateEndpoint / UpdateEndpoint on a config with KmsKeyId), as Cleanup may when it restores one.
+    deploy_kms = [s for s in by_role[roles["Deploy"]] if any(a.startswith("kms:") for a in actions(s))]
+    cleanup_grants = [s for s in by_role[roles["Cleanup"]] if actions(s) == ["kms:CreateGrant"]]
+    assert len(deploy_kms) == 1 and len(cleanup_grants) == 1
+    for grant in deploy_kms + cleanup_grants:
+        assert actions(grant) == ["kms:CreateGrant"]
+        assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+        assert "sagemaker." in json.dumps(grant["Condition"]["StringEquals"]["kms:ViaService"])
     for name in kms_users:
         for statement in by_role[roles[name]]:
             if any(a.startswith("kms:") for a in actions(statement)):

@@ -207,6 +207,7 @@ def test_a_wide_model_config_reaches_training_within_the_request_limits():
         earlier_data_uri="s3://d/training/churn/",
         champion_model_uri="s3://a/m.tar.gz",
         artifact_bucket="art",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
         family="forest",
     )
     operation = botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTrainingJob")

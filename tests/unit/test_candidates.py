@@ -68,6 +68,7 @@ def test_each_candidate_job_has_its_own_name_checkpoints_and_family():
         earlier_data_uri=None,
         champion_model_uri=None,
         artifact_bucket="art",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
         family="forest",
     )
     name = training_job_name("refit-churn", "r1", 2, False, "forest")

@@ -101,3 +101,31 @@ def test_monitor_defaults_and_the_alarm_period_follow_the_schedule():
         "ground-truth/churn/",
         "feedback/churn/",
     )
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [
+        ({"create": True, "vpc_id": "vpc-0a1b2c3d"}, "network: either create = true or an existing"),
+        ({"vpc_id": "vpc-0a1b2c3d", "subnet_ids": ["subnet-0a1b2c3d"]}, "at least one of security_group_ids"),
+        ({"subnet_ids": ["subnet-0a1b2c3d"], "security_group_ids": ["sg-0a1b2c3d"]}, "needs vpc_id"),
+        ({"vpc_id": "vpc-1"}, "network.vpc_id: 'vpc-1' is not a VPC id"),
+        ({"vpc_id": "vpc-0a1b2c3d", "subnet_ids": ["sg-0a1b2c3d"], "security_group_ids": ["sg-0a1b2c3d"]}, "subnet id"),
+        (
+            {"vpc_id": "vpc-0a1b2c3d", "subnet_ids": ["subnet-0a1b2c3d"], "security_group_ids": ["sg-0a1b2c3d"] * 2},
+            "repeated",
+        ),
+        ({"vpc_id": "vpc-0a1b2c3d", "subnet_ids": [f"subnet-0a1b2c{i:02x}" for i in range(17)]}, "at most 16 items"),
+    ],
+)
+def test_a_network_section_sagemaker_could_not_use_is_refused(network, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_config({**minimal(), "network": network}, "refit.toml")
+    assert expected in str(error.value).replace("\n", " ")
+
+
+def test_the_network_is_optional_and_either_created_or_existing():
+    assert not parse_config(minimal()).network.enabled
+    assert parse_config({**minimal(), "network": {"create": True}}).network.enabled
+    existing = {"vpc_id": "vpc-0a1b2c3d", "subnet_ids": ["subnet-0a1b2c3d"], "security_group_ids": ["sg-0a1b2c3d"]}
+    assert parse_config({**minimal(), "network": existing}).network.subnet_ids == ["subnet-0a1b2c3d"]

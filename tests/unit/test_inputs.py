@@ -76,6 +76,7 @@ def test_training_request_uses_spot_with_checkpoints_keyed_by_run():
         earlier_data_uri=None,
         champion_model_uri="s3://a/m.tar.gz",
         artifact_bucket="art",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
     )
     assert request["EnableManagedSpotTraining"] is True
     stop = request["StoppingCondition"]
@@ -94,6 +95,7 @@ def test_training_request_uses_spot_with_checkpoints_keyed_by_run():
         earlier_data_uri=None,
         champion_model_uri=None,
         artifact_bucket="art",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
     )
     assert "MaxWaitTimeInSeconds" not in on_demand["StoppingCondition"]
     assert on_demand["CheckpointConfig"] == request["CheckpointConfig"]

@@ -122,7 +122,7 @@ def test_sagemaker_calls_name_lower_case_arns_tags_and_the_role_they_pass():
     )
     arn = "arn:aws:sagemaker:us-east-1:123456789012:model/refit-churn--manual-run"
     assert requests == [
-        IamRequest("sagemaker:CreateModel", arn),
+        IamRequest("sagemaker:CreateModel", arn, {"sagemaker:NetworkIsolation": "false"}),
         IamRequest("sagemaker:AddTags", arn),
         IamRequest(
             "iam:PassRole", "arn:aws:iam::123456789012:role/sm", {"iam:PassedToService": "sagemaker.amazonaws.com"}
@@ -197,3 +197,54 @@ def test_a_listing_deny_on_s3_prefix_spares_the_existence_check_of_a_read():
     for prefix in ("training/churn/", "incoming/churn-eu/", ""):
         assert not evaluate(statements, IamRequest("s3:ListBucket", BUCKET, {"s3:prefix": prefix}))[0]
     assert evaluate(statements, IamRequest("s3:ListBucket", BUCKET))[0]
+
+
+def test_sagemaker_create_requests_carry_isolation_key_and_vpc_condition_keys():
+    key = "arn:aws:kms:us-east-1:123456789012:key/k"
+    vpc = {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
+    training = {
+        "TrainingJobName": "refit-churn--r1",
+        "RoleArn": "arn:aws:iam::123456789012:role/sm",
+        "ResourceConfig": {"VolumeKmsKeyId": key},
+        "OutputDataConfig": {"S3OutputPath": "s3://a/", "KmsKeyId": key},
+        "EnableNetworkIsolation": True,
+        "VpcConfig": vpc,
+    }
+    create, passing = iam_requests(call("sagemaker", "CreateTrainingJob", **training))
+    assert create.context == {
+        "sagemaker:NetworkIsolation": "true",
+        "sagemaker:VolumeKmsKey": key,
+        "sagemaker:OutputKmsKey": key,
+        "sagemaker:VpcSubnets": ["subnet-1", "subnet-2"],
+        "sagemaker:VpcSecurityGroupIds": ["sg-1"],
+    }
+    assert passing.context == {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    bare = {k: v for k, v in training.items() if k not in ("EnableNetworkIsolation", "VpcConfig", "ResourceConfig")}
+    (create, _) = iam_requests(call("sagemaker", "CreateTrainingJob", **bare))
+    assert create.context == {"sagemaker:NetworkIsolation": "false", "sagemaker:OutputKmsKey": key}
+    (config,) = iam_requests(call("sagemaker", "CreateEndpointConfig", EndpointConfigName="c", KmsKeyId=key))
+    assert config.context == {"sagemaker:NetworkIsolation": "false", "sagemaker:VolumeKmsKey": key}
+    # The policy refit's roles carry: isolation, the key, and every subnet one of the VPC's (Null: a VPC at all).
+    policy = [
+        allow(
+            "sagemaker:CreateTrainingJob",
+            "*",
+            Condition={
+                "Bool": {"sagemaker:NetworkIsolation": "true"},
+                "ArnEquals": {"sagemaker:VolumeKmsKey": key},
+                "ForAllValues:StringEquals": {"sagemaker:VpcSubnets": ["subnet-1", "subnet-2"]},
+                "Null": {"sagemaker:VpcSubnets": "false"},
+            },
+        )
+    ]
+    (create, _) = iam_requests(call("sagemaker", "CreateTrainingJob", **training))
+    assert evaluate(policy, create)[0]
+    for changed in (
+        {"EnableNetworkIsolation": False},
+        {"ResourceConfig": {}},
+        {"ResourceConfig": {"VolumeKmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/other"}},
+        {"VpcConfig": {"Subnets": ["subnet-1", "subnet-9"], "SecurityGroupIds": ["sg-1"]}},
+        {"VpcConfig": None},
+    ):
+        (create, _) = iam_requests(call("sagemaker", "CreateTrainingJob", **{**training, **changed}))
+        assert not evaluate(policy, create)[0], changed
