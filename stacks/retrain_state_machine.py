@@ -8,6 +8,8 @@ changes are polled by Lambdas with Wait loops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aws_cdk import Duration
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -330,6 +332,10 @@ class RetrainStateMachine(Construct):
             )
         )
 
+        deploy_entry: sfn.IChainable = deploy
+        if model.deploy.mode == "guardrails":
+            deploy_entry = self._guarded_deploy(invoke, catch_to, endpoint_wait_loop, restore, finalize)
+
         # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
         # without a decision before the configured timeout the version is rejected.
         expire = invoke(
@@ -362,13 +368,13 @@ class RetrainStateMachine(Construct):
         catch_to(await_approval, finalize)
         await_approval.next(
             sfn.Choice(self, "Approved?")
-            .when(sfn.Condition.boolean_equals("$.approval.approved", True), deploy)
+            .when(sfn.Condition.boolean_equals("$.approval.approved", True), deploy_entry)
             .otherwise(finalize)
         )
         needs_approval = (
             sfn.Choice(self, "Approval needed?")
             .when(sfn.Condition.string_equals("$.registry.approval", "PendingManualApproval"), await_approval)
-            .otherwise(deploy)
+            .otherwise(deploy_entry)
         )
 
         gate_and_register = gate.next(register).next(
@@ -485,3 +491,68 @@ class RetrainStateMachine(Construct):
             # Every state's transitions, without inputs and outputs: those carry task tokens and batch details.
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )
+
+    def _guarded_deploy(
+        self,
+        invoke: Callable[..., tasks.LambdaInvoke],
+        catch_to: Callable[[tasks.LambdaInvoke, sfn.IChainable], tasks.LambdaInvoke],
+        endpoint_wait_loop: Callable[..., sfn.Wait],
+        restore: sfn.IChainable,
+        finalize: sfn.IChainable,
+    ) -> sfn.IChainable:
+        """deploy.mode guardrails: one UpdateEndpoint with DeploymentConfig, then a poll until SageMaker's guarded
+        update ends. Promoted and rolled back both end in Finalize (the outcome is in `$.guardrails`); a failure
+        (e.g. UpdateRollbackFailed) becomes the run's error, so the run ends FAILED with the endpoint's state as the
+        status check saw it. An error before UpdateEndpoint leaves the endpoint untouched (restore finds nothing to
+        undo); the update itself is SageMaker's to finish or roll back."""
+        start = catch_to(
+            invoke(
+                "Deploy challenger (guardrails)",
+                "Deploy",
+                {
+                    "action": "start_guardrails",
+                    "run_id.$": "$.run.run_id",
+                    "model_data_url.$": "$.training.model_data_url",
+                    "model_package_arn.$": "$.registry.model_package_arn",
+                },
+                "$.deploy",
+            ),
+            restore,
+        )
+        wait = sfn.Wait(
+            self, "Wait for guarded update", time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS))
+        )
+        status = catch_to(
+            invoke(
+                "Guarded update status",
+                "Deploy",
+                {
+                    "action": "guardrails_status",
+                    "expected_config.$": "$.deploy.expected_config",
+                    "previous_config.$": "$.deploy.previous_config",
+                },
+                "$.guardrails",
+            ),
+            finalize,
+        )
+        failed = sfn.Pass(
+            self,
+            "Guarded update failed",
+            parameters={"Error": "GuardedUpdateFailed", "Cause.$": "$.guardrails.reason"},
+            result_path="$.error",
+        ).next(finalize)
+        wait.next(status).next(
+            sfn.Choice(self, "Guarded update done?")
+            .when(sfn.Condition.string_equals("$.guardrails.next", "wait"), wait)
+            .when(sfn.Condition.string_equals("$.guardrails.next", "failed"), failed)
+            .otherwise(finalize)
+        )
+        start.next(
+            sfn.Choice(self, "First deployment? (guardrails)")
+            .when(
+                sfn.Condition.string_equals("$.deploy.mode", "create"),
+                endpoint_wait_loop("guarded first deploy", "$.deploy.expected_config", finalize),
+            )
+            .otherwise(wait)
+        )
+        return start

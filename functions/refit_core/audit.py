@@ -72,6 +72,11 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
     if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
+    guarded = state.guardrails
+    if guarded is not None and guarded.next == "promoted":
+        return "SUCCEEDED", "promoted", f"guarded update promoted: {guarded.reason}"
+    if guarded is not None and guarded.next == "rolled_back":
+        return "SUCCEEDED", "rolled_back", f"guarded update rolled back: {guarded.reason}"
     if canary is not None and (canary.steps or canary.healthy):
         if canary.healthy and canary.next == "shift":
             return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
@@ -161,6 +166,12 @@ def summarize_run(
         "registry": registry.model_dump(mode="json") if registry is not None else None,
         "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
         "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
+        "guardrails": {
+            **state.guardrails.model_dump(mode="json"),
+            "deployment_config": state.deploy.deployment_config if state.deploy is not None else None,
+        }
+        if state.guardrails is not None
+        else None,
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -240,6 +251,12 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Redeploy: {r.get('kind')} to version {r.get('version')} requested by {r.get('requested_by')}")
     for step in (record.get("canary") or {}).get("steps") or []:
         lines.append(canary_step_line(step))
+    if record.get("guardrails"):
+        g = record["guardrails"]
+        lines.append(
+            f"Guardrails: {g['next']} - {g['reason']}; endpoint {g.get('status')} on {g.get('config')} "
+            f"(requested {g['expected_config']}, previous {g['previous_config']})"
+        )
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):
