@@ -8,11 +8,11 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 from refit_core.canary import CHAMPION
-from refit_core.config import ModelConfig
+from refit_core.config import ConfigError, ModelConfig
 from refit_core.guardrails import alarm_names, refusals
 
 
-class GuardrailsNotServable(ValueError):
+class GuardrailsNotServable(ConfigError):
     """The model's configuration asks for deployment guardrails on an endpoint they cannot guard."""
 
 

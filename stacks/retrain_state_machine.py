@@ -248,94 +248,106 @@ class RetrainStateMachine(Construct):
             )
             return wait
 
-        promote = catch_to(
-            invoke(
-                "Promote challenger",
-                "Deploy",
-                {"action": "promote", "run_id.$": "$.run.run_id", "challenger_model.$": "$.deploy.challenger_model"},
-                "$.promotion",
-            ),
-            restore,
-        )
-        promote.next(endpoint_wait_loop("promotion", "$.promotion.expected_config", finalize))
-        rollback = catch_to(
-            invoke(
-                "Roll back canary",
-                "Deploy",
-                {"action": "rollback", "previous_config.$": "$.deploy.previous_config"},
-                "$.rollback",
-            ),
-            restore,
-        )
-        rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
-        # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
-        # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
-        bake = sfn.Wait(self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds)))
-        start_canary = sfn.Pass(
-            self,
-            "Start canary",
-            result=sfn.Result.from_object(
-                {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
-            ),
-            result_path="$.canary",
-        )
-        check_canary = catch_to(
-            invoke(
-                "Check canary",
-                "Deploy",
-                {
-                    "action": "check_canary",
-                    "canary_started_at.$": "$.endpoint.canary_started_at",
-                    "endpoint_weights.$": "$.endpoint.variants",
-                    "history.$": "$.canary.steps",
-                },
-                "$.canary",
-            ),
-            rollback,
-        )
-        shift = catch_to(
-            invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
-            rollback,
-        )
-        shift.next(
-            endpoint_wait_loop("canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight")
-        )
-        start_canary.next(bake)
-        bake.next(check_canary).next(
-            sfn.Choice(self, "Canary verdict?")
-            .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
-            .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
-            .otherwise(rollback)
-        )
-        after_deploy = (
-            sfn.Choice(self, "First deployment?")
-            .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-            .otherwise(start_canary)
-        )
-        deploy = catch_to(
-            invoke(
-                "Deploy challenger",
-                "Deploy",
-                {
-                    "action": "start",
-                    "run_id.$": "$.run.run_id",
-                    "model_data_url.$": "$.training.model_data_url",
-                    "model_package_arn.$": "$.registry.model_package_arn",
-                },
-                "$.deploy",
-            ),
-            restore,
-        )
-        deploy.next(
-            endpoint_wait_loop(
-                "deploy", "$.deploy.expected_config", after_deploy, challenger_weight_path="$.deploy.canary_weight"
+        def variants_deploy() -> sfn.IChainable:
+            """deploy.mode variants: the staged canary on a second production variant. Built only in that mode:
+            Step Functions refuses a definition with states no path reaches."""
+            promote = catch_to(
+                invoke(
+                    "Promote challenger",
+                    "Deploy",
+                    {
+                        "action": "promote",
+                        "run_id.$": "$.run.run_id",
+                        "challenger_model.$": "$.deploy.challenger_model",
+                    },
+                    "$.promotion",
+                ),
+                restore,
             )
-        )
+            promote.next(endpoint_wait_loop("promotion", "$.promotion.expected_config", finalize))
+            rollback = catch_to(
+                invoke(
+                    "Roll back canary",
+                    "Deploy",
+                    {"action": "rollback", "previous_config.$": "$.deploy.previous_config"},
+                    "$.rollback",
+                ),
+                restore,
+            )
+            rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
+            # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
+            # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
+            bake = sfn.Wait(
+                self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds))
+            )
+            start_canary = sfn.Pass(
+                self,
+                "Start canary",
+                result=sfn.Result.from_object(
+                    {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
+                ),
+                result_path="$.canary",
+            )
+            check_canary = catch_to(
+                invoke(
+                    "Check canary",
+                    "Deploy",
+                    {
+                        "action": "check_canary",
+                        "canary_started_at.$": "$.endpoint.canary_started_at",
+                        "endpoint_weights.$": "$.endpoint.variants",
+                        "history.$": "$.canary.steps",
+                    },
+                    "$.canary",
+                ),
+                rollback,
+            )
+            shift = catch_to(
+                invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
+                rollback,
+            )
+            shift.next(
+                endpoint_wait_loop(
+                    "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight"
+                )
+            )
+            start_canary.next(bake)
+            bake.next(check_canary).next(
+                sfn.Choice(self, "Canary verdict?")
+                .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
+                .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
+                .otherwise(rollback)
+            )
+            after_deploy = (
+                sfn.Choice(self, "First deployment?")
+                .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
+                .otherwise(start_canary)
+            )
+            deploy = catch_to(
+                invoke(
+                    "Deploy challenger",
+                    "Deploy",
+                    {
+                        "action": "start",
+                        "run_id.$": "$.run.run_id",
+                        "model_data_url.$": "$.training.model_data_url",
+                        "model_package_arn.$": "$.registry.model_package_arn",
+                    },
+                    "$.deploy",
+                ),
+                restore,
+            )
+            deploy.next(
+                endpoint_wait_loop(
+                    "deploy", "$.deploy.expected_config", after_deploy, challenger_weight_path="$.deploy.canary_weight"
+                )
+            )
+            return deploy
 
-        deploy_entry: sfn.IChainable = deploy
         if model.deploy.mode == "guardrails":
             deploy_entry = self._guarded_deploy(invoke, catch_to, endpoint_wait_loop, restore, finalize)
-
+        else:
+            deploy_entry = variants_deploy()
         # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
         # without a decision before the configured timeout the version is rejected.
         expire = invoke(

@@ -90,6 +90,7 @@ from unittest import mock
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 from moto.awslambda.models import LambdaFunction
 from moto.cloudwatch.models import Alarm, CloudWatchBackend, MetricAggregatedDatum, MetricDatum, cloudwatch_backends
 from moto.cloudwatch.responses import CloudWatchResponse
@@ -1195,7 +1196,12 @@ class Bridges:
         steps = guarded_traffic_steps(policy["TrafficRoutingConfiguration"], count)
         alarms = [a["AlarmName"] for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms", [])]
         role = backend._models[new[0]["ModelName"]].execution_role_arn
-        self._read_alarms(role, alarms)  # SageMaker must be able to read them (cloudwatch:DescribeAlarms)
+        try:
+            self._read_alarms(role, alarms)  # SageMaker reads them as the model's role (cloudwatch:DescribeAlarms)
+        except ClientError as error:
+            raise SageMakerValidationError(
+                message=f"The execution role {role} cannot read the AutoRollbackConfiguration alarms {alarms}: {error}"
+            ) from None
         update = GuardedUpdate(
             endpoint_name=endpoint_name,
             old_config=endpoint.endpoint_config_name,
