@@ -7,7 +7,7 @@ in the configured steps, bakes after each, and rolls back when one of the alarms
 endpoint is InService again, on the *old* EndpointConfigName and often with no FailureReason, so the outcome is read
 from the config name (`judge`), never from InService alone. `UpdateRollbackFailed` (the update and its rollback both
 failed: a mixed fleet) ends the run FAILED with the endpoint's state recorded; refit does not touch such an endpoint
-again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's decision, e.g. `refit rollback`).
+again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's decision).
 """
 
 from __future__ import annotations
