@@ -562,12 +562,11 @@ def handler(event: dict, context: Any) -> dict:
     config = settings()
     request = parse(DeployEvent, {"request": event}).request
     result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
-    if request.action in ("promote", "rollback"):
+    ended = {"promote": "CanaryPromoted", "rollback": "CanaryRolledBack"}.get(request.action)
+    if request.action == "guardrails_status":  # a guarded update's end counts as a canary's (the dashboard's counts)
+        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack"}.get(result["next"])
+    if ended is not None:
         metrics.add_dimension(name="Model", value=config.model.name)
-        metrics.add_metric(
-            name="CanaryPromoted" if request.action == "promote" else "CanaryRolledBack",
-            unit=MetricUnit.Count,
-            value=1,
-        )
+        metrics.add_metric(name=ended, unit=MetricUnit.Count, value=1)
     logger.info("endpoint action", extra={"action": request.action, "result": result})
     return result

@@ -376,7 +376,7 @@ class GuardedUpdate:
     termination_wait_seconds: float
     deadline: float
     alarms: list[str]
-    role_arn: str
+    cloudwatch: Any  # a client signing as the new model's execution role
     share: float = 0.0
     failed: bool = False
 
@@ -1196,8 +1196,9 @@ class Bridges:
         steps = guarded_traffic_steps(policy["TrafficRoutingConfiguration"], count)
         alarms = [a["AlarmName"] for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms", [])]
         role = backend._models[new[0]["ModelName"]].execution_role_arn
+        cloudwatch = self.role_client("cloudwatch", role, "sagemaker-deployment")  # SageMaker reads them as this role
         try:
-            self._read_alarms(role, alarms)  # SageMaker reads them as the model's role (cloudwatch:DescribeAlarms)
+            self._read_alarms(cloudwatch, alarms)
         except ClientError as error:
             raise SageMakerValidationError(
                 message=f"The execution role {role} cannot read the AutoRollbackConfiguration alarms {alarms}: {error}"
@@ -1212,7 +1213,7 @@ class Bridges:
             termination_wait_seconds=float(policy.get("TerminationWaitInSeconds", 0)),
             deadline=time.monotonic() + float(policy.get("MaximumExecutionTimeoutInSeconds", 28800)),
             alarms=alarms,
-            role_arn=role,
+            cloudwatch=cloudwatch,
         )
         self.guarded[endpoint_name] = update
         endpoint.endpoint_status = "Updating"
@@ -1225,11 +1226,9 @@ class Bridges:
         thread.start()
         return endpoint.arn
 
-    def _read_alarms(self, role_arn: str, alarms: list[str]) -> list[dict[str, Any]]:
-        if not alarms:
-            return []
-        cloudwatch = self.role_client("cloudwatch", role_arn, "sagemaker-deployment")
-        return cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"]
+    @staticmethod
+    def _read_alarms(cloudwatch: Any, alarms: list[str]) -> list[dict[str, Any]]:
+        return cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"] if alarms else []
 
     def _run_guarded(self, backend: Any, endpoint: FakeEndpoint, update: GuardedUpdate) -> None:
         try:
@@ -1260,7 +1259,9 @@ class Bridges:
         end = time.monotonic() + seconds
         while True:
             firing = [
-                a["AlarmName"] for a in self._read_alarms(update.role_arn, update.alarms) if a["StateValue"] == "ALARM"
+                a["AlarmName"]
+                for a in self._read_alarms(update.cloudwatch, update.alarms)
+                if a["StateValue"] == "ALARM"
             ]
             if firing:
                 return f"alarm {', '.join(firing)} in ALARM during the bake at {update.share:.0%}"

@@ -12,7 +12,7 @@ import pytest
 from botocore.validate import ParamValidator
 from pydantic import ValidationError
 from refit_core.audit import format_summary, summarize_run
-from refit_core.config import GuardrailsSettings
+from refit_core.config import DeploySettings, GuardrailsSettings
 from refit_core.guardrails import alarm_names, deployment_config, judge, refusals, traffic_steps
 from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
 
@@ -58,6 +58,11 @@ def settings(**values: Any) -> GuardrailsSettings:
 def test_settings_outside_the_apis_limits_are_refused_naming_the_field(values, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         settings(**values)
+
+
+def test_guardrails_is_a_built_mode_with_all_at_once_by_default():
+    settings = DeploySettings(mode="guardrails").guardrails
+    assert settings == GuardrailsSettings() and settings.traffic_routing == "ALL_AT_ONCE" and settings.bakes == 1
 
 
 def test_the_settings_limits_are_the_service_models():
