@@ -5,12 +5,11 @@ with the reason."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from stacks.app_builder import build_app
 from tests.conftest import GUARDRAILS_SETTINGS
 from tests.infrastructure.test_stack import CFN_LINT_ACCEPTED, cfn_lint
 
@@ -82,20 +81,16 @@ def test_the_guardrails_template_passes_cdk_nag_and_cfn_lint(guardrails_assembly
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_path):
+def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_path, capsys):
+    """`cdk synth` (build_app, as app.py calls it) exits 2 with the reason, as for a wrong field, not a traceback."""
     text = (ROOT / "refit.toml").read_text()
     for old, new in GUARDRAILS_SETTINGS.items():
         text = text.replace(old, new)
-    text = text.replace('traffic_routing = "ALL_AT_ONCE"', 'traffic_routing = "CANARY"\nsize = 10')
     bad = tmp_path / "refit.toml"
-    bad.write_text(text)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py")],
-        capture_output=True,
-        text=True,
-        env={"REFIT_CONFIG": str(bad), "CDK_OUTDIR": str(tmp_path / "out"), "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "model churn: deploy.mode 'guardrails' refused: deploy.guardrails CANARY with size 10" in result.stderr
-    assert "needs at least 2 instances" in result.stderr and "Traceback" not in result.stderr
+    bad.write_text(text.replace('traffic_routing = "ALL_AT_ONCE"', 'traffic_routing = "CANARY"\nsize = 10'))
+    with pytest.raises(SystemExit) as stopped:
+        build_app(str(bad), outdir=str(tmp_path / "out"))
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "model churn: deploy.mode 'guardrails' refused: deploy.guardrails CANARY with size 10" in stderr
+    assert "needs at least 2 instances" in stderr
