@@ -225,7 +225,6 @@ class CanarySettings(_Strict):
 
 
 DEPLOY_MODES = ("variants", "guardrails", "shadow", "ab")
-TRAFFIC_ROUTING_TYPES = ("ALL_AT_ONCE", "CANARY", "LINEAR")
 
 
 class GuardrailsSettings(_Strict):

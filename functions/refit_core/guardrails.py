@@ -67,20 +67,6 @@ def refusals(model: ModelConfig) -> list[str]:
     return reasons
 
 
-def traffic_steps(settings: GuardrailsSettings, count: int) -> list[float]:
-    """The new fleet's share of the traffic after each step (the last is 1.0)."""
-    if settings.traffic_routing == "ALL_AT_ONCE" or settings.size is None:
-        return [1.0]
-    share = settings.size / 100 if settings.size_type == "CAPACITY_PERCENT" else settings.size / count
-    if settings.traffic_routing == "CANARY":
-        return [share, 1.0]
-    steps, current = [], 0.0
-    while current + share < 1.0 - 1e-9:
-        current += share
-        steps.append(round(current, 6))
-    return [*steps, 1.0]
-
-
 def deployment_config(settings: GuardrailsSettings, alarms: list[str]) -> dict[str, Any]:
     """UpdateEndpoint's DeploymentConfig: a blue/green update with the configured traffic routing, rolled back
     automatically when any of `alarms` goes to ALARM."""

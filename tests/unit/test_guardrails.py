@@ -13,7 +13,7 @@ from botocore.validate import ParamValidator
 from pydantic import ValidationError
 from refit_core.audit import format_summary, summarize_run
 from refit_core.config import DeploySettings, GuardrailsSettings
-from refit_core.guardrails import alarm_names, deployment_config, judge, refusals, traffic_steps
+from refit_core.guardrails import alarm_names, deployment_config, judge, refusals
 from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
 
 from scripts.local_aws.bridges import guarded_traffic_steps
@@ -128,10 +128,8 @@ def test_guardrails_refuse_what_they_cannot_guard(tmp_path):
         ({"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT"}, 3, [1 / 3, 2 / 3, 1.0]),
     ],
 )
-def test_traffic_steps_agree_with_the_local_runtimes_guarded_update(values, count, expected):
-    config = settings(**values)
-    routing = deployment_config(config, ["a"])["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
-    assert traffic_steps(config, count) == pytest.approx(expected)
+def test_the_local_runtime_shifts_the_deployment_configs_traffic_in_sagemakers_steps(values, count, expected):
+    routing = deployment_config(settings(**values), ["a"])["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
     assert guarded_traffic_steps(routing, count) == pytest.approx(expected)
 
 
