@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from refit_core.audit import format_summary, summarize_run
 from refit_core.config import DeploySettings, GuardrailsSettings
 from refit_core.guardrails import alarm_names, deployment_config, judge, refusals
+from refit_handlers.cleanup import left_serving, restore_endpoint
 from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
 
 from scripts.local_aws.bridges import guarded_traffic_steps
@@ -302,3 +303,18 @@ def test_the_audit_record_says_how_the_guarded_update_ended(guardrails, error, s
     assert record["guardrails"]["deployment_config"] == {"BlueGreenUpdatePolicy": {}}
     assert record["problems"] == []
     assert f"Guardrails: {guardrails['next']} - {guardrails['reason']}" in format_summary(record)[1]
+
+
+def test_the_run_end_cleanup_leaves_a_guarded_update_to_sagemaker_and_keeps_the_registry_with_the_endpoint():
+    """A run that timed out or was stopped during a guarded update: Cleanup does not update the endpoint (SageMaker
+    refuses an update of an Updating endpoint, and the rollback is SageMaker's); the package counts as serving only
+    when the endpoint is InService on the config the update asked for."""
+    state = run_state({"next": "wait", "reason": "under way"})
+    sagemaker = RecordingSageMaker(endpoint("Updating", "e--old"), ["champion"])
+    note = restore_endpoint(state, handler_settings(), sagemaker)
+    assert note == "a guarded update to e--new was started; it is SageMaker's to finish or roll back"
+    assert sagemaker.calls == []
+    view = {"status": "InService", "config": "e--new"}
+    assert left_serving(state, view) and not left_serving(state, {**view, "config": "e--old"})
+    assert not left_serving(state, {**view, "status": "Updating"}) and not left_serving(state, None)
+    assert left_serving({"deploy": {"mode": "create"}}, None) and not left_serving({"deploy": {"mode": "canary"}}, None)
