@@ -75,13 +75,17 @@ def build_app(config_path: str, outdir: str | None = None) -> App:
         print(f"refit: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     app = App(outdir=outdir, context=cdk_json_context()) if outdir else App(context=cdk_json_context())
-    RefitStack(
-        app,
-        stack_name(config.project),
-        config=config,
-        code_version=code_version(REPO_ROOT),
-        env=Environment(account=None, region=None),
-        description="refit: keeps tabular SageMaker models fresh",
-    )
+    try:
+        RefitStack(
+            app,
+            stack_name(config.project),
+            config=config,
+            code_version=code_version(REPO_ROOT),
+            env=Environment(account=None, region=None),
+            description="refit: keeps tabular SageMaker models fresh",
+        )
+    except ConfigError as error:  # a configuration only the stack can judge (e.g. stacks.guardrails)
+        print(f"refit: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

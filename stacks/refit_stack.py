@@ -9,6 +9,7 @@ from refit_core import names
 from refit_core.config import ModelConfig, RefitConfig
 
 from stacks.approvers import ApproverRole
+from stacks.guardrails import GuardrailsAlarms
 from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
 from stacks.network import SageMakerNetwork
@@ -104,6 +105,16 @@ class ModelPipeline(Construct):
             dead_letters=storage.dead_letters,
         )
         alarms = [self.monitor_schedule.failures, self.triggers.canary_alarm, self.run_end.alarm]
+        if model.deploy.mode == "guardrails":
+            # The Deploy function reads them for a rollback's reason; SageMaker reads them as the model's role.
+            self.guardrails = GuardrailsAlarms(
+                self,
+                "Guardrails",
+                model=model,
+                endpoint_name=self.endpoint_name,
+                readers=[self.functions.functions["Deploy"], self.execution_role.role],
+            )
+            alarms += [self.guardrails.errors, self.guardrails.latency]
         if self.triggers.quality_alarm is not None:
             alarms.insert(0, self.triggers.quality_alarm)
         self.dashboard = ModelDashboard(

@@ -8,6 +8,8 @@ changes are polled by Lambdas with Wait loops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aws_cdk import Duration
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -246,92 +248,112 @@ class RetrainStateMachine(Construct):
             )
             return wait
 
-        promote = catch_to(
-            invoke(
-                "Promote challenger",
-                "Deploy",
-                {"action": "promote", "run_id.$": "$.run.run_id", "challenger_model.$": "$.deploy.challenger_model"},
-                "$.promotion",
-            ),
-            restore,
-        )
-        promote.next(endpoint_wait_loop("promotion", "$.promotion.expected_config", finalize))
-        rollback = catch_to(
-            invoke(
-                "Roll back canary",
-                "Deploy",
-                {"action": "rollback", "previous_config.$": "$.deploy.previous_config"},
-                "$.rollback",
-            ),
-            restore,
-        )
-        rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
-        # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
-        # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
-        bake = sfn.Wait(self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds)))
-        start_canary = sfn.Pass(
-            self,
-            "Start canary",
-            result=sfn.Result.from_object(
-                {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
-            ),
-            result_path="$.canary",
-        )
-        check_canary = catch_to(
-            invoke(
-                "Check canary",
-                "Deploy",
-                {
-                    "action": "check_canary",
-                    "canary_started_at.$": "$.endpoint.canary_started_at",
-                    "endpoint_weights.$": "$.endpoint.variants",
-                    "history.$": "$.canary.steps",
-                },
-                "$.canary",
-            ),
-            rollback,
-        )
-        shift = catch_to(
-            invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
-            rollback,
-        )
-        shift.next(
-            endpoint_wait_loop("canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight")
-        )
-        start_canary.next(bake)
-        bake.next(check_canary).next(
-            sfn.Choice(self, "Canary verdict?")
-            .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
-            .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
-            .otherwise(rollback)
-        )
-        after_deploy = (
-            sfn.Choice(self, "First deployment?")
-            .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-            .otherwise(start_canary)
-        )
-        deploy = catch_to(
-            invoke(
-                "Deploy challenger",
-                "Deploy",
-                {
-                    "action": "start",
-                    "run_id.$": "$.run.run_id",
-                    "model_data_url.$": "$.training.model_data_url",
-                    "model_package_arn.$": "$.registry.model_package_arn",
-                },
-                "$.deploy",
-            ),
-            restore,
-        )
-        deploy.next(
-            endpoint_wait_loop(
-                "deploy", "$.deploy.expected_config", after_deploy, challenger_weight_path="$.deploy.canary_weight"
+        def promote_or_roll_back() -> tuple[sfn.IChainable, sfn.IChainable]:
+            """The challenger's promotion and the return to the champion alone, shared by the variants and shadow
+            branches (only one of which is built)."""
+            promote = catch_to(
+                invoke(
+                    "Promote challenger",
+                    "Deploy",
+                    {
+                        "action": "promote",
+                        "run_id.$": "$.run.run_id",
+                        "challenger_model.$": "$.deploy.challenger_model",
+                    },
+                    "$.promotion",
+                ),
+                restore,
             )
-        )
+            promote.next(endpoint_wait_loop("promotion", "$.promotion.expected_config", finalize))
+            rollback = catch_to(
+                invoke(
+                    "Roll back canary",
+                    "Deploy",
+                    {"action": "rollback", "previous_config.$": "$.deploy.previous_config"},
+                    "$.rollback",
+                ),
+                restore,
+            )
+            rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
+            return promote, rollback
 
-        if model.deploy.mode == "shadow":
-            deploy = shadow_deploy = catch_to(
+        def variants_deploy() -> sfn.IChainable:
+            """deploy.mode variants: the staged canary on a second production variant. Built only in that mode:
+            Step Functions refuses a definition with states no path reaches."""
+            promote, rollback = promote_or_roll_back()
+            # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
+            # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
+            bake = sfn.Wait(
+                self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds))
+            )
+            start_canary = sfn.Pass(
+                self,
+                "Start canary",
+                result=sfn.Result.from_object(
+                    {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
+                ),
+                result_path="$.canary",
+            )
+            check_canary = catch_to(
+                invoke(
+                    "Check canary",
+                    "Deploy",
+                    {
+                        "action": "check_canary",
+                        "canary_started_at.$": "$.endpoint.canary_started_at",
+                        "endpoint_weights.$": "$.endpoint.variants",
+                        "history.$": "$.canary.steps",
+                    },
+                    "$.canary",
+                ),
+                rollback,
+            )
+            shift = catch_to(
+                invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
+                rollback,
+            )
+            shift.next(
+                endpoint_wait_loop(
+                    "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight"
+                )
+            )
+            start_canary.next(bake)
+            bake.next(check_canary).next(
+                sfn.Choice(self, "Canary verdict?")
+                .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
+                .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
+                .otherwise(rollback)
+            )
+            after_deploy = (
+                sfn.Choice(self, "First deployment?")
+                .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
+                .otherwise(start_canary)
+            )
+            deploy = catch_to(
+                invoke(
+                    "Deploy challenger",
+                    "Deploy",
+                    {
+                        "action": "start",
+                        "run_id.$": "$.run.run_id",
+                        "model_data_url.$": "$.training.model_data_url",
+                        "model_package_arn.$": "$.registry.model_package_arn",
+                    },
+                    "$.deploy",
+                ),
+                restore,
+            )
+            deploy.next(
+                endpoint_wait_loop(
+                    "deploy", "$.deploy.expected_config", after_deploy, challenger_weight_path="$.deploy.canary_weight"
+                )
+            )
+            return deploy
+
+        def shadow_deploy() -> sfn.IChainable:
+            """deploy.mode shadow (refit_core.shadow); built only in that mode."""
+            promote, rollback = promote_or_roll_back()
+            deploy = catch_to(
                 invoke(
                     "Deploy shadow challenger",
                     "Deploy",
@@ -373,7 +395,7 @@ class RetrainStateMachine(Construct):
                 .when(sfn.Condition.string_equals("$.shadow.next", "promote"), promote)
                 .otherwise(rollback)
             )
-            shadow_deploy.next(
+            deploy.next(
                 endpoint_wait_loop(
                     "shadow",
                     "$.deploy.expected_config",
@@ -382,7 +404,14 @@ class RetrainStateMachine(Construct):
                     .otherwise(start_shadow),
                 )
             )
+            return deploy
 
+        if model.deploy.mode == "guardrails":
+            deploy_entry = self._guarded_deploy(invoke, catch_to, endpoint_wait_loop, restore, finalize)
+        elif model.deploy.mode == "shadow":
+            deploy_entry = shadow_deploy()
+        else:
+            deploy_entry = variants_deploy()
         # Manual approval: the run parks on a task token (endpoint untouched) until `refit approve/reject`;
         # without a decision before the configured timeout the version is rejected.
         expire = invoke(
@@ -415,13 +444,13 @@ class RetrainStateMachine(Construct):
         catch_to(await_approval, finalize)
         await_approval.next(
             sfn.Choice(self, "Approved?")
-            .when(sfn.Condition.boolean_equals("$.approval.approved", True), deploy)
+            .when(sfn.Condition.boolean_equals("$.approval.approved", True), deploy_entry)
             .otherwise(finalize)
         )
         needs_approval = (
             sfn.Choice(self, "Approval needed?")
             .when(sfn.Condition.string_equals("$.registry.approval", "PendingManualApproval"), await_approval)
-            .otherwise(deploy)
+            .otherwise(deploy_entry)
         )
 
         gate_and_register = gate.next(register).next(
@@ -538,3 +567,68 @@ class RetrainStateMachine(Construct):
             # Every state's transitions, without inputs and outputs: those carry task tokens and batch details.
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )
+
+    def _guarded_deploy(
+        self,
+        invoke: Callable[..., tasks.LambdaInvoke],
+        catch_to: Callable[[tasks.LambdaInvoke, sfn.IChainable], tasks.LambdaInvoke],
+        endpoint_wait_loop: Callable[..., sfn.Wait],
+        restore: sfn.IChainable,
+        finalize: sfn.IChainable,
+    ) -> sfn.IChainable:
+        """deploy.mode guardrails: one UpdateEndpoint with DeploymentConfig, then a poll until SageMaker's guarded
+        update ends. Promoted and rolled back both end in Finalize (the outcome is in `$.guardrails`); a failure
+        (e.g. UpdateRollbackFailed) becomes the run's error, so the run ends FAILED with the endpoint's state as the
+        status check saw it. An error before UpdateEndpoint leaves the endpoint untouched (restore finds nothing to
+        undo); the update itself is SageMaker's to finish or roll back."""
+        start = catch_to(
+            invoke(
+                "Deploy challenger (guardrails)",
+                "Deploy",
+                {
+                    "action": "start_guardrails",
+                    "run_id.$": "$.run.run_id",
+                    "model_data_url.$": "$.training.model_data_url",
+                    "model_package_arn.$": "$.registry.model_package_arn",
+                },
+                "$.deploy",
+            ),
+            restore,
+        )
+        wait = sfn.Wait(
+            self, "Wait for guarded update", time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS))
+        )
+        status = catch_to(
+            invoke(
+                "Guarded update status",
+                "Deploy",
+                {
+                    "action": "guardrails_status",
+                    "expected_config.$": "$.deploy.expected_config",
+                    "previous_config.$": "$.deploy.previous_config",
+                },
+                "$.guardrails",
+            ),
+            finalize,
+        )
+        failed = sfn.Pass(
+            self,
+            "Guarded update failed",
+            parameters={"Error": "GuardedUpdateFailed", "Cause.$": "$.guardrails.reason"},
+            result_path="$.error",
+        ).next(finalize)
+        wait.next(status).next(
+            sfn.Choice(self, "Guarded update done?")
+            .when(sfn.Condition.string_equals("$.guardrails.next", "wait"), wait)
+            .when(sfn.Condition.string_equals("$.guardrails.next", "failed"), failed)
+            .otherwise(finalize)
+        )
+        start.next(
+            sfn.Choice(self, "First deployment? (guardrails)")
+            .when(
+                sfn.Condition.string_equals("$.deploy.mode", "create"),
+                endpoint_wait_loop("guarded first deploy", "$.deploy.expected_config", finalize),
+            )
+            .otherwise(wait)
+        )
+        return start

@@ -39,6 +39,24 @@ def two_models_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(tmp_path_factory.mktemp("other-cdk") / "cdk.out", path)
 
 
+GUARDRAILS_WAIT_SECONDS = 3
+GUARDRAILS_SETTINGS = {
+    "max_trials = 3": "max_trials = 1",
+    "[models.monitor]": (
+        '[models.deploy]\nmode = "guardrails"\n\n[models.deploy.guardrails]\ntraffic_routing = "ALL_AT_ONCE"\n'
+        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\n\n[models.monitor]"
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def guardrails_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example model with deploy.mode guardrails (all at once, a bake of GUARDRAILS_WAIT_SECONDS) and one search
+    trial, synthesized once per test worker."""
+    config = config_variant(tmp_path_factory, "guardrails", GUARDRAILS_SETTINGS)
+    return synthesize(tmp_path_factory.mktemp("cdk-guardrails") / "cdk.out", config)
+
+
 def config_variant(tmp_path_factory: pytest.TempPathFactory, name: str, replacements: dict[str, str]) -> Path:
     """refit.toml with some settings changed, for a module that needs the example model configured otherwise."""
     text = (ROOT / "refit.toml").read_text()

@@ -77,6 +77,11 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         if shadow.healthy:
             return "SUCCEEDED", "promoted", f"shadow passed and was promoted: {shadow.reason}"
         return "SUCCEEDED", "rolled_back", f"shadow dropped: {shadow.reason}"
+    guarded = state.guardrails
+    if guarded is not None and guarded.next == "promoted":
+        return "SUCCEEDED", "promoted", f"guarded update promoted: {guarded.reason}"
+    if guarded is not None and guarded.next == "rolled_back":
+        return "SUCCEEDED", "rolled_back", f"guarded update rolled back: {guarded.reason}"
     if canary is not None and (canary.steps or canary.healthy):
         if canary.healthy and canary.next == "shift":
             return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
@@ -167,6 +172,12 @@ def summarize_run(
         "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
         "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
         "shadow": state.shadow.model_dump(mode="json") if state.shadow is not None else None,
+        "guardrails": {
+            **state.guardrails.model_dump(mode="json"),
+            "deployment_config": state.deploy.deployment_config if state.deploy is not None else None,
+        }
+        if state.guardrails is not None
+        else None,
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -253,6 +264,12 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
             f"Shadow ({shadow.get('sampling_percent')}% copied, {shadow.get('copied_share')} seen): "
             + canary_step_line({**shadow, "step": 0, "weight": 0, "endpoint_weights": []}).split(": ", 1)[1]
             + f", prediction KS distance {divergence.get('statistic')} (p {divergence.get('p_value')})"
+        )
+    if record.get("guardrails"):
+        g = record["guardrails"]
+        lines.append(
+            f"Guardrails: {g['next']} - {g['reason']}; endpoint {g.get('status')} on {g.get('config')} "
+            f"(requested {g['expected_config']}, previous {g['previous_config']})"
         )
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")

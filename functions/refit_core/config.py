@@ -282,6 +282,68 @@ class ShadowSettings(_Strict):
 DEPLOY_MODES = ("variants", "guardrails", "shadow", "ab")
 
 
+class GuardrailsSettings(_Strict):
+    """SageMaker's deployment guardrails (`deploy.mode = "guardrails"`): the single-variant endpoint is updated with
+    UpdateEndpoint's DeploymentConfig, a blue/green update whose traffic moves to the new fleet in one step
+    (ALL_AT_ONCE), two (CANARY: `size`, then the rest) or steps of `size` (LINEAR), baking `wait_interval_seconds`
+    after each; SageMaker rolls back when an alarm the stack created for the endpoint (5XX, mean ModelLatency) goes to
+    ALARM during a bake. Limits are the API's (botocore's sagemaker service model, TrafficRoutingConfig and
+    BlueGreenUpdatePolicy): CanarySize at most 50% of the fleet, LinearStepSize 10-50% of it, waits 0-3600 s, the
+    maximum execution timeout 600-28800 s and larger than the waits it covers."""
+
+    traffic_routing: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = "ALL_AT_ONCE"
+    size_type: Literal["CAPACITY_PERCENT", "INSTANCE_COUNT"] = "CAPACITY_PERCENT"
+    size: int | None = Field(
+        None, ge=1, description="CANARY: the canary's size; LINEAR: each step's size (percent or instances)."
+    )
+    wait_interval_seconds: int = Field(600, ge=0, le=3600, description="The bake after each traffic step.")
+    termination_wait_seconds: int = Field(
+        0, ge=0, le=3600, description="After the last bake, before the old fleet goes."
+    )
+    max_execution_timeout_seconds: int = Field(
+        3600, ge=600, le=28800, description="The whole update; past it SageMaker rolls back."
+    )
+    max_model_latency_ms: float = Field(
+        1000.0, gt=0, description="The latency alarm: mean ModelLatency over a minute above this rolls back."
+    )
+    max_5xx_per_minute: int = Field(1, ge=1, description="The 5XX alarm: this many 5XX in a minute rolls back.")
+
+    @model_validator(mode="after")
+    def _within_api_limits(self) -> GuardrailsSettings:
+        kind = self.traffic_routing
+        if kind == "ALL_AT_ONCE":
+            if self.size is not None:
+                raise ValueError("deploy.guardrails.size applies to CANARY and LINEAR, not ALL_AT_ONCE; remove it")
+        elif self.size is None:
+            example = 10 if kind == "CANARY" else 25
+            raise ValueError(f"deploy.guardrails.traffic_routing {kind} needs size (e.g. size = {example})")
+        elif self.size_type == "CAPACITY_PERCENT":
+            low, what = (1, "CanarySize") if kind == "CANARY" else (10, "LinearStepSize")
+            if not low <= self.size <= 50:
+                raise ValueError(
+                    f"deploy.guardrails.size = {self.size}: SageMaker's {what} is {low}-50% of the fleet "
+                    "(TrafficRoutingConfig)"
+                )
+        waits = self.bakes * self.wait_interval_seconds + self.termination_wait_seconds
+        if self.max_execution_timeout_seconds <= waits:
+            raise ValueError(
+                f"deploy.guardrails.max_execution_timeout_seconds = {self.max_execution_timeout_seconds} must be "
+                f"larger than the waits it covers ({self.bakes} bakes of wait_interval_seconds and "
+                f"termination_wait_seconds: {waits} s), as BlueGreenUpdatePolicy requires"
+            )
+        return self
+
+    @property
+    def bakes(self) -> int:
+        """Traffic steps, each followed by a bake: 1 (ALL_AT_ONCE), 2 (CANARY), ceil(100 / size) (LINEAR in percent;
+        in instances it depends on the fleet, and the synth-time check counts them, refit_core.guardrails)."""
+        if self.traffic_routing == "ALL_AT_ONCE":
+            return 1
+        if self.traffic_routing == "CANARY":
+            return 2
+        return -(-100 // self.size) if self.size_type == "CAPACITY_PERCENT" and self.size else 2
+
+
 class DeploySettings(_Strict):
     """How a challenger reaches production (`deploy.mode`): `variants` (a second production variant that takes
     `canary.steps` of the traffic, each step judged against the champion), `guardrails` (SageMaker's blue/green
@@ -290,10 +352,11 @@ class DeploySettings(_Strict):
 
     mode: Literal["variants", "guardrails", "shadow", "ab"] = "variants"
     shadow: ShadowSettings = ShadowSettings()
+    guardrails: GuardrailsSettings = GuardrailsSettings()
 
     @model_validator(mode="after")
     def _mode_is_built(self) -> DeploySettings:
-        if self.mode not in ("variants", "shadow"):
+        if self.mode not in ("variants", "shadow", "guardrails"):
             raise ValueError(f"deploy.mode {self.mode!r} is not available in this version; use 'variants'")
         return self
 
@@ -475,6 +538,8 @@ class ModelConfig(_Strict):
             steps, bake = 1, self.deploy.shadow.bake_seconds
         endpoint = (3 + steps - 1) * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
         total = training + approval + bake + endpoint + LAMBDA_ALLOWANCE_SECONDS
+        if self.deploy.mode == "guardrails":  # SageMaker's update runs up to its own timeout, then rolls back
+            total += self.deploy.guardrails.max_execution_timeout_seconds
         return int(total * 1.1) + 3600
 
     @property

@@ -259,12 +259,13 @@ class RegistryStep(Step):
 
 # --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore ---------------------
 class DeployStarted(Step):
-    mode: Literal["create", "canary", "shadow"]
+    mode: Literal["create", "canary", "shadow", "guardrails"]
     previous_config: str | None = None
     expected_config: str
     challenger_model: str
     canary_weight: float | None = None  # the first step's share
     canary_steps: list[float] | None = None  # the plan: the challenger's share at each step
+    deployment_config: dict[str, Any] | None = None  # guardrails: UpdateEndpoint's DeploymentConfig as sent
 
 
 class RedeployStarted(Step):
@@ -306,6 +307,30 @@ class EndpointCheck(Step):
     failure_reason: str | None = None
     variants: list[Variant] = Field(default_factory=list)
     canary_started_at: str | None = None
+
+
+class AlarmView(Step):
+    name: str
+    state: str | None = None
+    reason: str | None = None
+
+
+class GuardrailsCheck(Step):
+    """A guarded update (deploy.mode guardrails) as DescribeEndpoint shows it: still under way (`wait`), the new
+    config serving (`promoted`), SageMaker's rollback to the previous config (`rolled_back`, with the reason from the
+    rollback alarms or FailureReason), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
+
+    next: Literal["wait", "promoted", "rolled_back", "failed"]
+    reason: str
+    name: str | None = None
+    status: str | None = None
+    config: str | None = None
+    failure_reason: str | None = None
+    variants: list[Variant] = Field(default_factory=list)
+    expected_config: str
+    previous_config: str
+    alarms: list[AlarmView] = Field(default_factory=list)
+    checked_at: str | None = None
 
 
 class VariantNumbers(Step):
@@ -500,6 +525,7 @@ class RunState(BaseModel):
     endpoint: EndpointCheck | None = None
     canary: CanaryVerdict | None = None
     shadow: ShadowVerdict | None = None
+    guardrails: GuardrailsCheck | None = None
     shift: CanaryShift | None = None
     promotion: Promotion | None = None
     rollback: Rollback | None = None

@@ -88,6 +88,10 @@ def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) ->
         result = rollback(Rollback(action="restore", previous_config=previous), config, sagemaker)
         return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
     deploy = state.get("deploy") or {}
+    if deploy.get("mode") == "guardrails":  # the update is SageMaker's: it finishes or rolls back on its own
+        return (
+            f"a guarded update to {deploy.get('expected_config')} was started; it is SageMaker's to finish or roll back"
+        )
     if deploy.get("mode") not in ("canary", "shadow"):
         return "endpoint untouched by this run"
     if state.get("promotion"):
@@ -95,6 +99,18 @@ def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) ->
     previous = deploy.get("previous_config") or (state.get("check") or {}).get("champion_config")
     result = rollback(Rollback(action="rollback", previous_config=previous), config, sagemaker)
     return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
+
+
+def left_serving(state: dict[str, Any], endpoint: dict[str, Any] | None) -> bool:
+    """Whether the run's challenger serves after restore_endpoint: a promotion under way, a first deployment, or a
+    guarded update SageMaker had finished (InService on the config it asked for)."""
+    deploy = state.get("deploy") or {}
+    if deploy.get("mode") == "guardrails":
+        return bool(endpoint) and (endpoint["status"], endpoint["config"]) == (
+            "InService",
+            deploy.get("expected_config"),
+        )
+    return bool(state.get("promotion")) or deploy.get("mode") == "create"
 
 
 def clean_up(
@@ -136,12 +152,11 @@ def clean_up(
         kept_for_training=None,
     )
     registry = state.get("registry") or {}
-    deploy = state.get("deploy") or {}
     try:
         record["registry_update"] = withdraw_unserved_package(
             sagemaker,
             registry.get("model_package_arn"),
-            bool(state.get("promotion")) or deploy.get("mode") == "create",  # left serving by restore_endpoint
+            left_serving(state, endpoint),
             record["run_id"],
             record["message"],
         )

@@ -1,5 +1,5 @@
 """Every change refit makes to the serving endpoint: create, canary, status, step verdict, shift, promote, roll back,
-restore."""
+restore, and the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status)."""
 
 from __future__ import annotations
 
@@ -30,14 +30,17 @@ from refit_core.champion import (
     find_champion,
     view_of,
 )
+from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
 from refit_core.network import isolated
 from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
+    AlarmView,
     CanaryShift,
     CanaryStepVerdict,
     CanaryVerdict,
     DeployStarted,
     EndpointCheck,
+    GuardrailsCheck,
     Promotion,
     RedeployStarted,
     ShadowVerdict,
@@ -60,6 +63,19 @@ class StartDeploy(BaseModel):
     run_id: str
     model_data_url: str
     model_package_arn: str
+
+
+class StartGuarded(BaseModel):
+    action: Literal["start_guardrails"]
+    run_id: str
+    model_data_url: str
+    model_package_arn: str
+
+
+class GuardedStatus(BaseModel):
+    action: Literal["guardrails_status"]
+    expected_config: str
+    previous_config: str
 
 
 class EndpointStatus(BaseModel):
@@ -121,7 +137,9 @@ class DeployEvent(BaseModel):
         | Rollback
         | Redeploy
         | StartShadow
-        | CheckShadow,
+        | CheckShadow
+        | StartGuarded
+        | GuardedStatus,
         Field(discriminator="action"),
     ]
 
@@ -141,8 +159,8 @@ def model_environment(package: dict[str, Any]) -> dict[str, str]:
     return {PACKAGE_ENV: package["ModelPackageArn"], **({MODEL_SHA256_ENV: digest} if digest else {})}
 
 
-def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
-    model = config.model
+def create_challenger_model(event: StartDeploy | StartGuarded | StartShadow, config: Settings, sagemaker: Any) -> str:
+    """The SageMaker model of the run's challenger, with its registry entry in its environment; returns its name."""
     model_name = names.model_name(config.endpoint_name, event.run_id)
     sagemaker.create_model(
         ModelName=model_name,
@@ -155,30 +173,41 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
                 sagemaker.describe_model_package(ModelPackageName=event.model_package_arn)
             ),
         },
-        Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
+        Tags=[{"Key": "refit:model", "Value": config.model.name}, {"Key": "refit:run", "Value": event.run_id}],
     )
-    current = describe_endpoint(sagemaker, config.endpoint_name)
-    if current is None:
-        config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "first")
-        sagemaker.create_endpoint_config(
-            EndpointConfigName=config_name,
-            ProductionVariants=[variant(model_name, CHAMPION, 1.0, model.serving_instance_type)],
-            DataCaptureConfig=capture(config),
-            KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
-        )
-        sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
-        return {
-            "mode": "create",
-            "previous_config": None,
-            "expected_config": config_name,
-            "challenger_model": model_name,
-        }
-    previous = current["EndpointConfigName"]
-    champion_model = next(
+    return model_name
+
+
+def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: str) -> dict[str, Any]:
+    """The first model of a model: a new endpoint with it as the single champion variant."""
+    config_name = names.endpoint_config_name(config.endpoint_name, run_id, "first")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
+    )
+    sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return {"mode": "create", "previous_config": None, "expected_config": config_name, "challenger_model": model_name}
+
+
+def champion_model_of(sagemaker: Any, config_name: str) -> str:
+    """The model of the endpoint config's champion variant."""
+    return next(
         v["ModelName"]
-        for v in sagemaker.describe_endpoint_config(EndpointConfigName=previous)["ProductionVariants"]
+        for v in sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
         if v["VariantName"] == CHAMPION
     )
+
+
+def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    model = config.model
+    model_name = create_challenger_model(event, config, sagemaker)
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        return create_endpoint(config, sagemaker, event.run_id, model_name)
+    previous = current["EndpointConfigName"]
+    champion_model = champion_model_of(sagemaker, previous)
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "canary")
     plan = model.canary.plan
     sagemaker.create_endpoint_config(
@@ -196,49 +225,6 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         "canary_weight": plan[0],
         "canary_steps": plan,
     }
-
-
-def create_challenger_model(event: StartDeploy | StartShadow, config: Settings, sagemaker: Any) -> str:
-    """The run's challenger as a SageMaker model (its registry entry's digest in its environment); returns its name.
-    The same calls as the first half of `start`, which is left as it is while other deployment modes are built beside
-    it; it can call this (and create_endpoint, champion_model_of) once they are merged."""
-    model = config.model
-    model_name = names.model_name(config.endpoint_name, event.run_id)
-    sagemaker.create_model(
-        ModelName=model_name,
-        ExecutionRoleArn=config.sagemaker_role_arn,
-        **isolated(config.vpc_config),
-        PrimaryContainer={
-            "Image": config.image_uri,
-            "ModelDataUrl": event.model_data_url,
-            "Environment": model_environment(
-                sagemaker.describe_model_package(ModelPackageName=event.model_package_arn)
-            ),
-        },
-        Tags=[{"Key": "refit:model", "Value": model.name}, {"Key": "refit:run", "Value": event.run_id}],
-    )
-    return model_name
-
-
-def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: str) -> dict[str, Any]:
-    """The first model of a new endpoint: the single champion variant, no canary or shadow."""
-    config_name = names.endpoint_config_name(config.endpoint_name, run_id, "first")
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
-        DataCaptureConfig=capture(config),
-        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
-    )
-    sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
-    return {"mode": "create", "previous_config": None, "expected_config": config_name, "challenger_model": model_name}
-
-
-def champion_model_of(sagemaker: Any, config_name: str) -> str:
-    return next(
-        v["ModelName"]
-        for v in sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-        if v["VariantName"] == CHAMPION
-    )
 
 
 def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[str, Any]:
@@ -270,6 +256,78 @@ def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[s
         "previous_config": previous,
         "expected_config": config_name,
         "challenger_model": model_name,
+    }
+
+
+def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> dict[str, Any]:
+    """deploy.mode guardrails: the challenger as the single `champion` variant of a new endpoint config (a blue/green
+    update keeps the variant name), put on the endpoint by UpdateEndpoint with DeploymentConfig, whose rollback alarms
+    the stack created for this endpoint (refit_core.guardrails). UpdateEndpoint is the last call: an error before it
+    leaves the endpoint untouched."""
+    model_name = create_challenger_model(event, config, sagemaker)
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is None:
+        return create_endpoint(config, sagemaker, event.run_id, model_name)
+    previous = current["EndpointConfigName"]
+    serving = [
+        v["VariantName"] for v in sagemaker.describe_endpoint_config(EndpointConfigName=previous)["ProductionVariants"]
+    ]
+    if serving != [CHAMPION]:
+        raise ValueError(
+            f"deploy.mode guardrails updates a single-variant endpoint: {config.endpoint_name} serves {previous} with "
+            f"variants {serving}, not just {CHAMPION!r} (a blue/green update must keep the one variant's name)"
+        )
+    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "guarded")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=config_name,
+        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        DataCaptureConfig=capture(config),
+        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
+    )
+    deployment = deployment_config(config.model.deploy.guardrails, alarm_names(config.endpoint_name))
+    sagemaker.update_endpoint(
+        EndpointName=config.endpoint_name, EndpointConfigName=config_name, DeploymentConfig=deployment
+    )
+    return {
+        "mode": "guardrails",
+        "previous_config": previous,
+        "expected_config": config_name,
+        "challenger_model": model_name,
+        "deployment_config": deployment,
+    }
+
+
+def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cloudwatch: Any) -> dict[str, Any]:
+    """Where the guarded update stands. Its end is read from the config the endpoint is InService on: SageMaker's
+    rollback also ends InService, on the previous config and often without a FailureReason, so the reason is taken
+    from the rollback alarms in ALARM when there is one."""
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    if endpoint is None:
+        view: dict[str, Any] = {"name": config.endpoint_name, "status": None, "config": None, "variants": []}
+        outcome, reason = "failed", f"endpoint {config.endpoint_name} does not exist"
+    else:
+        view = view_of(endpoint, config.endpoint_name)
+        outcome, reason = judge(view["status"], view["config"], event.expected_config, event.previous_config)
+    alarms: list[dict[str, Any]] = []
+    if outcome != "wait":
+        described = cloudwatch.describe_alarms(AlarmNames=alarm_names(config.endpoint_name))["MetricAlarms"]
+        alarms = [
+            AlarmView(name=a["AlarmName"], state=a.get("StateValue"), reason=a.get("StateReason")).to_state()
+            for a in described
+        ]
+        why = alarm_reason(described) or view.get("failure_reason")
+        if outcome == "rolled_back":
+            reason += f": {why or 'no rollback alarm is in ALARM now and SageMaker gave no FailureReason'}"
+        elif outcome == "failed" and why:
+            reason += f": {why}"
+    return {
+        "next": outcome,
+        "reason": reason,
+        **view,
+        "expected_config": event.expected_config,
+        "previous_config": event.previous_config,
+        "alarms": alarms,
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -568,6 +626,8 @@ OUTPUTS: dict[str, type[Step]] = {
     "redeploy": RedeployStarted,
     "start_shadow": DeployStarted,
     "check_shadow": ShadowVerdict,
+    "start_guardrails": DeployStarted,
+    "guardrails_status": GuardrailsCheck,
 }  # the step contract of each action (refit_core.steps)
 
 
@@ -588,6 +648,10 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return start_shadow(request, config, client("sagemaker"))
     if isinstance(request, CheckShadow):
         return check_shadow(request, config, client("cloudwatch"), client("s3"))
+    if isinstance(request, StartGuarded):
+        return start_guardrails(request, config, client("sagemaker"))
+    if isinstance(request, GuardedStatus):
+        return guardrails_status(request, config, client("sagemaker"), client("cloudwatch"))
     return rollback(request, config, client("sagemaker"))
 
 
@@ -598,12 +662,11 @@ def handler(event: dict, context: Any) -> dict:
     config = settings()
     request = parse(DeployEvent, {"request": event}).request
     result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
-    if request.action in ("promote", "rollback"):
+    ended = {"promote": "CanaryPromoted", "rollback": "CanaryRolledBack"}.get(request.action)
+    if request.action == "guardrails_status":  # a guarded update's end counts as a canary's (the dashboard's counts)
+        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack"}.get(result["next"])
+    if ended is not None:
         metrics.add_dimension(name="Model", value=config.model.name)
-        metrics.add_metric(
-            name="CanaryPromoted" if request.action == "promote" else "CanaryRolledBack",
-            unit=MetricUnit.Count,
-            value=1,
-        )
+        metrics.add_metric(name=ended, unit=MetricUnit.Count, value=1)
     logger.info("endpoint action", extra={"action": request.action, "result": result})
     return result

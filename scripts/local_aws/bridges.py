@@ -31,6 +31,15 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   with probability shadow weight / production weight (capped at 1), after the production reply is made: the caller
   only ever gets the production response; the shadow's Invocations/4XX/5XX/ModelLatency go to CloudWatch under its
   own VariantName and its successful replies are captured under its own variant folder, as SageMaker does.
+- SageMaker deployment guardrails: moto ignores UpdateEndpoint's DeploymentConfig. With a BlueGreenUpdatePolicy the
+  update runs as SageMaker's does: the endpoint is Updating, the new fleet starts (its `serve` must answer /ping),
+  traffic moves to it in the TrafficRoutingConfiguration's steps (ALL_AT_ONCE, CANARY, LINEAR; sizes in percent or
+  instances), each step baking WaitIntervalInSeconds while the AutoRollbackConfiguration alarms are read as the
+  model's execution role; an alarm in ALARM during a bake, or MaximumExecutionTimeoutInSeconds passing, rolls the
+  update back (InService on the old config, no FailureReason, as SageMaker often leaves it); after the last bake and
+  TerminationWaitInSeconds the endpoint is InService on the new config. `fail_guarded_rollbacks` (a runtime setting
+  for tests) makes a rollback fail: UpdateRollbackFailed, traffic left split between the fleets. RollingUpdatePolicy
+  is refused (not bridged). While a guarded update runs, a Wait lasts until it ends or JOB_WAIT_SECONDS pass.
 - EventBridge: moto cannot deliver to Step Functions or Lambda targets and lets schedule rules match every event;
   here pattern rules start executions of their state-machine targets, invoke their Lambda targets asynchronously,
   and schedule rules only fire on request. moto's S3 "Object Created" event names the object's ETag `eTag`; AWS's
@@ -62,6 +71,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -87,11 +97,13 @@ from unittest import mock
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 from moto.awslambda.models import LambdaFunction
 from moto.cloudwatch.models import Alarm, CloudWatchBackend, MetricAggregatedDatum, MetricDatum, cloudwatch_backends
 from moto.cloudwatch.responses import CloudWatchResponse
 from moto.core.utils import utcnow
 from moto.events.models import Rule, events_backends
+from moto.sagemaker.exceptions import ValidationError as SageMakerValidationError
 from moto.sagemaker.models import FakeEndpoint, sagemaker_backends
 from moto.sagemaker.responses import SageMakerResponse
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
@@ -358,6 +370,46 @@ def _reply(status: int, headers: dict[str, Any], body: Any) -> tuple[int, dict[s
     return status, {**headers, "status": status}, body
 
 
+@dataclass
+class GuardedUpdate:
+    """A blue/green update with deployment guardrails in progress: the new fleet's share of the traffic."""
+
+    endpoint_name: str
+    old_config: str
+    new_config: str
+    new_models: dict[str, str]  # variant name -> the new fleet's model
+    steps: list[float]
+    wait_seconds: float
+    termination_wait_seconds: float
+    deadline: float
+    alarms: list[str]
+    cloudwatch: Any  # a client signing as the new model's execution role
+    share: float = 0.0
+    failed: bool = False
+
+
+def guarded_traffic_steps(routing: dict[str, Any], instance_count: int) -> list[float]:
+    """The new fleet's share after each step of a TrafficRoutingConfig, as SageMaker turns on instances: ALL_AT_ONCE
+    one step; CANARY the canary (at most half the fleet) then the rest; LINEAR steps of 10-50% of the fleet."""
+    kind = routing["Type"]
+    if kind == "ALL_AT_ONCE":
+        return [1.0]
+    size = routing.get("CanarySize" if kind == "CANARY" else "LinearStepSize")
+    if size is None:
+        raise SageMakerValidationError(message=f"TrafficRoutingConfiguration of type {kind} needs its size")
+    instances = size["Value"] if size["Type"] == "INSTANCE_COUNT" else math.ceil(instance_count * size["Value"] / 100)
+    low = 0.1 if kind == "LINEAR" else 0.0
+    if not (low * instance_count <= instances <= 0.5 * instance_count) or instances < 1:
+        raise SageMakerValidationError(
+            message=f"{kind} size {size['Value']} ({size['Type']}) is {instances} of {instance_count} instance(s); "
+            f"it must be {'10-50%' if kind == 'LINEAR' else 'at most 50%'} of the fleet"
+        )
+    if kind == "CANARY":
+        return [instances / instance_count, 1.0]
+    shares = [min(1.0, k * instances / instance_count) for k in range(1, math.ceil(instance_count / instances) + 1)]
+    return shares
+
+
 def channel_relative_path(prefix: str, key: str) -> str:
     """Where SageMaker puts an S3Prefix channel's object under /opt/ml/input/data/<channel>/: the key after the
     prefix's last `/`, sub-folders kept (`training/churn/` + `training/churn/2026/a.csv` -> `2026/a.csv`; a prefix that
@@ -422,6 +474,10 @@ class Bridges:
         self.capture_thread: threading.Thread | None = None
         self.alarm_lock = threading.RLock()
         self.stopping = threading.Event()  # set by uninstall: running training jobs are stopped, as StopTrainingJob
+        self.guarded: dict[str, GuardedUpdate] = {}  # endpoint -> its guarded update (deployment guardrails)
+        self.guarded_changed = threading.Condition()  # notified when a guarded update ends
+        self.guarded_threads: list[threading.Thread] = []
+        self.fail_guarded_rollbacks = False  # tests: a guarded update's rollback fails (UpdateRollbackFailed)
 
     # ---------------------------------------------------------------- install
     def install(self) -> None:
@@ -449,6 +505,7 @@ class Bridges:
                 hook(state, wait_seconds)
             bridges.check_execution_timeout(env, context)
             bridges.pause_while_training()
+            bridges.pause_while_updating()
 
         def signed_as_state_machine(original: Callable) -> Callable:
             """The interpreter's Lambda calls, made as the executing state machine's role (moto signs them with a
@@ -495,6 +552,12 @@ class Bridges:
             from moto.core.common_types import TYPE_RESPONSE  # noqa: F401  (type only)
 
             backend = response.sagemaker_backend
+            deployment = response._get_param("DeploymentConfig")
+            if deployment:
+                arn = bridges.start_guarded_update(
+                    backend, response._get_param("EndpointName"), response._get_param("EndpointConfigName"), deployment
+                )
+                return 200, {}, json.dumps({"EndpointArn": arn})
             arn = bridges.update_endpoint(
                 backend, response._get_param("EndpointName"), response._get_param("EndpointConfigName")
             )
@@ -609,7 +672,7 @@ class Bridges:
 
     def uninstall(self) -> None:
         self.stopping.set()
-        for thread in self.training_threads + self.event_threads:
+        for thread in self.training_threads + self.event_threads + self.guarded_threads:
             thread.join(timeout=120)
         self.capture_stop.set()
         if self.capture_thread is not None:
@@ -947,9 +1010,10 @@ class Bridges:
     def update_endpoint(self, backend: Any, endpoint_name: str, config_name: str) -> str:
         endpoint: FakeEndpoint | None = backend.endpoints.get(endpoint_name)
         if endpoint is None:
-            from moto.sagemaker.exceptions import ValidationError
-
-            raise ValidationError(message=f'Could not find endpoint "{endpoint_name}".')
+            raise SageMakerValidationError(message=f'Could not find endpoint "{endpoint_name}".')
+        if endpoint_name in self.guarded and endpoint.endpoint_status != "UpdateRollbackFailed":
+            raise SageMakerValidationError(message=f'Cannot update in-progress endpoint "{endpoint.arn}".')
+        self._end_guarded(endpoint_name)  # an UpdateEndpoint is SageMaker's remedy for UpdateRollbackFailed
         config = backend.describe_endpoint_config(config_name)
         try:
             for production_variant in [*config["ProductionVariants"], *config.get("ShadowProductionVariants", [])]:
@@ -1102,6 +1166,9 @@ class Bridges:
                     400, {}, json.dumps({"__type": "ValidationError", "message": "all variant weights are 0"})
                 )
             variant = self.random.choices(live, weights=[v[1] for v in live])[0]
+        guarded = self.guarded.get(endpoint_name)
+        if guarded is not None and variant[0] in guarded.new_models and self.random.random() < guarded.share:
+            variant = (variant[0], variant[1], guarded.new_models[variant[0]])  # the new fleet, same variant name
         received = datetime.now(UTC)
         body = response.body if isinstance(response.body, bytes) else (response.body or "").encode()
         request_type = response.headers.get("Content-Type", "text/csv")
@@ -1194,6 +1261,133 @@ class Bridges:
                     inference_id,
                     received,
                 )
+
+    # ---------------------------------------------------------------- deployment guardrails
+    def start_guarded_update(
+        self, backend: Any, endpoint_name: str, config_name: str, deployment: dict[str, Any]
+    ) -> str:
+        """UpdateEndpoint with DeploymentConfig: checked as SageMaker checks it, then run in a thread (the call returns
+        with the endpoint Updating)."""
+        endpoint: FakeEndpoint | None = backend.endpoints.get(endpoint_name)
+        if endpoint is None:
+            raise SageMakerValidationError(message=f'Could not find endpoint "{endpoint_name}".')
+        if endpoint.endpoint_status != "InService" or endpoint_name in self.guarded:
+            raise SageMakerValidationError(message=f'Cannot update in-progress endpoint "{endpoint.arn}".')
+        policy = deployment.get("BlueGreenUpdatePolicy")
+        if policy is None:
+            raise SageMakerValidationError(message="local runtime: only BlueGreenUpdatePolicy deployments are bridged")
+        new = backend.describe_endpoint_config(config_name)["ProductionVariants"]
+        old = backend.describe_endpoint_config(endpoint.endpoint_config_name)["ProductionVariants"]
+        if sorted(v["VariantName"] for v in new) != sorted(v["VariantName"] for v in old):
+            raise SageMakerValidationError(
+                message="The new endpoint config must have the same variant names as the current one for a "
+                "blue/green update with deployment guardrails."
+            )
+        count = sum(int(v.get("InitialInstanceCount", 1)) for v in new)
+        steps = guarded_traffic_steps(policy["TrafficRoutingConfiguration"], count)
+        alarms = [a["AlarmName"] for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms", [])]
+        role = backend._models[new[0]["ModelName"]].execution_role_arn
+        cloudwatch = self.role_client("cloudwatch", role, "sagemaker-deployment")  # SageMaker reads them as this role
+        try:
+            self._read_alarms(cloudwatch, alarms)
+        except ClientError as error:
+            raise SageMakerValidationError(
+                message=f"The execution role {role} cannot read the AutoRollbackConfiguration alarms {alarms}: {error}"
+            ) from None
+        update = GuardedUpdate(
+            endpoint_name=endpoint_name,
+            old_config=endpoint.endpoint_config_name,
+            new_config=config_name,
+            new_models={v["VariantName"]: v["ModelName"] for v in new},
+            steps=steps,
+            wait_seconds=float(policy["TrafficRoutingConfiguration"]["WaitIntervalInSeconds"]),
+            termination_wait_seconds=float(policy.get("TerminationWaitInSeconds", 0)),
+            deadline=time.monotonic() + float(policy.get("MaximumExecutionTimeoutInSeconds", 28800)),
+            alarms=alarms,
+            cloudwatch=cloudwatch,
+        )
+        self.guarded[endpoint_name] = update
+        endpoint.endpoint_status = "Updating"
+        endpoint.failure_reason = None
+        endpoint.last_modified_time = utcnow()
+        thread = threading.Thread(
+            target=self._run_guarded, args=(backend, endpoint, update), name=f"guarded-{endpoint_name}", daemon=True
+        )
+        self.guarded_threads.append(thread)
+        thread.start()
+        return endpoint.arn
+
+    @staticmethod
+    def _read_alarms(cloudwatch: Any, alarms: list[str]) -> list[dict[str, Any]]:
+        return cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"] if alarms else []
+
+    def _run_guarded(self, backend: Any, endpoint: FakeEndpoint, update: GuardedUpdate) -> None:
+        try:
+            for model_name in update.new_models.values():
+                self._serve(model_name)  # the new (green) fleet must pass the ping health check
+        except Exception as error:
+            self._roll_back_guarded(endpoint, update, f"the new fleet did not pass the ping health check: {error}")
+            return
+        for share in update.steps:
+            update.share = share
+            self.log(f"local: guarded update of {update.endpoint_name}: new fleet takes {share:.0%}")
+            reason = self._bake(update, update.wait_seconds)
+            if reason is not None:
+                self._roll_back_guarded(endpoint, update, reason)
+                return
+        if self.stopping.wait(update.termination_wait_seconds):
+            return
+        endpoint.endpoint_config_name = update.new_config
+        endpoint.production_variants = endpoint._process_production_variants(
+            backend.describe_endpoint_config(update.new_config)["ProductionVariants"]
+        )
+        endpoint.endpoint_status = "InService"
+        endpoint.last_modified_time = utcnow()
+        self._end_guarded(update.endpoint_name)
+
+    def _bake(self, update: GuardedUpdate, seconds: float) -> str | None:
+        """Watch the rollback alarms for `seconds`; the reason to roll back, or None."""
+        end = time.monotonic() + seconds
+        while True:
+            firing = [
+                a["AlarmName"]
+                for a in self._read_alarms(update.cloudwatch, update.alarms)
+                if a["StateValue"] == "ALARM"
+            ]
+            if firing:
+                return f"alarm {', '.join(firing)} in ALARM during the bake at {update.share:.0%}"
+            if time.monotonic() >= update.deadline:
+                return "MaximumExecutionTimeoutInSeconds passed"
+            if time.monotonic() >= end or self.stopping.wait(0.05):
+                return None
+
+    def _roll_back_guarded(self, endpoint: FakeEndpoint, update: GuardedUpdate, reason: str) -> None:
+        self.log(f"local: guarded update of {update.endpoint_name} rolls back: {reason}")
+        if self.fail_guarded_rollbacks:
+            # Both the update and its rollback failed: the fleets stay mixed at the share reached.
+            endpoint.endpoint_status = "UpdateRollbackFailed"
+            endpoint.failure_reason = f"Update to {update.new_config} rolled back ({reason}) and the rollback failed"
+            endpoint.last_modified_time = utcnow()
+            with self.guarded_changed:
+                update.failed = True
+                self.guarded_changed.notify_all()
+            return
+        endpoint.endpoint_status = "InService"  # on the old config; SageMaker often gives no FailureReason
+        endpoint.last_modified_time = utcnow()
+        self._end_guarded(update.endpoint_name)
+
+    def _end_guarded(self, endpoint_name: str) -> None:
+        with self.guarded_changed:
+            self.guarded.pop(endpoint_name, None)
+            self.guarded_changed.notify_all()
+
+    def pause_while_updating(self) -> None:
+        """A Wait's pause while a guarded update runs: until one ends or JOB_WAIT_SECONDS pass (a status poll loop
+        does not spin through the bakes)."""
+        with self.guarded_changed:
+            running = any(not u.failed for u in self.guarded.values())
+            if running and not self.stopping.is_set():
+                self.guarded_changed.wait(timeout=JOB_WAIT_SECONDS)
 
     # ---------------------------------------------------------------- data capture
     def capture(

@@ -39,8 +39,10 @@ import regex
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, Shape
 from botocore.validate import ParamValidationDecorator
+from moto.core.exceptions import AWSError
 from moto.sagemaker.exceptions import ResourceInUseException, ValidationError
 from moto.sagemaker.models import SageMakerModelBackend
+from moto.stepfunctions.models import StepFunctionBackend
 
 SURROGATE_PAIR_RANGE = "\\uD800\\uDC00-\\uDBFF\\uDFFF"
 SUPPLEMENTARY_RANGE = "\\U00010000-\\U0010FFFF"
@@ -336,8 +338,88 @@ def enforce_vpc_references() -> Iterator[None]:
             setattr(SageMakerModelBackend, method, original)
 
 
+class InvalidDefinition(AWSError):
+    TYPE = "InvalidDefinition"
+    STATUS = 400
+
+
+def transition_problems(states: dict[str, Any], start_at: str, where: str = "") -> list[str]:
+    """What Step Functions' static check refuses in one container of states (the machine's, a Parallel branch's, a
+    Map's item processor), in its words: a transition to a state that is not there, and a state no path from
+    StartAt reaches (CDK renders every state it was handed, reached or not)."""
+    problems = []
+    edges: dict[str, list[tuple[str, str]]] = {}
+    for name, state in states.items():
+        targets = [(state[key], f"{where}/States/{name}/{key}") for key in ("Next", "Default") if key in state]
+        targets += [
+            (c["Next"], f"{where}/States/{name}/Choices[{i}]/Next") for i, c in enumerate(state.get("Choices", []))
+        ]
+        targets += [(c["Next"], f"{where}/States/{name}/Catch[{i}]/Next") for i, c in enumerate(state.get("Catch", []))]
+        edges[name] = targets
+        for index, branch in enumerate(state.get("Branches", [])):
+            problems += transition_problems(
+                branch["States"], branch["StartAt"], f"{where}/States/{name}/Branches[{index}]"
+            )
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            problems += transition_problems(
+                processor["States"], processor["StartAt"], f"{where}/States/{name}/ItemProcessor"
+            )
+    if start_at not in states:
+        problems.append(f"MISSING_TRANSITION_TARGET: Missing 'Next' target: {start_at} at {where}/StartAt")
+    seen, todo = set(), [start_at] if start_at in states else []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for target, at in edges[name]:
+            if target not in states:
+                problems.append(f"MISSING_TRANSITION_TARGET: Missing 'Next' target: {target} at {at}")
+            else:
+                todo.append(target)
+    problems += [
+        f'MISSING_TRANSITION_TARGET: State "{name}" is not reachable. at {where}/States/{name}'
+        for name in states
+        if name not in seen
+    ]
+    return problems
+
+
+def _checking_definition(method: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    original = getattr(StepFunctionBackend, method)
+
+    def checked(backend: StepFunctionBackend, *args: Any, **kwargs: Any) -> Any:
+        definition = kwargs.get("definition") if "definition" in kwargs else (args[1] if len(args) > 1 else None)
+        if definition:
+            parsed = json.loads(definition)
+            problems = transition_problems(parsed.get("States", {}), parsed.get("StartAt", ""))
+            if problems:
+                raise InvalidDefinition(f"Invalid State Machine Definition: '{', '.join(problems)}'")
+        return original(backend, *args, **kwargs)
+
+    return original, checked
+
+
+@contextlib.contextmanager
+def enforce_definitions() -> Iterator[None]:
+    """While inside, CreateStateMachine and UpdateStateMachine refuse a definition with a transition to a missing
+    state or an unreachable state, as Step Functions does (InvalidDefinition); moto stores any JSON."""
+    originals = []
+    for method in ("create_state_machine", "update_state_machine"):
+        original, checked = _checking_definition(method)
+        originals.append((method, original))
+        setattr(StepFunctionBackend, method, checked)
+    try:
+        yield
+    finally:
+        for method, original in originals:
+            setattr(StepFunctionBackend, method, original)
+
+
 @contextlib.contextmanager
 def enforce_aws_rules() -> Iterator[None]:
-    """All three: the request limits of every client, SageMaker's unique names and its VPC references."""
-    with enforce_limits(), enforce_unique_names(), enforce_vpc_references():
+    """All four: the request limits of every client, SageMaker's unique names and VPC references, and Step Functions'
+    static check of a definition's transitions."""
+    with enforce_limits(), enforce_unique_names(), enforce_vpc_references(), enforce_definitions():
         yield

@@ -26,6 +26,7 @@ from refit_core.steps import (
     EndpointCheck,
     FinalStep,
     GateStep,
+    GuardrailsCheck,
     Promotion,
     QualitySummary,
     RedeployStarted,
@@ -60,6 +61,8 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.deploy.handler", "redeploy"): RedeployStarted,
     ("refit_handlers.deploy.handler", "start_shadow"): DeployStarted,
     ("refit_handlers.deploy.handler", "check_shadow"): ShadowVerdict,
+    ("refit_handlers.deploy.handler", "start_guardrails"): DeployStarted,
+    ("refit_handlers.deploy.handler", "guardrails_status"): GuardrailsCheck,
     ("refit_handlers.approval.request_handler", None): ApprovalRequested,
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,
     ("refit_handlers.finalize.handler", None): FinalStep,
@@ -273,6 +276,12 @@ def test_every_path_and_choice_literal_of_the_default_definition_is_in_the_step_
 def test_every_path_and_choice_literal_of_the_parallel_definition_is_in_the_step_contract(parallel_definition):
     definition, handlers = parallel_definition
     assert "Train candidates" in definition["States"]
+    assert contract_problems(definition, handlers) == []
+
+
+def test_every_path_and_choice_literal_of_the_guardrails_definition_is_in_the_step_contract(guardrails_assembly):
+    definition, handlers = load(guardrails_assembly)
+    assert "Guarded update status" in definition["States"] and "Bake canary" not in definition["States"]
     assert contract_problems(definition, handlers) == []
 
 

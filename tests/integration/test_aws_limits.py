@@ -241,3 +241,42 @@ def test_the_local_runtime_enforces_both_and_names_handles_from_the_project(clou
         )
     # After the runtime, botocore and moto are as they were.
     assert limits.ParamValidationDecorator.serialize_to_request is limits._original
+
+
+STEP_ROLE = "arn:aws:iam::123456789012:role/step"
+
+
+def test_step_functions_refuses_unreachable_states_and_missing_targets():
+    """Step Functions' static check, which moto skips: CDK renders every state it was given, so a branch built for
+    another mode but reached by nothing would be refused by CreateStateMachine in AWS, whatever the local tests do."""
+    good = {
+        "StartAt": "A",
+        "States": {
+            "A": {"Type": "Choice", "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "B"}], "Default": "C"},
+            "B": {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}],
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "C"}],
+                "Next": "C",
+            },
+            "C": {"Type": "Succeed"},
+        },
+    }
+    unreachable = {**good, "States": {**good["States"], "Orphan": {"Type": "Pass", "Next": "C"}}}
+    missing = {**good, "States": {**good["States"], "C": {"Type": "Pass", "Next": "Nowhere"}}}
+    branch = json.loads(json.dumps(good))
+    branch["States"]["B"]["Branches"][0]["States"]["Q"] = {"Type": "Pass", "End": True}
+    with mock_aws(), enforce_aws_rules():
+        client = boto3.client("stepfunctions", region_name="us-east-1")
+        arn = client.create_state_machine(name="ok", definition=json.dumps(good), roleArn=STEP_ROLE)["stateMachineArn"]
+        for name, definition, message in (
+            ("orphan", unreachable, 'MISSING_TRANSITION_TARGET: State "Orphan" is not reachable. at /States/Orphan'),
+            ("missing", missing, "MISSING_TRANSITION_TARGET: Missing 'Next' target: Nowhere at /States/C/Next"),
+            ("branch", branch, 'State "Q" is not reachable. at /States/B/Branches[0]/States/Q'),
+        ):
+            with pytest.raises(ClientError) as refused:
+                client.create_state_machine(name=name, definition=json.dumps(definition), roleArn=STEP_ROLE)
+            assert refused.value.response["Error"]["Code"] == "InvalidDefinition"
+            assert message in refused.value.response["Error"]["Message"]
+        with pytest.raises(ClientError, match="Orphan"):
+            client.update_state_machine(stateMachineArn=arn, definition=json.dumps(unreachable))

@@ -1,0 +1,112 @@
+"""`deploy.mode = "guardrails"`: SageMaker's blue/green deployment guardrails on a single-variant endpoint.
+
+The challenger's endpoint config keeps the one variant `champion` (a blue/green update must keep the variant name) and
+goes on the endpoint with UpdateEndpoint(DeploymentConfig=...): SageMaker brings up the new fleet, shifts traffic to it
+in the configured steps, bakes after each, and rolls back when one of the alarms named in AutoRollbackConfiguration
+(created by the stack for this endpoint, `alarm_names`) is in ALARM during a bake. After an automatic rollback the
+endpoint is InService again, on the *old* EndpointConfigName and often with no FailureReason, so the outcome is read
+from the config name (`judge`), never from InService alone. `UpdateRollbackFailed` (the update and its rollback both
+failed: a mixed fleet) ends the run FAILED with the endpoint's state recorded; refit does not touch such an endpoint
+again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's decision).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from refit_core import names
+from refit_core.canary import CHAMPION, variant
+from refit_core.config import GuardrailsSettings, ModelConfig
+
+ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
+# Updating: the update is under way; SystemUpdating and RollingBack: SageMaker is still moving the fleet.
+IN_PROGRESS = {"Updating", "SystemUpdating", "RollingBack", "Creating"}
+FAILED = {"Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"}
+# Instance families deployment guardrails cannot serve: the update silently falls back to all-at-once with no bake
+# (SageMaker developer guide, "Exclusions"). Marketplace containers and Elastic Inference are the other exclusions;
+# refit deploys neither (its own image, no accelerator).
+EXCLUDED_INSTANCE_PREFIXES = ("ml.inf1.",)
+
+
+def alarm_names(endpoint_name: str) -> list[str]:
+    """The alarms SageMaker watches during a guarded update of `endpoint_name` (the stack creates them; the Deploy
+    function names them in AutoRollbackConfiguration and reads them for the outcome's reason)."""
+    return [names.alarm_name(endpoint_name, purpose) for purpose in ALARM_PURPOSES]
+
+
+def instance_count(model: ModelConfig) -> int:
+    """The instances of the endpoint's variant, as refit creates it (refit_core.canary.variant)."""
+    return int(variant("", CHAMPION, 1.0, model.serving_instance_type)["InitialInstanceCount"])
+
+
+def refusals(model: ModelConfig) -> list[str]:
+    """Why deployment guardrails cannot serve this model's endpoint as configured (empty: they can). Checked at synth,
+    so `cdk synth` stops with the reason instead of SageMaker refusing, or silently not guarding, the first update.
+    The endpoint refit builds in this mode has one variant and is not serverless (the guide's exclusions for rolling
+    updates), so the checks left are the fleet size the traffic steps need and the excluded instance families."""
+    settings = model.deploy.guardrails
+    reasons = []
+    if model.serving_instance_type.startswith(EXCLUDED_INSTANCE_PREFIXES):
+        reasons.append(
+            f"serving_instance_type {model.serving_instance_type} (Inferentia Inf1) is excluded from deployment "
+            "guardrails: SageMaker would update it all at once with no bake and no alarm rollback"
+        )
+    count = instance_count(model)
+    kind, size = settings.traffic_routing, settings.size
+    if kind != "ALL_AT_ONCE" and size is not None:
+        instances = size if settings.size_type == "INSTANCE_COUNT" else max(1, -(-count * size // 100))
+        low = 0.1 if kind == "LINEAR" else 0.0
+        if not low * count <= instances <= 0.5 * count:
+            what = "the canary" if kind == "CANARY" else "each linear step"
+            bounds = "at most 50%" if kind == "CANARY" else "10-50%"
+            reasons.append(
+                f"deploy.guardrails {kind} with size {size} ({settings.size_type}) puts {instances} of the endpoint's "
+                f"{count} instance(s) on {what}; SageMaker requires {bounds} of the fleet, so {kind} needs at least 2 "
+                "instances (or use ALL_AT_ONCE, whose one bake still rolls back on the alarms)"
+            )
+    return reasons
+
+
+def deployment_config(settings: GuardrailsSettings, alarms: list[str]) -> dict[str, Any]:
+    """UpdateEndpoint's DeploymentConfig: a blue/green update with the configured traffic routing, rolled back
+    automatically when any of `alarms` goes to ALARM."""
+    routing: dict[str, Any] = {
+        "Type": settings.traffic_routing,
+        "WaitIntervalInSeconds": settings.wait_interval_seconds,
+    }
+    if settings.traffic_routing != "ALL_AT_ONCE":
+        key = "CanarySize" if settings.traffic_routing == "CANARY" else "LinearStepSize"
+        routing[key] = {"Type": settings.size_type, "Value": settings.size}
+    return {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": settings.termination_wait_seconds,
+            "MaximumExecutionTimeoutInSeconds": settings.max_execution_timeout_seconds,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in alarms]},
+    }
+
+
+Outcome = Literal["wait", "promoted", "rolled_back", "failed"]
+
+
+def judge(status: str, config: str, expected: str, previous: str) -> tuple[Outcome, str]:
+    """What a DescribeEndpoint during a guarded update says: still under way, the new config serving (promoted), the
+    old one serving again (SageMaker rolled back, silently or not), or a failure that needs a person."""
+    if status in IN_PROGRESS:
+        return "wait", f"the update is under way ({status})"
+    if status in FAILED:
+        return "failed", f"endpoint is {status} on {config}"
+    if status != "InService":
+        return "failed", f"endpoint is in an unexpected state {status} on {config}"
+    if config == expected:
+        return "promoted", f"the guarded update finished: InService on {expected}"
+    if config == previous:
+        return "rolled_back", f"SageMaker rolled the update back: InService on the previous config {previous}"
+    return "failed", f"endpoint is InService on {config}, neither the requested {expected} nor the previous {previous}"
+
+
+def alarm_reason(alarms: list[dict[str, Any]]) -> str | None:
+    """The reason from the rollback alarms that are in ALARM (DescribeAlarms' MetricAlarms), or None."""
+    firing = [f"{a['AlarmName']}: {a.get('StateReason', 'in ALARM')}" for a in alarms if a.get("StateValue") == "ALARM"]
+    return "; ".join(firing) if firing else None

@@ -1,0 +1,96 @@
+"""The guardrails-mode template (deploy.mode guardrails): the rollback alarms SageMaker watches, who may read them, the
+state machine's guarded branch, cdk-nag and cfn-lint; and the configurations guardrails cannot serve refused at synth
+with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stacks.app_builder import build_app
+from tests.conftest import GUARDRAILS_SETTINGS
+from tests.infrastructure.test_stack import CFN_LINT_ACCEPTED, cfn_lint
+
+ROOT = Path(__file__).resolve().parents[2]
+ALARMS = {"refit-churn--guardrails-5xx", "refit-churn--guardrails-latency"}
+
+
+@pytest.fixture(scope="module")
+def template(guardrails_assembly):
+    return json.loads((guardrails_assembly / "refit.template.json").read_text())
+
+
+def resources(template, kind):
+    return {k: v["Properties"] for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def alarm_arn(name: str) -> dict:
+    return {
+        "Fn::Join": [
+            "",
+            ["arn:", {"Ref": "AWS::Partition"}, ":cloudwatch:", {"Ref": "AWS::Region"}, ":", {"Ref": "AWS::AccountId"}]
+            + [f":alarm:{name}"],
+        ]
+    }
+
+
+def test_the_rollback_alarms_watch_the_endpoints_one_variant(template):
+    alarms = {p.get("AlarmName"): p for p in resources(template, "AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) >= ALARMS
+    dimensions = [{"Name": "EndpointName", "Value": "refit-churn"}, {"Name": "VariantName", "Value": "champion"}]
+    errors, latency = alarms["refit-churn--guardrails-5xx"], alarms["refit-churn--guardrails-latency"]
+    assert (errors["MetricName"], errors["Statistic"], errors["Threshold"]) == ("Invocation5XXErrors", "Sum", 1)
+    assert (latency["MetricName"], latency["Statistic"], latency["Threshold"]) == ("ModelLatency", "Average", 1e6)
+    for alarm in (errors, latency):
+        assert alarm["Namespace"] == "AWS/SageMaker" and alarm["Dimensions"] == dimensions
+        assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (60, 1, "notBreaching")
+
+
+def test_only_the_deploy_function_and_the_models_sagemaker_role_read_them_and_only_them(template):
+    readers = {}
+    for logical, policy in resources(template, "AWS::IAM::Policy").items():
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources_ = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if any("guardrails" in json.dumps(r) for r in resources_):
+                assert actions == ["cloudwatch:DescribeAlarms"] or actions == "cloudwatch:DescribeAlarms"
+                readers[logical] = resources_
+    assert sorted(readers) == [
+        next(k for k in readers if "FunctionsDeployRole" in k),
+        next(k for k in readers if "SageMakerRole" in k),
+    ]
+    for granted in readers.values():
+        assert [r for r in granted if "guardrails" in json.dumps(r)] == [alarm_arn(n) for n in sorted(ALARMS)]
+
+
+def test_the_state_machine_has_the_guarded_branch_and_not_the_variants_canary(template):
+    (machine,) = resources(template, "AWS::StepFunctions::StateMachine").values()
+    text = "".join(p for p in machine["DefinitionString"]["Fn::Join"][1] if isinstance(p, str))
+    for state in ("Deploy challenger (guardrails)", "Wait for guarded update", "Guarded update status"):
+        assert f'"{state}"' in text
+    for state in ("Bake canary", "Shift canary", "Roll back canary", "Promote challenger"):
+        assert f'"{state}"' not in text  # a state no path reaches is refused by Step Functions
+
+
+def test_the_guardrails_template_passes_cdk_nag_and_cfn_lint(guardrails_assembly):
+    report = json.loads((guardrails_assembly / "validation-report.json").read_text())
+    assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
+    result = cfn_lint(guardrails_assembly / "refit.template.json", *sorted(CFN_LINT_ACCEPTED))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_path, capsys):
+    """`cdk synth` (build_app, as app.py calls it) exits 2 with the reason, as for a wrong field, not a traceback."""
+    text = (ROOT / "refit.toml").read_text()
+    for old, new in GUARDRAILS_SETTINGS.items():
+        text = text.replace(old, new)
+    bad = tmp_path / "refit.toml"
+    bad.write_text(text.replace('traffic_routing = "ALL_AT_ONCE"', 'traffic_routing = "CANARY"\nsize = 10'))
+    with pytest.raises(SystemExit) as stopped:
+        build_app(str(bad), outdir=str(tmp_path / "out"))
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "model churn: deploy.mode 'guardrails' refused: deploy.guardrails CANARY with size 10" in stderr
+    assert "needs at least 2 instances" in stderr

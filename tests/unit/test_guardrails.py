@@ -1,0 +1,320 @@
+"""deploy.mode guardrails as plain logic: the settings against the SageMaker API's limits (botocore's service model is
+the oracle), the DeploymentConfig sent, the synth-time refusals, the outcome read from DescribeEndpoint, the Deploy
+actions over a recording SageMaker, and the audit record of each outcome."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+from pydantic import ValidationError
+from refit_core.audit import format_summary, summarize_run
+from refit_core.config import DeploySettings, GuardrailsSettings
+from refit_core.guardrails import alarm_names, deployment_config, judge, refusals
+from refit_handlers.cleanup import left_serving, restore_endpoint
+from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
+
+from scripts.local_aws.bridges import guarded_traffic_steps
+from tests.conftest import handler_settings
+
+SAGEMAKER = botocore.session.get_session().get_service_model("sagemaker")
+
+
+def shape(name: str) -> Any:
+    return SAGEMAKER.shape_for(name)
+
+
+def settings(**values: Any) -> GuardrailsSettings:
+    return GuardrailsSettings(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"traffic_routing": "CANARY"}, "CANARY needs size"),
+        ({"traffic_routing": "LINEAR"}, "LINEAR needs size"),
+        ({"traffic_routing": "ALL_AT_ONCE", "size": 10}, "applies to CANARY and LINEAR"),
+        ({"traffic_routing": "CANARY", "size": 51}, "CanarySize is 1-50% of the fleet"),
+        ({"traffic_routing": "LINEAR", "size": 9}, "LinearStepSize is 10-50% of the fleet"),
+        ({"traffic_routing": "LINEAR", "size": 60}, "LinearStepSize is 10-50% of the fleet"),
+        ({"wait_interval_seconds": 3601}, "wait_interval_seconds"),
+        ({"termination_wait_seconds": -1}, "termination_wait_seconds"),
+        ({"max_execution_timeout_seconds": 599}, "max_execution_timeout_seconds"),
+        ({"max_execution_timeout_seconds": 28801}, "max_execution_timeout_seconds"),
+        (
+            {
+                "traffic_routing": "LINEAR",
+                "size": 10,
+                "wait_interval_seconds": 600,
+                "max_execution_timeout_seconds": 6000,
+            },
+            "larger than the waits it covers (10 bakes",
+        ),
+        ({"traffic_routing": "CANARY", "size": 10, "size_type": "CAPACITY_PERCENTAGE"}, "size_type"),
+    ],
+)
+def test_settings_outside_the_apis_limits_are_refused_naming_the_field(values, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        settings(**values)
+
+
+def test_guardrails_is_a_built_mode_with_all_at_once_by_default():
+    settings = DeploySettings(mode="guardrails").guardrails
+    assert settings == GuardrailsSettings() and settings.traffic_routing == "ALL_AT_ONCE" and settings.bakes == 1
+
+
+def test_the_settings_limits_are_the_service_models():
+    """Each bound the settings enforce is the one botocore's sagemaker model declares for the field it fills."""
+    routing, policy = shape("TrafficRoutingConfig"), shape("BlueGreenUpdatePolicy")
+    fields = GuardrailsSettings.model_fields
+    for field, member in (
+        (fields["wait_interval_seconds"], routing.members["WaitIntervalInSeconds"]),
+        (fields["termination_wait_seconds"], policy.members["TerminationWaitInSeconds"]),
+        (fields["max_execution_timeout_seconds"], policy.members["MaximumExecutionTimeoutInSeconds"]),
+    ):
+        bounds = {type(m).__name__: m for m in field.metadata}
+        assert bounds["Ge"].ge == member.metadata["min"] and bounds["Le"].le == member.metadata["max"]
+    assert set(routing.members["Type"].enum) == {"ALL_AT_ONCE", "CANARY", "LINEAR"}
+    assert set(shape("CapacitySize").members["Type"].enum) == {"CAPACITY_PERCENT", "INSTANCE_COUNT"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"traffic_routing": "CANARY", "size": 10},
+        {"traffic_routing": "LINEAR", "size": 25, "size_type": "CAPACITY_PERCENT"},
+        {"traffic_routing": "CANARY", "size": 1, "size_type": "INSTANCE_COUNT", "termination_wait_seconds": 300},
+    ],
+)
+def test_the_deployment_config_is_a_valid_update_endpoint_request(values):
+    config = deployment_config(settings(**values), alarm_names("refit-churn"))
+    request = {
+        "EndpointName": "refit-churn",
+        "EndpointConfigName": "refit-churn--x--guarded",
+        "DeploymentConfig": config,
+    }
+    report = ParamValidator().validate(request, SAGEMAKER.operation_model("UpdateEndpoint").input_shape)
+    assert not report.has_errors(), report.generate_report()
+    routing = config["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert routing["Type"] == settings(**values).traffic_routing
+    assert config["AutoRollbackConfiguration"]["Alarms"] == [
+        {"AlarmName": "refit-churn--guardrails-5xx"},
+        {"AlarmName": "refit-churn--guardrails-latency"},
+    ]
+
+
+def test_guardrails_refuse_what_they_cannot_guard(tmp_path):
+    model = handler_settings().model
+    guarded = model.model_copy(update={"deploy": model.deploy.model_copy(update={"mode": "guardrails"})})
+    assert refusals(guarded) == []  # ALL_AT_ONCE on refit's one-instance variant
+    canary = guarded.model_copy(
+        update={"deploy": guarded.deploy.model_copy(update={"guardrails": settings(traffic_routing="CANARY", size=10)})}
+    )
+    (reason,) = refusals(canary)
+    assert "puts 1 of the endpoint's 1 instance(s) on the canary" in reason and "at least 2 instances" in reason
+    inferentia = guarded.model_copy(update={"serving_instance_type": "ml.inf1.xlarge"})
+    assert any("Inferentia Inf1" in r and "no bake" in r for r in refusals(inferentia))
+
+
+@pytest.mark.parametrize(
+    ("values", "count", "expected"),
+    [
+        ({}, 1, [1.0]),
+        ({"traffic_routing": "CANARY", "size": 25}, 4, [0.25, 1.0]),
+        ({"traffic_routing": "LINEAR", "size": 25}, 4, [0.25, 0.5, 0.75, 1.0]),
+        ({"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT"}, 3, [1 / 3, 2 / 3, 1.0]),
+    ],
+)
+def test_the_local_runtime_shifts_the_deployment_configs_traffic_in_sagemakers_steps(values, count, expected):
+    routing = deployment_config(settings(**values), ["a"])["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert guarded_traffic_steps(routing, count) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("status", "config", "outcome"),
+    [
+        ("Updating", "old", "wait"),
+        ("RollingBack", "old", "wait"),
+        ("InService", "new", "promoted"),
+        ("InService", "old", "rolled_back"),  # the silent rollback: InService all the same
+        ("InService", "other", "failed"),
+        ("UpdateRollbackFailed", "old", "failed"),
+        ("Failed", "new", "failed"),
+    ],
+)
+def test_the_outcome_is_read_from_the_config_the_endpoint_serves(status, config, outcome):
+    assert judge(status, config, "new", "old")[0] == outcome
+
+
+class RecordingSageMaker:
+    """DescribeEndpoint / DescribeEndpointConfig answers, and every call made."""
+
+    def __init__(self, endpoint: dict[str, Any] | None, variants: list[str]) -> None:
+        self.endpoint, self.variants, self.calls = endpoint, variants, []
+
+    def __getattr__(self, name: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            if name == "describe_endpoint":
+                return self.endpoint
+            if name == "describe_endpoint_config":
+                return {"ProductionVariants": [{"VariantName": v, "ModelName": f"m-{v}"} for v in self.variants]}
+            if name == "describe_model_package":
+                return {"ModelPackageArn": kwargs["ModelPackageName"], "CustomerMetadataProperties": {}}
+            return {}
+
+        return call
+
+
+class Alarms:
+    def __init__(self, states: dict[str, tuple[str, str]]) -> None:
+        self.states, self.calls = states, 0
+
+    def describe_alarms(self, AlarmNames: list[str]) -> dict[str, Any]:  # noqa: N803 (boto3's argument)
+        self.calls += 1
+        return {
+            "MetricAlarms": [
+                {
+                    "AlarmName": n,
+                    "StateValue": self.states.get(n, ("OK", ""))[0],
+                    "StateReason": self.states.get(n, ("", "ok"))[1],
+                }
+                for n in AlarmNames
+            ]
+        }
+
+
+def endpoint(status: str, config: str, failure: str | None = None) -> dict[str, Any]:
+    described = {
+        "EndpointStatus": status,
+        "EndpointConfigName": config,
+        "ProductionVariants": [{"VariantName": "champion", "CurrentWeight": 1.0}],
+    }
+    return {**described, "FailureReason": failure} if failure else described
+
+
+START = StartGuarded(action="start_guardrails", run_id="r1", model_data_url="s3://a/m.tar.gz", model_package_arn="p")
+
+
+def test_start_guardrails_updates_the_single_variant_endpoint_with_its_deployment_config():
+    config = handler_settings()
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--old"), ["champion"])
+    started = start_guardrails(START, config, sagemaker)
+    update = [kwargs for name, kwargs in sagemaker.calls if name == "update_endpoint"]
+    assert update == [
+        {
+            "EndpointName": "e",
+            "EndpointConfigName": started["expected_config"],
+            "DeploymentConfig": deployment_config(config.model.deploy.guardrails, alarm_names("e")),
+        }
+    ]
+    created = next(kwargs for name, kwargs in sagemaker.calls if name == "create_endpoint_config")
+    assert [v["VariantName"] for v in created["ProductionVariants"]] == ["champion"]  # the name is kept
+    assert started["mode"] == "guardrails" and started["previous_config"] == "e--old"
+    assert started["deployment_config"] == update[0]["DeploymentConfig"]
+
+
+def test_start_guardrails_refuses_a_multi_variant_endpoint_before_changing_it():
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--canary"), ["champion", "challenger"])
+    with pytest.raises(ValueError, match="single-variant endpoint: e serves e--canary with variants"):
+        start_guardrails(START, handler_settings(), sagemaker)
+    assert not [name for name, _ in sagemaker.calls if name in ("update_endpoint", "create_endpoint_config")]
+
+
+def test_start_guardrails_creates_the_first_endpoint_like_the_variants_mode():
+    sagemaker = RecordingSageMaker(None, [])
+    sagemaker.describe_endpoint = lambda **kwargs: None  # noqa: ARG005
+    started = start_guardrails(START, handler_settings(), sagemaker)
+    assert started["mode"] == "create" and started["previous_config"] is None
+    assert [name for name, _ in sagemaker.calls if name == "create_endpoint"] == ["create_endpoint"]
+
+
+STATUS = GuardedStatus(action="guardrails_status", expected_config="e--new", previous_config="e--old")
+
+
+def test_a_rollback_is_recorded_with_the_alarms_reason_and_a_silent_one_says_so():
+    alarms = Alarms({"e--guardrails-5xx": ("ALARM", "Threshold Crossed: 1 datapoint [7.0] >= 1.0")})
+    rolled = guardrails_status(
+        STATUS, handler_settings(), RecordingSageMaker(endpoint("InService", "e--old"), []), alarms
+    )
+    assert rolled["next"] == "rolled_back" and rolled["config"] == "e--old"
+    assert "SageMaker rolled the update back" in rolled["reason"]
+    assert "e--guardrails-5xx: Threshold Crossed: 1 datapoint [7.0] >= 1.0" in rolled["reason"]
+    assert {a["name"]: a["state"] for a in rolled["alarms"]} == {
+        "e--guardrails-5xx": "ALARM",
+        "e--guardrails-latency": "OK",
+    }
+    silent = guardrails_status(
+        STATUS, handler_settings(), RecordingSageMaker(endpoint("InService", "e--old"), []), Alarms({})
+    )
+    assert silent["next"] == "rolled_back" and "no rollback alarm is in ALARM now" in silent["reason"]
+
+
+def test_an_update_under_way_waits_and_a_failed_rollback_carries_the_endpoints_state():
+    alarms = Alarms({})
+    waiting = guardrails_status(
+        STATUS, handler_settings(), RecordingSageMaker(endpoint("Updating", "e--old"), []), alarms
+    )
+    assert waiting["next"] == "wait" and alarms.calls == 0
+    broken = endpoint("UpdateRollbackFailed", "e--old", "rollback failed")
+    failed = guardrails_status(STATUS, handler_settings(), RecordingSageMaker(broken, []), alarms)
+    assert failed["next"] == "failed" and failed["status"] == "UpdateRollbackFailed"
+    assert failed["reason"] == "endpoint is UpdateRollbackFailed on e--old: rollback failed"
+    assert failed["variants"] == [{"name": "champion", "weight": 1.0}]
+
+
+def run_state(guardrails: dict[str, Any], error: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = {
+        "run": {"run_id": "r1", "trigger": "manual"},
+        "gate": {"promote": True, "reason": "better"},
+        "deploy": {
+            "mode": "guardrails",
+            "previous_config": "e--old",
+            "expected_config": "e--new",
+            "challenger_model": "m",
+            "deployment_config": {"BlueGreenUpdatePolicy": {}},
+        },
+        "guardrails": {"expected_config": "e--new", "previous_config": "e--old", **guardrails},
+    }
+    return {**state, "error": error} if error else state
+
+
+@pytest.mark.parametrize(
+    ("guardrails", "error", "status", "outcome"),
+    [
+        ({"next": "promoted", "reason": "finished", "config": "e--new"}, None, "SUCCEEDED", "promoted"),
+        ({"next": "rolled_back", "reason": "alarm x", "config": "e--old"}, None, "SUCCEEDED", "rolled_back"),
+        (
+            {"next": "failed", "reason": "endpoint is UpdateRollbackFailed", "status": "UpdateRollbackFailed"},
+            {"Error": "GuardedUpdateFailed", "Cause": "endpoint is UpdateRollbackFailed"},
+            "FAILED",
+            "failed",
+        ),
+    ],
+)
+def test_the_audit_record_says_how_the_guarded_update_ended(guardrails, error, status, outcome):
+    record = summarize_run(run_state(guardrails, error), "churn", "exec", "2026-11-29T00:00:00Z", "t", None)
+    assert (record["status"], record["outcome"]) == (status, outcome)
+    assert record["guardrails"]["next"] == guardrails["next"]
+    assert record["guardrails"]["deployment_config"] == {"BlueGreenUpdatePolicy": {}}
+    assert record["problems"] == []
+    assert f"Guardrails: {guardrails['next']} - {guardrails['reason']}" in format_summary(record)[1]
+
+
+def test_the_run_end_cleanup_leaves_a_guarded_update_to_sagemaker_and_keeps_the_registry_with_the_endpoint():
+    """A run that timed out or was stopped during a guarded update: Cleanup does not update the endpoint (SageMaker
+    refuses an update of an Updating endpoint, and the rollback is SageMaker's); the package counts as serving only
+    when the endpoint is InService on the config the update asked for."""
+    state = run_state({"next": "wait", "reason": "under way"})
+    sagemaker = RecordingSageMaker(endpoint("Updating", "e--old"), ["champion"])
+    note = restore_endpoint(state, handler_settings(), sagemaker)
+    assert note == "a guarded update to e--new was started; it is SageMaker's to finish or roll back"
+    assert sagemaker.calls == []
+    view = {"status": "InService", "config": "e--new"}
+    assert left_serving(state, view) and not left_serving(state, {**view, "config": "e--old"})
+    assert not left_serving(state, {**view, "status": "Updating"}) and not left_serving(state, None)
+    assert left_serving({"deploy": {"mode": "create"}}, None) and not left_serving({"deploy": {"mode": "canary"}}, None)
