@@ -8,6 +8,8 @@ changes are polled by Lambdas with Wait loops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aws_cdk import Duration
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
@@ -266,6 +268,7 @@ class RetrainStateMachine(Construct):
             restore,
         )
         rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
+        ab = model.deploy.mode == "ab"
         # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
         # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
         bake = sfn.Wait(self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds)))
@@ -308,7 +311,7 @@ class RetrainStateMachine(Construct):
         after_deploy = (
             sfn.Choice(self, "First deployment?")
             .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-            .otherwise(start_canary)
+            .otherwise(self._ab_test(model, invoke, catch_to, promote, rollback) if ab else start_canary)
         )
         deploy = catch_to(
             invoke(
@@ -319,6 +322,7 @@ class RetrainStateMachine(Construct):
                     "run_id.$": "$.run.run_id",
                     "model_data_url.$": "$.training.model_data_url",
                     "model_package_arn.$": "$.registry.model_package_arn",
+                    **({"challenger_share": model.deploy.ab.challenger_share} if ab else {}),
                 },
                 "$.deploy",
             ),
@@ -485,3 +489,45 @@ class RetrainStateMachine(Construct):
             # Every state's transitions, without inputs and outputs: those carry task tokens and batch details.
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         )
+
+    def _ab_test(
+        self,
+        model: ModelConfig,
+        invoke: Callable[[str, str, dict, str], tasks.LambdaInvoke],
+        catch_to: Callable[[tasks.LambdaInvoke, sfn.IChainable], tasks.LambdaInvoke],
+        promote: sfn.IChainable,
+        rollback: sfn.IChainable,
+    ) -> sfn.IChainable:
+        """`deploy.mode = "ab"`: the split holds for `deploy.ab.duration_seconds` in Waits of at most
+        `check_interval_seconds` (no Lambda is held meanwhile); after each, JudgeAb checks that the endpoint still
+        holds the split, and once the duration has passed it decides, once: promote or roll back
+        (refit_core.ab_test). An endpoint that no longer holds the split ends the test through the rollback."""
+        start = sfn.Pass(
+            self,
+            "Start AB test",
+            parameters={"next": "wait", "started_at.$": "$.endpoint.canary_started_at", **model.deploy.ab.first_wait},
+            result_path="$.ab",
+        )
+        wait = sfn.Wait(self, "Wait AB test", time=sfn.WaitTime.seconds_path("$.ab.wait_seconds"))
+        judge = catch_to(
+            invoke(
+                "Judge AB test",
+                "JudgeAb",
+                {
+                    "started_at.$": "$.ab.started_at",
+                    "remaining_seconds.$": "$.ab.remaining_seconds",
+                    "wait_seconds.$": "$.ab.wait_seconds",
+                    "checks.$": "$.ab.checks",
+                    "expected_config.$": "$.deploy.expected_config",
+                },
+                "$.ab",
+            ),
+            rollback,
+        )
+        start.next(wait).next(judge).next(
+            sfn.Choice(self, "AB verdict?")
+            .when(sfn.Condition.string_equals("$.ab.next", "wait"), wait)
+            .when(sfn.Condition.string_equals("$.ab.next", "promote"), promote)
+            .otherwise(rollback)
+        )
+        return start

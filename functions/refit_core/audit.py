@@ -72,6 +72,13 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", outcome, approval.reason or "the challenger was not approved"
     if deploy is not None and deploy.mode == "create":
         return "SUCCEEDED", "deployed_first", "first model deployed to a new endpoint"
+    ab = state.ab
+    if ab is not None:  # deploy.mode "ab" (refit_core.ab_test)
+        if ab.result is None:
+            return "FAILED", "incomplete", f"the run ended during the A/B test ({ab.remaining_seconds} s were left)"
+        if ab.next == "promote":
+            return "SUCCEEDED", "promoted", f"A/B test won, challenger promoted: {ab.reason}"
+        return "SUCCEEDED", "rolled_back", f"A/B test {ab.result.replace('_', ' ')}, rolled back: {ab.reason}"
     if canary is not None and (canary.steps or canary.healthy):
         if canary.healthy and canary.next == "shift":
             return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
@@ -161,6 +168,7 @@ def summarize_run(
         "registry": registry.model_dump(mode="json") if registry is not None else None,
         "approval": state.approval.model_dump(mode="json") if state.approval is not None else None,
         "canary": state.canary.model_dump(mode="json") if state.canary is not None else None,
+        "ab": state.ab.model_dump(mode="json") if state.ab is not None else None,
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -240,6 +248,9 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Redeploy: {r.get('kind')} to version {r.get('version')} requested by {r.get('requested_by')}")
     for step in (record.get("canary") or {}).get("steps") or []:
         lines.append(canary_step_line(step))
+    if (record.get("ab") or {}).get("result"):
+        ab = record["ab"]
+        lines.append(f"A/B test: {ab['result']} after {ab['checks']} check(s) - {ab['reason']}")
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):
