@@ -4,8 +4,9 @@ variant on its own labelled rows — captured traffic joined with ground truth b
 tests/e2e/test_closed_loop.py feeds them — decides. The first batch deploys a champion trained on the old market; every
 later batch comes from the shifted market (the rule changed), so each challenger passes the gate and is tried live:
 - too few labels by the end of the test: not promoted;
-- traffic from the old market, where the challenger is worse: rolled back;
-- traffic from the shifted market, where it is better: promoted.
+- traffic from a market that moved the other way (light users churn all the more), where the champion's rule holds
+  and the challenger's does not: rolled back;
+- traffic from a market that moved further the challenger's way, where it is better: promoted.
 In every case the champion keeps serving (or the winner takes all the traffic), and the registry and audit record
 agree with the endpoint. The tests share one runtime and run in order."""
 
@@ -20,6 +21,7 @@ from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.conftest import config_variant
 from tests.infrastructure.test_stack import CFN_LINT_ACCEPTED, cfn_lint
+from tests.infrastructure.test_step_contract import contract_problems, load
 
 MODEL = "churn"
 ROWS_PER_REQUEST = 20
@@ -91,7 +93,7 @@ def run_with(aws: LocalRuntime, batch: str, seed: int, live: LiveTest) -> tuple[
     aws.on_wait("Wait AB test", live)
     try:
         execution = aws.wait_for(
-            aws.land_batch(MODEL, batch, to_csv_bytes(churn_batch(3000, seed, shift=1.0))), timeout=600
+            aws.land_batch(MODEL, batch, to_csv_bytes(churn_batch(1500, seed, shift=1.0))), timeout=600
         )
     finally:
         aws.on_wait("Wait AB test", None)
@@ -133,39 +135,38 @@ def assert_tested_and_rolled_back(aws: LocalRuntime, record: dict, live: LiveTes
 
 
 def test_the_ab_template_passes_cfn_lint_and_builds_the_ab_branch(assembly):
-    template_path = assembly / "refit.template.json"
-    result = cfn_lint(template_path, *sorted(CFN_LINT_ACCEPTED))
+    result = cfn_lint(assembly / "refit.template.json", *sorted(CFN_LINT_ACCEPTED))
     assert result.returncode == 0, result.stdout + result.stderr  # and cdk-nag passed at synthesis
-    template = json.loads(template_path.read_text())
-    machine = next(r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine")
-    definition = "".join(p for p in machine["Properties"]["DefinitionString"]["Fn::Join"][1] if isinstance(p, str))
-    for state in ("Start AB test", "Wait AB test", "Judge AB test", "AB verdict?", "Promote challenger"):
-        assert f'"{state}"' in definition
-    assert '"Bake canary"' not in definition and '"challenger_share":0.5' in definition
+    definition, handlers = load(assembly)
+    states = definition["States"]
+    assert {"Start AB test", "Wait AB test", "Judge AB test", "AB verdict?", "Promote challenger"} <= set(states)
+    assert not [name for name in states if "anary" in name and name != "Roll back canary"]  # no unreachable state
+    assert states["Deploy challenger"]["Parameters"]["challenger_share"] == 0.5
+    assert contract_problems(definition, handlers) == []
 
 
 def test_the_first_batch_deploys_the_champion(aws):
-    execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1))), timeout=600)
+    execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(1500, 1))), timeout=600)
     assert execution["status"] == "SUCCEEDED"
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
 
 
 def test_too_few_labels_by_the_end_of_the_test_is_no_promotion(aws):
     before = endpoint_config(aws)
-    live = LiveTest(aws, "few", 201, rows=600, shift=1.0, labelled=200)
+    live = LiveTest(aws, "few", 201, rows=300, shift=1.0, labelled=150)
     execution, record = run_with(aws, "few.csv", 5, live)
     ab = assert_tested_and_rolled_back(aws, record, live, "too_few_labels", before)
     counts = (ab["challenger"]["labelled_rows"], ab["champion"]["labelled_rows"])
-    assert counts == (live.served.get("challenger", 0), live.served.get("champion", 0)) and sum(counts) == 200
+    assert counts == (live.served.get("challenger", 0), live.served.get("champion", 0)) and sum(counts) == 150
     assert ab["p_value"] is None and ab["test"] is None  # never tested, whatever the difference
-    assert ab["challenger"]["captured_rows"] + ab["champion"]["captured_rows"] == 600
+    assert ab["challenger"]["captured_rows"] + ab["champion"]["captured_rows"] == 300
     assert f"at least {MIN_LABELLED_ROWS} per variant needed" in ab["reason"]
 
 
 def test_a_challenger_worse_on_live_labels_is_rolled_back(aws):
-    """Traffic from the old market, where the champion's rule holds and the challenger's does not."""
+    """Traffic from a market that moved the other way (`shift` -1), where the champion's rule holds."""
     before = endpoint_config(aws)
-    live = LiveTest(aws, "old", 202, rows=2000, shift=0.0)
+    live = LiveTest(aws, "back", 202, rows=2000, shift=-1.0)
     execution, record = run_with(aws, "worse.csv", 6, live)
     ab = assert_tested_and_rolled_back(aws, record, live, "lost", before)
     assert ab["test"] == "delong_independent" and ab["p_value_worse"] < 0.05 and ab["difference"] < 0
@@ -174,10 +175,10 @@ def test_a_challenger_worse_on_live_labels_is_rolled_back(aws):
 
 
 def test_a_challenger_better_on_live_labels_is_promoted(aws):
-    """Traffic from the shifted market, the one the challenger was trained on."""
+    """Traffic from a market that moved further the way the challenger learned (`shift` 1.5)."""
     before = endpoint_config(aws)
     champion_arn = package(aws, _serving_package(aws))["ModelPackageArn"]
-    live = LiveTest(aws, "new", 203, rows=2000, shift=1.0)
+    live = LiveTest(aws, "further", 203, rows=2000, shift=1.5)
     execution, record = run_with(aws, "better.csv", 7, live)
     ab = record["ab"]
     assert (execution["status"], record["outcome"], ab["result"], ab["next"]) == (
