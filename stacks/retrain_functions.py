@@ -377,7 +377,8 @@ class RetrainFunctions(Construct):
         storage.topic.grant_publish(f["Cleanup"])
 
         if "JudgeAb" in f:
-            # The monitor's parts (captured requests and labels), active learning's picks, the endpoint: nothing else.
+            # The monitor's parts (captured requests and labels), active learning's picks, the endpoint, the challenger's
+            # error alarm (the canary alarm): nothing else.
             judge = f["JudgeAb"]
             storage.grant_key(judge, write=False)
             for kind in ("captured", "labels"):
@@ -386,6 +387,14 @@ class RetrainFunctions(Construct):
             judge.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["sagemaker:DescribeEndpoint"], resources=[f"{arn}:endpoint/{endpoint_name}"]
+                )
+            )
+            judge.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["cloudwatch:DescribeAlarms"],
+                    resources=[
+                        f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{canary_alarm_name}"
+                    ],
                 )
             )
 

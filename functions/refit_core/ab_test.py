@@ -251,15 +251,28 @@ def judge(
     s3: Any,
     sagemaker: Any,
     now: datetime,
+    error_alarm: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """One check of the running test, after a Wait of `wait_seconds` (of the `remaining_seconds` that were left).
-    The endpoint must still hold the split. Before the duration has passed: wait again (at most
+    The endpoint must still hold the split. A challenger whose error alarm (`error_alarm`: the stack's canary alarm,
+    any challenger 5XX in a minute, with its state) is in ALARM ends the test at once: real users must not get
+    errors for the rest of the duration. Before the duration has passed: wait again (at most
     `check_interval_seconds`), reading no traffic at all. Then: the decision (`decide`), with `next` `promote` or
     `rollback`."""
     settings = place.model.deploy.ab
     verify_split(sagemaker, place.endpoint_name, expected_config)
     remaining = max(0, remaining_seconds - wait_seconds)
     base = {"started_at": started_at, "checks": checks + 1}
+    if error_alarm is not None and error_alarm[1] == "ALARM":
+        return {
+            "next": "rollback",
+            "remaining_seconds": remaining,
+            "wait_seconds": 0,
+            "result": "errors",
+            "reason": f"the challenger's error alarm {error_alarm[0]} is in ALARM: the test ends {remaining:,} s early",
+            "decided_at": now.isoformat(timespec="seconds"),
+            **base,
+        }
     if remaining > 0:
         wait = min(settings.check_interval_seconds, remaining)
         return {"next": "wait", "remaining_seconds": remaining, "wait_seconds": wait, **base}

@@ -392,14 +392,15 @@ class AbVariant(Step):
 class AbVerdict(Step):
     """The A/B test so far: `next` is `wait` (another Wait of `wait_seconds`; `remaining_seconds` of the duration are
     left after it) until the duration has passed, then the decision, taken once: `promote` (result `won`) or
-    `rollback` (`lost`, `undecided`, `too_few_labels`), with both variants' metrics and the test's evidence."""
+    `rollback` (`lost`, `undecided`, `too_few_labels`; `errors` at any check, when the challenger's error alarm is in
+    ALARM), with both variants' metrics and the test's evidence."""
 
     next: Literal["wait", "promote", "rollback"]
     started_at: str
     remaining_seconds: int
     wait_seconds: int = 0
     checks: int = 0
-    result: Literal["won", "lost", "undecided", "too_few_labels"] | None = None
+    result: Literal["won", "lost", "undecided", "too_few_labels", "errors"] | None = None
     reason: str | None = None
     metric: str | None = None
     test: str | None = None

@@ -1,5 +1,6 @@
-"""JudgeAb (`deploy.mode = "ab"`): after each Wait of the A/B test, check that the endpoint still holds the split and,
-once the duration has passed, decide on the live primary metric per variant (refit_core.ab_test)."""
+"""JudgeAb (`deploy.mode = "ab"`): after each Wait of the A/B test, check that the endpoint still holds the split and
+the challenger's error alarm is not in ALARM and, once the duration has passed, decide on the live primary metric per
+variant (refit_core.ab_test)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class JudgeEvent(BaseModel):
 def handler(event: dict, context: Any) -> dict:
     config = settings()
     request = parse(JudgeEvent, event)
+    cloudwatch = client("cloudwatch")
+    alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
     result = AbVerdict(
         **judge(
             Place(config.model, config.data_bucket, config.artifact_bucket, config.endpoint_name),
@@ -45,6 +48,7 @@ def handler(event: dict, context: Any) -> dict:
             s3=client("s3"),
             sagemaker=client("sagemaker"),
             now=datetime.now(UTC),
+            error_alarm=(config.canary_alarm, alarms[0]["StateValue"] if alarms else None),
         )
     ).to_state()
     if result["result"] is not None:

@@ -201,3 +201,34 @@ def test_configuration_of_the_ab_mode():
                 ]
             }
         )
+
+
+def test_a_challenger_in_error_ends_the_test_at_once():
+    """Real users must not get a failing challenger for the rest of the duration: its error alarm (the canary alarm)
+    in ALARM rolls back at the next check, before the duration has passed and without reading any traffic."""
+    place = ab_place(check_interval_seconds=3000)
+    common = {"started_at": "2026-11-28T00:00:00+00:00", "expected_config": "ab", "s3": None, "checks": 0}
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    calm = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "OK"),
+    )
+    assert calm["next"] == "wait"
+    failing = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "ALARM"),
+    )
+    assert (failing["next"], failing["result"], failing["remaining_seconds"]) == ("rollback", "errors", 4200)
+    assert (
+        failing["reason"] == "the challenger's error alarm refit-churn--canary is in ALARM: the test ends 4,200 s early"
+    )
