@@ -65,11 +65,13 @@ class LiveTest:
         self.aws, self.tag, self.seed, self.rows, self.shift, self.labelled = aws, tag, seed, rows, shift, labelled
         self.waits = 0
         self.served: dict[str, int] = {}
+        self.weights: dict[str, float] = {}
 
     def __call__(self, state: str, seconds: int) -> None:
         self.waits += 1
         if self.waits > 1:
             return
+        self.weights = self.aws.endpoint_weights(MODEL)  # the split, while the test runs
         frame = churn_batch(self.rows, self.seed, shift=self.shift)
         keys, variants = [], []
         for start in range(0, self.rows, ROWS_PER_REQUEST):
@@ -121,6 +123,7 @@ def assert_tested_and_rolled_back(aws: LocalRuntime, record: dict, live: LiveTes
         "rollback",
     ), record["message"]
     assert live.waits == 2 and ab["checks"] == 2 and ab["remaining_seconds"] == 0
+    assert live.weights == {"champion": 0.5, "challenger": 0.5}
     assert record["message"].startswith(f"A/B test {result.replace('_', ' ')}, rolled back: ") and ab["reason"]
     assert endpoint_config(aws) == before == record["endpoint"]["config"]
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
@@ -189,6 +192,7 @@ def test_a_challenger_better_on_live_labels_is_promoted(aws):
     ), record["message"]
     assert record["message"].startswith("A/B test won, challenger promoted: challenger better: live roc_auc")
     assert ab["p_value"] < 0.05 and ab["ci_low"] > 0 and ab["checks"] == 2
+    assert live.weights == {"champion": 0.5, "challenger": 0.5}
     assert ab["challenger"]["labelled_rows"] == live.served["challenger"] >= MIN_LABELLED_ROWS
     assert ab["champion"]["labelled_rows"] == live.served["champion"] >= MIN_LABELLED_ROWS
     # The winner takes all the traffic; the registry and the record agree with the endpoint.

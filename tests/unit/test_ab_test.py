@@ -232,3 +232,39 @@ def test_a_challenger_in_error_ends_the_test_at_once():
     assert (
         failing["reason"] == "the challenger's error alarm refit-churn--canary is in ALARM: the test ends 4,200 s early"
     )
+
+
+def test_the_audit_record_says_what_the_test_decided():
+    from refit_core.audit import format_summary, summarize_run
+
+    base = {"run": {"run_id": "r1"}, "deploy": {"mode": "canary", "expected_config": "ab", "challenger_model": "m"}}
+    ab = {"started_at": "2026-11-28T00:00:00+00:00", "remaining_seconds": 0, "checks": 3}
+    won = summarize_run(
+        {**base, "ab": {**ab, "next": "promote", "result": "won", "reason": "challenger better: ..."}},
+        "churn",
+        "e",
+        "s",
+        "t",
+        None,
+    )
+    assert (won["status"], won["outcome"]) == ("SUCCEEDED", "promoted") and won["ab"]["result"] == "won"
+    assert won["message"] == "A/B test won, challenger promoted: challenger better: ..."
+    assert "A/B test: won after 3 check(s) - challenger better: ..." in format_summary(won)[1]
+    few = summarize_run(
+        {**base, "ab": {**ab, "next": "rollback", "result": "too_few_labels", "reason": "not enough labels"}},
+        "churn",
+        "e",
+        "s",
+        "t",
+        None,
+    )
+    assert (few["outcome"], few["message"]) == (
+        "rolled_back",
+        "A/B test too few labels, rolled back: not enough labels",
+    )
+    waiting = summarize_run(
+        {**base, "ab": {**ab, "next": "wait", "remaining_seconds": 600}}, "churn", "e", "s", "t", None
+    )
+    assert (waiting["status"], waiting["outcome"]) == ("FAILED", "incomplete") and "600 s were left" in waiting[
+        "message"
+    ]
