@@ -69,8 +69,9 @@ def two_sample_test(
 ) -> dict[str, Any]:
     """Is the challenger's metric better than the champion's by more than `min_effect`, the variants being
     independent samples? Returns both values, the difference challenger - champion with its two-sided (1 - 2 alpha)
-    interval (its better end is the one-sided test's bound), `p_value` (H0: improvement <= min_effect) and
-    `p_value_worse` (H0: the challenger is not worse). Both variants need rows, and for roc_auc both classes."""
+    interval (its end on the champion's side is the one-sided test's bound), `p_value` (H0: improvement <=
+    min_effect) and `p_value_worse` (H0: the challenger is not worse). Both variants need rows, and for roc_auc both
+    classes."""
     sign = 1.0 if higher_is_better(metric) else -1.0
     if metric == "roc_auc":
         auc_a, var_a = _auc_and_variance(champion.labels, champion.scores)

@@ -450,7 +450,8 @@ class ModelConfig(_Strict):
         """The longest a retrain run may take, from this model's settings, with margin: the state machine's timeout.
         Training: the spot job's max wait, then an on-demand fallback's max runtime (parallel candidates run at the
         same time), each with a poll's delay; the manual-approval wait; a bake per canary step; three endpoint updates
-        and one per further canary step; the Lambdas; in `deploy.mode = "ab"` the test's duration and its decision. A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
+        and one per further canary step; the Lambdas; in `deploy.mode = "ab"` the test's duration and its decision.
+        A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
         spot = self.spot
         training = (
             spot.effective_max_wait_seconds if spot.enabled else spot.max_runtime_seconds
