@@ -259,6 +259,16 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             ),
         },
         "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
+        "JudgeAb": {
+            **S3_READ,
+            "Resource::*": XRAY,
+            **_objects(
+                artifacts,
+                [f"{model.monitoring_prefix}captured/", f"{model.monitoring_prefix}labels/"],
+                "the A/B decision reads the monitor's parts, keyed by capture and label file under this model's prefix",
+            ),
+            **_objects(data, [model.labeling_prefix], "active learning's picks: a manifest per day"),
+        },
     }
     _acknowledge_sagemaker_role(pipeline, data, artifacts)
     for name, function in f.items():

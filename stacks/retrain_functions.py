@@ -13,7 +13,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import names
 from refit_core.approvals import approval_partition
-from refit_core.config import ModelConfig
+from refit_core.config import AB_JUDGE_SECONDS, ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
 from refit_core.network import VPC_CONFIG_ENV
 
@@ -124,6 +124,9 @@ class RetrainFunctions(Construct):
         specs = dict(SPECS)
         if model.search.parallel_jobs:
             specs["PickCandidate"] = FunctionSpec("refit_handlers.training.pick_handler", 512, 120)
+        if model.deploy.mode == "ab":
+            # The A/B decision reads the test's captured and labelled parts, as the monitor reads its window.
+            specs["JudgeAb"] = FunctionSpec("refit_handlers.ab_test.handler", 3008, AB_JUDGE_SECONDS, ephemeral_mb=2048)
         for name, spec in specs.items():
             log_group = storage.log_group(self, f"{name}Logs")
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
@@ -423,6 +426,28 @@ class RetrainFunctions(Construct):
             "dynamodb:GetItem",  # the alarm run waiting for the lock (start_next_run)
         )
         storage.topic.grant_publish(f["Cleanup"])
+
+        if "JudgeAb" in f:
+            # The monitor's parts (captured requests and labels), active learning's picks, the endpoint, the challenger's
+            # error alarm (the canary alarm): nothing else.
+            judge = f["JudgeAb"]
+            storage.grant_key(judge, write=False)
+            for kind in ("captured", "labels"):
+                read(storage.artifact_bucket, judge, f"{model.monitoring_prefix}{kind}/*")
+            read(storage.data_bucket, judge, f"{model.labeling_prefix}*")
+            judge.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["sagemaker:DescribeEndpoint"], resources=[f"{arn}:endpoint/{endpoint_name}"]
+                )
+            )
+            judge.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["cloudwatch:DescribeAlarms"],
+                    resources=[
+                        f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{canary_alarm_name}"
+                    ],
+                )
+            )
 
         for (name, bucket), patterns in readable.items():
             deny_listing_outside(f[name], bucket, patterns)

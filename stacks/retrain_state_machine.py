@@ -278,56 +278,62 @@ class RetrainStateMachine(Construct):
             return promote, rollback
 
         def variants_deploy() -> sfn.IChainable:
-            """deploy.mode variants: the staged canary on a second production variant. Built only in that mode:
-            Step Functions refuses a definition with states no path reaches."""
+            """deploy.mode variants (the staged canary on a second production variant) and ab (a fixed split on the
+            same two variants, _ab_test). Built only in those modes: Step Functions refuses a definition with states no
+            path reaches."""
             promote, rollback = promote_or_roll_back()
-            # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
-            # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
-            bake = sfn.Wait(
-                self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds))
-            )
-            start_canary = sfn.Pass(
-                self,
-                "Start canary",
-                result=sfn.Result.from_object(
-                    {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
-                ),
-                result_path="$.canary",
-            )
-            check_canary = catch_to(
-                invoke(
-                    "Check canary",
-                    "Deploy",
-                    {
-                        "action": "check_canary",
-                        "canary_started_at.$": "$.endpoint.canary_started_at",
-                        "endpoint_weights.$": "$.endpoint.variants",
-                        "history.$": "$.canary.steps",
-                    },
-                    "$.canary",
-                ),
-                rollback,
-            )
-            shift = catch_to(
-                invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
-                rollback,
-            )
-            shift.next(
-                endpoint_wait_loop(
-                    "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight"
+            ab = model.deploy.mode == "ab"  # the A/B test's split on two variants, in place of the staged canary
+            if ab:
+                after_start = self._ab_test(model, invoke, catch_to, promote, rollback)
+            else:
+                # The staged canary: a loop over canary.steps. Each step bakes, is judged against the champion on the same
+                # window (its verdict is appended to $.canary.steps), then shifts to the next share, promotes or rolls back.
+                bake = sfn.Wait(
+                    self, "Bake canary", time=sfn.WaitTime.duration(Duration.seconds(model.canary.bake_seconds))
                 )
-            )
-            start_canary.next(bake)
-            bake.next(check_canary).next(
-                sfn.Choice(self, "Canary verdict?")
-                .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
-                .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
-                .otherwise(rollback)
-            )
+                start_canary = sfn.Pass(
+                    self,
+                    "Start canary",
+                    result=sfn.Result.from_object(
+                        {"healthy": False, "reason": "the first canary step has not been judged yet", "steps": []}
+                    ),
+                    result_path="$.canary",
+                )
+                check_canary = catch_to(
+                    invoke(
+                        "Check canary",
+                        "Deploy",
+                        {
+                            "action": "check_canary",
+                            "canary_started_at.$": "$.endpoint.canary_started_at",
+                            "endpoint_weights.$": "$.endpoint.variants",
+                            "history.$": "$.canary.steps",
+                        },
+                        "$.canary",
+                    ),
+                    rollback,
+                )
+                shift = catch_to(
+                    invoke("Shift canary", "Deploy", {"action": "shift", "step.$": "$.canary.next_step"}, "$.shift"),
+                    rollback,
+                )
+                shift.next(
+                    endpoint_wait_loop(
+                        "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight"
+                    )
+                )
+                start_canary.next(bake)
+                bake.next(check_canary).next(
+                    sfn.Choice(self, "Canary verdict?")
+                    .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
+                    .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
+                    .otherwise(rollback)
+                )
+                after_start = start_canary
             after_deploy = (
                 sfn.Choice(self, "First deployment?")
                 .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-                .otherwise(start_canary)
+                .otherwise(after_start)
             )
             deploy = catch_to(
                 invoke(
@@ -338,6 +344,7 @@ class RetrainStateMachine(Construct):
                         "run_id.$": "$.run.run_id",
                         "model_data_url.$": "$.training.model_data_url",
                         "model_package_arn.$": "$.registry.model_package_arn",
+                        **({"challenger_share": model.deploy.ab.challenger_share} if ab else {}),
                     },
                     "$.deploy",
                 ),
@@ -630,5 +637,47 @@ class RetrainStateMachine(Construct):
                 endpoint_wait_loop("guarded first deploy", "$.deploy.expected_config", finalize),
             )
             .otherwise(wait)
+        )
+        return start
+
+    def _ab_test(
+        self,
+        model: ModelConfig,
+        invoke: Callable[[str, str, dict, str], tasks.LambdaInvoke],
+        catch_to: Callable[[tasks.LambdaInvoke, sfn.IChainable], tasks.LambdaInvoke],
+        promote: sfn.IChainable,
+        rollback: sfn.IChainable,
+    ) -> sfn.IChainable:
+        """`deploy.mode = "ab"`: the split holds for `deploy.ab.duration_seconds` in Waits of at most
+        `check_interval_seconds` (no Lambda is held meanwhile); after each, JudgeAb checks that the endpoint still
+        holds the split, and once the duration has passed it decides, once: promote or roll back
+        (refit_core.ab_test). An endpoint that no longer holds the split ends the test through the rollback."""
+        start = sfn.Pass(
+            self,
+            "Start AB test",
+            parameters={"next": "wait", "started_at.$": "$.endpoint.canary_started_at", **model.deploy.ab.first_wait},
+            result_path="$.ab",
+        )
+        wait = sfn.Wait(self, "Wait AB test", time=sfn.WaitTime.seconds_path("$.ab.wait_seconds"))
+        judge = catch_to(
+            invoke(
+                "Judge AB test",
+                "JudgeAb",
+                {
+                    "started_at.$": "$.ab.started_at",
+                    "remaining_seconds.$": "$.ab.remaining_seconds",
+                    "wait_seconds.$": "$.ab.wait_seconds",
+                    "checks.$": "$.ab.checks",
+                    "expected_config.$": "$.deploy.expected_config",
+                },
+                "$.ab",
+            ),
+            rollback,
+        )
+        start.next(wait).next(judge).next(
+            sfn.Choice(self, "AB verdict?")
+            .when(sfn.Condition.string_equals("$.ab.next", "wait"), wait)
+            .when(sfn.Condition.string_equals("$.ab.next", "promote"), promote)
+            .otherwise(rollback)
         )
         return start

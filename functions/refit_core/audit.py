@@ -82,6 +82,13 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", "promoted", f"guarded update promoted: {guarded.reason}"
     if guarded is not None and guarded.next == "rolled_back":
         return "SUCCEEDED", "rolled_back", f"guarded update rolled back: {guarded.reason}"
+    ab = state.ab
+    if ab is not None:  # deploy.mode "ab" (refit_core.ab_test)
+        if ab.result is None:
+            return "FAILED", "incomplete", f"the run ended during the A/B test ({ab.remaining_seconds} s were left)"
+        if ab.next == "promote":
+            return "SUCCEEDED", "promoted", f"A/B test won, challenger promoted: {ab.reason}"
+        return "SUCCEEDED", "rolled_back", f"A/B test {ab.result.replace('_', ' ')}, rolled back: {ab.reason}"
     if canary is not None and (canary.steps or canary.healthy):
         if canary.healthy and canary.next == "shift":
             return "FAILED", "incomplete", f"the run ended between canary steps: {canary.reason}"
@@ -178,6 +185,7 @@ def summarize_run(
         }
         if state.guardrails is not None
         else None,
+        "ab": state.ab.model_dump(mode="json") if state.ab is not None else None,
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -271,6 +279,9 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
             f"Guardrails: {g['next']} - {g['reason']}; endpoint {g.get('status')} on {g.get('config')} "
             f"(requested {g['expected_config']}, previous {g['previous_config']})"
         )
+    if (record.get("ab") or {}).get("result"):
+        ab = record["ab"]
+        lines.append(f"A/B test: {ab['result']} after {ab['checks']} check(s) - {ab['reason']}")
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):

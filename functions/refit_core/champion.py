@@ -157,11 +157,12 @@ def record_serving(
     reason: str | None = None,
     kind: str | None = None,
     forced: bool = False,
+    replaced_reason: str | None = None,
 ) -> list[str]:
     """Mark the package that now serves (`refit:serving=true`, since, run, the version it replaced; for a manual
     redeploy who, why and whether a Rejected version was forced) and clear the mark on the package it replaced
-    (`refit:served_until`, `refit:replaced_by_run`; a package rolled back by hand also gets who and why). Returns what
-    was changed, for the audit record."""
+    (`refit:served_until`, `refit:replaced_by_run`; a package rolled back by hand also gets who and why, one that lost
+    an A/B test `refit:replaced_reason`). Returns what was changed, for the audit record."""
     added = {SERVING: "true", SERVING_SINCE: now, SERVING_RUN: run_id}
     if previous_version is not None:
         added[PREVIOUS_VERSION] = str(previous_version)
@@ -176,6 +177,8 @@ def record_serving(
         if kind == "rollback":
             cleared.update({"refit:rolled_back_by": requested_by or "-", "refit:rolled_back_reason": reason or "-"})
             cleared["refit:rolled_back_run"] = run_id
+        if replaced_reason:
+            cleared["refit:replaced_reason"] = replaced_reason
         sagemaker.update_model_package(
             ModelPackageArn=replaced_arn,
             CustomerMetadataProperties={k: metadata_value(v) for k, v in cleared.items()},
@@ -185,7 +188,7 @@ def record_serving(
     sagemaker.update_model_package(
         ModelPackageArn=serving_arn,
         CustomerMetadataProperties={k: metadata_value(v) for k, v in added.items()},
-        CustomerMetadataPropertiesToRemove=["refit:served_until", "refit:replaced_by_run"],
+        CustomerMetadataPropertiesToRemove=["refit:served_until", "refit:replaced_by_run", "refit:replaced_reason"],
     )
     changes.append(f"{serving_arn} marked serving")
     return changes

@@ -279,7 +279,38 @@ class ShadowSettings(_Strict):
         )
 
 
-DEPLOY_MODES = ("variants", "guardrails", "shadow", "ab")
+AB_JUDGE_SECONDS = 900
+
+
+class AbSettings(_Strict):
+    """`deploy.mode = "ab"`: the challenger serves `challenger_share` of the traffic for `duration_seconds`; then the
+    live primary metric of each variant on its own labelled rows of that time (the monitor's join of captured traffic
+    and ground truth) decides, by a two-sample test of the difference (refit_core.ab_test): promoted when it is better
+    by more than `min_effect` at level `alpha`, with at least `min_labelled_rows` labelled rows on each variant; else
+    rolled back."""
+
+    challenger_share: float = Field(0.5, gt=0, lt=1, description="The challenger's fixed share of the traffic.")
+    duration_seconds: int = Field(
+        7 * 86400, ge=1, le=180 * 86400, description="How long both variants serve before the decision."
+    )
+    check_interval_seconds: int = Field(
+        3600, ge=1, le=86400, description="How often the waiting run checks that the endpoint still holds the split."
+    )
+    min_labelled_rows: int = Field(1000, ge=30, description="Per variant: fewer labelled rows is no promotion.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Level of the one-sided test that the challenger is better.")
+    min_effect: float = Field(
+        0.0, ge=0, description="Absolute improvement of the primary metric the challenger must show beyond chance."
+    )
+    bootstrap_samples: int = Field(2000, ge=200, le=20000, description="Resamples for metrics other than roc_auc.")
+
+    @property
+    def first_wait(self) -> dict[str, int]:
+        """The state the test starts from (the `Start AB test` Pass state): the whole duration ahead, the first Wait."""
+        return {
+            "remaining_seconds": self.duration_seconds,
+            "wait_seconds": min(self.check_interval_seconds, self.duration_seconds),
+            "checks": 0,
+        }
 
 
 class GuardrailsSettings(_Strict):
@@ -353,12 +384,7 @@ class DeploySettings(_Strict):
     mode: Literal["variants", "guardrails", "shadow", "ab"] = "variants"
     shadow: ShadowSettings = ShadowSettings()
     guardrails: GuardrailsSettings = GuardrailsSettings()
-
-    @model_validator(mode="after")
-    def _mode_is_built(self) -> DeploySettings:
-        if self.mode not in ("variants", "shadow", "guardrails"):
-            raise ValueError(f"deploy.mode {self.mode!r} is not available in this version; use 'variants'")
-        return self
+    ab: AbSettings = AbSettings()
 
 
 class QualityAlarmSettings(_Strict):
@@ -510,12 +536,22 @@ class ModelConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _ab_has_a_monitor(self) -> ModelConfig:
+        if self.deploy.mode == "ab" and self.monitor.schedule is None:
+            raise ValueError(
+                "deploy.mode 'ab' is decided on the live metric the monitor computes from captured traffic and "
+                "labels; set monitor.schedule (e.g. 'rate(1 hour)')"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _run_fits_an_execution(self) -> ModelConfig:
         if self.run_timeout_seconds > MAX_EXECUTION_SECONDS:
             raise ValueError(
                 f"a run may take up to {self.run_timeout_seconds} s (training wait, approval_timeout_seconds, "
-                f"canary.bake_seconds and endpoint updates), over Step Functions' {MAX_EXECUTION_SECONDS} s limit "
-                "for an execution; shorten approval_timeout_seconds or spot.max_wait_seconds"
+                f"canary.bake_seconds, deploy.ab.duration_seconds and endpoint updates), over Step Functions' "
+                f"{MAX_EXECUTION_SECONDS} s limit for an execution; shorten approval_timeout_seconds, "
+                "spot.max_wait_seconds or deploy.ab.duration_seconds"
             )
         return self
 
@@ -524,7 +560,8 @@ class ModelConfig(_Strict):
         """The longest a retrain run may take, from this model's settings, with margin: the state machine's timeout.
         Training: the spot job's max wait, then an on-demand fallback's max runtime (parallel candidates run at the
         same time), each with a poll's delay; the manual-approval wait; a bake per canary step; three endpoint updates
-        and one per further canary step; the Lambdas. A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
+        and one per further canary step; the Lambdas; in `deploy.mode = "ab"` the test's duration and its decision.
+        A run past it is stopped by Step Functions and cleaned up by the run-end rule."""
         spot = self.spot
         training = (
             spot.effective_max_wait_seconds if spot.enabled else spot.max_runtime_seconds
@@ -540,6 +577,8 @@ class ModelConfig(_Strict):
         total = training + approval + bake + endpoint + LAMBDA_ALLOWANCE_SECONDS
         if self.deploy.mode == "guardrails":  # SageMaker's update runs up to its own timeout, then rolls back
             total += self.deploy.guardrails.max_execution_timeout_seconds
+        if self.deploy.mode == "ab":  # the test's duration, and its decision
+            total += self.deploy.ab.duration_seconds + AB_JUDGE_SECONDS
         return int(total * 1.1) + 3600
 
     @property

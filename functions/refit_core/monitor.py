@@ -347,13 +347,15 @@ def _window_parts(s3: Any, place: Place, kind: str, start: datetime) -> list[str
 
 
 def window_labels(
-    s3: Any, place: Place, start: datetime, new_parts: list[str], counts: Counter
+    s3: Any, place: Place, start: datetime, new_parts: list[str], counts: Counter, since: datetime | None = None
 ) -> tuple[pd.DataFrame, set[str]]:
-    """The window's labels, first label of a key kept; a key labelled again in this run's files counts as a
-    duplicate (or a conflict when the label differs). Returns them and the keys first labelled in this run."""
+    """The window's labels (uploaded in the `monitor.window_hours` before `start`, or since `since`), first label of
+    a key kept; a key labelled again in this run's files counts as a duplicate (or a conflict when the label
+    differs). Returns them and the keys first labelled in this run."""
     frames = []
     new = set(new_parts)
-    parts = _window_parts(s3, place, "labels", start - timedelta(hours=place.model.monitor.window_hours))
+    oldest = since if since is not None else start - timedelta(hours=place.model.monitor.window_hours)
+    parts = _window_parts(s3, place, "labels", oldest)
     for part in sorted(set(parts) | new):
         frame = _read_parquet(s3, place.artifact_bucket, part)
         frame["is_new"] = part in new

@@ -436,6 +436,46 @@ class Rollback(Step):
     deleted: bool = False
 
 
+# --- Start A/B (Pass) / JudgeAb -> $.ab (deploy.mode = "ab", refit_core.ab_test) --------------------------------------
+class AbVariant(Step):
+    """One variant's live primary metric over the A/B test (refit_core.live_metrics.metric_interval)."""
+
+    captured_rows: int = 0
+    labelled_rows: int = 0
+    value: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    reason: str | None = None  # why the metric is undefined (no rows, one class)
+
+
+class AbVerdict(Step):
+    """The A/B test so far: `next` is `wait` (another Wait of `wait_seconds`; `remaining_seconds` of the duration are
+    left after it) until the duration has passed, then the decision, taken once: `promote` (result `won`) or
+    `rollback` (`lost`, `undecided`, `too_few_labels`; `errors` at any check, when the challenger's error alarm is in
+    ALARM), with both variants' metrics and the test's evidence."""
+
+    next: Literal["wait", "promote", "rollback"]
+    started_at: str
+    remaining_seconds: int
+    wait_seconds: int = 0
+    checks: int = 0
+    result: Literal["won", "lost", "undecided", "too_few_labels", "errors"] | None = None
+    reason: str | None = None
+    metric: str | None = None
+    test: str | None = None
+    alpha: float | None = None
+    min_effect: float | None = None
+    min_labelled_rows: int | None = None
+    difference: float | None = None  # challenger - champion
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None  # H0: the challenger is not better by more than min_effect
+    p_value_worse: float | None = None  # H0: the challenger is not worse
+    champion: AbVariant | None = None
+    challenger: AbVariant | None = None
+    decided_at: str | None = None
+
+
 # --- RequestApproval (task token) / ExpireApproval -> $.approval ----------------------------------------------------
 class ApprovalRequested(Step):
     """What RequestApproval returns; the state gets the decision sent with the task token (`ApprovalDecision`)."""
@@ -526,6 +566,7 @@ class RunState(BaseModel):
     canary: CanaryVerdict | None = None
     shadow: ShadowVerdict | None = None
     guardrails: GuardrailsCheck | None = None
+    ab: AbVerdict | None = None
     shift: CanaryShift | None = None
     promotion: Promotion | None = None
     rollback: Rollback | None = None

@@ -63,6 +63,7 @@ class StartDeploy(BaseModel):
     run_id: str
     model_data_url: str
     model_package_arn: str
+    challenger_share: float | None = Field(None, gt=0, lt=1)  # deploy.mode "ab": the fixed split, not canary.steps
 
 
 class StartGuarded(BaseModel):
@@ -209,7 +210,7 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     previous = current["EndpointConfigName"]
     champion_model = champion_model_of(sagemaker, previous)
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "canary")
-    plan = model.canary.plan
+    plan = [event.challenger_share] if event.challenger_share is not None else model.canary.plan
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
         ProductionVariants=canary_variants(champion_model, model_name, plan[0], model.serving_instance_type),

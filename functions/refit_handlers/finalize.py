@@ -231,6 +231,7 @@ def mark_champion(sagemaker: Any, config: Settings, state: RunState, run_id: str
         reason=run.reason if run and redeploy else None,
         kind=redeploy.kind if redeploy else None,
         forced=bool(redeploy and redeploy.forced),
+        replaced_reason=f"lost the A/B test: {state.ab.reason}" if state.ab and state.ab.result == "won" else None,
     )
 
 

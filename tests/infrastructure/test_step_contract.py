@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from refit_core.steps import (
+    AbVerdict,
     ApprovalDecision,
     ApprovalRequested,
     CanaryShift,
@@ -66,6 +67,7 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.approval.request_handler", None): ApprovalRequested,
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,
     ("refit_handlers.finalize.handler", None): FinalStep,
+    ("refit_handlers.ab_test.handler", None): AbVerdict,
 }
 # With a task token the state gets what `refit approve/reject` sends, not what the Lambda returns.
 TASK_TOKEN_OUTPUTS = {"refit_handlers.approval.request_handler": ApprovalDecision}

@@ -1,0 +1,217 @@
+"""`deploy.mode = "ab"` on the local runtime, from the synthesized template: the challenger serves half of the traffic
+for the test's duration (two Waits: the run re-checks the endpoint once before deciding), and the live ROC AUC of each
+variant on its own labelled rows — captured traffic joined with ground truth by the monitor, labels fed as
+tests/e2e/test_closed_loop.py feeds them — decides. The first batch deploys a champion trained on the old market; every
+later batch comes from the shifted market (the rule changed), so each challenger passes the gate and is tried live:
+- too few labels by the end of the test: not promoted;
+- traffic from a market that moved the other way (light users churn all the more), where the champion's rule holds
+  and the challenger's does not: rolled back;
+- traffic from a market that moved further the challenger's way, where it is better: promoted.
+In every case the champion keeps serving (or the winner takes all the traffic), and the registry and audit record
+agree with the endpoint. The tests share one runtime and run in order."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.sample_data import churn_batch, to_csv_bytes
+from tests.conftest import config_variant
+from tests.infrastructure.test_stack import CFN_LINT_ACCEPTED, cfn_lint
+from tests.infrastructure.test_step_contract import contract_problems, load
+
+MODEL = "churn"
+ROWS_PER_REQUEST = 20
+MIN_LABELLED_ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def assembly(tmp_path_factory):
+    config = config_variant(
+        tmp_path_factory,
+        "ab-test",
+        {
+            'families = ["hgb", "linear", "forest"]\nmax_trials = 3\ncv_folds = 3': (
+                'families = ["linear"]\nmax_trials = 1\ncv_folds = 2\n\n'
+                '[models.training_window]\nkind = "last_batches"\nbatches = 1'
+            ),
+            "[models.monitor]": (
+                '[models.deploy]\nmode = "ab"\n\n[models.deploy.ab]\nchallenger_share = 0.5\nduration_seconds = 2\n'
+                f"check_interval_seconds = 1\nmin_labelled_rows = {MIN_LABELLED_ROWS}\n\n[models.monitor]"
+            ),
+            "labeling_budget_per_day = 200": "labeling_budget_per_day = 0",
+            "[models.quality_alarm]\nthreshold = 0.7\nevaluation_periods = 1": "",
+        },
+    )
+    return synthesize(tmp_path_factory.mktemp("cdk-ab") / "cdk.out", config)
+
+
+@pytest.fixture(scope="module")
+def aws(assembly, tmp_path_factory):
+    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-ab"), spot_discount=0.7, seed=5) as runtime:
+        yield runtime
+
+
+class LiveTest:
+    """A "Wait AB test" hook: during the first Wait, requests (one variant each, `ROWS_PER_REQUEST` rows), then labels
+    for `labelled` of their rows, then a monitor run, which reads both; the later Wait only passes time."""
+
+    def __init__(
+        self, aws: LocalRuntime, tag: str, seed: int, rows: int, shift: float, labelled: int | None = None
+    ) -> None:
+        self.aws, self.tag, self.seed, self.rows, self.shift, self.labelled = aws, tag, seed, rows, shift, labelled
+        self.waits = 0
+        self.served: dict[str, int] = {}
+        self.weights: dict[str, float] = {}
+
+    def __call__(self, state: str, seconds: int) -> None:
+        self.waits += 1
+        if self.waits > 1:
+            return
+        self.weights = self.aws.endpoint_weights(MODEL)  # the split, while the test runs
+        frame = churn_batch(self.rows, self.seed, shift=self.shift)
+        keys, variants = [], []
+        for start in range(0, self.rows, ROWS_PER_REQUEST):
+            part = frame.iloc[start : start + ROWS_PER_REQUEST]
+            inference_id = f"{self.tag}-{start // ROWS_PER_REQUEST:05d}"
+            reply = self.aws.invoke_endpoint(
+                MODEL, part.drop(columns=["churned"]).to_csv(index=False, header=False), inference_id=inference_id
+            )
+            keys += [f"{inference_id}:{i}" for i in range(len(part))]
+            variants += [reply["variant"]] * len(part)
+        self.aws.flush_capture()
+        frame = frame.assign(inference_id=keys, variant=variants).iloc[: self.labelled]
+        self.served = frame["variant"].value_counts().to_dict()
+        hour = datetime.now(UTC).strftime("%Y/%m/%d/%H")
+        body = frame[["inference_id", "churned"]].rename(columns={"churned": "label"}).to_csv(index=False).encode()
+        self.aws.put_object(self.aws.data_bucket, f"ground-truth/{MODEL}/{hour}/{self.tag}.csv", body)
+        self.aws.run_monitor(MODEL)
+
+
+def run_with(aws: LocalRuntime, batch: str, seed: int, live: LiveTest) -> tuple[dict, dict]:
+    aws.on_wait("Wait AB test", live)
+    try:
+        execution = aws.wait_for(
+            aws.land_batch(MODEL, batch, to_csv_bytes(churn_batch(1500, seed, shift=1.0))), timeout=600
+        )
+    finally:
+        aws.on_wait("Wait AB test", None)
+    name = execution["executionArn"].rsplit(":", 1)[-1]
+    record = next(r for r in aws.audit_records(MODEL) if r["execution"] == name)
+    return execution, json.loads(json.dumps(record, default=float))  # DynamoDB numbers are Decimals
+
+
+def endpoint_config(aws: LocalRuntime) -> str:
+    return aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"]
+
+
+def package(aws: LocalRuntime, arn: str) -> dict:
+    return aws.client("sagemaker").describe_model_package(ModelPackageName=arn)
+
+
+def assert_tested_and_rolled_back(aws: LocalRuntime, record: dict, live: LiveTest, result: str, before: str) -> dict:
+    """The test ran its two Waits, was decided `result`, rolled back: the champion alone serves on its old config, the
+    record says so, and the registry marks the challenger Rejected with the test's reason."""
+    ab = record["ab"]
+    assert (record["status"], record["outcome"], ab["result"], ab["next"]) == (
+        "SUCCEEDED",
+        "rolled_back",
+        result,
+        "rollback",
+    ), record["message"]
+    assert live.waits == 2 and ab["checks"] == 2 and ab["remaining_seconds"] == 0
+    assert live.weights == {"champion": 0.5, "challenger": 0.5}
+    assert record["message"].startswith(f"A/B test {result.replace('_', ' ')}, rolled back: ") and ab["reason"]
+    assert endpoint_config(aws) == before == record["endpoint"]["config"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+    assert [(v["name"], v["weight"]) for v in record["endpoint"]["variants"]] == [("champion", 1.0)]
+    rejected = package(aws, record["registry"]["model_package_arn"])
+    assert rejected["ModelApprovalStatus"] == "Rejected"
+    assert ab["reason"][:100] in rejected["ApprovalDescription"]
+    assert rejected["CustomerMetadataProperties"]["refit:rejected_run"] == record["run_id"]
+    reply = aws.invoke_endpoint(MODEL, "12.0,70.5,1,48.0,basic,north")
+    assert reply["variant"] == "champion" and "probabilities" in json.loads(reply["body"])
+    return ab
+
+
+def test_the_ab_template_passes_cfn_lint_and_builds_the_ab_branch(assembly):
+    result = cfn_lint(assembly / "refit.template.json", *sorted(CFN_LINT_ACCEPTED))
+    assert result.returncode == 0, result.stdout + result.stderr  # and cdk-nag passed at synthesis
+    definition, handlers = load(assembly)
+    states = definition["States"]
+    assert {"Start AB test", "Wait AB test", "Judge AB test", "AB verdict?", "Promote challenger"} <= set(states)
+    assert not [name for name in states if "anary" in name and name != "Roll back canary"]  # no unreachable state
+    assert states["Deploy challenger"]["Parameters"]["challenger_share"] == 0.5
+    assert contract_problems(definition, handlers) == []
+
+
+def test_the_first_batch_deploys_the_champion(aws):
+    execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(1500, 1))), timeout=600)
+    assert execution["status"] == "SUCCEEDED"
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+
+
+def test_too_few_labels_by_the_end_of_the_test_is_no_promotion(aws):
+    before = endpoint_config(aws)
+    live = LiveTest(aws, "few", 201, rows=300, shift=1.0, labelled=150)
+    execution, record = run_with(aws, "few.csv", 5, live)
+    ab = assert_tested_and_rolled_back(aws, record, live, "too_few_labels", before)
+    counts = (ab["challenger"]["labelled_rows"], ab["champion"]["labelled_rows"])
+    assert counts == (live.served.get("challenger", 0), live.served.get("champion", 0)) and sum(counts) == 150
+    assert ab["p_value"] is None and ab["test"] is None  # never tested, whatever the difference
+    assert ab["challenger"]["captured_rows"] + ab["champion"]["captured_rows"] == 300
+    assert f"at least {MIN_LABELLED_ROWS} per variant needed" in ab["reason"]
+
+
+def test_a_challenger_worse_on_live_labels_is_rolled_back(aws):
+    """Traffic from a market that moved the other way (`shift` -1), where the champion's rule holds."""
+    before = endpoint_config(aws)
+    live = LiveTest(aws, "back", 202, rows=2000, shift=-1.0)
+    execution, record = run_with(aws, "worse.csv", 6, live)
+    ab = assert_tested_and_rolled_back(aws, record, live, "lost", before)
+    assert ab["test"] == "delong_independent" and ab["p_value_worse"] < 0.05 and ab["difference"] < 0
+    assert ab["challenger"]["labelled_rows"] == live.served["challenger"] >= MIN_LABELLED_ROWS
+    assert ab["champion"]["labelled_rows"] == live.served["champion"] >= MIN_LABELLED_ROWS
+
+
+def test_a_challenger_better_on_live_labels_is_promoted(aws):
+    """Traffic from a market that moved further the way the challenger learned (`shift` 1.5)."""
+    before = endpoint_config(aws)
+    champion_arn = package(aws, _serving_package(aws))["ModelPackageArn"]
+    live = LiveTest(aws, "further", 203, rows=2000, shift=1.5)
+    execution, record = run_with(aws, "better.csv", 7, live)
+    ab = record["ab"]
+    assert (execution["status"], record["outcome"], ab["result"], ab["next"]) == (
+        "SUCCEEDED",
+        "promoted",
+        "won",
+        "promote",
+    ), record["message"]
+    assert record["message"].startswith("A/B test won, challenger promoted: challenger better: live roc_auc")
+    assert ab["p_value"] < 0.05 and ab["ci_low"] > 0 and ab["checks"] == 2
+    assert live.weights == {"champion": 0.5, "challenger": 0.5}
+    assert ab["challenger"]["labelled_rows"] == live.served["challenger"] >= MIN_LABELLED_ROWS
+    assert ab["champion"]["labelled_rows"] == live.served["champion"] >= MIN_LABELLED_ROWS
+    # The winner takes all the traffic; the registry and the record agree with the endpoint.
+    config = endpoint_config(aws)
+    assert config != before and config == record["endpoint"]["config"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
+    assert _serving_package(aws) == record["registry"]["model_package_arn"]
+    winner = package(aws, record["registry"]["model_package_arn"])
+    assert (
+        winner["ModelApprovalStatus"] == "Approved" and winner["CustomerMetadataProperties"]["refit:serving"] == "true"
+    )
+    loser = package(aws, champion_arn)["CustomerMetadataProperties"]
+    assert "refit:serving" not in loser and loser["refit:replaced_by_run"] == record["run_id"]
+    assert loser["refit:replaced_reason"].startswith("lost the A/B test: challenger better: live roc_auc")
+
+
+def _serving_package(aws: LocalRuntime) -> str:
+    """The package the endpoint's champion variant serves (its model's environment names it)."""
+    sagemaker = aws.client("sagemaker")
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint_config(aws))
+    model = next(v["ModelName"] for v in config["ProductionVariants"] if v["VariantName"] == "champion")
+    return sagemaker.describe_model(ModelName=model)["PrimaryContainer"]["Environment"]["REFIT_MODEL_PACKAGE_ARN"]

@@ -1,0 +1,270 @@
+"""The A/B decision (refit_core.ab_test): the two-sample tests hold their level under the null and find a real
+difference, the rules around them (labels per variant, margin, undefined metrics) and the waiting check."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from refit_core.ab_test import AbTestError, Sample, decide, judge, two_sample_test, verify_split
+from refit_core.config import AbSettings, ConfigError, parse_config
+from refit_core.monitor import Place
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+
+def binormal(rng: np.random.Generator, n: int, auc: float, prevalence: float = 0.3) -> Sample:
+    """Labels with `prevalence` and probabilities from a binormal model of true ROC AUC `auc`."""
+    labels = (rng.random(n) < prevalence).astype(float)
+    separation = np.sqrt(2) * stats.norm.ppf(auc)
+    scores = rng.normal(0, 1, n) + separation * labels
+    return Sample(labels, 1 / (1 + np.exp(-scores)), n)
+
+
+def regression(rng: np.random.Generator, n: int, noise: float) -> Sample:
+    truth = rng.normal(10, 3, n)
+    return Sample(truth, truth + rng.normal(0, noise, n), n)
+
+
+def rejections(draw, metric: str, simulations: int, **options) -> float:
+    rng = np.random.default_rng(11)
+    hits = 0
+    for index in range(simulations):
+        champion, challenger = draw(rng)
+        hits += two_sample_test(metric, champion, challenger, seed=index, **options)["p_value"] < 0.05
+    return hits / simulations
+
+
+def test_delong_for_independent_samples_holds_its_level_under_the_null():
+    # Same true AUC on both variants: the challenger is "better" at 5% only by chance (400 simulations: 5% +- 3.3%).
+    rate = rejections(lambda rng: (binormal(rng, 400, 0.8), binormal(rng, 400, 0.8)), "roc_auc", 400)
+    assert 0.02 <= rate <= 0.085, rate
+
+
+def test_delong_finds_a_real_difference_and_its_values_are_roc_auc():
+    rate = rejections(lambda rng: (binormal(rng, 800, 0.7), binormal(rng, 800, 0.8)), "roc_auc", 200)
+    assert rate >= 0.9, rate
+    rng = np.random.default_rng(3)
+    champion, challenger = binormal(rng, 500, 0.7), binormal(rng, 700, 0.8)
+    result = two_sample_test("roc_auc", champion, challenger)
+    assert result["champion_value"] == pytest.approx(roc_auc_score(champion.labels, champion.scores))
+    assert result["challenger_value"] == pytest.approx(roc_auc_score(challenger.labels, challenger.scores))
+    assert result["difference"] == pytest.approx(result["challenger_value"] - result["champion_value"])
+    # The interval's lower end is the one-sided test's bound: above 0 exactly when p < alpha.
+    assert (result["ci_low"] > 0) == (result["p_value"] < 0.05)
+
+
+def auc(sample: Sample, rows: np.ndarray) -> float:
+    """ROC AUC of the rows drawn, by Mann-Whitney's U (an oracle independent of refit's placement values)."""
+    labels, scores = sample.labels[rows], sample.scores[rows]
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    return stats.mannwhitneyu(positive, negative).statistic / (positive.size * negative.size)
+
+
+def test_delong_standard_error_agrees_with_a_bootstrap_of_the_difference():
+    rng = np.random.default_rng(5)
+    champion, challenger = binormal(rng, 600, 0.75), binormal(rng, 600, 0.78)
+    result = two_sample_test("roc_auc", champion, challenger, alpha=0.025)
+    se = (result["ci_high"] - result["ci_low"]) / (2 * stats.norm.ppf(0.975))
+    draws = [auc(challenger, rng.integers(0, 600, 600)) - auc(champion, rng.integers(0, 600, 600)) for _ in range(300)]
+    assert se == pytest.approx(np.std(draws), rel=0.15)
+
+
+def test_the_bootstrap_holds_its_level_and_finds_a_real_difference():
+    """Every metric but roc_auc (here a regression's rmse): each variant resampled on its own. 120 simulations under
+    the null (5% +- 4% at three standard errors), 20 with the challenger's error 30% smaller."""
+    null = rejections(lambda rng: (regression(rng, 150, 1.0), regression(rng, 150, 1.0)), "rmse", 120, replicates=200)
+    assert 0.01 <= null <= 0.09, null
+    power = rejections(lambda rng: (regression(rng, 150, 1.4), regression(rng, 150, 1.0)), "rmse", 20, replicates=200)
+    assert power >= 0.9, power
+
+
+SETTINGS = AbSettings(min_labelled_rows=300, alpha=0.05)
+
+
+def test_a_better_challenger_wins_and_a_worse_one_loses():
+    rng = np.random.default_rng(7)
+    weak, strong = binormal(rng, 1500, 0.7), binormal(rng, 1500, 0.82)
+    won = decide(SETTINGS, "roc_auc", weak, strong)
+    assert won["result"] == "won" and won["p_value"] < 0.05 and won["test"] == "delong_independent"
+    assert won["reason"].startswith("challenger better: live roc_auc challenger 0.8")
+    assert won["challenger"]["labelled_rows"] == 1500 and won["champion"]["lower"] < won["champion"]["value"]
+    lost = decide(SETTINGS, "roc_auc", strong, weak)
+    assert lost["result"] == "lost" and lost["p_value_worse"] < 0.05 and lost["p_value"] > 0.5
+    assert lost["reason"].startswith("challenger worse: ")
+
+
+def test_too_few_labels_on_either_variant_is_no_promotion_whatever_the_difference():
+    rng = np.random.default_rng(8)
+    result = decide(SETTINGS, "roc_auc", binormal(rng, 299, 0.6), binormal(rng, 5000, 0.95))
+    assert result["result"] == "too_few_labels" and "p_value" not in result
+    assert result["reason"] == (
+        "not enough labels by the end of the A/B test: challenger 5,000, champion 299 labelled rows, at least 300 per "
+        "variant needed"
+    )
+
+
+def test_a_difference_within_the_minimum_effect_is_not_promoted():
+    rng = np.random.default_rng(9)
+    champion, challenger = binormal(rng, 20000, 0.78), binormal(rng, 20000, 0.80)
+    assert decide(SETTINGS, "roc_auc", champion, challenger)["result"] == "won"  # significant at this size
+    result = decide(AbSettings(min_labelled_rows=300, min_effect=0.03), "roc_auc", champion, challenger)
+    assert result["result"] == "undecided" and "not better by more than 0.03" in result["reason"]
+
+
+def test_an_undefined_metric_is_undecided():
+    rng = np.random.default_rng(10)
+    one_class = Sample(np.zeros(400), rng.random(400), 400)
+    result = decide(SETTINGS, "roc_auc", binormal(rng, 400, 0.7), one_class)
+    assert result["result"] == "undecided" and "of the challenger is undefined: only one class" in result["reason"]
+
+
+class Endpoint:
+    """DescribeEndpoint only."""
+
+    def __init__(self, config: str, status: str = "InService", variants=("champion", "challenger")) -> None:
+        self.reply = {
+            "EndpointStatus": status,
+            "EndpointConfigName": config,
+            "ProductionVariants": [{"VariantName": v} for v in variants],
+        }
+
+    def describe_endpoint(self, EndpointName: str) -> dict:
+        return self.reply
+
+
+def ab_place(**ab) -> Place:
+    model = parse_config(
+        {"models": [{**MODEL, "deploy": {"mode": "ab", "ab": {"duration_seconds": 7200, **ab}}}]}
+    ).models[0]
+    return Place(model, "data", "art", "refit-churn")
+
+
+MODEL = {
+    "name": "churn",
+    "problem_type": "binary_classification",
+    "target": "churned",
+    "primary_metric": "roc_auc",
+    "metric_direction": "maximize",
+}
+
+
+def test_before_the_duration_has_passed_the_check_waits_and_reads_no_traffic():
+    """Never a decision on the first difference seen: until the duration has passed the check only re-waits (S3 is
+    None here: reading any traffic would raise)."""
+    place = ab_place(check_interval_seconds=3000)
+    assert place.model.deploy.ab.first_wait == {"remaining_seconds": 7200, "wait_seconds": 3000, "checks": 0}
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    common = {"started_at": "2026-11-28T00:00:00+00:00", "expected_config": "ab", "s3": None, "now": now}
+    first = judge(place, remaining_seconds=7200, wait_seconds=3000, checks=0, sagemaker=Endpoint("ab"), **common)
+    assert first == {
+        "next": "wait",
+        "remaining_seconds": 4200,
+        "wait_seconds": 3000,
+        "checks": 1,
+        "started_at": common["started_at"],
+    }
+    second = judge(place, remaining_seconds=4200, wait_seconds=3000, checks=1, sagemaker=Endpoint("ab"), **common)
+    assert (second["next"], second["remaining_seconds"], second["wait_seconds"]) == ("wait", 1200, 1200)
+    with pytest.raises(AttributeError):  # the duration has passed: now it reads the traffic
+        judge(place, remaining_seconds=1200, wait_seconds=1200, checks=2, sagemaker=Endpoint("ab"), **common)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [Endpoint("other"), Endpoint("ab", status="Updating"), Endpoint("ab", variants=("champion",))],
+    ids=["another config", "updating", "challenger gone"],
+)
+def test_an_endpoint_that_no_longer_holds_the_split_ends_the_test(endpoint):
+    with pytest.raises(AbTestError, match="the test cannot be judged"):
+        verify_split(endpoint, "refit-churn", "ab")
+
+
+def test_configuration_of_the_ab_mode():
+    # The run's timeout covers the duration (a run past it is stopped by Step Functions).
+    assert ab_place().model.run_timeout_seconds - ab_place(duration_seconds=1).model.run_timeout_seconds >= 7199
+    with pytest.raises(ConfigError, match="deploy.mode 'ab' is decided on the live metric .* set monitor.schedule"):
+        parse_config({"models": [{**MODEL, "deploy": {"mode": "ab"}, "monitor": {"schedule": None}}]})
+    with pytest.raises(ConfigError, match="challenger_share"):
+        parse_config({"models": [{**MODEL, "deploy": {"mode": "ab", "ab": {"challenger_share": 1.0}}}]})
+    with pytest.raises(ConfigError, match="over Step Functions' 31536000 s limit"):
+        parse_config(
+            {
+                "models": [
+                    {
+                        **MODEL,
+                        "deploy": {"mode": "ab", "ab": {"duration_seconds": 180 * 86400}},
+                        "approval": "manual",
+                        "approval_timeout_seconds": 200 * 86400,
+                    }
+                ]
+            }
+        )
+
+
+def test_a_challenger_in_error_ends_the_test_at_once():
+    """Real users must not get a failing challenger for the rest of the duration: its error alarm (the canary alarm)
+    in ALARM rolls back at the next check, before the duration has passed and without reading any traffic."""
+    place = ab_place(check_interval_seconds=3000)
+    common = {"started_at": "2026-11-28T00:00:00+00:00", "expected_config": "ab", "s3": None, "checks": 0}
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    calm = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "OK"),
+    )
+    assert calm["next"] == "wait"
+    failing = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "ALARM"),
+    )
+    assert (failing["next"], failing["result"], failing["remaining_seconds"]) == ("rollback", "errors", 4200)
+    assert (
+        failing["reason"] == "the challenger's error alarm refit-churn--canary is in ALARM: the test ends 4,200 s early"
+    )
+
+
+def test_the_audit_record_says_what_the_test_decided():
+    from refit_core.audit import format_summary, summarize_run
+
+    base = {"run": {"run_id": "r1"}, "deploy": {"mode": "canary", "expected_config": "ab", "challenger_model": "m"}}
+    ab = {"started_at": "2026-11-28T00:00:00+00:00", "remaining_seconds": 0, "checks": 3}
+    won = summarize_run(
+        {**base, "ab": {**ab, "next": "promote", "result": "won", "reason": "challenger better: ..."}},
+        "churn",
+        "e",
+        "s",
+        "t",
+        None,
+    )
+    assert (won["status"], won["outcome"]) == ("SUCCEEDED", "promoted") and won["ab"]["result"] == "won"
+    assert won["message"] == "A/B test won, challenger promoted: challenger better: ..."
+    assert "A/B test: won after 3 check(s) - challenger better: ..." in format_summary(won)[1]
+    few = summarize_run(
+        {**base, "ab": {**ab, "next": "rollback", "result": "too_few_labels", "reason": "not enough labels"}},
+        "churn",
+        "e",
+        "s",
+        "t",
+        None,
+    )
+    assert (few["outcome"], few["message"]) == (
+        "rolled_back",
+        "A/B test too few labels, rolled back: not enough labels",
+    )
+    waiting = summarize_run(
+        {**base, "ab": {**ab, "next": "wait", "remaining_seconds": 600}}, "churn", "e", "s", "t", None
+    )
+    assert (waiting["status"], waiting["outcome"]) == ("FAILED", "incomplete") and "600 s were left" in waiting[
+        "message"
+    ]
