@@ -216,6 +216,7 @@ class RetrainStateMachine(Construct):
             on_ready: sfn.IChainable,
             on_failure: sfn.IChainable = restore,
             challenger_weight_path: str | None = None,
+            rescale: bool = True,
         ) -> sfn.Wait:
             wait = sfn.Wait(
                 self,
@@ -232,6 +233,14 @@ class RetrainStateMachine(Construct):
                 ),
                 on_failure,
             )
+            if rescale and model.deploy.capacity.autoscaling is not None:
+                # Every UpdateEndpoint deregistered the endpoint's scalable targets (refit_core.capacity): once
+                # InService, the serving variant gets its target and policy again before the run goes on.
+                scale = catch_to(
+                    invoke(f"Scale endpoint ({label})", "Deploy", {"action": "scale"}, "$.scaling"), on_failure
+                )
+                scale.next(on_ready)
+                on_ready = scale
             failed = sfn.Pass(
                 self,
                 f"Endpoint failed ({label})",
@@ -296,7 +305,9 @@ class RetrainStateMachine(Construct):
             rollback,
         )
         shift.next(
-            endpoint_wait_loop("canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight")
+            endpoint_wait_loop(
+                "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight", rescale=False
+            )
         )
         start_canary.next(bake)
         bake.next(check_canary).next(

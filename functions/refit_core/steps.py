@@ -265,6 +265,11 @@ class DeployStarted(Step):
     challenger_model: str
     canary_weight: float | None = None  # the first step's share
     canary_steps: list[float] | None = None  # the plan: the challenger's share at each step
+    deregistered: list[str] = Field(default_factory=list)  # variants whose scalable targets went before the update
+    challenger_instances: int | None = None  # the canary's capacity and hosting price (refit_core.capacity)
+    instance_type: str | None = None
+    price_usd_per_hour: float | None = None
+    challenger_since: str | None = None  # when the UpdateEndpoint that added the challenger was made
 
 
 class RedeployStarted(Step):
@@ -282,6 +287,7 @@ class RedeployStarted(Step):
     previous_config: str
     previous_version: int | None = None
     previous_package_arn: str | None = None
+    deregistered: list[str] = Field(default_factory=list)
 
 
 class Variant(Step):
@@ -369,12 +375,29 @@ class CanaryShift(Step):
 
 class Promotion(Step):
     expected_config: str
+    requested_at: str | None = None  # when the UpdateEndpoint was made
+    deregistered: list[str] = Field(default_factory=list)
 
 
 class Rollback(Step):
     expected_config: str | None = None
     changed: bool = False
     deleted: bool = False
+    requested_at: str | None = None
+    deregistered: list[str] = Field(default_factory=list)
+
+
+class Scaling(Step):
+    """The Deploy action `scale`: the serving variant registered for autoscaling (refit_core.capacity)."""
+
+    registered: bool
+    variant: str | None = None
+    resource_id: str | None = None
+    min_instances: int | None = None
+    max_instances: int | None = None
+    target_invocations_per_instance: float | None = None
+    policy_name: str | None = None
+    policy_arn: str | None = None
 
 
 # --- RequestApproval (task token) / ExpireApproval -> $.approval ----------------------------------------------------
@@ -469,6 +492,7 @@ class RunState(BaseModel):
     promotion: Promotion | None = None
     rollback: Rollback | None = None
     restore: Rollback | None = None
+    scaling: Scaling | None = None
     restore_error: StepError | None = None
     error: StepError | None = None
     final: FinalStep | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ class Settings:
     kms_key_arn: str
     state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
     quality_alarm: str = ""  # the model's quality alarm, when it has one (the monitor re-arms it)
+    serving_prices: dict[str, float] = field(default_factory=dict)  # hosting USD/instance-hour (the canary's cost)
 
 
 def settings() -> Settings:
@@ -59,6 +60,7 @@ def settings() -> Settings:
         kms_key_arn=env["REFIT_KMS_KEY_ARN"],
         state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
         quality_alarm=env.get("REFIT_QUALITY_ALARM", ""),
+        serving_prices=json.loads(env.get("REFIT_SERVING_PRICES", "{}")),
     )
 
 
