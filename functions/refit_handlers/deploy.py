@@ -411,7 +411,17 @@ def rollback(
         )
     deregistered = capacity.deregister(autoscaling, config.endpoint_name, current, keep)
     requested_at = now()
-    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=event.previous_config)
+    # The champion keeps the instance count it serves with (autoscaling may have scaled it out), not the count its
+    # old config started with; weights and Data Capture come from that config.
+    sagemaker.update_endpoint(
+        EndpointName=config.endpoint_name,
+        EndpointConfigName=event.previous_config,
+        RetainAllVariantProperties=True,
+        ExcludeRetainedVariantProperties=[
+            {"VariantPropertyType": "DesiredWeight"},
+            {"VariantPropertyType": "DataCaptureConfig"},
+        ],
+    )
     return {
         "expected_config": event.previous_config,
         "changed": True,

@@ -7,6 +7,11 @@
   (SageMaker developer guide, "Update endpoints that use auto scaling"); changing only a variant's model is allowed.
   moto has no UpdateEndpoint; the bridge's (bridges.Bridges.update_endpoint) calls `refuse_update`.
 - DeleteEndpoint deregisters the endpoint's scalable targets (AWS does so when the caller may deregister them).
+- UpdateEndpointWeightsAndCapacities without a DesiredInstanceCount keeps the variant's count (what Application Auto
+  Scaling set); moto sets it to null.
+- UpdateEndpoint with RetainAllVariantProperties keeps, for variants of the same name, the current instance count and
+  weight unless ExcludeRetainedVariantProperties names them (moto has no UpdateEndpoint; `retain` is applied by the
+  bridge's). Retaining DataCaptureConfig is not modelled and is refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -102,9 +107,56 @@ def deregister_endpoint(account: str, region: str, endpoint_name: str) -> None:
         deregister_scalable_target(backend, "sagemaker", f"endpoint/{endpoint_name}/variant/{variant}", DIMENSION)
 
 
+def retained_properties(retain_all: Any, excluded: list[dict[str, str]] | None) -> frozenset[str]:
+    """The variant properties an UpdateEndpoint retains from the endpoint (UpdateEndpoint's two parameters)."""
+    if str(retain_all).lower() != "true":
+        return frozenset()
+    kept = {"DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig"} - {
+        item["VariantPropertyType"] for item in excluded or []
+    }
+    if "DataCaptureConfig" in kept:
+        raise NotImplementedError(
+            "local runtime: UpdateEndpoint retaining DataCaptureConfig is not modelled; exclude it "
+            "(ExcludeRetainedVariantProperties) or leave RetainAllVariantProperties off"
+        )
+    return frozenset(kept)
+
+
+def retain(old: list[dict[str, Any]], new: list[dict[str, Any]], retained: frozenset[str]) -> None:
+    """Variants of `new` (DescribeEndpoint's ProductionVariants after an update) keep the retained properties of the
+    variant of the same name in `old`."""
+    before = {v["VariantName"]: v for v in old}
+    fields = {
+        "DesiredInstanceCount": ("CurrentInstanceCount", "DesiredInstanceCount"),
+        "DesiredWeight": ("CurrentWeight", "DesiredWeight"),
+    }
+    for variant in new:
+        previous = before.get(variant["VariantName"])
+        if previous is None:
+            continue
+        for prop in retained:
+            for key in fields[prop]:
+                if key in previous:
+                    variant[key] = previous[key]
+
+
 def patches(account: str, region: str) -> list[Any]:
     backend_class = sagemaker_backends[account][region].__class__
     moto_delete_endpoint = backend_class.delete_endpoint
+    moto_update_weights = backend_class.update_endpoint_weights_and_capacities
+
+    def update_weights(backend: Any, endpoint_name: str, desired_weights_and_capacities: list[dict[str, Any]]) -> str:
+        endpoint = backend.endpoints.get(endpoint_name)
+        counts = {
+            v["VariantName"]: (v.get("CurrentInstanceCount"), v.get("DesiredInstanceCount"))
+            for v in (endpoint.production_variants if endpoint is not None else [])
+        }
+        arn = moto_update_weights(backend, endpoint_name, desired_weights_and_capacities)
+        unchanged = {d["VariantName"] for d in desired_weights_and_capacities if d.get("DesiredInstanceCount") is None}
+        for variant in backend.endpoints[endpoint_name].production_variants:
+            if variant["VariantName"] in unchanged:
+                variant["CurrentInstanceCount"], variant["DesiredInstanceCount"] = counts[variant["VariantName"]]
+        return arn
 
     def delete_endpoint(backend: Any, endpoint_name: str) -> None:
         moto_delete_endpoint(backend, endpoint_name)
@@ -114,4 +166,5 @@ def patches(account: str, region: str) -> list[Any]:
         mock.patch.object(ApplicationAutoscalingBackend, "register_scalable_target", register_scalable_target),
         mock.patch.object(ApplicationAutoscalingBackend, "deregister_scalable_target", deregister_scalable_target),
         mock.patch.object(backend_class, "delete_endpoint", delete_endpoint),
+        mock.patch.object(backend_class, "update_endpoint_weights_and_capacities", update_weights),
     ]

@@ -494,7 +494,13 @@ class Bridges:
 
             backend = response.sagemaker_backend
             arn = bridges.update_endpoint(
-                backend, response._get_param("EndpointName"), response._get_param("EndpointConfigName")
+                backend,
+                response._get_param("EndpointName"),
+                response._get_param("EndpointConfigName"),
+                autoscaling.retained_properties(
+                    response._get_param("RetainAllVariantProperties"),
+                    response._get_param("ExcludeRetainedVariantProperties"),
+                ),
             )
             return 200, {}, json.dumps({"EndpointArn": arn})
 
@@ -932,7 +938,9 @@ class Bridges:
             )
 
     # ---------------------------------------------------------------- endpoints
-    def update_endpoint(self, backend: Any, endpoint_name: str, config_name: str) -> str:
+    def update_endpoint(
+        self, backend: Any, endpoint_name: str, config_name: str, retained: frozenset[str] = frozenset()
+    ) -> str:
         endpoint: FakeEndpoint | None = backend.endpoints.get(endpoint_name)
         if endpoint is None:
             from moto.sagemaker.exceptions import ValidationError
@@ -965,7 +973,9 @@ class Bridges:
             return endpoint.arn
         endpoint.failure_reason = None
         endpoint.endpoint_config_name = config_name
+        old_variants = endpoint.production_variants
         endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        autoscaling.retain(old_variants, endpoint.production_variants, retained)
         endpoint.endpoint_status = "InService"
         # UpdateEndpoint moves LastModifiedTime (moto leaves it at creation): the monitor dates a promotion by it.
         endpoint.last_modified_time = utcnow()

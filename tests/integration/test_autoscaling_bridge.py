@@ -123,3 +123,47 @@ def test_restore_keeps_the_targets_of_variants_the_update_leaves_in_place():
     current = [variant("m1", "champion", 0.8, "ml.m5.large"), variant("m2", "challenger", 0.2, "ml.m5.large")]
     assert capacity.unchanged_variants(current, [variant("m1", "champion", 1.0, "ml.m5.large")]) == {"champion"}
     assert capacity.unchanged_variants(current, [variant("m1", "champion", 1.0, "ml.m5.xlarge")]) == set()
+
+
+def counts(sagemaker) -> list:
+    return [
+        (v["VariantName"], v.get("CurrentInstanceCount"))
+        for v in sagemaker.describe_endpoint(EndpointName="e")["ProductionVariants"]
+    ]
+
+
+def test_a_weight_change_keeps_the_instance_count(aws):
+    sagemaker, _ = aws
+    weights_only = [{"VariantName": "champion", "DesiredWeight": 1.0}]
+    sagemaker.update_endpoint_weights_and_capacities(EndpointName="e", DesiredWeightsAndCapacities=weights_only)
+    assert counts(sagemaker) == [("champion", None)]  # moto alone forgets the count
+    patches = autoscaling.patches(ACCOUNT, REGION)
+    for patch in patches:
+        patch.start()
+    try:
+        scaled = [{"VariantName": "champion", "DesiredInstanceCount": 3}]
+        sagemaker.update_endpoint_weights_and_capacities(EndpointName="e", DesiredWeightsAndCapacities=scaled)
+        sagemaker.update_endpoint_weights_and_capacities(EndpointName="e", DesiredWeightsAndCapacities=weights_only)
+        assert counts(sagemaker) == [("champion", 3)]
+    finally:
+        for patch in patches:
+            patch.stop()
+
+
+def test_update_endpoint_retains_the_variant_properties_it_is_asked_to():
+    assert autoscaling.retained_properties(None, None) == frozenset()
+    assert autoscaling.retained_properties(
+        True, [{"VariantPropertyType": "DesiredWeight"}, {"VariantPropertyType": "DataCaptureConfig"}]
+    ) == {"DesiredInstanceCount"}
+    with pytest.raises(NotImplementedError, match="DataCaptureConfig"):
+        autoscaling.retained_properties(True, [])
+    old = [{"VariantName": "champion", "CurrentInstanceCount": 3, "DesiredInstanceCount": 3, "CurrentWeight": 0.8}]
+    new = [
+        {"VariantName": "champion", "CurrentInstanceCount": 1, "DesiredInstanceCount": 1, "CurrentWeight": 1.0},
+        {"VariantName": "other", "CurrentInstanceCount": 1},
+    ]
+    autoscaling.retain(old, new, frozenset({"DesiredInstanceCount"}))
+    assert new == [
+        {"VariantName": "champion", "CurrentInstanceCount": 3, "DesiredInstanceCount": 3, "CurrentWeight": 1.0},
+        {"VariantName": "other", "CurrentInstanceCount": 1},
+    ]

@@ -128,3 +128,87 @@ def test_the_audit_record_prices_the_canary_until_the_update_that_removed_the_ch
         }
     )[1]
     assert "Canary capacity: 2 x ml.m5.large for 1800.0s (until the rollback) = 1.0 instance-hours, $0.115" in summary
+
+
+class Recorder:
+    """A client that records the calls made on it, in one log shared by several clients, and answers from a table."""
+
+    class exceptions:  # noqa: N801 (boto3's attribute name)
+        ClientError = Exception
+
+    def __init__(self, log: list[tuple[str, dict]], answers: dict) -> None:
+        self.log, self.answers = log, answers
+
+    def __getattr__(self, name: str):
+        def call(**kwargs):
+            self.log.append((name, kwargs))
+            return self.answers.get(name, {})
+
+        return call
+
+    def get_paginator(self, name: str):
+        recorder = self
+
+        class Pages:
+            def paginate(self, **kwargs):
+                recorder.log.append((name, kwargs))
+                return [recorder.answers[name]]
+
+        return Pages()
+
+
+CANARY_ENDPOINT = {
+    "EndpointConfigName": "c-canary",
+    "EndpointStatus": "InService",
+    "ProductionVariants": [
+        {"VariantName": "champion", "CurrentInstanceCount": 5, "CurrentWeight": 0.8},
+        {"VariantName": "challenger", "CurrentInstanceCount": 2, "CurrentWeight": 0.2},
+    ],
+}
+CHAMPION_TARGET = {"ScalableTargets": [{"ResourceId": "endpoint/e/variant/champion"}]}
+
+
+def scaled_settings():
+    from tests.conftest import handler_settings
+
+    return handler_settings(
+        deploy=DeploySettings(capacity=CapacitySettings(instance_count=2, autoscaling={**SCALING, "max_instances": 4}))
+    )
+
+
+def test_promotion_deregisters_before_its_update_and_starts_at_the_serving_count():
+    from refit_handlers.deploy import Promote, promote
+
+    log: list[tuple[str, dict]] = []
+    sagemaker = Recorder(log, {"describe_endpoint": CANARY_ENDPOINT})
+    autoscaling = Recorder(log, {"describe_scalable_targets": CHAMPION_TARGET})
+    result = promote(
+        Promote(action="promote", run_id="r1", challenger_model="m2"), scaled_settings(), sagemaker, autoscaling
+    )
+    calls = [name for name, _ in log]
+    assert calls.index("deregister_scalable_target") < calls.index("update_endpoint")
+    assert result["deregistered"] == ["champion"]
+    created = next(kwargs for name, kwargs in log if name == "create_endpoint_config")
+    assert [(v["VariantName"], v["ModelName"], v["InitialInstanceCount"]) for v in created["ProductionVariants"]] == [
+        ("champion", "m2", 4)  # the champion's 5, within max_instances 4
+    ]
+
+
+def test_a_restore_keeps_the_champions_target_and_a_rollback_gives_it_back_after_the_update():
+    from refit_handlers.deploy import Rollback, rollback
+
+    config = {"ProductionVariants": [{"VariantName": "champion", "InstanceType": "ml.m5.large"}]}
+    for action, deregistered in (("restore", []), ("rollback", ["champion"])):
+        log: list[tuple[str, dict]] = []
+        sagemaker = Recorder(log, {"describe_endpoint": CANARY_ENDPOINT, "describe_endpoint_config": config})
+        autoscaling = Recorder(log, {"describe_scalable_targets": CHAMPION_TARGET})
+        result = rollback(Rollback(action=action, previous_config="c-old"), scaled_settings(), sagemaker, autoscaling)
+        assert result["deregistered"] == deregistered, action
+        calls = [name for name, _ in log]
+        assert calls[-1] == "update_endpoint" and ("deregister_scalable_target" in calls) == bool(deregistered)
+        update = log[-1][1]
+        assert update["RetainAllVariantProperties"] is True  # the champion keeps the count it serves with
+        assert {p["VariantPropertyType"] for p in update["ExcludeRetainedVariantProperties"]} == {
+            "DesiredWeight",
+            "DataCaptureConfig",
+        }
