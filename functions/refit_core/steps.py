@@ -257,7 +257,7 @@ class RegistryStep(Step):
     lineage_uri: str | None = None
 
 
-# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore ---------------------
+# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore, $.scaling ---
 class DeployStarted(Step):
     mode: Literal["create", "canary"]
     previous_config: str | None = None
