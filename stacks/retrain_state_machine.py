@@ -208,7 +208,42 @@ class RetrainStateMachine(Construct):
             "$.restore",
         )
         restore.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
-        restore.next(finalize)
+
+        def rescale_after_restore(label: str) -> sfn.IChainable:
+            """With autoscaling, a restore may follow an UpdateEndpoint that deregistered the champion's target: once
+            the endpoint is InService on the restored config, the champion is registered again. Anything failing
+            here goes to Finalize with the run's own error untouched (this loop writes only $.endpoint, $.scaling
+            and $.restore_error)."""
+            if model.deploy.capacity.autoscaling is None:
+                return finalize
+            wait = sfn.Wait(
+                self,
+                f"Wait for endpoint ({label})",
+                time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS)),
+            )
+            status = invoke(
+                f"Endpoint status ({label})",
+                "Deploy",
+                {"action": "status", "expected_config.$": "$.restore.expected_config"},
+                "$.endpoint",
+            )
+            status.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+            scale = invoke(f"Scale endpoint ({label})", "Deploy", {"action": "scale"}, "$.scaling")
+            scale.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+            scale.next(finalize)
+            wait.next(status).next(
+                sfn.Choice(self, f"Endpoint ready? ({label})")
+                .when(sfn.Condition.string_equals("$.endpoint.next", "wait"), wait)
+                .when(sfn.Condition.string_equals("$.endpoint.next", "ready"), scale)
+                .otherwise(finalize)
+            )
+            return (
+                sfn.Choice(self, f"Endpoint kept? ({label})")
+                .when(sfn.Condition.is_not_null("$.restore.expected_config"), wait)
+                .otherwise(finalize)
+            )
+
+        restore.next(rescale_after_restore("restore"))
 
         def endpoint_wait_loop(
             label: str,
@@ -447,7 +482,7 @@ class RetrainStateMachine(Construct):
             "$.restore",
         )
         restore_redeploy.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
-        restore_redeploy.next(finalize)
+        restore_redeploy.next(rescale_after_restore("restore, redeploy"))
         redeploy = catch_to(
             invoke(
                 "Redeploy version",

@@ -3,11 +3,13 @@ instance). The first run deploys the champion and registers it for autoscaling; 
 it out to 3 (the UpdateEndpointWeightsAndCapacities it makes); a canary on that champion (a quiet window, so rolled
 back) starts the champion at its 3 instances and the challenger at 2, deregisters the scalable target before each
 UpdateEndpoint and registers the champion again after each wait for InService, returns the champion to its old config
-with its 3 instances, and records the canary's instance-hours and cost. The template test reads the same synthesized
-template the runtime stands up (one synthesis for the module)."""
+with its 3 instances, and records the canary's instance-hours and cost. A `refit promote` of a version whose artifact
+does not load (SageMaker rolls the update back) restores the endpoint and registers the champion again. The template
+test reads the same synthesized template the runtime stands up (one synthesis for the module)."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime
 
@@ -15,6 +17,7 @@ import pytest
 from refit_core.capacity import DIMENSION, METRIC, POLICY_NAME
 from refit_core.names import endpoint_config_name
 
+from scripts.cli import main
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.conftest import config_variant
@@ -35,10 +38,14 @@ AUTOSCALING_WRITES = {"application-autoscaling:RegisterScalableTarget", "applica
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory):
-    config = config_variant(
+def config(tmp_path_factory):
+    return config_variant(
         tmp_path_factory, "capacity", {"[models.monitor]": CAPACITY, "max_trials = 3": "max_trials = 1"}
     )
+
+
+@pytest.fixture(scope="module")
+def aws(config, tmp_path_factory):
     assembly = synthesize(tmp_path_factory.mktemp("cdk-capacity") / "cdk.out", config)  # cdk-nag runs here
     with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-capacity"), seed=3) as runtime:
         yield runtime
@@ -219,3 +226,45 @@ def test_a_canary_on_a_scaled_out_champion_carries_its_scaling_and_records_its_c
     assert record["capacity"]["autoscaling"]["variant"] == "champion"
     summary = next(s["message"] for s in aws.published_summaries() if record["run_id"] in s["message"])
     assert "Canary capacity: 2 x ml.m5.large" in summary
+
+
+def test_a_failed_redeploy_restores_the_endpoint_and_registers_the_champion_again(aws, config, tmp_path):
+    """The redeploy deregisters the champion's target before its UpdateEndpoint; SageMaker rolls the update back
+    (the artifact does not load); the run restores (the endpoint is already on its config) and, once InService,
+    registers the champion again: the run fails, the champion keeps serving and scaling."""
+    sagemaker = aws.client("sagemaker")
+    group = aws.model(MODEL).package_group
+    packages = sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    image = sagemaker.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])["InferenceSpecification"]
+    key = f"models/{MODEL}/broken/model.tar.gz"
+    aws.put_object(aws.artifact_bucket, key, b"not a model archive")
+    sagemaker.create_model_package(
+        ModelPackageGroupName=group,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={
+            "Containers": [
+                {"Image": image["Containers"][0]["Image"], "ModelDataUrl": f"s3://{aws.artifact_bucket}/{key}"}
+            ],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+    )
+    version = len(packages) + 1
+    before = endpoint(aws)["EndpointConfigName"]
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(aws.outputs))
+    since = len(aws.iam.decisions)
+    out, err = io.StringIO(), io.StringIO()
+    arguments = ["--config", str(config), "promote", MODEL, str(version), "--follow", "--stack-outputs", str(outputs)]
+    code = main([*arguments, "--json"], out=out, err=err)
+    result = json.loads(out.getvalue())
+    assert code == 1 and result["record"]["outcome"] == "failed", err.getvalue()
+    assert "Scale endpoint (restore, redeploy)" in [s["name"] for s in result["states"]]
+    assert deploy_calls(aws, since) == [
+        "DeregisterScalableTarget",
+        "UpdateEndpoint",  # rolled back by SageMaker: still on the old config
+        "RegisterScalableTarget",
+        "PutScalingPolicy",
+    ]
+    assert endpoint(aws)["EndpointConfigName"] == before
+    assert_champion_scales(aws)
