@@ -197,3 +197,51 @@ def test_a_listing_deny_on_s3_prefix_spares_the_existence_check_of_a_read():
     for prefix in ("training/churn/", "incoming/churn-eu/", ""):
         assert not evaluate(statements, IamRequest("s3:ListBucket", BUCKET, {"s3:prefix": prefix}))[0]
     assert evaluate(statements, IamRequest("s3:ListBucket", BUCKET))[0]
+
+
+def test_scalable_target_writes_are_scoped_by_namespace_and_dimension_and_registering_needs_the_service_linked_role():
+    variants = {
+        "StringEquals": {
+            "application-autoscaling:service-namespace": "sagemaker",
+            "application-autoscaling:scalable-dimension": "sagemaker:variant:DesiredInstanceCount",
+        }
+    }
+    targets = "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/*"
+    role = (
+        "arn:aws:iam::123456789012:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+    )
+    statements = [
+        allow(["application-autoscaling:RegisterScalableTarget"], targets, Condition=variants),
+        allow(
+            "iam:CreateServiceLinkedRole",
+            role,
+            Condition={"StringLike": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}},
+        ),
+    ]
+    register = iam_requests(
+        call(
+            "application-autoscaling",
+            "RegisterScalableTarget",
+            ServiceNamespace="sagemaker",
+            ResourceId="endpoint/e/variant/champion",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+        )
+    )
+    assert [r.action for r in register] == [
+        "application-autoscaling:RegisterScalableTarget",
+        "iam:CreateServiceLinkedRole",
+    ]
+    assert all(evaluate(statements, r)[0] for r in register)
+    table = iam_requests(
+        call(
+            "application-autoscaling",
+            "RegisterScalableTarget",
+            ServiceNamespace="dynamodb",
+            ResourceId="table/t",
+            ScalableDimension="dynamodb:table:ReadCapacityUnits",
+        )
+    )
+    assert [r.action for r in table] == ["application-autoscaling:RegisterScalableTarget"]
+    assert not evaluate(statements, table[0])[0]  # another service's target: outside the grant
+    assert not evaluate(statements[:1], register[1])[0]  # without the service-linked role grant
