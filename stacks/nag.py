@@ -137,6 +137,13 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
     endpoint = pipeline.endpoint_name
     group = pipeline.package_group.model_package_group_name
     reads_endpoint = _sagemaker(endpoint, group, ("endpoint-config", "model", "model-package"))
+    scalable_targets = {
+        "Resource::arn:<AWS::Partition>:application-autoscaling:<AWS::Region>:<AWS::AccountId>:scalable-target/*": (
+            "Application Auto Scaling names a scalable target by an id it assigns; the grant is limited by condition "
+            "to SageMaker variants' instance counts (service-namespace, scalable-dimension)"
+        )
+    }
+    describe_targets = "; application-autoscaling:DescribeScalableTargets has none either"
     s3_writer = {**S3_READ, **S3_PUT, **KEY_WRITE, **KEY_REENCRYPT, "Resource::*": XRAY}
 
     findings: dict[str, dict[str, str]] = {
@@ -193,7 +200,9 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             ),
         },
         "Deploy": {
-            "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either",
+            "Resource::*": XRAY
+            + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either"
+            + describe_targets,
             **reads_endpoint,
             **(
                 {  # deploy.mode shadow: the shadow's and the champion's captured predictions
@@ -207,6 +216,7 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
                 if model.deploy.mode == "shadow"
                 else {}
             ),
+            **scalable_targets,
         },
         "Finalize": {
             **s3_writer,
@@ -225,8 +235,9 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "ExpireApproval": {"Resource::*": XRAY, **_sagemaker(endpoint, group, ("model-package",))},
         "Cleanup": {
             "Action::kms:GenerateDataKey*": KEY_WRITE["Action::kms:GenerateDataKey*"],
-            "Resource::*": XRAY,
+            "Resource::*": XRAY + describe_targets,
             **reads_endpoint,
+            **scalable_targets,
             "Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
             f"{pipeline.retrain.state_machine_name}:*": "the run-end cleanup reads the history of whichever run of "
             "this model's own state machine ended; execution names are chosen when a run starts",

@@ -66,6 +66,7 @@ class ModelPipeline(Construct):
             state_machine_name=prefix,
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
+            serving_prices=config.serving_instance_prices_usd_per_hour,
         )
         self.retrain = RetrainStateMachine(
             self,

@@ -11,7 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
-from refit_core import names
+from refit_core import capacity, names
 from refit_core.approvals import approval_partition
 from refit_core.config import AB_JUDGE_SECONDS, ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
@@ -91,6 +91,7 @@ class RetrainFunctions(Construct):
         state_machine_name: str,
         instance_prices: dict[str, float],
         code_version: str,
+        serving_prices: dict[str, float] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -112,6 +113,7 @@ class RetrainFunctions(Construct):
             "REFIT_CANARY_ALARM": canary_alarm_name,
             "REFIT_QUALITY_ALARM": quality_alarm_name if model.quality_alarm else "",
             "REFIT_INSTANCE_PRICES": json.dumps(instance_prices, sort_keys=True),
+            "REFIT_SERVING_PRICES": json.dumps(serving_prices or {}, sort_keys=True),
             "REFIT_CODE_VERSION": code_version,
             "REFIT_STATE_MACHINE_ARN": state_machine_arn,
             "REFIT_KMS_KEY_ARN": storage.key.key_arn,
@@ -379,6 +381,48 @@ class RetrainFunctions(Construct):
             # SageMaker encrypts with the project key.
             read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
             storage.grant_key(f["Deploy"], write=False)
+        # Capacity (refit_core.capacity): every endpoint change deregisters the endpoint's scalable targets first;
+        # with autoscaling configured, the serving variant is registered again with its policy. Application Auto
+        # Scaling scopes writes only by its own target ids, so the grant is on SageMaker variants by condition.
+        scalable_targets = {
+            "StringEquals": {
+                "application-autoscaling:service-namespace": capacity.NAMESPACE,
+                "application-autoscaling:scalable-dimension": capacity.DIMENSION,
+            }
+        }
+        autoscaling_arn = f"arn:{stack.partition}:application-autoscaling:{stack.region}:{stack.account}"
+        describe_targets = iam.PolicyStatement(
+            actions=["application-autoscaling:DescribeScalableTargets"],
+            resources=["*"],  # Describe* has no resource-level permissions
+        )
+        deregister_targets = iam.PolicyStatement(
+            actions=["application-autoscaling:DeregisterScalableTarget"],
+            resources=[f"{autoscaling_arn}:scalable-target/*"],
+            conditions=scalable_targets,
+        )
+        for changer in ("Deploy", "Cleanup"):  # Cleanup restores the endpoint of a run that died (deploy.rollback)
+            f[changer].add_to_role_policy(describe_targets)
+            f[changer].add_to_role_policy(deregister_targets)
+        if model.deploy.capacity.autoscaling is not None:
+            writes = ["application-autoscaling:RegisterScalableTarget", "application-autoscaling:PutScalingPolicy"]
+            f["Deploy"].add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["iam:CreateServiceLinkedRole"],
+                    resources=[
+                        f"arn:{stack.partition}:iam::{stack.account}:role/aws-service-role/"
+                        "sagemaker.application-autoscaling.amazonaws.com/"
+                        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+                    ],
+                    conditions={
+                        "StringLike": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}
+                    },
+                )
+            )
+            f["Deploy"].add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=writes, resources=[f"{autoscaling_arn}:scalable-target/*"], conditions=scalable_targets
+                )
+            )
         read(storage.data_bucket, f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")

@@ -210,7 +210,42 @@ class RetrainStateMachine(Construct):
             "$.restore",
         )
         restore.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
-        restore.next(finalize)
+
+        def rescale_after_restore(label: str) -> sfn.IChainable:
+            """With autoscaling, a restore may follow an UpdateEndpoint that deregistered the champion's target: once
+            the endpoint is InService on the restored config, the champion is registered again. Anything failing
+            here goes to Finalize with the run's own error untouched (this loop writes only $.endpoint, $.scaling
+            and $.restore_error)."""
+            if model.deploy.capacity.autoscaling is None:
+                return finalize
+            wait = sfn.Wait(
+                self,
+                f"Wait for endpoint ({label})",
+                time=sfn.WaitTime.duration(Duration.seconds(ENDPOINT_POLL_SECONDS)),
+            )
+            status = invoke(
+                f"Endpoint status ({label})",
+                "Deploy",
+                {"action": "status", "expected_config.$": "$.restore.expected_config"},
+                "$.endpoint",
+            )
+            status.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+            scale = invoke(f"Scale endpoint ({label})", "Deploy", {"action": "scale"}, "$.scaling")
+            scale.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
+            scale.next(finalize)
+            wait.next(status).next(
+                sfn.Choice(self, f"Endpoint ready? ({label})")
+                .when(sfn.Condition.string_equals("$.endpoint.next", "wait"), wait)
+                .when(sfn.Condition.string_equals("$.endpoint.next", "ready"), scale)
+                .otherwise(finalize)
+            )
+            return (
+                sfn.Choice(self, f"Endpoint kept? ({label})")
+                .when(sfn.Condition.is_not_null("$.restore.expected_config"), wait)
+                .otherwise(finalize)
+            )
+
+        restore.next(rescale_after_restore("restore"))
 
         def endpoint_wait_loop(
             label: str,
@@ -218,6 +253,7 @@ class RetrainStateMachine(Construct):
             on_ready: sfn.IChainable,
             on_failure: sfn.IChainable = restore,
             challenger_weight_path: str | None = None,
+            rescale: bool = True,
         ) -> sfn.Wait:
             wait = sfn.Wait(
                 self,
@@ -234,6 +270,14 @@ class RetrainStateMachine(Construct):
                 ),
                 on_failure,
             )
+            if rescale and model.deploy.capacity.autoscaling is not None:
+                # Every UpdateEndpoint deregistered the endpoint's scalable targets (refit_core.capacity): once
+                # InService, the serving variant gets its target and policy again before the run goes on.
+                scale = catch_to(
+                    invoke(f"Scale endpoint ({label})", "Deploy", {"action": "scale"}, "$.scaling"), on_failure
+                )
+                scale.next(on_ready)
+                on_ready = scale
             failed = sfn.Pass(
                 self,
                 f"Endpoint failed ({label})",
@@ -319,7 +363,11 @@ class RetrainStateMachine(Construct):
                 )
                 shift.next(
                     endpoint_wait_loop(
-                        "canary step", "$.shift.expected_config", bake, challenger_weight_path="$.shift.weight"
+                        "canary step",
+                        "$.shift.expected_config",
+                        bake,
+                        challenger_weight_path="$.shift.weight",
+                        rescale=False,
                     )
                 )
                 start_canary.next(bake)
@@ -525,7 +573,7 @@ class RetrainStateMachine(Construct):
             "$.restore",
         )
         restore_redeploy.add_catch(finalize, errors=ALL_ERRORS, result_path="$.restore_error")
-        restore_redeploy.next(finalize)
+        restore_redeploy.next(rescale_after_restore("restore, redeploy"))
         redeploy = catch_to(
             invoke(
                 "Redeploy version",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from refit_core.capacity import canary_cost
 from refit_core.steps import MAX_LISTED, CheckResult, RunState, StepError
 
 
@@ -112,6 +113,34 @@ TRAINING_FIELDS = (
 GATE_FIELDS = ("promote", "reason", "test", "p_value", "primary_metric", "challenger", "champion", "improvement")
 
 
+def capacity_record(state: RunState, ended_at: str) -> dict[str, Any] | None:
+    """What the run's capacity was and cost: the canary's extra instance-hours and cost (the challenger's instances x
+    its hosting price x the time from the UpdateEndpoint that added it to the one that removed it: the promotion, the
+    rollback or the restore, else the run's end), and the autoscaling registered on the serving variant."""
+    deploy, scaling = state.deploy, state.scaling
+    cost = None
+    if deploy is not None and deploy.mode == "canary" and deploy.challenger_since and deploy.challenger_instances:
+        removed = [
+            (name, step.requested_at)
+            for name, step in (("promotion", state.promotion), ("rollback", state.rollback), ("restore", state.restore))
+            if step is not None and step.requested_at
+        ]
+        until, ended_by = (removed[0][1], removed[0][0]) if removed else (ended_at, "run end")
+        cost = {
+            **canary_cost(
+                deploy.challenger_instances,
+                deploy.instance_type or "",
+                deploy.price_usd_per_hour,
+                deploy.challenger_since,
+                until,
+            ),
+            "ended_by": ended_by,
+        }
+    if cost is None and scaling is None:
+        return None
+    return {"canary": cost, "autoscaling": scaling.model_dump(mode="json") if scaling is not None else None}
+
+
 def summarize_run(
     state: RunState | dict[str, Any],
     model_name: str,
@@ -186,6 +215,7 @@ def summarize_run(
         if state.guardrails is not None
         else None,
         "ab": state.ab.model_dump(mode="json") if state.ab is not None else None,
+        "capacity": capacity_record(state, ended_at),
         "redeploy": {
             **state.redeploy.model_dump(mode="json"),
             "requested_by": run.requested_by if run else None,
@@ -282,6 +312,13 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
     if (record.get("ab") or {}).get("result"):
         ab = record["ab"]
         lines.append(f"A/B test: {ab['result']} after {ab['checks']} check(s) - {ab['reason']}")
+    canary_capacity = (record.get("capacity") or {}).get("canary")
+    if canary_capacity:
+        c = canary_capacity
+        lines.append(
+            f"Canary capacity: {c['challenger_instances']} x {c['instance_type']} for {c['seconds']}s (until the "
+            f"{c['ended_by']}) = {c['instance_hours']} instance-hours, ${c['cost_usd']}"
+        )
     if record.get("quarantined"):
         lines.append(f"Quarantined: {record['quarantined']['uri']} - {record['quarantined']['reason']}")
     if record.get("registry_update"):

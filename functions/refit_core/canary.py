@@ -23,11 +23,13 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-def variant(model_name: str, variant_name: str, weight: float, instance_type: str) -> dict[str, Any]:
+def variant(
+    model_name: str, variant_name: str, weight: float, instance_type: str, instance_count: int = 1
+) -> dict[str, Any]:
     return {
         "VariantName": variant_name,
         "ModelName": model_name,
-        "InitialInstanceCount": 1,
+        "InitialInstanceCount": instance_count,
         "InstanceType": instance_type,
         "InitialVariantWeight": weight,
     }
@@ -52,11 +54,16 @@ def data_capture(destination: str, sampling_percent: int, kms_key_arn: str) -> d
 
 
 def canary_variants(
-    champion_model: str, challenger_model: str, weight: float, instance_type: str
+    champion_model: str,
+    challenger_model: str,
+    weight: float,
+    instance_type: str,
+    champion_count: int = 1,
+    challenger_count: int = 1,
 ) -> list[dict[str, Any]]:
     return [
-        variant(champion_model, CHAMPION, round(1 - weight, 6), instance_type),
-        variant(challenger_model, CHALLENGER, weight, instance_type),
+        variant(champion_model, CHAMPION, round(1 - weight, 6), instance_type, champion_count),
+        variant(challenger_model, CHALLENGER, weight, instance_type, challenger_count),
     ]
 
 

@@ -35,6 +35,19 @@ DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
     "ml.c5.2xlarge": 0.408,
 }
 
+# SageMaker real-time inference (hosting) on-demand prices, USD per instance-hour, region us-east-1, as AWS published
+# them on its SageMaker pricing page (checked 2026-11); users add or correct theirs in
+# [serving_instance_prices_usd_per_hour]. The canary's extra cost in the audit record is priced from this table.
+DEFAULT_SERVING_PRICES_USD_PER_HOUR = {
+    "ml.t2.medium": 0.056,
+    "ml.m5.large": 0.115,
+    "ml.m5.xlarge": 0.23,
+    "ml.m5.2xlarge": 0.461,
+    "ml.m5.4xlarge": 0.922,
+    "ml.c5.large": 0.102,
+    "ml.c5.xlarge": 0.204,
+    "ml.c5.2xlarge": 0.408,
+}
 
 # How often the retrain state machine polls a training job and the endpoint (its Wait states).
 TRAINING_POLL_SECONDS = 60
@@ -375,6 +388,47 @@ class GuardrailsSettings(_Strict):
         return -(-100 // self.size) if self.size_type == "CAPACITY_PERCENT" and self.size else 2
 
 
+class AutoscalingSettings(_Strict):
+    """Target tracking on the serving variant's `SageMakerVariantInvocationsPerInstance` (Application Auto Scaling):
+    the instance count follows the traffic between `min_instances` and `max_instances`. refit carries it across every
+    endpoint change (refit_core.capacity): deregistered before an UpdateEndpoint, registered again on the variant that
+    serves once the endpoint is InService."""
+
+    min_instances: int = Field(1, ge=1, le=100, description="Never fewer instances than this.")
+    max_instances: int = Field(ge=1, le=100, description="Never more instances than this.")
+    target_invocations_per_instance: float = Field(
+        gt=0, description="Invocations per instance per minute the policy keeps the variant at."
+    )
+    scale_in_cooldown_seconds: int = Field(300, ge=0, le=3600, description="Wait after a scale-in before another.")
+    scale_out_cooldown_seconds: int = Field(60, ge=0, le=3600, description="Wait after a scale-out before another.")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> AutoscalingSettings:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"autoscaling.min_instances ({self.min_instances}) is above max_instances ({self.max_instances})"
+            )
+        return self
+
+
+class CapacitySettings(_Strict):
+    """How many instances serve (`deploy.capacity`): `instance_count` for each production variant refit creates (the
+    champion, and the challenger during a canary), and optionally `autoscaling` on the serving variant."""
+
+    instance_count: int = Field(1, ge=1, le=100, description="Instances of each production variant refit creates.")
+    autoscaling: AutoscalingSettings | None = None
+
+    @model_validator(mode="after")
+    def _count_within_bounds(self) -> CapacitySettings:
+        scaling = self.autoscaling
+        if scaling is not None and not scaling.min_instances <= self.instance_count <= scaling.max_instances:
+            raise ValueError(
+                f"capacity.instance_count ({self.instance_count}) must lie within autoscaling's min_instances "
+                f"({scaling.min_instances}) and max_instances ({scaling.max_instances})"
+            )
+        return self
+
+
 class DeploySettings(_Strict):
     """How a challenger reaches production (`deploy.mode`): `variants` (a second production variant that takes
     `canary.steps` of the traffic, each step judged against the champion), `guardrails` (SageMaker's blue/green
@@ -385,6 +439,16 @@ class DeploySettings(_Strict):
     shadow: ShadowSettings = ShadowSettings()
     guardrails: GuardrailsSettings = GuardrailsSettings()
     ab: AbSettings = AbSettings()
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+
+    @model_validator(mode="after")
+    def _autoscaling_where_it_is_carried(self) -> DeploySettings:
+        if self.capacity.autoscaling is not None and self.mode in ("shadow", "guardrails"):
+            raise ValueError(
+                f"deploy.capacity.autoscaling is carried across the endpoint updates of the variants and ab modes "
+                f"only; with deploy.mode {self.mode!r} remove it (instance_count still applies) or use 'variants'"
+            )
+        return self
 
 
 class QualityAlarmSettings(_Strict):
@@ -786,6 +850,9 @@ class RefitConfig(_Strict):
     instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_INSTANCE_PRICES_USD_PER_HOUR)
     )
+    serving_instance_prices_usd_per_hour: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SERVING_PRICES_USD_PER_HOUR)
+    )
     models: list[ModelConfig] = Field(min_length=1)
 
     @field_validator("project")
@@ -814,6 +881,11 @@ class RefitConfig(_Strict):
                         f"model {model.name!r}: no price for training_instance_type {instance!r}; "
                         "add it under [instance_prices_usd_per_hour]"
                     )
+            if model.serving_instance_type not in self.serving_instance_prices_usd_per_hour:
+                raise ValueError(
+                    f"model {model.name!r}: no hosting price for serving_instance_type "
+                    f"{model.serving_instance_type!r}; add it under [serving_instance_prices_usd_per_hour]"
+                )
         return self
 
     def prefix(self, model: str) -> str:

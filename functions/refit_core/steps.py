@@ -257,7 +257,7 @@ class RegistryStep(Step):
     lineage_uri: str | None = None
 
 
-# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore ---------------------
+# --- Deploy (each action) -> $.deploy, $.endpoint, $.canary, $.shift, $.promotion, $.rollback, $.restore, $.scaling ---
 class DeployStarted(Step):
     mode: Literal["create", "canary", "shadow", "guardrails"]
     previous_config: str | None = None
@@ -266,6 +266,11 @@ class DeployStarted(Step):
     canary_weight: float | None = None  # the first step's share
     canary_steps: list[float] | None = None  # the plan: the challenger's share at each step
     deployment_config: dict[str, Any] | None = None  # guardrails: UpdateEndpoint's DeploymentConfig as sent
+    deregistered: list[str] = Field(default_factory=list)  # variants whose scalable targets went before the update
+    challenger_instances: int | None = None  # the canary's capacity and hosting price (refit_core.capacity)
+    instance_type: str | None = None
+    price_usd_per_hour: float | None = None
+    challenger_since: str | None = None  # when the UpdateEndpoint that added the challenger was made
 
 
 class RedeployStarted(Step):
@@ -283,6 +288,7 @@ class RedeployStarted(Step):
     previous_config: str
     previous_version: int | None = None
     previous_package_arn: str | None = None
+    deregistered: list[str] = Field(default_factory=list)
 
 
 class Variant(Step):
@@ -428,12 +434,29 @@ class CanaryShift(Step):
 
 class Promotion(Step):
     expected_config: str
+    requested_at: str | None = None  # when the UpdateEndpoint was made
+    deregistered: list[str] = Field(default_factory=list)
 
 
 class Rollback(Step):
     expected_config: str | None = None
     changed: bool = False
     deleted: bool = False
+    requested_at: str | None = None
+    deregistered: list[str] = Field(default_factory=list)
+
+
+class Scaling(Step):
+    """The Deploy action `scale`: the serving variant registered for autoscaling (refit_core.capacity)."""
+
+    registered: bool
+    variant: str | None = None
+    resource_id: str | None = None
+    min_instances: int | None = None
+    max_instances: int | None = None
+    target_invocations_per_instance: float | None = None
+    policy_name: str | None = None
+    policy_arn: str | None = None
 
 
 # --- Start A/B (Pass) / JudgeAb -> $.ab (deploy.mode = "ab", refit_core.ab_test) --------------------------------------
@@ -571,6 +594,7 @@ class RunState(BaseModel):
     promotion: Promotion | None = None
     rollback: Rollback | None = None
     restore: Rollback | None = None
+    scaling: Scaling | None = None
     restore_error: StepError | None = None
     error: StepError | None = None
     final: FinalStep | None = None

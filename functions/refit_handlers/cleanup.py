@@ -79,13 +79,13 @@ def last_run_state(stepfunctions: Any, execution_arn: str) -> dict[str, Any]:
     return newest[1]
 
 
-def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) -> str:
+def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any, autoscaling: Any) -> str:
     """Put the endpoint back on the config it had before the run, when the run had started a canary or a shadow and
     not finished promoting it. A first deployment (no champion before) and a promotion under way are left as they are."""
     redeploy = state.get("redeploy") or {}
     if redeploy.get("previous_config"):  # a manual rollback / promotion that did not reach its verdict
         previous = redeploy["previous_config"]
-        result = rollback(Rollback(action="restore", previous_config=previous), config, sagemaker)
+        result = rollback(Rollback(action="restore", previous_config=previous), config, sagemaker, autoscaling)
         return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
     deploy = state.get("deploy") or {}
     if deploy.get("mode") == "guardrails":  # the update is SageMaker's: it finishes or rolls back on its own
@@ -97,7 +97,10 @@ def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any) ->
     if state.get("promotion"):
         return f"the {deploy['mode']} had passed and was being promoted; endpoint left on the promoted config"
     previous = deploy.get("previous_config") or (state.get("check") or {}).get("champion_config")
-    result = rollback(Rollback(action="rollback", previous_config=previous), config, sagemaker)
+    # Nothing registers the champion again after this: its scalable target stays unless the update forbids it.
+    result = rollback(
+        Rollback(action="rollback", previous_config=previous), config, sagemaker, autoscaling, rescaled=False
+    )
     return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
 
 
@@ -120,6 +123,7 @@ def clean_up(
     dynamodb: Any,
     sagemaker: Any,
     sns: Any,
+    autoscaling: Any,
 ) -> dict[str, Any]:
     model = config.model.name
     if audit_record_exists(dynamodb, config.audit_table, model, detail.name):
@@ -127,7 +131,7 @@ def clean_up(
     state = last_run_state(stepfunctions, detail.executionArn)
     problems: list[str] = []
     try:
-        endpoint_note = restore_endpoint(state, config, sagemaker)
+        endpoint_note = restore_endpoint(state, config, sagemaker, autoscaling)
     except Exception as error:  # the record must still be written
         endpoint_note = f"could not restore the endpoint: {type(error).__name__}: {error}"
         problems.append(endpoint_note)
@@ -181,7 +185,13 @@ def handler(event: dict, context: Any) -> dict:
     config = settings()
     parsed = parse(ExecutionStatusEvent, event)
     result = clean_up(
-        parsed.detail, config, client("stepfunctions"), client("dynamodb"), client("sagemaker"), client("sns")
+        parsed.detail,
+        config,
+        client("stepfunctions"),
+        client("dynamodb"),
+        client("sagemaker"),
+        client("sns"),
+        client("application-autoscaling"),
     )
     if result["action"] == "recorded":
         metrics.add_dimension(name="Model", value=config.model.name)

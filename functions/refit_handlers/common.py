@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ class Settings:
     state_machine_arn: str = ""  # the model's own state machine: a run that releases the lock starts the next one
     quality_alarm: str = ""  # the model's quality alarm, when it has one (the monitor re-arms it)
     vpc_config: dict[str, list[str]] | None = None  # the project's VPC for SageMaker, if any (refit_core.network)
+    serving_prices: dict[str, float] = field(default_factory=dict)  # hosting USD/instance-hour (the canary's cost)
 
 
 def settings() -> Settings:
@@ -62,6 +63,7 @@ def settings() -> Settings:
         state_machine_arn=env["REFIT_STATE_MACHINE_ARN"],
         quality_alarm=env.get("REFIT_QUALITY_ALARM", ""),
         vpc_config=vpc_config_from_json(env.get(VPC_CONFIG_ENV)),
+        serving_prices=json.loads(env.get("REFIT_SERVING_PRICES", "{}")),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
-from refit_core import names
+from refit_core import capacity, names
 from refit_core.artifacts import MODEL_SHA256_ENV
 from refit_core.canary import (
     CHALLENGER,
@@ -43,6 +43,7 @@ from refit_core.steps import (
     GuardrailsCheck,
     Promotion,
     RedeployStarted,
+    Scaling,
     ShadowVerdict,
     Step,
     Variant,
@@ -120,6 +121,10 @@ class Rollback(BaseModel):
     previous_config: str | None = None
 
 
+class ScaleEndpoint(BaseModel):
+    action: Literal["scale"]
+
+
 class Redeploy(BaseModel):
     action: Literal["redeploy"]
     run_id: str
@@ -137,6 +142,7 @@ class DeployEvent(BaseModel):
         | Promote
         | Rollback
         | Redeploy
+        | ScaleEndpoint
         | StartShadow
         | CheckShadow
         | StartGuarded
@@ -184,7 +190,15 @@ def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: s
     config_name = names.endpoint_config_name(config.endpoint_name, run_id, "first")
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        ProductionVariants=[
+            variant(
+                model_name,
+                CHAMPION,
+                1.0,
+                config.model.serving_instance_type,
+                config.model.deploy.capacity.instance_count,
+            )
+        ],
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
@@ -201,8 +215,13 @@ def champion_model_of(sagemaker: Any, config_name: str) -> str:
     )
 
 
-def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def start(event: StartDeploy, config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
     model = config.model
+    fleet = model.deploy.capacity
     model_name = create_challenger_model(event, config, sagemaker)
     current = describe_endpoint(sagemaker, config.endpoint_name)
     if current is None:
@@ -213,10 +232,19 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
     plan = [event.challenger_share] if event.challenger_share is not None else model.canary.plan
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=canary_variants(champion_model, model_name, plan[0], model.serving_instance_type),
+        ProductionVariants=canary_variants(
+            champion_model,
+            model_name,
+            plan[0],
+            model.serving_instance_type,
+            champion_count=capacity.initial_count(fleet, capacity.current_counts(current).get(CHAMPION)),
+            challenger_count=fleet.instance_count,
+        ),
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
+    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
+    since = now()
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
         "mode": "canary",
@@ -225,6 +253,11 @@ def start(event: StartDeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         "challenger_model": model_name,
         "canary_weight": plan[0],
         "canary_steps": plan,
+        "deregistered": deregistered,
+        "challenger_instances": fleet.instance_count,
+        "instance_type": model.serving_instance_type,
+        "price_usd_per_hour": config.serving_prices.get(model.serving_instance_type),
+        "challenger_since": since,
     }
 
 
@@ -528,27 +561,39 @@ def shift(event: ShiftCanary, config: Settings, sagemaker: Any) -> dict[str, Any
     return {"step": event.step, "weight": weight, "expected_config": current["EndpointConfigName"]}
 
 
-def promote(event: Promote, config: Settings, sagemaker: Any) -> dict[str, Any]:
+def promote(event: Promote, config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
+    """The challenger's model becomes the single `champion` variant, starting at the count the champion serves with
+    (capacity.initial_count); the scalable targets go before the UpdateEndpoint and come back after InService."""
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "final")
+    current = describe_endpoint(sagemaker, config.endpoint_name)
+    count = capacity.initial_count(config.model.deploy.capacity, capacity.current_counts(current).get(CHAMPION))
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type)],
+        ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type, count)],
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
+    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
+    requested_at = now()
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
-    return {"expected_config": config_name}
+    return {"expected_config": config_name, "requested_at": requested_at, "deregistered": deregistered}
 
 
-def rollback(event: Rollback, config: Settings, sagemaker: Any) -> dict[str, Any]:
-    """Cut the challenger's traffic at once, then return the endpoint to the config it had before the run."""
+def rollback(
+    event: Rollback, config: Settings, sagemaker: Any, autoscaling: Any, rescaled: bool | None = None
+) -> dict[str, Any]:
+    """Cut the challenger's traffic at once, then return the endpoint to the config it had before the run. When a
+    registration follows (`rescaled`; by default for a rollback, whose wait for InService registers the champion
+    again) every scalable target is deregistered first; otherwise (a restore, the Cleanup function) only the targets
+    of variants the old config drops or puts on another instance type, so the champion keeps its scaling
+    (DeleteEndpoint deregisters the endpoint's targets itself)."""
     current = describe_endpoint(sagemaker, config.endpoint_name)
     if current is None:
         return {"expected_config": None, "changed": False}
     if event.previous_config is None:
         if event.action == "restore":
             sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
-            return {"expected_config": None, "changed": True, "deleted": True}
+            return {"expected_config": None, "changed": True, "deleted": True, "requested_at": now()}
         return {"expected_config": current["EndpointConfigName"], "changed": False}
     if current["EndpointConfigName"] == event.previous_config:
         return {"expected_config": event.previous_config, "changed": False}
@@ -561,11 +606,34 @@ def rollback(event: Rollback, config: Settings, sagemaker: Any) -> dict[str, Any
                 {"VariantName": CHALLENGER, "DesiredWeight": 0.0},
             ],
         )
-    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=event.previous_config)
-    return {"expected_config": event.previous_config, "changed": True}
+    keep = None
+    if not (event.action == "rollback" if rescaled is None else rescaled):
+        keep = capacity.unchanged_variants(
+            sagemaker.describe_endpoint_config(EndpointConfigName=current["EndpointConfigName"])["ProductionVariants"],
+            sagemaker.describe_endpoint_config(EndpointConfigName=event.previous_config)["ProductionVariants"],
+        )
+    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current, keep)
+    requested_at = now()
+    # The champion keeps the instance count it serves with (autoscaling may have scaled it out), not the count its
+    # old config started with; weights and Data Capture come from that config.
+    sagemaker.update_endpoint(
+        EndpointName=config.endpoint_name,
+        EndpointConfigName=event.previous_config,
+        RetainAllVariantProperties=True,
+        ExcludeRetainedVariantProperties=[
+            {"VariantPropertyType": "DesiredWeight"},
+            {"VariantPropertyType": "DataCaptureConfig"},
+        ],
+    )
+    return {
+        "expected_config": event.previous_config,
+        "changed": True,
+        "requested_at": requested_at,
+        "deregistered": deregistered,
+    }
 
 
-def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any]:
+def redeploy(event: Redeploy, config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
     """A manual rollback or promotion: put registered version `event.version` on the endpoint as the single champion
     variant (its own model artifact and image, a `--redeploy` config with Data Capture). The version is checked again
     here (the CLI checked it before starting the run): in the group, not Rejected unless forced, not serving already.
@@ -594,12 +662,14 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         Tags=[{"Key": "refit:model", "Value": config.model.name}, {"Key": "refit:run", "Value": event.run_id}],
     )
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "redeploy")
+    count = capacity.initial_count(config.model.deploy.capacity, capacity.current_counts(current).get(CHAMPION))
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type, count)],
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
+    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
         "kind": event.kind,
@@ -613,7 +683,23 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any) -> dict[str, Any
         "previous_config": current["EndpointConfigName"],
         "previous_version": champion.get("version") if champion else None,
         "previous_package_arn": champion.get("model_package_arn") if champion else None,
+        "deregistered": deregistered,
     }
+
+
+def scale(config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
+    """After every wait for InService: the serving variant (`champion`) registered as a scalable target with the
+    target-tracking policy (refit_core.capacity). Only built into the state machine when autoscaling is configured."""
+    scaling = config.model.deploy.capacity.autoscaling
+    if scaling is None:
+        return {"registered": False}
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    if endpoint is None:
+        raise ValueError(f"scale: endpoint {config.endpoint_name} does not exist")
+    serving = {v["VariantName"] for v in endpoint.get("ProductionVariants", [])}
+    if CHAMPION not in serving:
+        raise ValueError(f"scale: endpoint {config.endpoint_name} has no {CHAMPION} variant (it has {sorted(serving)})")
+    return {"registered": True, **capacity.register(autoscaling, config.endpoint_name, CHAMPION, scaling)}
 
 
 OUTPUTS: dict[str, type[Step]] = {
@@ -629,12 +715,13 @@ OUTPUTS: dict[str, type[Step]] = {
     "check_shadow": ShadowVerdict,
     "start_guardrails": DeployStarted,
     "guardrails_status": GuardrailsCheck,
+    "scale": Scaling,
 }  # the step contract of each action (refit_core.steps)
 
 
 def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, StartDeploy):
-        return start(request, config, client("sagemaker"))
+        return start(request, config, client("sagemaker"), client("application-autoscaling"))
     if isinstance(request, EndpointStatus):
         return status(request, config, client("sagemaker"))
     if isinstance(request, CheckCanary):
@@ -642,9 +729,11 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, ShiftCanary):
         return shift(request, config, client("sagemaker"))
     if isinstance(request, Promote):
-        return promote(request, config, client("sagemaker"))
+        return promote(request, config, client("sagemaker"), client("application-autoscaling"))
     if isinstance(request, Redeploy):
-        return redeploy(request, config, client("sagemaker"))
+        return redeploy(request, config, client("sagemaker"), client("application-autoscaling"))
+    if isinstance(request, ScaleEndpoint):
+        return scale(config, client("sagemaker"), client("application-autoscaling"))
     if isinstance(request, StartShadow):
         return start_shadow(request, config, client("sagemaker"))
     if isinstance(request, CheckShadow):
@@ -653,7 +742,7 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return start_guardrails(request, config, client("sagemaker"))
     if isinstance(request, GuardedStatus):
         return guardrails_status(request, config, client("sagemaker"), client("cloudwatch"))
-    return rollback(request, config, client("sagemaker"))
+    return rollback(request, config, client("sagemaker"), client("application-autoscaling"))
 
 
 @logger.inject_lambda_context

@@ -59,6 +59,10 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   can compare p99 ModelLatency per variant) and a call naming both is refused as CloudWatch refuses it.
 - CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms on
   the metrics it touched, and a state change puts the "CloudWatch Alarm State Change" event, so rules on it fire.
+- Application Auto Scaling (autoscaling.py): moto registers any SageMaker resource id without bounds, keeps a
+  deregistered target's policies and knows no UpdateEndpoint; here a variant must exist to be registered, a new
+  target needs its bounds, deregistering deletes the policies, DeleteEndpoint deregisters the endpoint's targets, and
+  UpdateEndpoint fails while a variant it removes or moves to another instance type is registered.
 - Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
   session, and its own copies of refit's modules); training and serving read and write S3 as the job's or model's
   role. The local IAM (iam.py) authorizes those calls.
@@ -113,6 +117,7 @@ from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_funct
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 
+from scripts.local_aws import autoscaling
 from scripts.local_aws.alarms import STATES, AlarmSpec, Datapoint, alarm_event_time, evaluate_alarm
 from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
@@ -559,7 +564,13 @@ class Bridges:
                 )
                 return 200, {}, json.dumps({"EndpointArn": arn})
             arn = bridges.update_endpoint(
-                backend, response._get_param("EndpointName"), response._get_param("EndpointConfigName")
+                backend,
+                response._get_param("EndpointName"),
+                response._get_param("EndpointConfigName"),
+                autoscaling.retained_properties(
+                    response._get_param("RetainAllVariantProperties"),
+                    response._get_param("ExcludeRetainedVariantProperties"),
+                ),
             )
             return 200, {}, json.dumps({"EndpointArn": arn})
 
@@ -663,6 +674,7 @@ class Bridges:
             mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),
+            *autoscaling.patches(self.account, self.region),
         ]
         for patch in self.patches:
             patch.start()
@@ -1007,7 +1019,9 @@ class Bridges:
             )
 
     # ---------------------------------------------------------------- endpoints
-    def update_endpoint(self, backend: Any, endpoint_name: str, config_name: str) -> str:
+    def update_endpoint(
+        self, backend: Any, endpoint_name: str, config_name: str, retained: frozenset[str] = frozenset()
+    ) -> str:
         endpoint: FakeEndpoint | None = backend.endpoints.get(endpoint_name)
         if endpoint is None:
             raise SageMakerValidationError(message=f'Could not find endpoint "{endpoint_name}".')
@@ -1015,6 +1029,18 @@ class Bridges:
             raise SageMakerValidationError(message=f'Cannot update in-progress endpoint "{endpoint.arn}".')
         self._end_guarded(endpoint_name)  # an UpdateEndpoint is SageMaker's remedy for UpdateRollbackFailed
         config = backend.describe_endpoint_config(config_name)
+        current = backend.endpoint_configs.get(endpoint.endpoint_config_name)
+        refused = autoscaling.refuse_update(
+            self.account,
+            self.region,
+            endpoint_name,
+            current.production_variants if current is not None else [],
+            config["ProductionVariants"],
+        )
+        if refused is not None:
+            from moto.sagemaker.exceptions import ValidationError
+
+            raise ValidationError(message=refused)
         try:
             for production_variant in [*config["ProductionVariants"], *config.get("ShadowProductionVariants", [])]:
                 self._serve(production_variant["ModelName"])  # SageMaker's health check of the new fleet
@@ -1029,7 +1055,9 @@ class Bridges:
             return endpoint.arn
         endpoint.failure_reason = None
         endpoint.endpoint_config_name = config_name
+        old_variants = endpoint.production_variants
         endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+        autoscaling.retain(old_variants, endpoint.production_variants, retained)
         endpoint.endpoint_status = "InService"
         # UpdateEndpoint moves LastModifiedTime (moto leaves it at creation): the monitor dates a promotion by it.
         endpoint.last_modified_time = utcnow()

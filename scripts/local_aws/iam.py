@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import re
 import threading
 from collections.abc import Callable
@@ -336,6 +337,40 @@ def _alarms(call: Call) -> list[IamRequest]:
     return [IamRequest("cloudwatch:DescribeAlarms", call.arn("cloudwatch", f"alarm:{name}")) for name in names]
 
 
+SAGEMAKER_AUTOSCALING_ROLE = (
+    "role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+    "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+)
+
+
+def _scalable_target(action: str) -> Callable[[Call], list[IamRequest]]:
+    """Application Auto Scaling authorizes writes on the scalable target's ARN, `scalable-target/<id>` with an id the
+    service assigns (so a policy names `scalable-target/*`), with the condition keys service-namespace and
+    scalable-dimension. Registering the first SageMaker target creates the service-linked role, which needs
+    iam:CreateServiceLinkedRole for that service (required here on every registration: the stricter reading)."""
+
+    def requests(call: Call) -> list[IamRequest]:
+        context = {"application-autoscaling:service-namespace": call.params["ServiceNamespace"]}
+        if "ScalableDimension" in call.params:
+            context["application-autoscaling:scalable-dimension"] = call.params["ScalableDimension"]
+        target_id = hashlib.sha256(call.params["ResourceId"].encode()).hexdigest()[:32]
+        out = [IamRequest(action, call.arn("application-autoscaling", f"scalable-target/{target_id}"), context)]
+        if (
+            action == "application-autoscaling:RegisterScalableTarget"
+            and call.params["ServiceNamespace"] == "sagemaker"
+        ):
+            out.append(
+                IamRequest(
+                    "iam:CreateServiceLinkedRole",
+                    call.arn("iam", SAGEMAKER_AUTOSCALING_ROLE, region=""),
+                    {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"},
+                )
+            )
+        return out
+
+    return requests
+
+
 REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("s3", "GetObject"): _s3_get,
     ("s3", "HeadObject"): _s3_get,
@@ -438,6 +473,16 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
         for entry in call.params["Entries"]
     ],
     ("sts", "GetCallerIdentity"): lambda call: [],  # needs no permission
+    ("application-autoscaling", "RegisterScalableTarget"): _scalable_target(
+        "application-autoscaling:RegisterScalableTarget"
+    ),
+    ("application-autoscaling", "DeregisterScalableTarget"): _scalable_target(
+        "application-autoscaling:DeregisterScalableTarget"
+    ),
+    ("application-autoscaling", "PutScalingPolicy"): _scalable_target("application-autoscaling:PutScalingPolicy"),
+    ("application-autoscaling", "DescribeScalableTargets"): _everything(
+        "application-autoscaling:DescribeScalableTargets"
+    ),
 }
 
 

@@ -311,7 +311,7 @@ def test_the_run_end_cleanup_leaves_a_guarded_update_to_sagemaker_and_keeps_the_
     when the endpoint is InService on the config the update asked for."""
     state = run_state({"next": "wait", "reason": "under way"})
     sagemaker = RecordingSageMaker(endpoint("Updating", "e--old"), ["champion"])
-    note = restore_endpoint(state, handler_settings(), sagemaker)
+    note = restore_endpoint(state, handler_settings(), sagemaker, autoscaling=None)  # not touched either
     assert note == "a guarded update to e--new was started; it is SageMaker's to finish or roll back"
     assert sagemaker.calls == []
     view = {"status": "InService", "config": "e--new"}

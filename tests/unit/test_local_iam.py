@@ -248,3 +248,51 @@ def test_sagemaker_create_requests_carry_isolation_key_and_vpc_condition_keys():
     ):
         (create, _) = iam_requests(call("sagemaker", "CreateTrainingJob", **{**training, **changed}))
         assert not evaluate(policy, create)[0], changed
+
+
+def test_scalable_target_writes_are_scoped_by_namespace_and_dimension_and_registering_needs_the_service_linked_role():
+    variants = {
+        "StringEquals": {
+            "application-autoscaling:service-namespace": "sagemaker",
+            "application-autoscaling:scalable-dimension": "sagemaker:variant:DesiredInstanceCount",
+        }
+    }
+    targets = "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/*"
+    role = (
+        "arn:aws:iam::123456789012:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+    )
+    statements = [
+        allow(["application-autoscaling:RegisterScalableTarget"], targets, Condition=variants),
+        allow(
+            "iam:CreateServiceLinkedRole",
+            role,
+            Condition={"StringLike": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}},
+        ),
+    ]
+    register = iam_requests(
+        call(
+            "application-autoscaling",
+            "RegisterScalableTarget",
+            ServiceNamespace="sagemaker",
+            ResourceId="endpoint/e/variant/champion",
+            ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+        )
+    )
+    assert [r.action for r in register] == [
+        "application-autoscaling:RegisterScalableTarget",
+        "iam:CreateServiceLinkedRole",
+    ]
+    assert all(evaluate(statements, r)[0] for r in register)
+    table = iam_requests(
+        call(
+            "application-autoscaling",
+            "RegisterScalableTarget",
+            ServiceNamespace="dynamodb",
+            ResourceId="table/t",
+            ScalableDimension="dynamodb:table:ReadCapacityUnits",
+        )
+    )
+    assert [r.action for r in table] == ["application-autoscaling:RegisterScalableTarget"]
+    assert not evaluate(statements, table[0])[0]  # another service's target: outside the grant
+    assert not evaluate(statements[:1], register[1])[0]  # without the service-linked role grant

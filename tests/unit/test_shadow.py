@@ -196,19 +196,32 @@ class _Endpoint:
             "ShadowProductionVariants": [{"VariantName": "challenger", "CurrentWeight": 1.0}],
         }
 
-    def update_endpoint(self, EndpointName: str, EndpointConfigName: str) -> dict:
+    def describe_endpoint_config(self, EndpointConfigName: str) -> dict:
+        return {"ProductionVariants": [{"VariantName": "champion", "InstanceType": "ml.m5.large"}]}
+
+    def update_endpoint(self, EndpointName: str, EndpointConfigName: str, **retained: object) -> dict:
         self.updates.append(EndpointConfigName)
         return {}
+
+
+class _NoScalableTargets:
+    """Application Auto Scaling with no target registered (deploy.capacity without autoscaling)."""
+
+    def describe_scalable_targets(self, **request: object) -> dict:
+        return {"ScalableTargets": []}
 
 
 def test_a_run_that_ends_during_the_shadow_bake_is_cleaned_up_to_the_champion_alone():
     sagemaker = _Endpoint()
     message = restore_endpoint(
-        {"deploy": DEPLOY, "shadow": {"healthy": False, "reason": "x"}}, handler_settings(), sagemaker
+        {"deploy": DEPLOY, "shadow": {"healthy": False, "reason": "x"}},
+        handler_settings(),
+        sagemaker,
+        _NoScalableTargets(),
     )
     assert sagemaker.updates == ["c1"] and message == "endpoint returned to c1"
     promoting = _Endpoint()
     message = restore_endpoint(
-        {"deploy": DEPLOY, "promotion": {"expected_config": "c3"}}, handler_settings(), promoting
+        {"deploy": DEPLOY, "promotion": {"expected_config": "c3"}}, handler_settings(), promoting, _NoScalableTargets()
     )
     assert promoting.updates == [] and message.startswith("the shadow had passed and was being promoted")
