@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from moto import mock_aws
 from refit_core.audit import format_summary, summarize_run
 from refit_core.canary import VariantWindow
 from refit_core.capture import captured_scores
@@ -204,24 +205,28 @@ class _Endpoint:
         return {}
 
 
-class _NoScalableTargets:
-    """Application Auto Scaling with no target registered (deploy.capacity without autoscaling)."""
+def _no_scalable_targets():
+    """Application Auto Scaling (moto) with no target registered: deploy.capacity without autoscaling."""
+    import boto3
 
-    def describe_scalable_targets(self, **request: object) -> dict:
-        return {"ScalableTargets": []}
+    return boto3.client("application-autoscaling", region_name="us-east-1")
 
 
+@mock_aws
 def test_a_run_that_ends_during_the_shadow_bake_is_cleaned_up_to_the_champion_alone():
     sagemaker = _Endpoint()
     message = restore_endpoint(
         {"deploy": DEPLOY, "shadow": {"healthy": False, "reason": "x"}},
         handler_settings(),
         sagemaker,
-        _NoScalableTargets(),
+        _no_scalable_targets(),
     )
     assert sagemaker.updates == ["c1"] and message == "endpoint returned to c1"
     promoting = _Endpoint()
     message = restore_endpoint(
-        {"deploy": DEPLOY, "promotion": {"expected_config": "c3"}}, handler_settings(), promoting, _NoScalableTargets()
+        {"deploy": DEPLOY, "promotion": {"expected_config": "c3"}},
+        handler_settings(),
+        promoting,
+        _no_scalable_targets(),
     )
     assert promoting.updates == [] and message.startswith("the shadow had passed and was being promoted")
