@@ -9,6 +9,7 @@ from refit_core import names
 from refit_core.config import ModelConfig, RefitConfig
 
 from stacks.approvers import ApproverRole
+from stacks.mlflow_errors import MlflowErrorsAlarm
 from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
 from stacks.retrain_functions import RetrainFunctions
@@ -62,6 +63,8 @@ class ModelPipeline(Construct):
             state_machine_name=prefix,
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
+            mlflow=config.mlflow,
+            project=config.project,
         )
         self.retrain = RetrainStateMachine(
             self,
@@ -101,6 +104,12 @@ class ModelPipeline(Construct):
             dead_letters=storage.dead_letters,
         )
         alarms = [self.monitor_schedule.failures, self.triggers.canary_alarm, self.run_end.alarm]
+        self.mlflow_errors = None
+        if "MlflowSync" in self.functions.functions:
+            self.mlflow_errors = MlflowErrorsAlarm(
+                self, "MlflowErrors", model=model, topic=storage.topic, alarm_name=names.alarm_name(prefix, "mlflow")
+            )
+            alarms.append(self.mlflow_errors.alarm)
         if self.triggers.quality_alarm is not None:
             alarms.insert(0, self.triggers.quality_alarm)
         self.dashboard = ModelDashboard(
