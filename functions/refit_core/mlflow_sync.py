@@ -10,6 +10,7 @@ dicts, and is idempotent: a retried call finds the MLflow run and version it mad
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,12 @@ RUN_TAG = "refit.run_id"
 PACKAGE_TAG = "refit.model_package_arn"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_TAG_CHARS = 5000  # kept under MLflow's limit on a run tag value
+MAX_KEY_CHARS = 250  # MLflow's limit on a param, metric or tag key
+UNNAMEABLE = re.compile(r"[^\w.\- :/]")  # what MLflow refuses in a key (a CV candidate's key holds '=' and ',')
+
+
+def _key(name: str) -> str:
+    return UNNAMEABLE.sub("_", name)[:MAX_KEY_CHARS]
 
 
 @dataclass
@@ -60,6 +67,8 @@ def run_contents(
     lineage, evaluation = lineage or {}, evaluation or {}
     settings: dict[str, Any] = {}
     _flat("", lineage.get("hyperparameters") or {}, settings)
+    for name in [k for k in settings if k.startswith("window.files.") or k == "run_id"]:
+        del settings[name]  # one entry per file read (the lineage document lists them); the run id is a tag
     search = evaluation.get("search") or {}
     _flat("chosen", search.get("params") or {}, settings)
     for key in ("family", "cv_metric", "cv_folds", "best"):
@@ -68,7 +77,7 @@ def run_contents(
     for key in ("n_train", "n_holdout"):
         if evaluation.get(key) is not None:
             settings[key] = evaluation[key]
-    contents.params = {k[:250]: str(v)[:MAX_PARAM_CHARS] for k, v in settings.items() if v is not None}
+    contents.params = {_key(k): str(v)[:MAX_PARAM_CHARS] for k, v in settings.items() if v is not None}
 
     metrics: dict[str, Any] = {}
     for side in ("challenger", "champion"):
@@ -95,7 +104,7 @@ def run_contents(
     training = record.get("training") or {}
     for key in ("training_seconds", "billable_seconds", "savings_percent", "estimated_cost_usd"):
         metrics[f"training.{key}"] = training.get(key)
-    contents.metrics = {k[:250]: n for k, v in metrics.items() if (n := _number(v)) is not None}
+    contents.metrics = {_key(k): n for k, v in metrics.items() if (n := _number(v)) is not None}
 
     registry = record.get("registry") or {}
     tags = {

@@ -8,8 +8,10 @@ import json
 
 import boto3
 import pytest
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from moto import mock_aws
 from refit_handlers import mlflow_sync
+from refit_handlers.common import to_dynamodb
 
 from scripts.local_aws.bridges import LambdaContext
 from tests.conftest import create_audit_table
@@ -78,16 +80,10 @@ def aws(monkeypatch):
 
 
 def store(dynamodb, item):
-    from boto3.dynamodb.types import TypeSerializer
-
-    from refit_handlers.common import to_dynamodb
-
     dynamodb.put_item(TableName="audit", Item={k: TypeSerializer().serialize(v) for k, v in to_dynamodb(item).items()})
 
 
 def stored(dynamodb):
-    from boto3.dynamodb.types import TypeDeserializer
-
     item = dynamodb.get_item(TableName="audit", Key={k: {"S": v} for k, v in KEY.items()})["Item"]
     return {k: TypeDeserializer().deserialize(v) for k, v in item.items()}
 
