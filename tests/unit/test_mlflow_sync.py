@@ -79,7 +79,12 @@ LINEAGE = {
 EVALUATION = {
     "metrics": {"challenger": {"roc_auc": 0.81, "log_loss": float("nan")}, "champion": {"roc_auc": 0.78}},
     "intervals": {"challenger": {"roc_auc": [0.77, 0.85]}, "champion": None},
-    "search": {"family": "hgb", "best": "hgb-0", "cv_scores": {"hgb-0": 0.8, "hgb:depth=3,rate=0.1": 0.79}, "params": {"max_depth": 3}},
+    "search": {
+        "family": "hgb",
+        "best": "hgb-0",
+        "cv_scores": {"hgb-0": 0.8, "hgb:depth=3,rate=0.1": 0.79},
+        "params": {"max_depth": 3},
+    },
     "n_holdout": 1500,
 }
 
