@@ -236,7 +236,8 @@ def _version_of_package(client: Any, registered_model: str, package_arn: str) ->
 def follow_deployment(client: Any, registered_model: str, record: dict[str, Any], version: str | None) -> dict:
     """Move the aliases to what the run left serving. The run's own version: `champion` when the run put it in
     service, else (not promoted, not approved, rolled back, failed) it keeps no alias. A redeploy (`refit rollback`,
-    `refit promote`) moves `champion` to the version of the package it put back in service, when MLflow has one."""
+    `refit promote`) moves `champion` to the version of the package it put back in service, or removes it when MLflow
+    has no version of that package."""
     served = record.get("outcome") in SERVED_OUTCOMES
     if version is not None:
         if served:
@@ -248,6 +249,9 @@ def follow_deployment(client: Any, registered_model: str, record: dict[str, Any]
         serving = _version_of_package(client, registered_model, redeploy["model_package_arn"])
         if serving is not None:
             client.set_registered_model_alias(registered_model, CHAMPION, serving)
+        elif _alias(client, registered_model, CHAMPION) is not None:
+            # What serves now was never logged (registered before `[mlflow]`): no MLflow version is the champion.
+            client.delete_registered_model_alias(registered_model, CHAMPION)
     return {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
 
 

