@@ -113,3 +113,49 @@ def test_a_run_without_a_challenger_or_redeploy_sends_nothing():
     quiet = {**RECORD, "outcome": "no_drift", "training": None, "gate": None, "registry": None}
     assert not trained_challenger(quiet)
     assert sync_run(NoCalls(), quiet, None, None, "e", "m", "t") is None
+
+
+class Aliases:
+    """The registry's aliases, as MLflow keeps them (one version per alias), for follow_deployment."""
+
+    def __init__(self, versions, aliases):
+        self.versions, self.aliases = versions, dict(aliases)
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.aliases[alias] = version
+
+    def delete_registered_model_alias(self, name, alias):
+        del self.aliases[alias]
+
+    def get_model_version_by_alias(self, name, alias):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if alias not in self.aliases:
+            raise MlflowException("no alias", error_code=INVALID_PARAMETER_VALUE)  # what the server answers
+        return type("Version", (), {"version": self.aliases[alias]})
+
+    def search_model_versions(self, query):
+        return [type("Version", (), {"version": v, "tags": {"refit.model_package_arn": a}}) for v, a in self.versions]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "after"),
+    [("promoted", {"champion": "2"}), ("deployed_first", {"champion": "2"}), ("rolled_back", {"champion": "1"})],
+)
+def test_the_runs_version_is_champion_only_when_it_serves(outcome, after):
+    from refit_core.mlflow_sync import follow_deployment
+
+    client = Aliases([("1", "arn:p/1"), ("2", "arn:p/2")], {"champion": "1", "challenger": "2"})
+    follow_deployment(client, "m", {**RECORD, "outcome": outcome}, "2")
+    assert client.aliases == after
+
+
+def test_a_redeploy_moves_champion_or_removes_it_when_mlflow_never_saw_the_package():
+    from refit_core.mlflow_sync import follow_deployment
+
+    client = Aliases([("1", "arn:p/1"), ("2", "arn:p/2")], {"champion": "2"})
+    redeploy = {**RECORD, "outcome": "redeployed", "registry": None, "redeploy": {"model_package_arn": "arn:p/1"}}
+    assert follow_deployment(client, "m", redeploy, None) == {"champion": "1", "challenger": None}
+    unknown = {**redeploy, "redeploy": {"model_package_arn": "arn:p/0"}}  # registered before [mlflow]
+    assert follow_deployment(client, "m", unknown, None) == {"champion": None, "challenger": None}
