@@ -42,6 +42,11 @@ def trained_challenger(record: dict[str, Any]) -> bool:
     return bool(record.get("registry") and (record.get("training") or {}).get("job_name"))
 
 
+def concerns_mlflow(record: dict[str, Any]) -> bool:
+    """The run trained a challenger, or changed what serves by a redeploy: else MLflow has nothing to learn from it."""
+    return trained_challenger(record) or bool(record.get("outcome") in SERVED_OUTCOMES and record.get("redeploy"))
+
+
 def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
@@ -266,6 +271,8 @@ def sync_run(
 ) -> SyncResult | None:
     """Log a run to MLflow. None when the run has nothing for MLflow: it neither trained a challenger nor changed
     what serves (a skipped run, no drift, bad data)."""
+    if not concerns_mlflow(record):
+        return None
     result = SyncResult()
     if trained_challenger(record):
         contents = run_contents(record, lineage, evaluation, audit_table)
@@ -273,8 +280,6 @@ def sync_run(
         source = (lineage or {}).get("model_data_url")
         if source:
             result.model_version = register_version(client, registered_model, result.run_id, record, source)
-    elif not (record.get("outcome") in SERVED_OUTCOMES and record.get("redeploy")):
-        return None
     else:
         _ensure_registered_model(client, registered_model)
     result.aliases = follow_deployment(client, registered_model, record, result.model_version)

@@ -14,7 +14,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel
-from refit_core.mlflow_sync import sync_run, trained_challenger
+from refit_core.mlflow_sync import concerns_mlflow, sync_run, trained_challenger
 from refit_core.s3uri import S3Uri
 from refit_core.steps import AuditKey
 
@@ -67,6 +67,8 @@ def log_to_mlflow(
     record = read_record(dynamodb, table, key)
     if record is None:
         return {"error": f"no audit record {key.pk} / {key.sk} in {table}", "tracking_uri": tracking_uri}
+    if not concerns_mlflow(record):
+        return None  # no client is made (nor MLflow imported) for a run that skipped, stopped or failed early
     field: dict[str, Any] | None
     try:
         lineage = (

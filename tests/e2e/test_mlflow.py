@@ -64,7 +64,9 @@ def record_of(aws, execution_arn):
 
 
 def aliases(mlflow):
-    return {v.version: sorted(v.aliases) for v in mlflow.search_model_versions(f"name = '{REGISTERED}'")}
+    """Each version's aliases, as get_model_version reports them (search results carry none)."""
+    versions = mlflow.search_model_versions(f"name = '{REGISTERED}'")
+    return {v.version: sorted(mlflow.get_model_version(REGISTERED, v.version).aliases) for v in versions}
 
 
 def test_first_run_is_an_mlflow_run_and_its_version_is_champion(aws, mlflow):
