@@ -70,8 +70,9 @@ KEY_WRITERS = (
     "Monitor",
 )
 KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync")
-# After Finalize, when `[mlflow]` is configured: MLflow's client waits at most 3 attempts of timeout_seconds each.
-MLFLOW_SPEC = FunctionSpec("refit_handlers.mlflow_sync.handler", 512, 120)
+# After Finalize, when `[mlflow]` is configured. A request that never answers costs 3 attempts of timeout_seconds (at
+# most 60) plus 3 s of backoff before the error is recorded: 300 s leaves that first failing call room to be recorded.
+MLFLOW_SPEC = FunctionSpec("refit_handlers.mlflow_sync.handler", 512, 300)
 MLFLOW_RETRIES = 2
 # The MLflow REST operations refit_core.mlflow_sync makes, as IAM actions of a SageMaker managed tracking server
 # (Service Authorization Reference, prefix sagemaker-mlflow; resource type mlflow-tracking-server).

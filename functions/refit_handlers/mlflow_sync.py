@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -58,7 +59,11 @@ def mlflow_client(tracking_uri: str) -> Any:
 
 
 def log_to_mlflow(
-    key: AuditKey, env: dict[str, str], dynamodb: Any, s3: Any, make_client: Any = mlflow_client
+    key: AuditKey,
+    env: dict[str, str],
+    dynamodb: Any,
+    s3: Any,
+    make_client: Callable[[str], Any] = mlflow_client,
 ) -> dict[str, Any] | None:
     """Sync one stored run to MLflow and store what happened in its audit record (`mlflow`): the MLflow run, version
     and aliases, or the error. Returns that field (None when the run had nothing for MLflow)."""
