@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MLFLOW_VENV := .venv-mlflow
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -11,10 +12,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt package.json package-lock.json
+$(STAMP): pyproject.toml constraints.txt constraints-mlflow.txt package.json package-lock.json
 	@echo "==> creating $(VENV) and installing refit (pinned by constraints.txt)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev,grafana,kubeflow]'
+	@echo "==> the MLflow server the tests start, in its own environment (mlflow requires gunicorn<27; refit pins 27)"
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --constraint constraints-mlflow.txt mlflow==3.17.2
 	@echo "==> installing the AWS CDK CLI (package-lock.json)"
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
@@ -45,4 +49,4 @@ synth: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk synth --quiet
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out .pytest_cache .refit-demo .refit-local
+	rm -rf $(VENV) $(MLFLOW_VENV) node_modules cdk.out .pytest_cache .refit-demo .refit-local

@@ -280,6 +280,16 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             ),
             **_objects(data, [model.labeling_prefix], "active learning's picks: a manifest per day"),
         },
+        # `[mlflow]` only: reads the run's lineage and evaluation documents; its sagemaker-mlflow actions (a managed
+        # tracking server) are scoped to that server's ARN, no wildcard.
+        "MlflowSync": {
+            **S3_READ,
+            "Resource::*": XRAY,
+            f"Resource::<{artifacts}.Arn>/models/{model.name}/*/lineage.json": "a registered run's lineage document, "
+            "keyed by run id at run time under this model's own prefix",
+            f"Resource::<{artifacts}.Arn>/reports/{model.name}/*/evaluation.json": "a gated run's evaluation document, "
+            "keyed by run id at run time under this model's own prefix",
+        },
     }
     _acknowledge_sagemaker_role(pipeline, data, artifacts)
     for name, function in f.items():

@@ -10,6 +10,7 @@ from refit_core.config import ModelConfig, RefitConfig
 
 from stacks.approvers import ApproverRole
 from stacks.guardrails import GuardrailsAlarms
+from stacks.mlflow_errors import MlflowErrorsAlarm
 from stacks.monitoring import ModelDashboard, MonitorSchedule
 from stacks.nag import acknowledge_findings
 from stacks.network import SageMakerNetwork
@@ -67,6 +68,8 @@ class ModelPipeline(Construct):
             instance_prices=config.instance_prices_usd_per_hour,
             code_version=code_version,
             serving_prices=config.serving_instance_prices_usd_per_hour,
+            mlflow=config.mlflow,
+            project=config.project,
         )
         self.retrain = RetrainStateMachine(
             self,
@@ -116,6 +119,12 @@ class ModelPipeline(Construct):
                 readers=[self.functions.functions["Deploy"], self.execution_role.role],
             )
             alarms += [self.guardrails.errors, self.guardrails.latency]
+        self.mlflow_errors = None
+        if "MlflowSync" in self.functions.functions:
+            self.mlflow_errors = MlflowErrorsAlarm(
+                self, "MlflowErrors", model=model, topic=storage.topic, alarm_name=names.alarm_name(prefix, "mlflow")
+            )
+            alarms.append(self.mlflow_errors.alarm)
         if self.triggers.quality_alarm is not None:
             alarms.insert(0, self.triggers.quality_alarm)
         self.dashboard = ModelDashboard(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import capacity, names
 from refit_core.approvals import approval_partition
-from refit_core.config import AB_JUDGE_SECONDS, ModelConfig
+from refit_core.config import AB_JUDGE_SECONDS, MlflowSettings, ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
 from refit_core.network import VPC_CONFIG_ENV
 
@@ -70,7 +71,32 @@ KEY_WRITERS = (
     "Cleanup",
     "Monitor",
 )
-KEY_READERS = ("ExpireApproval", "PickCandidate")
+KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync")
+# After Finalize, when `[mlflow]` is configured. A request that never answers costs 3 attempts of timeout_seconds (at
+# most 60) plus 3 s of backoff before the error is recorded: 300 s leaves that first failing call room to be recorded.
+MLFLOW_SPEC = FunctionSpec("refit_handlers.mlflow_sync.handler", 512, 300)
+MLFLOW_RETRIES = 2
+# The MLflow REST operations refit_core.mlflow_sync makes, as IAM actions of a SageMaker managed tracking server
+# (Service Authorization Reference, prefix sagemaker-mlflow; resource type mlflow-tracking-server).
+MLFLOW_ACTIONS = tuple(
+    f"sagemaker-mlflow:{operation}"
+    for operation in (
+        "GetExperimentByName",
+        "CreateExperiment",
+        "SearchRuns",
+        "CreateRun",
+        "GetRun",
+        "LogBatch",
+        "UpdateRun",
+        "GetRegisteredModel",
+        "CreateRegisteredModel",
+        "SearchModelVersions",
+        "CreateModelVersion",
+        "GetModelVersionByAlias",
+        "SetRegisteredModelAlias",
+        "DeleteRegisteredModelAlias",
+    )
+)
 
 
 class RetrainFunctions(Construct):
@@ -92,6 +118,8 @@ class RetrainFunctions(Construct):
         instance_prices: dict[str, float],
         code_version: str,
         serving_prices: dict[str, float] | None = None,
+        mlflow: MlflowSettings | None = None,
+        project: str = "refit",
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -129,6 +157,19 @@ class RetrainFunctions(Construct):
         if model.deploy.mode == "ab":
             # The A/B decision reads the test's captured and labelled parts, as the monitor reads its window.
             specs["JudgeAb"] = FunctionSpec("refit_handlers.ab_test.handler", 3008, AB_JUDGE_SECONDS, ephemeral_mb=2048)
+        extra_environment: dict[str, dict[str, str]] = {}
+        if mlflow is not None:
+            specs["MlflowSync"] = MLFLOW_SPEC
+            experiment, registered_model = mlflow.names(project, model.name)
+            extra_environment["MlflowSync"] = {
+                "REFIT_MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+                "REFIT_MLFLOW_EXPERIMENT": experiment,
+                "REFIT_MLFLOW_REGISTERED_MODEL": registered_model,
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(mlflow.timeout_seconds),
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MLFLOW_RETRIES),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "HOME": "/tmp",  # the Lambda file system is read-only outside /tmp
+            }
         for name, spec in specs.items():
             log_group = storage.log_group(self, f"{name}Logs")
             role = iam.Role(self, f"{name}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
@@ -146,7 +187,11 @@ class RetrainFunctions(Construct):
                 architecture=lambda_.Architecture.X86_64,
                 tracing=lambda_.Tracing.ACTIVE,
                 log_group=log_group,
-                environment={**environment, "POWERTOOLS_SERVICE_NAME": f"refit-{model.name}-{name.lower()}"},
+                environment={
+                    **environment,
+                    **extra_environment.get(name, {}),
+                    "POWERTOOLS_SERVICE_NAME": f"refit-{model.name}-{name.lower()}",
+                },
                 description=f"refit {model.name}: {name}",
                 # One monitor run at a time: two would both rewrite the day's labelling manifest and the state.
                 reserved_concurrent_executions=1 if name == "Monitor" else None,
@@ -492,6 +537,22 @@ class RetrainFunctions(Construct):
                     ],
                 )
             )
+        if "MlflowSync" in f:
+            self._grant_mlflow_sync(f["MlflowSync"], model, storage, mlflow, read)
 
         for (name, bucket), patterns in readable.items():
             deny_listing_outside(f[name], bucket, patterns)
+
+    @staticmethod
+    def _grant_mlflow_sync(
+        function: lambda_.Function, model: ModelConfig, storage: Storage, mlflow: MlflowSettings, read: Callable
+    ) -> None:
+        """MlflowSync reads the run's audit record and writes its `mlflow` field, reads the run's lineage and
+        evaluation documents, and (for a SageMaker managed server) calls that one tracking server's MLflow API."""
+        storage.grant_audit(model.name, function, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        read(storage.artifact_bucket, function, f"models/{model.name}/*/lineage.json")
+        read(storage.artifact_bucket, function, f"reports/{model.name}/*/evaluation.json")
+        if mlflow.server_arn:
+            function.add_to_role_policy(
+                iam.PolicyStatement(actions=list(MLFLOW_ACTIONS), resources=[mlflow.server_arn])
+            )

@@ -61,11 +61,20 @@ class RetrainStateMachine(Construct):
         run_failed = sfn.Fail(
             self, "Run failed", error="RefitRunFailed", cause="See the run's audit record and summary"
         )
-        finalize.next(
+        run_status = (
             sfn.Choice(self, "Run status?")
             .when(sfn.Condition.string_equals("$.final.status", "FAILED"), run_failed)
             .otherwise(sfn.Succeed(self, "Run finished"))
         )
+        if "MlflowSync" in fn:
+            # `[mlflow]`: after the record is stored and the lock released; it never fails, and were it to, the Catch
+            # ends the run as Finalize recorded it.
+            log_to_mlflow = invoke("Log to MLflow", "MlflowSync", {"audit_key.$": "$.final.audit_key"}, "$.mlflow")
+            log_to_mlflow.add_catch(run_status, errors=ALL_ERRORS, result_path="$.mlflow_error")
+            finalize.next(log_to_mlflow)
+            log_to_mlflow.next(run_status)
+        else:
+            finalize.next(run_status)
 
         def catch_to(state: tasks.LambdaInvoke, handler: sfn.IChainable) -> tasks.LambdaInvoke:
             state.add_catch(handler, errors=ALL_ERRORS, result_path="$.error")

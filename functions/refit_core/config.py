@@ -841,6 +841,69 @@ class NetworkSettings(_Strict):
         return self.create or self.vpc_id is not None
 
 
+MLFLOW_SERVER_ARN = re.compile(
+    r"arn:aws[a-z-]*:sagemaker:[a-z]{2}(-[a-z]+)+-\d:\d{12}:mlflow-tracking-server/[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}"
+)
+MLFLOW_NAME_FIELDS = ("project", "model")
+
+
+class MlflowSettings(_Strict):
+    """`[mlflow]`: every run that trained a challenger is logged to this MLflow tracking server after it ends, and the
+    challenger registered as a model version whose alias follows the deployment (refit_core.mlflow_sync)."""
+
+    tracking_uri: str = Field(
+        description="http(s)://host[:port][/path] of an MLflow server, or the ARN of a SageMaker managed MLflow "
+        "tracking server (arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>; SigV4-signed)."
+    )
+    experiment: str = Field("{project}/{model}", description="Experiment name; {project} and {model} are filled in.")
+    registered_model: str = Field(
+        "{project}-{model}", description="Registered model name; {project} and {model} are filled in."
+    )
+    timeout_seconds: int = Field(10, ge=1, le=60, description="Per HTTP request; a failed request is retried twice.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if value.startswith("arn:"):
+            if not MLFLOW_SERVER_ARN.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not a SageMaker MLflow tracking server ARN "
+                    "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>)"
+                )
+            return value
+        if not re.fullmatch(r"https?://[^\s/:?#]+(:\d{1,5})?(/[^\s?#]*)?", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) URI of an MLflow server (e.g. https://mlflow.example.com or "
+                "http://127.0.0.1:5000) nor a SageMaker MLflow tracking server ARN"
+            )
+        return value.rstrip("/")
+
+    @field_validator("experiment", "registered_model")
+    @classmethod
+    def _template(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            filled = value.format(**{field: "x" for field in MLFLOW_NAME_FIELDS})
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"{value!r}: only {{project}} and {{model}} may be filled in ({error})") from None
+        if not filled.strip() or len(filled) > 200:
+            raise ValueError(f"{value!r} must name something (1-200 characters once filled in)")
+        if info.field_name == "registered_model" and any(c in filled for c in "/:"):
+            raise ValueError(f"{value!r}: MLflow refuses registered model names containing '/' or ':'")
+        return value
+
+    @property
+    def server_arn(self) -> str | None:
+        """The managed tracking server's ARN (the resource its IAM actions are scoped to), else None."""
+        return self.tracking_uri if self.tracking_uri.startswith("arn:") else None
+
+    def names(self, project: str, model: str) -> tuple[str, str]:
+        """(experiment, registered model) of one model."""
+        return (
+            self.experiment.format(project=project, model=model),
+            self.registered_model.format(project=project, model=model),
+        )
+
+
 class RefitConfig(_Strict):
     project: str = Field("refit", description="Prefixes every resource and names the stack.")
     notification_email: str | None = None
@@ -853,6 +916,7 @@ class RefitConfig(_Strict):
     serving_instance_prices_usd_per_hour: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SERVING_PRICES_USD_PER_HOUR)
     )
+    mlflow: MlflowSettings | None = Field(None, description="Log runs to MLflow (opt-in); see README 'MLflow'.")
     models: list[ModelConfig] = Field(min_length=1)
 
     @field_validator("project")

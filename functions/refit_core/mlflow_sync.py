@@ -1,0 +1,286 @@
+"""A run's audit record in MLflow: the run that trained a challenger becomes an MLflow run (why it ran, the settings,
+CV and holdout metrics with their intervals, the gate's evidence, drift, cost, links), the challenger an MLflow model
+version (its source is the artifact's S3 URI; nothing is uploaded), and the version's alias follows the deployment:
+`challenger` when registered, `champion` when it serves (MLflow moves an alias from the version that held it), none
+once it was not promoted or rolled back.
+
+Called after the run's outcome is stored (refit_handlers.mlflow_sync); takes an `mlflow.MlflowClient` and plain
+dicts, and is idempotent: a retried call finds the MLflow run and version it made before (by the refit run id)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from refit_core.approvals import SERVED_OUTCOMES
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+RUN_TAG = "refit.run_id"
+PACKAGE_TAG = "refit.model_package_arn"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+MAX_TAG_CHARS = 5000  # kept under MLflow's limit on a run tag value
+MAX_KEY_CHARS = 250  # MLflow's limit on a param, metric or tag key
+UNNAMEABLE = re.compile(r"[^\w.\- :/]")  # what MLflow refuses in a key (a CV candidate's key holds '=' and ',')
+
+
+def _key(name: str) -> str:
+    return UNNAMEABLE.sub("_", name)[:MAX_KEY_CHARS]
+
+
+@dataclass
+class RunContents:
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def trained_challenger(record: dict[str, Any]) -> bool:
+    """The run trained a model that was judged and registered (the gate registers every judged challenger)."""
+    return bool(record.get("registry") and (record.get("training") or {}).get("job_name"))
+
+
+def concerns_mlflow(record: dict[str, Any]) -> bool:
+    """The run trained a challenger, or changed what serves by a redeploy: else MLflow has nothing to learn from it."""
+    return trained_challenger(record) or bool(record.get("outcome") in SERVED_OUTCOMES and record.get("redeploy"))
+
+
+def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def run_contents(
+    record: dict[str, Any], lineage: dict[str, Any] | None, evaluation: dict[str, Any] | None, audit_table: str
+) -> RunContents:
+    """What one run sends. Params: the training job's settings (from the lineage document) and the chosen candidate's
+    hyperparameters; metrics: holdout metrics with their 95% bootstrap intervals (challenger and champion), CV scores,
+    the gate's difference and interval, drift counts, seconds and cost; tags: trigger, reason, outcome, gate reason,
+    drifted columns, and where the audit record, lineage, evaluation and drift report are."""
+    contents = RunContents()
+    lineage, evaluation = lineage or {}, evaluation or {}
+    settings: dict[str, Any] = {}
+    _flat("", lineage.get("hyperparameters") or {}, settings)
+    for name in [k for k in settings if k.startswith("window.files.") or k == "run_id"]:
+        del settings[name]  # one entry per file read (the lineage document lists them); the run id is a tag
+    search = evaluation.get("search") or {}
+    _flat("chosen", search.get("params") or {}, settings)
+    for key in ("family", "cv_metric", "cv_folds", "best"):
+        if search.get(key) is not None:
+            settings[f"search.{key}"] = search[key]
+    for key in ("n_train", "n_holdout"):
+        if evaluation.get(key) is not None:
+            settings[key] = evaluation[key]
+    contents.params = {_key(k): str(v)[:MAX_PARAM_CHARS] for k, v in settings.items() if v is not None}
+
+    metrics: dict[str, Any] = {}
+    for side in ("challenger", "champion"):
+        for name, value in ((evaluation.get("metrics") or {}).get(side) or {}).items():
+            metrics[f"holdout.{side}.{name}"] = value
+        for name, bounds in ((evaluation.get("intervals") or {}).get(side) or {}).items():
+            if isinstance(bounds, list | tuple) and len(bounds) == 2:
+                metrics[f"holdout.{side}.{name}.ci_low"], metrics[f"holdout.{side}.{name}.ci_high"] = bounds
+    for key, score in (search.get("cv_scores") or {}).items():
+        metrics[f"cv.{key}"] = score
+    if search.get("best") in (search.get("cv_scores") or {}):
+        metrics["cv.best"] = search["cv_scores"][search["best"]]
+    gate = record.get("gate") or {}
+    for key in ("p_value", "challenger", "champion", "improvement"):
+        metrics[f"gate.{key}"] = gate.get(key)
+    metrics["gate.promote"] = 1.0 if gate.get("promote") else 0.0
+    lineage_gate = lineage.get("gate") or {}
+    for key in ("ci_low", "ci_high", "required_improvement"):
+        metrics[f"gate.{key}"] = lineage_gate.get(key)
+    drift = record.get("drift") or {}
+    if drift:
+        metrics["drift.detected"] = 1.0 if drift.get("detected") else 0.0
+        metrics["drift.n_drifted_features"] = drift.get("n_drifted_features")
+    training = record.get("training") or {}
+    for key in ("training_seconds", "billable_seconds", "savings_percent", "estimated_cost_usd"):
+        metrics[f"training.{key}"] = training.get(key)
+    contents.metrics = {_key(k): n for k, v in metrics.items() if (n := _number(v)) is not None}
+
+    registry = record.get("registry") or {}
+    tags = {
+        RUN_TAG: record.get("run_id"),
+        "refit.model": record.get("model"),
+        "refit.trigger": record.get("trigger"),
+        "refit.trigger_reason": record.get("trigger_reason"),
+        "refit.status": record.get("status"),
+        "refit.outcome": record.get("outcome"),
+        "refit.message": record.get("message"),
+        "refit.gate.reason": gate.get("reason"),
+        "refit.gate.test": gate.get("test"),
+        "refit.gate.primary_metric": gate.get("primary_metric"),
+        "refit.drift.drifted_features": ", ".join(drift.get("drifted_features") or []) if drift else None,
+        "refit.drift.report_uri": drift.get("report_html_uri") or drift.get("report_uri") if drift else None,
+        "refit.training_job": training.get("job_name"),
+        "refit.spot": str(training.get("spot")) if training.get("spot") is not None else None,
+        "refit.data_uri": record.get("data_uri"),
+        "refit.audit_record": f"dynamodb://{audit_table}/{record.get('pk')}/{record.get('sk')}",
+        "refit.lineage_uri": registry.get("lineage_uri"),
+        "refit.evaluation_uri": lineage.get("evaluation_uri"),
+        PACKAGE_TAG: registry.get("model_package_arn"),
+        "refit.registry_version": registry.get("version"),
+        "refit.registry_approval": registry.get("approval"),
+        "mlflow.runName": record.get("run_id"),
+        "mlflow.note.content": f"{record.get('outcome')}: {record.get('message')}",
+    }
+    contents.tags = {k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items() if v is not None and v != ""}
+    return contents
+
+
+@dataclass
+class SyncResult:
+    run_id: str | None = None
+    experiment_id: str | None = None
+    model_version: str | None = None
+    aliases: dict[str, str | None] = field(default_factory=dict)  # alias -> the version it points at after the sync
+
+    def to_record(self, tracking_uri: str, registered_model: str) -> dict[str, Any]:
+        return {
+            "tracking_uri": tracking_uri,
+            "registered_model": registered_model,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "model_version": self.model_version,
+            "aliases": self.aliases,
+        }
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name, description="refit challengers and champions (one version per run)")
+
+
+def log_run(client: Any, experiment: str, contents: RunContents, record: dict[str, Any]) -> tuple[str, str]:
+    """(experiment id, MLflow run id): the run logged, or the one an earlier attempt logged for this refit run."""
+    from mlflow.entities import Metric, Param, RunStatus
+
+    experiment_id = _experiment_id(client, experiment)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{record['run_id']}'", max_results=1)
+    if found:
+        return experiment_id, found[0].info.run_id
+    run = client.create_run(experiment_id, tags=contents.tags, run_name=record["run_id"])
+    run_id = run.info.run_id
+    timestamp = run.info.start_time
+    metrics = [Metric(k, v, timestamp, 0) for k, v in contents.metrics.items()]
+    params = [Param(k, v) for k, v in contents.params.items()]
+    for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's log_batch takes 100 params per call
+        client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+    status = RunStatus.to_string(RunStatus.FINISHED if record.get("status") != "FAILED" else RunStatus.FAILED)
+    client.set_terminated(run_id, status=status)
+    return experiment_id, run_id
+
+
+def register_version(client: Any, registered_model: str, run_id: str, record: dict[str, Any], source: str) -> str:
+    """The challenger as a version of the registered model (source: the model artifact's S3 URI), or the version an
+    earlier attempt registered for the same MLflow run."""
+    _ensure_registered_model(client, registered_model)
+    for version in client.search_model_versions(f"name = '{registered_model}' and run_id = '{run_id}'"):
+        return version.version
+    registry = record.get("registry") or {}
+    tags = {
+        RUN_TAG: record.get("run_id"),
+        PACKAGE_TAG: registry.get("model_package_arn"),
+        "refit.registry_version": registry.get("version"),
+    }
+    version = client.create_model_version(
+        registered_model,
+        source,
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items() if v is not None},
+        description=f"refit run {record.get('run_id')}: {record.get('outcome')} - {record.get('message')}"[:5000],
+    )
+    client.set_registered_model_alias(registered_model, CHALLENGER, version.version)
+    return version.version
+
+
+def _alias(client: Any, registered_model: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(registered_model, alias).version
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def _version_of_package(client: Any, registered_model: str, package_arn: str) -> str | None:
+    for version in client.search_model_versions(f"name = '{registered_model}'"):
+        if (version.tags or {}).get(PACKAGE_TAG) == package_arn:
+            return version.version
+    return None
+
+
+def follow_deployment(client: Any, registered_model: str, record: dict[str, Any], version: str | None) -> dict:
+    """Move the aliases to what the run left serving. The run's own version: `champion` when the run put it in
+    service, else (not promoted, not approved, rolled back, failed) it keeps no alias. A redeploy (`refit rollback`,
+    `refit promote`) moves `champion` to the version of the package it put back in service, or removes it when MLflow
+    has no version of that package."""
+    served = record.get("outcome") in SERVED_OUTCOMES
+    if version is not None:
+        if served:
+            client.set_registered_model_alias(registered_model, CHAMPION, version)
+        if _alias(client, registered_model, CHALLENGER) == version:
+            client.delete_registered_model_alias(registered_model, CHALLENGER)
+    redeploy = record.get("redeploy") or {}
+    if served and redeploy.get("model_package_arn"):
+        serving = _version_of_package(client, registered_model, redeploy["model_package_arn"])
+        if serving is not None:
+            client.set_registered_model_alias(registered_model, CHAMPION, serving)
+        elif _alias(client, registered_model, CHAMPION) is not None:
+            # What serves now was never logged (registered before `[mlflow]`): no MLflow version is the champion.
+            client.delete_registered_model_alias(registered_model, CHAMPION)
+    return {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
+
+
+def sync_run(
+    client: Any,
+    record: dict[str, Any],
+    lineage: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    experiment: str,
+    registered_model: str,
+    audit_table: str,
+) -> SyncResult | None:
+    """Log a run to MLflow. None when the run has nothing for MLflow: it neither trained a challenger nor changed
+    what serves (a skipped run, no drift, bad data)."""
+    if not concerns_mlflow(record):
+        return None
+    result = SyncResult()
+    if trained_challenger(record):
+        contents = run_contents(record, lineage, evaluation, audit_table)
+        result.experiment_id, result.run_id = log_run(client, experiment, contents, record)
+        source = (lineage or {}).get("model_data_url")
+        if source:
+            result.model_version = register_version(client, registered_model, result.run_id, record, source)
+    else:
+        _ensure_registered_model(client, registered_model)
+    result.aliases = follow_deployment(client, registered_model, record, result.model_version)
+    return result

@@ -1,0 +1,96 @@
+"""`[mlflow]` with a SageMaker managed tracking server ARN, synthesized (cdk-nag passes: synthesis would stop on a
+finding nobody acknowledged): the MlflowSync function's sagemaker-mlflow actions are scoped to that one server, it
+runs after Finalize with a Catch into the run's end, it reads only its run documents and the audit record, and an
+alarm watches MlflowErrors. Without `[mlflow]` none of it exists (the default assembly)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stacks.app_builder import build_app
+from stacks.retrain_functions import MLFLOW_ACTIONS
+from tests.conftest import config_variant
+
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    config = config_variant(
+        tmp_path_factory,
+        "mlflow-arn",
+        {'project = "refit"\n': f'project = "refit"\n\n[mlflow]\ntracking_uri = "{ARN}"\n'},
+    )
+    out = tmp_path_factory.mktemp("mlflow-out")
+    build_app(str(config), outdir=str(out)).synth()
+    return json.loads((out / "refit.template.json").read_text())
+
+
+def resources(template, kind):
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def mlflow_function(template):
+    [(name, function)] = [
+        (k, v)
+        for k, v in resources(template, "AWS::Lambda::Function").items()
+        if "REFIT_MLFLOW_TRACKING_URI" in v["Properties"].get("Environment", {}).get("Variables", {})
+    ]
+    return name, function
+
+
+def test_the_managed_server_actions_are_scoped_to_that_server(template):
+    _, function = mlflow_function(template)
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["REFIT_MLFLOW_TRACKING_URI"] == ARN
+    assert (variables["REFIT_MLFLOW_EXPERIMENT"], variables["REFIT_MLFLOW_REGISTERED_MODEL"]) == (
+        "refit/churn",
+        "refit-churn",
+    )
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    [policy] = [
+        p for p in resources(template, "AWS::IAM::Policy").values() if {"Ref": role} in p["Properties"]["Roles"]
+    ]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    mlflow = [s for s in statements if any(a.startswith("sagemaker-mlflow:") for a in _list(s["Action"]))]
+    assert [(sorted(s["Action"]), s["Effect"], s["Resource"]) for s in mlflow] == [
+        (sorted(MLFLOW_ACTIONS), "Allow", ARN)
+    ]
+    dynamodb = [s for s in statements if any(a.startswith("dynamodb:") for a in _list(s["Action"]))]
+    assert [sorted(_list(s["Action"])) for s in dynamodb] == [["dynamodb:GetItem", "dynamodb:UpdateItem"]]
+    everything = {a for s in statements if s["Effect"] == "Allow" for a in _list(s["Action"])}
+    assert not any(a.startswith(("s3:Put", "s3:Delete", "sagemaker:", "sns:", "states:")) for a in everything)
+
+
+def test_it_runs_after_finalize_and_its_failure_ends_the_run_as_recorded(template):
+    [machine] = resources(template, "AWS::StepFunctions::StateMachine").values()
+    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
+    definition = json.loads("".join(p if isinstance(p, str) else "X" for p in parts))  # refs sit inside strings
+    states = definition["States"]
+    assert states["Finalize"]["Next"] == "Log to MLflow"
+    log = states["Log to MLflow"]
+    assert log["Next"] == "Run status?" and log["ResultPath"] == "$.mlflow"
+    assert log["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.mlflow_error", "Next": "Run status?"}]
+    assert log["Parameters"] == {"audit_key.$": "$.final.audit_key"}
+
+
+def test_an_alarm_watches_mlflow_errors(template):
+    alarms = [a["Properties"] for a in resources(template, "AWS::CloudWatch::Alarm").values()]
+    [alarm] = [a for a in alarms if a.get("MetricName") == "MlflowErrors"]
+    assert alarm["Namespace"] == "Refit" and alarm["Threshold"] == 1 and alarm["AlarmName"] == "refit-churn--mlflow"
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+        "Model": "churn",
+        "service": "refit-churn-mlflowsync",
+    }
+    assert alarm["AlarmActions"]
+
+
+def test_without_mlflow_there_is_no_step_function_or_alarm(cloud_assembly):
+    text = (cloud_assembly / "refit.template.json").read_text()
+    assert "Log to MLflow" not in text and "MlflowErrors" not in text and "REFIT_MLFLOW" not in text
+
+
+def _list(value):
+    return value if isinstance(value, list) else [value]

@@ -1,0 +1,129 @@
+"""Bad input for `[mlflow]`: an unreachable tracking server. The MlflowSync handler (the deployed handler string, on
+moto) returns normally, writes the error into the run's audit record (whose outcome stays as Finalize stored it) and
+puts `MlflowErrors` = 1; a run with nothing for MLflow (no challenger, no redeploy) is left alone and puts 0."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from moto import mock_aws
+from refit_handlers import mlflow_sync
+from refit_handlers.common import to_dynamodb
+
+from scripts.local_aws.bridges import LambdaContext
+from tests.conftest import create_audit_table
+from tests.mlflow_server import free_port
+
+KEY = {"pk": "churn", "sk": "run#2026-11-29T08:00:00Z#r1"}
+LINEAGE = "s3://art/models/churn/r1/lineage.json"
+EVALUATION = "s3://art/reports/churn/r1/evaluation.json"
+
+
+def record(**changes):
+    base = {
+        **KEY,
+        "run_id": "r1",
+        "model": "churn",
+        "status": "SUCCEEDED",
+        "outcome": "promoted",
+        "message": "canary passed and was promoted",
+        "trigger": "s3",
+        "trigger_reason": "new batch",
+        "training": {"job_name": "refit-churn-r1", "estimated_cost_usd": 0.01},
+        "gate": {"promote": True, "reason": "better", "challenger": 0.8, "champion": 0.7},
+        "registry": {
+            "model_package_arn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/refit-churn/2",
+            "version": 2,
+            "approval": "Approved",
+            "lineage_uri": LINEAGE,
+        },
+    }
+    return {**base, **changes}
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    port = free_port()  # nothing listens there
+    environment = {
+        "REFIT_AUDIT_TABLE": "audit",
+        "REFIT_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "REFIT_MLFLOW_EXPERIMENT": "refit/churn",
+        "REFIT_MLFLOW_REGISTERED_MODEL": "refit-churn",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "POWERTOOLS_METRICS_NAMESPACE": "Refit",
+        "POWERTOOLS_SERVICE_NAME": "refit-churn-mlflowsync",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # Powertools reads its namespace and service when the handler module is imported (here: at collection).
+    monkeypatch.setattr(mlflow_sync.metrics.provider, "namespace", "Refit")
+    monkeypatch.setattr(mlflow_sync.metrics.provider, "service", "refit-churn-mlflowsync")
+    mlflow_sync.client.cache_clear()
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb")
+        create_audit_table(dynamodb)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="art")
+        s3.put_object(
+            Bucket="art",
+            Key=LINEAGE[9:],
+            Body=json.dumps({"model_data_url": "s3://art/m.tar.gz", "evaluation_uri": EVALUATION}),
+        )
+        s3.put_object(Bucket="art", Key=EVALUATION[9:], Body=json.dumps({"metrics": {"challenger": {"roc_auc": 0.8}}}))
+        yield dynamodb
+    mlflow_sync.client.cache_clear()
+
+
+def store(dynamodb, item):
+    dynamodb.put_item(TableName="audit", Item={k: TypeSerializer().serialize(v) for k, v in to_dynamodb(item).items()})
+
+
+def stored(dynamodb):
+    item = dynamodb.get_item(TableName="audit", Key={k: {"S": v} for k, v in KEY.items()})["Item"]
+    return {k: TypeDeserializer().deserialize(v) for k, v in item.items()}
+
+
+def emitted_metrics(text):
+    values = {}
+    for line in text.splitlines():
+        if '"_aws"' in line:
+            document = json.loads(line)
+            for definition in document["_aws"]["CloudWatchMetrics"]:
+                for metric in definition["Metrics"]:
+                    value = document[metric["Name"]]
+                    values[metric["Name"]] = (
+                        value[0] if isinstance(value, list) else value,
+                        {d: document[d] for d in definition["Dimensions"][0]},
+                    )
+    return values
+
+
+def invoke(capsys):
+    context = LambdaContext("refit-churn--MlflowSync", 512, "arn:aws:lambda:us-east-1:123456789012:function:x")
+    result = mlflow_sync.handler({"audit_key": KEY}, context)
+    return result, emitted_metrics(capsys.readouterr().out)
+
+
+def test_unreachable_server_is_recorded_and_counted_and_the_outcome_stays(aws, capsys):
+    store(aws, record())
+    result, metrics = invoke(capsys)
+    assert result["logged"] is False and "127.0.0.1" in result["error"]
+    after = stored(aws)
+    assert (after["status"], after["outcome"]) == ("SUCCEEDED", "promoted")
+    assert "ConnectionError" in after["mlflow"]["error"] or "MlflowException" in after["mlflow"]["error"]
+    assert after["mlflow"]["tracking_uri"].startswith("http://127.0.0.1:")
+    value, dimensions = metrics["MlflowErrors"]
+    assert value == 1.0 and dimensions == {"Model": "churn", "service": "refit-churn-mlflowsync"}
+
+
+def test_a_run_with_nothing_for_mlflow_is_left_alone(aws, capsys):
+    store(aws, record(outcome="no_drift", training=None, gate=None, registry=None))
+    result, metrics = invoke(capsys)
+    assert result == {"logged": False, "error": None}
+    assert "mlflow" not in stored(aws)
+    assert metrics["MlflowErrors"][0] == 0.0

@@ -1,0 +1,161 @@
+"""`[mlflow]` settings (clear errors naming the field) and what a run sends to MLflow (refit_core.mlflow_sync), as
+plain logic; the server side is tests/e2e/test_mlflow.py, the bad-input handler tests/integration/test_mlflow_errors.py."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from refit_core.config import ConfigError, parse_config
+from refit_core.mlflow_sync import run_contents, sync_run, trained_challenger
+
+from tests.conftest import ROOT
+
+ARN = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/team-server"
+
+
+def config_with(**mlflow):
+    data = tomllib.loads((ROOT / "refit.toml").read_text())
+    return parse_config({**data, "mlflow": mlflow}, "refit.toml")
+
+
+def test_http_uri_and_managed_server_arn_are_accepted_with_default_names():
+    http = config_with(tracking_uri="https://mlflow.example.com/")
+    assert http.mlflow.tracking_uri == "https://mlflow.example.com" and http.mlflow.server_arn is None
+    assert http.mlflow.names("refit", "churn") == ("refit/churn", "refit-churn")
+    managed = config_with(tracking_uri=ARN, experiment="team/{model}", registered_model="{model}")
+    assert managed.mlflow.server_arn == ARN and managed.mlflow.names("refit", "churn") == ("team/churn", "churn")
+    assert parse_config(tomllib.loads((ROOT / "refit.toml").read_text())).mlflow is None  # opt-in
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "says"),
+    [
+        ({"tracking_uri": "mlflow.example.com"}, "mlflow.tracking_uri", "not an http(s) URI"),
+        ({"tracking_uri": "file:///tmp/mlruns"}, "mlflow.tracking_uri", "not an http(s) URI"),
+        ({"tracking_uri": ARN.replace("123456789012", "1234")}, "mlflow.tracking_uri", "not a SageMaker MLflow"),
+        ({"tracking_uri": ARN.replace("mlflow-tracking-server", "mlflow-app")}, "mlflow.tracking_uri", "not a"),
+        ({"tracking_uri": "http://x", "registered_model": "team/{model}"}, "mlflow.registered_model", "'/' or ':'"),
+        ({"tracking_uri": "http://x", "experiment": "{run_id}"}, "mlflow.experiment", "only {project} and {model}"),
+        ({"tracking_uri": "http://x", "experiment": " "}, "mlflow.experiment", "must name something"),
+        ({"tracking_uri": "http://x", "timeout_seconds": 0}, "mlflow.timeout_seconds", "greater than or equal"),
+        ({"tracking_uri": "http://x", "tracking_url": "http://y"}, "mlflow.tracking_url", "unknown field"),
+        ({}, "mlflow.tracking_uri", "required field is missing"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_field(settings, field, says):
+    with pytest.raises(ConfigError) as refused:
+        config_with(**settings)
+    line = next(line for line in str(refused.value).splitlines() if field in line)
+    assert says in line
+
+
+RECORD = {
+    "pk": "churn",
+    "sk": "run#t#r7",
+    "run_id": "r7",
+    "model": "churn",
+    "status": "SUCCEEDED",
+    "outcome": "rolled_back",
+    "message": "canary rolled back: quiet",
+    "trigger": "s3",
+    "trigger_reason": "new batch",
+    "drift": {
+        "detected": True,
+        "drifted_features": ["tenure", "plan"],
+        "n_drifted_features": 2,
+        "report_uri": "s3://r",
+    },
+    "training": {"job_name": "j", "spot": True, "training_seconds": 30.0, "estimated_cost_usd": 0.002},
+    "gate": {"promote": True, "reason": "better", "p_value": 0.01, "challenger": 0.81, "champion": 0.78},
+    "registry": {"model_package_arn": "arn:p/2", "version": 2, "approval": "Approved", "lineage_uri": "s3://l"},
+}
+LINEAGE = {
+    "hyperparameters": {"primary_metric": "roc_auc", "window": {"description": "all"}, "seed": 42},
+    "gate": {"ci_low": 0.01, "ci_high": 0.05},
+    "evaluation_uri": "s3://e",
+    "model_data_url": "s3://art/m.tar.gz",
+}
+EVALUATION = {
+    "metrics": {"challenger": {"roc_auc": 0.81, "log_loss": float("nan")}, "champion": {"roc_auc": 0.78}},
+    "intervals": {"challenger": {"roc_auc": [0.77, 0.85]}, "champion": None},
+    "search": {
+        "family": "hgb",
+        "best": "hgb-0",
+        "cv_scores": {"hgb-0": 0.8, "hgb:depth=3,rate=0.1": 0.79},
+        "params": {"max_depth": 3},
+    },
+    "n_holdout": 1500,
+}
+
+
+def test_run_contents_carry_settings_metrics_with_intervals_evidence_drift_cost_and_links():
+    contents = run_contents(RECORD, LINEAGE, EVALUATION, "refit-audit")
+    assert contents.params["primary_metric"] == "roc_auc" and contents.params["window.description"] == "all"
+    assert contents.params["chosen.max_depth"] == "3" and contents.params["search.family"] == "hgb"
+    metrics = contents.metrics
+    assert (metrics["holdout.challenger.roc_auc.ci_low"], metrics["holdout.challenger.roc_auc.ci_high"]) == (0.77, 0.85)
+    assert "holdout.challenger.log_loss" not in metrics  # NaN: MLflow would store it, the gate never used it
+    assert metrics["cv.hgb:depth_3_rate_0.1"] == 0.79  # MLflow refuses '=' and ',' in a key
+    assert metrics["cv.best"] == 0.8 and metrics["gate.ci_low"] == 0.01 and metrics["gate.promote"] == 1.0
+    assert metrics["drift.n_drifted_features"] == 2 and metrics["training.estimated_cost_usd"] == 0.002
+    tags = contents.tags
+    assert tags["refit.audit_record"] == "dynamodb://refit-audit/churn/run#t#r7"
+    assert tags["refit.lineage_uri"] == "s3://l" and tags["refit.drift.drifted_features"] == "tenure, plan"
+    assert tags["refit.trigger_reason"] == "new batch" and tags["refit.outcome"] == "rolled_back"
+
+
+def test_a_run_without_a_challenger_or_redeploy_sends_nothing():
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"MLflow was called: {name}")
+
+    quiet = {**RECORD, "outcome": "no_drift", "training": None, "gate": None, "registry": None}
+    assert not trained_challenger(quiet)
+    assert sync_run(NoCalls(), quiet, None, None, "e", "m", "t") is None
+
+
+class Aliases:
+    """The registry's aliases, as MLflow keeps them (one version per alias), for follow_deployment."""
+
+    def __init__(self, versions, aliases):
+        self.versions, self.aliases = versions, dict(aliases)
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.aliases[alias] = version
+
+    def delete_registered_model_alias(self, name, alias):
+        del self.aliases[alias]
+
+    def get_model_version_by_alias(self, name, alias):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if alias not in self.aliases:
+            raise MlflowException("no alias", error_code=INVALID_PARAMETER_VALUE)  # what the server answers
+        return type("Version", (), {"version": self.aliases[alias]})
+
+    def search_model_versions(self, query):
+        return [type("Version", (), {"version": v, "tags": {"refit.model_package_arn": a}}) for v, a in self.versions]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "after"),
+    [("promoted", {"champion": "2"}), ("deployed_first", {"champion": "2"}), ("rolled_back", {"champion": "1"})],
+)
+def test_the_runs_version_is_champion_only_when_it_serves(outcome, after):
+    from refit_core.mlflow_sync import follow_deployment
+
+    client = Aliases([("1", "arn:p/1"), ("2", "arn:p/2")], {"champion": "1", "challenger": "2"})
+    follow_deployment(client, "m", {**RECORD, "outcome": outcome}, "2")
+    assert client.aliases == after
+
+
+def test_a_redeploy_moves_champion_or_removes_it_when_mlflow_never_saw_the_package():
+    from refit_core.mlflow_sync import follow_deployment
+
+    client = Aliases([("1", "arn:p/1"), ("2", "arn:p/2")], {"champion": "2"})
+    redeploy = {**RECORD, "outcome": "redeployed", "registry": None, "redeploy": {"model_package_arn": "arn:p/1"}}
+    assert follow_deployment(client, "m", redeploy, None) == {"champion": "1", "challenger": None}
+    unknown = {**redeploy, "redeploy": {"model_package_arn": "arn:p/0"}}  # registered before [mlflow]
+    assert follow_deployment(client, "m", unknown, None) == {"champion": None, "challenger": None}
