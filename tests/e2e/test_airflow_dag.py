@@ -90,8 +90,8 @@ def airflow_environment(home: Path, endpoint_url: str, region: str) -> dict[str,
 @pytest.fixture(scope="module")
 def airflow_runs(tmp_path_factory):
     """Start `refit local up` and the Airflow driver together; once the server is ready, take the state machine's
-    ARN from `refit status --json` and run a succeeding and a failing DAG run. Returns (driver result, outputs,
-    server)."""
+    ARN from `refit status --json` and run three DAG runs (one succeeding, two failing). Yields (the driver's result,
+    the ARN, the server, the driver's log)."""
     if not AIRFLOW_PYTHON.exists():
         reason = (
             f"{AIRFLOW_PYTHON} is missing: `make install` creates it (scripts/integrations/airflow-constraints.txt)"
