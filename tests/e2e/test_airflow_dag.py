@@ -27,6 +27,7 @@ MODEL = "churn"
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
 DAG_FILE = ROOT / "scripts" / "integrations" / "airflow_dag.py"
 TEST_DAG_ID = "refit_retrain_test"
+NOT_LANDED = f"incoming/{MODEL}/not-landed.csv"
 
 SHIPPED_DAG_LINE = "\ndag = build_dag()\n"
 TEST_DAG_LINE = f'\ndag = build_dag(dag_id="{TEST_DAG_ID}", poke_seconds=1, run_timeout=timedelta(minutes=3))\n'
@@ -136,14 +137,13 @@ def airflow_runs(tmp_path_factory):
         assert status.returncode == 0, status.stderr
         state_machine = json.loads(status.stdout)["state_machine_arn"]
         outputs = json.loads((server.workdir / "outputs.json").read_text())["outputs"]
+        # Each conf names every param: dag.test() called again in one process keeps the previous run's conf values in
+        # the tasks' params (measured: a data_uri carried over), where Airflow's workers parse the DAG anew per task.
+        params = {"state_machine_arn": state_machine, "data_uri": None, "force": False, "requested_by": None}
         confs = [
-            {"state_machine_arn": state_machine, "reason": "retrain from Airflow"},
-            {
-                "state_machine_arn": state_machine,
-                "data_uri": f"s3://{outputs['DataBucket']}/incoming/{MODEL}/not-landed.csv",
-                "reason": "a batch that was never landed",
-            },
-            {"state_machine_arn": state_machine, "forse": True},  # a typo the DAG passes on for refit to refuse
+            {**params, "reason": "retrain from Airflow"},
+            {**params, "data_uri": f"s3://{outputs['DataBucket']}/{NOT_LANDED}", "reason": "a batch never landed"},
+            {**params, "reason": "a typo", "forse": True},  # a key the DAG passes on for refit to refuse
         ]
         log, _ = driver.communicate(json.dumps(confs) + "\n", timeout=300)
         lines = [line for line in log.splitlines() if line.startswith("RESULT ")]
@@ -218,6 +218,14 @@ def test_a_run_that_fails_fails_the_sensor_and_the_dag_run(airflow_runs, aws):
     assert "Step Function sensor failed" in log
     described = execution(aws, state_machine, run["execution"])
     assert described["status"] == "FAILED"
+    caller = aws("sts").get_caller_identity()["Arn"]
+    bucket = json.loads(described["input"])["data_uri"].split("/")[2]
+    assert json.loads(described["input"]) == {
+        "data_uri": f"s3://{bucket}/{NOT_LANDED}",
+        "force": False,
+        "reason": "a batch never landed",
+        "requested_by": caller,
+    }
     record = audit_record(aws, server, run["execution"])
     assert (record["status"]["S"], record["outcome"]["S"]) == ("FAILED", "bad_data")
     assert "not-landed.csv: no such object" in record["message"]["S"]
@@ -228,7 +236,9 @@ def test_a_conf_key_the_dag_does_not_declare_reaches_refit_and_fails_the_run(air
     run = result["runs"][2]
     assert (run["state"], run["tasks"]["wait_for_run"]) == ("failed", "failed")
     described = execution(aws, state_machine, run["execution"])
-    assert described["status"] == "FAILED" and json.loads(described["input"])["forse"] is True
+    assert described["status"] == "FAILED"
+    caller = aws("sts").get_caller_identity()["Arn"]
+    assert json.loads(described["input"]) == {"force": False, "reason": "a typo", "requested_by": caller, "forse": True}
     record = audit_record(aws, server, run["execution"])
     assert record["status"]["S"] == "FAILED"
     assert "forse: unknown field" in record["message"]["S"], record["message"]["S"]
