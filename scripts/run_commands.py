@@ -923,6 +923,7 @@ def model_status(config: RefitConfig, model: ModelConfig, resources: Resources) 
     budget = model.monthly_training_budget_usd
     return {
         "model": model.name,
+        "state_machine_arn": state_machine,
         "endpoint": endpoint,
         "champion": {k: champion[k] for k in CHAMPION_FIELDS} if champion else None,
         "registry": registry,

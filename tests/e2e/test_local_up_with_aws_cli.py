@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,17 +21,11 @@ from refit_core.config import load_config
 from refit_core.names import stack_name
 
 from scripts.sample_data import churn_batch, to_csv_bytes
+from tests.e2e.local_up_server import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "churn"
-READY = "refit local: ready"
 BATCH_KEY = f"incoming/{MODEL}/2026-11-15.csv"  # the key the README's manual input names
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
@@ -57,39 +50,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class Server:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.cli", "local", "up", "--port", str(port), "--workdir", str(workdir)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(READY):
-                self.ready.set()
-
-    def environment(self) -> dict[str, str]:
-        """The client environment exactly as the server printed it (`export KEY=VALUE` lines)."""
-        exported = dict(
-            line.strip().removeprefix("export ").split("=", 1)
-            for line in self.lines
-            if line.strip().startswith("export ")
-        )
-        return exported
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     started = time.monotonic()
@@ -100,13 +60,7 @@ def server(tmp_path_factory):
         server.startup_seconds = time.monotonic() - started
         yield server
     finally:
-        if server.process.poll() is None:  # a test failed before the SIGINT test: still stop it cleanly
-            server.process.send_signal(signal.SIGINT)
-            try:
-                server.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
+        server.stop()  # a test failed before the SIGINT test: still stop it cleanly
 
 
 @pytest.fixture(scope="module")

@@ -174,6 +174,7 @@ def test_status_shows_endpoint_champion_lock_and_spend(aws, refit, first):
     code, out, err = refit("status", MODEL, "--json")
     assert code == 0, err
     status = json.loads(out)
+    assert status["state_machine_arn"] == aws.model(MODEL).state_machine_arn  # what the Airflow DAG starts
     assert status["endpoint"]["name"] == "refit-churn" and status["endpoint"]["status"] == "InService"
     assert status["endpoint"]["variants"] == [{"name": "champion", "weight": 1.0}]
     assert status["champion"]["version"] == 1 and status["running"] == [] and status["lock"] is None
