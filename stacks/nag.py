@@ -193,8 +193,13 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             ),
         },
         "Deploy": {
+            **S3_READ,
             "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either",
             **reads_endpoint,
+            **_objects(
+                data, [model.capture_prefix], "Data Capture names its files by endpoint, variant, hour and a UUID"
+            ),
+            **_objects(artifacts, [f"reports/{model.name}/"], runs),
         },
         "Finalize": {
             **s3_writer,

@@ -68,7 +68,7 @@ KEY_WRITERS = (
     "Cleanup",
     "Monitor",
 )
-KEY_READERS = ("ExpireApproval", "PickCandidate")
+KEY_READERS = ("ExpireApproval", "PickCandidate", "Deploy")
 
 
 class RetrainFunctions(Construct):
@@ -152,7 +152,8 @@ class RetrainFunctions(Construct):
             readable.setdefault((function.node.id, bucket), []).append(pattern)
 
         # The project key only for functions that touch an encrypted store (S3 objects, the audit table, the topic):
-        # PollTraining and Deploy call SageMaker only (Data Capture encrypts as the SageMaker role, not as Deploy).
+        # PollTraining calls SageMaker only; Deploy reads captured outputs for the canary (Data Capture encrypts as the
+        # SageMaker role, so Deploy only decrypts).
         for name in KEY_WRITERS:
             storage.grant_key(f[name], write=True)
         for name in KEY_READERS:
@@ -325,6 +326,9 @@ class RetrainFunctions(Construct):
                 resources=["*"],  # GetMetricStatistics has no resource-level permissions
             )
         )
+        # The canary's prediction-divergence check: captured outputs and the gate's holdout reference (gate.json).
+        read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
+        read(storage.artifact_bucket, f["Deploy"], f"reports/{model.name}/*")
         read(storage.data_bucket, f["Finalize"], f"{model.new_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.training_data_prefix}*")
         storage.data_bucket.grant_put(f["Finalize"], f"{model.quarantine_prefix}*")

@@ -40,7 +40,11 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         state.training,
     )
     if state.error is not None:
-        return "FAILED", "failed", error_reason(state.error) or "failed"
+        message = error_reason(state.error) or "failed"
+        restore_error = error_reason(state.restore_error)
+        if restore_error:
+            message = f"{message}; restoring the endpoint failed too: {restore_error}"
+        return "FAILED", "failed", message
     if run is not None and not run.proceed:
         return "SKIPPED", run.skip_outcome or "skipped", run.reason or "skipped"
     redeploy = state.redeploy

@@ -273,6 +273,20 @@ def captured_keys(lines: Iterable[bytes], *, source: str, problem_type: str) -> 
     return CapturedKeys(keys, problems.counts, problems.examples, problems.lines, problems.by_kind)
 
 
+def captured_outputs(lines: Iterable[bytes], *, source: str, problem_type: str) -> list[tuple[str | None, float]]:
+    """(inferenceTime, score) of every scored row of one capture file, without the model's schema: the score is the
+    positive-class probability for binary classification, else the prediction (what the gate's holdout scores are).
+    Bad records are skipped, as everywhere in this module."""
+    problems = Problems.of(CAPTURE_PROBLEMS)
+    scores: list[tuple[str | None, float]] = []
+    column = "probabilities" if problem_type == "binary_classification" else "predictions"
+    for record in _records(lines, source, problems):
+        reply = _reply(record, problem_type, problems)
+        if reply is not None:
+            scores.extend((record.inference_time, float(value)) for value in reply[column])
+    return scores
+
+
 def capture_key_time(key: str) -> datetime:
     """The hour a capture object's key names (`.../yyyy/mm/dd/hh/<file>`), as a UTC datetime: SageMaker files a
     record under the hour it was captured, so every record in the file is from that hour. Raises ValueError for a key

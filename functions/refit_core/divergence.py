@@ -34,9 +34,14 @@ noise); without Data Capture it is skipped. Neither is a pass, and the verdict s
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from refit_core.capture import captured_outputs, list_capture_objects
+from refit_core.s3uri import S3Uri
 
 RESAMPLES = 999
 MAX_REFERENCE_ROWS = 5000  # holdout pairs kept in the reference (gate.json): enough for the null, small in state
@@ -229,3 +234,28 @@ def prediction_divergence(
         "resamples": resamples,
         "reason": reason,
     }
+
+
+def live_outputs(
+    s3: Any,
+    destination: str,
+    endpoint_name: str,
+    variants: tuple[str, ...],
+    start: datetime,
+    end: datetime,
+    problem_type: str,
+) -> dict[str, list[float]]:
+    """Each variant's captured scores with an inferenceTime in [start, end), from the endpoint's Data Capture
+    destination (`s3://bucket/prefix`, as DescribeEndpoint's DataCaptureConfig names it). Only files of the window's
+    hours are listed; records without a time are left out (they cannot be placed in the window)."""
+    where = S3Uri.parse(destination.rstrip("/") + "/")
+    found: dict[str, list[float]] = {name: [] for name in variants}
+    for item in list_capture_objects(s3, where.bucket, where.key, start):
+        if item.endpoint != endpoint_name or item.variant not in found:
+            continue
+        body = s3.get_object(Bucket=where.bucket, Key=item.key)["Body"]
+        for moment, score in captured_outputs(body.iter_lines(), source=item.key, problem_type=problem_type):
+            when = pd.to_datetime(moment, utc=True, errors="coerce", format="ISO8601") if moment else None
+            if when is not None and not pd.isna(when) and start <= when.to_pydatetime() < end:
+                found[item.variant].append(score)
+    return found

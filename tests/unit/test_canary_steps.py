@@ -245,3 +245,20 @@ def test_a_step_begins_only_when_the_endpoint_shows_its_weights(described, expec
     assert result["next"] == expected
     assert (reason is None and "reason" not in result) or reason in result["reason"]
     assert ("canary_started_at" in result) == (expected == "ready")
+
+
+# --- prediction divergence in the verdict ----------------------------------------------------------------------------
+def test_diverged_predictions_fail_the_step_and_an_unjudged_check_is_named_but_decides_nothing():
+    diverged = {"status": "judged", "diverged": True, "reason": "the challenger's live outputs are beyond ..."}
+    verdict = step_verdict(SETTINGS, window(), CHAMPION, "OK", diverged)
+    assert not verdict["healthy"] and verdict["reason"].startswith("prediction divergence: the challenger's live")
+    assert verdict["divergence"] == diverged
+    within = {"status": "judged", "diverged": False, "reason": "within what the holdout predicts"}
+    assert step_verdict(SETTINGS, window(), CHAMPION, "OK", within)["reason"].endswith("(p99 ratio 1.00)")
+    skipped = {"status": "skipped", "diverged": None, "reason": "not checked: Data Capture is off on the endpoint"}
+    passed = step_verdict(SETTINGS, window(), CHAMPION, "OK", skipped)
+    assert passed["healthy"] and passed["reason"].endswith(
+        "; predictions not checked: Data Capture is off on the endpoint"
+    )
+    quiet = step_verdict(SETTINGS, window(invocations=3), CHAMPION, "OK", skipped)
+    assert not quiet["healthy"] and quiet["reason"].startswith("quiet window") and "predictions" not in quiet["reason"]
