@@ -204,7 +204,7 @@ class CanarySettings(_Strict):
         100,
         ge=20,
         description="The prediction-divergence check is judged only when both variants have this many outputs "
-        "captured in the step's window (refit_core.divergence); level `alpha`.",
+        "captured in the step's window (refit_core.divergence); level `alpha` / number of steps.",
     )
 
     @model_validator(mode="after")

@@ -282,8 +282,8 @@ def divergence_check(
     event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
 ) -> dict[str, Any]:
     """The prediction-divergence check of a step (refit_core.divergence): both variants' captured outputs in the
-    window against the holdout reference the gate recorded in gate.json. Capture off on the endpoint (its
-    DataCaptureConfig not Started): skipped, and the verdict says so."""
+    window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
+    off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
     endpoint = describe_endpoint(sagemaker, config.endpoint_name) or {}
     capture_config = endpoint.get("DataCaptureConfig") or {}
@@ -309,7 +309,9 @@ def divergence_check(
         reference,
         outputs[CHAMPION],
         outputs[CHALLENGER],
-        alpha=model.canary.alpha,
+        # Bonferroni over the plan's steps: a challenger that answers as its holdout says is rolled back by this
+        # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
+        alpha=model.canary.alpha / len(model.canary.plan),
         min_samples=model.canary.divergence_min_samples,
         capture_enabled=capture_on,
         seed=model.seed,

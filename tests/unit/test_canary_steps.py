@@ -3,9 +3,11 @@ champion on the same window (each rule and its boundary)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
-from refit_core.audit import summarize_run
+from refit_core.audit import divergence_summary, summarize_run
 from refit_core.canary import VariantWindow, higher_rate_p_value, step_verdict
 from refit_core.config import CanarySettings, ConfigError, parse_config
 from refit_handlers.deploy import EndpointStatus, status, weight_shares
@@ -262,3 +264,29 @@ def test_diverged_predictions_fail_the_step_and_an_unjudged_check_is_named_but_d
     )
     quiet = step_verdict(SETTINGS, window(invocations=3), CHAMPION, "OK", skipped)
     assert not quiet["healthy"] and quiet["reason"].startswith("quiet window") and "predictions" not in quiet["reason"]
+
+
+def test_a_failed_rollback_and_a_failed_restore_are_both_in_the_message():
+    canary = {"healthy": False, "reason": "quiet", "next": "rollback", "steps": [{**STEP, "healthy": False}]}
+    state = {
+        "run": RUN,
+        "gate": {"promote": True, "reason": "better"},
+        "deploy": DEPLOY,
+        "canary": canary,
+        "error": {"Error": "EndpointUpdateFailed", "Cause": "endpoint is Failed: no capacity"},
+        "restore_error": {"Error": "EndpointFailed", "Cause": json.dumps({"errorMessage": "it needs a person"})},
+    }
+    record = summarize_run(state, "churn", "exec-1", "t0", "t1", None)
+    assert (record["status"], record["outcome"]) == ("FAILED", "failed")
+    assert record["message"] == (
+        "EndpointUpdateFailed: endpoint is Failed: no capacity; restoring the endpoint failed too: "
+        "EndpointFailed: it needs a person"
+    )
+
+
+def test_the_summary_line_names_the_divergence_check():
+    judged = {"status": "judged", "diverged": True, "ks_to_predicted": 0.4, "p_value": 0.001}
+    judged |= {"challenger_samples": 140, "champion_samples": 560}
+    assert divergence_summary(judged) == "; predictions diverged (KS to predicted 0.4, p 0.001, 140 / 560 outputs)"
+    assert divergence_summary({"status": "skipped"}) == "; predictions skipped"
+    assert divergence_summary(None) == ""
