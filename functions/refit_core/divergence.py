@@ -100,7 +100,8 @@ def _ks_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class _Conditional:
     """The challenger's output given the champion's, as the holdout shows it: for a champion score, the challenger
-    score of a random holdout row among the `neighbours` whose champion scores are nearest (by rank)."""
+    score of a random holdout row among the `neighbours` whose champion scores are nearest (by rank; all rows with
+    that very score when more of them tie)."""
 
     def __init__(self, champion: np.ndarray, challenger: np.ndarray) -> None:
         order = np.argsort(champion, kind="stable")
@@ -108,13 +109,24 @@ class _Conditional:
         self.neighbours = max(1, int(np.ceil(np.sqrt(champion.size))))
 
     def draw(self, given: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        n, half = self.champion.size, self.neighbours // 2
-        position = np.searchsorted(self.champion, given) + rng.integers(-half, self.neighbours - half, size=given.shape)
-        return self.challenger[np.clip(position, 0, n - 1)]
+        low = np.searchsorted(self.champion, given, side="left")
+        high = np.searchsorted(self.champion, given, side="right")
+        return self.challenger[_neighbour(low, high, self.neighbours, self.champion.size, rng)]
+
+
+def _neighbour(low: np.ndarray, high: np.ndarray, neighbours: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random row position among the neighbours of a champion score whose equal values span [low, high) of the
+    sorted holdout: uniform over the tied rows when there are at least `neighbours` of them (tree ensembles answer
+    few distinct values, and a window at the block's edge would be biased), else over `neighbours` rows centred on
+    them."""
+    width = np.maximum(high - low, neighbours)
+    start = (low + high - width) // 2
+    return np.clip(start + np.floor(rng.random(low.shape) * width).astype(np.int64), 0, n - 1)
 
 
 def _predicted_size(champion_size: int) -> int:
-    """Draws of the predicted challenger distribution: a few per live champion output (at most 2,000 unless the champion alone has more)."""
+    """Draws of the predicted challenger distribution: a few per live champion output (at most 2,000 unless the
+    champion alone has more)."""
     return champion_size * max(1, min(5, 2000 // max(champion_size, 1)))
 
 
@@ -130,7 +142,6 @@ def _null_distances(
     """D* of `resamples` replicates (see the module's docstring), `chunk` replicates per vectorized batch."""
     n, k, predicted = holdout_champion.size, live_champion.size, _predicted_size(live_champion.size)
     truth = _Conditional(holdout_champion, holdout_challenger)
-    half = truth.neighbours // 2
     low = float(min(holdout_champion.min(), live_champion.min()))
     span = float(max(holdout_champion.max(), live_champion.max())) - low + 1.0
     distances = []
@@ -145,14 +156,12 @@ def _null_distances(
         offset = np.arange(r)[:, None] * span
         champions = live_champion[rng.integers(0, k, size=(r, k))]
         given = np.tile(champions, (1, predicted // k))
-        position = (
-            np.searchsorted(
-                (holdout_champion[sorted_rows] - low + offset).ravel(), (given - low + offset).ravel()
-            ).reshape(r, predicted)
-            - np.arange(r)[:, None] * n
-        )
-        position += rng.integers(-half, truth.neighbours - half, size=position.shape)
-        predicted_side = holdout_challenger[np.take_along_axis(sorted_rows, np.clip(position, 0, n - 1), axis=1)]
+        flat, needles = (holdout_champion[sorted_rows] - low + offset).ravel(), (given - low + offset).ravel()
+        first_row = np.arange(r)[:, None] * n
+        lows = np.searchsorted(flat, needles, side="left").reshape(r, predicted) - first_row
+        highs = np.searchsorted(flat, needles, side="right").reshape(r, predicted) - first_row
+        position = _neighbour(lows, highs, truth.neighbours, n, rng)
+        predicted_side = holdout_challenger[np.take_along_axis(sorted_rows, position, axis=1)]
         distances.append(_ks_rows(challenger_side, predicted_side))
     return np.concatenate(distances)
 
