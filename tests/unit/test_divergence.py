@@ -5,10 +5,16 @@ whose live outputs shift, or are inverted, is caught; too few outputs are not ju
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import boto3
 import numpy as np
 import pytest
-from refit_core.divergence import holdout_reference, ks_distance, prediction_divergence
+from moto import mock_aws
+from refit_core.divergence import holdout_reference, ks_distance, live_outputs, prediction_divergence
 from scipy.stats import ks_2samp
+
+from tests.unit.test_capture import ROW, ROW2, record
 
 ALPHA = 0.05
 RESAMPLES = 99  # the product uses 999; 99 keeps the simulations fast and the test's conclusions the same
@@ -109,3 +115,35 @@ def test_too_few_outputs_are_not_judged_and_capture_off_is_skipped():
     assert (off["status"], off["diverged"]) == ("skipped", None) and "Data Capture is off" in off["reason"]
     none = prediction_divergence(None, champion, challenger, alpha=ALPHA, min_samples=100)
     assert none["status"] == "skipped" and "no holdout reference" in none["reason"]
+
+
+@mock_aws
+def test_live_outputs_are_each_variants_scores_inside_the_window_of_this_endpoint_only():
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="data")
+    hour = "capture/churn/refit-churn/{variant}/2026/11/29/01/00-00-000-{name}.jsonl"
+
+    def put(key: str, *lines: bytes) -> None:
+        s3.put_object(Bucket="data", Key=key, Body=b"\n".join(lines))
+
+    two_rows = {"predictions": [1, 0], "probabilities": [0.9, 0.2]}
+    put(
+        hour.format(variant="challenger", name="a"),
+        record(reply={"predictions": [1], "probabilities": [0.7]}, time="2026-11-29T01:10:00Z"),
+        record(body=f"{ROW}\n{ROW2}", reply=two_rows, event_id="ev-2", time="2026-11-29T01:10:30Z"),
+        record(reply={"predictions": [1], "probabilities": [0.6]}, time="2026-11-29T01:04:59Z"),  # before the window
+        b'{"captureData": {"endpointOutput": {"encoding": "CSV"}}, "eventMetadata": {"eventId": "x"}}',  # skipped
+    )
+    put(hour.format(variant="champion", name="b"), record(reply={"predictions": [0], "probabilities": [0.3]}))
+    put(hour.format(variant="shadow", name="c"), record())  # not a variant asked for
+    put("capture/churn/refit-churn-old/champion/2026/11/29/01/00-00-000-d.jsonl", record())  # another endpoint
+    found = live_outputs(
+        s3,
+        "s3://data/capture/churn",
+        "refit-churn",
+        ("challenger", "champion"),
+        datetime(2026, 11, 29, 1, 5, tzinfo=UTC),
+        datetime(2026, 11, 29, 1, 30, tzinfo=UTC),
+        "binary_classification",
+    )
+    assert found == {"challenger": [0.7, 0.9, 0.2], "champion": []}  # the champion's record is at 01:02:03
