@@ -142,7 +142,7 @@ def separate_windows(state: str, seconds: int) -> None:
     time.sleep(max(0.0, (boundary - datetime.now(UTC)).total_seconds()))
 
 
-def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[dict, dict]:
+def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None, shift: float = 1.0) -> tuple[dict, dict]:
     aws.on_wait("Wait for endpoint (deploy)", separate_windows)
     if traffic is not None:
         aws.on_wait("Bake canary", traffic)
@@ -150,7 +150,7 @@ def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[
             aws.on_wait("Wait for training", FaultAfterTraining(aws, traffic.fault, traffic.scratch))
     try:
         execution = aws.wait_for(
-            aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=1.0))), timeout=600
+            aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=shift))), timeout=600
         )
     finally:
         aws.on_wait("Bake canary", None)
@@ -272,7 +272,8 @@ def test_a_rollback_that_fails_ends_the_run_failed_with_the_endpoints_true_state
     it is, not as the run wanted it."""
     before = endpoint_config(aws)
     aws.fail_endpoint_update(MODEL, before, "Failed", "simulated: the champion's instances did not start")
-    execution, record = run_with(aws, "rollback-fails.csv", 10, None)
+    # Shifted further than any earlier batch: it drifts from whichever champion serves (run alone or after the rest).
+    execution, record = run_with(aws, "rollback-fails.csv", 10, None, shift=2.0)
     assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
     assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
     assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
