@@ -200,22 +200,15 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             ),
         },
         "Deploy": {
+            **S3_READ,
             "Resource::*": XRAY
             + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either"
             + describe_targets,
             **reads_endpoint,
-            **(
-                {  # deploy.mode shadow: the shadow's and the champion's captured predictions
-                    **S3_READ,
-                    **_objects(
-                        data,
-                        [model.capture_prefix],
-                        "Data Capture names its files by endpoint, variant, hour and a UUID",
-                    ),
-                }
-                if model.deploy.mode == "shadow"
-                else {}
+            **_objects(
+                data, [model.capture_prefix], "Data Capture names its files by endpoint, variant, hour and a UUID"
             ),
+            **_objects(artifacts, [f"reports/{model.name}/"], runs),
             **scalable_targets,
         },
         "Finalize": {

@@ -71,7 +71,7 @@ KEY_WRITERS = (
     "Cleanup",
     "Monitor",
 )
-KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync")
+KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync", "Deploy")
 # After Finalize, when `[mlflow]` is configured. A request that never answers costs 3 attempts of timeout_seconds (at
 # most 60) plus 3 s of backoff before the error is recorded: 300 s leaves that first failing call room to be recorded.
 MLFLOW_SPEC = FunctionSpec("refit_handlers.mlflow_sync.handler", 512, 300)
@@ -206,7 +206,8 @@ class RetrainFunctions(Construct):
             readable.setdefault((function.node.id, bucket), []).append(pattern)
 
         # The project key only for functions that touch an encrypted store (S3 objects, the audit table, the topic):
-        # PollTraining and Deploy call SageMaker only (Data Capture encrypts as the SageMaker role, not as Deploy).
+        # PollTraining calls SageMaker only; Deploy reads captured outputs for the canary (Data Capture encrypts as the
+        # SageMaker role, so Deploy only decrypts).
         for name in KEY_WRITERS:
             storage.grant_key(f[name], write=True)
         for name in KEY_READERS:
@@ -421,11 +422,10 @@ class RetrainFunctions(Construct):
                 resources=["*"],  # GetMetricStatistics has no resource-level permissions
             )
         )
-        if model.deploy.mode == "shadow":
-            # check_shadow compares the variants' captured predictions (refit_core.shadow): the capture files, which
-            # SageMaker encrypts with the project key.
-            read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
-            storage.grant_key(f["Deploy"], write=False)
+        # The canary's prediction divergence and the shadow's comparison: captured outputs (encrypted with the project
+        # key), and the gate's holdout reference (gate.json).
+        read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
+        read(storage.artifact_bucket, f["Deploy"], f"reports/{model.name}/*")
         # Capacity (refit_core.capacity): every endpoint change deregisters the endpoint's scalable targets first;
         # with autoscaling configured, the serving variant is registered again with its policy. Application Auto
         # Scaling scopes writes only by its own target ids, so the grant is on SageMaker variants by condition.

@@ -361,6 +361,7 @@ class RetrainStateMachine(Construct):
                             "canary_started_at.$": "$.endpoint.canary_started_at",
                             "endpoint_weights.$": "$.endpoint.variants",
                             "history.$": "$.canary.steps",
+                            "gate_uri.$": "$.gate.gate_uri",
                         },
                         "$.canary",
                     ),

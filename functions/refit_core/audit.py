@@ -41,7 +41,11 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         state.training,
     )
     if state.error is not None:
-        return "FAILED", "failed", error_reason(state.error) or "failed"
+        message = error_reason(state.error) or "failed"
+        restore_error = error_reason(state.restore_error)
+        if restore_error:
+            message = f"{message}; restoring the endpoint failed too: {restore_error}"
+        return "FAILED", "failed", message
     if run is not None and not run.proceed:
         return "SKIPPED", run.skip_outcome or "skipped", run.reason or "skipped"
     redeploy = state.redeploy
@@ -248,7 +252,20 @@ def canary_step_line(step: dict[str, Any]) -> str:
         f"Canary step {step['step'] + 1} ({step['weight']:.0%}; endpoint {weights}): "
         f"{'passed' if step['healthy'] else 'failed'} - {step['reason']}; challenger {numbers(step.get('challenger'))}; "
         f"champion {numbers(step.get('champion'))}; p(5XX) {step.get('p_value_5xx')}, p(4XX) {step.get('p_value_4xx')}, "
-        f"p99 ratio {step.get('p99_latency_ratio')}"
+        f"p99 ratio {step.get('p99_latency_ratio')}{divergence_summary(step.get('divergence'))}"
+    )
+
+
+def divergence_summary(divergence: dict[str, Any] | None) -> str:
+    """The prediction-divergence check of a step, for its summary line ("" when the step has none)."""
+    if not divergence:
+        return ""
+    if divergence.get("status") != "judged":
+        return f"; predictions {divergence.get('status')}"
+    return (
+        f"; predictions {'diverged' if divergence.get('diverged') else 'as predicted'} (KS to predicted "
+        f"{divergence.get('ks_to_predicted')}, p {divergence.get('p_value')}, {divergence.get('challenger_samples')} / "
+        f"{divergence.get('champion_samples')} outputs)"
     )
 
 

@@ -6,8 +6,9 @@ challenger across model versions. Promotion replaces the config with the challen
 the name `champion`; rollback returns to the config the endpoint had before the run.
 
 A step is judged against the champion on the same window (`step_verdict`): the challenger's 5XX and 4XX
-rates against the champion's (one-sided Fisher exact tests), its p99 ModelLatency over the champion's, and
-fixed ceilings as guards. A window with too little traffic on either variant is never a pass.
+rates against the champion's (one-sided Fisher exact tests), its p99 ModelLatency over the champion's, its captured
+outputs against what its holdout disagreement with the champion predicts (refit_core.divergence), and fixed ceilings
+as guards. A window with too little traffic on either variant is never a pass.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ def higher_rate_p_value(
 
 
 def step_verdict(
-    settings: CanarySettings, challenger: VariantWindow, champion: VariantWindow, alarm_state: str | None
+    settings: CanarySettings,
+    challenger: VariantWindow,
+    champion: VariantWindow,
+    alarm_state: str | None,
+    divergence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The verdict on one canary step, from both variants' numbers on the same window.
 
@@ -117,7 +122,9 @@ def step_verdict(
     level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
     `min_invocations` on both variants (a quiet window is not promoted, and says so) and, once both variants have
     `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
-    times the champion's (with fewer samples the p99 is not judged, and the verdict says so)."""
+    times the champion's (with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
+    prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
+    challenger's outputs diverged; skipped or not judged, it is recorded and named in the reason, never a pass."""
     p_5xx = higher_rate_p_value(
         challenger.errors_5xx, challenger.invocations, champion.errors_5xx, champion.invocations
     )
@@ -139,9 +146,12 @@ def step_verdict(
         "p99_latency_ratio": ratio,
         "p99_judged": p99_judged,
         "alarm_state": alarm_state,
+        "divergence": divergence,
     }
 
     def verdict(healthy: bool, reason: str) -> dict[str, Any]:
+        if healthy and divergence is not None and divergence.get("status") != "judged":
+            reason = f"{reason}; predictions {divergence['reason']}"
         return {"healthy": healthy, "reason": reason, **evidence}
 
     rate_5xx = challenger.errors_5xx / challenger.invocations if challenger.invocations else 0.0
@@ -162,6 +172,8 @@ def step_verdict(
                 f"challenger {kind} rate is higher than the champion's on the same window "
                 f"(one-sided Fisher exact p = {p_value:.4f} < {settings.alpha})",
             )
+    if divergence is not None and divergence.get("diverged"):
+        return verdict(False, f"prediction divergence: {divergence['reason']}")
     for name, window in (("challenger", challenger), ("champion", champion)):
         if window.invocations < settings.min_invocations:
             return verdict(

@@ -352,3 +352,33 @@ def _folders(paginator: Any, bucket: str, prefix: str) -> list[str]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
         folders.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", []))
     return folders
+
+
+def window_scores(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    endpoint: str,
+    variants: Iterable[str],
+    start: datetime,
+    end: datetime,
+    problem_type: str,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Each of `variants`' captured scores with an inferenceTime in [start, end) (records without one cannot be
+    placed in the window and are skipped), and the counts of unreadable records by kind, from the capture files of
+    `endpoint` under `prefix` (only the window's hours are listed). The shadow's comparison and the canary's
+    prediction divergence read the window this way."""
+    scores: dict[str, list[float]] = {name: [] for name in variants}
+    problems: dict[str, int] = {}
+    for item in list_capture_objects(s3, bucket, prefix, start):
+        if item.endpoint != endpoint or item.variant not in scores:
+            continue
+        body = s3.get_object(Bucket=bucket, Key=item.key)["Body"]
+        read = captured_scores(body.iter_lines(), source=item.key, problem_type=problem_type)
+        for kind, count in read.problems.items():
+            if count:
+                problems[kind] = problems.get(kind, 0) + count
+        scores[item.variant].extend(
+            score for when, score in zip(read.times, read.scores, strict=True) if when and start <= when < end
+        )
+    return scores, problems

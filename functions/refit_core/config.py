@@ -221,6 +221,12 @@ class CanarySettings(_Strict):
         description="The p99 ratio is judged only when both variants have this many ModelLatency samples in the "
         "step's window (below 100 a p99 is the largest value or two: one cold request decides it).",
     )
+    divergence_min_samples: int = Field(
+        100,
+        ge=20,
+        description="The prediction-divergence check is judged only when both variants have this many outputs "
+        "captured in the step's window (refit_core.divergence); level `alpha` / number of steps.",
+    )
 
     @model_validator(mode="after")
     def _one_plan(self) -> CanarySettings:

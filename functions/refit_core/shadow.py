@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import Any
 
 from refit_core.canary import CHALLENGER, CHAMPION, VariantWindow, step_verdict, variant
-from refit_core.capture import captured_scores, list_capture_objects
+from refit_core.capture import window_scores as captured_window_scores
 from refit_core.config import ShadowSettings
-from refit_core.divergence import prediction_divergence
+from refit_core.divergence import two_sample_divergence
 
 SHADOW = CHALLENGER  # the shadow variant's name
 
@@ -48,22 +48,8 @@ def window_scores(
     end: datetime,
     problem_type: str,
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Each variant's captured scores with an inferenceTime in [start, end) (records without one are skipped), and the
-    counts of unreadable records by kind, from the capture files of `endpoint` under `prefix`."""
-    scores: dict[str, list[float]] = {CHAMPION: [], SHADOW: []}
-    problems: dict[str, int] = {}
-    for item in list_capture_objects(s3, bucket, prefix, start):
-        if item.endpoint != endpoint or item.variant not in scores:
-            continue
-        body = s3.get_object(Bucket=bucket, Key=item.key)["Body"]
-        read = captured_scores(body.iter_lines(), source=item.key, problem_type=problem_type)
-        for kind, count in read.problems.items():
-            if count:
-                problems[kind] = problems.get(kind, 0) + count
-        scores[item.variant].extend(
-            score for when, score in zip(read.times, read.scores, strict=True) if when and start <= when < end
-        )
-    return scores, problems
+    """The champion's and the shadow's captured scores in [start, end), and the unreadable records by kind."""
+    return captured_window_scores(s3, bucket, prefix, endpoint, (CHAMPION, SHADOW), start, end, problem_type)
 
 
 def shadow_verdict(
@@ -78,7 +64,7 @@ def shadow_verdict(
     (the predictions could not be compared), and a KS distance over `max_prediction_divergence` that is significant
     at `alpha` drops the shadow."""
     verdict = step_verdict(settings.limits(), shadow, champion, alarm_state)
-    divergence = prediction_divergence(scores.get(CHAMPION, []), scores.get(SHADOW, []))
+    divergence = two_sample_divergence(scores.get(CHAMPION, []), scores.get(SHADOW, []))
     copied = round(shadow.invocations / champion.invocations, 4) if champion.invocations else None
     verdict = {**verdict, "divergence": divergence, "copied_share": copied}
     if not verdict["healthy"]:

@@ -370,6 +370,7 @@ class CanaryStepVerdict(Step):
     p99_latency_ratio: float | None = None
     p99_judged: bool | None = None
     alarm_state: str | None = None
+    divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result
 
 
 class CanaryVerdict(Step):

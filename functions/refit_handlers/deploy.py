@@ -3,6 +3,7 @@ restore, and the guarded update of deploy.mode guardrails (start_guardrails, gua
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -30,8 +31,10 @@ from refit_core.champion import (
     find_champion,
     view_of,
 )
+from refit_core.divergence import live_outputs, prediction_divergence
 from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
 from refit_core.network import isolated
+from refit_core.s3uri import S3Uri
 from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
     AlarmView,
@@ -57,6 +60,10 @@ tracer = Tracer()
 metrics = Metrics()
 
 FAILED_STATUSES = {"Failed", "UpdateRollbackFailed", "OutOfService"}
+
+
+class EndpointFailed(RuntimeError):
+    """The endpoint is in a state refit cannot change (Failed: SageMaker allows only DeleteEndpoint)."""
 
 
 class StartDeploy(BaseModel):
@@ -91,6 +98,7 @@ class CheckCanary(BaseModel):
     canary_started_at: str
     endpoint_weights: list[Variant] = []  # the weights the status check saw when the step began
     history: list[CanaryStepVerdict] = []  # the steps judged before this one
+    gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
 
 
 class StartShadow(BaseModel):
@@ -463,7 +471,47 @@ def variant_window(
     )
 
 
-def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+def divergence_check(
+    event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
+) -> dict[str, Any]:
+    """The prediction-divergence check of a step (refit_core.divergence): both variants' captured outputs in the
+    window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
+    off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
+    model = config.model
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name) or {}
+    capture_config = endpoint.get("DataCaptureConfig") or {}
+    capture_on = bool(capture_config.get("EnableCapture")) and capture_config.get("CaptureStatus") == "Started"
+    reference = None
+    if event.gate_uri:
+        where = S3Uri.parse(event.gate_uri)
+        reference = json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get(
+            "divergence_reference"
+        )
+    outputs: dict[str, list[float]] = {CHALLENGER: [], CHAMPION: []}
+    if capture_on and reference:
+        outputs = live_outputs(
+            s3,
+            capture_config["DestinationS3Uri"],
+            config.endpoint_name,
+            (CHALLENGER, CHAMPION),
+            start_time,
+            end_time,
+            model.problem_type,
+        )
+    return prediction_divergence(
+        reference,
+        outputs[CHAMPION],
+        outputs[CHALLENGER],
+        # Bonferroni over the plan's steps: a challenger that answers as its holdout says is rolled back by this
+        # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
+        alpha=model.canary.alpha / len(model.canary.plan),
+        min_samples=model.canary.divergence_min_samples,
+        capture_enabled=capture_on,
+        seed=model.seed,
+    )
+
+
+def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemaker: Any, s3: Any) -> dict[str, Any]:
     """Judge the step the endpoint is on (the one after those in `history`) against the champion on the same window,
     and say what comes next: the next step's shift, promotion after the last step, or rollback."""
     plan = config.model.canary.plan
@@ -478,7 +526,8 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any) -> dict[
     }
     alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
     alarm_state = alarms[0]["StateValue"] if alarms else None
-    verdict = step_verdict(config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state)
+    divergence = divergence_check(event, config, sagemaker, s3, start_time, end_time)
+    verdict = step_verdict(config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state, divergence)
     judged = CanaryStepVerdict(
         step=step,
         weight=plan[step],
@@ -597,6 +646,12 @@ def rollback(
         return {"expected_config": current["EndpointConfigName"], "changed": False}
     if current["EndpointConfigName"] == event.previous_config:
         return {"expected_config": event.previous_config, "changed": False}
+    if current["EndpointStatus"] == "Failed":
+        raise EndpointFailed(
+            f"endpoint {config.endpoint_name} is Failed on {current['EndpointConfigName']} "
+            f"({current.get('FailureReason') or 'no FailureReason'}): SageMaker allows only DeleteEndpoint on a failed "
+            f"endpoint, so it cannot be returned to {event.previous_config}; it needs a person"
+        )
     names = {v["VariantName"] for v in current.get("ProductionVariants", [])}
     if current["EndpointStatus"] == "InService" and names == {CHAMPION, CHALLENGER}:
         sagemaker.update_endpoint_weights_and_capacities(
@@ -725,7 +780,7 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, EndpointStatus):
         return status(request, config, client("sagemaker"))
     if isinstance(request, CheckCanary):
-        return check_canary(request, config, client("cloudwatch"))
+        return check_canary(request, config, client("cloudwatch"), client("sagemaker"), client("s3"))
     if isinstance(request, ShiftCanary):
         return shift(request, config, client("sagemaker"))
     if isinstance(request, Promote):

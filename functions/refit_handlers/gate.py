@@ -9,7 +9,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 from refit_core.artifacts import archive_model_sha256
-from refit_core.gate import gate_training_outputs
+from refit_core.divergence import holdout_reference
+from refit_core.gate import champion_expected, gate_training_outputs, read_predictions
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
 from refit_core.steps import GateStep, RegistryStep
@@ -55,6 +56,12 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> GateStep:
     decision = json.loads(json.dumps(decision, default=float))
     decision["all_metrics"] = evaluation["metrics"]
     decision["intervals"] = evaluation.get("intervals")
+    if champion_expected(evaluation):
+        # What the canary's prediction-divergence check compares live outputs against (refit_core.divergence).
+        predictions = read_predictions(files["holdout_predictions.csv"], "holdout_predictions.csv")
+        decision["divergence_reference"] = holdout_reference(
+            predictions["champion"].to_numpy(dtype=float), predictions["challenger"].to_numpy(dtype=float), model.seed
+        )
     run_prefix = S3Uri(config.artifact_bucket, f"reports/{model.name}/{event.run_id}")
     baseline = S3Uri(config.artifact_bucket, f"models/{model.name}/{event.run_id}/baseline.json")
     s3.put_object(Bucket=baseline.bucket, Key=baseline.key, Body=files["baseline.json"], ContentType="application/json")

@@ -18,7 +18,8 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - SageMaker Model Registry: moto's UpdateModelPackage drops the package's CustomerMetadataProperties, and sets its
   ModelApprovalStatus and ApprovalDescription to null when the call names none; they are kept (the metadata merged,
   CustomerMetadataPropertiesToRemove applied) as on AWS.
-- SageMaker endpoints: moto lacks UpdateEndpoint; it is added. As on AWS, the new config's models must start: each
+- SageMaker endpoints: moto lacks UpdateEndpoint; it is added (refused on a Failed endpoint, as SageMaker allows only
+  DeleteEndpoint there; `fail_endpoint_update` makes a chosen update end Failed or UpdateRollbackFailed). As on AWS, the new config's models must start: each
   variant's artifact is downloaded and its `serve` process must answer /ping. When one does not (an artifact that
   does not load), the update fails the way SageMaker's does: the endpoint stays InService on its old config, with
   the reason in FailureReason. `sagemaker-runtime InvokeEndpoint` returns
@@ -478,6 +479,8 @@ class Bridges:
         self.capture_stop = threading.Event()
         self.capture_thread: threading.Thread | None = None
         self.alarm_lock = threading.RLock()
+        # Endpoint updates made to fail (fail_endpoint_update): endpoint -> (config or None for any, status, reason).
+        self.endpoint_update_faults: dict[str, tuple[str | None, str, str]] = {}
         self.stopping = threading.Event()  # set by uninstall: running training jobs are stopped, as StopTrainingJob
         self.guarded: dict[str, GuardedUpdate] = {}  # endpoint -> its guarded update (deployment guardrails)
         self.guarded_changed = threading.Condition()  # notified when a guarded update ends
@@ -1041,6 +1044,22 @@ class Bridges:
             from moto.sagemaker.exceptions import ValidationError
 
             raise ValidationError(message=refused)
+        if endpoint.endpoint_status == "Failed":
+            from moto.sagemaker.exceptions import ValidationError
+
+            # DescribeEndpoint's documentation: "DeleteEndpoint is the only operation that can be performed on a
+            # failed endpoint".
+            raise ValidationError(
+                message=f'Cannot update endpoint "{endpoint_name}": it is Failed; DeleteEndpoint is the only operation '
+                "that can be performed on a failed endpoint."
+            )
+        fault = self.endpoint_update_faults.get(endpoint_name)
+        if fault is not None and fault[0] in (None, config_name):
+            # A simulated failure (fail_endpoint_update): the update ends in `status` without taking the new config.
+            del self.endpoint_update_faults[endpoint_name]
+            endpoint.endpoint_status, endpoint.failure_reason = fault[1], fault[2][:1024]
+            endpoint.last_modified_time = utcnow()
+            return endpoint.arn
         try:
             for production_variant in [*config["ProductionVariants"], *config.get("ShadowProductionVariants", [])]:
                 self._serve(production_variant["ModelName"])  # SageMaker's health check of the new fleet
@@ -1092,6 +1111,20 @@ class Bridges:
                 raise
             endpoint_config.shadow_production_variants = shadows  # DescribeEndpointConfig's ShadowProductionVariants
         return result
+
+    def fail_endpoint_update(
+        self, endpoint_name: str, config_name: str | None = None, status: str = "Failed", reason: str | None = None
+    ) -> None:
+        """Make the next UpdateEndpoint of `endpoint_name` (to `config_name`, or to any config) end in `status`
+        (`Failed`, or `UpdateRollbackFailed`: the update and its automatic rollback both failed) with `reason` as its
+        FailureReason, the endpoint keeping its current config and weights."""
+        if status not in ("Failed", "UpdateRollbackFailed"):
+            raise ValueError(f"fail_endpoint_update: status {status!r} is not Failed or UpdateRollbackFailed")
+        self.endpoint_update_faults[endpoint_name] = (
+            config_name,
+            status,
+            reason or f"simulated by the local runtime: the update to {config_name or 'the new config'} failed",
+        )
 
     def _variant_models(self, endpoint_name: str) -> tuple[list[tuple[str, float, str]], str]:
         backend = sagemaker_backends[self.account][self.region]

@@ -320,6 +320,13 @@ class LocalRuntime:
         topic = sns_backends[ACCOUNT][self.region].topics[self.topic_arn]
         return [{"subject": m[2] if len(m) > 2 else None, "message": m[1]} for m in topic.sent_notifications]
 
+    def fail_endpoint_update(
+        self, model: str, config_name: str | None = None, status: str = "Failed", reason: str | None = None
+    ) -> None:
+        """Make the next UpdateEndpoint of the model's endpoint (to `config_name`, or to any config) end in `status`
+        (`Failed` or `UpdateRollbackFailed`) without taking the new config, as a SageMaker update that fails."""
+        self.bridges.fail_endpoint_update(self.model(model).endpoint_name, config_name, status, reason)
+
     def endpoint_weights(self, model: str) -> dict[str, float]:
         endpoint = self.client("sagemaker").describe_endpoint(EndpointName=self.model(model).endpoint_name)
         return {v["VariantName"]: float(v.get("CurrentWeight", 0.0)) for v in endpoint["ProductionVariants"]}

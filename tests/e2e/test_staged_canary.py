@@ -1,7 +1,8 @@
 """The staged canary on the local runtime (`canary.steps = [0.2, 0.5]`): every step is judged against the champion on
 the same window from the real serve processes' CloudWatch metrics. A quiet window, a challenger that answers 5XX
-and one that is slow at p99 (its mean within `max_model_latency_ms`) are each rolled back at the first step; a healthy
-one is promoted through both steps. The faulty challengers are test-side wrappers of the model artifact the run
+and one that is slow at p99 (its mean within `max_model_latency_ms`) are each rolled back at the first step; a
+challenger whose predictions diverge from what its holdout disagreement with the champion predicts is rolled back at
+the first step too; a healthy one is promoted through both steps. The faulty challengers are test-side wrappers of the model artifact the run
 trained (a first pipeline step that raises or sleeps), written over its model.tar.gz the moment its training job ends,
 before Register records the model file's SHA-256: as if training had produced the faulty model (a file changed after
 registration is refused at load, refit_core.artifacts).
@@ -64,6 +65,8 @@ class _Evaluated:
 FAULTS = {
     "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
     "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
+    # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
+    "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }
 
 
@@ -130,6 +133,7 @@ class Traffic:
                 self.errors += 1
             else:
                 self.variants[variant] = self.variants.get(variant, 0) + 1
+        self.aws.flush_capture()  # what the bake served is in S3 when the step is judged
         self.last_request = datetime.now(UTC)
 
     def _invoke(self, line: str) -> str | None:
@@ -150,7 +154,7 @@ def separate_windows(state: str, seconds: int) -> None:
     time.sleep(max(0.0, (boundary - datetime.now(UTC)).total_seconds()))
 
 
-def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[dict, dict]:
+def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None, shift: float = 1.0) -> tuple[dict, dict]:
     aws.on_wait("Wait for endpoint (deploy)", separate_windows)
     if traffic is not None:
         aws.on_wait("Bake canary", traffic)
@@ -158,7 +162,7 @@ def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None) -> tuple[
             aws.on_wait("Wait for training", FaultAfterTraining(aws, traffic.fault, traffic.scratch))
     try:
         execution = aws.wait_for(
-            aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=1.0))), timeout=600
+            aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=shift))), timeout=600
         )
     finally:
         aws.on_wait("Bake canary", None)
@@ -237,6 +241,21 @@ def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_
     assert champion["p99_latency_ms"] * step["p99_latency_ratio"] == pytest.approx(challenger["p99_latency_ms"], 1e-3)
 
 
+def test_a_challenger_whose_predictions_diverge_is_rolled_back_at_the_first_step(aws, tmp_path):
+    before = endpoint_config(aws)
+    traffic = Traffic(aws, 700, "diverge", tmp_path)
+    execution, record = run_with(aws, "diverge.csv", 9, traffic)
+    step = assert_rolled_back_at_first_step(aws, record, "prediction divergence: the challenger's live outputs", before)
+    divergence = step["divergence"]
+    assert divergence["status"] == "judged" and divergence["diverged"] and divergence["p_value"] < 0.05 / 2
+    # Judged on the captured outputs of this step's window, every request of each variant (capture_percent = 100).
+    assert divergence["challenger_samples"] == traffic.variants["challenger"] >= 100
+    assert divergence["champion_samples"] == traffic.variants["champion"]
+    # No error, latency or alarm rule would have stopped it.
+    assert step["challenger"]["errors_5xx"] == 0 and step["p_value_4xx"] == 1.0 and step["alarm_state"] != "ALARM"
+    assert step["p99_judged"] and step["p99_latency_ratio"] <= 3.0
+
+
 def test_a_healthy_challenger_is_promoted_through_every_step(aws):
     before = endpoint_config(aws)
     traffic = Traffic(aws, 700)
@@ -252,6 +271,31 @@ def test_a_healthy_challenger_is_promoted_through_every_step(aws):
     for s in steps:
         assert s["challenger"]["invocations"] >= 100 and s["champion"]["invocations"] >= 100
         assert s["p99_judged"] and s["p99_latency_ratio"] <= 3.0 and s["p_value_5xx"] == 1.0
+        assert s["divergence"]["status"] == "judged" and s["divergence"]["diverged"] is False
     assert record["canary"]["next"] == "promote"
     assert record["endpoint"]["config"] != before
     assert_champion_serves(aws, record, record["endpoint"]["config"])
+
+
+def test_a_rollback_that_fails_ends_the_run_failed_with_the_endpoints_true_state(aws):
+    """Last in the module: it leaves the endpoint Failed. The canary is rolled back (a quiet window) and the rollback's
+    UpdateEndpoint back to the champion's config ends Failed; SageMaker then allows only DeleteEndpoint, so the run
+    cannot restore it: it ends FAILED (what the run-failed alarm counts) and the audit record holds the endpoint as
+    it is, not as the run wanted it."""
+    before = endpoint_config(aws)
+    aws.fail_endpoint_update(MODEL, before, "Failed", "simulated: the champion's instances did not start")
+    # Shifted further than any earlier batch: it drifts from whichever champion serves (run alone or after the rest).
+    execution, record = run_with(aws, "rollback-fails.csv", 10, None, shift=2.0)
+    assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
+    assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
+    assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
+    assert "quiet window" in record["canary"]["reason"] and record["canary"]["next"] == "rollback"
+    described = aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)
+    assert described["EndpointStatus"] == record["endpoint"]["status"] == "Failed"
+    assert described["EndpointConfigName"] == record["endpoint"]["config"] != before  # still the canary's config
+    assert record["endpoint"]["failure_reason"] == described["FailureReason"]
+    # The rollback cut the challenger's traffic before its UpdateEndpoint failed: the champion takes it all.
+    assert {v["name"]: v["weight"] for v in record["endpoint"]["variants"]} == aws.endpoint_weights(MODEL)
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0, "challenger": 0.0}
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected"

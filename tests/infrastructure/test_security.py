@@ -15,7 +15,7 @@ from refit_core.config import ConfigError, RetentionSettings, load_config
 
 from scripts.local_aws.iam import IamRequest, evaluate
 from stacks.app_builder import cdk_json_context
-from stacks.storage import Storage
+from stacks.storage import KEY_READ, Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,13 +75,15 @@ def test_only_functions_that_touch_an_encrypted_store_may_use_the_key(template):
     }
     assert "PollTraining" not in kms_users
     assert kms_users == set(roles) - {"PollTraining"}
-    # Deploy reads and writes no encrypted store: it may only let SageMaker grant itself the key for an endpoint's
-    # volumes (CreateEndpoint / UpdateEndpoint on a config with KmsKeyId), as Cleanup may when it restores one.
-    deploy_kms = [s for s in by_role[roles["Deploy"]] if any(a.startswith("kms:") for a in actions(s))]
+    # Deploy decrypts (the canary's divergence check and the shadow's comparison read captured outputs, which Data
+    # Capture encrypts with the project key) and may let SageMaker grant itself the key for an endpoint's volumes
+    # (CreateEndpoint / UpdateEndpoint on a config with KmsKeyId), as Cleanup may when it restores one.
+    deploy_grants = [s for s in by_role[roles["Deploy"]] if actions(s) == ["kms:CreateGrant"]]
+    deploy_kms = {a for s in by_role[roles["Deploy"]] for a in actions(s) if a.startswith("kms:")}
+    assert deploy_kms - {"kms:CreateGrant"} and deploy_kms - {"kms:CreateGrant"} <= set(KEY_READ), deploy_kms
     cleanup_grants = [s for s in by_role[roles["Cleanup"]] if actions(s) == ["kms:CreateGrant"]]
-    assert len(deploy_kms) == 1 and len(cleanup_grants) == 1
-    for grant in deploy_kms + cleanup_grants:
-        assert actions(grant) == ["kms:CreateGrant"]
+    assert len(deploy_grants) == 1 and len(cleanup_grants) == 1
+    for grant in deploy_grants + cleanup_grants:
         assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
         assert "sagemaker." in json.dumps(grant["Condition"]["StringEquals"]["kms:ViaService"])
     for name in kms_users:

@@ -179,6 +179,43 @@ def test_update_endpoint_and_weighted_routing_to_real_serve_processes(aws):
     sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=current)
 
 
+def test_an_update_made_to_fail_ends_in_that_status_and_a_failed_endpoint_refuses_updates(aws):
+    sagemaker = aws.client("sagemaker")
+    endpoint = aws.model("churn").endpoint_name
+    current = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    variants = sagemaker.describe_endpoint_config(EndpointConfigName=current)["ProductionVariants"]
+    other = f"{endpoint}-faulty"
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=other,
+        ProductionVariants=[
+            {k: v[k] for k in ("VariantName", "ModelName", "InitialInstanceCount", "InstanceType")}
+            | {"InitialVariantWeight": 1.0}
+            for v in variants
+        ],
+    )
+    aws.fail_endpoint_update("churn", other, "UpdateRollbackFailed", "both the update and its rollback failed")
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=other)
+    described = sagemaker.describe_endpoint(EndpointName=endpoint)
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("UpdateRollbackFailed", current)
+    assert described["FailureReason"] == "both the update and its rollback failed"
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=current)  # allowed, and the fault is spent
+    assert sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
+    aws.fail_endpoint_update("churn")  # the next update, to any config, ends Failed
+    sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=other)
+    assert sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "Failed"
+    try:
+        with pytest.raises(ClientError, match="DeleteEndpoint is the only operation"):
+            sagemaker.update_endpoint(EndpointName=endpoint, EndpointConfigName=current)
+    finally:  # later tests need the endpoint: put it back as if it had been recreated
+        from moto.sagemaker.models import sagemaker_backends
+
+        backend = sagemaker_backends[aws.bridges.account][aws.bridges.region]
+        backend.endpoints[endpoint].endpoint_status = "InService"
+        backend.endpoints[endpoint].failure_reason = None
+    with pytest.raises(ValueError, match="not Failed or UpdateRollbackFailed"):
+        aws.fail_endpoint_update("churn", status="InService")
+
+
 def test_wait_states_do_not_sleep_and_call_their_hook(aws):
     calls = []
     aws.on_wait("Bake canary", lambda state, seconds: calls.append(seconds))

@@ -3,9 +3,11 @@ champion on the same window (each rule and its boundary)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
-from refit_core.audit import summarize_run
+from refit_core.audit import divergence_summary, summarize_run
 from refit_core.canary import VariantWindow, higher_rate_p_value, step_verdict
 from refit_core.config import CanarySettings, ConfigError, parse_config
 from refit_handlers.deploy import EndpointStatus, status, weight_shares
@@ -245,3 +247,46 @@ def test_a_step_begins_only_when_the_endpoint_shows_its_weights(described, expec
     assert result["next"] == expected
     assert (reason is None and "reason" not in result) or reason in result["reason"]
     assert ("canary_started_at" in result) == (expected == "ready")
+
+
+# --- prediction divergence in the verdict ----------------------------------------------------------------------------
+def test_diverged_predictions_fail_the_step_and_an_unjudged_check_is_named_but_decides_nothing():
+    diverged = {"status": "judged", "diverged": True, "reason": "the challenger's live outputs are beyond ..."}
+    verdict = step_verdict(SETTINGS, window(), CHAMPION, "OK", diverged)
+    assert not verdict["healthy"] and verdict["reason"].startswith("prediction divergence: the challenger's live")
+    assert verdict["divergence"] == diverged
+    within = {"status": "judged", "diverged": False, "reason": "within what the holdout predicts"}
+    assert step_verdict(SETTINGS, window(), CHAMPION, "OK", within)["reason"].endswith("(p99 ratio 1.00)")
+    skipped = {"status": "skipped", "diverged": None, "reason": "not checked: Data Capture is off on the endpoint"}
+    passed = step_verdict(SETTINGS, window(), CHAMPION, "OK", skipped)
+    assert passed["healthy"] and passed["reason"].endswith(
+        "; predictions not checked: Data Capture is off on the endpoint"
+    )
+    quiet = step_verdict(SETTINGS, window(invocations=3), CHAMPION, "OK", skipped)
+    assert not quiet["healthy"] and quiet["reason"].startswith("quiet window") and "predictions" not in quiet["reason"]
+
+
+def test_a_failed_rollback_and_a_failed_restore_are_both_in_the_message():
+    canary = {"healthy": False, "reason": "quiet", "next": "rollback", "steps": [{**STEP, "healthy": False}]}
+    state = {
+        "run": RUN,
+        "gate": {"promote": True, "reason": "better"},
+        "deploy": DEPLOY,
+        "canary": canary,
+        "error": {"Error": "EndpointUpdateFailed", "Cause": "endpoint is Failed: no capacity"},
+        "restore_error": {"Error": "EndpointFailed", "Cause": json.dumps({"errorMessage": "it needs a person"})},
+    }
+    record = summarize_run(state, "churn", "exec-1", "t0", "t1", None)
+    assert (record["status"], record["outcome"]) == ("FAILED", "failed")
+    assert record["message"] == (
+        "EndpointUpdateFailed: endpoint is Failed: no capacity; restoring the endpoint failed too: "
+        "EndpointFailed: it needs a person"
+    )
+
+
+def test_the_summary_line_names_the_divergence_check():
+    judged = {"status": "judged", "diverged": True, "ks_to_predicted": 0.4, "p_value": 0.001}
+    judged |= {"challenger_samples": 140, "champion_samples": 560}
+    assert divergence_summary(judged) == "; predictions diverged (KS to predicted 0.4, p 0.001, 140 / 560 outputs)"
+    assert divergence_summary({"status": "skipped"}) == "; predictions skipped"
+    assert divergence_summary(None) == ""

@@ -13,7 +13,7 @@ from refit_core.audit import format_summary, summarize_run
 from refit_core.canary import VariantWindow
 from refit_core.capture import captured_scores
 from refit_core.config import ConfigError, ShadowSettings, parse_config
-from refit_core.divergence import prediction_divergence
+from refit_core.divergence import two_sample_divergence
 from refit_core.shadow import shadow_variants, shadow_verdict
 from refit_handlers.cleanup import restore_endpoint
 
@@ -74,12 +74,12 @@ def test_the_divergence_is_the_largest_gap_between_the_empirical_distribution_fu
             np.searchsorted(np.sort(a), grid, "right") / a.size - np.searchsorted(np.sort(b), grid, "right") / b.size
         )
     )
-    result = prediction_divergence(a, b)
+    result = two_sample_divergence(a, b)
     assert result["statistic"] == pytest.approx(oracle, abs=1e-6) and result["p_value"] < 1e-3
     assert (result["n_champion"], result["n_challenger"]) == (300, 200)
-    assert prediction_divergence([], [0.5])["statistic"] is None
+    assert two_sample_divergence([], [0.5])["statistic"] is None
     with pytest.raises(ValueError, match="finite"):
-        prediction_divergence([float("nan")], [0.5])
+        two_sample_divergence([float("nan")], [0.5])
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------------
