@@ -41,11 +41,15 @@ def base_image(dockerfile: Path) -> str:
 
 
 def dockerfiles() -> list[Path]:
-    return sorted(
-        path
-        for path in ROOT.rglob("Dockerfile*")
-        if not {"node_modules", ".venv", "cdk.out"} & set(path.relative_to(ROOT).parts)
-    )
+    """The project's Dockerfiles: those git tracks (the installed environments, .venv*, hold packages' own)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "Dockerfile*", "**/Dockerfile*"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return sorted(ROOT / name for name in tracked)
 
 
 def test_every_base_image_is_pinned_by_digest():

@@ -79,6 +79,7 @@ def test_deploy_creates_an_isolated_model_in_the_vpc_and_an_encrypted_endpoint_c
         ),
         settings,
         sagemaker,
+        boto3.client("application-autoscaling", region_name="us-east-1"),
     )
     assert sagemaker.describe_model(ModelName=started["challenger_model"])["VpcConfig"] == vpc
     config = sagemaker.describe_endpoint_config(EndpointConfigName=started["expected_config"])
