@@ -6,6 +6,7 @@ lifecycle rules from refit.toml, and a dead-letter queue and retry policy on eve
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,36 @@ def test_sagemaker_roles_may_not_overwrite_or_delete_what_a_run_relies_on(two_mo
         other = next(m for m in MODELS if m != model)
         assert decision(statements, bucket, "s3:PutObject", f"training/{other}/x/output/model.tar.gz") == (False, None)
         assert decision(statements, bucket, "s3:GetObject", f"training/{other}/x/output/model.tar.gz") == (False, None)
+
+
+def names_of_models(resource: str) -> set[str]:
+    """The model names a resource string is scoped to: S3 prefixes (`<prefix>/<model>/`), SageMaker and Step
+    Functions names (`<project>-<model>--...`, the endpoint `<project>-<model>`), package groups, the audit partitions
+    (`approval#<model>`, the LeadingKeys). `churn` and `churn-eu` prefix each other, so a name ends at a separator."""
+    end = r"(?=--|/|:|\*|#|\"|$)"
+    found = set(re.findall(r"/(churn(?:-eu)?)/", resource))
+    found |= set(re.findall(rf"other-(churn(?:-eu)?){end}", resource))
+    found |= set(re.findall(rf"(?:^|#|\")(churn(?:-eu)?){end}", resource))
+    return found
+
+
+@pytest.mark.parametrize(("model", "other"), [("churn", "churn-eu"), ("churn-eu", "churn")])
+def test_no_function_role_of_a_model_names_another_models_resources(two_models, model, other):
+    """Every Lambda role of one model (its Prepare, Deploy, Monitor, ...): no resource or condition value it is
+    granted names the other model's prefixes, jobs, endpoint, packages, state machine or audit partition."""
+    roles = function_roles_by_model(two_models)[model]
+    assert len(roles) >= 10  # every step of the run has its own role
+    named: set[str] = set()
+    for role in roles:
+        for statement in resolved_statements(two_models, role):
+            if statement["Effect"] != "Allow":
+                continue
+            values = statement["Resource"] + [json.dumps(statement.get("Condition", {}))]
+            for value in values:
+                found = names_of_models(str(value))
+                assert other not in found, (role, statement)
+                named |= found
+    assert model in named  # the check can fail: the role's grants do name its own model
+    assert names_of_models("arn:aws:s3:::b/training/churn-eu/*") == {"churn-eu"}
+    assert names_of_models("arn:aws:sagemaker:r:a:endpoint/other-churn") == {"churn"}
+    assert names_of_models('{"dynamodb:LeadingKeys": ["churn", "approval#churn-eu"]}') == {"churn", "churn-eu"}
