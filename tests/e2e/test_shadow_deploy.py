@@ -136,7 +136,7 @@ def test_the_deploy_branch_is_the_shadows_and_its_paths_are_in_the_step_contract
     assert definition["States"]["Check shadow"]["Catch"][0]["Next"] == "Roll back canary"
 
 
-def test_deploy_reads_the_capture_prefix_with_the_key_and_nothing_else_new(assembly):
+def test_deploy_reads_its_capture_and_reports_prefixes_with_the_key_and_nothing_else_new(assembly):
     template = json.loads((assembly / "refit.template.json").read_text())
     policy = next(
         r["Properties"]["PolicyDocument"]["Statement"]
@@ -146,7 +146,9 @@ def test_deploy_reads_the_capture_prefix_with_the_key_and_nothing_else_new(assem
     reads = [s for s in policy if "s3:GetObject*" in s["Action"]]
     assert len(reads) == 1
     objects = [r for r in reads[0]["Resource"] if "Fn::Join" in r]
-    assert [r["Fn::Join"][1][-1] for r in objects] == ["/capture/churn/*"]
+    # Captured outputs (the shadow's comparison, and in every mode the canary's prediction divergence) and the gate's
+    # holdout reference (reports/<model>/*/gate.json): this model's prefixes only.
+    assert sorted(r["Fn::Join"][1][-1] for r in objects) == ["/capture/churn/*", "/reports/churn/*"]
     assert any(
         a.startswith("kms:Decrypt")
         for s in policy
