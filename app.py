@@ -12,13 +12,11 @@ for folder in ("functions", "training_container"):
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
-from stacks.app_builder import build_app  # noqa: E402  (path set up above for a plain `python app.py`)
+from stacks.app_builder import synthesize_app  # noqa: E402  (path set up above for a plain `python app.py`)
 
 
 def main() -> None:
-    config_path = os.environ.get("REFIT_CONFIG", str(ROOT / "refit.toml"))
-    app = build_app(config_path)
-    app.synth()
+    synthesize_app(os.environ.get("REFIT_CONFIG", str(ROOT / "refit.toml")))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ credentials) or the local runtime (inside its mock).
     refit rollback MODEL [--to VERSION] | promote MODEL VERSION   (serve a registered version again, as a run)
     refit feedback MODEL FILE [--dry-run] [--json]    (validate a ground-truth label file and upload it)
     refit report RUN_ID [-o run.html] [--json]        (one self-contained HTML page of a run; exit 2: no such run)
-    refit local up [--port 4566] [--workdir DIR]      (the stack on a local AWS server until Ctrl-C)
+    refit local up [--port 4566] [--workdir DIR] [--assembly cdk.out]   (the stack on a local AWS server until Ctrl-C)
     refit grafana MODEL [-o dashboard.json]           (a Grafana dashboard over CloudWatch; the `grafana` extra)
 
 drift and quality use the settings (and, for a REFERENCE, the column roles) of the model named by --model, or of
@@ -338,6 +338,11 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     )
     up.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default 4566)")
     up.add_argument("--workdir", type=Path, default=Path(".refit-local"), help="synthesis, logs and outputs.json")
+    up.add_argument(
+        "--assembly",
+        type=Path,
+        help="stand up this synthesized cloud assembly (a cdk.out of `cdk synth`) instead of synthesizing --config",
+    )
     grafana = commands.add_parser(
         "grafana", help="write the model's Grafana dashboard (CloudWatch data source) as JSON", parents=[common]
     )
@@ -351,7 +356,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     if args.command == "local":
         from scripts.local_aws.server import local_up  # moto's server only when asked for
 
-        return local_up(port=args.port, config=Path(args.config), workdir=args.workdir, out=out, err=err)
+        return local_up(
+            port=args.port, config=Path(args.config), workdir=args.workdir, assembly=args.assembly, out=out, err=err
+        )
     if args.command in run_commands.COMMANDS:
         return run_commands.run(args, out, err)
     try:

@@ -68,6 +68,34 @@ def cdk_json_context(root: Path = REPO_ROOT) -> dict:
     }
 
 
+# CloudFormation's limit on a template read from S3, where `cdk deploy` uploads it (cdk.out's file, byte for byte).
+TEMPLATE_MAX_BYTES = 1_000_000
+
+
+def template_too_large(stack: str, template: Path) -> str | None:
+    """Why CloudFormation would refuse this stack's template for its size, or None. CDK itself refuses a stack of over
+    500 resources at synth, not a template of over 1 MB: without this, a project of five models synthesized cleanly
+    and failed at `cdk deploy`."""
+    size = template.stat().st_size
+    if size <= TEMPLATE_MAX_BYTES:
+        return None
+    return (
+        f"stack {stack}: the template is {size:,} bytes; CloudFormation accepts at most {TEMPLATE_MAX_BYTES:,} "
+        "(a model of the example's shape adds about 210 KB): put some models in another project (a refit.toml "
+        "with another `project`)"
+    )
+
+
+def synthesize_app(config_path: str) -> None:
+    """`python app.py`: build, synthesize, and refuse a template CloudFormation would refuse (exit 2, one line)."""
+    assembly = build_app(config_path).synth()
+    for stack in assembly.stacks:
+        problem = template_too_large(stack.stack_name, Path(stack.template_full_path))
+        if problem:
+            print(f"refit: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def build_app(config_path: str, outdir: str | None = None) -> App:
     try:
         config = load_config(config_path)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the CDK app is synthesized once per test worker (python app.py with CDK_OUTDIR)."""
+"""Shared fixtures: each shared CDK assembly is synthesized once per test session (tests/assemblies.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from refit_core.config import load_config
 from refit_handlers.common import Settings
 
-from scripts.local_aws.runtime import synthesize
+from tests import assemblies
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -20,41 +20,76 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist, the controller starts every shared synthesis at once (tests/assemblies.py): the workers run unit
+    tests while they synthesize, and wait only if they need one before it is done."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if config.args and any("unit" in arg for arg in config.args):
+        return  # a unit-test run needs no assembly
+    root = config._tmp_path_factory.getbasetemp()
+    for name in assemblies.SHARED:
+        assemblies.start(root, name)
+
+
+# The longest modules first. With --dist loadfile a worker runs a whole module, in collection order; the longest
+# (the staged canary's bakes, about 7 minutes) started last would leave the other worker idle at the end.
+LONGEST_MODULES = (
+    "tests/e2e/test_staged_canary.py",
+    "tests/e2e/test_batch_queue.py",
+    "tests/e2e/test_retrain_loop.py",
+    "tests/e2e/test_closed_loop.py",
+    "tests/e2e/test_local_up_with_aws_cli.py",
+    "tests/e2e/test_manual_approval_and_lineage.py",
+    "tests/e2e/test_airflow_dag.py",
+    "tests/e2e/test_mlflow.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {module: position for position, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order kept within
+
+
+def shared_assembly(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    return assemblies.assembly(assemblies.session_root(tmp_path_factory.getbasetemp()), name)
+
+
 @pytest.fixture(scope="session")
 def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("cdk") / "cdk.out")
+    """refit.toml as it is."""
+    return shared_assembly(tmp_path_factory, "default")
 
 
 @pytest.fixture(scope="session")
 def two_models_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Project `other` with two models whose names prefix each other, churn and churn-eu (the whole churn section of
-    refit.toml again under the longer name), synthesized once per test worker."""
-    text = (ROOT / "refit.toml").read_text()
-    head, models = text.split("\n[[models]]", 1)
-    assert 'project = "refit"' in head
-    config = head.replace('project = "refit"', 'project = "other"') + "\n[[models]]" + models
-    config += "\n[[models]]" + models.replace('name = "churn"', 'name = "churn-eu"', 1)
-    path = tmp_path_factory.mktemp("other") / "refit.toml"
-    path.write_text(config)
-    return synthesize(tmp_path_factory.mktemp("other-cdk") / "cdk.out", path)
-
-
-GUARDRAILS_WAIT_SECONDS = 3
-GUARDRAILS_SETTINGS = {
-    "max_trials = 3": "max_trials = 1",
-    "[models.monitor]": (
-        '[models.deploy]\nmode = "guardrails"\n\n[models.deploy.guardrails]\ntraffic_routing = "ALL_AT_ONCE"\n'
-        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\n\n[models.monitor]"
-    ),
-}
+    """Project `other` with two models whose names prefix each other, churn and churn-eu."""
+    return shared_assembly(tmp_path_factory, "two-models")
 
 
 @pytest.fixture(scope="session")
-def guardrails_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example model with deploy.mode guardrails (all at once, a bake of GUARDRAILS_WAIT_SECONDS) and one search
-    trial, synthesized once per test worker."""
-    config = config_variant(tmp_path_factory, "guardrails", GUARDRAILS_SETTINGS)
-    return synthesize(tmp_path_factory.mktemp("cdk-guardrails") / "cdk.out", config)
+def modes_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model per deploy-mode module (assemblies.MODES_MODELS): staged, shadow, guard."""
+    return shared_assembly(tmp_path_factory, "modes")
+
+
+@pytest.fixture(scope="session")
+def runs_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """assemblies.RUNS_MODELS: abtest, capacity, manual (the project's approval settings)."""
+    return shared_assembly(tmp_path_factory, "runs")
+
+
+@pytest.fixture(scope="session")
+def runs_config(runs_assembly: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The configuration file runs_assembly was synthesized from (for the CLI)."""
+    return assemblies.config_path(assemblies.session_root(tmp_path_factory.getbasetemp()), "runs")
+
+
+@pytest.fixture(scope="session")
+def training_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """assemblies.TRAINING_MODELS: parallel, hygiene, window."""
+    return shared_assembly(tmp_path_factory, "training")
 
 
 def config_variant(tmp_path_factory: pytest.TempPathFactory, name: str, replacements: dict[str, str]) -> Path:

@@ -31,6 +31,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from refit_core.config import ConfigError, load_config
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from scripts.local_aws.cloud_assembly import CloudAssembly
 from scripts.local_aws.limits import RequestLimits
 from scripts.local_aws.runtime import LocalRuntime, synthesize
 
@@ -119,16 +120,20 @@ def local_up(
     port: int = DEFAULT_PORT,
     config: Path | None = None,
     workdir: Path,
+    assembly: Path | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     stop: threading.Event | None = None,
 ) -> int:
-    """Stand the stack up and serve it until SIGINT/SIGTERM (or `stop` is set); returns the exit code."""
+    """Stand the stack up and serve it until SIGINT/SIGTERM (or `stop` is set); returns the exit code. `assembly`: a
+    cloud assembly synthesized already (`cdk synth`'s cdk.out), stood up as it is instead of synthesizing `config`."""
     try:
-        if config is not None:
+        if assembly is not None:
+            CloudAssembly.load(assembly)  # no assembly there is one line here, not a traceback from the stand-up
+        elif config is not None:
             load_config(config)  # a configuration error is one line here, not a synthesis traceback
         server = bind(port)
-    except (PortBusy, ConfigError, OSError) as error:
+    except (PortBusy, ConfigError, OSError, ValueError) as error:
         print(f"refit: {error}", file=err)
         return 1
     stop = stop or threading.Event()
@@ -139,12 +144,15 @@ def local_up(
             previous[number] = signal.signal(number, lambda *_: stop.set())
     workdir = Path(workdir).resolve()
     try:
-        print(f"refit local: synthesizing {config or 'refit.toml'} into {workdir / 'cdk.out'}", file=out, flush=True)
-        try:
-            assembly = synthesize(workdir / "cdk.out", config)
-        except RuntimeError as error:
-            print(f"refit: {str(error).strip().splitlines()[-1]} (synthesis of {config})", file=err)
-            return 1
+        if assembly is not None:
+            print(f"refit local: using the synthesized assembly {assembly}", file=out, flush=True)
+        else:
+            print(f"refit local: synthesizing {config or 'refit.toml'} into {workdir / 'cdk.out'}", file=out, flush=True)
+            try:
+                assembly = synthesize(workdir / "cdk.out", config)
+            except RuntimeError as error:
+                print(f"refit: {str(error).strip().splitlines()[-1]} (synthesis of {config})", file=err)
+                return 1
         if stop.is_set():
             return 0
         print("refit local: standing the stack up", file=out, flush=True)

@@ -22,14 +22,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, assembly: Path | None = None) -> None:
+        """`assembly`: stand up this synthesized assembly (`--assembly`) instead of synthesizing refit.toml."""
         self.port = port
         self.workdir = workdir
         self.lines: list[str] = []
         self.ready = threading.Event()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.cli", "local", "up", "--port", str(port), "--workdir", str(workdir)],
+            [sys.executable, "-m", "scripts.cli", "local", "up", "--port", str(port), "--workdir", str(workdir)]
+            + (["--assembly", str(assembly)] if assembly is not None else []),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -89,7 +89,7 @@ def airflow_environment(home: Path, endpoint_url: str, region: str) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def airflow_runs(tmp_path_factory):
+def airflow_runs(tmp_path_factory, cloud_assembly):
     """Start `refit local up` and the Airflow driver together; once the server is ready, take the state machine's
     ARN from `refit status --json` and run three DAG runs (one succeeding, two failing). Yields (the driver's result,
     the ARN, the server, the driver's log)."""
@@ -101,7 +101,7 @@ def airflow_runs(tmp_path_factory):
             pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
     started = time.monotonic()
-    server = Server(free_port(), tmp_path_factory.mktemp("local-up"))
+    server = Server(free_port(), tmp_path_factory.mktemp("local-up"), cloud_assembly)  # synthesized once per session
     home = tmp_path_factory.mktemp("airflow-home")
     (home / "dags").mkdir()
     (home / "dags" / "refit_retrain.py").write_text(DAG_FILE.read_text())

@@ -15,15 +15,15 @@ from refit_core.champion import find_champion, find_serving_package
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.e2e.test_staged_canary import FaultAfterTraining, Traffic
+from tests.e2e.helpers import FaultAfterTraining, Traffic
 
-MODEL = "churn"
+MODEL = "guard"  # deploy.mode guardrails, all at once (tests/assemblies.py)
 ROW = "12.0,70.5,1,48.0,basic,north"
 
 
 @pytest.fixture(scope="module")
-def aws(guardrails_assembly, tmp_path_factory):
-    with LocalRuntime(guardrails_assembly, tmp_path_factory.mktemp("runtime-guardrails"), seed=11) as runtime:
+def aws(modes_assembly, tmp_path_factory):
+    with LocalRuntime(modes_assembly, tmp_path_factory.mktemp("runtime-guardrails"), seed=11) as runtime:
         yield runtime
 
 
@@ -79,7 +79,7 @@ def test_the_first_batch_creates_the_endpoint(aws):
 
 def test_a_healthy_challenger_is_promoted_by_the_guarded_update(aws):
     before = describe(aws)["EndpointConfigName"]
-    traffic = Traffic(aws, 20)
+    traffic = Traffic(aws, MODEL, 20)
     execution, record = run_with(aws, "healthy.csv", 8, traffic)
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
     guarded = record["guardrails"]
@@ -97,13 +97,13 @@ def test_a_healthy_challenger_is_promoted_by_the_guarded_update(aws):
 
 def test_a_5xx_burst_is_rolled_back_by_the_alarm_and_the_run_records_it(aws, tmp_path):
     before = describe(aws)["EndpointConfigName"]
-    traffic = Traffic(aws, 30, "5xx", tmp_path)
+    traffic = Traffic(aws, MODEL, 30, "5xx", tmp_path)
     execution, record = run_with(aws, "errors.csv", 6, traffic, shift=2.0)  # drifted from the new champion
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
     guarded = record["guardrails"]
     assert guarded["next"] == "rolled_back" and guarded["config"] == before != guarded["expected_config"]
-    assert "refit-churn--guardrails-5xx" in guarded["reason"] and "refit-churn--guardrails-5xx" in record["message"]
-    assert {a["name"]: a["state"] for a in guarded["alarms"]}["refit-churn--guardrails-5xx"] == "ALARM"
+    assert "refit-guard--guardrails-5xx" in guarded["reason"] and "refit-guard--guardrails-5xx" in record["message"]
+    assert {a["name"]: a["state"] for a in guarded["alarms"]}["refit-guard--guardrails-5xx"] == "ALARM"
     assert traffic.errors > 0  # the new fleet took the traffic and failed it
     assert_serves(aws, record, before)  # the champion serves again
     rejected = package(aws, record)
@@ -112,7 +112,7 @@ def test_a_5xx_burst_is_rolled_back_by_the_alarm_and_the_run_records_it(aws, tmp
 
 def test_a_rollback_that_fails_ends_the_run_failed_with_the_endpoints_true_state(aws, tmp_path):
     before = describe(aws)["EndpointConfigName"]
-    traffic = Traffic(aws, 30, "5xx", tmp_path)
+    traffic = Traffic(aws, MODEL, 30, "5xx", tmp_path)
     aws.bridges.fail_guarded_rollbacks = True
     try:
         execution, record = run_with(aws, "broken.csv", 9, traffic, shift=2.0)

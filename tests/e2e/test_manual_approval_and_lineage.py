@@ -13,31 +13,22 @@ import pytest
 from refit_core.identity import CallerIdentity
 
 from scripts.cli import main as refit
-from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
 from stacks.app_builder import code_version
-from tests.conftest import ROOT, config_variant
+from tests.conftest import ROOT
 
-MODEL = "churn"
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    return config_variant(
-        tmp_path_factory,
-        "manual",
-        {
-            'project = "refit"': 'project = "refit"\n\n[approval]\nseparation_of_duties = true\n',
-            'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"\napproval_timeout_seconds = 30',
-            "fallback_to_on_demand = true": "fallback_to_on_demand = false",
-        },
-    )
+MODEL = "manual"  # approval manual, a 30 s timeout; the project's separation_of_duties (tests/assemblies.py)
 
 
 @pytest.fixture(scope="module")
-def aws(config_path, tmp_path_factory):
-    assembly = synthesize(tmp_path_factory.mktemp("cdk-manual") / "cdk.out", config_path)
-    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-manual"), seed=5) as runtime:
+def config_path(runs_config):
+    return runs_config
+
+
+@pytest.fixture(scope="module")
+def aws(runs_assembly, tmp_path_factory):
+    with LocalRuntime(runs_assembly, tmp_path_factory.mktemp("runtime-manual"), seed=5) as runtime:
         yield runtime
 
 
@@ -118,7 +109,7 @@ def test_rejected_version_leaves_the_champion(aws, config_path):
     )
     assert after == before
     code, _, err = cli(config_path, "approve", MODEL, "2", "--audit-table", aws.audit_table)
-    assert code == 1 and "no approval is pending for churn version 2" in err
+    assert code == 1 and "no approval is pending for manual version 2" in err
 
 
 def test_no_decision_before_the_timeout_rejects(aws):
@@ -134,7 +125,7 @@ def test_lineage_and_diff_name_data_code_settings_and_metrics(aws, config_path):
     assert code == 0, err
     lineage = json.loads(out)
     assert code == 0 and lineage["version"] == 1 and lineage["approval"] == "Approved"
-    assert lineage["inputs"][0]["uri"].endswith("incoming/churn/first.csv") and lineage["inputs"][0]["version_id"]
+    assert lineage["inputs"][0]["uri"].endswith(f"incoming/{MODEL}/first.csv") and lineage["inputs"][0]["version_id"]
     assert lineage["code_version"] == code_version(ROOT) and lineage["image_digest"].startswith("sha256:")
     assert lineage["hyperparameters"]["target"] == "churned" and lineage["baseline_uri"].startswith("s3://")
     assert lineage["gate"]["reason"] and lineage["training_job"]

@@ -11,30 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import config_variant
 
-MODEL = "churn"
-
-
-@pytest.fixture(scope="module")
-def assembly(tmp_path_factory):
-    config = config_variant(
-        tmp_path_factory,
-        "parallel",
-        {
-            'families = ["hgb", "linear", "forest"]': 'families = ["hgb", "linear"]\nparallel_jobs = true',
-            "max_trials = 3": "max_trials = 1",
-        },
-    )
-    # Synthesis fails on any unacknowledged cdk-nag finding, so reaching here means the Map passes it too.
-    return synthesize(tmp_path_factory.mktemp("cdk-parallel") / "cdk.out", config)
+MODEL = "parallel"  # hgb and linear as parallel training jobs, one trial each (tests/assemblies.py)
 
 
 @pytest.fixture(scope="module")
-def aws(assembly, tmp_path_factory):
-    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-parallel"), spot_discount=0.7, seed=11) as runtime:
+def aws(training_assembly, tmp_path_factory):
+    with LocalRuntime(
+        training_assembly, tmp_path_factory.mktemp("runtime-parallel"), spot_discount=0.7, seed=11
+    ) as runtime:
         yield runtime
 
 

@@ -11,149 +11,22 @@ and run in order: the first deploys the champion every later run is judged again
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
-import joblib
 import pytest
-from botocore.exceptions import ClientError
-from refit_core.artifacts import METADATA_FILE, MODEL_FILE
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
 
-from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import config_variant
+from tests.e2e.helpers import LAST_TRAFFIC, SLOW_SECONDS, FaultAfterTraining, Traffic, separate_windows
 
-MODEL = "churn"
-SLOW_SECONDS = 0.4
+MODEL = "staged"  # steps [0.2, 0.5] (tests/assemblies.py)
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory):
-    config = config_variant(
-        tmp_path_factory,
-        "staged-canary",
-        {
-            # alpha 0.01: each step's prediction-divergence test (level alpha / steps) falsely alarms on a healthy
-            # challenger at most that often, and it runs before the p99 rule the slow challenger's test is about.
-            "weight = 0.2": "steps = [0.2, 0.5]\nmax_p99_latency_ratio = 3.0\nalpha = 0.01",
-            "max_trials = 3": "max_trials = 1",
-        },
-    )
-    assembly = synthesize(tmp_path_factory.mktemp("cdk-staged") / "cdk.out", config)
-    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-staged"), spot_discount=0.7, seed=5) as runtime:
+def aws(modes_assembly, tmp_path_factory):
+    with LocalRuntime(modes_assembly, tmp_path_factory.mktemp("runtime-staged"), spot_discount=0.7, seed=5) as runtime:
         yield runtime
-
-
-class _Evaluated:
-    """Pickles as `eval(source)`: a function the serve process can load without importing this test module."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def __reduce__(self):
-        return (eval, (self.source,))
-
-    def __call__(self, frame):
-        return frame
-
-
-FAULTS = {
-    "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
-    "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
-    # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
-    "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
-}
-
-
-def wrap_challenger(aws, fault: str, scratch: Path, artifact: str) -> None:
-    """Rewrite the challenger's model.tar.gz with its pipeline behind a faulty first step."""
-    bucket, key = artifact.removeprefix("s3://").split("/", 1)
-    s3 = aws.client("s3")
-    directory = scratch / fault
-    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), mode="r:gz") as tar:
-        tar.extractall(directory, filter="data")
-    features = json.loads((directory / METADATA_FILE).read_text())["features"]
-    sample = churn_batch(50, 1)[features]
-    step = FunctionTransformer(func=_Evaluated(FAULTS[fault])).fit(sample)
-    joblib.dump(Pipeline([("fault", step), ("model", joblib.load(directory / MODEL_FILE))]), directory / MODEL_FILE)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(directory.iterdir()):
-            tar.add(path, arcname=path.name)
-    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
-
-
-class FaultAfterTraining:
-    """A "Wait for training" hook: waits for the run's training job to end, then wraps its model artifact once."""
-
-    def __init__(self, aws, fault: str, scratch: Path) -> None:
-        self.aws, self.fault, self.scratch, self.done = aws, fault, scratch, False
-
-    def __call__(self, state: str, seconds: int) -> None:
-        if self.done:
-            return
-        sagemaker = self.aws.client("sagemaker")
-        jobs = sagemaker.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
-        name = max(jobs, key=lambda job: job["CreationTime"])["TrainingJobName"]  # this run's, just started
-        deadline = time.monotonic() + 300
-        while (described := sagemaker.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] == "InProgress":
-            assert time.monotonic() < deadline, f"training job {name} did not end"
-            time.sleep(0.2)
-        if described["TrainingJobStatus"] == "Completed":
-            wrap_challenger(self.aws, self.fault, self.scratch, described["ModelArtifacts"]["S3ModelArtifacts"])
-            self.done = True
-
-
-class Traffic:
-    """Requests during each bake; with `fault`, the challenger is wrapped when its training ends (run_with)."""
-
-    def __init__(
-        self, aws, per_bake: int, fault: str | None = None, scratch: Path | None = None, clients: int = 4
-    ) -> None:
-        """`clients` concurrent callers; one where latency is judged against a limit, as a local serve process has a
-        single worker and concurrent requests would queue in front of a slow challenger."""
-        self.aws, self.per_bake, self.fault, self.scratch, self.clients = aws, per_bake, fault, scratch, clients
-        self.bakes = 0
-        self.variants: dict[str, int] = {}
-        self.errors = 0
-        self.last_request = datetime.now(UTC)
-
-    def __call__(self, state: str, seconds: int) -> None:
-        self.bakes += 1
-        rows = churn_batch(self.per_bake, 100 + self.bakes, shift=1.0).drop(columns=["churned"])
-        with ThreadPoolExecutor(self.clients) as clients:
-            answered = list(clients.map(self._invoke, rows.to_csv(index=False, header=False).splitlines()))
-        for variant in answered:
-            if variant is None:
-                self.errors += 1
-            else:
-                self.variants[variant] = self.variants.get(variant, 0) + 1
-        self.aws.flush_capture()  # what the bake served is in S3 when the step is judged
-        self.last_request = datetime.now(UTC)
-
-    def _invoke(self, line: str) -> str | None:
-        try:
-            return self.aws.invoke_endpoint(MODEL, line)["variant"]
-        except ClientError:
-            return None
-
-
-LAST_TRAFFIC = {"at": datetime.now(UTC)}
-
-
-def separate_windows(state: str, seconds: int) -> None:
-    """CloudWatch windows start on a whole minute (a recent StartTime is rounded down) and the variant names are fixed:
-    before a canary starts, let the minute of the previous run's last request pass, so its requests are not counted
-    in this run's window (on AWS runs are minutes apart; here they are seconds)."""
-    boundary = LAST_TRAFFIC["at"].replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1)
-    time.sleep(max(0.0, (boundary - datetime.now(UTC)).total_seconds()))
 
 
 def run_with(aws, batch_name: str, seed: int, traffic: Traffic | None, shift: float = 1.0) -> tuple[dict, dict]:
@@ -220,7 +93,7 @@ def test_a_quiet_window_is_not_promoted(aws):
 
 def test_a_5xx_burst_is_rolled_back_at_the_first_step(aws, tmp_path):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, 150, "5xx", tmp_path)
+    traffic = Traffic(aws, MODEL, 150, "5xx", tmp_path)
     execution, record = run_with(aws, "errors.csv", 6, traffic)
     # The stack's canary alarm (any challenger 5XX in a minute), evaluated from the router's metrics, is the first
     # rule to fail the step; the step's evidence has both variants' numbers all the same.
@@ -233,7 +106,7 @@ def test_a_5xx_burst_is_rolled_back_at_the_first_step(aws, tmp_path):
 
 def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_within_its_limit(aws, tmp_path):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, 700, "slow", tmp_path, clients=1)
+    traffic = Traffic(aws, MODEL, 700, "slow", tmp_path, clients=1)
     execution, record = run_with(aws, "slow.csv", 7, traffic)
     step = assert_rolled_back_at_first_step(aws, record, "challenger p99 model latency", before)
     challenger, champion = step["challenger"], step["champion"]
@@ -245,7 +118,7 @@ def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_
 
 def test_a_challenger_whose_predictions_diverge_is_rolled_back_at_the_first_step(aws, tmp_path):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, 700, "diverge", tmp_path)
+    traffic = Traffic(aws, MODEL, 700, "diverge", tmp_path)
     execution, record = run_with(aws, "diverge.csv", 9, traffic)
     step = assert_rolled_back_at_first_step(aws, record, "prediction divergence: the challenger's live outputs", before)
     divergence = step["divergence"]
@@ -260,7 +133,7 @@ def test_a_challenger_whose_predictions_diverge_is_rolled_back_at_the_first_step
 
 def test_a_healthy_challenger_is_promoted_through_every_step(aws):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, 700)
+    traffic = Traffic(aws, MODEL, 700)
     execution, record = run_with(aws, "healthy.csv", 8, traffic)
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
     steps = record["canary"]["steps"]

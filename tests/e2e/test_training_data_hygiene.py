@@ -9,22 +9,15 @@ import json
 
 import pytest
 
-from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import config_variant
 
-MODEL = "churn"
-
-
-@pytest.fixture(scope="module")
-def assembly(tmp_path_factory):
-    config = config_variant(tmp_path_factory, "hygiene", {"max_trials = 3": "max_trials = 1"})
-    return synthesize(tmp_path_factory.mktemp("cdk-hygiene") / "cdk.out", config)
+MODEL = "hygiene"  # the example model with one search trial (tests/assemblies.py)
 
 
 @pytest.fixture(scope="module")
-def aws(assembly, tmp_path_factory):
-    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-hygiene"), seed=7) as runtime:
+def aws(training_assembly, tmp_path_factory):
+    with LocalRuntime(training_assembly, tmp_path_factory.mktemp("runtime-hygiene"), seed=7) as runtime:
         yield runtime
 
 

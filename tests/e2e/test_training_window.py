@@ -9,31 +9,16 @@ import json
 import pytest
 from refit_core.training import inputs_manifest_key, read_training_outputs
 
-from scripts.local_aws.runtime import LocalRuntime, synthesize
+from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.conftest import config_variant
 
-MODEL = "churn"
+MODEL = "window"  # training_window last_batches 2 (tests/assemblies.py)
 ROWS = {"first.csv": 2000, "second.csv": 1500, "third.csv": 1200}
 
 
 @pytest.fixture(scope="module")
-def assembly(tmp_path_factory):
-    config = config_variant(
-        tmp_path_factory,
-        "window",
-        {
-            "max_trials = 3": "max_trials = 1",
-            "[models.drift]": '[models.training_window]\nkind = "last_batches"\nbatches = 2\nhalf_life_days = 7\n\n'
-            "[models.drift]",
-        },
-    )
-    return synthesize(tmp_path_factory.mktemp("cdk-window") / "cdk.out", config)
-
-
-@pytest.fixture(scope="module")
-def aws(assembly, tmp_path_factory):
-    with LocalRuntime(assembly, tmp_path_factory.mktemp("runtime-window"), seed=5) as runtime:
+def aws(training_assembly, tmp_path_factory):
+    with LocalRuntime(training_assembly, tmp_path_factory.mktemp("runtime-window"), seed=5) as runtime:
         yield runtime
 
 

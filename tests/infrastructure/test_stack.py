@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.app_builder import SOURCE_FOLDERS, code_version
+from stacks.app_builder import SOURCE_FOLDERS, TEMPLATE_MAX_BYTES, code_version, template_too_large
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,11 +211,19 @@ def cfn_lint(template: Path, *ignored: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cfn_lint_reports_nothing_but_the_accepted_findings(cloud_assembly):
-    template = cloud_assembly / "refit.template.json"
-    result = cfn_lint(template, *sorted(CFN_LINT_ACCEPTED))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_cfn_lint_reports_nothing_but_the_accepted_findings(
+    cloud_assembly, modes_assembly, runs_assembly, training_assembly
+):
+    """On the example project, and on the three e2e projects, whose models between them use every deploy mode (variants
+    with steps, shadow, guardrails, A/B), capacity with autoscaling, manual approval and parallel candidates; cdk-nag
+    passed on each (synthesis fails on an unacknowledged finding, and the report says so)."""
+    for assembly in (cloud_assembly, modes_assembly, runs_assembly, training_assembly):
+        report = json.loads((assembly / "validation-report.json").read_text())
+        assert all(plugin["conclusion"] == "success" for plugin in report["pluginReports"])
+        result = cfn_lint(assembly / "refit.template.json", *sorted(CFN_LINT_ACCEPTED))
+        assert result.returncode == 0, result.stdout + result.stderr
     # The list is no longer than it must be: each accepted rule is still reported without the exception.
+    template = cloud_assembly / "refit.template.json"
     reported = {line.split(":")[5] for line in cfn_lint(template).stdout.splitlines() if line.count(":") >= 6}
     assert reported >= CFN_LINT_ACCEPTED, reported
 
@@ -229,6 +237,20 @@ def test_cfn_lint_fails_on_a_warning(cloud_assembly, tmp_path):
     path.write_text(json.dumps(template))
     result = cfn_lint(path, *sorted(CFN_LINT_ACCEPTED))
     assert result.returncode != 0 and "W3045" in result.stdout
+
+
+def test_a_template_cloudformation_would_refuse_for_its_size_stops_synthesis(tmp_path, cloud_assembly):
+    """CDK refuses over 500 resources at synth but not a template over CloudFormation's 1 MB (five models of the
+    example's shape make 1.08 MB); app.py refuses it with the size and the fix."""
+    big = tmp_path / "big.template.json"
+    big.write_bytes(b" " * (TEMPLATE_MAX_BYTES + 1))
+    problem = template_too_large("refit", big)
+    assert problem.startswith("stack refit: the template is 1,000,001 bytes; CloudFormation accepts at most 1,000,000")
+    assert "another project" in problem
+    big.write_bytes(b" " * TEMPLATE_MAX_BYTES)
+    assert template_too_large("refit", big) is None
+    example = (cloud_assembly / "refit.template.json").stat().st_size
+    assert example < TEMPLATE_MAX_BYTES / 3  # the example project has room for more models
 
 
 def test_wrong_config_stops_synthesis_naming_the_field(tmp_path):

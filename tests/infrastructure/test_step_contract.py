@@ -40,8 +40,6 @@ from refit_core.steps import (
 )
 
 from scripts.local_aws.cloud_assembly import CloudAssembly, Resolver
-from scripts.local_aws.runtime import synthesize
-from tests.conftest import config_variant
 
 # What each Lambda (by its handler string; Deploy also by its action) returns.
 OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
@@ -84,10 +82,14 @@ class _Placeholders(Resolver):
         return f"getatt:{logical_id}"
 
 
-def load(directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The resolved definition, and each function's handler string by logical id."""
+def load(directory: Path, model: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The resolved definition (of `model`'s state machine, in an assembly of several models), and each function's
+    handler string by logical id."""
     resources = CloudAssembly.load(directory).resources
-    machine = next(r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine")
+    prefix = f"Model{model.replace('-', '')}RetrainStateMachine" if model else ""
+    (machine, *_) = [
+        r for k, r in resources.items() if r["Type"] == "AWS::StepFunctions::StateMachine" and k.startswith(prefix)
+    ]
     resolver = _Placeholders(pseudo={"AWS::Region": "us-east-1", "AWS::AccountId": "1", "AWS::Partition": "aws"})
     definition = json.loads(resolver.resolve(machine["Properties"]["DefinitionString"]))
     handlers = {
@@ -256,13 +258,8 @@ def default_definition(cloud_assembly):
 
 
 @pytest.fixture(scope="module")
-def parallel_definition(tmp_path_factory):
-    config = config_variant(
-        tmp_path_factory,
-        "contract-parallel",
-        {'families = ["hgb", "linear", "forest"]': 'families = ["hgb", "linear"]\nparallel_jobs = true'},
-    )
-    return load(synthesize(tmp_path_factory.mktemp("cdk-contract-parallel") / "cdk.out", config))
+def parallel_definition(training_assembly):
+    return load(training_assembly, "parallel")
 
 
 def _count_paths(definition: dict[str, Any]) -> int:
@@ -281,8 +278,8 @@ def test_every_path_and_choice_literal_of_the_parallel_definition_is_in_the_step
     assert contract_problems(definition, handlers) == []
 
 
-def test_every_path_and_choice_literal_of_the_guardrails_definition_is_in_the_step_contract(guardrails_assembly):
-    definition, handlers = load(guardrails_assembly)
+def test_every_path_and_choice_literal_of_the_guardrails_definition_is_in_the_step_contract(modes_assembly):
+    definition, handlers = load(modes_assembly, "guard")
     assert "Guarded update status" in definition["States"] and "Bake canary" not in definition["States"]
     assert contract_problems(definition, handlers) == []
 

@@ -20,8 +20,9 @@ from botocore.exceptions import ClientError
 from scripts.local_aws.bridges import JOB_WAIT_SECONDS
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch
-from tests.e2e.test_staged_canary import wrap_challenger
+from tests.e2e.helpers import wrap_challenger
 
+MODEL = "guard"  # the modes assembly's guardrails model (tests/assemblies.py)
 ROW = "12.0,70.5,1,48.0,basic,north"
 TRAINING_CONFIG = {
     "target": "churned",
@@ -37,8 +38,8 @@ TRAINING_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def aws(guardrails_assembly, tmp_path_factory):
-    with LocalRuntime(guardrails_assembly, tmp_path_factory.mktemp("guardrails-bridge"), seed=3) as runtime:
+def aws(modes_assembly, tmp_path_factory):
+    with LocalRuntime(modes_assembly, tmp_path_factory.mktemp("guardrails-bridge"), seed=3) as runtime:
         yield runtime
 
 
@@ -49,8 +50,8 @@ def stack_setting(aws, variable: str) -> str:
 @pytest.fixture(scope="module")
 def fleet(aws, tmp_path_factory) -> dict[str, Any]:
     """The model's endpoint on config `a` (model A); configs `b` (model B), `b4` (model B on four instances) and
-    `c` (model C, whose every answer is a 5XX), each with the one variant `champion`. Artifacts live where churn's
-    training jobs write them: what churn's SageMaker role may read."""
+    `c` (model C, whose every answer is a 5XX), each with the one variant `champion`. Artifacts live where guard's
+    training jobs write them: what guard's SageMaker role may read."""
     root = tmp_path_factory.mktemp("guardrails-model")
     (root / "input" / "data" / "config").mkdir(parents=True)
     (root / "input" / "data" / "config" / "config.json").write_text(json.dumps(TRAINING_CONFIG))
@@ -63,10 +64,10 @@ def fleet(aws, tmp_path_factory) -> dict[str, Any]:
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         for path in sorted((root / "model").iterdir()):
             tar.add(path, arcname=path.name)
-    endpoint = aws.model("churn").endpoint_name
+    endpoint = aws.model(MODEL).endpoint_name
     sagemaker = aws.client("sagemaker")
     for model in ("a", "b", "c"):
-        key = f"training/churn/refit-churn--guarded-{model}--od1/output/model.tar.gz"
+        key = f"training/guard/refit-guard--guarded-{model}--od1/output/model.tar.gz"
         aws.client("s3").put_object(Bucket=aws.artifact_bucket, Key=key, Body=archive.getvalue())
         if model == "c":
             wrap_challenger(aws, "5xx", tmp_path_factory.mktemp("faulty"), f"s3://{aws.artifact_bucket}/{key}")
@@ -102,7 +103,7 @@ def deployment(routing: dict[str, Any], alarms: list[str] | None = None, **polic
         "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing, **policy},
         "AutoRollbackConfiguration": {
             "Alarms": [
-                {"AlarmName": n} for n in (alarms or ["refit-churn--guardrails-5xx", "refit-churn--guardrails-latency"])
+                {"AlarmName": n} for n in (alarms or ["refit-guard--guardrails-5xx", "refit-guard--guardrails-latency"])
             ]
         },
     }
@@ -140,7 +141,7 @@ def test_an_all_at_once_update_is_updating_for_its_bake_then_serves_the_new_conf
     after = wait_until_settled(aws, fleet)
     assert (after["EndpointStatus"], after["EndpointConfigName"]) == ("InService", fleet["config"]("b"))
     assert time.monotonic() - started >= 1.0 and "FailureReason" not in after
-    assert json.loads(aws.invoke_endpoint("churn", ROW)["body"])["probabilities"]
+    assert json.loads(aws.invoke_endpoint(MODEL, ROW)["body"])["probabilities"]
     pause = time.monotonic()
     aws.bridges.pause_while_updating()
     assert time.monotonic() - pause < 0.1  # no update: a Wait does not pause
@@ -178,16 +179,16 @@ def test_an_alarm_in_alarm_during_the_bake_rolls_back_to_the_old_config(aws, fle
     while describe(aws, fleet)["EndpointStatus"] == "Updating":
         assert time.monotonic() - started < 30, "the 5XX alarm did not roll the update back"
         try:
-            aws.invoke_endpoint("churn", ROW)
+            aws.invoke_endpoint(MODEL, ROW)
         except ClientError:
             failed += 1  # the new fleet answers every request with a 5XX
     after = describe(aws, fleet)
     assert failed >= 1 and time.monotonic() - started < 30  # rolled back by the alarm, long before the bake's end
     assert (after["EndpointStatus"], after["EndpointConfigName"]) == ("InService", fleet["config"]("b4"))
     assert "FailureReason" not in after  # silent, as SageMaker often is: only the config name tells
-    alarm = aws.client("cloudwatch").describe_alarms(AlarmNames=["refit-churn--guardrails-5xx"])["MetricAlarms"][0]
+    alarm = aws.client("cloudwatch").describe_alarms(AlarmNames=["refit-guard--guardrails-5xx"])["MetricAlarms"][0]
     assert alarm["StateValue"] == "ALARM"
-    assert json.loads(aws.invoke_endpoint("churn", ROW)["body"])["probabilities"]  # the old fleet serves
+    assert json.loads(aws.invoke_endpoint(MODEL, ROW)["body"])["probabilities"]  # the old fleet serves
 
 
 def test_a_rollback_that_fails_leaves_update_rollback_failed_until_the_next_update(aws, fleet):
@@ -207,11 +208,11 @@ def test_a_rollback_that_fails_leaves_update_rollback_failed_until_the_next_upda
     assert broken["EndpointStatus"] == "UpdateRollbackFailed"
     assert "rollback failed" in broken["FailureReason"] and broken["EndpointConfigName"] == fleet["config"]("b4")
     with pytest.raises(ClientError):
-        aws.invoke_endpoint("churn", ROW)  # the fleets stay mixed: the new one still takes its share
+        aws.invoke_endpoint(MODEL, ROW)  # the fleets stay mixed: the new one still takes its share
     aws.client("sagemaker").update_endpoint(EndpointName=fleet["endpoint"], EndpointConfigName=fleet["config"]("b"))
     fixed = describe(aws, fleet)
     assert (fixed["EndpointStatus"], fixed["EndpointConfigName"]) == ("InService", fleet["config"]("b"))
-    assert json.loads(aws.invoke_endpoint("churn", ROW)["body"])["probabilities"]
+    assert json.loads(aws.invoke_endpoint(MODEL, ROW)["body"])["probabilities"]
 
 
 @pytest.mark.parametrize(
@@ -242,8 +243,8 @@ def test_updates_sagemaker_would_refuse_are_refused_and_change_nothing(aws, flee
                 "WaitIntervalInSeconds": 1,
             }
         }
-    elif policy == "unreadable alarm":  # the canary alarm: churn's SageMaker role may not read it
-        request = deployment({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1}, ["refit-churn--canary"])
+    elif policy == "unreadable alarm":  # the canary alarm: guard's SageMaker role may not read it
+        request = deployment({"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1}, ["refit-guard--canary"])
     else:
         request = deployment(policy or {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 1})
     with pytest.raises(ClientError, match=message) as refused:

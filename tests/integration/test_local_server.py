@@ -39,6 +39,14 @@ def test_a_busy_port_is_refused_with_the_port_and_the_fix():
         server.server_close()
 
 
+def test_an_assembly_that_is_not_there_is_refused_in_one_line_before_the_port_is_taken(tmp_path):
+    err = io.StringIO()
+    missing = tmp_path / "cdk.out"
+    assert local_up(port=0, workdir=tmp_path / "work", assembly=missing, out=io.StringIO(), err=err) == 1
+    assert err.getvalue().count("\n") == 1 and f"{missing / 'manifest.json'}: no cloud assembly" in err.getvalue()
+    assert not (tmp_path / "work").exists()
+
+
 def test_the_stack_record_answers_describe_stacks_with_the_outputs():
     outputs = {"DataBucket": "refit-data-1", "Project": "refit", "ModelchurnEndpointName": "refit-churn"}
     runtime = SimpleNamespace(region="us-east-1", outputs=outputs, assembly=SimpleNamespace(stack_name="refit"))

@@ -20,7 +20,7 @@ from refit_core.shadow import shadow_variants
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch
-from tests.e2e.test_staged_canary import wrap_challenger
+from tests.e2e.helpers import wrap_challenger
 from tests.integration.test_capture_and_alarm_bridges import MODEL_KEY, ROW, TRAINING_CONFIG, captured, stack_setting
 
 ENDPOINT = "refit-shadow-bridge"
