@@ -35,7 +35,7 @@ from refit_core.divergence import live_outputs, prediction_divergence
 from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
 from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
-from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
+from refit_core.shadow import SHADOW, shadow_divergence, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
     AlarmView,
     CanaryShift,
@@ -111,6 +111,7 @@ class StartShadow(BaseModel):
 class CheckShadow(BaseModel):
     action: Literal["check_shadow"]
     shadow_started_at: str
+    gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
 
 
 class ShiftCanary(BaseModel):
@@ -471,6 +472,24 @@ def variant_window(
     )
 
 
+def holdout_reference(s3: Any, gate_uri: str | None) -> dict[str, Any] | None:
+    """The gate's holdout reference for the prediction-divergence check (gate.json's `divergence_reference`)."""
+    if not gate_uri:
+        return None
+    where = S3Uri.parse(gate_uri)
+    return json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get("divergence_reference")
+
+
+def capture_destination(sagemaker: Any, endpoint_name: str) -> str | None:
+    """Where the endpoint captures now (DescribeEndpoint's DataCaptureConfig DestinationS3Uri), None when capture is
+    off (not enabled, or not Started)."""
+    endpoint = describe_endpoint(sagemaker, endpoint_name) or {}
+    capture_config = endpoint.get("DataCaptureConfig") or {}
+    if capture_config.get("EnableCapture") and capture_config.get("CaptureStatus") == "Started":
+        return capture_config["DestinationS3Uri"]
+    return None
+
+
 def divergence_check(
     event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
 ) -> dict[str, Any]:
@@ -478,25 +497,12 @@ def divergence_check(
     window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
     off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
-    endpoint = describe_endpoint(sagemaker, config.endpoint_name) or {}
-    capture_config = endpoint.get("DataCaptureConfig") or {}
-    capture_on = bool(capture_config.get("EnableCapture")) and capture_config.get("CaptureStatus") == "Started"
-    reference = None
-    if event.gate_uri:
-        where = S3Uri.parse(event.gate_uri)
-        reference = json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get(
-            "divergence_reference"
-        )
+    destination = capture_destination(sagemaker, config.endpoint_name)
+    reference = holdout_reference(s3, event.gate_uri)
     outputs: dict[str, list[float]] = {CHALLENGER: [], CHAMPION: []}
-    if capture_on and reference:
+    if destination and reference:
         outputs = live_outputs(
-            s3,
-            capture_config["DestinationS3Uri"],
-            config.endpoint_name,
-            (CHALLENGER, CHAMPION),
-            start_time,
-            end_time,
-            model.problem_type,
+            s3, destination, config.endpoint_name, (CHALLENGER, CHAMPION), start_time, end_time, model.problem_type
         )
     return prediction_divergence(
         reference,
@@ -506,7 +512,7 @@ def divergence_check(
         # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
         alpha=model.canary.alpha / len(model.canary.plan),
         min_samples=model.canary.divergence_min_samples,
-        capture_enabled=capture_on,
+        capture_enabled=destination is not None,
         seed=model.seed,
     )
 
@@ -557,9 +563,10 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemake
     }
 
 
-def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, s3: Any) -> dict[str, Any]:
+def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, sagemaker: Any, s3: Any) -> dict[str, Any]:
     """Judge the shadow against the champion on the window since the endpoint came InService on the shadow config:
-    CloudWatch per variant and the canary alarm (as a canary step), and both variants' captured predictions."""
+    CloudWatch per variant and the canary alarm (as a canary step), then both variants' captured predictions by the
+    canary's prediction-divergence test against the gate's holdout reference (refit_core.shadow)."""
     settings = config.model.deploy.shadow
     start_time = datetime.fromisoformat(event.shadow_started_at)
     end_time = datetime.now(UTC) + timedelta(minutes=1)
@@ -579,7 +586,14 @@ def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, s3: Any)
         end_time,
         config.model.problem_type,
     )
-    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, scores)
+    divergence = shadow_divergence(
+        settings,
+        holdout_reference(s3, event.gate_uri),
+        scores,
+        capture_enabled=capture_destination(sagemaker, config.endpoint_name) is not None,
+        seed=config.model.seed,
+    )
+    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, divergence)
     return ShadowVerdict(
         **verdict,
         next="promote" if verdict["healthy"] else "rollback",
@@ -865,7 +879,7 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, StartShadow):
         return start_shadow(request, config, client("sagemaker"))
     if isinstance(request, CheckShadow):
-        return check_shadow(request, config, client("cloudwatch"), client("s3"))
+        return check_shadow(request, config, client("cloudwatch"), client("sagemaker"), client("s3"))
     if isinstance(request, StartGuarded):
         return start_guardrails(request, config, client("sagemaker"))
     if isinstance(request, GuardedStatus):
