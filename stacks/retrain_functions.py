@@ -400,6 +400,7 @@ class RetrainFunctions(Construct):
                     "sagemaker:UpdateEndpointWeightsAndCapacities",
                     "sagemaker:DeleteEndpoint",
                     "sagemaker:AddTags",
+                    "sagemaker:ListTags",  # a retried redeploy or promotion reads what its first attempt recorded
                 ],
                 resources=[
                     f"{arn}:endpoint/{endpoint_name}",

@@ -444,7 +444,11 @@ class RetrainStateMachine(Construct):
                 invoke(
                     "Check shadow",
                     "Deploy",
-                    {"action": "check_shadow", "shadow_started_at.$": "$.endpoint.canary_started_at"},
+                    {
+                        "action": "check_shadow",
+                        "shadow_started_at.$": "$.endpoint.canary_started_at",
+                        "gate_uri.$": "$.gate.gate_uri",
+                    },
                     "$.shadow",
                 ),
                 rollback,

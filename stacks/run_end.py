@@ -51,6 +51,10 @@ class RunEnd(Construct):
                 )
             ],
         )
+        # No FILL(): Step Functions publishes ExecutionsFailed / TimedOut / Aborted only in periods where they happen,
+        # and metric math treats a value missing from one series as 0 in arithmetic (over the timestamps any of them
+        # has), so one failed run sums to 1; a period where none has data gives no value, which notBreaching treats
+        # as OK (tests/integration/test_capture_and_alarm_bridges.py evaluates this alarm).
         failed_runs = cloudwatch.MathExpression(
             expression="failed + timedout + aborted",
             using_metrics={

@@ -9,7 +9,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
-from refit_core.canary import CHALLENGER, CHAMPION
+from refit_core.canary import CHALLENGER, CHAMPION, error_alarm_limits, error_rate_alarm_expression
 from refit_core.config import ModelConfig
 from refit_core.metric_names import LIVE_METRIC_ALARM_BOUND, MONITOR_NAMESPACE, higher_is_better
 from refit_core.s3uri import SUPPORTED_SUFFIXES
@@ -116,22 +116,35 @@ class Triggers(Construct):
                 ),
                 targets=[target],
             )
-        # Any 5XX from the challenger variant during a bake fails the canary; a quiet canary is caught by
-        # the minimum-invocations rule in the canary check, not by this alarm (missing data does not breach).
+        # The challenger's 5XX rate in a minute over the verdict's `max_error_rate`, judged once it served the
+        # verdict's `min_invocations` in that minute (refit_core.canary.error_alarm_limits: one source of the
+        # numbers): one error in a hundred requests is not a failed canary, a burst is. A minute without invocations
+        # gives no value and does not breach: a quiet canary is caught by the step's invocation floor, not here.
+        limits = error_alarm_limits(model)
+        challenger = {"EndpointName": endpoint_name, "VariantName": CHALLENGER}
         self.canary_alarm = cloudwatch.Alarm(
             self,
             "CanaryAlarm",
             alarm_name=canary_alarm_name,
-            alarm_description=f"refit {model.name}: the challenger variant returns 5XX errors",
-            metric=cloudwatch.Metric(
-                namespace="AWS/SageMaker",
-                metric_name="Invocation5XXErrors",
-                dimensions_map={"EndpointName": endpoint_name, "VariantName": CHALLENGER},
+            alarm_description=f"refit {model.name}: the challenger variant's 5XX rate is over {limits.max_error_rate} "
+            f"in a minute with at least {limits.min_invocations} invocations",
+            metric=cloudwatch.MathExpression(
+                expression=error_rate_alarm_expression(limits.min_invocations),
+                using_metrics={
+                    name: cloudwatch.Metric(
+                        namespace="AWS/SageMaker",
+                        metric_name=metric,
+                        dimensions_map=challenger,
+                        period=Duration.minutes(1),
+                        statistic="Sum",
+                    )
+                    for name, metric in (("errors", "Invocation5XXErrors"), ("invocations", "Invocations"))
+                },
+                label="challenger 5XX rate",
                 period=Duration.minutes(1),
-                statistic="Sum",
             ),
-            threshold=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            threshold=limits.max_error_rate,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )

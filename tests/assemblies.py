@@ -34,8 +34,10 @@ GUARDRAILS_SETTINGS = {
     ),
 }
 AB_MIN_LABELLED_ROWS = 300
+# alpha 0.01: the prediction-divergence test drops an honest challenger with probability alpha (as in the staged canary)
 SHADOW_SETTINGS = (
-    '[models.deploy]\nmode = "shadow"\n\n[models.deploy.shadow]\nsampling_percent = 100\nbake_seconds = 5\n\n'
+    '[models.deploy]\nmode = "shadow"\n\n[models.deploy.shadow]\nsampling_percent = 100\nbake_seconds = 5\n'
+    "alpha = 0.01\n\n"
 )
 CAPACITY_SETTINGS = """[models.deploy.capacity]
 instance_count = 2

@@ -314,11 +314,9 @@ def format_summary(record: dict[str, Any]) -> tuple[str, str]:
         lines.append(canary_step_line(step))
     if record.get("shadow") and record["shadow"].get("next"):
         shadow = record["shadow"]
-        divergence = shadow.get("divergence") or {}
         lines.append(
             f"Shadow ({shadow.get('sampling_percent')}% copied, {shadow.get('copied_share')} seen): "
             + canary_step_line({**shadow, "step": 0, "weight": 0, "endpoint_weights": []}).split(": ", 1)[1]
-            + f", prediction KS distance {divergence.get('statistic')} (p {divergence.get('p_value')})"
         )
     if record.get("guardrails"):
         g = record["guardrails"]

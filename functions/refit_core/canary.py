@@ -18,10 +18,24 @@ from typing import Any
 
 from scipy.stats import fisher_exact
 
-from refit_core.config import CanarySettings
+from refit_core.config import CanarySettings, ModelConfig
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+
+
+def error_rate_alarm_expression(min_invocations: int) -> str:
+    """The stack's canary alarm (metric math over the challenger variant's `invocations` and `errors`, each a Sum per
+    period): its 5XX rate where it served at least `min_invocations` requests, else 0 (too few to judge: the step
+    verdict's invocation floor speaks for a quiet window). In metric math a missing `errors` point counts as 0 and a
+    period without invocations gives no value (missing data)."""
+    return f"IF(invocations >= {min_invocations}, errors / invocations, 0)"
+
+
+def error_alarm_limits(model: ModelConfig) -> CanarySettings:
+    """The limits the canary alarm shares with the verdict that reads it: the shadow's in `deploy.mode = "shadow"`,
+    else the canary's (variants, ab, guardrails)."""
+    return model.deploy.shadow.limits() if model.deploy.mode == "shadow" else model.canary
 
 
 def variant(

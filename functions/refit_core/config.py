@@ -256,7 +256,8 @@ class ShadowSettings(_Strict):
     (CreateEndpointConfig's ShadowProductionVariants) and receives a copy of `sampling_percent` of the champion's
     requests; its responses are never returned to callers. After `bake_seconds` both variants are compared on the same
     window, with the canary's rules (4XX/5XX two-proportion tests, p99 ModelLatency ratio, fixed ceilings, an invocation
-    floor) and on their predictions from Data Capture; then the challenger is promoted or dropped."""
+    floor) and on their predictions from Data Capture (the canary's holdout-conditional divergence test at `alpha`);
+    then the challenger is promoted or dropped."""
 
     sampling_percent: int = Field(
         100, ge=1, le=100, description="Share of the champion's requests SageMaker copies to the shadow variant."
@@ -274,15 +275,11 @@ class ShadowSettings(_Strict):
         0.05, gt=0, lt=0.5, description="Level of the one-sided 4XX/5XX tests and of the prediction-divergence test."
     )
     min_latency_samples: int = Field(100, ge=20, description="The p99 ratio is judged from this many samples each.")
-    max_prediction_divergence: float = Field(
-        0.1,
-        gt=0,
-        lt=1,
-        description="Largest tolerated distance between the shadow's and the champion's captured output distributions "
-        "(two-sample Kolmogorov-Smirnov statistic on scores); a larger, significant one drops the shadow.",
-    )
     min_captured_predictions: int = Field(
-        20, ge=5, description="Per variant: fewer captured predictions in the window and the shadow is not promoted."
+        20,
+        ge=5,
+        description="Per variant: fewer captured predictions in the window and the shadow is not promoted (the "
+        "prediction-divergence test, refit_core.divergence, is not judged below it).",
     )
 
     def limits(self) -> CanarySettings:

@@ -34,12 +34,10 @@ noise); without Data Capture it is skipped. Neither is a pass, and the verdict s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from refit_core.capture import window_scores
 from refit_core.s3uri import S3Uri
@@ -261,27 +259,3 @@ def live_outputs(
     where = S3Uri.parse(destination.rstrip("/") + "/")
     found, _ = window_scores(s3, where.bucket, where.key, endpoint_name, variants, start, end, problem_type)
     return found
-
-
-def two_sample_divergence(champion: Sequence[float], challenger: Sequence[float]) -> dict[str, Any]:
-    """deploy.mode shadow: the KS distance between the champion's and the shadow's scores on the same copied requests,
-    its two-sided exact-or-asymptotic p-value (scipy's choice by sample size), both sample sizes and means. With an
-    empty side there is nothing to compare: statistic and p-value are None. (A fixed ceiling on the distance, unlike
-    the canary's `prediction_divergence`, which asks whether the gap exceeds what the holdout predicts.)"""
-    a = np.asarray(champion, dtype=float)
-    b = np.asarray(challenger, dtype=float)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("two_sample_divergence: scores must be finite numbers")
-    result: dict[str, Any] = {
-        "n_champion": int(a.size),
-        "n_challenger": int(b.size),
-        "mean_champion": round(float(a.mean()), 6) if a.size else None,
-        "mean_challenger": round(float(b.mean()), 6) if b.size else None,
-        "statistic": None,
-        "p_value": None,
-    }
-    if a.size and b.size:
-        test = ks_2samp(a, b)
-        result["statistic"] = round(float(test.statistic), 6)
-        result["p_value"] = float(test.pvalue)
-    return result

@@ -10,9 +10,16 @@ watch a canary.
 
 After the bake (`shadow_verdict`): the canary's rules on the same window (refit_core.canary.step_verdict: the alarm,
 fixed ceilings, one-sided 4XX/5XX tests against the champion, the p99 ModelLatency ratio, an invocation floor on both
-variants: a quiet window is never a pass), then the predictions: the shadow's captured scores against the champion's
-on the same window (refit_core.divergence). Then promotion (the challenger becomes the sole production variant) or
-drop (the endpoint returns to the config it had: the champion alone).
+variants: a quiet window is never a pass), then the predictions (`shadow_divergence`): the canary's test
+(refit_core.divergence.prediction_divergence): are the shadow's captured outputs what its holdout disagreement with the
+champion predicts, given the champion's outputs in the same window? Two honest models disagree; only a disagreement
+beyond the holdout's counts. The shadow's copies are the champion's own requests (all of them, or a random
+`sampling_percent` of them), so the test's premise, both samples drawn from the same traffic, holds more tightly than
+in a canary's split. (A paired test on per-request differences would use the pairing too, but it needs each copy
+joined to its original, and Data Capture gives a shadow record no documented key to its production record:
+`inferenceId` only when callers send one.) Predictions not compared (capture off, no holdout reference, or fewer than
+`min_captured_predictions` on either variant) are not a pass. Then promotion (the challenger becomes the sole
+production variant) or drop (the endpoint returns to the config it had: the champion alone).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 from refit_core.canary import CHALLENGER, CHAMPION, VariantWindow, step_verdict, variant
 from refit_core.capture import window_scores as captured_window_scores
 from refit_core.config import ShadowSettings
-from refit_core.divergence import two_sample_divergence
+from refit_core.divergence import prediction_divergence
 
 SHADOW = CHALLENGER  # the shadow variant's name
 
@@ -52,39 +59,44 @@ def window_scores(
     return captured_window_scores(s3, bucket, prefix, endpoint, (CHAMPION, SHADOW), start, end, problem_type)
 
 
+def shadow_divergence(
+    settings: ShadowSettings,
+    reference: dict[str, Any] | None,
+    scores: dict[str, list[float]],
+    *,
+    capture_enabled: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The prediction-divergence test on the bake's captured scores (`scores` by variant), against the gate's holdout
+    reference, at the shadow's `alpha` (one judgment, no correction) from `min_captured_predictions` outputs each."""
+    return prediction_divergence(
+        reference,
+        scores.get(CHAMPION, []),
+        scores.get(SHADOW, []),
+        alpha=settings.alpha,
+        min_samples=settings.min_captured_predictions,
+        capture_enabled=capture_enabled,
+        seed=seed,
+    )
+
+
 def shadow_verdict(
     settings: ShadowSettings,
     shadow: VariantWindow,
     champion: VariantWindow,
     alarm_state: str | None,
-    scores: dict[str, list[float]],
+    divergence: dict[str, Any],
 ) -> dict[str, Any]:
     """The verdict on the shadow after its bake. Traffic and latency first (the canary's rules, with the shadow's
-    limits); then predictions: fewer than `min_captured_predictions` captured scores on either variant is not a pass
-    (the predictions could not be compared), and a KS distance over `max_prediction_divergence` that is significant
-    at `alpha` drops the shadow."""
+    limits); then predictions (`divergence`: shadow_divergence's result): not judged is not a pass (the predictions
+    were the point of the shadow), and outputs beyond what the holdout predicts drop the shadow."""
     verdict = step_verdict(settings.limits(), shadow, champion, alarm_state)
-    divergence = two_sample_divergence(scores.get(CHAMPION, []), scores.get(SHADOW, []))
     copied = round(shadow.invocations / champion.invocations, 4) if champion.invocations else None
     verdict = {**verdict, "divergence": divergence, "copied_share": copied}
     if not verdict["healthy"]:
         return verdict
-    fewest = min(divergence["n_champion"], divergence["n_challenger"])
-    if fewest < settings.min_captured_predictions:
-        return {
-            **verdict,
-            "healthy": False,
-            "reason": f"predictions not compared: {divergence['n_challenger']} captured shadow and "
-            f"{divergence['n_champion']} champion predictions in the window, fewer than the "
-            f"{settings.min_captured_predictions} required on each",
-        }
-    statistic, p_value = divergence["statistic"], divergence["p_value"]
-    if statistic > settings.max_prediction_divergence and p_value < settings.alpha:
-        return {
-            **verdict,
-            "healthy": False,
-            "reason": f"shadow predictions diverge from the champion's on the same window: KS distance "
-            f"{statistic:.3f} > {settings.max_prediction_divergence} (p = {p_value:.2g} < {settings.alpha}; mean score "
-            f"{divergence['mean_challenger']:.4f} vs {divergence['mean_champion']:.4f})",
-        }
-    return {**verdict, "reason": f"{verdict['reason']}; predictions agree (KS distance {statistic:.3f})"}
+    if divergence["status"] != "judged":
+        return {**verdict, "healthy": False, "reason": f"predictions not compared: {divergence['reason']}"}
+    if divergence["diverged"]:
+        return {**verdict, "healthy": False, "reason": f"shadow predictions diverge: {divergence['reason']}"}
+    return {**verdict, "reason": f"{verdict['reason']}; predictions agree: {divergence['reason']}"}

@@ -391,17 +391,6 @@ class CanaryVerdict(Step):
     alarm_state: str | None = None
 
 
-class PredictionDivergence(Step):
-    """The shadow's captured scores against the champion's on the same window (refit_core.divergence)."""
-
-    n_champion: int
-    n_challenger: int
-    mean_champion: float | None = None
-    mean_challenger: float | None = None
-    statistic: float | None = None
-    p_value: float | None = None
-
-
 class ShadowVerdict(Step):
     """`deploy.mode = "shadow"` after its bake (refit_core.shadow.shadow_verdict): both variants' numbers on the same
     window, the tests, the prediction comparison, the verdict and what comes next (`promote` or `rollback`, the drop).
@@ -421,7 +410,7 @@ class ShadowVerdict(Step):
     p99_latency_ratio: float | None = None
     p99_judged: bool | None = None
     alarm_state: str | None = None
-    divergence: PredictionDivergence | None = None
+    divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result, as the canary's
     capture_problems: dict[str, int] = Field(default_factory=dict)
 
 

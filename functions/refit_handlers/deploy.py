@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
-from refit_core import capacity, names
+from refit_core import capacity, idempotent, names
 from refit_core.artifacts import MODEL_SHA256_ENV
 from refit_core.canary import (
     CHALLENGER,
@@ -35,7 +35,7 @@ from refit_core.divergence import live_outputs, prediction_divergence
 from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
 from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
-from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
+from refit_core.shadow import SHADOW, shadow_divergence, shadow_variants, shadow_verdict, window_scores
 from refit_core.steps import (
     AlarmView,
     CanaryShift,
@@ -111,6 +111,7 @@ class StartShadow(BaseModel):
 class CheckShadow(BaseModel):
     action: Literal["check_shadow"]
     shadow_started_at: str
+    gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
 
 
 class ShiftCanary(BaseModel):
@@ -471,6 +472,24 @@ def variant_window(
     )
 
 
+def holdout_reference(s3: Any, gate_uri: str | None) -> dict[str, Any] | None:
+    """The gate's holdout reference for the prediction-divergence check (gate.json's `divergence_reference`)."""
+    if not gate_uri:
+        return None
+    where = S3Uri.parse(gate_uri)
+    return json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get("divergence_reference")
+
+
+def capture_destination(sagemaker: Any, endpoint_name: str) -> str | None:
+    """Where the endpoint captures now (DescribeEndpoint's DataCaptureConfig DestinationS3Uri), None when capture is
+    off (not enabled, or not Started)."""
+    endpoint = describe_endpoint(sagemaker, endpoint_name) or {}
+    capture_config = endpoint.get("DataCaptureConfig") or {}
+    if capture_config.get("EnableCapture") and capture_config.get("CaptureStatus") == "Started":
+        return capture_config["DestinationS3Uri"]
+    return None
+
+
 def divergence_check(
     event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
 ) -> dict[str, Any]:
@@ -478,25 +497,12 @@ def divergence_check(
     window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
     off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
-    endpoint = describe_endpoint(sagemaker, config.endpoint_name) or {}
-    capture_config = endpoint.get("DataCaptureConfig") or {}
-    capture_on = bool(capture_config.get("EnableCapture")) and capture_config.get("CaptureStatus") == "Started"
-    reference = None
-    if event.gate_uri:
-        where = S3Uri.parse(event.gate_uri)
-        reference = json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get(
-            "divergence_reference"
-        )
+    destination = capture_destination(sagemaker, config.endpoint_name)
+    reference = holdout_reference(s3, event.gate_uri)
     outputs: dict[str, list[float]] = {CHALLENGER: [], CHAMPION: []}
-    if capture_on and reference:
+    if destination and reference:
         outputs = live_outputs(
-            s3,
-            capture_config["DestinationS3Uri"],
-            config.endpoint_name,
-            (CHALLENGER, CHAMPION),
-            start_time,
-            end_time,
-            model.problem_type,
+            s3, destination, config.endpoint_name, (CHALLENGER, CHAMPION), start_time, end_time, model.problem_type
         )
     return prediction_divergence(
         reference,
@@ -506,7 +512,7 @@ def divergence_check(
         # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
         alpha=model.canary.alpha / len(model.canary.plan),
         min_samples=model.canary.divergence_min_samples,
-        capture_enabled=capture_on,
+        capture_enabled=destination is not None,
         seed=model.seed,
     )
 
@@ -557,9 +563,10 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemake
     }
 
 
-def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, s3: Any) -> dict[str, Any]:
+def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, sagemaker: Any, s3: Any) -> dict[str, Any]:
     """Judge the shadow against the champion on the window since the endpoint came InService on the shadow config:
-    CloudWatch per variant and the canary alarm (as a canary step), and both variants' captured predictions."""
+    CloudWatch per variant and the canary alarm (as a canary step), then both variants' captured predictions by the
+    canary's prediction-divergence test against the gate's holdout reference (refit_core.shadow)."""
     settings = config.model.deploy.shadow
     start_time = datetime.fromisoformat(event.shadow_started_at)
     end_time = datetime.now(UTC) + timedelta(minutes=1)
@@ -579,7 +586,14 @@ def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, s3: Any)
         end_time,
         config.model.problem_type,
     )
-    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, scores)
+    divergence = shadow_divergence(
+        settings,
+        holdout_reference(s3, event.gate_uri),
+        scores,
+        capture_enabled=capture_destination(sagemaker, config.endpoint_name) is not None,
+        seed=config.model.seed,
+    )
+    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, divergence)
     return ShadowVerdict(
         **verdict,
         next="promote" if verdict["healthy"] else "rollback",
@@ -612,20 +626,53 @@ def shift(event: ShiftCanary, config: Settings, sagemaker: Any) -> dict[str, Any
 
 def promote(event: Promote, config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
     """The challenger's model becomes the single `champion` variant, starting at the count the champion serves with
-    (capacity.initial_count); the scalable targets go before the UpdateEndpoint and come back after InService."""
+    (capacity.initial_count); the scalable targets go before the UpdateEndpoint and come back after InService. A
+    retried call (refit_core.idempotent) reuses the config the first attempt created and, when that attempt already
+    asked for the update, returns what it returned (recorded on the config's tags) without asking again."""
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "final")
     current = describe_endpoint(sagemaker, config.endpoint_name)
+    if current is not None and idempotent.moving_to(current, config_name):
+        earlier = idempotent.recorded(sagemaker, config_name)
+        return {
+            "expected_config": config_name,
+            "requested_at": earlier.get("requested_at"),
+            "deregistered": earlier.get("deregistered", []),
+        }
     count = capacity.initial_count(config.model.deploy.capacity, capacity.current_counts(current).get(CHAMPION))
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=config_name,
-        ProductionVariants=[variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type, count)],
-        DataCaptureConfig=capture(config),
-        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
+    record = {"requested_at": now(), "deregistered": targets_of(autoscaling, config.endpoint_name, current)}
+    created = idempotent.create_endpoint_config(
+        sagemaker,
+        {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": [
+                variant(event.challenger_model, CHAMPION, 1.0, config.model.serving_instance_type, count)
+            ],
+            "DataCaptureConfig": capture(config),
+            "KmsKeyId": config.kms_key_arn,  # the instances' storage volumes
+            "Tags": idempotent.record_tags(record),
+        },
     )
+    if not created:
+        record = {**record, **idempotent.recorded(sagemaker, config_name)}
     deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
-    requested_at = now()
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
-    return {"expected_config": config_name, "requested_at": requested_at, "deregistered": deregistered}
+    return {
+        "expected_config": config_name,
+        "requested_at": record["requested_at"],
+        "deregistered": merged(record["deregistered"], deregistered),
+    }
+
+
+def targets_of(autoscaling: Any, endpoint_name: str, endpoint: dict[str, Any] | None) -> list[str]:
+    """The endpoint's variants with a scalable target: those an update deregisters (capacity.deregister), known before
+    it so the config can record them for a retry."""
+    variants = [v["VariantName"] for v in (endpoint or {}).get("ProductionVariants", [])]
+    return [t["ResourceId"].rsplit("/", 1)[-1] for t in capacity.scalable_targets(autoscaling, endpoint_name, variants)]
+
+
+def merged(first: list[str], then: list[str]) -> list[str]:
+    """Variant names of both lists, each once, in order."""
+    return list(dict.fromkeys([*first, *then]))
 
 
 def rollback(
@@ -644,7 +691,7 @@ def rollback(
             sagemaker.delete_endpoint(EndpointName=config.endpoint_name)
             return {"expected_config": None, "changed": True, "deleted": True, "requested_at": now()}
         return {"expected_config": current["EndpointConfigName"], "changed": False}
-    if current["EndpointConfigName"] == event.previous_config:
+    if idempotent.moving_to(current, event.previous_config):  # there already, or a retry after the update
         return {"expected_config": event.previous_config, "changed": False}
     if current["EndpointStatus"] == "Failed":
         raise EndpointFailed(
@@ -693,53 +740,93 @@ def redeploy(event: Redeploy, config: Settings, sagemaker: Any, autoscaling: Any
     variant (its own model artifact and image, a `--redeploy` config with Data Capture). The version is checked again
     here (the CLI checked it before starting the run): in the group, not Rejected unless forced, not serving already.
     UpdateEndpoint is the last call, so an error before it leaves the endpoint untouched; the run then waits for
-    InService on the new config (the `status` action) and restores `previous_config` if that does not come."""
+    InService on the new config (the `status` action) and restores `previous_config` if that does not come.
+
+    Retried with the same input (a Lambda timeout or throttle after the first attempt did part of the work), it
+    reuses the model and config that attempt created when they are the ones asked for (refit_core.idempotent), and
+    when the endpoint is already updating to (or on) the config, it returns the first attempt's result, read from the
+    config's tags, without a second UpdateEndpoint: one config, one update, the same answer."""
     current = describe_endpoint(sagemaker, config.endpoint_name)
     if current is None:
         raise RedeployRefused(
             f"endpoint {config.endpoint_name} does not exist: the first model is deployed by a retrain run"
         )
-    champion = find_champion(sagemaker, config.endpoint_name)
     arn = names.model_package_arn(config.state_machine_arn, config.model_package_group, event.version)
     package = describe_version(sagemaker, arn, event.version, config.model_package_group)
-    check_redeploy(package, event.version, event.force, champion)
     image = container(package)
     model_name = names.model_name(config.endpoint_name, event.run_id)
-    sagemaker.create_model(
-        ModelName=model_name,
-        ExecutionRoleArn=config.sagemaker_role_arn,
-        **isolated(config.vpc_config),
-        PrimaryContainer={
-            "Image": image.get("Image") or config.image_uri,
-            "ModelDataUrl": image["ModelDataUrl"],
-            "Environment": model_environment(package),
-        },
-        Tags=[{"Key": "refit:model", "Value": config.model.name}, {"Key": "refit:run", "Value": event.run_id}],
-    )
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "redeploy")
-    count = capacity.initial_count(config.model.deploy.capacity, capacity.current_counts(current).get(CHAMPION))
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type, count)],
-        DataCaptureConfig=capture(config),
-        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
+
+    def result(record: dict[str, Any], deregistered: list[str]) -> dict[str, Any]:
+        return {
+            "kind": event.kind,
+            "version": event.version,
+            "model_package_arn": package["ModelPackageArn"],
+            "model_data_url": image["ModelDataUrl"],
+            "approval": package.get("ModelApprovalStatus"),
+            "forced": event.force and package.get("ModelApprovalStatus") == "Rejected",
+            "model_name": model_name,
+            "expected_config": config_name,
+            "previous_config": record["previous_config"],
+            "previous_version": record.get("previous_version"),
+            "previous_package_arn": record.get("previous_package_arn"),
+            "deregistered": merged(record.get("deregistered", []), deregistered),
+        }
+
+    if idempotent.moving_to(current, config_name):  # the first attempt asked for the update: report it
+        earlier = idempotent.recorded(sagemaker, config_name)
+        if not earlier.get("previous_config"):
+            raise idempotent.ExistingResourceDiffers(
+                f"endpoint {config.endpoint_name} is on {config_name}, whose tags do not name the config it replaced"
+            )
+        return result(earlier, [])
+    champion = find_champion(sagemaker, config.endpoint_name)
+    check_redeploy(package, event.version, event.force, champion)
+    idempotent.create_model(
+        sagemaker,
+        {
+            "ModelName": model_name,
+            "ExecutionRoleArn": config.sagemaker_role_arn,
+            **isolated(config.vpc_config),
+            "PrimaryContainer": {
+                "Image": image.get("Image") or config.image_uri,
+                "ModelDataUrl": image["ModelDataUrl"],
+                "Environment": model_environment(package),
+            },
+            "Tags": [
+                {"Key": "refit:model", "Value": config.model.name},
+                {"Key": "refit:run", "Value": event.run_id},
+            ],
+        },
     )
-    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
-    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
-    return {
-        "kind": event.kind,
-        "version": event.version,
-        "model_package_arn": package["ModelPackageArn"],
-        "model_data_url": image["ModelDataUrl"],
-        "approval": package.get("ModelApprovalStatus"),
-        "forced": event.force and package.get("ModelApprovalStatus") == "Rejected",
-        "model_name": model_name,
-        "expected_config": config_name,
+    count = capacity.initial_count(config.model.deploy.capacity, capacity.current_counts(current).get(CHAMPION))
+    record = {
         "previous_config": current["EndpointConfigName"],
         "previous_version": champion.get("version") if champion else None,
         "previous_package_arn": champion.get("model_package_arn") if champion else None,
-        "deregistered": deregistered,
+        "deregistered": targets_of(autoscaling, config.endpoint_name, current),
     }
+    created = idempotent.create_endpoint_config(
+        sagemaker,
+        {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": [variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type, count)],
+            "DataCaptureConfig": capture(config),
+            "KmsKeyId": config.kms_key_arn,  # the instances' storage volumes
+            "Tags": idempotent.record_tags(record),
+        },
+    )
+    if not created:
+        earlier = idempotent.recorded(sagemaker, config_name)
+        if earlier.get("previous_config") != current["EndpointConfigName"]:
+            raise idempotent.ExistingResourceDiffers(
+                f"endpoint config {config_name} was created to replace {earlier.get('previous_config')}, but the "
+                f"endpoint is on {current['EndpointConfigName']} now: not updating it from a stale request"
+            )
+        record = {**record, **earlier}
+    deregistered = capacity.deregister(autoscaling, config.endpoint_name, current)
+    sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
+    return result(record, deregistered)
 
 
 def scale(config: Settings, sagemaker: Any, autoscaling: Any) -> dict[str, Any]:
@@ -792,7 +879,7 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
     if isinstance(request, StartShadow):
         return start_shadow(request, config, client("sagemaker"))
     if isinstance(request, CheckShadow):
-        return check_shadow(request, config, client("cloudwatch"), client("s3"))
+        return check_shadow(request, config, client("cloudwatch"), client("sagemaker"), client("s3"))
     if isinstance(request, StartGuarded):
         return start_guardrails(request, config, client("sagemaker"))
     if isinstance(request, GuardedStatus):

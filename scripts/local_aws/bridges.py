@@ -58,8 +58,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - CloudWatch percentiles (metric_statistics.py): moto ignores GetMetricStatistics' ExtendedStatistics and accepts
   it together with Statistics; here each datapoint carries the percentiles of its period's raw values (so a canary
   can compare p99 ModelLatency per variant) and a call naming both is refused as CloudWatch refuses it.
-- CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms on
-  the metrics it touched, and a state change puts the "CloudWatch Alarm State Change" event, so rules on it fire.
+- CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms
+  (single-metric and metric-math) on the metrics it touched, and a state change puts the "CloudWatch Alarm State
+  Change" event, so rules on it fire.
 - Application Auto Scaling (autoscaling.py): moto registers any SageMaker resource id without bounds, keeps a
   deregistered target's policies and knows no UpdateEndpoint; here a variant must exist to be registered, a new
   target needs its bounds, deregistering deletes the policies, DeleteEndpoint deregisters the endpoint's targets, and
@@ -119,7 +120,14 @@ from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommu
 from moto.stepfunctions.responses import get_backend as stepfunctions_backend
 
 from scripts.local_aws import autoscaling
-from scripts.local_aws.alarms import STATES, AlarmSpec, Datapoint, alarm_event_time, evaluate_alarm
+from scripts.local_aws.alarms import (
+    STATES,
+    AlarmSpec,
+    Datapoint,
+    MathAlarmSpec,
+    alarm_event_time,
+    evaluate_alarm,
+)
 from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
 from scripts.local_aws.metric_statistics import get_metric_statistics
@@ -266,15 +274,52 @@ class CaptureFile:
     lines: list[str] = field(default_factory=list)
 
 
-def _alarm_spec(alarm: Alarm) -> AlarmSpec | None:
-    """A moto alarm as an AlarmSpec; None for what is not evaluated locally (composite and metric-math alarms,
-    percentile statistics)."""
-    if alarm.rule or alarm.metric_data_queries or alarm.extended_statistic or not alarm.statistic:
+def _alarm_spec(alarm: Alarm) -> AlarmSpec | MathAlarmSpec | None:
+    """A moto alarm as an AlarmSpec (one metric) or a MathAlarmSpec (metric math); None for what is not evaluated
+    locally (composite alarms, percentile statistics, metric-math functions alarms.py does not evaluate)."""
+    if alarm.rule:
         return None
     try:
+        if alarm.metric_data_queries:
+            return _math_alarm_spec(alarm)
+        if alarm.extended_statistic or not alarm.statistic:
+            return None
         return _metric_alarm_spec(alarm)
-    except (TypeError, ValueError):  # an alarm CloudWatch would have refused: never breaks the PutMetricData
+    except (TypeError, ValueError, KeyError):  # an alarm CloudWatch would have refused: never breaks PutMetricData
         return None
+
+
+def _math_alarm_spec(alarm: Alarm) -> MathAlarmSpec:
+    """moto's MetricDataQuery objects as a DescribeAlarms `Metrics` list, read as AWS's answer is."""
+    metrics = []
+    for query in alarm.metric_data_queries:
+        entry: dict[str, Any] = {"Id": query.id, "ReturnData": str(query.return_data).lower() != "false"}
+        if query.expression:
+            entry["Expression"] = query.expression
+        else:
+            stat = query.metric_stat
+            entry["MetricStat"] = {
+                "Metric": {
+                    "Namespace": stat.metric.namespace,
+                    "MetricName": stat.metric.metric_name,
+                    "Dimensions": [{"Name": d.name, "Value": d.value} for d in stat.metric.dimensions],
+                },
+                "Period": stat.period,
+                "Stat": stat.stat,
+                **({"Unit": stat.unit} if stat.unit else {}),
+            }
+        metrics.append(entry)
+    return MathAlarmSpec.from_description(
+        {
+            "AlarmName": alarm.name,
+            "Metrics": metrics,
+            "EvaluationPeriods": alarm.evaluation_periods,
+            "Threshold": alarm.threshold,
+            "ComparisonOperator": alarm.comparison_operator,
+            "DatapointsToAlarm": int(alarm.datapoints_to_alarm) if alarm.datapoints_to_alarm else None,
+            "TreatMissingData": alarm.treat_missing_data,
+        }
+    )
 
 
 def _metric_alarm_spec(alarm: Alarm) -> AlarmSpec:
@@ -1565,20 +1610,25 @@ class Bridges:
                 spec = _alarm_spec(alarm)
                 if spec is None or (names is not None and alarm.name not in names):
                     continue
-                if (
-                    touched is not None
-                    and (spec.namespace, spec.metric_name, frozenset(spec.dimensions.items())) not in touched
+                queries = spec.metrics if isinstance(spec, MathAlarmSpec) else (spec,)
+                if touched is not None and not any(
+                    (q.namespace, q.metric_name, frozenset(q.dimensions.items())) in touched for q in queries
                 ):
                     continue
-                points = [
-                    _datapoint(datum)
-                    for datum in backend.get_all_metrics()
-                    if datum.namespace == spec.namespace
-                    and datum.name == spec.metric_name
-                    and {d.name: d.value for d in datum.dimensions} == spec.dimensions
-                    and (spec.unit is None or datum.unit == spec.unit)
-                ]
-                result = evaluate_alarm(spec, points, now or datetime.now(UTC), alarm.state_value)
+                stored = backend.get_all_metrics()
+                points = {
+                    getattr(q, "id", ""): [
+                        _datapoint(datum)
+                        for datum in stored
+                        if datum.namespace == q.namespace
+                        and datum.name == q.metric_name
+                        and {d.name: d.value for d in datum.dimensions} == q.dimensions
+                        and (q.unit is None or datum.unit == q.unit)
+                    ]
+                    for q in queries
+                }
+                data = points if isinstance(spec, MathAlarmSpec) else points[""]
+                result = evaluate_alarm(spec, data, now or datetime.now(UTC), alarm.state_value)
                 if result.state != alarm.state_value:
                     self.set_alarm_state(alarm.name, result.state, result.reason, result.reason_data)
                     changes.append((alarm.name, result.state))

@@ -437,6 +437,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
     ("sagemaker", "ListModelPackages"): _everything("sagemaker:ListModelPackages"),
     ("sagemaker", "ListTrainingJobs"): _everything("sagemaker:ListTrainingJobs"),
     ("sagemaker", "AddTags"): _by_arn("sagemaker:AddTags", "ResourceArn"),
+    ("sagemaker", "ListTags"): _by_arn("sagemaker:ListTags", "ResourceArn"),
     ("sagemaker-runtime", "InvokeEndpoint"): lambda call: [
         IamRequest("sagemaker:InvokeEndpoint", call.sagemaker("endpoint", call.params["EndpointName"]))
     ],

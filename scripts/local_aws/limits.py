@@ -32,7 +32,7 @@ import functools
 import io
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import regex
@@ -229,6 +229,25 @@ class RequestLimits:
         return self.application(environ, start_response)
 
 
+Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]  # the original method -> its replacement
+
+
+@contextlib.contextmanager
+def patched(targets: Iterable[tuple[type, str, Wrapper]]) -> Iterator[None]:
+    """While inside, each (class, method, wrap) has `class.method` replaced by `wrap(the original)`; on leaving, every
+    original is put back (in reverse order, so a method patched twice ends as it began)."""
+    originals: list[tuple[type, str, Any]] = []
+    try:
+        for owner, method, wrap in targets:
+            original = getattr(owner, method)
+            originals.append((owner, method, original))
+            setattr(owner, method, wrap(original))
+        yield
+    finally:
+        for owner, method, original in reversed(originals):
+            setattr(owner, method, original)
+
+
 # (backend method, the backend's dict of existing resources, the ARN's resource type, the error SageMaker returns)
 _UNIQUE = (
     ("create_model", "_models", "model", lambda arn: ValidationError(f'Cannot create already existing model "{arn}".')),
@@ -256,31 +275,27 @@ _UNIQUE = (
 )
 
 
-def _refusing_existing(method: str, existing: str, kind: str, error: Any) -> Any:
-    original = getattr(SageMakerModelBackend, method)
+def _refusing_existing(method: str, existing: str, kind: str, error: Any) -> Wrapper:
+    def refusing(original: Callable[..., Any]) -> Callable[..., Any]:
+        def create(backend: SageMakerModelBackend, *args: Any, **kwargs: Any) -> Any:
+            name = args[0] if args else kwargs[f"{method.removeprefix('create_')}_name"]
+            if name in getattr(backend, existing):
+                raise error(f"arn:aws:sagemaker:{backend.region_name}:{backend.account_id}:{kind}/{name}")
+            return original(backend, *args, **kwargs)
 
-    def create(backend: SageMakerModelBackend, *args: Any, **kwargs: Any) -> Any:
-        name = args[0] if args else kwargs[f"{method.removeprefix('create_')}_name"]
-        if name in getattr(backend, existing):
-            raise error(f"arn:aws:sagemaker:{backend.region_name}:{backend.account_id}:{kind}/{name}")
-        return original(backend, *args, **kwargs)
+        return create
 
-    return original, create
+    return refusing
 
 
 @contextlib.contextmanager
 def enforce_unique_names() -> Iterator[None]:
     """While inside, moto's SageMaker refuses an existing model, endpoint config, endpoint or training job name."""
-    originals = []
-    for method, existing, kind, error in _UNIQUE:
-        original, create = _refusing_existing(method, existing, kind, error)
-        originals.append((method, original))
-        setattr(SageMakerModelBackend, method, create)
-    try:
+    with patched(
+        (SageMakerModelBackend, method, _refusing_existing(method, existing, kind, error))
+        for method, existing, kind, error in _UNIQUE
+    ):
         yield
-    finally:
-        for method, original in reversed(originals):
-            setattr(SageMakerModelBackend, method, original)
 
 
 def vpc_problems(vpc_config: dict[str, list[str]] | None, account: str, region: str) -> list[str]:
@@ -310,32 +325,22 @@ def vpc_problems(vpc_config: dict[str, list[str]] | None, account: str, region: 
     return problems
 
 
-def _checking_vpc(method: str) -> Any:
-    original = getattr(SageMakerModelBackend, method)
-
+def _checking_vpc(original: Callable[..., Any]) -> Callable[..., Any]:
     def create(backend: SageMakerModelBackend, *args: Any, **kwargs: Any) -> Any:
         problems = vpc_problems(kwargs.get("vpc_config"), backend.account_id, backend.region_name)
         if problems:
             raise ValidationError("; ".join(problems))
         return original(backend, *args, **kwargs)
 
-    return original, create
+    return create
 
 
 @contextlib.contextmanager
 def enforce_vpc_references() -> Iterator[None]:
     """While inside, moto's SageMaker refuses a training job or model whose VpcConfig names subnets or security groups
     that do not exist, or that span VPCs (vpc_problems)."""
-    originals = []
-    for method in ("create_training_job", "create_model"):
-        original, create = _checking_vpc(method)
-        originals.append((method, original))
-        setattr(SageMakerModelBackend, method, create)
-    try:
+    with patched((SageMakerModelBackend, method, _checking_vpc) for method in ("create_training_job", "create_model")):
         yield
-    finally:
-        for method, original in reversed(originals):
-            setattr(SageMakerModelBackend, method, original)
 
 
 class InvalidDefinition(AWSError):
@@ -386,9 +391,7 @@ def transition_problems(states: dict[str, Any], start_at: str, where: str = "") 
     return problems
 
 
-def _checking_definition(method: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    original = getattr(StepFunctionBackend, method)
-
+def _checking_definition(original: Callable[..., Any]) -> Callable[..., Any]:
     def checked(backend: StepFunctionBackend, *args: Any, **kwargs: Any) -> Any:
         definition = kwargs.get("definition") if "definition" in kwargs else (args[1] if len(args) > 1 else None)
         if definition:
@@ -398,23 +401,18 @@ def _checking_definition(method: str) -> tuple[Callable[..., Any], Callable[...,
                 raise InvalidDefinition(f"Invalid State Machine Definition: '{', '.join(problems)}'")
         return original(backend, *args, **kwargs)
 
-    return original, checked
+    return checked
 
 
 @contextlib.contextmanager
 def enforce_definitions() -> Iterator[None]:
     """While inside, CreateStateMachine and UpdateStateMachine refuse a definition with a transition to a missing
     state or an unreachable state, as Step Functions does (InvalidDefinition); moto stores any JSON."""
-    originals = []
-    for method in ("create_state_machine", "update_state_machine"):
-        original, checked = _checking_definition(method)
-        originals.append((method, original))
-        setattr(StepFunctionBackend, method, checked)
-    try:
+    with patched(
+        (StepFunctionBackend, method, _checking_definition)
+        for method in ("create_state_machine", "update_state_machine")
+    ):
         yield
-    finally:
-        for method, original in originals:
-            setattr(StepFunctionBackend, method, original)
 
 
 @contextlib.contextmanager

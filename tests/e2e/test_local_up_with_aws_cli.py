@@ -317,8 +317,12 @@ def test_metrics_and_lambda_invokes_over_http_reach_the_bridges(aws, outputs, tm
     endpoint = f"{outputs['Project']}-{MODEL}"
     alarm = f"{endpoint}--canary"
     dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "challenger"}]
-    datum = {"MetricName": "Invocation5XXErrors", "Value": 3, "Dimensions": dimensions}
-    aws("cloudwatch", "put-metric-data", "--namespace", "AWS/SageMaker", "--metric-data", json.dumps([datum]))
+    # 3 errors in 20 invocations: over the alarm's max_error_rate with its min_invocations (refit.toml: 0.01, 20)
+    data = [
+        {"MetricName": "Invocations", "Value": 20, "Dimensions": dimensions},
+        {"MetricName": "Invocation5XXErrors", "Value": 3, "Dimensions": dimensions},
+    ]
+    aws("cloudwatch", "put-metric-data", "--namespace", "AWS/SageMaker", "--metric-data", json.dumps(data))
     state = aws("cloudwatch", "describe-alarms", "--alarm-names", alarm)["MetricAlarms"][0]
     assert state["StateValue"] == "ALARM", state
 

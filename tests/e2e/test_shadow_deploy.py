@@ -160,7 +160,9 @@ def test_a_healthy_shadow_is_promoted(aws):
     shadow = record["shadow"]
     assert shadow["healthy"] and shadow["next"] == "promote" and "predictions agree" in shadow["reason"]
     assert_shadowed_during_the_bake(traffic, shadow)
-    assert shadow["divergence"]["n_champion"] == shadow["divergence"]["n_challenger"] == PER_BAKE
+    divergence = shadow["divergence"]  # the canary's holdout-conditional test, on every copied request
+    assert divergence["status"] == "judged" and not divergence["diverged"]
+    assert divergence["champion_samples"] == divergence["challenger_samples"] == PER_BAKE
     assert record["endpoint"]["config"] != before
     assert_champion_alone(aws, record, record["endpoint"]["config"])
     package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])

@@ -93,9 +93,12 @@ def test_a_quiet_window_is_not_promoted(aws):
 
 def test_a_5xx_burst_is_rolled_back_at_the_first_step(aws, tmp_path):
     before = endpoint_config(aws)
-    traffic = Traffic(aws, MODEL, 150, "5xx", tmp_path)
+    # 300 requests: ~60 reach the challenger at 20%, so a minute holds at least the alarm's min_invocations (20) of
+    # them even when the bake straddles a minute boundary.
+    traffic = Traffic(aws, MODEL, 300, "5xx", tmp_path)
     execution, record = run_with(aws, "errors.csv", 6, traffic)
-    # The stack's canary alarm (any challenger 5XX in a minute), evaluated from the router's metrics, is the first
+    # The stack's canary alarm (the challenger's 5XX rate in a minute, over max_error_rate with at least
+    # min_invocations), evaluated from the router's metrics, is the first
     # rule to fail the step; the step's evidence has both variants' numbers all the same.
     step = assert_rolled_back_at_first_step(aws, record, "the canary alarm is in ALARM", before)
     assert step["alarm_state"] == "ALARM" and step["challenger"]["rate_5xx"] == 1.0

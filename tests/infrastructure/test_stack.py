@@ -339,3 +339,28 @@ def test_a_dashboard_per_model_shows_the_live_metric_against_the_alarm_threshold
     ):
         assert metric in body
     assert "alarm threshold" in body and "0.7" in body
+
+
+def test_the_canary_alarm_is_the_challengers_5xx_rate_with_the_verdicts_floor(template):
+    """Metric math over the challenger variant's per-minute sums: IF(invocations >= canary.min_invocations,
+    errors / invocations, 0) over canary.max_error_rate (refit.toml: 20 and 0.01), a quiet minute not breaching."""
+    from refit_core.canary import error_rate_alarm_expression
+
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    canary = next(a for a in alarms.values() if a.get("AlarmName") == "refit-churn--canary")
+    assert "MetricName" not in canary and "Statistic" not in canary
+    assert (canary["Threshold"], canary["ComparisonOperator"]) == (0.01, "GreaterThanThreshold")
+    assert (canary["EvaluationPeriods"], canary["TreatMissingData"]) == (1, "notBreaching")
+    queries = {q["Id"]: q for q in canary["Metrics"]}
+    assert queries.keys() == {"expr_1", "errors", "invocations"} and queries["expr_1"].get("ReturnData", True)
+    assert (
+        queries["expr_1"]["Expression"]
+        == error_rate_alarm_expression(20)
+        == ("IF(invocations >= 20, errors / invocations, 0)")
+    )
+    challenger = [{"Name": "EndpointName", "Value": "refit-churn"}, {"Name": "VariantName", "Value": "challenger"}]
+    for query, metric in (("errors", "Invocation5XXErrors"), ("invocations", "Invocations")):
+        stat = queries[query]["MetricStat"]
+        assert queries[query]["ReturnData"] is False
+        assert (stat["Metric"]["Namespace"], stat["Metric"]["MetricName"]) == ("AWS/SageMaker", metric)
+        assert stat["Metric"]["Dimensions"] == challenger and (stat["Period"], stat["Stat"]) == (60, "Sum")

@@ -280,3 +280,33 @@ def test_step_functions_refuses_unreachable_states_and_missing_targets():
             assert message in refused.value.response["Error"]["Message"]
         with pytest.raises(ClientError, match="Orphan"):
             client.update_state_machine(stateMachineArn=arn, definition=json.dumps(unreachable))
+
+
+def test_patched_puts_every_original_back_even_when_a_wrapper_fails():
+    """The one patch-and-restore of the rules above: nested patches of one method unwind in order, and a wrapper that
+    raises part-way leaves no method patched."""
+
+    class Backend:
+        def create(self) -> str:
+            return "moto"
+
+    original = Backend.create
+
+    def louder(method):
+        return lambda backend: method(backend).upper()
+
+    with limits.patched([(Backend, "create", louder)]):
+        with limits.patched([(Backend, "create", lambda method: lambda backend: method(backend) + "!")]):
+            assert Backend().create() == "MOTO!"
+        assert Backend().create() == "MOTO"
+    assert Backend.create is original
+
+    def broken(method):
+        raise RuntimeError("cannot wrap")
+
+    with (
+        pytest.raises(RuntimeError, match="cannot wrap"),
+        limits.patched([(Backend, "create", louder), (Backend, "create", broken)]),
+    ):
+        pass
+    assert Backend.create is original and Backend().create() == "moto"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -19,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from refit_core.canary import data_capture
+from refit_core.canary import data_capture, error_rate_alarm_expression
 from refit_core.metric_names import LIVE_METRIC_ALARM_BOUND, MONITOR_NAMESPACE
 
-from scripts.local_aws.alarms import AlarmSpec, Datapoint, evaluate_alarm
+from scripts.local_aws.alarms import AlarmSpec, Datapoint, MathAlarmSpec, evaluate_alarm
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch
 
@@ -542,30 +543,6 @@ def test_missing_data_is_judged_when_time_passes(aws, alarm_events):
     assert {e["detail"]["alarmName"] for e in alarm_events()} >= {"bridge-quiet-breaching", "bridge-quiet-missing"}
 
 
-def test_the_stacks_canary_alarm_fires_on_a_challenger_5xx(aws):
-    """The canary alarm as deployed (Invocation5XXErrors of the challenger, Sum over 1 minute >= 1) goes to ALARM
-    from the endpoint's own metrics, which the canary check reads to roll back."""
-    handles = aws.model("churn")
-    described = aws.client("cloudwatch").describe_alarms(AlarmNames=[handles.canary_alarm])["MetricAlarms"][0]
-    assert AlarmSpec.from_description(described).treat_missing_data == "notBreaching"
-    dimensions = [
-        {"Name": "EndpointName", "Value": handles.endpoint_name},
-        {"Name": "VariantName", "Value": "challenger"},
-    ]
-    cloudwatch = aws.client("cloudwatch")
-    cloudwatch.put_metric_data(
-        Namespace="AWS/SageMaker",
-        MetricData=[{"MetricName": "Invocation5XXErrors", "Value": 0.0, "Dimensions": dimensions}],
-    )
-    assert state(aws, handles.canary_alarm) == "OK"
-    cloudwatch.put_metric_data(
-        Namespace="AWS/SageMaker",
-        MetricData=[{"MetricName": "Invocation5XXErrors", "Value": 1.0, "Dimensions": dimensions}],
-    )
-    assert state(aws, handles.canary_alarm) == "ALARM"
-    aws.set_alarm_state(handles.canary_alarm, "OK", "test over")
-
-
 def test_the_quality_alarm_fires_on_the_monitors_bound_and_starts_a_run(aws):
     handles = aws.model("churn")
     before = {e["executionArn"] for e in aws.executions("churn")}
@@ -590,7 +567,8 @@ def test_the_quality_alarm_fires_on_the_monitors_bound_and_starts_a_run(aws):
 
 
 def test_alarms_not_evaluated_locally_never_break_put_metric_data(aws):
-    """Metric-math alarms (the stack's runs-failed alarm) and an alarm CloudWatch would refuse are left alone."""
+    """An alarm CloudWatch would refuse, and a metric-math alarm with a function the bridge does not evaluate, are left
+    alone."""
     cloudwatch = aws.client("cloudwatch")
     cloudwatch.put_metric_alarm(
         AlarmName="bridge-impossible",
@@ -603,15 +581,167 @@ def test_alarms_not_evaluated_locally_never_break_put_metric_data(aws):
         Threshold=0.0,
         ComparisonOperator="GreaterThanThreshold",
     )
-    cloudwatch.put_metric_data(Namespace="Bridge", MetricData=[{"MetricName": "Odd", "Value": 5.0}])
-    assert state(aws, "bridge-impossible") == "OK"  # moto's initial state, unchanged
-    runs_failed = next(
-        a for a in cloudwatch.describe_alarms()["MetricAlarms"] if a.get("Metrics") and "runs-failed" in a["AlarmName"]
+    cloudwatch.put_metric_alarm(
+        AlarmName="bridge-anomaly",
+        Metrics=[
+            {"Id": "m", "MetricStat": {"Metric": metric("Odd"), "Period": 60, "Stat": "Sum"}, "ReturnData": False},
+            {"Id": "e", "Expression": "RATE(m)", "ReturnData": True},
+        ],
+        EvaluationPeriods=1,
+        Threshold=0.0,
+        ComparisonOperator="GreaterThanThreshold",
     )
+    cloudwatch.put_metric_data(Namespace="Bridge", MetricData=[{"MetricName": "Odd", "Value": 5.0}])
+    assert state(aws, "bridge-impossible") == state(aws, "bridge-anomaly") == "OK"  # moto's initial state, unchanged
+
+
+# ---------------------------------------------------------------- metric-math alarms
+def metric(name: str, namespace: str = "Bridge", **dimensions: str) -> dict:
+    return {
+        "Namespace": namespace,
+        "MetricName": name,
+        "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+    }
+
+
+def math_spec(expression: str, names: dict[str, str], threshold: float, **changes) -> MathAlarmSpec:
+    return MathAlarmSpec.from_description(
+        {
+            "AlarmName": "math",
+            "Metrics": [
+                *[
+                    {"Id": i, "MetricStat": {"Metric": metric(n), "Period": 60, "Stat": "Sum"}, "ReturnData": False}
+                    for i, n in names.items()
+                ],
+                {"Id": "e", "Expression": expression},
+            ],
+            "EvaluationPeriods": 1,
+            "Threshold": threshold,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            **changes,
+        }
+    )
+
+
+MINUTE = datetime(2026, 11, 29, 1, 7, tzinfo=UTC)
+CANARY_MATH = math_spec(error_rate_alarm_expression(20), {"errors": "E", "invocations": "I"}, 0.01)
+
+
+def canary_minute(invocations: float, errors: float | None) -> dict[str, list[Datapoint]]:
+    at = MINUTE + timedelta(seconds=5)
+    return {
+        "invocations": [Datapoint.of(at, invocations)],
+        "errors": [] if errors is None else [Datapoint.of(at, errors)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("invocations", "errors", "expected"),
+    [
+        (100, 1, "OK"),  # 1% is not over max_error_rate 0.01
+        (100, 2, "ALARM"),
+        (120, 21, "ALARM"),  # a burst
+        (19, 19, "OK"),  # under min_invocations: not judged by the alarm (the step's floor judges the window)
+        (20, 1, "ALARM"),  # 5% with the minimum traffic
+        (100, None, "OK"),  # no 5XX point: missing counts as 0 in metric math
+    ],
+)
+def test_the_canary_alarm_expression_is_a_rate_with_an_invocation_floor(invocations, errors, expected):
+    result = evaluate_alarm(CANARY_MATH, canary_minute(invocations, errors), MINUTE + timedelta(seconds=30))
+    assert result.state == expected, result.reason
+
+
+def test_a_minute_without_invocations_is_missing_data_not_a_breach():
+    quiet = evaluate_alarm(CANARY_MATH, {"invocations": [], "errors": []}, MINUTE, "ALARM")
+    assert quiet.state == "OK" and "treated as [NonBreaching]" in quiet.reason
+    missing = math_spec(error_rate_alarm_expression(20), {"errors": "E", "invocations": "I"}, 0.01)
+    errors_only = {"invocations": [], "errors": [Datapoint.of(MINUTE, 3.0)]}
+    # errors without invocations: the condition has no point, so IF gives none (missing), never a division by zero
+    assert evaluate_alarm(dataclasses.replace(missing, treat_missing_data="missing"), errors_only, MINUTE).state == (
+        "INSUFFICIENT_DATA"
+    )
+
+
+def test_metric_math_follows_the_guides_tables():
+    """CloudWatch User Guide, "Metric math syntax and functions": comparison and IF examples, arithmetic with a missing
+    value as 0, a division by zero dropped, FILL over the whole range."""
+    metric1, metric2 = [30, 20, 0, 0, None], [20, None, 20, None, None]
+    if1, if2, if3 = [1, 1, 0, 0, None], [30, None, 0, 0, 30], [0, 0, 20, None, 20]
+    cases = [
+        ("(m1 < m2)", {"m1": metric1, "m2": metric2}, [0, 0, 1, 0, None]),
+        ("(m1 >= 30)", {"m1": metric1}, [1, 0, 0, 0, None]),
+        ("(m1 > 15 AND m2 > 15)", {"m1": metric1, "m2": metric2}, [1, 0, 0, 0, None]),
+        ("IF(m1, m2, m3)", {"m1": if1, "m2": if2, "m3": if3}, [30, 0, 20, None, None]),
+        ("IF(m1, 5, m3)", {"m1": if1, "m3": if3}, [5, 5, 20, None, None]),
+        ("IF(m1, m2, 5)", {"m1": if1, "m2": if2}, [30, 0, 5, 5, None]),
+        ("m1 + m2", {"m1": metric1, "m2": metric2}, [50, 20, 20, 0, None]),
+        ("m2 / m1", {"m1": metric1, "m2": metric2}, [20 / 30, 0, None, None, None]),
+        ("FILL(m2, 7) * 2", {"m2": metric2}, [40, 14, 40, 14, 14]),
+    ]
+    for expression, inputs, expected in cases:
+        series_by_id = {k: {i: float(v) for i, v in enumerate(values) if v is not None} for k, values in inputs.items()}
+        spec_ = math_spec(expression, {k: k.upper() for k in inputs}, 0.0)
+        got = spec_.values(series_by_id, 5)
+        assert got == {i: pytest.approx(v) for i, v in enumerate(expected) if v is not None}, expression
+
+
+def test_unsupported_metric_math_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="ANOMALY_DETECTION_BAND is not evaluated locally"):
+        math_spec("ANOMALY_DETECTION_BAND(m1)", {"m1": "M"}, 0.0)
+
+
+def test_the_stacks_canary_alarm_is_a_rate_with_a_floor_on_the_endpoints_metrics(aws):
+    """The canary alarm as deployed (metric math: the challenger's 5XX / invocations when at least min_invocations,
+    over max_error_rate) from the endpoint's own metrics: 1 error in 100 stays OK, a burst goes to ALARM."""
+    handles = aws.model("churn")
+    described = aws.client("cloudwatch").describe_alarms(AlarmNames=[handles.canary_alarm])["MetricAlarms"][0]
+    spec_ = MathAlarmSpec.from_description(described)
+    assert spec_.treat_missing_data == "notBreaching" and spec_.comparison == "GreaterThanThreshold"
+    dimensions = [
+        {"Name": "EndpointName", "Value": handles.endpoint_name},
+        {"Name": "VariantName", "Value": "challenger"},
+    ]
+
+    def put(invocations: float, errors: float) -> None:
+        aws.client("cloudwatch").put_metric_data(
+            Namespace="AWS/SageMaker",
+            MetricData=[
+                {"MetricName": "Invocations", "Value": invocations, "Dimensions": dimensions},
+                {"MetricName": "Invocation5XXErrors", "Value": errors, "Dimensions": dimensions},
+            ],
+        )
+
+    aws.set_alarm_state(handles.canary_alarm, "OK", "test start")
+    put(100.0, 1.0)
+    assert state(aws, handles.canary_alarm) == "OK"
+    put(30.0, 30.0)  # in the same minute 31 of 130, or alone in the next one 30 of 30: over the rate either way
+    assert state(aws, handles.canary_alarm) == "ALARM"
+    aws.set_alarm_state(handles.canary_alarm, "OK", "test over")
+
+
+def test_the_runs_failed_alarm_fires_on_one_failed_execution_without_fill(aws):
+    """`failed + timedout + aborted` over Step Functions' metrics: only ExecutionsFailed has a point (Step Functions
+    publishes the others only when they happen), and metric math counts the missing ones as 0, so one failure
+    alarms; with no point at all the sum is missing data, not breaching. No FILL is needed."""
+    cloudwatch = aws.client("cloudwatch")
+    runs_failed = next(
+        a
+        for a in cloudwatch.describe_alarms()["MetricAlarms"]
+        if a.get("Metrics") and "runs-failed" in a["AlarmName"] and "churn" in a["AlarmName"]
+    )
+    spec_ = MathAlarmSpec.from_description(runs_failed)
+    failed = next(q for q in spec_.metrics if q.metric_name == "ExecutionsFailed")
+    assert evaluate_alarm(spec_, {}, datetime.now(UTC)).state == "OK"  # no data: notBreaching
     cloudwatch.put_metric_data(
-        Namespace="AWS/States",
+        Namespace=failed.namespace,
         MetricData=[
-            {"MetricName": "ExecutionsFailed", "Value": 1.0, "Dimensions": [{"Name": "StateMachineArn", "Value": "x"}]}
+            {
+                "MetricName": "ExecutionsFailed",
+                "Value": 1.0,
+                "Dimensions": [{"Name": k, "Value": v} for k, v in failed.dimensions.items()],
+            }
         ],
     )
-    assert state(aws, runs_failed["AlarmName"]) == runs_failed["StateValue"]
+    assert state(aws, runs_failed["AlarmName"]) == "ALARM"
+    aws.set_alarm_state(runs_failed["AlarmName"], "OK", "test over")

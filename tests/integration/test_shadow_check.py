@@ -1,6 +1,7 @@
 """The Deploy action `check_shadow` on moto: both variants' CloudWatch numbers and Data Capture files of the window
-decide; captured predictions that diverge drop the shadow, a quiet window never passes, records outside the window do
-not count, and a healthy shadow is promoted."""
+decide, the predictions judged against the gate's holdout reference (gate.json) as the canary's are; captured
+predictions that diverge drop the shadow, a quiet window never passes, records outside the window do not count, and a
+healthy shadow is promoted."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 from moto import mock_aws
 from refit_core.canary import data_capture
 from refit_core.config import DeploySettings, ShadowSettings
+from refit_core.divergence import holdout_reference
 from refit_handlers.deploy import CheckShadow, check_shadow
 
-from scripts.local_aws.data_capture import capture_key, capture_record
+from scripts.local_aws.data_capture import capture_key, capture_record, capture_summary
 from tests.conftest import handler_settings
 
 SETTINGS = handler_settings(
@@ -23,6 +25,24 @@ SETTINGS = handler_settings(
 )
 CAPTURE = data_capture("s3://data/capture/churn", 100, "k")
 RNG = np.random.default_rng(3)
+GATE_URI = "s3://art/reports/churn/r1/gate.json"
+
+
+def challenger_of(champion, shift: float = 0.0):
+    """The challenger's answers given the champion's: honestly different (another calibration, its own noise)."""
+    return np.clip(0.7 * np.asarray(champion) + 0.12 + RNG.normal(0, 0.04, len(champion)) + shift, 0, 1)
+
+
+HOLDOUT = RNG.beta(2, 5, 2000)
+GATE = json.dumps({"divergence_reference": holdout_reference(HOLDOUT, challenger_of(HOLDOUT))}).encode()
+
+
+class Endpoint:
+    """DescribeEndpoint of the endpoint on the shadow config, its capture as SageMaker summarizes it (the local
+    runtime's capture_summary): check_shadow reads only whether capture is on."""
+
+    def describe_endpoint(self, EndpointName: str) -> dict:  # noqa: N803 (boto3's names)
+        return {"EndpointConfigName": "c", "EndpointStatus": "InService", "DataCaptureConfig": capture_summary(CAPTURE)}
 
 
 @pytest.fixture
@@ -30,6 +50,8 @@ def aws():
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="data")
+        s3.create_bucket(Bucket="art")
+        s3.put_object(Bucket="art", Key=GATE_URI.removeprefix("s3://art/"), Body=GATE)
         yield s3, boto3.client("cloudwatch", region_name="us-east-1")
 
 
@@ -67,9 +89,8 @@ def captured(s3, variant: str, probabilities, when: datetime) -> None:
 
 
 def judge(s3, cloudwatch, started: datetime) -> dict:
-    return check_shadow(
-        CheckShadow(action="check_shadow", shadow_started_at=started.isoformat()), SETTINGS, cloudwatch, s3
-    )
+    request = CheckShadow(action="check_shadow", shadow_started_at=started.isoformat(), gate_uri=GATE_URI)
+    return check_shadow(request, SETTINGS, cloudwatch, Endpoint(), s3)
 
 
 def test_a_shadow_with_the_champions_behaviour_is_promoted(aws):
@@ -77,11 +98,14 @@ def test_a_shadow_with_the_champions_behaviour_is_promoted(aws):
     started = datetime.now(UTC) - timedelta(seconds=5)
     traffic(cloudwatch, "champion", 60)
     traffic(cloudwatch, "challenger", 60)
-    captured(s3, "champion", RNG.beta(2, 5, 60), datetime.now(UTC))
-    captured(s3, "challenger", RNG.beta(2, 5, 60), datetime.now(UTC))
+    scores = RNG.beta(2, 5, 60)
+    captured(s3, "champion", scores, datetime.now(UTC))
+    captured(s3, "challenger", challenger_of(scores), datetime.now(UTC))
     verdict = judge(s3, cloudwatch, started)
     assert verdict["next"] == "promote" and verdict["healthy"], verdict["reason"]
-    assert verdict["divergence"]["n_champion"] == verdict["divergence"]["n_challenger"] == 60
+    divergence = verdict["divergence"]
+    assert divergence["status"] == "judged" and not divergence["diverged"]
+    assert divergence["champion_samples"] == divergence["challenger_samples"] == 60
     assert verdict["copied_share"] == 1.0 and verdict["sampling_percent"] == 100
 
 
@@ -92,12 +116,12 @@ def test_diverging_predictions_drop_the_shadow_and_records_before_the_window_do_
     traffic(cloudwatch, "challenger", 60)
     scores = RNG.beta(2, 5, 60)
     captured(s3, "champion", scores, datetime.now(UTC))
-    captured(s3, "challenger", np.clip(scores + 0.35, 0, 1), datetime.now(UTC))
+    captured(s3, "challenger", challenger_of(scores, shift=0.35), datetime.now(UTC))
     # an earlier hour's agreeing shadow records are outside the window
-    captured(s3, "challenger", scores, started - timedelta(hours=2))
+    captured(s3, "challenger", challenger_of(scores), started - timedelta(hours=2))
     verdict = judge(s3, cloudwatch, started)
-    assert verdict["next"] == "rollback" and "predictions diverge" in verdict["reason"]
-    assert verdict["divergence"]["n_challenger"] == 60 and verdict["divergence"]["statistic"] > 0.5
+    assert verdict["next"] == "rollback" and "shadow predictions diverge" in verdict["reason"]
+    assert verdict["divergence"]["challenger_samples"] == 60 and verdict["divergence"]["p_value"] < 0.05
 
 
 def test_a_quiet_window_is_not_promoted(aws):
@@ -115,4 +139,4 @@ def test_a_shadow_without_captured_predictions_is_not_promoted(aws):
     traffic(cloudwatch, "challenger", 60)
     captured(s3, "champion", RNG.beta(2, 5, 60), datetime.now(UTC))
     verdict = judge(s3, cloudwatch, started)
-    assert verdict["next"] == "rollback" and "predictions not compared: 0 captured shadow" in verdict["reason"]
+    assert verdict["next"] == "rollback" and "predictions not compared: not judged: 0 challenger" in verdict["reason"]

@@ -290,3 +290,17 @@ def test_the_summary_line_names_the_divergence_check():
     assert divergence_summary(judged) == "; predictions diverged (KS to predicted 0.4, p 0.001, 140 / 560 outputs)"
     assert divergence_summary({"status": "skipped"}) == "; predictions skipped"
     assert divergence_summary(None) == ""
+
+
+def test_the_canary_alarm_takes_its_numbers_from_the_verdict_of_the_deploy_mode():
+    from refit_core.canary import error_alarm_limits
+    from refit_core.config import DeploySettings, ShadowSettings
+
+    from tests.conftest import handler_settings
+
+    model = handler_settings().model
+    assert (error_alarm_limits(model).min_invocations, error_alarm_limits(model).max_error_rate) == (20, 0.01)
+    shadow = handler_settings(
+        deploy=DeploySettings(mode="shadow", shadow=ShadowSettings(min_invocations=50, max_error_rate=0.05))
+    ).model
+    assert (error_alarm_limits(shadow).min_invocations, error_alarm_limits(shadow).max_error_rate) == (50, 0.05)

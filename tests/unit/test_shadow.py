@@ -1,6 +1,6 @@
 """`deploy.mode = "shadow"`, its pure parts: the settings, the endpoint config's two variant lists, the prediction
-divergence (against an independent oracle), the verdict on the shadow after its bake (each rule), and the audit
-outcome of a shadow run."""
+divergence (the canary's holdout-conditional test, at the shadow's alpha), the verdict on the shadow after its bake
+(each rule), and the audit outcome of a shadow run."""
 
 from __future__ import annotations
 
@@ -13,16 +13,34 @@ from refit_core.audit import format_summary, summarize_run
 from refit_core.canary import VariantWindow
 from refit_core.capture import captured_scores
 from refit_core.config import ConfigError, ShadowSettings, parse_config
-from refit_core.divergence import two_sample_divergence
-from refit_core.shadow import shadow_variants, shadow_verdict
+from refit_core.divergence import holdout_reference
+from refit_core.shadow import shadow_divergence, shadow_variants, shadow_verdict
 from refit_handlers.cleanup import restore_endpoint
+from scipy.stats import ks_2samp
 
 from tests.conftest import handler_settings
 from tests.unit.test_config import minimal
 
 SETTINGS = ShadowSettings(min_invocations=20, max_error_rate=0.01, min_captured_predictions=20)
 RNG = np.random.default_rng(7)
-SAME = {"champion": list(RNG.beta(2, 5, 400)), "challenger": list(RNG.beta(2, 5, 400))}
+
+
+def challenger_of(champion: np.ndarray, rng: np.random.Generator, shift: float = 0.0) -> np.ndarray:
+    """A challenger that disagrees with the champion honestly (another calibration, its own noise), plus `shift`."""
+    return np.clip(0.7 * champion + 0.12 + rng.normal(0, 0.04, champion.size) + shift, 0, 1)
+
+
+HOLDOUT_CHAMPION = RNG.beta(2, 5, 2000)
+REFERENCE = holdout_reference(HOLDOUT_CHAMPION, challenger_of(HOLDOUT_CHAMPION, RNG))
+LIVE_CHAMPION = RNG.beta(2, 5, 300)  # the requests of the bake; the shadow answers copies of the same ones
+HONEST = {"champion": list(LIVE_CHAMPION), "challenger": list(challenger_of(LIVE_CHAMPION, RNG))}
+
+
+def divergence(scores: dict, settings: ShadowSettings = SETTINGS, reference: dict | None = REFERENCE) -> dict:
+    return shadow_divergence(settings, reference, scores, capture_enabled=True, seed=1)
+
+
+AGREE = divergence(HONEST)
 
 
 def window(invocations=400, errors_4xx=0, errors_5xx=0, mean=10.0, p99=20.0) -> VariantWindow:
@@ -44,7 +62,7 @@ def test_shadow_is_a_built_mode_with_its_own_settings_and_bake_in_the_run_timeou
     [
         ({"sampling_percent": 0}, "sampling_percent"),
         ({"sampling_percent": 101}, "sampling_percent"),
-        ({"max_prediction_divergence": 0}, "max_prediction_divergence"),
+        ({"max_prediction_divergence": 0.1}, "max_prediction_divergence"),  # gone: the canary's test judges
         ({"min_captured_predictions": 1}, "min_captured_predictions"),
         ({"colour": "grey"}, "colour"),
     ],
@@ -65,50 +83,55 @@ def test_the_endpoint_config_has_the_champion_alone_in_production_and_the_challe
     ]
 
 
-# --- divergence -----------------------------------------------------------------------------------------------------
-def test_the_divergence_is_the_largest_gap_between_the_empirical_distribution_functions():
-    a, b = RNG.normal(0, 1, 300), RNG.normal(0.4, 1, 200)
-    grid = np.sort(np.concatenate([a, b]))
-    oracle = np.max(
-        np.abs(
-            np.searchsorted(np.sort(a), grid, "right") / a.size - np.searchsorted(np.sort(b), grid, "right") / b.size
-        )
-    )
-    result = two_sample_divergence(a, b)
-    assert result["statistic"] == pytest.approx(oracle, abs=1e-6) and result["p_value"] < 1e-3
-    assert (result["n_champion"], result["n_challenger"]) == (300, 200)
-    assert two_sample_divergence([], [0.5])["statistic"] is None
-    with pytest.raises(ValueError, match="finite"):
-        two_sample_divergence([float("nan")], [0.5])
+# --- divergence and the verdict -------------------------------------------------------------------------------------
+def test_a_shadow_that_disagrees_as_on_the_holdout_passes_though_its_outputs_differ_from_the_champions():
+    """The defect this guards against: a fixed ceiling on the live KS distance between the two models drops a
+    challenger whose honest disagreement with the champion is what the gate saw on the holdout."""
+    result = divergence(HONEST)
+    assert result["status"] == "judged" and not result["diverged"] and result["p_value"] >= SETTINGS.alpha
+    # Far apart, as on the holdout: the old rule (two-sample KS over a 0.1 ceiling, significant at alpha) dropped it.
+    plain = ks_2samp(HONEST["champion"], HONEST["challenger"])
+    assert plain.statistic == pytest.approx(result["live_ks_distance"], abs=1e-6)
+    assert plain.statistic > 0.1 and plain.pvalue < SETTINGS.alpha
+    assert (result["alpha"], result["min_samples"]) == (SETTINGS.alpha, SETTINGS.min_captured_predictions)
+    verdict = shadow_verdict(SETTINGS, window(), window(), "OK", result)
+    assert verdict["healthy"] and "predictions agree" in verdict["reason"] and verdict["copied_share"] == 1.0
 
 
-# --- the verdict ----------------------------------------------------------------------------------------------------
-def test_a_shadow_no_worse_with_the_same_predictions_passes():
-    verdict = shadow_verdict(SETTINGS, window(), window(), "OK", SAME)
-    assert verdict["healthy"] and "predictions agree" in verdict["reason"]
-    assert verdict["copied_share"] == 1.0 and verdict["divergence"]["statistic"] < SETTINGS.max_prediction_divergence
+def test_a_shadow_whose_outputs_moved_beyond_the_holdouts_prediction_is_dropped_at_the_configured_alpha():
+    shifted = {"champion": HONEST["champion"], "challenger": list(challenger_of(LIVE_CHAMPION, RNG, shift=0.08))}
+    result = divergence(shifted)
+    assert result["diverged"] and result["p_value"] < SETTINGS.alpha
+    verdict = shadow_verdict(SETTINGS, window(), window(), None, result)
+    assert not verdict["healthy"] and "shadow predictions diverge" in verdict["reason"]
+    # the same evidence at a level below what a Monte Carlo test of 999 replicates can reach is not a divergence
+    strict = SETTINGS.model_copy(update={"alpha": 0.0005})
+    assert divergence(shifted, strict)["diverged"] is False
+
+
+def test_predictions_not_compared_are_not_a_pass():
+    few = divergence({"champion": HONEST["champion"], "challenger": [0.2]})
+    no_reference = divergence(HONEST, reference=None)
+    capture_off = shadow_divergence(SETTINGS, REFERENCE, HONEST, capture_enabled=False, seed=1)
+    for result, why in (
+        (few, "fewer than the 20 needed"),
+        (no_reference, "no holdout reference"),
+        (capture_off, "off"),
+    ):
+        verdict = shadow_verdict(SETTINGS, window(), window(), None, result)
+        assert not verdict["healthy"] and verdict["reason"].startswith("predictions not compared: "), why
+        assert why in verdict["reason"]
 
 
 def test_a_shadow_that_answers_5xx_is_dropped():
-    verdict = shadow_verdict(SETTINGS, window(errors_5xx=40), window(), None, SAME)
+    verdict = shadow_verdict(SETTINGS, window(errors_5xx=40), window(), None, AGREE)
     assert not verdict["healthy"] and "5XX error rate" in verdict["reason"]
 
 
 def test_a_slow_p99_against_the_champion_is_dropped():
     settings = SETTINGS.model_copy(update={"min_latency_samples": 100})
-    verdict = shadow_verdict(settings, window(p99=60.0), window(p99=20.0), None, SAME)
+    verdict = shadow_verdict(settings, window(p99=60.0), window(p99=20.0), None, AGREE)
     assert not verdict["healthy"] and "p99 model latency" in verdict["reason"]
-
-
-def test_diverging_predictions_are_dropped_and_a_small_significant_gap_is_not():
-    shifted = {"champion": SAME["champion"], "challenger": [min(1.0, s + 0.3) for s in SAME["challenger"]]}
-    verdict = shadow_verdict(SETTINGS, window(), window(), None, shifted)
-    assert not verdict["healthy"] and "predictions diverge" in verdict["reason"]
-    assert verdict["divergence"]["statistic"] > SETTINGS.max_prediction_divergence
-    # a gap under the practical margin passes even when many rows make it significant
-    many = {"champion": list(RNG.uniform(0, 1, 20000)), "challenger": list(RNG.uniform(0.05, 1.05, 20000))}
-    verdict = shadow_verdict(SETTINGS, window(), window(), None, many)
-    assert verdict["divergence"]["p_value"] < 0.05 and verdict["healthy"]
 
 
 @pytest.mark.parametrize(
@@ -119,13 +142,8 @@ def test_diverging_predictions_are_dropped_and_a_small_significant_gap_is_not():
     ],
 )
 def test_a_quiet_window_is_never_a_pass(shadow, champion, named):
-    verdict = shadow_verdict(SETTINGS, shadow, champion, None, SAME)
+    verdict = shadow_verdict(SETTINGS, shadow, champion, None, AGREE)
     assert not verdict["healthy"] and f"quiet window: the {named}" in verdict["reason"]
-
-
-def test_too_few_captured_predictions_is_not_a_pass():
-    verdict = shadow_verdict(SETTINGS, window(), window(), None, {"champion": SAME["champion"], "challenger": [0.2]})
-    assert not verdict["healthy"] and "predictions not compared" in verdict["reason"]
 
 
 # --- capture and audit ----------------------------------------------------------------------------------------------
