@@ -28,12 +28,15 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def two_models_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Project `other` with two models whose names prefix each other, churn and churn-eu (the whole churn section of
-    refit.toml again under the longer name), synthesized once per test worker."""
+    refit.toml again under the longer name, with manual approval, so the template has an Approve function and its
+    URL; separation of duties on), synthesized once per test worker."""
     text = (ROOT / "refit.toml").read_text()
     head, models = text.split("\n[[models]]", 1)
     assert 'project = "refit"' in head
-    config = head.replace('project = "refit"', 'project = "other"') + "\n[[models]]" + models
-    config += "\n[[models]]" + models.replace('name = "churn"', 'name = "churn-eu"', 1)
+    head = head.replace('project = "refit"', 'project = "other"\n\n[approval]\nseparation_of_duties = true\n')
+    config = head + "\n[[models]]" + models
+    manual = models.replace('name = "churn"', 'name = "churn-eu"\napproval = "manual"', 1)
+    config += "\n[[models]]" + manual
     path = tmp_path_factory.mktemp("other") / "refit.toml"
     path.write_text(config)
     return synthesize(tmp_path_factory.mktemp("other-cdk") / "cdk.out", path)
