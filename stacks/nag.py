@@ -83,9 +83,7 @@ def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> 
     return {f"Resource::{SAGEMAKER_ARN}:{resources[kind]}": reason for kind in kinds}
 
 
-def acknowledge_findings(
-    stack: Stack, storage: Storage, pipelines: list[ModelPipeline]
-) -> None:
+def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPipeline]) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
 
