@@ -10,8 +10,8 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
+from moto import mock_aws
 from refit_core.approvals import ApprovalError, ApprovalRefused, approval_key, decide_approval
 from refit_core.identity import CallerIdentity, person_of, same_person
 from refit_core.runs import parse_run_input
