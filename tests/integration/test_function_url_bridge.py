@@ -17,9 +17,11 @@ import pytest
 from botocore.credentials import Credentials
 from moto import mock_aws
 
+from scripts.cli import main as refit
 from scripts.local_aws.function_urls import FunctionUrls
 from scripts.local_aws.iam import Call, LocalIam, evaluate, iam_requests
 from scripts.run_commands import signed_post
+from tests.conftest import ROOT
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -89,6 +91,8 @@ def world():
                 event = json.loads(body)
                 events.append(event)
                 caller = event["requestContext"].get("authorizer", {}).get("iam", {}).get("userArn")
+                if json.loads(event["body"]).get("decision") == "reject":  # a refusal, in the Approve function's shape
+                    return json.dumps({"statusCode": 403, "body": json.dumps({"error": f"refused {caller}"})}).encode()
                 reply = {"name": name, "caller": caller, "body": event["body"]}
                 return json.dumps({"statusCode": 201, "headers": {"x-seen": "yes"}, "body": json.dumps(reply)}).encode()
 
@@ -180,3 +184,35 @@ def test_the_grant_that_allows_the_url_does_not_allow_a_direct_invoke(world):
     on lambda:InvokedViaFunctionUrl, which a direct Invoke does not carry."""
     (request,) = iam_requests(Call("lambda", "Invoke", {"FunctionName": world["function"]}, REGION, ACCOUNT))
     assert evaluate(url_grant(world["function"]), request) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("session", "command", "code", "line"),
+    [
+        ("approver", "reject", 2, "refit: refused arn:aws:sts::123456789012:assumed-role/approver/approver-ana"),
+        (
+            "reader",
+            "approve",
+            1,
+            "refit: AWS refused these credentials the Approve function of churn (Forbidden: User:",
+        ),
+    ],
+)
+def test_refit_approve_signs_with_the_shells_credentials_and_says_who_refused(
+    world, monkeypatch, session, command, code, line
+):
+    """The function's refusal is exit 2 with its line; AWS's 403 is exit 1 naming the approver role."""
+    credentials = world["sessions"][session]
+    signing = boto3.Session(
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        aws_session_token=credentials.token,
+        region_name=REGION,
+    )
+    monkeypatch.setattr(boto3, "_get_default_session", lambda: signing)
+    out, err = io.StringIO(), io.StringIO()
+    arguments = ["--config", str(ROOT / "refit.toml"), command, "churn", "1", "--url", world["url"], "--stack-outputs"]
+    assert refit([*arguments, "/nonexistent.json"], out=out, err=err) == code
+    assert err.getvalue().startswith(line) and out.getvalue() == ""
+    if code == 1:
+        assert "decide as the approver role: assume ApproverRoleArn" in err.getvalue()
