@@ -12,6 +12,8 @@ an in-process client makes with a role's credentials against the identity polici
   `sagemaker:AddTags`, passing a role needs `iam:PassRole` with `iam:PassedToService`, SageMaker's create actions
   carry `sagemaker:NetworkIsolation`, `sagemaker:VolumeKmsKey` / `OutputKmsKey` and `sagemaker:VpcSubnets` /
   `VpcSecurityGroupIds` from the request (SAGEMAKER_CONTEXT), SageMaker ARNs are lower case, ...); an operation a role calls that has no entry is refused, so a new call cannot go unchecked;
+- a request to a function URL (function_urls.py) is `lambda:InvokeFunctionUrl` with `lambda:FunctionUrlAuthType` and
+  `lambda:InvokeFunction` with `lambda:InvokedViaFunctionUrl` (function_url_requests); a direct Invoke carries neither;
 - the policy evaluation is IAM's for identity policies: an explicit Deny wins, else an Allow whose Action /
   NotAction, Resource / NotResource (wildcards `*` and `?`; actions case-insensitive) and Condition all match;
   otherwise the implicit deny. Condition operators: String(Not)Equals/Like (+IgnoreCase), ArnEquals/ArnLike, Bool,
