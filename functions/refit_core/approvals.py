@@ -31,6 +31,15 @@ class ApprovalRefused(ApprovalError):
     status = 403
 
 
+class DecisionTooLate(ApprovalError):
+    """The run stopped waiting (timed out, stopped) before the decision reached it: nothing was decided."""
+
+    status = 409
+
+
+STOPPED_WAITING = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")  # SendTaskSuccess's errors for a gone task
+
+
 class BadDecisionRequest(ApprovalError):
     """The request body is not a decision request (nothing was changed)."""
 
@@ -154,7 +163,26 @@ def decide_approval(
         trigger=trigger,
         separation_of_duties=separation_of_duties,
     )
-    stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
+    try:
+        stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
+    except stepfunctions.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code not in STOPPED_WAITING:
+            raise
+        # The run's timeout (or a stop) came first: the registry must not keep an approval no run acted on.
+        dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
+        sagemaker.update_model_package(
+            ModelPackageArn=item["model_package_arn"]["S"],
+            ModelApprovalStatus="Rejected",
+            ApprovalDescription=f"{status.lower()} by {approver.arn} after run {run_id} stopped waiting ({code})"[
+                :1000
+            ],
+            CustomerMetadataProperties={"refit:decision": "Rejected"},
+        )
+        raise DecisionTooLate(
+            f"run {run_id} no longer waits for a decision on {model} version {version} ({code}: it timed out or was "
+            "stopped); the version stays Rejected"
+        ) from None
     dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
     return {
         "model": model,
@@ -180,7 +208,7 @@ def answer_decision_request(
     """The Approve function's answer to one request: (HTTP status, JSON body). `caller` is the identity AWS verified
     for the request (the function URL's `requestContext.authorizer.iam`), None when there is none. 200 with the
     decision; 400 a body that is not a decision request; 403 refused (no verified caller, another model's approval,
-    another run, separation of duties); 404 nothing pending for that version. A refusal changes nothing and its body
+    another run, separation of duties); 404 nothing pending for that version; 409 the run stopped waiting first. A refusal changes nothing and its body
     is `{"error": "<one line>"}`."""
     try:
         if caller is None:

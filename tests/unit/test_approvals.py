@@ -7,10 +7,12 @@ execution — the e2e test has one)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from refit_core.approvals import ApprovalError, ApprovalRefused, approval_key, decide_approval
 from refit_core.identity import CallerIdentity, person_of, same_person
@@ -26,12 +28,17 @@ MOTO_USER = "arn:aws:sts::123456789012:user/moto"  # moto's fixed identity (AWS 
 
 
 class Recorder:
-    """The Step Functions client's SendTaskSuccess, recorded."""
+    """The Step Functions client's SendTaskSuccess, recorded; `fails` with a service error code instead."""
 
-    def __init__(self) -> None:
+    exceptions = SimpleNamespace(ClientError=ClientError)
+
+    def __init__(self, fails: str | None = None) -> None:
         self.sent: list[dict] = []
+        self.fails = fails
 
     def send_task_success(self, **kwargs: str) -> dict:
+        if self.fails:
+            raise ClientError({"Error": {"Code": self.fails, "Message": "gone"}}, "SendTaskSuccess")
         self.sent.append(kwargs)
         return {}
 
@@ -169,6 +176,17 @@ def test_the_starter_may_not_approve_their_own_run_and_nothing_changes(aws):
     pend(aws, started_by=MOTO_USER)
     assert decide(aws, caller(), separation=False)["status"] == "Approved"
     assert package(aws)["CustomerMetadataProperties"]["refit:separation_of_duties"] == "off"
+
+
+def test_a_decision_the_run_no_longer_waits_for_leaves_the_version_rejected(aws):
+    pend(aws, started_by=None, trigger="s3")
+    with pytest.raises(ApprovalError, match="run manual-1 no longer waits for a decision .*TaskTimedOut") as raised:
+        decide(aws, as_session("ana"), sfn=Recorder(fails="TaskTimedOut"))
+    assert raised.value.status == 409 and package(aws)["ModelApprovalStatus"] == "Rejected"
+    assert "Item" not in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    pend(aws, started_by=None, trigger="s3")
+    with pytest.raises(ClientError, match="ThrottlingException"):  # anything else is the function's error
+        decide(aws, as_session("ana"), sfn=Recorder(fails="ThrottlingException"))
 
 
 def test_a_user_and_a_role_session_named_after_them_are_one_person(aws):
