@@ -5,8 +5,8 @@ credentials) or the local runtime (inside its mock).
     refit drift (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--target COL] [--json]
     refit quality (--baseline baseline.json | REFERENCE) CURRENT [--model NAME] [--json]
     refit gate EVALUATION_DIR --model NAME            (evaluation.json + holdout_predictions.csv of a training job)
-    refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues; the approver is
-    refit reject MODEL VERSION [--comment TEXT]        the caller's AWS identity, STS GetCallerIdentity)
+    refit approve MODEL VERSION [--comment TEXT]      (a run waiting for manual approval continues: the model's Approve
+    refit reject MODEL VERSION [--comment TEXT]        function decides as the caller AWS verified; run_commands.py)
     refit lineage MODEL [VERSION]
     refit diff MODEL V1 V2
     refit land MODEL FILE | trigger MODEL | runs MODEL | show RUN_ID | status MODEL   (scripts/run_commands.py)
@@ -34,7 +34,6 @@ from typing import Any
 import boto3
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
-from refit_core.approvals import ApprovalError, decide_approval
 from refit_core.batch import BatchStats
 from refit_core.capture import captured_keys, list_capture_objects
 from refit_core.config import ConfigError, ModelConfig, load_config
@@ -42,7 +41,6 @@ from refit_core.datasets import DataError, iter_parts, read_table
 from refit_core.drift import detect_drift
 from refit_core.gate import GateInputError, gate_training_outputs
 from refit_core.ground_truth import ground_truth_key, read_labels
-from refit_core.identity import CallerIdentity
 from refit_core.lineage import diff
 from refit_core.profile import ProfileError, build_profile, categorical_columns, dumps_profile, loads_profile
 from refit_core.quality import check_quality
@@ -108,10 +106,6 @@ def _stack_output(args: argparse.Namespace, key: str, option: str) -> str:
         return run_commands.Resources.from_args(args).output(key, option)
     except run_commands.CommandError as error:
         raise CliError(str(error)) from None
-
-
-def _audit_table(args: argparse.Namespace) -> str:
-    return args.audit_table or _stack_output(args, "AuditTable", "--audit-table")
 
 
 class FeedbackRefused(CliError):
@@ -307,13 +301,6 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
     )
     gate.add_argument("evaluation", help="folder or s3:// prefix holding evaluation.json and holdout_predictions.csv")
     gate.add_argument("--model", required=True)
-    for name in ("approve", "reject"):
-        command = commands.add_parser(name, help=f"{name} a version waiting for manual approval", parents=[common])
-        command.add_argument("model")
-        command.add_argument("version", type=int)
-        command.add_argument("--comment", default="")
-        command.add_argument("--audit-table")
-        command.add_argument("--stack", help="the deployed stack (default: the configuration's project name)")
     lineage = commands.add_parser("lineage", help="where a model version came from", parents=[common])
     lineage.add_argument("model")
     lineage.add_argument("version", type=int, nargs="?")
@@ -413,21 +400,6 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
                 report = check_quality(stats, model.quality, model.drift.min_rows, args.current)
         elif args.command == "gate":
             report = gate_command(args)
-        elif args.command in ("approve", "reject"):
-            config = load_config(args.config)
-            config.model(args.model)
-            report = decide_approval(
-                model=args.model,
-                version=args.version,
-                approve=args.command == "approve",
-                approver=CallerIdentity.of(boto3.client("sts")),  # who decides is who AWS says the caller is
-                comment=args.comment,
-                separation_of_duties=config.approval.separation_of_duties,
-                audit_table=_audit_table(args),
-                dynamodb=boto3.client("dynamodb"),
-                sagemaker=boto3.client("sagemaker"),
-                stepfunctions=boto3.client("stepfunctions"),
-            )
         elif args.command == "lineage":
             report = _lineage(boto3.client("sagemaker"), _package_group(args), args.version)
         else:
@@ -435,9 +407,6 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             report = diff(_lineage(sagemaker, group, args.v1), _lineage(sagemaker, group, args.v2))
         print(json.dumps(report, indent=None if getattr(args, "json", False) else 1, default=float), file=out)
         return 0
-    except ApprovalError as error:
-        print(f"refit: {error}", file=err)
-        return error.exit_code
     except (DataError, ProfileError, ConfigError, GateInputError, CliError, OSError) as error:
         print(f"refit: {error}", file=err)
         return 1

@@ -7,6 +7,8 @@
     refit status MODEL
     refit rollback MODEL [--to VERSION] [--reason TEXT] [--force] [--follow]
     refit promote MODEL VERSION [--reason TEXT] [--force] [--follow]
+    refit approve MODEL VERSION [--comment TEXT] [--run RUN_ID]   (a decision the model's Approve function makes
+    refit reject MODEL VERSION [--comment TEXT] [--run RUN_ID]     as the caller AWS verified; see `decide`)
 
 Every command takes `--json` and talks to AWS through plain boto3 clients with the standard settings, so the same
 command works against an account and against any endpoint `AWS_ENDPOINT_URL` names (`refit local up`). Where the
@@ -18,7 +20,7 @@ naming one resource directly. Endpoints, state machines and package groups are n
 Exit codes: 0 done (with --follow: the run SUCCEEDED); 1 the run ended FAILED, TIMED_OUT or ABORTED, or AWS could
 not be read (no stack, no endpoint, no credentials: the message says which and what to set); 2 bad input (a model
 not in the configuration, a run id that does not exist, a file that is not a table, a --data outside the model's
-new-data prefix). Errors are one line on stderr.
+new-data prefix), or a decision the Approve function refused (nothing pending, separation of duties, ...). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ import io
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -66,7 +73,7 @@ from refit_handlers.training import month_spend
 
 from scripts.run_report import ReportError, find_record, from_dynamodb, plain, running_execution
 
-COMMANDS = ("land", "trigger", "runs", "show", "status", "rollback", "promote")
+COMMANDS = ("land", "trigger", "runs", "show", "status", "rollback", "promote", "approve", "reject")
 STACK_OUTPUTS_ENV = "REFIT_STACK_OUTPUTS"
 POLL_SECONDS = 1.0
 CLOCK_SKEW = timedelta(seconds=60)  # between this machine's clock and the service's, when matching start times
@@ -241,6 +248,79 @@ def _model(config: RefitConfig, name: str, config_path: str) -> ModelConfig:
         raise bad_input(
             f"{config_path} has no model {name!r} (models: {known}); add a [[models]] section or pass --config"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------- approvals
+def approve_url(resources: Resources, model: str) -> str:
+    """The model's Approve function URL, from the stack's ApproveUrls output (JSON: model -> URL)."""
+    urls = json.loads(resources.output("ApproveUrls", "--url"))
+    if model not in urls:
+        raise bad_input(f'model {model!r} has no Approve function in the stack (its approval is not "manual")')
+    return urls[model]
+
+
+def signed_post(url: str, body: bytes, credentials: Any, region: str, timeout: float = 60.0) -> tuple[int, bytes]:
+    """POST `body` (JSON) to a function URL with AuthType AWS_IAM, SigV4-signed for service `lambda` with
+    `credentials`; (HTTP status, reply body). Raises URLError when nothing answers."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith(".on.aws") and ".lambda-url." in host:  # https://<id>.lambda-url.<region>.on.aws/
+        region = host.split(".lambda-url.", 1)[1].removesuffix(".on.aws")
+    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(credentials, "lambda", region).add_auth(request)
+    prepared = urllib.request.Request(url, data=body, headers=dict(request.headers.items()), method="POST")
+    try:
+        with urllib.request.urlopen(prepared, timeout=timeout) as reply:  # noqa: S310 - an https (or local) URL
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def decide(args: argparse.Namespace, config: RefitConfig, resources: Resources, out: Any) -> int:
+    """`refit approve` / `reject`: send the decision to the model's Approve function URL, signed with this shell's
+    AWS credentials (those boto3.client() uses: environment, profile, SSO). The function, not this command, reads the
+    pending approval, applies the rules to the identity AWS verified (separation of duties included) and sends the
+    result to the waiting run; its refusal is exit 2 with its one-line reason, and AWS's own 403 (these credentials
+    may not call the URL) names the approver role."""
+    model = _model(config, args.model, args.config)
+    url = args.url or approve_url(resources, model.name)
+    request = {"model": model.name, "version": args.version, "decision": args.command, "comment": args.comment}
+    if args.run:
+        request["run_id"] = args.run
+    session = boto3._get_default_session()  # what boto3.client() signs with
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise CommandError("no AWS credentials to sign the decision with; assume the approver role (ApproverRoleArn)")
+    region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
+    try:
+        status, reply = signed_post(url, json.dumps(request).encode(), credentials.get_frozen_credentials(), region)
+    except urllib.error.URLError as error:
+        raise CommandError(f"cannot reach the Approve function of {model.name} at {url} ({error.reason})") from None
+    try:
+        answer = json.loads(reply)
+    except ValueError:
+        answer = {"Message": reply.decode(errors="replace")[:200]}
+    if status == 200:
+        print(json.dumps(answer, indent=None if args.json else 1), file=out)
+        return 0
+    if isinstance(answer, dict) and "error" in answer:  # the function's refusal: nothing changed
+        raise CommandError(str(answer["error"]), exit_code=2)
+    if status == 403:
+        role = next((v for k, v in _outputs_or_empty(resources).items() if "ApproverRoleArn" in k), "ApproverRoleArn")
+        raise CommandError(
+            f"AWS refused these credentials the Approve function of {model.name} ({answer.get('Message', status)}); "
+            f"decide as the approver role: assume {role} (README 'Approval')"
+        )
+    raise CommandError(
+        f"the Approve function of {model.name} failed (HTTP {status}: {answer}); nothing may have changed: see its log "
+        "group, then `refit status` / the package's approval status"
+    )
+
+
+def _outputs_or_empty(resources: Resources) -> dict[str, str]:
+    try:
+        return resources.outputs()
+    except CommandError:
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- reading records
@@ -1086,6 +1166,17 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--timeout", type=float, default=None, help="with --follow: stop following after this many seconds"
         )
+    for name in ("approve", "reject"):
+        parser = command(
+            name,
+            f"{name} a version waiting for manual approval: the model's Approve function decides as the caller AWS "
+            "verified (sign in as the approver role)",
+        )
+        parser.add_argument("model")
+        parser.add_argument("version", type=_positive)
+        parser.add_argument("--comment", default="", help="why; recorded in the registry and the run's decision")
+        parser.add_argument("--run", metavar="RUN_ID", help="refuse unless the version waits in this run")
+        parser.add_argument("--url", help="the Approve function's URL (default: the stack's ApproveUrls output)")
 
 
 def _positive(value: str) -> int:
@@ -1103,6 +1194,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, RefitConfig, Resources, Any], 
     "status": status,
     "rollback": redeploy,
     "promote": redeploy,
+    "approve": decide,
+    "reject": decide,
 }
 
 

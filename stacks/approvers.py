@@ -1,19 +1,19 @@
 """The approver role: what `refit approve` / `refit reject` need, and nothing else.
 
 One role per project, not per model: the people who decide approvals are usually one team across a project's models,
-and one role keeps one trust relationship to review (`[approval] approvers` in refit.toml). It is still limited to
-this project's models: their approval items in the audit table, their model package groups.
+and one role keeps one trust relationship to review (`[approval] approvers` in refit.toml). It may only call the
+Approve functions of this project's models through their function URLs (AuthType AWS_IAM) and read the stack's
+outputs to find them. It holds no task token and cannot send a task result: the Approve function reads the pending
+approval, applies the rules to the identity AWS verified and sends the result itself.
 """
 
 from __future__ import annotations
 
 from aws_cdk import Aws, CfnOutput, Stack
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
-from refit_core.approvals import approval_partition
 from refit_core.config import ApprovalSettings
-
-from stacks.storage import Storage
 
 
 class ApproverRole(Construct):
@@ -23,11 +23,9 @@ class ApproverRole(Construct):
         construct_id: str,
         *,
         settings: ApprovalSettings,
-        storage: Storage,
-        models: dict[str, str],  # model name -> its model package group name
+        approve_urls: dict[str, lambda_.FunctionUrl],  # model name -> its Approve function's URL (manual models)
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = Stack.of(self)
         principals: list[iam.IPrincipal] = [iam.ArnPrincipal(arn) for arn in settings.approvers] or [
             iam.AccountRootPrincipal()
         ]
@@ -35,29 +33,23 @@ class ApproverRole(Construct):
             self,
             "Role",
             assumed_by=iam.CompositePrincipal(*principals),
-            description="refit approve / reject: read and delete the project's pending approvals, decide the model "
-            "package, send the decision to the waiting run",
+            description="refit approve / reject: call the project's Approve functions through their IAM-authenticated "
+            "URLs, which decide as the verified caller",
         )
-        # The pending approvals only: partition `approval#<model>`, never a model's runs, ledger or lock.
-        storage.grant_audit(
-            [approval_partition(model) for model in models], self.role, "dynamodb:GetItem", "dynamodb:DeleteItem"
-        )
-        storage.grant_key(self.role, write=False)  # the audit table is encrypted with the project key
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["sagemaker:UpdateModelPackage"],
-                resources=[
-                    f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:model-package/{group}/*"
-                    for group in models.values()
-                ],
-            )
-        )
-        # The Service Authorization Reference lists no resource type for states:SendTaskSuccess: the task token
-        # names the task, and IAM can only be given `*`. A reject is a success with `approved: false`, so
-        # SendTaskFailure is not granted.
-        self.role.add_to_policy(iam.PolicyStatement(actions=["states:SendTaskSuccess"], resources=["*"]))
-        # `refit approve` without --audit-table reads the stack's outputs: this stack only.
+        # lambda:InvokeFunctionUrl with lambda:FunctionUrlAuthType = AWS_IAM, and (function URLs created since October
+        # 2025 need both) lambda:InvokeFunction with lambda:InvokedViaFunctionUrl = true: never a direct Invoke, which
+        # could hand the function a forged requestContext.
+        for url in approve_urls.values():
+            url.grant_invoke_url(self.role)
+        # `refit approve` finds the URLs in the stack's ApproveUrls output: this stack only.
         self.role.add_to_policy(
             iam.PolicyStatement(actions=["cloudformation:DescribeStacks"], resources=[Aws.STACK_ID])
         )
         CfnOutput(self, "ApproverRoleArn", value=self.role.role_arn, description="assume it to run `refit approve`")
+        if approve_urls:
+            CfnOutput(
+                Stack.of(self),
+                "ApproveUrls",
+                value=Stack.of(self).to_json_string({model: url.url for model, url in sorted(approve_urls.items())}),
+                description="model -> the URL `refit approve` / `reject` send decisions to (SigV4, service lambda)",
+            )

@@ -20,7 +20,6 @@ from refit_core import names
 from stacks.sagemaker_access import model_prefixes
 
 if TYPE_CHECKING:
-    from stacks.approvers import ApproverRole
     from stacks.refit_stack import ModelPipeline
     from stacks.storage import Storage
 
@@ -84,9 +83,7 @@ def _sagemaker(endpoint_name: str, package_group: str, kinds: Iterable[str]) -> 
     return {f"Resource::{SAGEMAKER_ARN}:{resources[kind]}": reason for kind in kinds}
 
 
-def acknowledge_findings(
-    stack: Stack, storage: Storage, pipelines: list[ModelPipeline], approvers: ApproverRole
-) -> None:
+def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPipeline]) -> None:
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
 
@@ -106,23 +103,6 @@ def acknowledge_findings(
             "AwsSolutions-SQS3": "this queue is the dead-letter queue of refit's EventBridge targets; a dead-letter "
             "queue has none of its own (its alarm notifies the team)"
         },
-    )
-    acknowledge(
-        policy_of(approvers.role),
-        _wildcards(
-            {
-                "Resource::*": "states:SendTaskSuccess has no resource-level permissions (the Service Authorization "
-                "Reference lists no resource type: the task token names the task); the role reads tokens only from "
-                "this project's approval items",
-                **{
-                    finding: reason
-                    for pipeline in pipelines
-                    for finding, reason in _sagemaker(
-                        pipeline.endpoint_name, pipeline.package_group.model_package_group_name, ("model-package",)
-                    ).items()
-                },
-            }
-        ),
     )
     for pipeline in pipelines:
         _acknowledge_pipeline(stack, pipeline, data, artifacts)
@@ -226,6 +206,12 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
             "Resource::*": XRAY,
         },
         "ExpireApproval": {"Resource::*": XRAY, **_sagemaker(endpoint, group, ("model-package",))},
+        "Approve": {
+            "Resource::*": XRAY + "; states:SendTaskSuccess has none either (the Service Authorization Reference lists "
+            "no resource type and no condition key: the task token names the task); this role reads tokens only from "
+            "this model's approval items, and only this function of the model holds the action",
+            **_sagemaker(endpoint, group, ("model-package",)),
+        },
         "Cleanup": {
             "Action::kms:GenerateDataKey*": KEY_WRITE["Action::kms:GenerateDataKey*"],
             "Resource::*": XRAY + describe_targets,
@@ -294,7 +280,7 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         f"Resource::<{stack.get_logical_id(function.node.default_child)}.Arn>:*": "Step Functions may invoke the "
         "function's versions and aliases; limited to this model's own function"
         for name, function in f.items()
-        if name not in ("Cleanup", "Monitor")
+        if name not in ("Cleanup", "Monitor", "Approve")
     }
     acknowledge(
         policy_of(pipeline.retrain.state_machine.role),

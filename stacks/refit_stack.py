@@ -70,6 +70,7 @@ class ModelPipeline(Construct):
             serving_prices=config.serving_instance_prices_usd_per_hour,
             mlflow=config.mlflow,
             project=config.project,
+            separation_of_duties=config.approval.separation_of_duties,
         )
         self.retrain = RetrainStateMachine(
             self,
@@ -161,12 +162,13 @@ class RefitStack(Stack):
             self,
             "Approvers",
             settings=config.approval,
-            storage=self.storage,
-            models={name: p.package_group.model_package_group_name for name, p in self.pipelines.items()},
+            approve_urls={
+                name: p.functions.approve_url for name, p in self.pipelines.items() if p.functions.approve_url
+            },
         )
         CfnOutput(self, "Project", value=config.project)
         CfnOutput(self, "DataBucket", value=self.storage.data_bucket.bucket_name)
         CfnOutput(self, "ArtifactBucket", value=self.storage.artifact_bucket.bucket_name)
         CfnOutput(self, "AuditTable", value=self.storage.audit_table.table_name)
         CfnOutput(self, "SummaryTopic", value=self.storage.topic.topic_arn)
-        acknowledge_findings(self, self.storage, list(self.pipelines.values()), self.approvers)
+        acknowledge_findings(self, self.storage, list(self.pipelines.values()))

@@ -13,7 +13,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 from refit_core import capacity, names
-from refit_core.approvals import approval_partition
+from refit_core.approvals import SEPARATION_OF_DUTIES_ENV, approval_partition
 from refit_core.config import AB_JUDGE_SECONDS, MlflowSettings, ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
 from refit_core.network import VPC_CONFIG_ENV
@@ -71,7 +71,11 @@ KEY_WRITERS = (
     "Cleanup",
     "Monitor",
 )
-KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync", "Deploy")
+KEY_READERS = ("ExpireApproval", "PickCandidate", "MlflowSync", "Deploy", "Approve")
+# `approval = "manual"` only: not a step of the run. Decisions reach it through its function URL (AuthType AWS_IAM),
+# which gives it the caller's identity as AWS verified the request's signature; it applies the rules, records the
+# decider and sends the task result itself (refit_core.approvals.answer_decision_request).
+APPROVE_SPEC = FunctionSpec("refit_handlers.approval.decide_handler", 256, 30)
 # After Finalize, when `[mlflow]` is configured. A request that never answers costs 3 attempts of timeout_seconds (at
 # most 60) plus 3 s of backoff before the error is recorded: 300 s leaves that first failing call room to be recorded.
 MLFLOW_SPEC = FunctionSpec("refit_handlers.mlflow_sync.handler", 512, 300)
@@ -120,6 +124,7 @@ class RetrainFunctions(Construct):
         serving_prices: dict[str, float] | None = None,
         mlflow: MlflowSettings | None = None,
         project: str = "refit",
+        separation_of_duties: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -158,6 +163,9 @@ class RetrainFunctions(Construct):
             # The A/B decision reads the test's captured and labelled parts, as the monitor reads its window.
             specs["JudgeAb"] = FunctionSpec("refit_handlers.ab_test.handler", 3008, AB_JUDGE_SECONDS, ephemeral_mb=2048)
         extra_environment: dict[str, dict[str, str]] = {}
+        if model.approval == "manual":
+            specs["Approve"] = APPROVE_SPEC
+            extra_environment["Approve"] = {SEPARATION_OF_DUTIES_ENV: "true" if separation_of_duties else "false"}
         if mlflow is not None:
             specs["MlflowSync"] = MLFLOW_SPEC
             experiment, registered_model = mlflow.names(project, model.name)
@@ -307,6 +315,9 @@ class RetrainFunctions(Construct):
         )
         for updater in ("ExpireApproval", "Finalize", "Cleanup"):
             f[updater].add_to_role_policy(package_updates)
+        self.approve_url: lambda_.FunctionUrl | None = None
+        if "Approve" in f:
+            self._grant_approve(f["Approve"], storage, model, f"{arn}:model-package/{package_group_name}/*")
         f["Register"].add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"],
@@ -543,6 +554,20 @@ class RetrainFunctions(Construct):
 
         for (name, bucket), patterns in readable.items():
             deny_listing_outside(f[name], bucket, patterns)
+
+    def _grant_approve(self, approve: lambda_.Function, storage: Storage, model: ModelConfig, packages: str) -> None:
+        """The Approve function and its URL: the only holder of the model's task tokens (its approval items) and of
+        states:SendTaskSuccess. AuthType AWS_IAM: AWS verifies the caller's SigV4 signature and passes the identity."""
+        self.approve_url = approve.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)
+        storage.grant_audit(approval_partition(model.name), approve, "dynamodb:GetItem", "dynamodb:DeleteItem")
+        approve.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage"], resources=[packages]
+            )
+        )
+        # The Service Authorization Reference lists no resource type and no condition key for states:SendTaskSuccess:
+        # the task token names the task. A reject is a success with `approved: false`: no SendTaskFailure.
+        approve.add_to_role_policy(iam.PolicyStatement(actions=["states:SendTaskSuccess"], resources=["*"]))
 
     @staticmethod
     def _grant_mlflow_sync(

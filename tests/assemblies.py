@@ -127,13 +127,12 @@ def project_config(models: dict[str, dict[str, str]], project: dict[str, str] | 
 
 def two_models_config() -> str:
     """Project `other` with two models whose names prefix each other, churn and churn-eu (the whole churn section
-    again under the longer name)."""
+    again under the longer name, with manual approval, so the template has an Approve function and its URL;
+    separation of duties on)."""
     head, section = example_parts()
-    return (
-        replaced(head, {'project = "refit"': 'project = "other"'}, "refit.toml")
-        + section
-        + model_section("churn-eu", {})
-    )
+    project = {'project = "refit"': 'project = "other"\n\n[approval]\nseparation_of_duties = true\n'}
+    manual = {'schedule = "rate(1 day)"': 'schedule = "rate(1 day)"\napproval = "manual"'}
+    return replaced(head, project, "refit.toml") + section + model_section("churn-eu", manual)
 
 
 SHARED: dict[str, Callable[[], str | None]] = {

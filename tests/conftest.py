@@ -64,7 +64,7 @@ def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def two_models_assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Project `other` with two models whose names prefix each other, churn and churn-eu."""
+    """Project `other` with two models whose names prefix each other, churn and churn-eu (manual approval)."""
     return shared_assembly(tmp_path_factory, "two-models")
 
 

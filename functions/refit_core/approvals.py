@@ -1,25 +1,77 @@
-"""Deciding a pending manual approval (used by `refit approve` / `refit reject`)."""
+"""Deciding a pending manual approval: the rules the Approve function applies server-side to a request `refit
+approve` / `refit reject` (or anyone else) sends to its function URL, as the identity AWS verified."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from refit_core.champion import metadata_value
 from refit_core.identity import CallerIdentity, same_person
 from refit_core.steps import ApprovalDecision
 
+PENDING = "PendingManualApproval"
+SEPARATION_OF_DUTIES_ENV = "REFIT_SEPARATION_OF_DUTIES"  # the Approve function's `[approval] separation_of_duties`
+
 
 class ApprovalError(ValueError):
-    """No pending approval for that model version."""
+    """No pending approval for that model version (nothing was changed). `status`: the HTTP status the Approve
+    function answers with."""
 
-    exit_code = 1
+    status = 404
 
 
 class ApprovalRefused(ApprovalError):
-    """The caller may not make this decision (separation of duties); nothing was changed."""
+    """The caller may not make this decision (separation of duties, another model, another run); nothing was
+    changed."""
 
-    exit_code = 2
+    status = 403
+
+
+class DecisionTooLate(ApprovalError):
+    """The run stopped waiting (timed out, stopped) before the decision reached it: nothing was decided."""
+
+    status = 409
+
+
+STOPPED_WAITING = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")  # SendTaskSuccess's errors for a gone task
+
+
+class BadDecisionRequest(ApprovalError):
+    """The request body is not a decision request (nothing was changed)."""
+
+    status = 400
+
+
+class DecisionRequest(BaseModel):
+    """What a caller of the Approve function's URL sends (JSON). Who decides is not part of it: it is the caller's
+    identity as AWS verified the request's signature. An unknown field (`by`, say) is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: int = Field(ge=1)
+    decision: Literal["approve", "reject"]
+    comment: str = Field("", max_length=1000)
+    run_id: str | None = None  # when given, the pending version must belong to this run
+
+    @classmethod
+    def from_body(cls, body: str | None) -> DecisionRequest:
+        try:
+            return cls.model_validate(json.loads(body or ""))
+        except json.JSONDecodeError as error:
+            raise BadDecisionRequest(f"the request body is not JSON ({error.msg}); send {_EXAMPLE}") from None
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()
+            )
+            raise BadDecisionRequest(f"bad decision request: {problems}; send {_EXAMPLE}") from None
+
+
+_EXAMPLE = '{"model": "churn", "version": 7, "decision": "approve" | "reject", "comment": "..."}'
 
 
 def approval_partition(model: str) -> str:
@@ -63,15 +115,25 @@ def decide_approval(
     dynamodb: Any,
     sagemaker: Any,
     stepfunctions: Any,
+    expected_run: str | None = None,
 ) -> dict[str, Any]:
-    """Approve or reject the pending `version` as `approver` (the caller's STS identity, never a typed name): the
-    registry (ApprovalDescription and `refit:decided_by`, `refit:decision`, `refit:decided_at`, `refit:started_by`)
-    and the run's audit record (`approval`) carry who decided and who started the run. With
-    `separation_of_duties`, approving a run its own starter started raises ApprovalRefused before anything changes."""
+    """Approve or reject the pending `version` as `approver` (the caller's identity as AWS verified it, never a typed
+    name): the registry (ApprovalDescription and `refit:decided_by`, `refit:decision`, `refit:decided_at`,
+    `refit:started_by`) and the run's audit record (`approval`) carry who decided and who started the run. Refused
+    before anything changes (ApprovalError / ApprovalRefused): nothing pending for the version, a package no longer
+    PendingManualApproval, a pending version of another run than `expected_run`, and with `separation_of_duties` an
+    approval by the run's own starter."""
     item = dynamodb.get_item(TableName=audit_table, Key=approval_key(model, version)).get("Item")
     if item is None:
         raise ApprovalError(f"no approval is pending for {model} version {version}")
     run_id = item["run_id"]["S"]
+    if expected_run is not None and expected_run != run_id:
+        raise ApprovalRefused(
+            f"{model} version {version} awaits approval in run {run_id}, not in run {expected_run}; nothing changed"
+        )
+    current = sagemaker.describe_model_package(ModelPackageName=item["model_package_arn"]["S"])["ModelApprovalStatus"]
+    if current != PENDING:
+        raise ApprovalError(f"{model} version {version} is {current}, no longer awaiting approval; nothing changed")
     started_by = item["started_by"]["S"] if "started_by" in item else None
     trigger = item["trigger"]["S"] if "trigger" in item else None
     if approve and separation_of_duties:
@@ -101,7 +163,26 @@ def decide_approval(
         trigger=trigger,
         separation_of_duties=separation_of_duties,
     )
-    stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
+    try:
+        stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
+    except stepfunctions.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code")
+        if code not in STOPPED_WAITING:
+            raise
+        # The run's timeout (or a stop) came first: the registry must not keep an approval no run acted on.
+        dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
+        sagemaker.update_model_package(
+            ModelPackageArn=item["model_package_arn"]["S"],
+            ModelApprovalStatus="Rejected",
+            ApprovalDescription=f"{status.lower()} by {approver.arn} after run {run_id} stopped waiting ({code})"[
+                :1000
+            ],
+            CustomerMetadataProperties={"refit:decision": "Rejected"},
+        )
+        raise DecisionTooLate(
+            f"run {run_id} no longer waits for a decision on {model} version {version} ({code}: it timed out or was "
+            "stopped); the version stays Rejected"
+        ) from None
     dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
     return {
         "model": model,
@@ -111,6 +192,49 @@ def decide_approval(
         "by": approver.arn,
         "started_by": started_by,
     }
+
+
+def answer_decision_request(
+    *,
+    body: str | None,
+    caller: CallerIdentity | None,
+    model: str,
+    separation_of_duties: bool,
+    audit_table: str,
+    dynamodb: Any,
+    sagemaker: Any,
+    stepfunctions: Any,
+) -> tuple[int, dict[str, Any]]:
+    """The Approve function's answer to one request: (HTTP status, JSON body). `caller` is the identity AWS verified
+    for the request (the function URL's `requestContext.authorizer.iam`), None when there is none. 200 with the
+    decision; 400 a body that is not a decision request; 403 refused (no verified caller, another model's approval,
+    another run, separation of duties); 404 nothing pending for that version; 409 the run stopped waiting first. A refusal changes nothing and its body
+    is `{"error": "<one line>"}`."""
+    try:
+        if caller is None:
+            raise ApprovalRefused(
+                "no verified caller identity: the Approve function decides only requests AWS authenticated (its "
+                "function URL's AuthType must be AWS_IAM); nothing changed"
+            )
+        request = DecisionRequest.from_body(body)
+        if request.model != model:
+            raise ApprovalRefused(f"this function decides the approvals of {model}, not of {request.model}")
+        decided = decide_approval(
+            model=model,
+            version=request.version,
+            approve=request.decision == "approve",
+            approver=caller,
+            comment=request.comment,
+            separation_of_duties=separation_of_duties,
+            audit_table=audit_table,
+            dynamodb=dynamodb,
+            sagemaker=sagemaker,
+            stepfunctions=stepfunctions,
+            expected_run=request.run_id,
+        )
+    except ApprovalError as error:
+        return error.status, {"error": str(error)}
+    return 200, decided
 
 
 SERVED_OUTCOMES = frozenset({"promoted", "deployed_first", "redeployed"})  # the run left a new champion serving

@@ -65,6 +65,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   deregistered target's policies and knows no UpdateEndpoint; here a variant must exist to be registered, a new
   target needs its bounds, deregistering deletes the policies, DeleteEndpoint deregisters the endpoint's targets, and
   UpdateEndpoint fails while a variant it removes or moves to another instance type is registered.
+- Lambda function URLs (function_urls.py, installed by the runtime before the stand-up creates them): served on
+  127.0.0.1 with AWS's SigV4 and IAM checks for AuthType AWS_IAM, invoking the function with the verified caller in
+  the payload format 2.0 event.
 - Roles: each Lambda invocation signs as its function's execution role (STS credentials, a per-thread boto3 default
   session, and its own copies of refit's modules); training and serving read and write S3 as the job's or model's
   role. The local IAM (iam.py) authorizes those calls.

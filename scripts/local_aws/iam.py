@@ -12,6 +12,8 @@ an in-process client makes with a role's credentials against the identity polici
   `sagemaker:AddTags`, passing a role needs `iam:PassRole` with `iam:PassedToService`, SageMaker's create actions
   carry `sagemaker:NetworkIsolation`, `sagemaker:VolumeKmsKey` / `OutputKmsKey` and `sagemaker:VpcSubnets` /
   `VpcSecurityGroupIds` from the request (SAGEMAKER_CONTEXT), SageMaker ARNs are lower case, ...); an operation a role calls that has no entry is refused, so a new call cannot go unchecked;
+- a request to a function URL (function_urls.py) is `lambda:InvokeFunctionUrl` with `lambda:FunctionUrlAuthType` and
+  `lambda:InvokeFunction` with `lambda:InvokedViaFunctionUrl` (function_url_requests); a direct Invoke carries neither;
 - the policy evaluation is IAM's for identity policies: an explicit Deny wins, else an Allow whose Action /
   NotAction, Resource / NotResource (wildcards `*` and `?`; actions case-insensitive) and Condition all match;
   otherwise the implicit deny. Condition operators: String(Not)Equals/Like (+IgnoreCase), ArnEquals/ArnLike, Bool,
@@ -487,6 +489,17 @@ REQUESTS: dict[tuple[str, str], Callable[[Call], list[IamRequest]]] = {
 }
 
 
+def function_url_requests(function_arn: str, auth_type: str) -> list[IamRequest]:
+    """What IAM evaluates for a request to a function URL with AuthType AWS_IAM: lambda:InvokeFunctionUrl with the
+    URL's `lambda:FunctionUrlAuthType`, and (function URLs created since October 2025 require both) lambda:InvokeFunction
+    with `lambda:InvokedViaFunctionUrl` = true. A direct Invoke (REQUESTS) carries no such key, so a grant conditioned
+    on it never allows one."""
+    return [
+        IamRequest("lambda:InvokeFunctionUrl", function_arn, {"lambda:FunctionUrlAuthType": auth_type}),
+        IamRequest("lambda:InvokeFunction", function_arn, {"lambda:InvokedViaFunctionUrl": "true"}),
+    ]
+
+
 class NoAuthorizationRule(KeyError):
     """An operation a role called that this module does not know how to authorize (add it to REQUESTS)."""
 
@@ -561,6 +574,13 @@ class LocalIam:
             requests = iam_requests(call)
         except NoAuthorizationRule as error:
             raise self._denied(client, operation, str(error.args[0])) from None
+        refused = self.check(principal, service, operation, requests)
+        if refused is not None:
+            raise self._denied(client, operation, refused)
+
+    def check(self, principal: Principal, service: str, operation: str, requests: list[IamRequest]) -> str | None:
+        """Evaluate `requests` against the principal's policies, recording each decision; the message AWS gives for
+        the first one refused, or None when all are allowed."""
         for request in requests:
             allowed, statement = evaluate(principal.statements, request)
             with self._lock:
@@ -571,12 +591,21 @@ class LocalIam:
                     if statement
                     else "no identity-based policy allows it"
                 )
-                raise self._denied(
-                    client,
-                    operation,
+                return (
                     f"User: {principal.assumed_role_arn} is not authorized to perform: {request.action} on resource: "
-                    f"{request.resource} because {why} (local IAM, {service} {operation})",
+                    f"{request.resource} because {why} (local IAM, {service} {operation})"
                 )
+        return None
+
+    def principal_of_session(self, assumed_role_arn: str) -> Principal | None:
+        """The stood-up role an STS assumed-role ARN (`arn:aws:sts::<account>:assumed-role/<role>/<session>`) is a
+        session of, with that role's synthesized policies; None for a role the stack does not define."""
+        resource = assumed_role_arn.split(":", 5)[-1]
+        if not resource.startswith("assumed-role/"):
+            return None
+        role_name, _, session = resource.removeprefix("assumed-role/").rpartition("/")
+        role_arn = next((arn for arn in self.policies if arn.rsplit("/", 1)[-1] == role_name), None)
+        return None if role_arn is None else Principal(role_arn, self.policies[role_arn], session)
 
     @staticmethod
     def _denied(client: BaseClient, operation: str, message: str) -> ClientError:

@@ -26,6 +26,7 @@ from refit_core import names
 from scripts.local_aws.bridges import Bridges, TrainingOutcome
 from scripts.local_aws.cloud_assembly import CloudAssembly
 from scripts.local_aws.cloud_assembly import synthesize as synthesize  # re-exported: tests and the CLI import it here
+from scripts.local_aws.function_urls import FunctionUrls
 from scripts.local_aws.iam import LocalIam, role_policies
 from scripts.local_aws.limits import enforce_aws_rules
 from scripts.local_aws.standup import StandUp
@@ -99,6 +100,12 @@ class LocalRuntime:
         self._mock.start()
         self._limits = enforce_aws_rules()
         self._limits.__enter__()
+        # Function URLs are served on 127.0.0.1 from the moment the stand-up creates them (their URLs are outputs).
+        host = boto3.client("sts", region_name=self.region).get_caller_identity()["Arn"]
+        self.function_urls = FunctionUrls(
+            ACCOUNT, self.region, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], host
+        )
+        self.function_urls.install()
         try:
             self.stack = StandUp(self.assembly, ACCOUNT, self.region).run()
             if self.iam is not None:
@@ -124,9 +131,11 @@ class LocalRuntime:
                 iam=self.iam,
             )
             self.bridges.install()
+            self.function_urls.connect(self.bridges.invoke_lambda, self.iam)
             if self.iam is not None:
                 self.iam.install()
         except Exception:
+            self.function_urls.uninstall()
             if self.iam is not None:
                 self.iam.uninstall()
             self._limits.__exit__(None, None, None)
@@ -145,6 +154,7 @@ class LocalRuntime:
             if self.bridges is not None:
                 self.bridges.flush_capture()  # written while the roles' policies still apply
         finally:
+            self.function_urls.uninstall()
             if self.iam is not None:
                 self.iam.uninstall()
             if self.bridges is not None:

@@ -147,7 +147,9 @@ def local_up(
         if assembly is not None:
             print(f"refit local: using the synthesized assembly {assembly}", file=out, flush=True)
         else:
-            print(f"refit local: synthesizing {config or 'refit.toml'} into {workdir / 'cdk.out'}", file=out, flush=True)
+            print(
+                f"refit local: synthesizing {config or 'refit.toml'} into {workdir / 'cdk.out'}", file=out, flush=True
+            )
             try:
                 assembly = synthesize(workdir / "cdk.out", config)
             except RuntimeError as error:

@@ -246,6 +246,15 @@ class StandUp:
         )
         self._set(logical, name, Arn=response["FunctionArn"])
 
+    def _create_Lambda_Url(self, logical: str, props: dict) -> None:
+        """A function URL; the local runtime serves it on 127.0.0.1 (scripts/local_aws/function_urls.py)."""
+        config = self.clients["lambda"].create_function_url_config(
+            FunctionName=props["TargetFunctionArn"],
+            AuthType=props["AuthType"],
+            **{key: props[key] for key in ("Cors", "InvokeMode") if key in props},
+        )
+        self._set(logical, config["FunctionArn"], FunctionArn=config["FunctionArn"], FunctionUrl=config["FunctionUrl"])
+
     def _create_StepFunctions_StateMachine(self, logical: str, props: dict) -> None:
         name = props.get("StateMachineName") or f"{logical[:60]}-{_short(logical)}"
         arn = self.clients["stepfunctions"].create_state_machine(

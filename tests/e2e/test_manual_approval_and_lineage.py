@@ -1,7 +1,8 @@
 """A second configuration of the example model — manual approval with separation of duties, no on-demand fallback —
-on the local runtime: approve, reject and timeout through the `refit` CLI, lineage and diff, a spot job that finds no
-capacity, and an approval by the stack's approver role (its synthesized policy enforced by the local IAM) of a run
-another identity started, after the starter's own approval was refused."""
+on the local runtime: approve, reject and timeout through the `refit` CLI (a SigV4-signed request to the model's
+Approve function URL, which decides as the verified caller), lineage and diff, a spot job that finds no capacity, and
+an approval by the stack's approver role (its synthesized policy enforced by the local IAM) of a run another identity
+started, after the starter's own approval was refused by the function, through the CLI and calling the URL directly."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import io
 import json
 import time
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
+from refit_core.approvals import approval_key
 from refit_core.identity import CallerIdentity
 
 from scripts.cli import main as refit
 from scripts.local_aws.runtime import LocalRuntime
+from scripts.run_commands import signed_post
 from scripts.sample_data import churn_batch, to_csv_bytes
 from stacks.app_builder import code_version
 from tests.conftest import ROOT
@@ -60,6 +65,13 @@ def package_status(aws, version):
     )
 
 
+def outputs_file(aws) -> str:
+    """The stack's outputs as `cdk deploy --outputs-file` writes them: where `refit approve` finds the URLs."""
+    path = aws.workdir / "outputs.json"
+    path.write_text(json.dumps(aws.outputs))
+    return str(path)
+
+
 def cli(config_path, *arguments):
     out, err = io.StringIO(), io.StringIO()
     code = refit(["--config", str(config_path), *arguments], out=out, err=err)
@@ -72,10 +84,10 @@ def test_approved_version_is_deployed_and_the_endpoint_waits_untouched(aws, conf
     assert package_status(aws, 1) == "PendingManualApproval"
     assert aws.client("sagemaker").list_endpoints()["Endpoints"] == []
     assert "awaits approval" in aws.published_summaries()[-1]["subject"]
-    code, out, _ = cli(
-        config_path, "approve", MODEL, "1", "--audit-table", aws.audit_table, "--comment", "checked the holdout"
+    code, out, err = cli(
+        config_path, "approve", MODEL, "1", "--stack-outputs", outputs_file(aws), "--comment", "checked the holdout"
     )
-    assert code == 0 and json.loads(out)["status"] == "Approved"
+    assert code == 0 and json.loads(out)["status"] == "Approved", err
     record = record_for(aws, aws.wait_for(execution_arn)["executionArn"])
     assert record["outcome"] == "deployed_first" and record["approval"]["approved"] is True
     assert package_status(aws, 1) == "Approved"
@@ -94,8 +106,8 @@ def test_rejected_version_leaves_the_champion(aws, config_path):
         "reject",
         MODEL,
         "2",
-        "--audit-table",
-        aws.audit_table,
+        "--stack-outputs",
+        outputs_file(aws),
         "--comment",
         "segment south looks off",
     )
@@ -108,8 +120,8 @@ def test_rejected_version_leaves_the_champion(aws, config_path):
         aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)["EndpointConfigName"],
     )
     assert after == before
-    code, _, err = cli(config_path, "approve", MODEL, "2", "--audit-table", aws.audit_table)
-    assert code == 1 and "no approval is pending for manual version 2" in err
+    code, _, err = cli(config_path, "approve", MODEL, "2", "--stack-outputs", outputs_file(aws))
+    assert code == 2 and err.strip() == "refit: no approval is pending for manual version 2"
 
 
 def test_no_decision_before_the_timeout_rejects(aws):
@@ -165,23 +177,42 @@ def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approv
     assert started["input"]["requested_by"] == starter
     item = pending(aws, 4)
     assert item["started_by"]["S"] == starter and item["trigger"]["S"] == "manual"
-    # The starter's own approval is refused (exit 2, one line naming the rule); nothing changes
-    code, _, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table)
+    # The starter's own approval is refused by the Approve function (exit 2, one line naming the rule), through the
+    # CLI and calling the URL directly naming someone else: nothing changes
+    code, _, err = cli(config_path, "approve", MODEL, "4", "--stack-outputs", str(outputs))
     assert code == 2 and err.strip().startswith("refit: separation of duties:") and starter in err
+    role = next(v for k, v in aws.outputs.items() if "ApproverRoleArn" in k)
+    approver = f"arn:aws:sts::123456789012:assumed-role/{role.rsplit('/', 1)[-1]}/ana"
+    url = json.loads(aws.outputs["ApproveUrls"])[MODEL]
+    host = boto3.Session().get_credentials().get_frozen_credentials()
+    decision = {"model": MODEL, "version": 4, "decision": "approve"}
+    status, body = signed_post(url, json.dumps(decision).encode(), host, aws.region)
+    assert status == 403 and json.loads(body)["error"].startswith(f"separation of duties: {starter} started run")
+    status, body = signed_post(url, json.dumps({**decision, "by": approver}).encode(), host, aws.region)
+    assert status == 400 and "by: Extra inputs are not permitted" in json.loads(body)["error"]
     assert package_status(aws, 4) == "PendingManualApproval" and pending(aws, 4, timeout=1)
     # A session of the approver role (only what its synthesized policy allows) approves: boto3.client() in this
-    # thread signs as the role, the way the local runtime signs a Lambda invocation as its function's role
-    role = next(v for k, v in aws.outputs.items() if "ApproverRoleArn" in k)
+    # thread signs as the role, the way the local runtime signs a Lambda invocation as its function's role. It cannot
+    # read the task token or send a task result itself: only the Approve function can.
     aws.bridges.default_session.session = aws.bridges.role_session(role, "ana")
     try:
-        code, out, err = cli(config_path, "approve", MODEL, "4", "--audit-table", aws.audit_table, "--comment", "ok")
+        with pytest.raises(ClientError, match="not authorized to perform: dynamodb:GetItem"):
+            boto3.client("dynamodb").get_item(TableName=aws.audit_table, Key=approval_key(MODEL, 4))
+        with pytest.raises(ClientError, match="not authorized to perform: states:SendTaskSuccess"):
+            boto3.client("stepfunctions").send_task_success(taskToken=item["task_token"]["S"], output="{}")
+        code, out, err = cli(config_path, "approve", MODEL, "4", "--stack-outputs", str(outputs), "--comment", "ok")
     finally:
         aws.bridges.default_session.session = None
-    approver = f"arn:aws:sts::123456789012:assumed-role/{role.rsplit('/', 1)[-1]}/ana"
     assert code == 0, err
     assert json.loads(out)["by"] == approver
     assert {d.request.action for d in aws.iam.decisions if d.principal == role and d.allowed} == {
+        "lambda:InvokeFunctionUrl",
+        "lambda:InvokeFunction",
+    }
+    approve_role = next(f.role_arn for f in aws.stack.functions.values() if f.handler.endswith(".decide_handler"))
+    assert {d.request.action for d in aws.iam.decisions if d.principal == approve_role and d.allowed} == {
         "dynamodb:GetItem",
+        "sagemaker:DescribeModelPackage",
         "sagemaker:UpdateModelPackage",
         "states:SendTaskSuccess",
         "dynamodb:DeleteItem",

@@ -462,3 +462,84 @@ def test_no_function_role_of_a_model_names_another_models_resources(two_models, 
     assert names_of_models("arn:aws:s3:::b/training/churn-eu/*") == {"churn-eu"}
     assert names_of_models("arn:aws:sagemaker:r:a:endpoint/other-churn") == {"churn"}
     assert names_of_models('{"dynamodb:LeadingKeys": ["churn", "approval#churn-eu"]}') == {"churn", "churn-eu"}
+
+
+# ---------------------------------------------------------------- approvals (churn-eu: approval = "manual")
+def approver_role_of(template) -> str:
+    (output,) = [o for k, o in template["Outputs"].items() if "ApproverRoleArn" in k]
+    return output["Value"]["Fn::GetAtt"][0]
+
+
+def role_statements(template, role: str) -> list[dict]:
+    return statements_by_role(template).get(role, [])
+
+
+def approve_function(template) -> tuple[str, dict]:
+    (found,) = [
+        (k, r)
+        for k, r in template["Resources"].items()
+        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Description", "").endswith(": Approve")
+    ]
+    return found
+
+
+def test_the_approver_role_may_only_call_the_approve_url(two_models):
+    role = approver_role_of(two_models)
+    function, _ = approve_function(two_models)
+    granted = role_statements(two_models, role)
+    assert two_models["Resources"][role]["Properties"].get("Policies") is None  # nothing inline
+    assert all(s["Effect"] == "Allow" for s in granted)
+    by_action = {action: s for s in granted for action in as_list(s["Action"])}
+    # No states:SendTaskSuccess, no read of the approval items (the tokens), no key, no registry
+    assert set(by_action) == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction", "cloudformation:DescribeStacks"}
+    assert by_action["lambda:InvokeFunctionUrl"] == {
+        "Action": "lambda:InvokeFunctionUrl",
+        "Condition": {"StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}},
+        "Effect": "Allow",
+        "Resource": {"Fn::GetAtt": [function, "Arn"]},
+    }
+    # InvokeFunction only through the URL: a direct Invoke could hand the function a forged requestContext
+    assert by_action["lambda:InvokeFunction"] == {
+        "Action": "lambda:InvokeFunction",
+        "Condition": {"Bool": {"lambda:InvokedViaFunctionUrl": True}},
+        "Effect": "Allow",
+        "Resource": {"Fn::GetAtt": [function, "Arn"]},
+    }
+    assert by_action["cloudformation:DescribeStacks"]["Resource"] == {"Ref": "AWS::StackId"}
+
+
+def test_the_approve_function_url_is_iam_authenticated_and_an_output(two_models):
+    function, properties = approve_function(two_models)
+    (url_id, url), *others = [(k, r) for k, r in two_models["Resources"].items() if r["Type"] == "AWS::Lambda::Url"]
+    assert others == [] and properties["Properties"]["Description"] == "refit churn-eu: Approve"
+    assert url["Properties"] == {"AuthType": "AWS_IAM", "TargetFunctionArn": {"Fn::GetAtt": [function, "Arn"]}}
+    assert properties["Properties"]["Environment"]["Variables"]["REFIT_SEPARATION_OF_DUTIES"] == "true"
+    assert two_models["Outputs"]["ApproveUrls"]["Value"] == {
+        "Fn::Join": ["", ['{"churn-eu":"', {"Fn::GetAtt": [url_id, "FunctionUrl"]}, '"}']]
+    }
+
+
+def test_only_the_approve_function_sends_task_results_and_reads_the_tokens(two_models):
+    function, properties = approve_function(two_models)
+    approve_role = properties["Properties"]["Role"]["Fn::GetAtt"][0]
+    senders, token_readers = set(), set()
+    for resource in two_models["Resources"].values():
+        if resource["Type"] != "AWS::IAM::Policy":
+            continue
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+            actions = as_list(statement["Action"])
+            roles = {r["Ref"] for r in resource["Properties"]["Roles"]}
+            if any(a.startswith("states:SendTask") for a in actions):
+                senders |= roles
+            leading = json.dumps(statement.get("Condition", {}))
+            if "approval#" in leading and {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"} & set(actions):
+                token_readers |= roles
+    assert senders == token_readers == {approve_role}
+    granted = {a: s for s in role_statements(two_models, approve_role) for a in as_list(s["Action"])}
+    assert granted["states:SendTaskSuccess"]["Resource"] == "*" and "states:SendTaskFailure" not in granted
+    assert granted["dynamodb:GetItem"]["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["approval#churn-eu"]}
+    }
+    assert json.dumps(granted["sagemaker:UpdateModelPackage"]["Resource"]).endswith(
+        ':model-package/other-churn-eu/*"]]}'
+    )

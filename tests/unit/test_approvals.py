@@ -1,18 +1,24 @@
-"""`refit approve` / `reject`: the approver is the caller's STS identity, recorded in the registry and in the decision
-the run's audit record carries; separation of duties refuses the run's starter (moto: STS, DynamoDB, SageMaker; the
-Step Functions client is a recorder, since a task token needs a waiting execution — the e2e test has one)."""
+"""The Approve function's rules: the approver is the caller's identity as AWS verified it (the function URL's
+`requestContext.authorizer.iam`), recorded in the registry and in the decision the run's audit record carries;
+separation of duties refuses the run's starter; a request that names anyone, another model or another run is refused
+(moto: STS, DynamoDB, SageMaker; the Step Functions client is a recorder, since a task token needs a waiting
+execution — the e2e test has one)."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from refit_core.approvals import ApprovalError, ApprovalRefused, approval_key, decide_approval
 from refit_core.identity import CallerIdentity, person_of, same_person
 from refit_core.runs import parse_run_input
-from refit_handlers.approval import ApprovalRequest, request_approval
+from refit_handlers.approval import ApprovalRequest, request_approval, verified_caller
+from refit_handlers.approval import decide as decide_request
 
 from scripts.local_aws.limits import enforce_aws_rules
 from tests.conftest import create_audit_table, handler_settings
@@ -22,12 +28,17 @@ MOTO_USER = "arn:aws:sts::123456789012:user/moto"  # moto's fixed identity (AWS 
 
 
 class Recorder:
-    """The Step Functions client's SendTaskSuccess, recorded."""
+    """The Step Functions client's SendTaskSuccess, recorded; `fails` with a service error code instead."""
 
-    def __init__(self) -> None:
+    exceptions = SimpleNamespace(ClientError=ClientError)
+
+    def __init__(self, fails: str | None = None) -> None:
         self.sent: list[dict] = []
+        self.fails = fails
 
     def send_task_success(self, **kwargs: str) -> dict:
+        if self.fails:
+            raise ClientError({"Error": {"Code": self.fails, "Message": "gone"}}, "SendTaskSuccess")
         self.sent.append(kwargs)
         return {}
 
@@ -76,7 +87,9 @@ def caller() -> CallerIdentity:
 
 
 def pend(aws, *, started_by: str | None, trigger: str = "manual", version: int = 1) -> None:
-    """What RequestApproval writes for a run parked on its task token."""
+    """What Register and RequestApproval leave for a run parked on its task token: the package awaiting approval and
+    the approval item."""
+    aws["sagemaker"].update_model_package(ModelPackageArn=aws["package"], ModelApprovalStatus="PendingManualApproval")
     event = ApprovalRequest(
         task_token="token-1",
         run_id="manual-1",
@@ -94,18 +107,24 @@ def pend(aws, *, started_by: str | None, trigger: str = "manual", version: int =
     request_approval(event, handler_settings(), aws["dynamodb"], Sns(), aws["sagemaker"])
 
 
+def decision_arguments(aws, sfn, *, approver=None, approve=True, separation=True) -> dict:
+    return {
+        "model": "churn",
+        "version": 1,
+        "approve": approve,
+        "approver": approver or caller(),
+        "comment": "checked the holdout",
+        "separation_of_duties": separation,
+        "audit_table": "audit",
+        "dynamodb": aws["dynamodb"],
+        "sagemaker": aws["sagemaker"],
+        "stepfunctions": sfn,
+    }
+
+
 def decide(aws, approver: CallerIdentity, *, approve: bool = True, separation: bool = True, sfn=None):
     return decide_approval(
-        model="churn",
-        version=1,
-        approve=approve,
-        approver=approver,
-        comment="checked the holdout",
-        separation_of_duties=separation,
-        audit_table="audit",
-        dynamodb=aws["dynamodb"],
-        sagemaker=aws["sagemaker"],
-        stepfunctions=sfn or Recorder(),
+        **decision_arguments(aws, sfn or Recorder(), approver=approver, approve=approve, separation=separation)
     )
 
 
@@ -149,7 +168,7 @@ def test_the_starter_may_not_approve_their_own_run_and_nothing_changes(aws):
     sfn = Recorder()
     with pytest.raises(ApprovalRefused, match=r"separation of duties: arn:aws:sts::123456789012:user/moto started"):
         decide(aws, caller(), sfn=sfn)
-    assert ApprovalRefused.exit_code == 2
+    assert ApprovalRefused.status == 403
     assert package(aws)["ModelApprovalStatus"] == "PendingManualApproval" and sfn.sent == []
     assert "Item" in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
     # ... but may reject it, and without the rule may approve it
@@ -157,6 +176,17 @@ def test_the_starter_may_not_approve_their_own_run_and_nothing_changes(aws):
     pend(aws, started_by=MOTO_USER)
     assert decide(aws, caller(), separation=False)["status"] == "Approved"
     assert package(aws)["CustomerMetadataProperties"]["refit:separation_of_duties"] == "off"
+
+
+def test_a_decision_the_run_no_longer_waits_for_leaves_the_version_rejected(aws):
+    pend(aws, started_by=None, trigger="s3")
+    with pytest.raises(ApprovalError, match="run manual-1 no longer waits for a decision .*TaskTimedOut") as raised:
+        decide(aws, as_session("ana"), sfn=Recorder(fails="TaskTimedOut"))
+    assert raised.value.status == 409 and package(aws)["ModelApprovalStatus"] == "Rejected"
+    assert "Item" not in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    pend(aws, started_by=None, trigger="s3")
+    with pytest.raises(ClientError, match="ThrottlingException"):  # anything else is the function's error
+        decide(aws, as_session("ana"), sfn=Recorder(fails="ThrottlingException"))
 
 
 def test_a_user_and_a_role_session_named_after_them_are_one_person(aws):
@@ -177,10 +207,21 @@ def test_who_started_a_run_decides_whether_anyone_may_approve_it(aws):
         assert package(aws)["CustomerMetadataProperties"]["refit:started_by"] == f"none: trigger {trigger}"
 
 
-def test_nothing_pending_is_an_error_with_exit_code_1(aws):
+def test_nothing_pending_is_a_404(aws):
     with pytest.raises(ApprovalError, match="no approval is pending for churn version 1") as raised:
         decide(aws, caller())
-    assert raised.value.exit_code == 1
+    assert raised.value.status == 404
+
+
+def test_a_package_no_longer_pending_or_another_run_is_refused_and_nothing_changes(aws):
+    pend(aws, started_by=None, trigger="s3")
+    with pytest.raises(ApprovalRefused, match="awaits approval in run manual-1, not in run manual-0"):
+        decide_approval(**decision_arguments(aws, Recorder()), expected_run="manual-0")
+    aws["sagemaker"].update_model_package(ModelPackageArn=aws["package"], ModelApprovalStatus="Rejected")
+    sfn = Recorder()
+    with pytest.raises(ApprovalError, match="churn version 1 is Rejected, no longer awaiting approval") as raised:
+        decide(aws, as_session("ana"), sfn=sfn)
+    assert raised.value.status == 404 and sfn.sent == [] and package(aws)["ModelApprovalStatus"] == "Rejected"
 
 
 def test_an_identity_outside_the_metadata_character_set_is_cleaned_for_the_registry(aws):
@@ -228,3 +269,95 @@ def test_a_manual_run_input_carries_its_starter_and_nothing_else_new():
     assert parse_run_input({}, "incoming/churn/", "data").requested_by is None
     deploy = parse_run_input({"deploy_version": 2, "requested_by": "arn:aws:sts::1:x" * 20}, "incoming/churn/", "data")
     assert deploy.requested_by == deploy.deploy.requested_by  # ARNs longer than the old 128-character cap fit
+
+
+# ---------------------------------------------------------------- the Approve function behind its URL
+ANA = "arn:aws:sts::123456789012:assumed-role/approver/ana"
+
+
+def url_event(body: object, *, caller_arn: str | None = ANA, method: str = "POST") -> LambdaFunctionUrlModel:
+    """A function URL request (payload format 2.0) as the Lambda service builds it; `caller_arn` the identity AWS
+    verified (None: no authorizer, as an AuthType NONE URL would send)."""
+    context = {
+        "accountId": "123456789012",
+        "apiId": "abc",
+        "domainName": "abc.lambda-url.us-east-1.on.aws",
+        "domainPrefix": "abc",
+        "requestId": "r-1",
+        "routeKey": "$default",
+        "stage": "$default",
+        "time": "29/Nov/2026:10:00:00 +0000",
+        "timeEpoch": 1795860000000,
+        "http": {"method": method, "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "t"},
+    }
+    if caller_arn is not None:
+        context["authorizer"] = {
+            "iam": {"userArn": caller_arn, "accountId": "123456789012", "userId": "AROA1:ana", "callerId": "AROA1:ana"}
+        }
+    return LambdaFunctionUrlModel.model_validate(
+        {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": "/",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json"},
+            "requestContext": context,
+            "body": body if isinstance(body, str) else json.dumps(body),
+            "isBase64Encoded": False,
+        }
+    )
+
+
+def answer(aws, event: LambdaFunctionUrlModel, sfn: Recorder, separation: bool = True) -> tuple[int, dict]:
+    clients = {"dynamodb": aws["dynamodb"], "sagemaker": aws["sagemaker"], "stepfunctions": sfn}
+    response = decide_request(event, handler_settings(), separation, clients.__getitem__)
+    assert response["headers"] == {"content-type": "application/json"}
+    return response["statusCode"], json.loads(response["body"])
+
+
+APPROVE = {"model": "churn", "version": 1, "decision": "approve", "comment": "ok"}
+
+
+def test_the_function_decides_as_the_verified_caller_whatever_the_body_claims(aws):
+    pend(aws, started_by=MOTO_USER)
+    sfn = Recorder()
+    # Naming someone in the body is refused, not trusted: nothing changes
+    status, body = answer(aws, url_event({**APPROVE, "by": ANA}, caller_arn=MOTO_USER), sfn)
+    assert status == 400 and "by: Extra inputs are not permitted" in body["error"]
+    # The starter, verified by AWS, may not approve (separation of duties, server-side)
+    status, body = answer(aws, url_event(APPROVE, caller_arn=MOTO_USER), sfn)
+    assert status == 403 and body["error"].startswith(f"separation of duties: {MOTO_USER} started run manual-1")
+    assert sfn.sent == [] and package(aws)["ModelApprovalStatus"] == "PendingManualApproval"
+    # Another identity approves; the registry and the decision carry the verified ARN
+    status, body = answer(aws, url_event(APPROVE), sfn)
+    assert status == 200 and body["by"] == ANA and body["status"] == "Approved"
+    assert json.loads(sfn.sent[0]["output"])["by"] == ANA
+    assert package(aws)["CustomerMetadataProperties"]["refit:decided_by"] == ANA
+
+
+REFUSED = [  # (request, HTTP status, the one-line reason)
+    (url_event(APPROVE, caller_arn=None), 403, "no verified caller identity"),
+    (url_event(APPROVE, method="GET"), 405, "GET: send the decision with POST"),
+    (url_event("approve churn 1"), 400, "the request body is not JSON"),
+    (url_event({**APPROVE, "version": 0}), 400, "version: Input should be greater than or equal to 1"),
+    (url_event({**APPROVE, "decision": "maybe"}), 400, "decision: Input should be 'approve' or 'reject'"),
+    (url_event({**APPROVE, "model": "fraud"}), 403, "this function decides the approvals of churn, not of fraud"),
+    (url_event({**APPROVE, "run_id": "manual-0"}), 403, "awaits approval in run manual-1, not in run manual-0"),
+    (url_event({**APPROVE, "version": 2}), 404, "no approval is pending for churn version 2"),
+]
+
+
+def test_a_request_the_function_refuses_changes_nothing(aws):
+    pend(aws, started_by=None, trigger="s3")  # anyone allowed may approve it: each refusal is for its own reason
+    sfn = Recorder()
+    for event, status, message in REFUSED:
+        code, body = answer(aws, event, sfn)
+        assert code == status and message in body["error"] and list(body) == ["error"], (message, body)
+    assert sfn.sent == [] and package(aws)["ModelApprovalStatus"] == "PendingManualApproval"
+    assert "Item" in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    assert answer(aws, url_event({**APPROVE, "run_id": "manual-1"}), sfn)[0] == 200  # the check can pass
+
+
+def test_the_verified_caller_is_read_from_the_iam_authorizer_only():
+    assert verified_caller(url_event(APPROVE)) == CallerIdentity(ANA, "123456789012", "AROA1:ana")
+    assert verified_caller(url_event(APPROVE, caller_arn=None)) is None
