@@ -74,6 +74,7 @@ def shadow_verdict(
         return {
             **verdict,
             "healthy": False,
+            "quiet": True,  # more traffic could change this, as it could a quiet window (refit_core.synthetic)
             "reason": f"predictions not compared: {divergence['n_challenger']} captured shadow and "
             f"{divergence['n_champion']} champion predictions in the window, fewer than the "
             f"{settings.min_captured_predictions} required on each",
