@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
+from refit_core.audit import canary_step_line
 from refit_core.canary import canary_variants, data_capture
 from refit_core.capture import read_capture
 from refit_core.config import CanarySettings, DeploySettings, SyntheticTrafficSettings
@@ -304,6 +305,7 @@ def test_a_quiet_canary_step_is_topped_up_per_variant_and_judged_on_it(aws, mode
     assert judged["healthy"] and judged["next"] == "promote", judged["reason"]
     step = judged["steps"][0]
     assert step["synthetic"]["requests"] == {"challenger": 18, "champion": 20}
+    assert "judged with synthetic traffic" in canary_step_line(step)  # the summary's and run report's step line
     assert (
         "judged with synthetic traffic" in judged["reason"] and "18 to challenger, 20 to champion" in judged["reason"]
     )
