@@ -438,6 +438,12 @@ class RetrainFunctions(Construct):
         # key), and the gate's holdout reference (gate.json).
         read(storage.data_bucket, f["Deploy"], f"{model.capture_prefix}*")
         read(storage.artifact_bucket, f["Deploy"], f"reports/{model.name}/*")
+        if model.deploy.synthetic_traffic.enabled:
+            # A quiet step's top-up (refit_core.synthetic): requests to this model's endpoint only, replaying the
+            # holdout rows the Gate stored under reports/<model>/ (read above).
+            f["Deploy"].add_to_role_policy(
+                iam.PolicyStatement(actions=["sagemaker:InvokeEndpoint"], resources=[f"{arn}:endpoint/{endpoint_name}"])
+            )
         # Capacity (refit_core.capacity): every endpoint change deregisters the endpoint's scalable targets first;
         # with autoscaling configured, the serving variant is registered again with its policy. Application Auto
         # Scaling scopes writes only by its own target ids, so the grant is on SageMaker variants by condition.

@@ -330,6 +330,48 @@ class RetrainStateMachine(Construct):
             rollback.next(endpoint_wait_loop("rollback", "$.rollback.expected_config", finalize))
             return promote, rollback
 
+        synthetic = model.deploy.synthetic_traffic
+
+        def synthetic_top_up(check: sfn.IChainable, verdict_path: str, on_error: sfn.IChainable) -> sfn.IChainable:
+            """deploy.synthetic_traffic: a quiet step is topped up once with requests replayed from the run's holdout
+            rows, then judged again after the settle wait (the check decides `next` = synthetic, refit_core.synthetic).
+            An error sending them ends the step as a quiet one: through the rollback."""
+            send = catch_to(
+                invoke(
+                    "Send synthetic traffic",
+                    "Deploy",
+                    {
+                        "action": "synthetic_traffic",
+                        "run_id.$": "$.run.run_id",
+                        "step.$": f"{verdict_path}.synthetic_step",
+                        "requests.$": f"{verdict_path}.synthetic_requests",
+                    },
+                    "$.synthetic",
+                ),
+                on_error,
+            )
+            settle = sfn.Wait(
+                self,
+                "Settle synthetic traffic",
+                time=sfn.WaitTime.duration(Duration.seconds(synthetic.settle_seconds)),
+            )
+            send.next(settle).next(check)
+            return send
+
+        def no_synthetic_yet(first: sfn.IChainable) -> sfn.IChainable:
+            """The state before any top-up (`$.synthetic.step` -1), which every check reads; only with synthetic
+            traffic enabled."""
+            if not synthetic.enabled:
+                return first
+            return sfn.Pass(
+                self,
+                "No synthetic traffic yet",
+                result=sfn.Result.from_object({"step": -1}),
+                result_path="$.synthetic",
+            ).next(first)
+
+        synthetic_input = {"synthetic.$": "$.synthetic"} if synthetic.enabled else {}
+
         def variants_deploy() -> sfn.IChainable:
             """deploy.mode variants (the staged canary on a second production variant) and ab (a fixed split on the
             same two variants, _ab_test). Built only in those modes: Step Functions refuses a definition with states no
@@ -362,6 +404,7 @@ class RetrainStateMachine(Construct):
                             "endpoint_weights.$": "$.endpoint.variants",
                             "history.$": "$.canary.steps",
                             "gate_uri.$": "$.gate.gate_uri",
+                            **synthetic_input,
                         },
                         "$.canary",
                     ),
@@ -381,13 +424,18 @@ class RetrainStateMachine(Construct):
                     )
                 )
                 start_canary.next(bake)
-                bake.next(check_canary).next(
+                canary_verdict = (
                     sfn.Choice(self, "Canary verdict?")
                     .when(sfn.Condition.string_equals("$.canary.next", "shift"), shift)
                     .when(sfn.Condition.string_equals("$.canary.next", "promote"), promote)
-                    .otherwise(rollback)
                 )
-                after_start = start_canary
+                if synthetic.enabled:
+                    canary_verdict.when(
+                        sfn.Condition.string_equals("$.canary.next", "synthetic"),
+                        synthetic_top_up(check_canary, "$.canary", rollback),
+                    )
+                bake.next(check_canary).next(canary_verdict.otherwise(rollback))
+                after_start = no_synthetic_yet(start_canary)
             after_deploy = (
                 sfn.Choice(self, "First deployment?")
                 .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
@@ -448,6 +496,7 @@ class RetrainStateMachine(Construct):
                         "action": "check_shadow",
                         "shadow_started_at.$": "$.endpoint.canary_started_at",
                         "gate_uri.$": "$.gate.gate_uri",
+                        **synthetic_input,
                     },
                     "$.shadow",
                 ),
@@ -459,18 +508,23 @@ class RetrainStateMachine(Construct):
                     "Bake shadow",
                     time=sfn.WaitTime.duration(Duration.seconds(model.deploy.shadow.bake_seconds)),
                 )
-            ).next(check_shadow).next(
-                sfn.Choice(self, "Shadow verdict?")
-                .when(sfn.Condition.string_equals("$.shadow.next", "promote"), promote)
-                .otherwise(rollback)
+            ).next(check_shadow)
+            shadow_verdict = sfn.Choice(self, "Shadow verdict?").when(
+                sfn.Condition.string_equals("$.shadow.next", "promote"), promote
             )
+            if synthetic.enabled:
+                shadow_verdict.when(
+                    sfn.Condition.string_equals("$.shadow.next", "synthetic"),
+                    synthetic_top_up(check_shadow, "$.shadow", rollback),
+                )
+            check_shadow.next(shadow_verdict.otherwise(rollback))
             deploy.next(
                 endpoint_wait_loop(
                     "shadow",
                     "$.deploy.expected_config",
                     sfn.Choice(self, "First deployment? (shadow)")
                     .when(sfn.Condition.string_equals("$.deploy.mode", "create"), finalize)
-                    .otherwise(start_shadow),
+                    .otherwise(no_synthetic_yet(start_shadow)),
                 )
             )
             return deploy

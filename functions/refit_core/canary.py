@@ -134,7 +134,8 @@ def step_verdict(
     Fails on: the canary alarm in ALARM; the challenger's 5XX rate over `max_error_rate` or its mean ModelLatency over
     `max_model_latency_ms` (the fixed guards); a 5XX or 4XX rate significantly higher than the champion's (one-sided,
     level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
-    `min_invocations` on both variants (a quiet window is not promoted, and says so) and, once both variants have
+    `min_invocations` on both variants (a quiet window is not promoted, says so and is marked `quiet`: the only
+    failure more traffic could change, refit_core.synthetic) and, once both variants have
     `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
     times the champion's (with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
     prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
@@ -163,10 +164,10 @@ def step_verdict(
         "divergence": divergence,
     }
 
-    def verdict(healthy: bool, reason: str) -> dict[str, Any]:
+    def verdict(healthy: bool, reason: str, quiet: bool = False) -> dict[str, Any]:
         if healthy and divergence is not None and divergence.get("status") != "judged":
             reason = f"{reason}; predictions {divergence['reason']}"
-        return {"healthy": healthy, "reason": reason, **evidence}
+        return {"healthy": healthy, "reason": reason, "quiet": quiet, **evidence}
 
     rate_5xx = challenger.errors_5xx / challenger.invocations if challenger.invocations else 0.0
     if alarm_state == "ALARM":
@@ -194,6 +195,7 @@ def step_verdict(
                 False,
                 f"quiet window: the {name} saw {window.invocations:.0f} invocations during the bake, fewer than the "
                 f"{settings.min_invocations} required to judge the step",
+                quiet=True,
             )
     if not p99_judged:
         return verdict(

@@ -11,6 +11,11 @@ none; row i (0-based) of a request of k > 1 rows has `<inferenceId or eventId>:<
 
 Bad records never raise: each is counted under one of CAPTURE_PROBLEMS (and the first few are described, naming the
 file and line) and skipped.
+
+Requests refit sent itself to top up a quiet canary step (an inferenceId starting `refit-synthetic-`,
+refit_core.synthetic) are not live traffic: `read_capture` (the monitor: live metric, drift, feedback, active learning,
+the A/B test's labelled rows) and `captured_keys` (`refit feedback`) leave them out and count them in `synthetic`;
+`window_scores` (a canary step's or the shadow's own window) keeps them, as the step is judged on them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from refit_core.payloads import PayloadError, parse_reply, parse_request
+from refit_core.synthetic import is_synthetic
 
 CAPTURE_PROBLEMS = (
     "truncated_line",  # a line cut off (starts a JSON object that never closes): a partly written or cut file
@@ -79,6 +85,7 @@ class CaptureRows:
     examples: list[str]
     records: int = 0
     examples_by_kind: dict[str, list[str]] = field(default_factory=dict)
+    synthetic: int = 0  # records of synthetic traffic, left out
 
 
 @dataclass
@@ -90,6 +97,7 @@ class CapturedKeys:
     examples: list[str]
     records: int = 0
     examples_by_kind: dict[str, list[str]] = field(default_factory=dict)
+    synthetic: int = 0  # records of synthetic traffic, left out
 
 
 @dataclass
@@ -207,7 +215,11 @@ def read_capture(
     binary = problem_type == "binary_classification"
     parts: list[pd.DataFrame] = []
     meta: dict[str, list[Any]] = {name: [] for name in META_COLUMNS if binary or name != "probability"}
+    synthetic = 0
     for record in _records(lines, source, problems):
+        if is_synthetic(record.inference_id):
+            synthetic += 1
+            continue
         if record.input is None:
             problems.add("missing_half", f"{record.where}: the record has no endpointInput")
             continue
@@ -258,19 +270,24 @@ def read_capture(
     frame["prediction"] = pd.Series(meta["prediction"], dtype="int64" if binary else "float64")
     if binary:
         frame["probability"] = pd.Series(meta["probability"], dtype="float64")
-    return CaptureRows(frame, problems.counts, problems.examples, problems.lines, problems.by_kind)
+    return CaptureRows(frame, problems.counts, problems.examples, problems.lines, problems.by_kind, synthetic)
 
 
 def captured_keys(lines: Iterable[bytes], *, source: str, problem_type: str) -> CapturedKeys:
     """The join keys of one capture file without the model's schema: a record's rows are counted from its reply
-    (one prediction per scored row), so keys match read_capture's for every record the model scored."""
+    (one prediction per scored row), so keys match read_capture's for every record the model scored (synthetic
+    traffic left out, as there)."""
     problems = Problems.of(CAPTURE_PROBLEMS)
     keys: list[str] = []
+    synthetic = 0
     for record in _records(lines, source, problems):
+        if is_synthetic(record.inference_id):
+            synthetic += 1
+            continue
         reply = _reply(record, problem_type, problems)
         if reply is not None:
             keys.extend(row_keys(record.base_key, len(reply["predictions"])))
-    return CapturedKeys(keys, problems.counts, problems.examples, problems.lines, problems.by_kind)
+    return CapturedKeys(keys, problems.counts, problems.examples, problems.lines, problems.by_kind, synthetic)
 
 
 @dataclass

@@ -7,6 +7,7 @@ by the CLI, and by the Lambdas, which receive the one model's section as JSON in
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
 
 from refit_core.metric_names import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from refit_core.names import model_prefix
+from refit_core.synthetic import shadow_floor
 
 # SageMaker instance types refit knows a price for; users add their own in [prices].
 DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
@@ -432,6 +434,28 @@ class CapacitySettings(_Strict):
         return self
 
 
+class SyntheticTrafficSettings(_Strict):
+    """`deploy.synthetic_traffic` (refit_core.synthetic): when a canary step (deploy.mode variants) or the shadow's bake
+    fails only because its window was quiet, send each variant under the invocation floor (floor - seen) requests
+    replayed from this run's holdout rows, once, and judge the step again after `settle_seconds`. Off by default: a
+    quiet window is then simply not promoted. The requests carry an InferenceId marked synthetic, so the monitor,
+    ground truth and active learning never count them."""
+
+    enabled: bool = False
+    max_requests_per_variant: int = Field(
+        200, ge=1, le=500, description="At most this many synthetic requests per variant and step."
+    )
+    rows_per_request: int = Field(1, ge=1, le=100, description="Holdout rows in each synthetic request.")
+    settle_seconds: int = Field(
+        120, ge=0, le=900, description="Wait after sending before the step is judged again (CloudWatch's delay)."
+    )
+
+    @property
+    def replay_rows(self) -> int:
+        """Holdout rows `train` keeps for replay: enough for two variants' requests without repeating a row."""
+        return 2 * self.max_requests_per_variant * self.rows_per_request if self.enabled else 0
+
+
 class DeploySettings(_Strict):
     """How a challenger reaches production (`deploy.mode`): `variants` (a second production variant that takes
     `canary.steps` of the traffic, each step judged against the champion), `guardrails` (SageMaker's blue/green
@@ -443,6 +467,20 @@ class DeploySettings(_Strict):
     guardrails: GuardrailsSettings = GuardrailsSettings()
     ab: AbSettings = AbSettings()
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    synthetic_traffic: SyntheticTrafficSettings = SyntheticTrafficSettings()
+
+    @model_validator(mode="after")
+    def _synthetic_traffic_where_it_is_judged(self) -> DeploySettings:
+        if not self.synthetic_traffic.enabled or self.mode in ("variants", "shadow"):
+            return self
+        why = {
+            "ab": "the A/B test is decided on joined ground truth, and replayed holdout rows are not live outcomes",
+            "guardrails": "SageMaker's guarded update judges its bakes by alarms alone and has no quiet-window rule",
+        }[self.mode]
+        raise ValueError(
+            f"deploy.synthetic_traffic.enabled is for deploy.mode 'variants' and 'shadow' only: {why}; "
+            f"remove it or set it false with deploy.mode {self.mode!r}"
+        )
 
     @model_validator(mode="after")
     def _autoscaling_where_it_is_carried(self) -> DeploySettings:
@@ -603,6 +641,30 @@ class ModelConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _synthetic_traffic_reaches_the_floor(self) -> ModelConfig:
+        synthetic = self.deploy.synthetic_traffic
+        floor, where = self.canary.min_invocations, f"canary.min_invocations ({self.canary.min_invocations})"
+        if self.deploy.mode == "shadow":
+            shadow = self.deploy.shadow
+            # The champion serves every request and the shadow sees sampling_percent of them.
+            floor = math.ceil(
+                shadow_floor(shadow.min_invocations, shadow.min_captured_predictions, synthetic.rows_per_request)
+                * 100
+                / shadow.sampling_percent
+            )
+            where = (
+                f"the {floor} requests a silent shadow bake needs (deploy.shadow.min_invocations "
+                f"{shadow.min_invocations}, min_captured_predictions {shadow.min_captured_predictions}, "
+                f"sampling_percent {shadow.sampling_percent})"
+            )
+        if synthetic.enabled and synthetic.max_requests_per_variant < floor:
+            raise ValueError(
+                f"deploy.synthetic_traffic.max_requests_per_variant ({synthetic.max_requests_per_variant}) is below "
+                f"{where}: a silent step could never be topped up to the floor; raise it to at least {floor}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ab_has_a_monitor(self) -> ModelConfig:
         if self.deploy.mode == "ab" and self.monitor.schedule is None:
             raise ValueError(
@@ -641,6 +703,8 @@ class ModelConfig(_Strict):
         if self.deploy.mode == "shadow":  # one bake, three endpoint updates (shadow, promote or drop, restore)
             steps, bake = 1, self.deploy.shadow.bake_seconds
         endpoint = (3 + steps - 1) * (ENDPOINT_UPDATE_ALLOWANCE_SECONDS + ENDPOINT_POLL_SECONDS)
+        if self.deploy.synthetic_traffic.enabled:  # a settle wait per topped-up step
+            bake += steps * self.deploy.synthetic_traffic.settle_seconds
         total = training + approval + bake + endpoint + LAMBDA_ALLOWANCE_SECONDS
         if self.deploy.mode == "guardrails":  # SageMaker's update runs up to its own timeout, then rolls back
             total += self.deploy.guardrails.max_execution_timeout_seconds

@@ -96,7 +96,9 @@ def shadow_verdict(
     if not verdict["healthy"]:
         return verdict
     if divergence["status"] != "judged":
-        return {**verdict, "healthy": False, "reason": f"predictions not compared: {divergence['reason']}"}
+        # Too few captured outputs: more traffic could change this, as it could a quiet window (refit_core.synthetic).
+        quiet = {"quiet": True} if divergence["status"] == "not_judged" else {}
+        return {**verdict, **quiet, "healthy": False, "reason": f"predictions not compared: {divergence['reason']}"}
     if divergence["diverged"]:
         return {**verdict, "healthy": False, "reason": f"shadow predictions diverge: {divergence['reason']}"}
     return {**verdict, "reason": f"{verdict['reason']}; predictions agree: {divergence['reason']}"}

@@ -352,6 +352,31 @@ class VariantNumbers(Step):
     latency_samples: float | None = None
 
 
+class SyntheticVariant(Step):
+    """What one variant's top-up did: requests sent, answered, refused by the model (ModelError), and which
+    production variant SageMaker said served them."""
+
+    requests: int
+    answered: int = 0
+    model_errors: int = 0
+    served_by: dict[str, int] = Field(default_factory=dict)
+
+
+class SyntheticTraffic(Step):
+    """The Deploy action `synthetic_traffic` (refit_core.synthetic): the requests replayed from the run's holdout rows
+    to top up a quiet step, per variant. `step` -1 is the state before any top-up (the `No synthetic traffic yet`
+    Pass)."""
+
+    step: int
+    requests: dict[str, int] = Field(default_factory=dict)
+    variants: dict[str, SyntheticVariant] = Field(default_factory=dict)
+    rows_per_request: int | None = None
+    target_variants: bool | None = None
+    inference_id_prefix: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
 class CanaryStepVerdict(Step):
     """One judged step: the share planned, the weights the endpoint had, the window, both variants' numbers, the tests
     and the verdict."""
@@ -371,6 +396,8 @@ class CanaryStepVerdict(Step):
     p99_judged: bool | None = None
     alarm_state: str | None = None
     divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result
+    quiet: bool = False  # failed only for want of traffic (the invocation floor)
+    synthetic: SyntheticTraffic | None = None  # the top-up this step was judged with (refit_core.synthetic)
 
 
 class CanaryVerdict(Step):
@@ -380,9 +407,13 @@ class CanaryVerdict(Step):
 
     healthy: bool
     reason: str
-    next: Literal["shift", "promote", "rollback"] | None = None
+    next: Literal["shift", "promote", "rollback", "synthetic"] | None = None
     next_step: int | None = None
     next_weight: float | None = None
+    # next "synthetic": the quiet step to top up and the requests per variant (refit_core.synthetic); the quiet
+    # verdict is not in `steps`, the step is judged again after the top-up
+    synthetic_step: int | None = None
+    synthetic_requests: dict[str, int] | None = None
     steps: list[CanaryStepVerdict] = Field(default_factory=list)
     invocations: float | None = None
     errors_5xx: float | None = None
@@ -398,7 +429,11 @@ class ShadowVerdict(Step):
 
     healthy: bool
     reason: str
-    next: Literal["promote", "rollback"] | None = None
+    next: Literal["promote", "rollback", "synthetic"] | None = None
+    synthetic_step: int | None = None  # next "synthetic": as in CanaryVerdict
+    synthetic_requests: dict[str, int] | None = None
+    quiet: bool = False
+    synthetic: SyntheticTraffic | None = None
     sampling_percent: int | None = None
     copied_share: float | None = None  # the shadow's invocations over the champion's in the window
     window_start: str | None = None
@@ -581,6 +616,7 @@ class RunState(BaseModel):
     guardrails: GuardrailsCheck | None = None
     ab: AbVerdict | None = None
     shift: CanaryShift | None = None
+    synthetic: SyntheticTraffic | None = None
     promotion: Promotion | None = None
     rollback: Rollback | None = None
     restore: Rollback | None = None

@@ -13,6 +13,8 @@ from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
 
 OUTPUT_FILES = ("evaluation.json", "holdout_predictions.csv", "baseline.json")
+# Written only when the job was asked for them (`replay_rows`): the holdout rows synthetic traffic replays.
+OPTIONAL_OUTPUT_FILES = ("holdout_rows.jsonl",)
 
 
 class TrainingOutputError(ValueError):
@@ -86,6 +88,8 @@ def job_settings(
         "seed": model.seed,
         "run_id": run_id,
         "segment_columns": model.segment_columns,
+        # Holdout rows kept for synthetic traffic (refit_core.synthetic); 0 when it is off.
+        "replay_rows": model.deploy.synthetic_traffic.replay_rows,
         "families": [family] if family else model.search.families,
         "max_trials": model.search.max_trials,
         "cv_folds": model.search.cv_folds,
@@ -231,14 +235,15 @@ def summarize_job(description: dict[str, Any], price_per_hour: float, fallback_e
 
 
 def read_training_outputs(s3: Any, output_path: str, job_name: str) -> dict[str, bytes]:
-    """evaluation.json, holdout_predictions.csv and baseline.json from a finished job's output.tar.gz."""
+    """evaluation.json, holdout_predictions.csv and baseline.json from a finished job's output.tar.gz, and
+    holdout_rows.jsonl when the job wrote it."""
     archive_uri = S3Uri.parse(output_path).join(job_name, "output", "output.tar.gz")
     body = s3.get_object(Bucket=archive_uri.bucket, Key=archive_uri.key)["Body"].read()
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
         for member in archive.getmembers():
             name = member.name.removeprefix("./")
-            if name in OUTPUT_FILES and member.isfile():
+            if name in OUTPUT_FILES + OPTIONAL_OUTPUT_FILES and member.isfile():
                 files[name] = archive.extractfile(member).read()
     missing = [name for name in OUTPUT_FILES if name not in files]
     if missing:

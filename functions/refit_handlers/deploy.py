@@ -1,5 +1,6 @@
 """Every change refit makes to the serving endpoint: create, canary, status, step verdict, shift, promote, roll back,
-restore, and the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status)."""
+restore, the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status), and the synthetic traffic
+that tops up a quiet step (synthetic_traffic, deploy.synthetic_traffic)."""
 
 from __future__ import annotations
 
@@ -49,9 +50,21 @@ from refit_core.steps import (
     Scaling,
     ShadowVerdict,
     Step,
+    SyntheticTraffic,
     Variant,
 )
 from refit_core.steps import Rollback as RollbackStep
+from refit_core.synthetic import (
+    SyntheticTrafficError,
+    describe,
+    holdout_rows,
+    holdout_rows_key,
+    needs_top_up,
+    send,
+    shadow_floor,
+    shadow_top_up,
+    top_up,
+)
 
 from refit_handlers.common import Settings, client, parse, settings
 
@@ -99,6 +112,7 @@ class CheckCanary(BaseModel):
     endpoint_weights: list[Variant] = []  # the weights the status check saw when the step began
     history: list[CanaryStepVerdict] = []  # the steps judged before this one
     gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
+    synthetic: SyntheticTraffic | None = None  # the last top-up of a quiet step (deploy.synthetic_traffic)
 
 
 class StartShadow(BaseModel):
@@ -112,6 +126,16 @@ class CheckShadow(BaseModel):
     action: Literal["check_shadow"]
     shadow_started_at: str
     gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
+    synthetic: SyntheticTraffic | None = None  # the top-up of a quiet bake (deploy.synthetic_traffic)
+
+
+class SendSynthetic(BaseModel):
+    """Top up a quiet step (refit_core.synthetic): `requests` per variant, as the step's check planned them."""
+
+    action: Literal["synthetic_traffic"]
+    run_id: str
+    step: int = Field(ge=0)
+    requests: dict[str, Annotated[int, Field(ge=0)]]
 
 
 class ShiftCanary(BaseModel):
@@ -155,7 +179,8 @@ class DeployEvent(BaseModel):
         | StartShadow
         | CheckShadow
         | StartGuarded
-        | GuardedStatus,
+        | GuardedStatus
+        | SendSynthetic,
         Field(discriminator="action"),
     ]
 
@@ -534,7 +559,29 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemake
     alarm_state = alarms[0]["StateValue"] if alarms else None
     divergence = divergence_check(event, config, sagemaker, s3, start_time, end_time)
     verdict = step_verdict(config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state, divergence)
+    synthetic = config.model.deploy.synthetic_traffic
+    topped_up = event.synthetic if event.synthetic is not None and event.synthetic.step == step else None
+    if needs_top_up(synthetic.enabled, verdict, topped_up is not None):
+        requests = top_up(
+            {name: windows[name].invocations for name in (CHALLENGER, CHAMPION)},
+            config.model.canary.min_invocations,
+            synthetic.max_requests_per_variant,
+        )
+        return {
+            "healthy": False,
+            "reason": f"step {step + 1} of {len(plan)} ({plan[step]:.0%}): {verdict['reason']}; topping it up with "
+            "synthetic traffic once",
+            "next": "synthetic",
+            "synthetic_step": step,
+            "synthetic_requests": requests,
+            "steps": [s.to_state() for s in event.history],
+            "invocations": windows[CHALLENGER].invocations,
+            "alarm_state": alarm_state,
+        }
+    if topped_up is not None:
+        verdict = {**verdict, "reason": f"{verdict['reason']}; {describe(topped_up.model_dump())}"}
     judged = CanaryStepVerdict(
+        synthetic=topped_up,
         step=step,
         weight=plan[step],
         endpoint_weights=event.endpoint_weights,
@@ -594,14 +641,73 @@ def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, sagemake
         seed=config.model.seed,
     )
     verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, divergence)
+    synthetic = config.model.deploy.synthetic_traffic
+    topped_up = event.synthetic if event.synthetic is not None and event.synthetic.step == 0 else None
+    following: dict[str, Any] = {"next": "promote" if verdict["healthy"] else "rollback"}
+    if needs_top_up(synthetic.enabled, verdict, topped_up is not None):
+        # Requests to the endpoint: the champion serves them and SageMaker copies them to the shadow.
+        requests = shadow_top_up(
+            windows[CHAMPION].invocations,
+            windows[SHADOW].invocations,
+            shadow_floor(settings.min_invocations, settings.min_captured_predictions, synthetic.rows_per_request),
+            synthetic.max_requests_per_variant,
+            settings.sampling_percent,
+        )
+        following = {"next": "synthetic", "synthetic_step": 0, "synthetic_requests": {CHAMPION: requests}}
+        verdict = {**verdict, "reason": f"{verdict['reason']}; topping it up with synthetic traffic once"}
+    elif topped_up is not None:
+        verdict = {**verdict, "reason": f"{verdict['reason']}; {describe(topped_up.model_dump())}"}
     return ShadowVerdict(
         **verdict,
-        next="promote" if verdict["healthy"] else "rollback",
+        **following,
+        synthetic=topped_up,
         sampling_percent=settings.sampling_percent,
         window_start=window_start.isoformat(timespec="seconds"),
         window_end=end_time.isoformat(timespec="seconds"),
         capture_problems=problems,
     ).to_state()
+
+
+def synthetic_traffic(event: SendSynthetic, config: Settings, s3: Any, runtime: Any) -> dict[str, Any]:
+    """Top up a quiet step once with requests replayed from this run's holdout rows (refit_core.synthetic), each
+    marked synthetic in its InferenceId. In deploy.mode variants each request names its variant (TargetVariant); in
+    shadow mode it goes to the endpoint, whose champion serves it and SageMaker copies it to the shadow."""
+    model = config.model
+    settings = model.deploy.synthetic_traffic
+    if not settings.enabled:
+        raise SyntheticTrafficError(f"synthetic_traffic: deploy.synthetic_traffic is not enabled for {model.name}")
+    allowed = {CHALLENGER, CHAMPION} if model.deploy.mode == "variants" else {CHAMPION}
+    unknown = sorted(set(event.requests) - allowed)
+    if unknown:
+        raise SyntheticTrafficError(
+            f"synthetic_traffic: variants {unknown} are not topped up in deploy.mode {model.deploy.mode!r} "
+            f"(only {sorted(allowed)})"
+        )
+    over = {name: count for name, count in event.requests.items() if count > settings.max_requests_per_variant}
+    if over:
+        raise SyntheticTrafficError(
+            f"synthetic_traffic: {over} is over deploy.synthetic_traffic.max_requests_per_variant "
+            f"({settings.max_requests_per_variant})"
+        )
+    key = holdout_rows_key(model.name, event.run_id)
+    source = f"s3://{config.artifact_bucket}/{key}"
+    try:
+        body = s3.get_object(Bucket=config.artifact_bucket, Key=key)["Body"]
+    except s3.exceptions.NoSuchKey:
+        raise SyntheticTrafficError(
+            f"synthetic_traffic: {source} does not exist: the run's training job kept no holdout rows to replay"
+        ) from None
+    rows = holdout_rows(body.iter_lines(), source)
+    return send(
+        runtime,
+        config.endpoint_name,
+        {name: count for name, count in event.requests.items() if count},
+        rows,
+        rows_per_request=settings.rows_per_request,
+        run_id=event.run_id,
+        step=event.step,
+        target_variants=model.deploy.mode == "variants",
+    )
 
 
 def shift(event: ShiftCanary, config: Settings, sagemaker: Any) -> dict[str, Any]:
@@ -858,6 +964,7 @@ OUTPUTS: dict[str, type[Step]] = {
     "start_guardrails": DeployStarted,
     "guardrails_status": GuardrailsCheck,
     "scale": Scaling,
+    "synthetic_traffic": SyntheticTraffic,
 }  # the step contract of each action (refit_core.steps)
 
 
@@ -884,6 +991,8 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return start_guardrails(request, config, client("sagemaker"))
     if isinstance(request, GuardedStatus):
         return guardrails_status(request, config, client("sagemaker"), client("cloudwatch"))
+    if isinstance(request, SendSynthetic):
+        return synthetic_traffic(request, config, client("s3"), client("sagemaker-runtime"))
     return rollback(request, config, client("sagemaker"), client("application-autoscaling"))
 
 

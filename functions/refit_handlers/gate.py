@@ -14,6 +14,7 @@ from refit_core.gate import champion_expected, gate_training_outputs, read_predi
 from refit_core.lineage import LINEAGE_FORMAT
 from refit_core.s3uri import S3Uri
 from refit_core.steps import GateStep, RegistryStep
+from refit_core.synthetic import HOLDOUT_ROWS_FILE, holdout_rows_key
 from refit_core.training import inputs_manifest_key, read_training_outputs
 
 from refit_handlers.common import Settings, client, parse, settings
@@ -72,6 +73,11 @@ def gate(event: GateEvent, config: Settings, s3: Any) -> GateStep:
         Body=files["evaluation.json"],
         ContentType="application/json",
     )
+    if HOLDOUT_ROWS_FILE in files:  # deploy.synthetic_traffic: the rows a quiet step is topped up with
+        replay = S3Uri(config.artifact_bucket, holdout_rows_key(model.name, event.run_id))
+        s3.put_object(
+            Bucket=replay.bucket, Key=replay.key, Body=files[HOLDOUT_ROWS_FILE], ContentType="application/jsonlines"
+        )
     gate_uri = run_prefix.join("gate.json")
     s3.put_object(
         Bucket=gate_uri.bucket,

@@ -5,9 +5,6 @@ order: the first lands the batch the later forced runs train on."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -25,21 +22,16 @@ def aws(training_assembly, tmp_path_factory):
         yield runtime
 
 
-def test_the_parallel_template_has_a_map_of_training_jobs_and_lints_clean(assembly):
-    template = json.loads((assembly / "refit.template.json").read_text())
-    definition = json.dumps(
-        next(r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine")[
-            "Properties"
-        ]["DefinitionString"]
+def test_the_parallel_template_has_a_map_of_training_jobs(training_assembly):
+    """(cdk-nag and cfn-lint on this project: tests/infrastructure/test_stack.py.)"""
+    template = json.loads((training_assembly / "refit.template.json").read_text())
+    machine = next(
+        r
+        for logical, r in template["Resources"].items()
+        if r["Type"] == "AWS::StepFunctions::StateMachine" and logical.startswith(f"Model{MODEL}RetrainStateMachine")
     )
+    definition = json.dumps(machine["Properties"]["DefinitionString"])
     assert '\\"Train candidates\\":{\\"Type\\":\\"Map\\"' in definition and "Pick best candidate" in definition
-    lint = subprocess.run(
-        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", "--ignore-checks", "W", "--"]
-        + [str(assembly / "refit.template.json")],
-        capture_output=True,
-        text=True,
-    )
-    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def record_for(aws, execution_arn):

@@ -36,6 +36,7 @@ from refit_core.steps import (
     RunInfo,
     RunState,
     ShadowVerdict,
+    SyntheticTraffic,
     TrainingStep,
 )
 
@@ -62,6 +63,7 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.deploy.handler", "check_shadow"): ShadowVerdict,
     ("refit_handlers.deploy.handler", "start_guardrails"): DeployStarted,
     ("refit_handlers.deploy.handler", "guardrails_status"): GuardrailsCheck,
+    ("refit_handlers.deploy.handler", "synthetic_traffic"): SyntheticTraffic,
     ("refit_handlers.approval.request_handler", None): ApprovalRequested,
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,
     ("refit_handlers.finalize.handler", None): FinalStep,

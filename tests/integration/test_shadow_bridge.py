@@ -5,6 +5,7 @@ under its own variant name."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,13 +16,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
-from refit_core.canary import data_capture
+from refit_core.audit import canary_step_line
+from refit_core.canary import canary_variants, data_capture
+from refit_core.capture import read_capture
+from refit_core.config import CanarySettings, DeploySettings, SyntheticTrafficSettings
 from refit_core.shadow import shadow_variants
+from refit_core.steps import SyntheticTraffic
+from refit_core.synthetic import SyntheticTrafficError, holdout_rows_key, inference_id, replay_lines
+from refit_handlers.deploy import CheckCanary, CheckShadow, SendSynthetic, check_canary, check_shadow, synthetic_traffic
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch
+from tests.conftest import handler_settings
 from tests.e2e.helpers import wrap_challenger
 from tests.integration.test_capture_and_alarm_bridges import MODEL_KEY, ROW, TRAINING_CONFIG, captured, stack_setting
+from tests.unit.test_capture import BINARY, FEATURES
 
 ENDPOINT = "refit-shadow-bridge"
 FAULTY_KEY = MODEL_KEY.replace("--od1/", "--od2/")
@@ -80,11 +89,15 @@ def shadow_config(aws, models: dict, name: str, shadow: str, percent: int) -> st
 
 
 def totals(aws, variant: str, since: datetime) -> dict[str, float]:
+    return totals_of(aws, ENDPOINT, variant, since)
+
+
+def totals_of(aws, endpoint: str, variant: str, since: datetime) -> dict[str, float]:
     def total(metric: str) -> float:
         points = aws.client("cloudwatch").get_metric_statistics(
             Namespace="AWS/SageMaker",
             MetricName=metric,
-            Dimensions=[{"Name": "EndpointName", "Value": ENDPOINT}, {"Name": "VariantName", "Value": variant}],
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
             StartTime=since,
             EndTime=datetime.now(UTC) + timedelta(minutes=1),
             Period=3600,
@@ -188,3 +201,156 @@ def test_the_shadow_weight_samples_the_copies_and_their_replies_are_captured_und
     assert "ShadowProductionVariants" not in sagemaker.describe_endpoint(EndpointName=ENDPOINT)
     invoke(aws, 5)
     assert totals(aws, "challenger", since)["Invocations"] == before["Invocations"] + copies
+
+
+# ---------------------------------------------------------------- synthetic traffic for a quiet step
+# The Deploy handler's check and `synthetic_traffic` action (refit_core.synthetic) called directly against this
+# module's runtime and models: the requests reach the variants' real serve processes (TargetVariant, or the shadow's
+# copies), CloudWatch counts them per variant, Data Capture records their marked InferenceId, and the monitor's
+# capture reader leaves them out.
+SYNTH_ENDPOINT = "refit-synthetic-bridge"
+SYNTH_RUN = "20261129T110000Z-5e7a11"
+
+
+def synthetic_settings(aws, endpoint: str, **deploy):
+    config = handler_settings(
+        canary=CanarySettings(steps=[0.5], min_invocations=20),
+        deploy=DeploySettings(synthetic_traffic=SyntheticTrafficSettings(enabled=True), **deploy),
+    )
+    rows = replay_lines(churn_batch(60, 3), ["churned"], 60, 1)
+    aws.client("s3").put_object(
+        Bucket=aws.artifact_bucket, Key=holdout_rows_key("churn", SYNTH_RUN), Body=rows.encode()
+    )
+    return dataclasses.replace(
+        config, endpoint_name=endpoint, artifact_bucket=aws.artifact_bucket, data_bucket=aws.data_bucket
+    )
+
+
+def captured_ids(aws, endpoint: str, before: int) -> dict[str, list[str | None]]:
+    """Each variant's captured inference ids in the capture files written since `before` files."""
+    aws.flush_capture()
+    ids: dict[str, list[str | None]] = {}
+    for uri in aws.bridges.capture_files[before:]:
+        if f"/{endpoint}/" not in uri:
+            continue
+        variant = uri.split(f"/{endpoint}/", 1)[1].split("/", 1)[0]
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        for line in aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].iter_lines():
+            if line.strip():
+                ids.setdefault(variant, []).append(json.loads(line)["eventMetadata"].get("inferenceId"))
+    return ids
+
+
+def test_a_quiet_canary_step_is_topped_up_per_variant_and_judged_on_it(aws, models):
+    config = synthetic_settings(aws, SYNTH_ENDPOINT)
+    sagemaker, cloudwatch, s3 = aws.client("sagemaker"), aws.client("cloudwatch"), aws.client("s3")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{SYNTH_ENDPOINT}-canary",
+        ProductionVariants=canary_variants(models["champion"], models["healthy"], 0.5, "ml.m5.large"),
+        DataCaptureConfig=data_capture(
+            f"s3://{aws.data_bucket}/capture/churn/", 100, stack_setting(aws, "REFIT_KMS_KEY_ARN")
+        ),
+    )
+    sagemaker.create_endpoint(EndpointName=SYNTH_ENDPOINT, EndpointConfigName=f"{SYNTH_ENDPOINT}-canary")
+    aws.flush_capture()
+    files = len(aws.bridges.capture_files)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    for _ in range(2):  # a trickle of live traffic, all to the challenger
+        aws.client("sagemaker-runtime").invoke_endpoint(
+            EndpointName=SYNTH_ENDPOINT, Body=ROW, ContentType="text/csv", TargetVariant="challenger"
+        )
+    before = SyntheticTraffic(step=-1)
+    quiet = check_canary(
+        CheckCanary(action="check_canary", canary_started_at=started, synthetic=before),
+        config,
+        cloudwatch,
+        sagemaker,
+        s3,
+    )
+    assert quiet["next"] == "synthetic" and quiet["steps"] == [] and "quiet window" in quiet["reason"]
+    assert (quiet["synthetic_step"], quiet["synthetic_requests"]) == (0, {"challenger": 18, "champion": 20})
+
+    sent = SyntheticTraffic(
+        **synthetic_traffic(
+            SendSynthetic(action="synthetic_traffic", run_id=SYNTH_RUN, step=0, requests=quiet["synthetic_requests"]),
+            config,
+            s3,
+            aws.client("sagemaker-runtime"),
+        )
+    )
+    assert {name: (v.answered, v.served_by) for name, v in sent.variants.items()} == {
+        "challenger": (18, {"challenger": 18}),
+        "champion": (20, {"champion": 20}),
+    }
+    window = datetime.fromisoformat(started) - timedelta(minutes=1)
+    assert totals_of(aws, SYNTH_ENDPOINT, "challenger", window)["Invocations"] == 20
+    assert totals_of(aws, SYNTH_ENDPOINT, "champion", window)["Invocations"] == 20
+    ids = captured_ids(aws, SYNTH_ENDPOINT, files)
+    assert sorted(map(str, ids["challenger"])) == sorted(
+        ["None", "None", *(inference_id(SYNTH_RUN, 0, n) for n in range(18))]
+    )
+    assert ids["champion"] == [inference_id(SYNTH_RUN, 0, n) for n in range(18, 38)]
+    # What the monitor reads of these captures: the two live requests only.
+    monitored = 0
+    for uri in aws.bridges.capture_files[files:]:
+        if f"/{SYNTH_ENDPOINT}/" in uri:
+            bucket, key = uri.removeprefix("s3://").split("/", 1)
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].iter_lines()
+            monitored += len(read_capture(body, source=uri, variant="x", features=FEATURES, problem_type=BINARY).frame)
+    assert monitored == 2
+
+    judged = check_canary(
+        CheckCanary(action="check_canary", canary_started_at=started, synthetic=sent), config, cloudwatch, sagemaker, s3
+    )
+    assert judged["healthy"] and judged["next"] == "promote", judged["reason"]
+    step = judged["steps"][0]
+    assert step["synthetic"]["requests"] == {"challenger": 18, "champion": 20}
+    assert "judged with synthetic traffic" in canary_step_line(step)  # the summary's and run report's step line
+    assert (
+        "judged with synthetic traffic" in judged["reason"] and "18 to challenger, 20 to champion" in judged["reason"]
+    )
+
+
+def test_a_quiet_shadow_bake_is_topped_up_through_the_champion_and_the_shadow_gets_the_copies(aws, models):
+    endpoint = f"{SYNTH_ENDPOINT}-shadow"  # its own metrics: the window starts at the minute, as CloudWatch rounds it
+    config = synthetic_settings(aws, endpoint, mode="shadow")
+    sagemaker, cloudwatch, s3 = aws.client("sagemaker"), aws.client("cloudwatch"), aws.client("s3")
+    sagemaker.create_endpoint(
+        EndpointName=endpoint, EndpointConfigName=shadow_config(aws, models, "synthetic", "healthy", 100)
+    )
+    aws.flush_capture()
+    files = len(aws.bridges.capture_files)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    quiet = check_shadow(
+        CheckShadow(action="check_shadow", shadow_started_at=started, synthetic=SyntheticTraffic(step=-1)),
+        config,
+        cloudwatch,
+        s3,
+    )
+    assert quiet["next"] == "synthetic" and quiet["synthetic_requests"] == {"champion": 20}
+    with pytest.raises(
+        SyntheticTrafficError, match=r"variants \['challenger'\] are not topped up in deploy.mode 'shadow'"
+    ):
+        synthetic_traffic(
+            SendSynthetic(action="synthetic_traffic", run_id=SYNTH_RUN, step=0, requests={"challenger": 5}),
+            config,
+            s3,
+            aws.client("sagemaker-runtime"),
+        )
+    sent = SyntheticTraffic(
+        **synthetic_traffic(
+            SendSynthetic(action="synthetic_traffic", run_id=SYNTH_RUN, step=0, requests=quiet["synthetic_requests"]),
+            config,
+            s3,
+            aws.client("sagemaker-runtime"),
+        )
+    )
+    assert sent.variants["champion"].served_by == {"champion": 20} and sent.target_variants is False
+    ids = captured_ids(aws, endpoint, files)
+    marked = [inference_id(SYNTH_RUN, 0, n) for n in range(20)]
+    assert ids == {"champion": marked, "challenger": marked}  # the copies carry the caller's InferenceId
+    judged = check_shadow(
+        CheckShadow(action="check_shadow", shadow_started_at=started, synthetic=sent), config, cloudwatch, s3
+    )
+    assert judged["healthy"] and judged["next"] == "promote", judged["reason"]
+    assert judged["synthetic"]["requests"] == {"champion": 20} and "judged with synthetic traffic" in judged["reason"]

@@ -60,6 +60,7 @@ def test_train_writes_model_baseline_and_paired_evaluation(tmp_path):
     assert evaluation["metrics"]["challenger"]["roc_auc"] > 0.6
     assert (root / "output" / "data" / "holdout_predictions.csv").read_text().startswith("row_id,label,challenger")
     assert json.loads((root / "model" / "baseline.json").read_text())["format"] == "refit.profile/2"
+    assert not (root / "output" / "data" / "holdout_rows.jsonl").exists()  # only with synthetic traffic on
 
 
 def test_train_failure_leaves_a_reason(tmp_path):
@@ -318,7 +319,7 @@ def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_re
 
     validation = churn_batch(600, 7)
     current = pd.concat([churn_batch(1500, 1), validation.iloc[:50]], ignore_index=True)  # 50 rows leak into it
-    root = opt_ml(tmp_path / "ml", current)
+    root = opt_ml(tmp_path / "ml", current, {**CONFIG, "replay_rows": 30})  # deploy.synthetic_traffic on
     add_channel(root, "validation", validation)
     add_channel(root, "baseline", churn_batch(700, 9))
     result = run_train(root)
@@ -329,6 +330,11 @@ def test_a_validation_channel_is_the_holdout_and_a_baseline_channel_the_drift_re
     predictions = pd.read_csv(root / "output" / "data" / "holdout_predictions.csv")
     assert len(predictions) == 600 and predictions["label"].tolist() == validation["churned"].astype(float).tolist()
     assert json.loads((root / "model" / "baseline.json").read_text())["n_rows"] == 700
+    # The rows kept for synthetic traffic are rows the gate scored (the validation set), without the target.
+    replay = pd.read_json(root / "output" / "data" / "holdout_rows.jsonl", lines=True)
+    features = [c for c in validation.columns if c != "churned"]
+    assert len(replay) == 30 and list(replay.columns) == features
+    assert len(replay.merge(validation[features].drop_duplicates(), on=features)) == 30
 
 
 def test_channels_with_sub_folders_and_files_in_another_column_order_train(tmp_path):

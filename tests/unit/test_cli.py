@@ -169,7 +169,8 @@ def test_the_gate_lambda_and_refit_gate_decide_the_same_on_the_same_job_output(t
     archive = bytes_io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         (folder / "baseline.json").write_text("{}")
-        for name in ("evaluation.json", "holdout_predictions.csv", "baseline.json"):
+        (folder / "holdout_rows.jsonl").write_text('{"tenure_months": 3.0}\n')  # kept for synthetic traffic
+        for name in ("evaluation.json", "holdout_predictions.csv", "baseline.json", "holdout_rows.jsonl"):
             tar.add(folder / name, arcname=name)
     cli_decision = json.loads(refit("gate", str(folder), "--model", "churn")[1])
     with mock_aws():
@@ -180,6 +181,8 @@ def test_the_gate_lambda_and_refit_gate_decide_the_same_on_the_same_job_output(t
         event = {"run_id": "r1", "job_name": "j1", "output_path": "s3://out/jobs", "model_data_url": "s3://out/m"}
         step = gate(GateEvent(**event, has_champion=True), handler_settings(), s3)
         stored = json.loads(s3.get_object(Bucket="art", Key="reports/churn/r1/gate.json")["Body"].read())
+        replay = s3.get_object(Bucket="art", Key="reports/churn/r1/holdout_rows.jsonl")["Body"].read()
+        assert replay == b'{"tenure_months": 3.0}\n'  # where the synthetic_traffic action reads them
         with pytest.raises(GateInputError, match="the training job scored a champion although the run has none"):
             gate(GateEvent(**event, has_champion=False), handler_settings(), s3)
     assert step.promote is cli_decision["promote"] is True

@@ -25,6 +25,7 @@ from refit_core.artifacts import METADATA_FILE, MODEL_FILE, ModelArtifact
 from refit_core.datasets import DataError, iter_table, read_table, stable_row_hash
 from refit_core.metrics import Resampler, bootstrap_counts, compute_metrics
 from refit_core.profile import build_profile, categorical_columns, dumps_profile, numeric_summary
+from refit_core.synthetic import HOLDOUT_ROWS_FILE, replay_lines
 
 from refit_training.checkpoints import CheckpointStore
 from refit_training.paths import OptMl
@@ -294,6 +295,10 @@ def run(opt: OptMl, term: TermFlag | None = None) -> dict[str, Any]:
     for folder in (opt.model, opt.output_data):
         (folder / "evaluation.json").write_text(json.dumps(evaluation, sort_keys=True, indent=1))
     predictions.to_csv(opt.output_data / "holdout_predictions.csv", index=False)
+    if config.get("replay_rows"):  # deploy.synthetic_traffic: rows to replay to a quiet canary (refit_core.synthetic)
+        (opt.output_data / HOLDOUT_ROWS_FILE).write_text(
+            replay_lines(holdout, [target, config.get("id_column") or target], config["replay_rows"], config["seed"])
+        )
     (opt.output_data / "baseline.json").write_text(dumps_profile(profile))
     print(f"refit: done in {evaluation['training_seconds']} s", flush=True)
     return evaluation
