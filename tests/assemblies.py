@@ -34,6 +34,7 @@ GUARDRAILS_SETTINGS = {
     ),
 }
 AB_MIN_LABELLED_ROWS = 300
+SYNTHETIC_SETTLE_SECONDS = 45
 # alpha 0.01: the prediction-divergence test drops an honest challenger with probability alpha (as in the staged canary)
 SHADOW_SETTINGS = (
     '[models.deploy]\nmode = "shadow"\n\n[models.deploy.shadow]\nsampling_percent = 100\nbake_seconds = 5\n'
@@ -51,7 +52,8 @@ scale_in_cooldown_seconds = 600
 """
 
 # The e2e configurations' models: name -> replacements applied to the example model's section of refit.toml. Three
-# projects of three models, not one of nine: a model brings about 70 resources and 210 KB of template, and
+# projects of three or four models (the largest 863 KB), not one of ten: a model brings about 70 resources and
+# 210 KB of template, and
 # CloudFormation takes at most 500 resources and 1 MB in a stack (synthesis refuses more: stacks/app_builder.py).
 MODES_MODELS: dict[str, dict[str, str]] = {
     # tests/e2e/test_staged_canary.py. alpha 0.01: each step's prediction-divergence test (level alpha / steps) falsely
@@ -63,6 +65,12 @@ MODES_MODELS: dict[str, dict[str, str]] = {
     },
     "shadow": {"[models.monitor]": SHADOW_SETTINGS + "[models.monitor]", "max_trials = 3": "max_trials = 1"},
     "guard": GUARDRAILS_SETTINGS,
+    # tests/infrastructure/test_synthetic_traffic_template.py: a quiet step's top-up (the template only).
+    "synth": {
+        "weight = 0.2": "steps = [0.2, 0.5]",
+        "[models.monitor]": "[models.deploy.synthetic_traffic]\nenabled = true\nmax_requests_per_variant = 50\n"
+        f"settle_seconds = {SYNTHETIC_SETTLE_SECONDS}\n\n[models.monitor]",
+    },
 }
 RUNS_MODELS: dict[str, dict[str, str]] = {
     "abtest": {
