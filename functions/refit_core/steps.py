@@ -536,6 +536,21 @@ class FinalStep(Step):
     audit_key: AuditKey
 
 
+# --- MlflowSync right after Register (`[mlflow]` only) -> $.mlflow_challenger ------------------------------------
+class MlflowLogged(BaseModel):
+    """What `Log challenger to MLflow` did (refit_handlers.mlflow_sync), or its Catch's error (Error, Cause)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    logged: bool = False
+    error: str | None = None
+    run_id: str | None = None
+    model_version: str | None = None
+    aliases: dict[str, str | None] | None = None
+    Error: str | None = None
+    Cause: str | None = None
+
+
 # --- Catch / Pass -> $.error, $.restore_error, $.approval_timeout ---------------------------------------------------
 class StepError(BaseModel):
     """A caught error as Step Functions writes it."""
@@ -598,6 +613,7 @@ class RunState(BaseModel):
     scaling: Scaling | None = None
     restore_error: StepError | None = None
     error: StepError | None = None
+    mlflow_challenger: MlflowLogged | None = None
     final: FinalStep | None = None
 
     @classmethod

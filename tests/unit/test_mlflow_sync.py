@@ -36,6 +36,8 @@ def test_http_uri_and_managed_server_arn_are_accepted_with_default_names():
         ({"tracking_uri": ARN.replace("123456789012", "1234")}, "mlflow.tracking_uri", "not a SageMaker MLflow"),
         ({"tracking_uri": ARN.replace("mlflow-tracking-server", "mlflow-app")}, "mlflow.tracking_uri", "not a"),
         ({"tracking_uri": "http://x", "registered_model": "team/{model}"}, "mlflow.registered_model", "'/' or ':'"),
+        ({"tracking_uri": "http://x", "registered_model": "..{model}"}, "mlflow.registered_model", "start with '..'"),
+        ({"tracking_uri": "http://x", "registered_model": "."}, "mlflow.registered_model", "are '.'"),
         ({"tracking_uri": "http://x", "experiment": "{run_id}"}, "mlflow.experiment", "only {project} and {model}"),
         ({"tracking_uri": "http://x", "experiment": " "}, "mlflow.experiment", "must name something"),
         ({"tracking_uri": "http://x", "timeout_seconds": 0}, "mlflow.timeout_seconds", "greater than or equal"),
