@@ -168,7 +168,10 @@ def start_sync(lambda_: Any, dynamodb: Any, table: str, function: str, key: Audi
         return None
     except Exception as error:
         message = f"could not start the MLflow sync ({function}): {type(error).__name__}: {error}"[:2000]
-        store_field(dynamodb, table, key, {"error": message})
+        try:
+            store_field(dynamodb, table, key, {"error": message})
+        except Exception as unstored:  # the run's record stands as stored; the caller logs why MLflow was not told
+            message += f" (not written into the record: {type(unstored).__name__}: {unstored})"
         return message
 
 

@@ -209,3 +209,13 @@ def test_a_managed_server_that_refuses_the_roles_signature_is_recorded_and_count
     assert "security token included in the request is invalid" in after["mlflow"]["error"]  # the 403's own message
     assert after["mlflow"]["tracking_uri"] == arn
     assert result["logged"] is False and metrics["MlflowErrors"][0] == 1.0
+
+
+def test_a_sync_the_cleanup_could_not_start_is_written_into_the_record(aws):
+    from refit_core.steps import AuditKey
+
+    store(aws, record(status="ABORTED", outcome="aborted"))
+    message = mlflow_sync.start_sync(boto3.client("lambda"), aws, "audit", "refit-churn--gone", AuditKey(**KEY))
+    assert message.startswith("could not start the MLflow sync (refit-churn--gone): ResourceNotFoundException")
+    after = stored(aws)
+    assert after["mlflow"] == {"error": message} and (after["status"], after["outcome"]) == ("ABORTED", "aborted")
