@@ -536,9 +536,9 @@ class FinalStep(Step):
     audit_key: AuditKey
 
 
-# --- MlflowSync right after Register (`[mlflow]` only) -> $.mlflow_challenger ------------------------------------
+# --- MlflowSync (`[mlflow]` only) -> $.mlflow_challenger (after Register), $.mlflow (after Finalize) ------------
 class MlflowLogged(BaseModel):
-    """What `Log challenger to MLflow` did (refit_handlers.mlflow_sync), or its Catch's error (Error, Cause)."""
+    """What an MLflow step did (refit_handlers.mlflow_sync), or its Catch's error (Error, Cause)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -615,6 +615,9 @@ class RunState(BaseModel):
     error: StepError | None = None
     mlflow_challenger: MlflowLogged | None = None
     final: FinalStep | None = None
+    # After Finalize (`[mlflow]`): what `Log to MLflow` returned, or its caught error; the record has them already.
+    mlflow: MlflowLogged | None = None
+    mlflow_error: StepError | None = None
 
     @classmethod
     def from_state(cls, state: Any) -> tuple[RunState, list[str]]:

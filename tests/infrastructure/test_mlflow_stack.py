@@ -13,12 +13,13 @@ import pytest
 from stacks.app_builder import build_app
 from stacks.retrain_functions import MLFLOW_ACTIONS
 from tests.conftest import config_variant
+from tests.infrastructure.test_step_contract import contract_problems, load
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def assembly(tmp_path_factory):
     config = config_variant(
         tmp_path_factory,
         "mlflow-arn",
@@ -26,7 +27,12 @@ def template(tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("mlflow-out")
     build_app(str(config), outdir=str(out)).synth()
-    return json.loads((out / "refit.template.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(assembly):
+    return json.loads((assembly / "refit.template.json").read_text())
 
 
 def resources(template, kind):
@@ -137,3 +143,9 @@ def test_without_mlflow_there_is_no_step_function_or_alarm(cloud_assembly):
 
 def _list(value):
     return value if isinstance(value, list) else [value]
+
+
+def test_every_path_of_the_mlflow_definition_is_in_the_step_contract(assembly):
+    definition, handlers = load(assembly)
+    assert {"Log challenger to MLflow", "Log to MLflow"} <= set(definition["States"])
+    assert contract_problems(definition, handlers) == []
