@@ -557,6 +557,12 @@ class RetrainFunctions(Construct):
             )
         if "MlflowSync" in f:
             self._grant_mlflow_sync(f["MlflowSync"], model, storage, mlflow, read)
+            # A run that ended without Finalize: Cleanup starts the sync of the record it stored (asynchronously),
+            # this one function only (its ARN, no version or alias wildcard).
+            f["Cleanup"].add_environment("REFIT_MLFLOW_FUNCTION", f["MlflowSync"].function_name)
+            f["Cleanup"].add_to_role_policy(
+                iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[f["MlflowSync"].function_arn])
+            )
 
         for (name, bucket), patterns in readable.items():
             deny_listing_outside(f[name], bucket, patterns)

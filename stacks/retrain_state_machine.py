@@ -576,9 +576,27 @@ class RetrainStateMachine(Construct):
             .otherwise(deploy_entry)
         )
 
+        after_register: sfn.IChainable = needs_approval
+        if "MlflowSync" in fn:
+            # `[mlflow]`: a challenger on its way to production (every deploy mode, and a pending approval) holds the
+            # `challenger` alias while it is one. Never fails the run: MLflow's errors come back in the result, and
+            # a failing Lambda is caught into the same field; Finalize puts either into the audit record.
+            log_challenger = invoke(
+                "Log challenger to MLflow",
+                "MlflowSync",
+                {
+                    "stage": "challenger",
+                    "state.$": "$",
+                    "execution_name.$": "$$.Execution.Name",
+                    "execution_started_at.$": "$$.Execution.StartTime",
+                },
+                "$.mlflow_challenger",
+            )
+            log_challenger.add_catch(needs_approval, errors=ALL_ERRORS, result_path="$.mlflow_challenger")
+            after_register = log_challenger.next(needs_approval)
         gate_and_register = gate.next(register).next(
             sfn.Choice(self, "Promote?")
-            .when(sfn.Condition.boolean_equals("$.gate.promote", True), needs_approval)
+            .when(sfn.Condition.boolean_equals("$.gate.promote", True), after_register)
             .otherwise(finalize)
         )
         if not model.search.parallel_jobs:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from refit_core.capacity import canary_cost
-from refit_core.steps import MAX_LISTED, CheckResult, RunState, StepError
+from refit_core.steps import MAX_LISTED, CheckResult, MlflowLogged, RunState, StepError
 
 
 def error_reason(error: StepError | dict[str, Any] | None) -> str | None:
@@ -232,8 +232,18 @@ def summarize_run(
         ),
         "endpoint": endpoint,
         "error": error_reason(state.error),
+        "mlflow_challenger": mlflow_challenger_record(state.mlflow_challenger),
         "problems": problems,
     }
+
+
+def mlflow_challenger_record(step: MlflowLogged | None) -> dict[str, Any] | None:
+    """What the MLflow step right after Register did (`[mlflow]`): its result, or the error it ended with."""
+    if step is None:
+        return None
+    if step.Error is not None or step.Cause is not None:
+        return {"logged": False, "error": error_reason(StepError(Error=step.Error, Cause=step.Cause))}
+    return step.model_dump(mode="json", exclude={"Error", "Cause"})
 
 
 def canary_step_line(step: dict[str, Any]) -> str:

@@ -956,6 +956,9 @@ class MlflowSettings(_Strict):
             raise ValueError(f"{value!r} must name something (1-200 characters once filled in)")
         if info.field_name == "registered_model" and any(c in filled for c in "/:"):
             raise ValueError(f"{value!r}: MLflow refuses registered model names containing '/' or ':'")
+        if info.field_name == "registered_model" and (filled == "." or filled.startswith("..")):
+            # MLflow's registry treats the name as a path and refuses one that is '.' or climbs out ('..x').
+            raise ValueError(f"{value!r}: MLflow refuses registered model names that are '.' or start with '..'")
         return value
 
     @property

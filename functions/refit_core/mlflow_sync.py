@@ -1,17 +1,21 @@
 """A run's audit record in MLflow: the run that trained a challenger becomes an MLflow run (why it ran, the settings,
 CV and holdout metrics with their intervals, the gate's evidence, drift, cost, links), the challenger an MLflow model
 version (its source is the artifact's S3 URI; nothing is uploaded), and the version's alias follows the deployment:
-`challenger` when registered, `champion` when it serves (MLflow moves an alias from the version that held it), none
-once it was not promoted or rolled back.
+`challenger` from right after Register while the run deploys it or waits for its approval (log_challenger), `champion`
+when it serves (MLflow moves an alias from the version that held it), none once it was not promoted, not approved,
+rolled back, or its run ended without serving it (sync_run, when the outcome is stored).
 
-Called after the run's outcome is stored (refit_handlers.mlflow_sync); takes an `mlflow.MlflowClient` and plain
-dicts, and is idempotent: a retried call finds the MLflow run and version it made before (by the refit run id)."""
+Called by refit_handlers.mlflow_sync; takes an `mlflow.MlflowClient` and plain dicts. Both calls are idempotent and
+share one MLflow run and version per refit run: each finds what an earlier call made (by the refit run id) and only
+completes it."""
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 from refit_core.approvals import SERVED_OUTCOMES
@@ -135,7 +139,7 @@ def run_contents(
         "refit.registry_version": registry.get("version"),
         "refit.registry_approval": registry.get("approval"),
         "mlflow.runName": record.get("run_id"),
-        "mlflow.note.content": f"{record.get('outcome')}: {record.get('message')}",
+        "mlflow.note.content": f"{record['outcome']}: {record.get('message')}" if record.get("outcome") else None,
     }
     contents.tags = {k: str(v)[:MAX_TAG_CHARS] for k, v in tags.items() if v is not None and v != ""}
     return contents
@@ -177,31 +181,73 @@ def _ensure_registered_model(client: Any, name: str) -> None:
         client.create_registered_model(name, description="refit challengers and champions (one version per run)")
 
 
-def log_run(client: Any, experiment: str, contents: RunContents, record: dict[str, Any]) -> tuple[str, str]:
-    """(experiment id, MLflow run id): the run logged, or the one an earlier attempt logged for this refit run."""
-    from mlflow.entities import Metric, Param, RunStatus
+# The MLflow run's end as the refit run's status: a run that timed out or failed failed, a stopped one was killed.
+RUN_END = {
+    "SUCCEEDED": "FINISHED",
+    "SKIPPED": "FINISHED",
+    "FAILED": "FAILED",
+    "TIMED_OUT": "FAILED",
+    "ABORTED": "KILLED",
+}
+
+
+def run_end_status(record: dict[str, Any]) -> str:
+    """MLflow's RunStatus name for the stored run's end (FAILED for a status refit does not know)."""
+    return RUN_END.get(record.get("status") or "", "FAILED")
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)] or [[]]
+
+
+def log_run(
+    client: Any, experiment: str, contents: RunContents, record: dict[str, Any], terminate: bool = True
+) -> tuple[str, str]:
+    """(experiment id, MLflow run id): the run logged, or the one an earlier call logged for this refit run, completed
+    with what it lacks (params and metrics it has are kept: MLflow refuses a changed param) and the current tags.
+    `terminate`: end it with the refit run's status (run_end_status); else it stays RUNNING (the run goes on)."""
+    from mlflow.entities import Metric, Param, RunStatus, RunTag
 
     experiment_id = _experiment_id(client, experiment)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{record['run_id']}'", max_results=1)
     if found:
-        return experiment_id, found[0].info.run_id
-    run = client.create_run(experiment_id, tags=contents.tags, run_name=record["run_id"])
-    run_id = run.info.run_id
-    timestamp = run.info.start_time
-    metrics = [Metric(k, v, timestamp, 0) for k, v in contents.metrics.items()]
-    params = [Param(k, v) for k, v in contents.params.items()]
-    for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's log_batch takes 100 params per call
-        client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
-    status = RunStatus.to_string(RunStatus.FINISHED if record.get("status") != "FAILED" else RunStatus.FAILED)
-    client.set_terminated(run_id, status=status)
+        run_id, data = found[0].info.run_id, found[0].data
+        timestamp = int(time.time() * 1000)
+        params = [Param(k, v) for k, v in contents.params.items() if k not in data.params]
+        metrics = [Metric(k, v, timestamp, 0) for k, v in contents.metrics.items() if k not in data.metrics]
+        tags = [RunTag(k, v) for k, v in contents.tags.items() if data.tags.get(k) != v]
+    else:
+        run = client.create_run(experiment_id, tags=contents.tags, run_name=record["run_id"])
+        run_id, timestamp = run.info.run_id, run.info.start_time
+        params = [Param(k, v) for k, v in contents.params.items()]
+        metrics = [Metric(k, v, timestamp, 0) for k, v in contents.metrics.items()]
+        tags = []
+    # MLflow's log_batch takes at most 100 params and 100 tags per call.
+    for part_params, part_metrics, part_tags in zip_longest(
+        *(_batches(items, 100) for items in (params, metrics, tags)), fillvalue=[]
+    ):
+        if part_params or part_metrics or part_tags:
+            client.log_batch(run_id, metrics=part_metrics, params=part_params, tags=part_tags)
+    if terminate:
+        client.set_terminated(run_id, status=RunStatus.to_string(getattr(RunStatus, run_end_status(record))))
     return experiment_id, run_id
 
 
+def _description(record: dict[str, Any]) -> str:
+    if record.get("outcome"):
+        return f"refit run {record.get('run_id')}: {record['outcome']} - {record.get('message')}"[:5000]
+    approval = (record.get("registry") or {}).get("approval")
+    return f"refit run {record.get('run_id')}: registered ({approval}); the run is deploying or awaiting approval"
+
+
 def register_version(client: Any, registered_model: str, run_id: str, record: dict[str, Any], source: str) -> str:
-    """The challenger as a version of the registered model (source: the model artifact's S3 URI), or the version an
-    earlier attempt registered for the same MLflow run."""
+    """The challenger as a version of the registered model (source: the model artifact's S3 URI), holding `challenger`
+    once created; or the version an earlier call registered for the same MLflow run, its description brought up to
+    date (its aliases are left to the caller)."""
     _ensure_registered_model(client, registered_model)
     for version in client.search_model_versions(f"name = '{registered_model}' and run_id = '{run_id}'"):
+        if version.description != _description(record):
+            client.update_model_version(registered_model, version.version, description=_description(record))
         return version.version
     registry = record.get("registry") or {}
     tags = {
@@ -214,7 +260,7 @@ def register_version(client: Any, registered_model: str, run_id: str, record: di
         source,
         run_id=run_id,
         tags={k: str(v) for k, v in tags.items() if v is not None},
-        description=f"refit run {record.get('run_id')}: {record.get('outcome')} - {record.get('message')}"[:5000],
+        description=_description(record),
     )
     client.set_registered_model_alias(registered_model, CHALLENGER, version.version)
     return version.version
@@ -260,6 +306,32 @@ def follow_deployment(client: Any, registered_model: str, record: dict[str, Any]
     return {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
 
 
+def log_challenger(
+    client: Any,
+    record: dict[str, Any],
+    lineage: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    experiment: str,
+    registered_model: str,
+    audit_table: str,
+) -> SyncResult | None:
+    """Right after Register, while the run goes on (canary, shadow, A/B test, approval): the MLflow run with everything
+    known so far (it stays RUNNING), and the challenger's version holding `challenger`. `record` is the run summarized
+    so far (no outcome yet). None when nothing was registered or the lineage names no artifact (then only the run is
+    logged); sync_run completes both when the outcome is stored."""
+    if not trained_challenger(record):
+        return None
+    result = SyncResult()
+    contents = run_contents(record, lineage, evaluation, audit_table)
+    result.experiment_id, result.run_id = log_run(client, experiment, contents, record, terminate=False)
+    source = (lineage or {}).get("model_data_url")
+    if source:
+        result.model_version = register_version(client, registered_model, result.run_id, record, source)
+        client.set_registered_model_alias(registered_model, CHALLENGER, result.model_version)  # a retry's too
+    result.aliases = {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
+    return result
+
+
 def sync_run(
     client: Any,
     record: dict[str, Any],
@@ -269,8 +341,9 @@ def sync_run(
     registered_model: str,
     audit_table: str,
 ) -> SyncResult | None:
-    """Log a run to MLflow. None when the run has nothing for MLflow: it neither trained a challenger nor changed
-    what serves (a skipped run, no drift, bad data)."""
+    """Log a stored run to MLflow, completing what log_challenger began for it, and end the MLflow run with the refit
+    run's status. None when the run has nothing for MLflow: it neither trained a challenger nor changed what serves
+    (a skipped run, no drift, bad data)."""
     if not concerns_mlflow(record):
         return None
     result = SyncResult()

@@ -560,6 +560,21 @@ class FinalStep(Step):
     audit_key: AuditKey
 
 
+# --- MlflowSync (`[mlflow]` only) -> $.mlflow_challenger (after Register), $.mlflow (after Finalize) ------------
+class MlflowLogged(BaseModel):
+    """What an MLflow step did (refit_handlers.mlflow_sync), or its Catch's error (Error, Cause)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    logged: bool = False
+    error: str | None = None
+    run_id: str | None = None
+    model_version: str | None = None
+    aliases: dict[str, str | None] | None = None
+    Error: str | None = None
+    Cause: str | None = None
+
+
 # --- Catch / Pass -> $.error, $.restore_error, $.approval_timeout ---------------------------------------------------
 class StepError(BaseModel):
     """A caught error as Step Functions writes it."""
@@ -623,7 +638,11 @@ class RunState(BaseModel):
     scaling: Scaling | None = None
     restore_error: StepError | None = None
     error: StepError | None = None
+    mlflow_challenger: MlflowLogged | None = None
     final: FinalStep | None = None
+    # After Finalize (`[mlflow]`): what `Log to MLflow` returned, or its caught error; the record has them already.
+    mlflow: MlflowLogged | None = None
+    mlflow_error: StepError | None = None
 
     @classmethod
     def from_state(cls, state: Any) -> tuple[RunState, list[str]]:

@@ -1,11 +1,14 @@
 """A run that ended without reaching Finalize (timed out, aborted, or failed where no Catch reached) still gets what
 Finalize gives every run: the endpoint back on its champion, an audit record with the reason, the lock released and
 a summary. Started by an EventBridge rule on the state machine's own "Step Functions Execution Status Change" events.
+With `[mlflow]` it then starts the MlflowSync function on the stored record without waiting (REFIT_MLFLOW_FUNCTION):
+a challenger the run registered loses `challenger`, and its MLflow run ends FAILED or KILLED with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,11 +19,12 @@ from refit_core.approvals import withdraw_unserved_package
 from refit_core.audit import summarize_run
 from refit_core.champion import endpoint_view
 from refit_core.runs import run_id_from_execution, utc_now
-from refit_core.steps import RunInfo
+from refit_core.steps import AuditKey, RunInfo
 
 from refit_handlers.common import Settings, client, parse, settings
 from refit_handlers.deploy import Rollback, rollback
 from refit_handlers.finalize import end_run, store_and_publish
+from refit_handlers.mlflow_sync import start_sync
 
 logger = Logger()
 tracer = Tracer()
@@ -175,7 +179,13 @@ def clean_up(
     run_id = (run or {}).get("run_id") or run_id_from_execution(detail.name)
     end_run(record, parsed_run, run_id, config, dynamodb, stepfunctions)
     store_and_publish(record, config, dynamodb, sns)
-    return {"action": "recorded", "status": detail.status, "outcome": record["outcome"], "message": record["message"]}
+    return {
+        "action": "recorded",
+        "status": detail.status,
+        "outcome": record["outcome"],
+        "message": record["message"],
+        "audit_key": {"pk": record["pk"], "sk": record["sk"]},
+    }
 
 
 @logger.inject_lambda_context(log_event=True)
@@ -193,6 +203,13 @@ def handler(event: dict, context: Any) -> dict:
         client("sns"),
         client("application-autoscaling"),
     )
+    mlflow_function = os.environ.get("REFIT_MLFLOW_FUNCTION")
+    if result["action"] == "recorded" and mlflow_function:
+        # After the record is stored: MlflowSync reads it (its errors are its own to record and count).
+        key = AuditKey.model_validate(result["audit_key"])
+        result["mlflow_error"] = start_sync(
+            client("lambda"), client("dynamodb"), config.audit_table, mlflow_function, key
+        )
     if result["action"] == "recorded":
         metrics.add_dimension(name="Model", value=config.model.name)
         metrics.add_metric(name=f"Runs{parsed.detail.status.title().replace('_', '')}", unit=MetricUnit.Count, value=1)

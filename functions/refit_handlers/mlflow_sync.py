@@ -1,21 +1,31 @@
-"""After Finalize (only when `[mlflow]` is configured): the run's audit record in MLflow (refit_core.mlflow_sync).
+"""A run in MLflow (only when `[mlflow]` is configured; refit_core.mlflow_sync), at two moments:
 
-Its outcome is already stored; this step can only add to the record. Whatever goes wrong with MLflow (the server
-unreachable, credentials refused, a name MLflow rejects) is written into the audit record's `mlflow` field and counted
-as the `MlflowErrors` metric (its alarm tells the team); the handler returns normally so the run ends as it was."""
+- right after Register (`{"stage": "challenger", "state": ...}`, the state machine's `Log challenger to MLflow`): the
+  MLflow run so far and the challenger's version with alias `challenger`; the result goes into the run's state
+  (`$.mlflow_challenger`), which the audit record keeps as `mlflow_challenger`;
+- once the outcome is stored (`{"audit_key": ...}`: `Log to MLflow` after Finalize, or started by the run-end Cleanup
+  for a run that ended without Finalize): the same MLflow run and version completed, the run ended with the refit
+  run's status, the aliases moved to what serves; the result goes into the audit record's `mlflow` field.
+
+Whatever goes wrong with MLflow (the server unreachable, credentials refused, a name MLflow rejects) is recorded there
+as `error` and counted as the `MlflowErrors` metric (its alarm tells the team); the handler returns normally, so the
+run goes on, or ends, as it would have without MLflow."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel
-from refit_core.mlflow_sync import concerns_mlflow, sync_run, trained_challenger
+from refit_core.audit import summarize_run
+from refit_core.config import model_from_json
+from refit_core.mlflow_sync import concerns_mlflow, log_challenger, sync_run, trained_challenger
+from refit_core.runs import utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import AuditKey
 
@@ -28,6 +38,13 @@ metrics = Metrics()
 
 class MlflowEvent(BaseModel):
     audit_key: AuditKey
+
+
+class ChallengerEvent(BaseModel):
+    stage: Literal["challenger"]
+    state: Any  # the run's state right after Register, summarized as Finalize will summarize it
+    execution_name: str
+    execution_started_at: str
 
 
 def read_record(dynamodb: Any, table: str, key: AuditKey) -> dict[str, Any] | None:
@@ -58,6 +75,31 @@ def mlflow_client(tracking_uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def _error(error: Exception, tracking_uri: str, registered_model: str) -> dict[str, Any]:
+    return {
+        "error": f"{type(error).__name__}: {error}"[:2000],
+        "tracking_uri": tracking_uri,
+        "registered_model": registered_model,
+    }
+
+
+def store_field(dynamodb: Any, table: str, key: AuditKey, field: dict[str, Any]) -> None:
+    """Write the audit record's `mlflow` field (the rest of the record stays as stored)."""
+    dynamodb.update_item(
+        TableName=table,
+        Key={"pk": {"S": key.pk}, "sk": {"S": key.sk}},
+        UpdateExpression="SET #mlflow = :mlflow",
+        ExpressionAttributeNames={"#mlflow": "mlflow"},
+        ExpressionAttributeValues={":mlflow": TypeSerializer().serialize(to_dynamodb(field))},
+    )
+
+
+def _documents(s3: Any, record: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The run's lineage and evaluation documents (a registered challenger's)."""
+    lineage = read_json(s3, (record.get("registry") or {}).get("lineage_uri")) if trained_challenger(record) else None
+    return lineage, read_json(s3, (lineage or {}).get("evaluation_uri"))
+
+
 def log_to_mlflow(
     key: AuditKey,
     env: dict[str, str],
@@ -76,40 +118,84 @@ def log_to_mlflow(
         return None  # no client is made (nor MLflow imported) for a run that skipped, stopped or failed early
     field: dict[str, Any] | None
     try:
-        lineage = (
-            read_json(s3, (record.get("registry") or {}).get("lineage_uri")) if trained_challenger(record) else None
-        )
-        evaluation = read_json(s3, (lineage or {}).get("evaluation_uri"))
+        lineage, evaluation = _documents(s3, record)
         result = sync_run(make_client(tracking_uri), record, lineage, evaluation, experiment, registered_model, table)
         field = None if result is None else result.to_record(tracking_uri, registered_model)
     except Exception as error:  # MLflow's own, HTTP, credentials, S3: all only recorded
-        field = {
-            "error": f"{type(error).__name__}: {error}"[:2000],
-            "tracking_uri": tracking_uri,
-            "registered_model": registered_model,
-        }
+        field = _error(error, tracking_uri, registered_model)
     if field is not None:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"pk": {"S": key.pk}, "sk": {"S": key.sk}},
-            UpdateExpression="SET #mlflow = :mlflow",
-            ExpressionAttributeNames={"#mlflow": "mlflow"},
-            ExpressionAttributeValues={":mlflow": TypeSerializer().serialize(to_dynamodb(field))},
-        )
+        store_field(dynamodb, table, key, field)
     return field
+
+
+def log_challenger_to_mlflow(
+    event: ChallengerEvent, env: dict[str, str], s3: Any, make_client: Callable[[str], Any] = mlflow_client
+) -> dict[str, Any] | None:
+    """Right after Register: the run so far in MLflow and its version holding `challenger`. Returns what happened
+    (the MLflow run, version and aliases, or the error), for the run's state; None when nothing was registered."""
+    table, tracking_uri = env["REFIT_AUDIT_TABLE"], env["REFIT_MLFLOW_TRACKING_URI"]
+    experiment, registered_model = env["REFIT_MLFLOW_EXPERIMENT"], env["REFIT_MLFLOW_REGISTERED_MODEL"]
+    summary = summarize_run(
+        event.state,
+        model_from_json(env["REFIT_MODEL_CONFIG"]).name,
+        event.execution_name,
+        event.execution_started_at,
+        utc_now(),
+        None,
+    )
+    record = {**summary, "status": "RUNNING", "outcome": None, "message": None}  # its outcome is not known yet
+    if not trained_challenger(record):
+        return None
+    try:
+        lineage, evaluation = _documents(s3, record)
+        client_ = make_client(tracking_uri)
+        result = log_challenger(client_, record, lineage, evaluation, experiment, registered_model, table)
+        return None if result is None else result.to_record(tracking_uri, registered_model)
+    except Exception as error:  # as after Finalize: recorded (in the state, then the audit record), never raised
+        return _error(error, tracking_uri, registered_model)
+
+
+def start_sync(lambda_: Any, dynamodb: Any, table: str, function: str, key: AuditKey) -> str | None:
+    """Start the MLflow sync of a stored record without waiting for it (an asynchronous invocation of the MlflowSync
+    function: the run-end Cleanup's way). A refused invocation is written into the record's `mlflow` field and
+    returned; None when it was started."""
+    try:
+        lambda_.invoke(
+            FunctionName=function,
+            InvocationType="Event",
+            Payload=json.dumps({"audit_key": key.model_dump()}).encode(),
+        )
+        return None
+    except Exception as error:
+        message = f"could not start the MLflow sync ({function}): {type(error).__name__}: {error}"[:2000]
+        try:
+            store_field(dynamodb, table, key, {"error": message})
+        except Exception as unstored:  # the run's record stands as stored; the caller logs why MLflow was not told
+            message += f" (not written into the record: {type(unstored).__name__}: {unstored})"
+        return message
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: Any) -> dict:
-    event_ = parse(MlflowEvent, event)
-    metrics.add_dimension(name="Model", value=event_.audit_key.pk)
-    field = log_to_mlflow(event_.audit_key, dict(os.environ), client("dynamodb"), client("s3"))
+    if isinstance(event, dict) and event.get("stage") == "challenger":
+        challenger = parse(ChallengerEvent, event)
+        model = model_from_json(os.environ["REFIT_MODEL_CONFIG"]).name
+        field = log_challenger_to_mlflow(challenger, dict(os.environ), client("s3"))
+    else:
+        event_ = parse(MlflowEvent, event)
+        model = event_.audit_key.pk
+        field = log_to_mlflow(event_.audit_key, dict(os.environ), client("dynamodb"), client("s3"))
+    metrics.add_dimension(name="Model", value=model)
     failed = field is not None and "error" in field
     metrics.add_metric(name="MlflowErrors", unit=MetricUnit.Count, value=int(failed))
     if failed:
         logger.warning("MLflow logging failed; the run's outcome is unchanged", extra={"mlflow": field})
     else:
         logger.info("logged to MLflow", extra={"mlflow": field})
-    return {"logged": field is not None and not failed, "error": field.get("error") if failed else None}
+    return {
+        "logged": field is not None and not failed,
+        "error": field.get("error") if failed else None,
+        **{k: (field or {}).get(k) for k in ("run_id", "model_version", "aliases") if (field or {}).get(k)},
+    }

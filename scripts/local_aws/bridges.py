@@ -6,7 +6,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - Lambda: moto runs function code only in Docker; `LambdaFunction.invoke` is replaced to import the real
   handler string from the function's staged image asset and call it in-process with the function's
   environment (a per-thread overlay of os.environ, so other threads never see it change), returning errors in
-  the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS.
+  the Lambda runtime's shape so Step Functions Retry/Catch behave as on AWS. An asynchronous invocation
+  (InvocationType Event) is answered at once and runs in its own thread afterwards; moto ran it inside the caller's
+  invocation, whose role and environment the nested one then replaced.
 - Step Functions: Wait states and Retry intervals sleep in real time; here they return at once (a Wait calls
   an optional hook by state name, so a test or the demo can act "during" a bake), except while a training job
   runs: then a Wait lasts until a job ends or JOB_WAIT_SECONDS pass, so a training poll loop does not spin (a
@@ -551,6 +553,9 @@ class Bridges:
             return getattr(bridges.default_session, "session", None) or host_default_session()
 
         def lambda_invoke(fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any) -> bytes:
+            if (request_headers or {}).get("X-Amz-Invocation-Type") == "Event":
+                bridges.invoke_later(fn.function_name, body)
+                return b""  # moto answers 202 with this body, as Lambda answers an asynchronous invocation
             return bridges.invoke_lambda(fn.function_name, body, response_headers)
 
         def wait_interval(wait_function: WaitFunction, env: Any, wait_seconds: int) -> None:
@@ -872,6 +877,16 @@ class Bridges:
                 self.default_session.session = None
                 self.stdout.local.target = None
                 self.stderr.local.target = None
+
+    def invoke_later(self, function_name: str, body: str) -> None:
+        """An asynchronous invocation (InvocationType Event, or an EventBridge target): the caller gets its answer at
+        once and the function runs in its own thread, after the invocation in progress (one at a time, as here every
+        invocation is)."""
+        thread = threading.Thread(
+            target=self.invoke_lambda, args=(function_name, body, {}), name=f"async-{function_name}", daemon=True
+        )
+        self.event_threads.append(thread)
+        thread.start()
 
     # ---------------------------------------------------------------- training
     def start_training(self, backend: Any, job: Any) -> None:
@@ -1696,14 +1711,7 @@ class Bridges:
                 self.start_execution(target["Arn"], str(uuid.uuid4()), payload)  # AWS names these with a UUID
             elif ":lambda:" in target["Arn"]:
                 # EventBridge invokes a Lambda target asynchronously, with the event as its payload.
-                thread = threading.Thread(
-                    target=self.invoke_lambda,
-                    args=(target["Arn"].split(":function:", 1)[1].split(":")[0], payload, {}),
-                    name=f"event-{rule.name}",
-                    daemon=True,
-                )
-                self.event_threads.append(thread)
-                thread.start()
+                self.invoke_later(target["Arn"].split(":function:", 1)[1].split(":")[0], payload)
         if other:
             saved = rule.targets
             rule.targets = other

@@ -1,7 +1,8 @@
 """`[mlflow]` with a SageMaker managed tracking server ARN, synthesized (cdk-nag passes: synthesis would stop on a
 finding nobody acknowledged): the MlflowSync function's sagemaker-mlflow actions are scoped to that one server, it
-runs after Finalize with a Catch into the run's end, it reads only its run documents and the audit record, and an
-alarm watches MlflowErrors. Without `[mlflow]` none of it exists (the default assembly)."""
+runs after Register (the challenger, on the way to any deploy mode) and after Finalize, each with a Catch that lets the
+run go on as it would have, it reads only its run documents and the audit record, the run-end Cleanup may invoke it
+and no other function, and an alarm watches MlflowErrors. Without `[mlflow]` none of it exists (the default assembly)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import pytest
 from stacks.app_builder import build_app
 from stacks.retrain_functions import MLFLOW_ACTIONS
 from tests.conftest import config_variant
+from tests.infrastructure.test_step_contract import contract_problems, load
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def assembly(tmp_path_factory):
     config = config_variant(
         tmp_path_factory,
         "mlflow-arn",
@@ -25,7 +27,12 @@ def template(tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("mlflow-out")
     build_app(str(config), outdir=str(out)).synth()
-    return json.loads((out / "refit.template.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(assembly):
+    return json.loads((assembly / "refit.template.json").read_text())
 
 
 def resources(template, kind):
@@ -64,16 +71,58 @@ def test_the_managed_server_actions_are_scoped_to_that_server(template):
     assert not any(a.startswith(("s3:Put", "s3:Delete", "sagemaker:", "sns:", "states:")) for a in everything)
 
 
-def test_it_runs_after_finalize_and_its_failure_ends_the_run_as_recorded(template):
+def definition(template):
     [machine] = resources(template, "AWS::StepFunctions::StateMachine").values()
     parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
-    definition = json.loads("".join(p if isinstance(p, str) else "X" for p in parts))  # refs sit inside strings
-    states = definition["States"]
+    return json.loads("".join(p if isinstance(p, str) else "X" for p in parts))  # refs sit inside strings
+
+
+def test_it_runs_after_finalize_and_its_failure_ends_the_run_as_recorded(template):
+    states = definition(template)["States"]
     assert states["Finalize"]["Next"] == "Log to MLflow"
     log = states["Log to MLflow"]
     assert log["Next"] == "Run status?" and log["ResultPath"] == "$.mlflow"
     assert log["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.mlflow_error", "Next": "Run status?"}]
     assert log["Parameters"] == {"audit_key.$": "$.final.audit_key"}
+
+
+def test_the_challenger_is_logged_after_register_on_the_way_to_every_deploy_mode_and_never_fails_the_run(template):
+    """Between the gate's promote branch and the approval choice, which every deploy mode's deployment follows."""
+    states = definition(template)["States"]
+    assert states["Register challenger"]["Next"] == "Promote?"
+    [promote] = states["Promote?"]["Choices"]
+    assert promote["Next"] == "Log challenger to MLflow" and states["Promote?"]["Default"] == "Finalize"
+    step = states["Log challenger to MLflow"]
+    assert step["Next"] == "Approval needed?" and step["ResultPath"] == "$.mlflow_challenger"
+    assert step["Catch"] == [
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.mlflow_challenger", "Next": "Approval needed?"}
+    ]
+    assert step["Parameters"] == {
+        "stage": "challenger",
+        "state.$": "$",
+        "execution_name.$": "$$.Execution.Name",
+        "execution_started_at.$": "$$.Execution.StartTime",
+    }
+
+
+def test_the_run_end_cleanup_may_start_this_mlflow_sync_and_nothing_else(template):
+    name, _ = mlflow_function(template)
+    [cleanup] = [
+        f
+        for f in resources(template, "AWS::Lambda::Function").values()
+        if f["Properties"].get("Environment", {}).get("Variables", {}).get("POWERTOOLS_SERVICE_NAME")
+        == "refit-churn-cleanup"
+    ]
+    assert cleanup["Properties"]["Environment"]["Variables"]["REFIT_MLFLOW_FUNCTION"] == {"Ref": name}
+    role = cleanup["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = [
+        s
+        for p in resources(template, "AWS::IAM::Policy").values()
+        if {"Ref": role} in p["Properties"]["Roles"]
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    invoke = [s for s in statements if any(a.startswith("lambda:") for a in _list(s["Action"]))]
+    assert [(s["Action"], s["Resource"]) for s in invoke] == [("lambda:InvokeFunction", {"Fn::GetAtt": [name, "Arn"]})]
 
 
 def test_an_alarm_watches_mlflow_errors(template):
@@ -94,3 +143,9 @@ def test_without_mlflow_there_is_no_step_function_or_alarm(cloud_assembly):
 
 def _list(value):
     return value if isinstance(value, list) else [value]
+
+
+def test_every_path_of_the_mlflow_definition_is_in_the_step_contract(assembly):
+    definition, handlers = load(assembly)
+    assert {"Log challenger to MLflow", "Log to MLflow"} <= set(definition["States"])
+    assert contract_problems(definition, handlers) == []

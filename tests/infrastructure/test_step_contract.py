@@ -28,6 +28,7 @@ from refit_core.steps import (
     FinalStep,
     GateStep,
     GuardrailsCheck,
+    MlflowLogged,
     Promotion,
     QualitySummary,
     RedeployStarted,
@@ -68,6 +69,7 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,
     ("refit_handlers.finalize.handler", None): FinalStep,
     ("refit_handlers.ab_test.handler", None): AbVerdict,
+    ("refit_handlers.mlflow_sync.handler", None): MlflowLogged,
 }
 # With a task token the state gets what `refit approve/reject` sends, not what the Lambda returns.
 TASK_TOKEN_OUTPUTS = {"refit_handlers.approval.request_handler": ApprovalDecision}

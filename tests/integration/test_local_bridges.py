@@ -282,6 +282,26 @@ def test_image_assets_are_published_under_their_content_hash(aws):
         assert details[0]["imageDigest"].startswith("sha256:")
 
 
+def test_an_asynchronous_invocation_is_answered_at_once_and_runs_after_the_callers(aws):
+    """InvocationType Event (Cleanup starting MlflowSync): moto ran the function inside the caller's invocation; here
+    the caller gets 202 at once and the function runs in its own thread once the invocation in progress ends."""
+    key = {"pk": {"S": "churn"}, "sk": {"S": "lock"}}
+    payload = json.dumps({"payload": {"force": True}, "execution_name": "bridge-async"})
+    with aws.bridges.invoke_lock:  # as if another function's invocation were in progress
+        answer = aws.client("lambda").invoke(
+            FunctionName=prepare_function(aws), InvocationType="Event", Payload=payload
+        )
+        assert answer["StatusCode"] == 202 and answer["Payload"].read() == b""
+        assert "Item" not in aws.client("dynamodb").get_item(TableName=aws.audit_table, Key=key)
+    deadline = time.monotonic() + 30
+    while "Item" not in aws.client("dynamodb").get_item(TableName=aws.audit_table, Key=key):
+        assert time.monotonic() < deadline, "the asynchronous invocation never ran"
+        time.sleep(0.05)
+    item = aws.client("dynamodb").get_item(TableName=aws.audit_table, Key=key)["Item"]
+    assert item["owner"]["S"] == "bridge-async"  # the real handler ran, later
+    aws.client("dynamodb").delete_item(TableName=aws.audit_table, Key=key)
+
+
 def test_lambda_output_goes_to_the_functions_log_and_retries_do_not_sleep(aws):
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 

@@ -1,10 +1,22 @@
-"""Bad input for `[mlflow]`: an unreachable tracking server. The MlflowSync handler (the deployed handler string, on
-moto) returns normally, writes the error into the run's audit record (whose outcome stays as Finalize stored it) and
-puts `MlflowErrors` = 1; a run with nothing for MLflow (no challenger, no redeploy) is left alone and puts 0."""
+"""Bad input for `[mlflow]`: an unreachable tracking server, and credentials the server refuses. The MlflowSync handler
+(the deployed handler string, on moto) returns normally, writes the error into the run's audit record (whose outcome
+stays as Finalize stored it) and puts `MlflowErrors` = 1; a run with nothing for MLflow (no challenger, no redeploy) is
+left alone and puts 0.
+
+Refused credentials come from a small real HTTP server on 127.0.0.1 standing in for the tracking server: MLflow 3's
+own `mlflow server --app-name basic-auth` needs Flask-WTF, which the test server's environment (.venv-mlflow) does not
+install. It answers a request without credentials 401 with a Basic challenge (what that app answers refit, which sends
+none to an http(s) server), and a SigV4-signed one 403 (what a SageMaker managed tracking server answers a role it
+does not accept); the `sagemaker-mlflow` plugin is pointed at it by its own SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT. A name
+MLflow rejects is tested against the real server (tests/e2e/test_mlflow.py)."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -127,3 +139,83 @@ def test_a_run_with_nothing_for_mlflow_is_left_alone(aws, capsys):
     assert result == {"logged": False, "error": None}
     assert "mlflow" not in stored(aws)
     assert metrics["MlflowErrors"][0] == 0.0
+
+
+class Refusing(BaseHTTPRequestHandler):
+    """401 without credentials, 403 with any (the Authorization header each request carried is kept in `seen`)."""
+
+    seen: list[str | None] = []
+
+    def _refuse(self) -> None:
+        authorization = self.headers.get("Authorization")
+        type(self).seen.append(authorization)
+        if authorization is None:
+            status, body = 401, b"You are not authenticated. Please see the documentation for details."
+            extra = {"WWW-Authenticate": 'Basic realm="mlflow"'}
+        else:
+            status, body = 403, json.dumps({"message": "The security token included in the request is invalid."})
+            body, extra = body.encode(), {"x-amzn-ErrorType": "UnrecognizedClientException"}
+        self.send_response(status)
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _refuse
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def refusing_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    Refusing.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_refuses_refit_without_credentials_is_recorded_and_counted(aws, capsys, monkeypatch):
+    store(aws, record())
+    with refusing_server() as uri:
+        monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", uri)
+        result, metrics = invoke(capsys)
+    assert Refusing.seen and Refusing.seen[0] is None  # refit sent no credentials, and was refused
+    after = stored(aws)
+    assert (after["status"], after["outcome"]) == ("SUCCEEDED", "promoted")
+    assert "401" in after["mlflow"]["error"] and result["error"] == after["mlflow"]["error"]
+    assert metrics["MlflowErrors"][0] == 1.0
+
+
+def test_a_managed_server_that_refuses_the_roles_signature_is_recorded_and_counted(aws, capsys, monkeypatch):
+    store(aws, record())
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
+    with refusing_server() as uri:
+        monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", arn)
+        monkeypatch.setenv("SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT", uri)  # the plugin's own override of the server's URL
+        result, metrics = invoke(capsys)
+    [signature, *_] = Refusing.seen
+    assert (
+        signature.startswith("AWS4-HMAC-SHA256 Credential=") and "/us-east-1/sagemaker-mlflow/aws4_request" in signature
+    )
+    after = stored(aws)
+    assert (after["status"], after["outcome"]) == ("SUCCEEDED", "promoted")
+    assert "security token included in the request is invalid" in after["mlflow"]["error"]  # the 403's own message
+    assert after["mlflow"]["tracking_uri"] == arn
+    assert result["logged"] is False and metrics["MlflowErrors"][0] == 1.0
+
+
+def test_a_sync_the_cleanup_could_not_start_is_written_into_the_record(aws):
+    from refit_core.steps import AuditKey
+
+    store(aws, record(status="ABORTED", outcome="aborted"))
+    message = mlflow_sync.start_sync(boto3.client("lambda"), aws, "audit", "refit-churn--gone", AuditKey(**KEY))
+    assert message.startswith("could not start the MLflow sync (refit-churn--gone): ResourceNotFoundException")
+    after = stored(aws)
+    assert after["mlflow"] == {"error": message} and (after["status"], after["outcome"]) == ("ABORTED", "aborted")

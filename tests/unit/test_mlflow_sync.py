@@ -36,6 +36,8 @@ def test_http_uri_and_managed_server_arn_are_accepted_with_default_names():
         ({"tracking_uri": ARN.replace("123456789012", "1234")}, "mlflow.tracking_uri", "not a SageMaker MLflow"),
         ({"tracking_uri": ARN.replace("mlflow-tracking-server", "mlflow-app")}, "mlflow.tracking_uri", "not a"),
         ({"tracking_uri": "http://x", "registered_model": "team/{model}"}, "mlflow.registered_model", "'/' or ':'"),
+        ({"tracking_uri": "http://x", "registered_model": "..{model}"}, "mlflow.registered_model", "start with '..'"),
+        ({"tracking_uri": "http://x", "registered_model": "."}, "mlflow.registered_model", "are '.'"),
         ({"tracking_uri": "http://x", "experiment": "{run_id}"}, "mlflow.experiment", "only {project} and {model}"),
         ({"tracking_uri": "http://x", "experiment": " "}, "mlflow.experiment", "must name something"),
         ({"tracking_uri": "http://x", "timeout_seconds": 0}, "mlflow.timeout_seconds", "greater than or equal"),
@@ -159,3 +161,34 @@ def test_a_redeploy_moves_champion_or_removes_it_when_mlflow_never_saw_the_packa
     assert follow_deployment(client, "m", redeploy, None) == {"champion": "1", "challenger": None}
     unknown = {**redeploy, "redeploy": {"model_package_arn": "arn:p/0"}}  # registered before [mlflow]
     assert follow_deployment(client, "m", unknown, None) == {"champion": None, "challenger": None}
+
+
+@pytest.mark.parametrize(
+    ("status", "ended"),
+    [("SUCCEEDED", "FINISHED"), ("SKIPPED", "FINISHED"), ("FAILED", "FAILED"), ("TIMED_OUT", "FAILED")]
+    + [("ABORTED", "KILLED"), (None, "FAILED")],
+)
+def test_the_mlflow_run_ends_as_the_refit_run_ended(status, ended):
+    from refit_core.mlflow_sync import run_end_status
+
+    assert run_end_status({"status": status}) == ended
+
+
+def test_a_run_logged_before_its_outcome_carries_no_outcome_yet():
+    running = {**RECORD, "status": "RUNNING", "outcome": None, "message": None}
+    tags = run_contents(running, LINEAGE, EVALUATION, "refit-audit").tags
+    assert "refit.outcome" not in tags and "mlflow.note.content" not in tags and tags["refit.status"] == "RUNNING"
+    assert run_contents(RECORD, LINEAGE, EVALUATION, "t").tags["mlflow.note.content"].startswith("rolled_back: ")
+
+
+def test_the_audit_record_keeps_what_the_step_after_register_did_or_its_caught_error():
+    from refit_core.audit import summarize_run
+
+    run = {"run_id": "r7", "trigger": "s3"}
+    logged = {"logged": True, "error": None, "run_id": "m1", "model_version": "3", "aliases": {"challenger": "3"}}
+    record = summarize_run({"run": run, "mlflow_challenger": logged}, "churn", "e", "t0", "t1", None)
+    assert record["mlflow_challenger"] == logged and not record["problems"]
+    caught = {"Error": "Lambda.ServiceException", "Cause": '{"errorMessage": "throttled"}'}
+    record = summarize_run({"run": run, "mlflow_challenger": caught}, "churn", "e", "t0", "t1", None)
+    assert record["mlflow_challenger"] == {"logged": False, "error": "Lambda.ServiceException: throttled"}
+    assert summarize_run({"run": run}, "churn", "e", "t0", "t1", None)["mlflow_challenger"] is None
