@@ -26,7 +26,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return
-    if config.args and any("unit" in arg for arg in config.args):
+    if config.args and all("unit" in arg for arg in config.args):
         return  # a unit-test run needs no assembly
     root = config._tmp_path_factory.getbasetemp()
     for name in assemblies.SHARED:
