@@ -108,4 +108,4 @@ def test_the_cli_reads_the_stack_named_after_the_project(monkeypatch):
     with mock_aws():
         boto3.client("cloudformation").create_stack(StackName="refit", TemplateBody=json.dumps(template))
         args = argparse.Namespace(audit_table=None, stack=None, config=str(ROOT / "refit.toml"))
-        assert cli._audit_table(args) == "audit-1"
+        assert cli._stack_output(args, "AuditTable", "--audit-table") == "audit-1"

@@ -14,12 +14,14 @@ import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from refit_core.audit import canary_step_line
 from refit_core.canary import canary_variants, data_capture
 from refit_core.capture import read_capture
 from refit_core.config import CanarySettings, DeploySettings, SyntheticTrafficSettings
+from refit_core.divergence import holdout_reference
 from refit_core.shadow import shadow_variants
 from refit_core.steps import SyntheticTraffic
 from refit_core.synthetic import SyntheticTrafficError, holdout_rows_key, inference_id, replay_lines
@@ -321,10 +323,22 @@ def test_a_quiet_shadow_bake_is_topped_up_through_the_champion_and_the_shadow_ge
     aws.flush_capture()
     files = len(aws.bridges.capture_files)
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    # The gate's holdout reference: the shadow is the champion's own artifact, so both score the holdout alike.
+    scores = np.linspace(0.01, 0.99, 400)
+    gate_key = f"reports/churn/{SYNTH_RUN}/gate.json"
+    s3.put_object(
+        Bucket=aws.artifact_bucket,
+        Key=gate_key,
+        Body=json.dumps({"divergence_reference": holdout_reference(scores, scores)}).encode(),
+    )
+    gate_uri = f"s3://{aws.artifact_bucket}/{gate_key}"
     quiet = check_shadow(
-        CheckShadow(action="check_shadow", shadow_started_at=started, synthetic=SyntheticTraffic(step=-1)),
+        CheckShadow(
+            action="check_shadow", shadow_started_at=started, gate_uri=gate_uri, synthetic=SyntheticTraffic(step=-1)
+        ),
         config,
         cloudwatch,
+        sagemaker,
         s3,
     )
     assert quiet["next"] == "synthetic" and quiet["synthetic_requests"] == {"champion": 20}
@@ -350,7 +364,11 @@ def test_a_quiet_shadow_bake_is_topped_up_through_the_champion_and_the_shadow_ge
     marked = [inference_id(SYNTH_RUN, 0, n) for n in range(20)]
     assert ids == {"champion": marked, "challenger": marked}  # the copies carry the caller's InferenceId
     judged = check_shadow(
-        CheckShadow(action="check_shadow", shadow_started_at=started, synthetic=sent), config, cloudwatch, s3
+        CheckShadow(action="check_shadow", shadow_started_at=started, gate_uri=gate_uri, synthetic=sent),
+        config,
+        cloudwatch,
+        sagemaker,
+        s3,
     )
     assert judged["healthy"] and judged["next"] == "promote", judged["reason"]
     assert judged["synthetic"]["requests"] == {"champion": 20} and "judged with synthetic traffic" in judged["reason"]
