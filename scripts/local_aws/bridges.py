@@ -423,6 +423,19 @@ def channel_relative_path(prefix: str, key: str) -> str:
     return key[prefix.rfind("/") + 1 :]
 
 
+SERVE_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): (.+)$")
+
+
+def serve_failure(log_path: Path) -> str:
+    """Why a `serve` process exited, from its log (the container's log SageMaker sends to CloudWatch): the message of
+    the last exception it printed, or the log's last line."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if match := SERVE_ERROR.match(line):
+            return match.group(1)
+    return lines[-1] if lines else "no output"
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
@@ -1165,14 +1178,20 @@ class Bridges:
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),
             }
-            log_file = (self.workdir / "serving" / f"{model_name}.log").open("w")
-            process = subprocess.Popen(
-                [sys.executable, "-m", "refit_training", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-            )
+            log_path = self.workdir / "serving" / f"{model_name}.log"
+            with log_path.open("w") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "refit_training", "serve"],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise RuntimeError(f"serve for {model_name} exited with {process.returncode}")
+                    raise RuntimeError(
+                        f"serve for {model_name} exited with {process.returncode}: {serve_failure(log_path)}"
+                    )
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as response:
                         if response.status == 200:
