@@ -394,11 +394,17 @@ def test_a_tampered_model_is_refused_at_load_by_serve_and_by_a_lambda(aws):
             }
         ),
     )
-    assert "FunctionError" not in started, started["Payload"].read()
+    assert "FunctionError" not in started
     after = sagemaker.describe_endpoint(EndpointName=endpoint)
     assert (after["EndpointStatus"], after["EndpointConfigName"]) == ("InService", before["EndpointConfigName"])
     assert f"the model registry records {digest}; refusing to load it" in after["FailureReason"]
     assert aws.invoke_endpoint("churn", "12.0,70.5,1,48.0,basic,north")["variant"] == "champion"
+    # The config Deploy created captures with the project key (no IAM condition key covers it: README, Security).
+    created = sagemaker.describe_endpoint_config(
+        EndpointConfigName=json.loads(started["Payload"].read())["expected_config"]
+    )
+    key = next(f.environment["REFIT_KMS_KEY_ARN"] for f in aws.stack.functions.values() if "Deploy" in f.name)
+    assert (created["DataCaptureConfig"]["KmsKeyId"], created["KmsKeyId"]) == (key, key)
 
     check = next(name for name in aws.stack.functions if "CheckBatch" in name)
     s3.put_object(Bucket=bucket, Key=key, Body=tampered(original))
