@@ -21,8 +21,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - SageMaker endpoints: moto lacks UpdateEndpoint; it is added (refused on a Failed endpoint, as SageMaker allows only
   DeleteEndpoint there; `fail_endpoint_update` makes a chosen update end Failed or UpdateRollbackFailed). As on AWS, the new config's models must start: each
   variant's artifact is downloaded and its `serve` process must answer /ping. When one does not (an artifact that
-  does not load), the update fails the way SageMaker's does: the endpoint stays InService on its old config, with
-  the reason in FailureReason. `sagemaker-runtime InvokeEndpoint` returns
+  does not load, or one `serve` refuses: a model file whose SHA-256 is not the registry's), the update fails the way
+  SageMaker's does: the endpoint stays InService on its old config, with the reason in FailureReason (here with the
+  error `serve` printed, which on AWS is in the endpoint's log group). `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
 - SageMaker shadow variants: moto drops CreateEndpointConfig's ShadowProductionVariants. Here they are kept (and

@@ -366,14 +366,27 @@ def test_a_tampered_model_is_refused_at_load_by_serve_and_by_a_lambda(aws):
     before = sagemaker.describe_endpoint(EndpointName=endpoint)
     champion = find_champion(sagemaker, endpoint)
     digest = champion["model_sha256"]
-    assert len(digest) == 64  # Register recorded it, Deploy gave it to the champion's serve
+    # Every package a run registered records the digest of its archive's model.joblib (Register), the champion's too.
+    from refit_core.artifacts import archive_model_sha256
+
+    group = aws.model("churn").package_group
+    registered = [
+        sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        for summary in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    ]
+    by_runs = [p for p in registered if "training_job" in p.get("CustomerMetadataProperties", {})]
+    assert by_runs and champion["model_package_arn"] in {p["ModelPackageArn"] for p in by_runs}
+    for package in by_runs:
+        url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+        archive = s3.get_object(Bucket=url.split("/")[2], Key=url.split("/", 3)[3])["Body"]
+        assert package["CustomerMetadataProperties"]["model_sha256"] == archive_model_sha256(archive), url
     bucket, key = champion["model_data_url"].removeprefix("s3://").split("/", 1)
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     image = sagemaker.describe_model(ModelName=champion["model_name"])["PrimaryContainer"]["Image"]
     swapped = f"training/churn/{endpoint}--tampered--od1/output/model.tar.gz"
     s3.put_object(Bucket=bucket, Key=swapped, Body=tampered(original))
     package = sagemaker.create_model_package(
-        ModelPackageGroupName=aws.model("churn").package_group,
+        ModelPackageGroupName=group,
         ModelApprovalStatus="Approved",
         InferenceSpecification={
             "Containers": [{"Image": image, "ModelDataUrl": f"s3://{bucket}/{swapped}"}],
@@ -403,8 +416,8 @@ def test_a_tampered_model_is_refused_at_load_by_serve_and_by_a_lambda(aws):
     created = sagemaker.describe_endpoint_config(
         EndpointConfigName=json.loads(started["Payload"].read())["expected_config"]
     )
-    key = next(f.environment["REFIT_KMS_KEY_ARN"] for f in aws.stack.functions.values() if "Deploy" in f.name)
-    assert (created["DataCaptureConfig"]["KmsKeyId"], created["KmsKeyId"]) == (key, key)
+    kms_key = next(f.environment["REFIT_KMS_KEY_ARN"] for f in aws.stack.functions.values() if "Deploy" in f.name)
+    assert (created["DataCaptureConfig"]["KmsKeyId"], created["KmsKeyId"]) == (kms_key, kms_key)
 
     check = next(name for name in aws.stack.functions if "CheckBatch" in name)
     s3.put_object(Bucket=bucket, Key=key, Body=tampered(original))
