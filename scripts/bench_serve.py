@@ -100,10 +100,14 @@ def free_port() -> int:
 
 
 def start_server(model_dir: Path, kind: str) -> tuple[subprocess.Popen, str]:
+    from refit_core.artifacts import MODEL_FILE, MODEL_SHA256_ENV, sha256_of
+
     port = free_port()
     env = {
         **os.environ,
         "SM_MODEL_DIR": str(model_dir),
+        # What Deploy gives an endpoint's model from its registry entry: this run's own file, so serve loads it.
+        MODEL_SHA256_ENV: sha256_of(model_dir / MODEL_FILE),
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "REFIT_SERVE_HOST": "127.0.0.1",
         "REFIT_SERVER": kind,

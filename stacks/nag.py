@@ -87,16 +87,6 @@ def acknowledge_findings(stack: Stack, storage: Storage, pipelines: list[ModelPi
     data = stack.get_logical_id(storage.data_bucket.node.default_child)
     artifacts = stack.get_logical_id(storage.artifact_bucket.node.default_child)
 
-    notifications = next(c for c in stack.node.children if c.node.id.startswith("BucketNotificationsHandler"))
-    acknowledge(
-        notifications.node.find_child("Role").node.default_child,
-        {
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]": (
-                "CDK's own handler that switches on S3->EventBridge delivery for the data bucket; the policy only "
-                "writes logs"
-            )
-        },
-    )
     acknowledge(
         storage.dead_letters.node.default_child,
         {

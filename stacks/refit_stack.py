@@ -41,6 +41,10 @@ class ModelPipeline(Construct):
         # Every physical name comes from refit_core.names: `{project}-{model}` and `{project}-{model}--...`.
         prefix = config.prefix(model.name)
         self.endpoint_name = prefix
+        # SageMaker writes the endpoint's container logs here (`serve`'s output, a refused model file among them). It
+        # would create the group itself, kept forever and unencrypted; made here, it has the project's retention and
+        # key. The training jobs' group is shared by the account's jobs and is not made here (README, Security).
+        self.endpoint_logs = storage.log_group(self, "EndpointLogs", f"/aws/sagemaker/Endpoints/{self.endpoint_name}")
         canary_alarm_name = names.alarm_name(prefix, "canary")
         quality_alarm_name = names.alarm_name(prefix, "quality")
         self.package_group = sagemaker.CfnModelPackageGroup(

@@ -81,10 +81,14 @@ class Storage(Construct):
         self.data_bucket = s3.Bucket(
             self,
             "Data",
-            event_bridge_enabled=True,
             server_access_logs_prefix="data/",
             lifecycle_rules=[r for r in data_rules if r.expiration or r.noncurrent_version_expiration],
             **common,
+        )
+        # S3 -> EventBridge delivery (the new-data trigger) set on the bucket itself: CDK's `event_bridge_enabled`
+        # would set it through a custom resource, a CDK-owned Lambda whose log group has no retention and no key.
+        self.data_bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+            event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
         )
         artifact_rules = [
             s3.LifecycleRule(prefix="checkpoints/", expiration=_days(retention.checkpoint_days)),
@@ -175,11 +179,13 @@ class Storage(Construct):
         if notification_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(notification_email))
 
-    def log_group(self, scope: Construct, construct_id: str) -> logs.LogGroup:
-        """A log group kept after the stack (RETAIN), encrypted with the project key, for `retention.log_days`."""
+    def log_group(self, scope: Construct, construct_id: str, name: str | None = None) -> logs.LogGroup:
+        """A log group kept after the stack (RETAIN), encrypted with the project key, for `retention.log_days`;
+        `name` for one a service writes under a name of its own (SageMaker's endpoint logs)."""
         return logs.LogGroup(
             scope,
             construct_id,
+            log_group_name=name,
             encryption_key=self.key,
             retention=RETENTION_DAYS[self.retention.log_days],
             removal_policy=RemovalPolicy.RETAIN,

@@ -777,7 +777,9 @@ def run_monitor(
         for v in endpoint.get("ProductionVariants", [])
     }
     variant_since.setdefault(CHAMPION, champion_since)
-    artifact = load_model_artifact(s3, champion["model_data_url"], champion.get("model_sha256"))
+    artifact = load_model_artifact(
+        s3, champion["model_data_url"], champion.get("model_sha256"), champion.get("model_package_arn")
+    )
     profile = None
     if champion.get("baseline_uri"):
         uri = S3Uri.parse(champion["baseline_uri"])

@@ -137,7 +137,9 @@ def _check_batch(event: CheckEvent, config: Settings, s3: Any, sagemaker: Any) -
     except ProfileError as error:
         result["decision"] = {"action": "fail", "reason": str(error)}
         return result
-    champion_model = load_model_artifact(s3, champion["model_data_url"], champion.get("model_sha256"))
+    champion_model = load_model_artifact(
+        s3, champion["model_data_url"], champion.get("model_sha256"), champion.get("model_package_arn")
+    )
     try:
         stats = BatchStats.of(
             (part for _, part in iter_parts(event.data_uri, s3)),

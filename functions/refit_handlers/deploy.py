@@ -195,7 +195,8 @@ def capture(config: Settings) -> dict[str, Any]:
 
 def model_environment(package: dict[str, Any]) -> dict[str, str]:
     """The serving container's environment from its registry entry (DescribeModelPackage): the entry's ARN, and the
-    digest of its model file recorded there, which `serve` checks before unpickling (refit_core.artifacts)."""
+    digest of its model file recorded there, which `serve` checks before unpickling (refit_core.artifacts); an entry
+    that records none gets none, and `serve` refuses to load its file, naming the entry."""
     digest = package.get("CustomerMetadataProperties", {}).get("model_sha256")
     return {PACKAGE_ENV: package["ModelPackageArn"], **({MODEL_SHA256_ENV: digest} if digest else {})}
 

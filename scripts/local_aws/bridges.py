@@ -23,8 +23,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
 - SageMaker endpoints: moto lacks UpdateEndpoint; it is added (refused on a Failed endpoint, as SageMaker allows only
   DeleteEndpoint there; `fail_endpoint_update` makes a chosen update end Failed or UpdateRollbackFailed). As on AWS, the new config's models must start: each
   variant's artifact is downloaded and its `serve` process must answer /ping. When one does not (an artifact that
-  does not load), the update fails the way SageMaker's does: the endpoint stays InService on its old config, with
-  the reason in FailureReason. `sagemaker-runtime InvokeEndpoint` returns
+  does not load, or one `serve` refuses: a model file whose SHA-256 is not the registry's), the update fails the way
+  SageMaker's does: the endpoint stays InService on its old config, with the reason in FailureReason (here with the
+  error `serve` printed, which on AWS is in the endpoint's log group). `sagemaker-runtime InvokeEndpoint` returns
   static bytes in moto; here it routes by variant weight (or TargetVariant) to real `serve` processes on
   127.0.0.1 and records per-variant CloudWatch metrics (Invocations, 4XX/5XX, ModelLatency).
 - SageMaker shadow variants: moto drops CreateEndpointConfig's ShadowProductionVariants. Here they are kept (and
@@ -471,6 +472,19 @@ def channel_relative_path(prefix: str, key: str) -> str:
     prefix's last `/`, sub-folders kept (`training/churn/` + `training/churn/2026/a.csv` -> `2026/a.csv`; a prefix that
     is a whole key -> its file name). Flattening them, as this bridge once did, hid a job that failed on sub-folders."""
     return key[prefix.rfind("/") + 1 :]
+
+
+SERVE_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): (.+)$")
+
+
+def serve_failure(log_path: Path) -> str:
+    """Why a `serve` process exited, from its log (the container's log SageMaker sends to CloudWatch): the message of
+    the last exception it printed, or the log's last line."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if match := SERVE_ERROR.match(line):
+            return match.group(1)
+    return lines[-1] if lines else "no output"
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -1228,14 +1242,20 @@ class Bridges:
                     [str(self.training_asset / "training_container"), str(self.training_asset / "functions")]
                 ),
             }
-            log_file = (self.workdir / "serving" / f"{model_name}.log").open("w")
-            process = subprocess.Popen(
-                [sys.executable, "-m", "refit_training", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-            )
+            log_path = self.workdir / "serving" / f"{model_name}.log"
+            with log_path.open("w") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "refit_training", "serve"],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if process.poll() is not None:
-                    raise RuntimeError(f"serve for {model_name} exited with {process.returncode}")
+                    raise RuntimeError(
+                        f"serve for {model_name} exited with {process.returncode}: {serve_failure(log_path)}"
+                    )
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as response:
                         if response.status == 200:

@@ -645,8 +645,7 @@ def role_policies(
 ) -> dict[str, list[Statement]]:
     """Every role's identity-policy statements as synthesized: AWS::IAM::Policy documents attached to it and its
     inline Policies, with intrinsics resolved to the stood-up values. `role_arn_of(logical id)` -> the role's ARN.
-    Managed policies are not read: only CDK's S3-notifications helper role has one (AWSLambdaBasicExecutionRole), and
-    that helper does not run locally (the stand-up applies its effect)."""
+    Managed policies are not read: no role refit synthesizes has one (a test checks the template)."""
     resources = template["Resources"]
     roles = {logical for logical, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
     by_name = {}

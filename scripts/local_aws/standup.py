@@ -3,7 +3,7 @@
 moto's own CloudFormation skips or hangs on several resource types refit uses (see local-aws-facts),
 so each type refit needs is created here through the ordinary API calls. Types with nothing to create
 locally (IAM policies, which the local IAM reads from the template instead; bucket, topic and Lambda resource
-policies; CDK's notification-handler Lambda) are recorded as skipped; `LocalFunction` records carry what the Lambda
+policies; CDK's inline helper Lambdas) are recorded as skipped; `LocalFunction` records carry what the Lambda
 bridge needs to run a handler in-process, its execution role included.
 """
 
@@ -166,13 +166,16 @@ class StandUp:
             s3.put_public_access_block(
                 Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
             )
+        notifications = props.get("NotificationConfiguration", {})
+        unsupported = set(notifications) - {"EventBridgeConfiguration"}
+        if unsupported:
+            raise NotImplementedError(f"{logical}: bucket notifications {sorted(unsupported)} are not stood up locally")
+        if notifications.get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
+            # CloudFormation's EventBridgeConfiguration {EventBridgeEnabled: true} is the API's empty object.
+            s3.put_bucket_notification_configuration(
+                Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+            )
         self._set(logical, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com")
-
-    def _create_custom_S3BucketNotifications(self, logical: str, props: dict) -> None:
-        self.clients["s3"].put_bucket_notification_configuration(
-            Bucket=props["BucketName"], NotificationConfiguration=props["NotificationConfiguration"]
-        )
-        self._set(logical, f"{props['BucketName']}-notifications")
 
     def _create_DynamoDB_Table(self, logical: str, props: dict) -> None:
         name = props.get("TableName") or f"{self.assembly.stack_name}-{logical}"
@@ -215,7 +218,7 @@ class StandUp:
         name = props.get("FunctionName") or f"{logical[:55]}-{_short(logical)}"
         code = props["Code"]
         if "ImageUri" not in code:
-            # CDK's own inline handlers (e.g. the S3 notifications custom resource) are replaced by the stand-up.
+            # CDK's own inline handlers (custom resources) are not run; a custom resource needs its own stand-up.
             self.stack.skipped[logical] = "CDK inline helper function; its effect is applied by the stand-up"
             self._set(logical, name, Arn=self._arn("lambda", f"function:{name}"))
             return

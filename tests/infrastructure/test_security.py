@@ -95,7 +95,7 @@ def test_only_functions_that_touch_an_encrypted_store_may_use_the_key(template):
 
 def test_log_groups_are_retained_encrypted_with_the_key_and_kept_a_year(template):
     groups = of_type(template, "AWS::Logs::LogGroup")
-    assert len(groups) == 13  # 12 functions and the state machine
+    assert len(groups) == 14  # 12 functions, the state machine and SageMaker's endpoint logs
     for group in groups.values():
         assert group["DeletionPolicy"] == "Retain" and group["UpdateReplacePolicy"] == "Retain"
         assert group["Properties"]["RetentionInDays"] == 365
@@ -108,6 +108,51 @@ def test_log_groups_are_retained_encrypted_with_the_key_and_kept_a_year(template
     (logs,) = [s for s in key_policy if s.get("Sid") == "CloudWatchLogsEncryptsRefitLogGroups"]
     assert "logs." in json.dumps(logs["Principal"])
     assert "kms:EncryptionContext:aws:logs:arn" in logs["Condition"]["ArnLike"]
+
+
+def test_sagemakers_endpoint_log_group_is_the_stacks_and_its_shared_training_group_is_not(two_models):
+    """SageMaker writes an endpoint's container logs to /aws/sagemaker/Endpoints/<endpoint>, creating the group
+    (kept forever, unencrypted) if it does not exist: each model's is made by the stack, with the project's retention
+    and key. /aws/sagemaker/TrainingJobs is shared by every training job of the account and region: never made here
+    (a second stack would collide with it; README, Security)."""
+    named = {
+        group["Properties"].get("LogGroupName"): group for group in of_type(two_models, "AWS::Logs::LogGroup").values()
+    }
+    sagemaker = {name: group for name, group in named.items() if name and name.startswith("/aws/sagemaker/")}
+    assert set(sagemaker) == {"/aws/sagemaker/Endpoints/other-churn", "/aws/sagemaker/Endpoints/other-churn-eu"}
+    for group in sagemaker.values():
+        assert group["DeletionPolicy"] == "Retain" and group["Properties"]["RetentionInDays"] == 365
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [key_id(two_models), "Arn"]}
+    # The key policy lets CloudWatch Logs use the key for any log group of this account and region: these included.
+    key_policy = next(iter(of_type(two_models, "AWS::KMS::Key").values()))["Properties"]["KeyPolicy"]["Statement"]
+    (logs,) = [s for s in key_policy if s.get("Sid") == "CloudWatchLogsEncryptsRefitLogGroups"]
+    pattern = resolve(logs["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"], two_models)
+    assert pattern == "arn:aws:logs:us-east-1:123456789012:log-group:*"
+    # Each model's SageMaker role writes its own endpoint's group only (and its jobs' streams of the shared one).
+    for model, role in sagemaker_roles(two_models).items():
+        groups = {
+            r
+            for s in resolved_statements(two_models, role)
+            if "logs:PutLogEvents" in actions(s)
+            for r in as_list(s["Resource"])
+        }
+        assert {g.split(":log-group:")[1].split(":")[0] for g in groups} == {
+            "/aws/sagemaker/TrainingJobs",
+            f"/aws/sagemaker/Endpoints/other-{model}",
+        }, groups
+
+
+def test_no_cdk_helper_lambda_exists_s3_sends_events_to_eventbridge_from_the_bucket_itself(template):
+    """The data bucket's S3 -> EventBridge delivery is the bucket's own NotificationConfiguration: no
+    Custom::S3BucketNotifications and no CDK handler Lambda (whose log group would have no retention and no key), and
+    no role with a managed policy (the local IAM reads inline and attached policies only)."""
+    assert not of_type(template, "Custom::S3BucketNotifications")
+    functions = of_type(template, "AWS::Lambda::Function")
+    assert functions and all("ImageUri" in f["Properties"]["Code"] for f in functions.values())
+    assert all("LoggingConfig" in f["Properties"] for f in functions.values())  # each to its own refit log group
+    data = next(b for k, b in of_type(template, "AWS::S3::Bucket").items() if k.startswith("StorageData"))
+    assert data["Properties"]["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    assert not [k for k, r in of_type(template, "AWS::IAM::Role").items() if r["Properties"].get("ManagedPolicyArns")]
 
 
 def test_the_audit_table_is_protected_from_deletion(template):

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
+from refit_core.artifacts import MODEL_SHA256_ENV, archive_model_sha256
 from refit_core.canary import data_capture, error_rate_alarm_expression
 from refit_core.metric_names import LIVE_METRIC_ALARM_BOUND, MONITOR_NAMESPACE
 
@@ -184,6 +185,7 @@ def endpoint(aws, tmp_path_factory):
         PrimaryContainer={
             "Image": stack_setting(aws, "REFIT_IMAGE_URI"),
             "ModelDataUrl": f"s3://{aws.artifact_bucket}/{MODEL_KEY}",
+            "Environment": {MODEL_SHA256_ENV: archive_model_sha256(archive.getvalue())},  # as Deploy sets it
         },
     )
     kms_key = stack_setting(aws, "REFIT_KMS_KEY_ARN")

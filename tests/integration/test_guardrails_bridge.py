@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from refit_core.artifacts import MODEL_SHA256_ENV, archive_model_sha256
 
 from scripts.local_aws.bridges import JOB_WAIT_SECONDS
 from scripts.local_aws.runtime import LocalRuntime
@@ -65,10 +66,10 @@ def fleet(aws, tmp_path_factory) -> dict[str, Any]:
         for path in sorted((root / "model").iterdir()):
             tar.add(path, arcname=path.name)
     endpoint = aws.model(MODEL).endpoint_name
-    sagemaker = aws.client("sagemaker")
+    sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
     for model in ("a", "b", "c"):
         key = f"training/guard/refit-guard--guarded-{model}--od1/output/model.tar.gz"
-        aws.client("s3").put_object(Bucket=aws.artifact_bucket, Key=key, Body=archive.getvalue())
+        s3.put_object(Bucket=aws.artifact_bucket, Key=key, Body=archive.getvalue())
         if model == "c":
             wrap_challenger(aws, "5xx", tmp_path_factory.mktemp("faulty"), f"s3://{aws.artifact_bucket}/{key}")
         sagemaker.create_model(
@@ -77,6 +78,9 @@ def fleet(aws, tmp_path_factory) -> dict[str, Any]:
             PrimaryContainer={
                 "Image": stack_setting(aws, "REFIT_IMAGE_URI"),
                 "ModelDataUrl": f"s3://{aws.artifact_bucket}/{key}",
+                "Environment": {
+                    MODEL_SHA256_ENV: archive_model_sha256(s3.get_object(Bucket=aws.artifact_bucket, Key=key)["Body"])
+                },
             },
         )
     configs = {"a": ("a", 1, "champion"), "b": ("b", 1, "champion"), "b4": ("b", 4, "champion")}

@@ -353,3 +353,102 @@ def test_a_training_channel_keeps_its_sub_folders_as_sagemaker_does():
     assert channel_relative_path("validation/churn/", "validation/churn/2026/11/part.csv") == "2026/11/part.csv"
     assert channel_relative_path("incoming/churn/first.csv", "incoming/churn/first.csv") == "first.csv"
     assert channel_relative_path("job-data/churn/r/j/train/", "job-data/churn/r/j/train/r1-a.csv") == "r1-a.csv"
+
+
+def tampered(archive: bytes) -> bytes:
+    """`archive` with one byte added to its model.joblib: what someone with write access to the bucket could plant."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as source,
+        tarfile.open(fileobj=buffer, mode="w:gz") as target,
+    ):
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else b""
+            if member.name.endswith("model.joblib"):
+                data += b"\x00"
+            member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_tampered_model_is_refused_at_load_by_serve_and_by_a_lambda(aws):
+    """The registry's digest is checked where the file is unpickled. A package whose model.tar.gz was swapped after
+    Register: the real Deploy Lambda starts a canary with it, the challenger's real `serve` refuses the file, the
+    update fails as SageMaker's does and the endpoint stays on its champion, the refusal in FailureReason. The
+    champion's own file swapped: the drift check (CheckBatch) refuses it before scoring the batch."""
+    from refit_core.champion import find_champion
+
+    sagemaker, s3, lam = aws.client("sagemaker"), aws.client("s3"), aws.client("lambda")
+    endpoint = aws.model("churn").endpoint_name
+    before = sagemaker.describe_endpoint(EndpointName=endpoint)
+    champion = find_champion(sagemaker, endpoint)
+    digest = champion["model_sha256"]
+    # Every package a run registered records the digest of its archive's model.joblib (Register), the champion's too.
+    from refit_core.artifacts import archive_model_sha256
+
+    group = aws.model("churn").package_group
+    registered = [
+        sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        for summary in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    ]
+    by_runs = [p for p in registered if "training_job" in p.get("CustomerMetadataProperties", {})]
+    assert by_runs and champion["model_package_arn"] in {p["ModelPackageArn"] for p in by_runs}
+    for package in by_runs:
+        url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+        archive = s3.get_object(Bucket=url.split("/")[2], Key=url.split("/", 3)[3])["Body"]
+        assert package["CustomerMetadataProperties"]["model_sha256"] == archive_model_sha256(archive), url
+    bucket, key = champion["model_data_url"].removeprefix("s3://").split("/", 1)
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    image = sagemaker.describe_model(ModelName=champion["model_name"])["PrimaryContainer"]["Image"]
+    swapped = f"training/churn/{endpoint}--tampered--od1/output/model.tar.gz"
+    s3.put_object(Bucket=bucket, Key=swapped, Body=tampered(original))
+    package = sagemaker.create_model_package(
+        ModelPackageGroupName=group,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={
+            "Containers": [{"Image": image, "ModelDataUrl": f"s3://{bucket}/{swapped}"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+        CustomerMetadataProperties={"model_sha256": digest},  # the file Register saw, not the one there now
+    )["ModelPackageArn"]
+    deploy = next(name for name in aws.stack.functions if "Deploy" in name)
+    started = lam.invoke(
+        FunctionName=deploy,
+        Payload=json.dumps(
+            {
+                "action": "start",
+                "run_id": "tampered",
+                "model_data_url": f"s3://{bucket}/{swapped}",
+                "model_package_arn": package,
+            }
+        ),
+    )
+    assert "FunctionError" not in started
+    after = sagemaker.describe_endpoint(EndpointName=endpoint)
+    assert (after["EndpointStatus"], after["EndpointConfigName"]) == ("InService", before["EndpointConfigName"])
+    assert f"the model registry records {digest}; refusing to load it" in after["FailureReason"]
+    assert aws.invoke_endpoint("churn", "12.0,70.5,1,48.0,basic,north")["variant"] == "champion"
+    # The config Deploy created captures with the project key (no IAM condition key covers it: README, Security).
+    created = sagemaker.describe_endpoint_config(
+        EndpointConfigName=json.loads(started["Payload"].read())["expected_config"]
+    )
+    kms_key = next(f.environment["REFIT_KMS_KEY_ARN"] for f in aws.stack.functions.values() if "Deploy" in f.name)
+    assert (created["DataCaptureConfig"]["KmsKeyId"], created["KmsKeyId"]) == (kms_key, kms_key)
+
+    check = next(name for name in aws.stack.functions if "CheckBatch" in name)
+    s3.put_object(Bucket=bucket, Key=key, Body=tampered(original))
+    try:
+        refused = lam.invoke(
+            FunctionName=check,
+            Payload=json.dumps({"run_id": "tampered", "data_uri": f"s3://{aws.data_bucket}/incoming/churn/first.csv"}),
+        )
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=original)
+    error = json.loads(refused["Payload"].read())
+    assert refused["FunctionError"] == "Unhandled" and error["errorType"] == "ArtifactIntegrityError", error
+    assert error["errorMessage"].startswith(f"{champion['model_data_url']}: model.joblib has SHA-256 ")
+    assert f"the model registry records {digest}; refusing to load it" in error["errorMessage"]

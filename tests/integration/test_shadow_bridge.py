@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from refit_core.artifacts import MODEL_SHA256_ENV, archive_model_sha256
 from refit_core.audit import canary_step_line
 from refit_core.canary import canary_variants, data_capture
 from refit_core.capture import read_capture
@@ -72,6 +73,9 @@ def models(aws, tmp_path_factory):
             PrimaryContainer={
                 "Image": stack_setting(aws, "REFIT_IMAGE_URI"),
                 "ModelDataUrl": f"s3://{aws.artifact_bucket}/{key}",
+                "Environment": {
+                    MODEL_SHA256_ENV: archive_model_sha256(s3.get_object(Bucket=aws.artifact_bucket, Key=key)["Body"])
+                },
             },
         )
     return {name: f"{ENDPOINT}-{name}" for name in names}

@@ -92,7 +92,10 @@ def any_server(trained, request):
 
 @contextlib.contextmanager
 def serving(root: Path, server: str = "gunicorn"):
-    """`serve` on a free port of 127.0.0.1 over the model `train` wrote under `root`; stopped on exit."""
+    """`serve` on a free port of 127.0.0.1 over the model `train` wrote under `root`, given its digest as Deploy gives
+    it from the registry; stopped on exit."""
+    from refit_core.artifacts import MODEL_FILE, sha256_of
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -106,6 +109,7 @@ def serving(root: Path, server: str = "gunicorn"):
             "SAGEMAKER_BIND_TO_PORT": str(port),
             "REFIT_SERVE_HOST": "127.0.0.1",
             "REFIT_SERVER": server,
+            "REFIT_MODEL_SHA256": sha256_of(root / "model" / MODEL_FILE),
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -437,7 +441,8 @@ def tarfile_of(files: dict[str, bytes]) -> bytes:
 
 def test_serve_refuses_a_model_file_whose_digest_is_not_the_registrys(trained, tmp_path):
     """model.joblib is a pickle: `serve` checks it against the digest Deploy puts in its environment (the registry's)
-    before loading it, and does not start on a mismatch; the matching digest starts it."""
+    before loading it, unpacked or as model.tar.gz, and does not start on a mismatch or without a digest (naming the
+    registry entry); the matching digest starts it."""
     from refit_core.artifacts import MODEL_FILE, archive_model_sha256, sha256_of
 
     digest = archive_model_sha256(model_archive(trained))
@@ -447,29 +452,35 @@ def test_serve_refuses_a_model_file_whose_digest_is_not_the_registrys(trained, t
     with pytest.raises(ValueError, match="the archive holds no model.joblib"):
         archive_model_sha256(tarfile_of({"metadata.json": b"{}"}))
     wrong = "0" * 64
-    for server in ("simple", "gunicorn"):
+    package = "arn:aws:sagemaker:us-east-1:123456789012:model-package/refit-churn/7"
+    archived = tmp_path / "archived"  # as SageMaker hands it over: model.tar.gz alone in the model directory
+    archived.mkdir()
+    (archived / "model.tar.gz").write_bytes(model_archive(trained))
+    cases = [
+        ("simple", trained / "model", wrong, f"the model registry records {wrong}; refusing to load it"),
+        ("gunicorn", trained / "model", wrong, f"the model registry records {wrong}; refusing to load it"),
+        ("simple", archived, None, f"{package} records no SHA-256 of model.joblib (model_sha256); refusing to load"),
+    ]
+    for server, model_dir, expected, refusal in cases:
         result = subprocess.run(
             [sys.executable, "-m", "refit_training", "serve"],
             env={
-                **os.environ,
-                "REFIT_OPT_ML": str(trained),
+                **{k: v for k, v in os.environ.items() if k != "REFIT_MODEL_SHA256"},
+                "SM_MODEL_DIR": str(model_dir),
                 "SAGEMAKER_BIND_TO_PORT": "1",
                 "REFIT_SERVE_HOST": "127.0.0.1",
                 "REFIT_SERVER": server,
-                "REFIT_MODEL_SHA256": wrong,
+                "REFIT_MODEL_PACKAGE_ARN": package,
+                **({"REFIT_MODEL_SHA256": expected} if expected else {}),
             },
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert result.returncode != 0, server
-        assert f"the model registry records {wrong}; refusing to load it" in result.stdout + result.stderr, server
-    os.environ["REFIT_MODEL_SHA256"] = digest
-    try:
-        with serving(trained, "simple") as url:
-            assert urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200
-    finally:
-        del os.environ["REFIT_MODEL_SHA256"]
+        assert result.returncode != 0, (server, model_dir, expected)
+        assert refusal in result.stdout + result.stderr, (server, model_dir, expected, result.stderr[-2000:])
+    with serving(trained, "simple") as url:  # the registry's digest of this very file
+        assert urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200
 
 
 def test_train_refuses_a_champion_whose_model_file_is_not_the_registrys(trained, tmp_path):

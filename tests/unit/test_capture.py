@@ -303,7 +303,7 @@ def test_list_capture_objects_lists_each_variants_hours_from_since_on():
 def served(tmp_path_factory):
     """A small model in refit's artifact layout, loaded by serve's own LoadedModel."""
     import joblib
-    from refit_core.artifacts import METADATA_FILE, MODEL_FILE
+    from refit_core.artifacts import METADATA_FILE, MODEL_FILE, sha256_of
     from refit_training.search import preprocessor
     from refit_training.serve import LoadedModel
     from sklearn.linear_model import LogisticRegression
@@ -317,7 +317,7 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     joblib.dump(pipeline, folder / MODEL_FILE)
     (folder / METADATA_FILE).write_text(json.dumps({"features": FEATURES, "problem_type": BINARY}))
-    return LoadedModel(folder)
+    return LoadedModel(folder, sha256_of(folder / MODEL_FILE))
 
 
 @pytest.mark.parametrize("reply_type", OUTPUT_TYPES)

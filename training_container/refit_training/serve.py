@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 from refit_core.artifacts import MODEL_FILE, MODEL_SHA256_ENV, ModelArtifact
+from refit_core.champion import PACKAGE_ENV
 from refit_core.payloads import (
     CSV,
     JSON,
@@ -76,13 +77,15 @@ def reply_type(accept: str) -> str:
 class LoadedModel:
     def __init__(self, model_dir: Path, expected_sha256: str | None = None) -> None:
         """`expected_sha256`: the registry's digest of model.joblib, which refit's Deploy puts in the model's
-        environment (REFIT_MODEL_SHA256); a file that does not match is refused before it is unpickled."""
+        environment (REFIT_MODEL_SHA256) with the registry entry's ARN (REFIT_MODEL_PACKAGE_ARN); a file that does
+        not match, or a model with no digest, is refused before it is unpickled."""
         expected = expected_sha256 or os.environ.get(MODEL_SHA256_ENV) or None
+        package = os.environ.get(PACKAGE_ENV) or None
         archive = model_dir / "model.tar.gz"
         if not (model_dir / MODEL_FILE).exists() and archive.exists():
-            self.artifact = ModelArtifact.from_archive(archive, model_dir, expected)
+            self.artifact = ModelArtifact.from_archive(archive, model_dir, expected, package=package)
         else:
-            self.artifact = ModelArtifact.load(model_dir, expected)
+            self.artifact = ModelArtifact.load(model_dir, expected, package=package)
         self.features: list[str] = self.artifact.features
         self.numeric: list[str] = self.artifact.numeric_features
         self.problem_type: str = self.artifact.problem_type

@@ -126,7 +126,7 @@ def feature_columns(config: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in (config["target"], config.get("id_column"))]
 
 
-def load_champion(opt: OptMl, scratch: Path, expected_sha256: str | None = None) -> ModelArtifact | None:
+def load_champion(opt: OptMl, scratch: Path, expected_sha256: str | None) -> ModelArtifact | None:
     """The champion from its channel, its model file checked against the registry's digest before it is loaded."""
     folder = opt.channel("champion")
     archives = sorted(folder.glob("*.tar.gz")) if folder.is_dir() else []
