@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from refit_core import names
-from refit_core.canary import CHAMPION, variant
 from refit_core.config import GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
@@ -34,16 +33,24 @@ def alarm_names(endpoint_name: str) -> list[str]:
     return [names.alarm_name(endpoint_name, purpose) for purpose in ALARM_PURPOSES]
 
 
-def instance_count(model: ModelConfig) -> int:
-    """The instances of the endpoint's variant, as refit creates it (refit_core.canary.variant)."""
-    return int(variant("", CHAMPION, 1.0, model.serving_instance_type)["InitialInstanceCount"])
+def step_instances(settings: GuardrailsSettings, count: int) -> int:
+    """Instances the new fleet turns on per traffic step (the canary, or each linear step) in a fleet of `count`: a
+    CapacitySize in instances, or a percentage of the fleet rounded up (at least one instance)."""
+    if settings.size is None:
+        return count
+    if settings.size_type == "INSTANCE_COUNT":
+        return settings.size
+    return max(1, -(-count * settings.size // 100))
 
 
 def refusals(model: ModelConfig) -> list[str]:
     """Why deployment guardrails cannot serve this model's endpoint as configured (empty: they can). Checked at synth,
     so `cdk synth` stops with the reason instead of SageMaker refusing, or silently not guarding, the first update.
-    The endpoint refit builds in this mode has one variant and is not serverless (the guide's exclusions for rolling
-    updates), so the checks left are the fleet size the traffic steps need and the excluded instance families."""
+    The endpoint refit builds in this mode has one variant of `deploy.capacity.instance_count` instances and is not
+    serverless (the guide's exclusions for rolling updates), so the checks left are the excluded instance families
+    and the fleet size the traffic steps need (TrafficRoutingConfig: CanarySize at most 50% of the variant's
+    instances, LinearStepSize 10-50% of them; a fleet of one instance can therefore only be updated ALL_AT_ONCE),
+    and, for LINEAR steps in instances, the maximum execution timeout against the bakes that fleet takes."""
     settings = model.deploy.guardrails
     reasons = []
     if model.serving_instance_type.startswith(EXCLUDED_INSTANCE_PREFIXES):
@@ -51,18 +58,29 @@ def refusals(model: ModelConfig) -> list[str]:
             f"serving_instance_type {model.serving_instance_type} (Inferentia Inf1) is excluded from deployment "
             "guardrails: SageMaker would update it all at once with no bake and no alarm rollback"
         )
-    count = instance_count(model)
-    kind, size = settings.traffic_routing, settings.size
-    if kind != "ALL_AT_ONCE" and size is not None:
-        instances = size if settings.size_type == "INSTANCE_COUNT" else max(1, -(-count * size // 100))
-        low = 0.1 if kind == "LINEAR" else 0.0
-        if not low * count <= instances <= 0.5 * count:
-            what = "the canary" if kind == "CANARY" else "each linear step"
-            bounds = "at most 50%" if kind == "CANARY" else "10-50%"
+    count = model.deploy.capacity.instance_count
+    kind = settings.traffic_routing
+    if kind == "ALL_AT_ONCE":
+        return reasons
+    instances = step_instances(settings, count)
+    low = 0.1 if kind == "LINEAR" else 0.0
+    if not low * count <= instances <= 0.5 * count:
+        what = "the canary" if kind == "CANARY" else "each linear step"
+        bounds = "at most 50%" if kind == "CANARY" else "10-50%"
+        reasons.append(
+            f"deploy.guardrails {kind} with size {settings.size} ({settings.size_type}) puts {instances} of the "
+            f"endpoint's {count} instance(s) (deploy.capacity.instance_count) on {what}; SageMaker requires {bounds} "
+            f"of the fleet: change size or instance_count (a fleet of one instance can only be updated ALL_AT_ONCE, "
+            "whose one bake still rolls back on the alarms)"
+        )
+    elif kind == "LINEAR" and settings.size_type == "INSTANCE_COUNT":
+        bakes = -(-count // instances)
+        waits = bakes * settings.wait_interval_seconds + settings.termination_wait_seconds
+        if settings.max_execution_timeout_seconds <= waits:
             reasons.append(
-                f"deploy.guardrails {kind} with size {size} ({settings.size_type}) puts {instances} of the endpoint's "
-                f"{count} instance(s) on {what}; SageMaker requires {bounds} of the fleet, so {kind} needs at least 2 "
-                "instances (or use ALL_AT_ONCE, whose one bake still rolls back on the alarms)"
+                f"deploy.guardrails LINEAR steps of {instances} instance(s) on {count} take {bakes} bakes: "
+                f"max_execution_timeout_seconds = {settings.max_execution_timeout_seconds} must be larger than "
+                f"their waits ({waits} s)"
             )
     return reasons
 

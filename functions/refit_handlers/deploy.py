@@ -322,7 +322,15 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "guarded")
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        ProductionVariants=[
+            variant(
+                model_name,
+                CHAMPION,
+                1.0,
+                config.model.serving_instance_type,
+                config.model.deploy.capacity.instance_count,  # the fleet the traffic steps are sized against
+            )
+        ],
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )

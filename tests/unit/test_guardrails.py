@@ -115,9 +115,72 @@ def test_guardrails_refuse_what_they_cannot_guard(tmp_path):
         update={"deploy": guarded.deploy.model_copy(update={"guardrails": settings(traffic_routing="CANARY", size=10)})}
     )
     (reason,) = refusals(canary)
-    assert "puts 1 of the endpoint's 1 instance(s) on the canary" in reason and "at least 2 instances" in reason
+    assert "puts 1 of the endpoint's 1 instance(s) (deploy.capacity.instance_count) on the canary" in reason
+    assert "a fleet of one instance can only be updated ALL_AT_ONCE" in reason
     inferentia = guarded.model_copy(update={"serving_instance_type": "ml.inf1.xlarge"})
     assert any("Inferentia Inf1" in r and "no bake" in r for r in refusals(inferentia))
+
+
+def guarded_model(count: int, **values: Any) -> Any:
+    model = handler_settings().model
+    deploy = model.deploy.model_copy(
+        update={
+            "mode": "guardrails",
+            "guardrails": settings(**values),
+            "capacity": model.deploy.capacity.model_copy(update={"instance_count": count}),
+        }
+    )
+    return model.model_copy(update={"deploy": deploy})
+
+
+@pytest.mark.parametrize(
+    ("count", "values", "refused"),
+    [
+        (2, {"traffic_routing": "CANARY", "size": 50}, None),  # 1 of 2 instances: at most 50%
+        (4, {"traffic_routing": "CANARY", "size": 2, "size_type": "INSTANCE_COUNT"}, None),
+        (3, {"traffic_routing": "CANARY", "size": 2, "size_type": "INSTANCE_COUNT"}, "puts 2 of the endpoint's 3"),
+        (4, {"traffic_routing": "LINEAR", "size": 25}, None),
+        (
+            10,
+            {"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT", "wait_interval_seconds": 60},
+            None,
+        ),
+        (11, {"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT"}, "puts 1 of the endpoint's 11"),
+        (1, {"traffic_routing": "LINEAR", "size": 50}, "puts 1 of the endpoint's 1"),
+        (
+            8,
+            {
+                "traffic_routing": "LINEAR",
+                "size": 1,
+                "size_type": "INSTANCE_COUNT",
+                "wait_interval_seconds": 600,
+                "max_execution_timeout_seconds": 3600,
+            },
+            "take 8 bakes: max_execution_timeout_seconds = 3600 must be larger than their waits (4800 s)",
+        ),
+    ],
+)
+def test_canary_and_linear_sizes_are_judged_against_the_configured_fleet(count, values, refused):
+    """CanarySize / LinearStepSize are shares of the variant's instance count (TrafficRoutingConfig), and the fleet is
+    deploy.capacity.instance_count: the same sizes fit one fleet and not another."""
+    reasons = refusals(guarded_model(count, **values))
+    if refused is None:
+        assert reasons == []
+    else:
+        (reason,) = reasons
+        assert refused in reason
+
+
+def test_the_guarded_config_has_the_configured_fleet_whose_steps_the_local_runtime_accepts():
+    config = handler_settings()
+    model = guarded_model(4, traffic_routing="CANARY", size=1, size_type="INSTANCE_COUNT")
+    config = type(config)(**{**config.__dict__, "model": model})
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--old"), ["champion"])
+    started = start_guardrails(START, config, sagemaker)
+    created = next(kwargs for name, kwargs in sagemaker.calls if name == "create_endpoint_config")
+    assert [v["InitialInstanceCount"] for v in created["ProductionVariants"]] == [4]
+    routing = started["deployment_config"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert guarded_traffic_steps(routing, 4) == [0.25, 1.0]  # the bridge refuses a canary over half the fleet
 
 
 @pytest.mark.parametrize(
