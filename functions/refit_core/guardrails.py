@@ -12,9 +12,11 @@ again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's d
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from refit_core import names
+from refit_core.canary import VariantWindow
 from refit_core.config import GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
@@ -128,3 +130,69 @@ def alarm_reason(alarms: list[dict[str, Any]]) -> str | None:
     """The reason from the rollback alarms that are in ALARM (DescribeAlarms' MetricAlarms), or None."""
     firing = [f"{a['AlarmName']}: {a.get('StateReason', 'in ALARM')}" for a in alarms if a.get("StateValue") == "ALARM"]
     return "; ".join(firing) if firing else None
+
+
+def bake_count(settings: GuardrailsSettings, count: int) -> int:
+    """The traffic steps (each followed by a bake) of a guarded update of a fleet of `count` instances."""
+    if settings.traffic_routing == "ALL_AT_ONCE":
+        return 1
+    if settings.traffic_routing == "CANARY":
+        return 2
+    return -(-count // step_instances(settings, count))
+
+
+def bake_window(
+    settings: GuardrailsSettings, count: int, requested_at: datetime, checked_at: datetime
+) -> tuple[datetime, datetime]:
+    """The window judged after a guarded update ended on the new config: its bakes and termination wait before the
+    check that saw the end, plus a minute of margin (SageMaker's metrics have a one-minute resolution, and CloudWatch
+    rounds the start down to the minute), never before the UpdateEndpoint. Both fleets report under the one variant
+    name, so CloudWatch cannot tell them apart: the margin may count traffic the old fleet served."""
+    bakes = bake_count(settings, count) * settings.wait_interval_seconds + settings.termination_wait_seconds
+    return max(requested_at, checked_at - timedelta(seconds=bakes + 60)), checked_at + timedelta(minutes=1)
+
+
+def bake_verdict(settings: GuardrailsSettings, bake: VariantWindow, champion: VariantWindow) -> dict[str, Any]:
+    """refit's judgement of a guarded update SageMaker finished (its alarms did not fire): a quiet bake is not a pass
+    (SageMaker treats missing data as not breaching, so a bake without traffic completes), and the bakes' p99
+    ModelLatency is held against the champion's own p99 before the update (`champion_lookback_seconds`), judged once
+    both have `min_latency_samples` latency samples (fewer: not judged, and the reason says so). 5XX and mean latency
+    are the rollback alarms' (SageMaker's) to judge during the bakes."""
+    raw_ratio = (
+        bake.p99_latency_ms / champion.p99_latency_ms
+        if bake.p99_latency_ms is not None and champion.p99_latency_ms
+        else None
+    )
+    p99_judged = min(bake.samples, champion.samples) >= settings.min_latency_samples and raw_ratio is not None
+    evidence = {
+        "bake": bake.evidence(),
+        "champion": champion.evidence(),
+        "p99_latency_ratio": round(raw_ratio, 4) if raw_ratio is not None else None,
+        "p99_judged": p99_judged,
+    }
+    if bake.invocations < settings.min_invocations:
+        return {
+            "healthy": False,
+            "reason": f"quiet window: the endpoint saw {bake.invocations:.0f} invocations during the bakes, fewer "
+            f"than the {settings.min_invocations} required to judge the new model",
+            **evidence,
+        }
+    if not p99_judged:
+        return {
+            "healthy": True,
+            "reason": f"the bakes served {bake.invocations:.0f} requests; p99 not judged: fewer than "
+            f"{settings.min_latency_samples} latency samples in the bakes or in the champion's window before the update",
+            **evidence,
+        }
+    if raw_ratio is not None and raw_ratio > settings.max_p99_latency_ratio:
+        return {
+            "healthy": False,
+            "reason": f"p99 model latency in the bakes {bake.p99_latency_ms} ms is {raw_ratio:.2f} x the "
+            f"champion's {champion.p99_latency_ms} ms before the update, over {settings.max_p99_latency_ratio}",
+            **evidence,
+        }
+    return {
+        "healthy": True,
+        "reason": f"the bakes served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the champion)",
+        **evidence,
+    }

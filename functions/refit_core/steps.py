@@ -324,9 +324,10 @@ class AlarmView(Step):
 class GuardrailsCheck(Step):
     """A guarded update (deploy.mode guardrails) as DescribeEndpoint shows it: still under way (`wait`), the new
     config serving (`promoted`), SageMaker's rollback to the previous config (`rolled_back`, with the reason from the
-    rollback alarms or FailureReason), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
+    rollback alarms or FailureReason), the new config serving but refit's bake verdict failed (`rollback`: quiet
+    bakes, or a p99 over the champion's; the run then returns the endpoint to the previous config), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
 
-    next: Literal["wait", "promoted", "rolled_back", "failed"]
+    next: Literal["wait", "promoted", "rolled_back", "rollback", "failed"]
     reason: str
     name: str | None = None
     status: str | None = None
@@ -336,6 +337,7 @@ class GuardrailsCheck(Step):
     expected_config: str
     previous_config: str
     alarms: list[AlarmView] = Field(default_factory=list)
+    bake: dict[str, Any] | None = None  # refit's verdict on the bakes once SageMaker finished (bake_verdict)
     checked_at: str | None = None
 
 

@@ -32,7 +32,7 @@ from refit_core.champion import (
     view_of,
 )
 from refit_core.divergence import live_outputs, prediction_divergence
-from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
+from refit_core.guardrails import alarm_names, alarm_reason, bake_verdict, bake_window, deployment_config, judge
 from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
 from refit_core.shadow import SHADOW, shadow_variants, shadow_verdict, window_scores
@@ -85,6 +85,7 @@ class GuardedStatus(BaseModel):
     action: Literal["guardrails_status"]
     expected_config: str
     previous_config: str
+    requested_at: str  # when start_guardrails called UpdateEndpoint: the bakes' window starts no earlier
 
 
 class EndpointStatus(BaseModel):
@@ -335,6 +336,7 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     deployment = deployment_config(config.model.deploy.guardrails, alarm_names(config.endpoint_name))
+    since = now()
     sagemaker.update_endpoint(
         EndpointName=config.endpoint_name, EndpointConfigName=config_name, DeploymentConfig=deployment
     )
@@ -344,6 +346,7 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
         "expected_config": config_name,
         "challenger_model": model_name,
         "deployment_config": deployment,
+        "challenger_since": since,
     }
 
 
@@ -359,6 +362,7 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         view = view_of(endpoint, config.endpoint_name)
         outcome, reason = judge(view["status"], view["config"], event.expected_config, event.previous_config)
     alarms: list[dict[str, Any]] = []
+    bake: dict[str, Any] | None = None
     if outcome != "wait":
         described = cloudwatch.describe_alarms(AlarmNames=alarm_names(config.endpoint_name))["MetricAlarms"]
         alarms = [
@@ -366,6 +370,12 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
             for a in described
         ]
         why = alarm_reason(described) or view.get("failure_reason")
+        if outcome == "promoted":
+            bake = judge_bake(event, config, cloudwatch)  # SageMaker's alarms did not fire: refit's own rules
+            if not bake["healthy"]:
+                outcome, reason = "rollback", f"{reason}, but refit rolls it back: {bake['reason']}"
+            else:
+                reason += f"; {bake['reason']}"
         if outcome == "rolled_back":
             reason += f": {why or 'no rollback alarm is in ALARM now and SageMaker gave no FailureReason'}"
         elif outcome == "failed" and why:
@@ -377,7 +387,27 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         "expected_config": event.expected_config,
         "previous_config": event.previous_config,
         "alarms": alarms,
+        "bake": bake,
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def judge_bake(event: GuardedStatus, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+    """refit's verdict on a guarded update SageMaker finished on the new config (refit_core.guardrails.bake_verdict):
+    the endpoint's numbers over the bakes against the champion's before the UpdateEndpoint."""
+    settings = config.model.deploy.guardrails
+    requested_at = datetime.fromisoformat(event.requested_at)
+    start_time, end_time = bake_window(
+        settings, config.model.deploy.capacity.instance_count, requested_at, datetime.now(UTC)
+    )
+    lookback = requested_at - timedelta(seconds=settings.champion_lookback_seconds)
+    bake = variant_window(cloudwatch, config.endpoint_name, CHAMPION, start_time, end_time)
+    champion = variant_window(cloudwatch, config.endpoint_name, CHAMPION, lookback, requested_at)
+    return {
+        **bake_verdict(settings, bake, champion),
+        "window_start": start_time.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
+        "window_end": end_time.isoformat(timespec="seconds"),
+        "champion_window_start": lookback.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
     }
 
 
@@ -817,7 +847,9 @@ def handler(event: dict, context: Any) -> dict:
     result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
     ended = {"promote": "CanaryPromoted", "rollback": "CanaryRolledBack"}.get(request.action)
     if request.action == "guardrails_status":  # a guarded update's end counts as a canary's (the dashboard's counts)
-        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack"}.get(result["next"])
+        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack", "rollback": "CanaryRolledBack"}.get(
+            result["next"]
+        )
     if ended is not None:
         metrics.add_dimension(name="Model", value=config.model.name)
         metrics.add_metric(name=ended, unit=MetricUnit.Count, value=1)
