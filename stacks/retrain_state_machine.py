@@ -742,6 +742,7 @@ class RetrainStateMachine(Construct):
                     "wait_seconds.$": "$.ab.wait_seconds",
                     "checks.$": "$.ab.checks",
                     "expected_config.$": "$.deploy.expected_config",
+                    "gate_uri.$": "$.gate.gate_uri",
                 },
                 "$.ab",
             ),

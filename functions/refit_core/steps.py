@@ -478,14 +478,15 @@ class AbVerdict(Step):
     """The A/B test so far: `next` is `wait` (another Wait of `wait_seconds`; `remaining_seconds` of the duration are
     left after it) until the duration has passed, then the decision, taken once: `promote` (result `won`) or
     `rollback` (`lost`, `undecided`, `too_few_labels`; `errors` at any check, when the challenger's error alarm is in
-    ALARM), with both variants' metrics and the test's evidence."""
+    ALARM; `harmed` at any check, when the canary's rules on the window so far fail: 5XX/4XX against the champion, p99
+    ratio, prediction divergence, fixed ceilings), with both variants' metrics and the test's evidence."""
 
     next: Literal["wait", "promote", "rollback"]
     started_at: str
     remaining_seconds: int
     wait_seconds: int = 0
     checks: int = 0
-    result: Literal["won", "lost", "undecided", "too_few_labels", "errors"] | None = None
+    result: Literal["won", "lost", "undecided", "too_few_labels", "errors", "harmed"] | None = None
     reason: str | None = None
     metric: str | None = None
     test: str | None = None
@@ -500,6 +501,7 @@ class AbVerdict(Step):
     champion: AbVariant | None = None
     challenger: AbVariant | None = None
     decided_at: str | None = None
+    guards: dict[str, Any] | None = None  # the last check's canary rules on the window since the split began
 
 
 # --- RequestApproval (task token) / ExpireApproval -> $.approval ----------------------------------------------------

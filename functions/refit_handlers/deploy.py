@@ -512,16 +512,33 @@ def variant_window(
 def divergence_check(
     event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
 ) -> dict[str, Any]:
-    """The prediction-divergence check of a step (refit_core.divergence): both variants' captured outputs in the
-    window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
-    off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
+    """The prediction-divergence check of a canary step, at level `alpha` / number of steps: Bonferroni over the
+    plan's steps, so a challenger that answers as its holdout says is rolled back by this check with probability at
+    most `alpha` over the whole canary, not `alpha` at every step."""
+    model = config.model
+    alpha = model.canary.alpha / len(model.canary.plan)
+    return window_divergence(event.gate_uri, alpha, config, sagemaker, s3, start_time, end_time)
+
+
+def window_divergence(
+    gate_uri: str | None,
+    alpha: float,
+    config: Settings,
+    sagemaker: Any,
+    s3: Any,
+    start_time: datetime,
+    end_time: datetime,
+) -> dict[str, Any]:
+    """The prediction-divergence check (refit_core.divergence) on a window: both variants' captured outputs against
+    the holdout reference the gate recorded in gate.json, at level `alpha`. Capture off on the endpoint (its
+    DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
     endpoint = describe_endpoint(sagemaker, config.endpoint_name) or {}
     capture_config = endpoint.get("DataCaptureConfig") or {}
     capture_on = bool(capture_config.get("EnableCapture")) and capture_config.get("CaptureStatus") == "Started"
     reference = None
-    if event.gate_uri:
-        where = S3Uri.parse(event.gate_uri)
+    if gate_uri:
+        where = S3Uri.parse(gate_uri)
         reference = json.loads(s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()).get(
             "divergence_reference"
         )
@@ -540,9 +557,7 @@ def divergence_check(
         reference,
         outputs[CHAMPION],
         outputs[CHALLENGER],
-        # Bonferroni over the plan's steps: a challenger that answers as its holdout says is rolled back by this
-        # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
-        alpha=model.canary.alpha / len(model.canary.plan),
+        alpha=alpha,
         min_samples=model.canary.divergence_min_samples,
         capture_enabled=capture_on,
         seed=model.seed,
