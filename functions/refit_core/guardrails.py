@@ -76,7 +76,7 @@ def refusals(model: ModelConfig) -> list[str]:
             "whose one bake still rolls back on the alarms)"
         )
     elif kind == "LINEAR" and settings.size_type == "INSTANCE_COUNT":
-        bakes = -(-count // instances)
+        bakes = bake_count(settings, count)
         waits = bakes * settings.wait_interval_seconds + settings.termination_wait_seconds
         if settings.max_execution_timeout_seconds <= waits:
             reasons.append(
