@@ -321,6 +321,11 @@ class AbSettings(_Strict):
         0.0, ge=0, description="Absolute improvement of the primary metric the challenger must show beyond chance."
     )
     bootstrap_samples: int = Field(2000, ge=200, le=20000, description="Resamples for metrics other than roc_auc.")
+    stop_on_divergence: bool = Field(
+        False,
+        description="The guards at each check also stop the test on prediction divergence beyond the holdout's "
+        "(always recorded); off by default, since a market that moved away from the holdout looks like divergence.",
+    )
 
     @property
     def first_wait(self) -> dict[str, int]:

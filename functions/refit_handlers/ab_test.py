@@ -37,7 +37,9 @@ def live_guards(
 ) -> dict[str, Any]:
     """The canary's rules (refit_core.canary.step_verdict, `canary.*` settings) on the window since the split began,
     asking only whether the challenger harms (the quiet rule off): 5XX/4XX rates against the champion, the p99
-    ratio, prediction divergence beyond the holdout's, the fixed ceilings. The tests run at every check, so their
+    ratio, the fixed ceilings, and prediction divergence beyond the holdout's, which is always computed and recorded
+    but stops the test only with `deploy.ab.stop_on_divergence` (the A/B test's traffic may come from a market that
+    moved away from the holdout, which looks like divergence, and the test judges outcomes directly). The tests run at every check, so their
     level is `canary.alpha` divided by the checks the duration holds (Bonferroni): a harmless challenger is stopped
     by any of them with probability at most about `canary.alpha` per test over the whole duration."""
     model = config.model
@@ -51,8 +53,15 @@ def live_guards(
     alpha = model.canary.alpha / looks
     divergence = window_divergence(request.gate_uri, alpha, config, sagemaker, s3, start_time, end_time)
     rules = model.canary.model_copy(update={"alpha": alpha})
-    verdict = step_verdict(rules, windows[CHALLENGER], windows[CHAMPION], alarm_state, divergence, quiet_fails=False)
-    return {**verdict, "alpha": alpha, "window_start": start_time.replace(second=0, microsecond=0).isoformat()}
+    acted_on = divergence if model.deploy.ab.stop_on_divergence else None
+    verdict = step_verdict(rules, windows[CHALLENGER], windows[CHAMPION], alarm_state, acted_on, quiet_fails=False)
+    return {
+        **verdict,
+        "divergence": divergence,  # recorded whether or not it may stop the test (deploy.ab.stop_on_divergence)
+        "stop_on_divergence": model.deploy.ab.stop_on_divergence,
+        "alpha": alpha,
+        "window_start": start_time.replace(second=0, microsecond=0).isoformat(),
+    }
 
 
 @logger.inject_lambda_context

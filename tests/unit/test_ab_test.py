@@ -372,3 +372,29 @@ def test_live_guards_judge_the_window_since_the_split_at_a_level_shared_by_the_c
     assert verdict["alpha"] == pytest.approx(model.canary.alpha / 24)
     assert verdict["divergence"]["status"] == "skipped"
     assert {r["StartTime"].isoformat() for r in cloudwatch.requests} == {"2026-11-28T00:00:00+00:00"}
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_divergence_is_recorded_by_the_guards_and_stops_the_test_only_when_configured(monkeypatch, stop):
+    """A challenger whose live outputs diverge (here a stub of the capture-reading check, which the canary's tests
+    cover): with deploy.ab.stop_on_divergence the guards fail; without it the divergence is in their evidence and
+    the outcome decides at the end (a market that moved away from the holdout also looks like divergence: the A/B e2e
+    case of a market that moved against the challenger measured p = 0.001)."""
+    import refit_handlers.ab_test as handler
+
+    from tests.conftest import handler_settings
+
+    diverged = {"status": "judged", "diverged": True, "reason": "KS distance 0.3 (p = 0.001)"}
+    monkeypatch.setattr(handler, "window_divergence", lambda *args: diverged)
+    model = handler_settings().model
+    ab = model.deploy.ab.model_copy(update={"stop_on_divergence": stop})
+    config = handler_settings(deploy=model.deploy.model_copy(update={"mode": "ab", "ab": ab}))
+    calm = VariantMetrics({"challenger": numbers(300, 11.0), "champion": numbers(300, 10.0)})
+    event = handler.JudgeEvent(
+        started_at="2026-11-28T00:00:00+00:00", remaining_seconds=3600, wait_seconds=3600, expected_config="ab"
+    )
+    verdict = handler.live_guards(event, config, calm, None, None, "OK")
+    assert verdict["divergence"] == diverged and verdict["stop_on_divergence"] is stop
+    assert verdict["healthy"] is not stop
+    if stop:
+        assert verdict["reason"] == "prediction divergence: KS distance 0.3 (p = 0.001)"
