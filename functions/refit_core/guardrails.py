@@ -146,8 +146,9 @@ def bake_window(
 ) -> tuple[datetime, datetime]:
     """The window judged after a guarded update ended on the new config: its bakes and termination wait before the
     check that saw the end, plus a minute of margin (SageMaker's metrics have a one-minute resolution, and CloudWatch
-    rounds the start down to the minute), never before the UpdateEndpoint. Both fleets report under the one variant
-    name, so CloudWatch cannot tell them apart: the margin may count traffic the old fleet served."""
+    rounds the start down to the minute), never before the UpdateEndpoint (read from the start of its minute). Both
+    fleets report under the one variant name, so CloudWatch cannot tell them apart: the margin, and requests served
+    earlier in the UpdateEndpoint's minute, may count traffic the old fleet served."""
     bakes = bake_count(settings, count) * settings.wait_interval_seconds + settings.termination_wait_seconds
     return max(requested_at, checked_at - timedelta(seconds=bakes + 60)), checked_at + timedelta(minutes=1)
 
