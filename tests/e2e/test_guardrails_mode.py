@@ -9,6 +9,8 @@ healthy run comes before the faulty ones, whose 5XX keep the alarm in ALARM for 
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from refit_core.champion import find_champion, find_serving_package
@@ -141,11 +143,21 @@ def test_a_quiet_bake_is_not_promoted_refit_rolls_the_finished_update_back(aws):
     second UpdateEndpoint. Registry and audit record agree with the endpoint."""
     before = describe(aws)["EndpointConfigName"]
     # The earlier 5XX bursts left the rollback alarms in ALARM, and the local runtime evaluates an alarm only when its
-    # metric gets data, which a quiet bake never gives; CloudWatch would have gone back to OK a minute after the burst
-    # (missing data is not breaching). An operator's SetAlarmState stands in for that minute.
-    cloudwatch = aws.client("cloudwatch")
-    for name in alarm_names(aws.model(MODEL).endpoint_name):
-        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="the earlier 5XX burst is over")
+    # metric gets data, which a quiet bake never gives; CloudWatch evaluates every period and would be back to OK once
+    # the burst left the evaluation range (missing data is not breaching). Evaluating them a few minutes ahead stands
+    # in for that wait.
+    # SageMaker's metrics have a one-minute resolution: the bakes' window starts at the minute of the UpdateEndpoint,
+    # so the earlier tests' requests of this same minute would count (on AWS a run is minutes long). The clock passes
+    # into the next minute first (at most 60 s; no state to poll stands for it).
+    time.sleep(60 - datetime.now(UTC).second + 1)
+    ahead = datetime.now(UTC) + timedelta(minutes=4)
+    aws.bridges.evaluate_alarms(now=ahead, names=set(alarm_names(aws.model(MODEL).endpoint_name)))
+    assert {
+        a["StateValue"]
+        for a in aws.client("cloudwatch").describe_alarms(AlarmNames=alarm_names(aws.model(MODEL).endpoint_name))[
+            "MetricAlarms"
+        ]
+    } == {"OK"}
     execution, record = run_with(aws, "quiet.csv", 12, None, shift=2.0)  # no traffic during the update
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
     guarded = record["guardrails"]
