@@ -38,39 +38,25 @@ class GuardrailsAlarms(Construct):
         settings = model.deploy.guardrails
         errors_name, latency_name = alarm_names(endpoint_name)
         dimensions = {"EndpointName": endpoint_name, "VariantName": CHAMPION}
-        self.errors = cloudwatch.Alarm(
-            self,
+        self.errors = self._alarm(
             "Errors",
-            alarm_name=errors_name,
-            alarm_description=f"refit {model.name}: 5XX during a guarded endpoint update (SageMaker rolls it back)",
-            metric=cloudwatch.Metric(
-                namespace="AWS/SageMaker",
-                metric_name="Invocation5XXErrors",
-                dimensions_map=dimensions,
-                period=Duration.minutes(1),
-                statistic="Sum",
-            ),
+            errors_name,
+            f"refit {model.name}: 5XX during a guarded endpoint update (SageMaker rolls it back)",
+            dimensions,
+            metric_name="Invocation5XXErrors",
+            statistic="Sum",
             threshold=settings.max_5xx_per_minute,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         )
-        self.latency = cloudwatch.Alarm(
-            self,
+        self.latency = self._alarm(
             "Latency",
-            alarm_name=latency_name,
-            alarm_description=f"refit {model.name}: slow model during a guarded endpoint update (SageMaker rolls it back)",
-            metric=cloudwatch.Metric(
-                namespace="AWS/SageMaker",
-                metric_name="ModelLatency",
-                dimensions_map=dimensions,
-                period=Duration.minutes(1),
-                statistic="Average",
-            ),
+            latency_name,
+            f"refit {model.name}: slow model during a guarded endpoint update (SageMaker rolls it back)",
+            dimensions,
+            metric_name="ModelLatency",
+            statistic="Average",
             threshold=settings.max_model_latency_ms * 1000,  # SageMaker reports ModelLatency in microseconds
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         )
         stack = Stack.of(self)
         read = iam.PolicyStatement(
@@ -82,3 +68,35 @@ class GuardrailsAlarms(Construct):
         )
         for reader in readers:
             reader.grant_principal.add_to_principal_policy(read)
+
+    def _alarm(
+        self,
+        construct_id: str,
+        name: str,
+        description: str,
+        dimensions: dict[str, str],
+        *,
+        metric_name: str,
+        statistic: str,
+        threshold: float,
+        comparison: cloudwatch.ComparisonOperator,
+    ) -> cloudwatch.Alarm:
+        """One rollback alarm on the endpoint variant's SageMaker metric, a minute at a time; missing data does not
+        breach (SageMaker's own rule: a quiet bake rolls nothing back)."""
+        return cloudwatch.Alarm(
+            self,
+            construct_id,
+            alarm_name=name,
+            alarm_description=description,
+            metric=cloudwatch.Metric(
+                namespace="AWS/SageMaker",
+                metric_name=metric_name,
+                dimensions_map=dimensions,
+                period=Duration.minutes(1),
+                statistic=statistic,
+            ),
+            threshold=threshold,
+            comparison_operator=comparison,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )

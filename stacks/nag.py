@@ -241,13 +241,17 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
         "JudgeAb": {
             **S3_READ,
-            "Resource::*": XRAY,
+            "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the guards' per-variant metrics) has none either",
             **_objects(
                 artifacts,
                 [f"{model.monitoring_prefix}captured/", f"{model.monitoring_prefix}labels/"],
                 "the A/B decision reads the monitor's parts, keyed by capture and label file under this model's prefix",
             ),
             **_objects(data, [model.labeling_prefix], "active learning's picks: a manifest per day"),
+            **_objects(
+                data, [model.capture_prefix], "Data Capture names its files by endpoint, variant, hour and a UUID"
+            ),
+            **_objects(artifacts, [f"reports/{model.name}/"], runs),
         },
         # `[mlflow]` only: reads the run's lineage and evaluation documents; its sagemaker-mlflow actions (a managed
         # tracking server) are scoped to that server's ARN, no wildcard.

@@ -536,8 +536,17 @@ class RetrainFunctions(Construct):
 
         if "JudgeAb" in f:
             # The monitor's parts (captured requests and labels), active learning's picks, the endpoint, the challenger's
-            # error alarm (the canary alarm): nothing else.
+            # error alarm (the canary alarm), and for the guards at each check (the canary's rules on the window so
+            # far) the variants' metrics, the captured outputs and the gate's holdout reference: nothing else.
             judge = f["JudgeAb"]
+            judge.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["cloudwatch:GetMetricStatistics"],
+                    resources=["*"],  # GetMetricStatistics has no resource-level permissions
+                )
+            )
+            read(storage.data_bucket, judge, f"{model.capture_prefix}*")
+            read(storage.artifact_bucket, judge, f"reports/{model.name}/*")
             storage.grant_key(judge, write=False)
             for kind in ("captured", "labels"):
                 read(storage.artifact_bucket, judge, f"{model.monitoring_prefix}{kind}/*")

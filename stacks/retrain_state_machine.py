@@ -718,7 +718,8 @@ class RetrainStateMachine(Construct):
         finalize: sfn.IChainable,
     ) -> sfn.IChainable:
         """deploy.mode guardrails: one UpdateEndpoint with DeploymentConfig, then a poll until SageMaker's guarded
-        update ends. Promoted and rolled back both end in Finalize (the outcome is in `$.guardrails`); a failure
+        update ends, then refit's verdict on the bakes (quiet, p99 against the champion): a fail is rolled back by a
+        second UpdateEndpoint. Promoted and rolled back end in Finalize (the outcome is in `$.guardrails`); a failure
         (e.g. UpdateRollbackFailed) becomes the run's error, so the run ends FAILED with the endpoint's state as the
         status check saw it. An error before UpdateEndpoint leaves the endpoint untouched (restore finds nothing to
         undo); the update itself is SageMaker's to finish or roll back."""
@@ -747,11 +748,24 @@ class RetrainStateMachine(Construct):
                     "action": "guardrails_status",
                     "expected_config.$": "$.deploy.expected_config",
                     "previous_config.$": "$.deploy.previous_config",
+                    "requested_at.$": "$.deploy.challenger_since",
                 },
                 "$.guardrails",
             ),
             finalize,
         )
+        # SageMaker finished the update but refit's bake verdict failed (quiet bakes, p99 over the champion's): a
+        # second, plain UpdateEndpoint back to the previous config, verified like every endpoint change.
+        roll_back = catch_to(
+            invoke(
+                "Roll back guarded update",
+                "Deploy",
+                {"action": "rollback", "previous_config.$": "$.guardrails.previous_config"},
+                "$.rollback",
+            ),
+            restore,
+        )
+        roll_back.next(endpoint_wait_loop("guarded rollback", "$.rollback.expected_config", finalize))
         failed = sfn.Pass(
             self,
             "Guarded update failed",
@@ -762,6 +776,7 @@ class RetrainStateMachine(Construct):
             sfn.Choice(self, "Guarded update done?")
             .when(sfn.Condition.string_equals("$.guardrails.next", "wait"), wait)
             .when(sfn.Condition.string_equals("$.guardrails.next", "failed"), failed)
+            .when(sfn.Condition.string_equals("$.guardrails.next", "rollback"), roll_back)
             .otherwise(finalize)
         )
         start.next(
@@ -803,6 +818,7 @@ class RetrainStateMachine(Construct):
                     "wait_seconds.$": "$.ab.wait_seconds",
                     "checks.$": "$.ab.checks",
                     "expected_config.$": "$.deploy.expected_config",
+                    "gate_uri.$": "$.gate.gate_uri",
                 },
                 "$.ab",
             ),

@@ -16,6 +16,7 @@ duration; then, once, the live primary metric of each variant on its own labelle
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -253,17 +254,21 @@ def judge(
     sagemaker: Any,
     now: datetime,
     error_alarm: tuple[str, str | None] | None = None,
+    guards: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One check of the running test, after a Wait of `wait_seconds` (of the `remaining_seconds` that were left).
     The endpoint must still hold the split. A challenger whose error alarm (`error_alarm`: the stack's canary alarm,
     any challenger 5XX in a minute, with its state) is in ALARM ends the test at once: real users must not get
     errors for the rest of the duration. Before the duration has passed: wait again (at most
     `check_interval_seconds`), reading no traffic at all. Then: the decision (`decide`), with `next` `promote` or
-    `rollback`."""
+    `rollback`. `guards` (the canary's rules on the window since the split began: 5XX/4XX against the champion,
+    the p99 ratio, prediction divergence, the fixed ceilings; refit_core.canary.step_verdict with the quiet rule
+    off) is asked at every check after the alarm: a challenger that harms users ends the test at once (result
+    `harmed`, with the guards' evidence), before any A/B decision."""
     settings = place.model.deploy.ab
     verify_split(sagemaker, place.endpoint_name, expected_config)
     remaining = max(0, remaining_seconds - wait_seconds)
-    base = {"started_at": started_at, "checks": checks + 1}
+    base: dict[str, Any] = {"started_at": started_at, "checks": checks + 1}
     if error_alarm is not None and error_alarm[1] == "ALARM":
         return {
             "next": "rollback",
@@ -274,6 +279,21 @@ def judge(
             "decided_at": now.isoformat(timespec="seconds"),
             **base,
         }
+    if guards is not None:
+        guarded = guards()
+        if not guarded["healthy"]:
+            return {
+                "next": "rollback",
+                "remaining_seconds": remaining,
+                "wait_seconds": 0,
+                "result": "harmed",
+                "reason": f"the challenger harms users on the live window: {guarded['reason']}; the test ends "
+                f"{remaining:,} s early",
+                "guards": guarded,
+                "decided_at": now.isoformat(timespec="seconds"),
+                **base,
+            }
+        base["guards"] = guarded
     if remaining > 0:
         wait = min(settings.check_interval_seconds, remaining)
         return {"next": "wait", "remaining_seconds": remaining, "wait_seconds": wait, **base}

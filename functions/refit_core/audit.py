@@ -87,6 +87,8 @@ def _outcome(state: RunState) -> tuple[str, str, str]:
         return "SUCCEEDED", "promoted", f"guarded update promoted: {guarded.reason}"
     if guarded is not None and guarded.next == "rolled_back":
         return "SUCCEEDED", "rolled_back", f"guarded update rolled back: {guarded.reason}"
+    if guarded is not None and guarded.next == "rollback":  # SageMaker finished; refit's bake verdict did not pass
+        return "SUCCEEDED", "rolled_back", f"guarded update rolled back by refit: {guarded.reason}"
     ab = state.ab
     if ab is not None:  # deploy.mode "ab" (refit_core.ab_test)
         if ab.result is None:

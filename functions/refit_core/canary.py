@@ -128,6 +128,8 @@ def step_verdict(
     champion: VariantWindow,
     alarm_state: str | None,
     divergence: dict[str, Any] | None = None,
+    *,
+    quiet_fails: bool = True,
 ) -> dict[str, Any]:
     """The verdict on one canary step, from both variants' numbers on the same window.
 
@@ -139,7 +141,9 @@ def step_verdict(
     `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
     times the champion's (with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
     prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
-    challenger's outputs diverged; skipped or not judged, it is recorded and named in the reason, never a pass."""
+    challenger's outputs diverged; skipped or not judged, it is recorded and named in the reason, never a pass.
+    `quiet_fails=False` (the A/B test's guards, checked while the test runs) asks only whether the challenger harms:
+    too little traffic is then no evidence of harm rather than a fail."""
     p_5xx = higher_rate_p_value(
         challenger.errors_5xx, challenger.invocations, champion.errors_5xx, champion.invocations
     )
@@ -190,7 +194,7 @@ def step_verdict(
     if divergence is not None and divergence.get("diverged"):
         return verdict(False, f"prediction divergence: {divergence['reason']}")
     for name, window in (("challenger", challenger), ("champion", champion)):
-        if window.invocations < settings.min_invocations:
+        if quiet_fails and window.invocations < settings.min_invocations:
             return verdict(
                 False,
                 f"quiet window: the {name} saw {window.invocations:.0f} invocations during the bake, fewer than the "

@@ -320,6 +320,11 @@ class AbSettings(_Strict):
         0.0, ge=0, description="Absolute improvement of the primary metric the challenger must show beyond chance."
     )
     bootstrap_samples: int = Field(2000, ge=200, le=20000, description="Resamples for metrics other than roc_auc.")
+    stop_on_divergence: bool = Field(
+        False,
+        description="The guards at each check also stop the test on prediction divergence beyond the holdout's "
+        "(always recorded); off by default, since a market that moved away from the holdout looks like divergence.",
+    )
 
     @property
     def first_wait(self) -> dict[str, int]:
@@ -356,6 +361,18 @@ class GuardrailsSettings(_Strict):
         1000.0, gt=0, description="The latency alarm: mean ModelLatency over a minute above this rolls back."
     )
     max_5xx_per_minute: int = Field(1, ge=1, description="The 5XX alarm: this many 5XX in a minute rolls back.")
+    # Judged by refit once SageMaker's update has ended on the new config (refit_core.guardrails.bake_verdict); a
+    # fail is rolled back by a second UpdateEndpoint to the previous config.
+    min_invocations: int = Field(
+        20, ge=1, description="Fewer invocations during the bakes and the update is rolled back (a quiet window)."
+    )
+    max_p99_latency_ratio: float = Field(
+        1.3, gt=1, description="Limit on the bakes' p99 ModelLatency over the champion's before the update."
+    )
+    min_latency_samples: int = Field(100, ge=20, description="The p99 ratio is judged from this many samples each.")
+    champion_lookback_seconds: int = Field(
+        3600, ge=60, le=86400, description="The champion's window before the update, for its p99."
+    )
 
     @model_validator(mode="after")
     def _within_api_limits(self) -> GuardrailsSettings:

@@ -12,10 +12,11 @@ again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's d
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from refit_core import names
-from refit_core.canary import CHAMPION, variant
+from refit_core.canary import VariantWindow
 from refit_core.config import GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
@@ -34,16 +35,24 @@ def alarm_names(endpoint_name: str) -> list[str]:
     return [names.alarm_name(endpoint_name, purpose) for purpose in ALARM_PURPOSES]
 
 
-def instance_count(model: ModelConfig) -> int:
-    """The instances of the endpoint's variant, as refit creates it (refit_core.canary.variant)."""
-    return int(variant("", CHAMPION, 1.0, model.serving_instance_type)["InitialInstanceCount"])
+def step_instances(settings: GuardrailsSettings, count: int) -> int:
+    """Instances the new fleet turns on per traffic step (the canary, or each linear step) in a fleet of `count`: a
+    CapacitySize in instances, or a percentage of the fleet rounded up (at least one instance)."""
+    if settings.size is None:
+        return count
+    if settings.size_type == "INSTANCE_COUNT":
+        return settings.size
+    return max(1, -(-count * settings.size // 100))
 
 
 def refusals(model: ModelConfig) -> list[str]:
     """Why deployment guardrails cannot serve this model's endpoint as configured (empty: they can). Checked at synth,
     so `cdk synth` stops with the reason instead of SageMaker refusing, or silently not guarding, the first update.
-    The endpoint refit builds in this mode has one variant and is not serverless (the guide's exclusions for rolling
-    updates), so the checks left are the fleet size the traffic steps need and the excluded instance families."""
+    The endpoint refit builds in this mode has one variant of `deploy.capacity.instance_count` instances and is not
+    serverless (the guide's exclusions for rolling updates), so the checks left are the excluded instance families
+    and the fleet size the traffic steps need (TrafficRoutingConfig: CanarySize at most 50% of the variant's
+    instances, LinearStepSize 10-50% of them; a fleet of one instance can therefore only be updated ALL_AT_ONCE),
+    and, for LINEAR steps in instances, the maximum execution timeout against the bakes that fleet takes."""
     settings = model.deploy.guardrails
     reasons = []
     if model.serving_instance_type.startswith(EXCLUDED_INSTANCE_PREFIXES):
@@ -51,18 +60,29 @@ def refusals(model: ModelConfig) -> list[str]:
             f"serving_instance_type {model.serving_instance_type} (Inferentia Inf1) is excluded from deployment "
             "guardrails: SageMaker would update it all at once with no bake and no alarm rollback"
         )
-    count = instance_count(model)
-    kind, size = settings.traffic_routing, settings.size
-    if kind != "ALL_AT_ONCE" and size is not None:
-        instances = size if settings.size_type == "INSTANCE_COUNT" else max(1, -(-count * size // 100))
-        low = 0.1 if kind == "LINEAR" else 0.0
-        if not low * count <= instances <= 0.5 * count:
-            what = "the canary" if kind == "CANARY" else "each linear step"
-            bounds = "at most 50%" if kind == "CANARY" else "10-50%"
+    count = model.deploy.capacity.instance_count
+    kind = settings.traffic_routing
+    if kind == "ALL_AT_ONCE":
+        return reasons
+    instances = step_instances(settings, count)
+    low = 0.1 if kind == "LINEAR" else 0.0
+    if not low * count <= instances <= 0.5 * count:
+        what = "the canary" if kind == "CANARY" else "each linear step"
+        bounds = "at most 50%" if kind == "CANARY" else "10-50%"
+        reasons.append(
+            f"deploy.guardrails {kind} with size {settings.size} ({settings.size_type}) puts {instances} of the "
+            f"endpoint's {count} instance(s) (deploy.capacity.instance_count) on {what}; SageMaker requires {bounds} "
+            f"of the fleet: change size or instance_count (a fleet of one instance can only be updated ALL_AT_ONCE, "
+            "whose one bake still rolls back on the alarms)"
+        )
+    elif kind == "LINEAR" and settings.size_type == "INSTANCE_COUNT":
+        bakes = bake_count(settings, count)
+        waits = bakes * settings.wait_interval_seconds + settings.termination_wait_seconds
+        if settings.max_execution_timeout_seconds <= waits:
             reasons.append(
-                f"deploy.guardrails {kind} with size {size} ({settings.size_type}) puts {instances} of the endpoint's "
-                f"{count} instance(s) on {what}; SageMaker requires {bounds} of the fleet, so {kind} needs at least 2 "
-                "instances (or use ALL_AT_ONCE, whose one bake still rolls back on the alarms)"
+                f"deploy.guardrails LINEAR steps of {instances} instance(s) on {count} take {bakes} bakes: "
+                f"max_execution_timeout_seconds = {settings.max_execution_timeout_seconds} must be larger than "
+                f"their waits ({waits} s)"
             )
     return reasons
 
@@ -110,3 +130,70 @@ def alarm_reason(alarms: list[dict[str, Any]]) -> str | None:
     """The reason from the rollback alarms that are in ALARM (DescribeAlarms' MetricAlarms), or None."""
     firing = [f"{a['AlarmName']}: {a.get('StateReason', 'in ALARM')}" for a in alarms if a.get("StateValue") == "ALARM"]
     return "; ".join(firing) if firing else None
+
+
+def bake_count(settings: GuardrailsSettings, count: int) -> int:
+    """The traffic steps (each followed by a bake) of a guarded update of a fleet of `count` instances."""
+    if settings.traffic_routing == "ALL_AT_ONCE":
+        return 1
+    if settings.traffic_routing == "CANARY":
+        return 2
+    return -(-count // step_instances(settings, count))
+
+
+def bake_window(
+    settings: GuardrailsSettings, count: int, requested_at: datetime, checked_at: datetime
+) -> tuple[datetime, datetime]:
+    """The window judged after a guarded update ended on the new config: its bakes and termination wait before the
+    check that saw the end, plus a minute of margin (SageMaker's metrics have a one-minute resolution, and CloudWatch
+    rounds the start down to the minute), never before the UpdateEndpoint (read from the start of its minute). Both
+    fleets report under the one variant name, so CloudWatch cannot tell them apart: the margin, and requests served
+    earlier in the UpdateEndpoint's minute, may count traffic the old fleet served."""
+    bakes = bake_count(settings, count) * settings.wait_interval_seconds + settings.termination_wait_seconds
+    return max(requested_at, checked_at - timedelta(seconds=bakes + 60)), checked_at + timedelta(minutes=1)
+
+
+def bake_verdict(settings: GuardrailsSettings, bake: VariantWindow, champion: VariantWindow) -> dict[str, Any]:
+    """refit's judgement of a guarded update SageMaker finished (its alarms did not fire): a quiet bake is not a pass
+    (SageMaker treats missing data as not breaching, so a bake without traffic completes), and the bakes' p99
+    ModelLatency is held against the champion's own p99 before the update (`champion_lookback_seconds`), judged once
+    both have `min_latency_samples` latency samples (fewer: not judged, and the reason says so). 5XX and mean latency
+    are the rollback alarms' (SageMaker's) to judge during the bakes."""
+    raw_ratio = (
+        bake.p99_latency_ms / champion.p99_latency_ms
+        if bake.p99_latency_ms is not None and champion.p99_latency_ms
+        else None
+    )
+    p99_judged = min(bake.samples, champion.samples) >= settings.min_latency_samples and raw_ratio is not None
+    evidence = {
+        "bake": bake.evidence(),
+        "champion": champion.evidence(),
+        "p99_latency_ratio": round(raw_ratio, 4) if raw_ratio is not None else None,
+        "p99_judged": p99_judged,
+    }
+    if bake.invocations < settings.min_invocations:
+        return {
+            "healthy": False,
+            "reason": f"quiet window: the endpoint saw {bake.invocations:.0f} invocations during the bakes, fewer "
+            f"than the {settings.min_invocations} required to judge the new model",
+            **evidence,
+        }
+    if not p99_judged:
+        return {
+            "healthy": True,
+            "reason": f"the bakes served {bake.invocations:.0f} requests; p99 not judged: fewer than "
+            f"{settings.min_latency_samples} latency samples in the bakes or in the champion's window before the update",
+            **evidence,
+        }
+    if raw_ratio is not None and raw_ratio > settings.max_p99_latency_ratio:
+        return {
+            "healthy": False,
+            "reason": f"p99 model latency in the bakes {bake.p99_latency_ms} ms is {raw_ratio:.2f} x the "
+            f"champion's {champion.p99_latency_ms} ms before the update, over {settings.max_p99_latency_ratio}",
+            **evidence,
+        }
+    return {
+        "healthy": True,
+        "reason": f"the bakes served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the champion)",
+        **evidence,
+    }

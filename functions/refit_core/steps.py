@@ -324,9 +324,10 @@ class AlarmView(Step):
 class GuardrailsCheck(Step):
     """A guarded update (deploy.mode guardrails) as DescribeEndpoint shows it: still under way (`wait`), the new
     config serving (`promoted`), SageMaker's rollback to the previous config (`rolled_back`, with the reason from the
-    rollback alarms or FailureReason), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
+    rollback alarms or FailureReason), the new config serving but refit's bake verdict failed (`rollback`: quiet
+    bakes, or a p99 over the champion's; the run then returns the endpoint to the previous config), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
 
-    next: Literal["wait", "promoted", "rolled_back", "failed"]
+    next: Literal["wait", "promoted", "rolled_back", "rollback", "failed"]
     reason: str
     name: str | None = None
     status: str | None = None
@@ -336,6 +337,7 @@ class GuardrailsCheck(Step):
     expected_config: str
     previous_config: str
     alarms: list[AlarmView] = Field(default_factory=list)
+    bake: dict[str, Any] | None = None  # refit's verdict on the bakes once SageMaker finished (bake_verdict)
     checked_at: str | None = None
 
 
@@ -500,14 +502,15 @@ class AbVerdict(Step):
     """The A/B test so far: `next` is `wait` (another Wait of `wait_seconds`; `remaining_seconds` of the duration are
     left after it) until the duration has passed, then the decision, taken once: `promote` (result `won`) or
     `rollback` (`lost`, `undecided`, `too_few_labels`; `errors` at any check, when the challenger's error alarm is in
-    ALARM), with both variants' metrics and the test's evidence."""
+    ALARM; `harmed` at any check, when the canary's rules on the window so far fail: 5XX/4XX against the champion, p99
+    ratio, prediction divergence, fixed ceilings), with both variants' metrics and the test's evidence."""
 
     next: Literal["wait", "promote", "rollback"]
     started_at: str
     remaining_seconds: int
     wait_seconds: int = 0
     checks: int = 0
-    result: Literal["won", "lost", "undecided", "too_few_labels", "errors"] | None = None
+    result: Literal["won", "lost", "undecided", "too_few_labels", "errors", "harmed"] | None = None
     reason: str | None = None
     metric: str | None = None
     test: str | None = None
@@ -522,6 +525,7 @@ class AbVerdict(Step):
     champion: AbVariant | None = None
     challenger: AbVariant | None = None
     decided_at: str | None = None
+    guards: dict[str, Any] | None = None  # the last check's canary rules on the window since the split began
 
 
 # --- RequestApproval (task token) / ExpireApproval -> $.approval ----------------------------------------------------

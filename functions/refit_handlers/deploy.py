@@ -33,7 +33,7 @@ from refit_core.champion import (
     view_of,
 )
 from refit_core.divergence import live_outputs, prediction_divergence
-from refit_core.guardrails import alarm_names, alarm_reason, deployment_config, judge
+from refit_core.guardrails import alarm_names, alarm_reason, bake_verdict, bake_window, deployment_config, judge
 from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
 from refit_core.shadow import SHADOW, shadow_divergence, shadow_variants, shadow_verdict, window_scores
@@ -98,6 +98,7 @@ class GuardedStatus(BaseModel):
     action: Literal["guardrails_status"]
     expected_config: str
     previous_config: str
+    requested_at: str  # when start_guardrails called UpdateEndpoint: the bakes' window starts no earlier
 
 
 class EndpointStatus(BaseModel):
@@ -349,11 +350,20 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "guarded")
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
-        ProductionVariants=[variant(model_name, CHAMPION, 1.0, config.model.serving_instance_type)],
+        ProductionVariants=[
+            variant(
+                model_name,
+                CHAMPION,
+                1.0,
+                config.model.serving_instance_type,
+                config.model.deploy.capacity.instance_count,  # the fleet the traffic steps are sized against
+            )
+        ],
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
     deployment = deployment_config(config.model.deploy.guardrails, alarm_names(config.endpoint_name))
+    since = now()
     sagemaker.update_endpoint(
         EndpointName=config.endpoint_name, EndpointConfigName=config_name, DeploymentConfig=deployment
     )
@@ -363,6 +373,7 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
         "expected_config": config_name,
         "challenger_model": model_name,
         "deployment_config": deployment,
+        "challenger_since": since,
     }
 
 
@@ -378,6 +389,7 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         view = view_of(endpoint, config.endpoint_name)
         outcome, reason = judge(view["status"], view["config"], event.expected_config, event.previous_config)
     alarms: list[dict[str, Any]] = []
+    bake: dict[str, Any] | None = None
     if outcome != "wait":
         described = cloudwatch.describe_alarms(AlarmNames=alarm_names(config.endpoint_name))["MetricAlarms"]
         alarms = [
@@ -385,6 +397,12 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
             for a in described
         ]
         why = alarm_reason(described) or view.get("failure_reason")
+        if outcome == "promoted":
+            bake = judge_bake(event, config, cloudwatch)  # SageMaker's alarms did not fire: refit's own rules
+            if not bake["healthy"]:
+                outcome, reason = "rollback", f"{reason}, but refit rolls it back: {bake['reason']}"
+            else:
+                reason += f"; {bake['reason']}"
         if outcome == "rolled_back":
             reason += f": {why or 'no rollback alarm is in ALARM now and SageMaker gave no FailureReason'}"
         elif outcome == "failed" and why:
@@ -396,7 +414,27 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         "expected_config": event.expected_config,
         "previous_config": event.previous_config,
         "alarms": alarms,
+        "bake": bake,
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def judge_bake(event: GuardedStatus, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+    """refit's verdict on a guarded update SageMaker finished on the new config (refit_core.guardrails.bake_verdict):
+    the endpoint's numbers over the bakes against the champion's before the UpdateEndpoint."""
+    settings = config.model.deploy.guardrails
+    requested_at = datetime.fromisoformat(event.requested_at)
+    start_time, end_time = bake_window(
+        settings, config.model.deploy.capacity.instance_count, requested_at, datetime.now(UTC)
+    )
+    lookback = requested_at - timedelta(seconds=settings.champion_lookback_seconds)
+    bake = variant_window(cloudwatch, config.endpoint_name, CHAMPION, start_time, end_time)
+    champion = variant_window(cloudwatch, config.endpoint_name, CHAMPION, lookback, requested_at)
+    return {
+        **bake_verdict(settings, bake, champion),
+        "window_start": start_time.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
+        "window_end": end_time.isoformat(timespec="seconds"),
+        "champion_window_start": lookback.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
     }
 
 
@@ -519,12 +557,29 @@ def capture_destination(sagemaker: Any, endpoint_name: str) -> str | None:
 def divergence_check(
     event: CheckCanary, config: Settings, sagemaker: Any, s3: Any, start_time: datetime, end_time: datetime
 ) -> dict[str, Any]:
-    """The prediction-divergence check of a step (refit_core.divergence): both variants' captured outputs in the
-    window against the holdout reference the gate recorded in gate.json, at level `alpha` / number of steps. Capture
-    off on the endpoint (its DataCaptureConfig not Started): skipped, and the verdict says so."""
+    """The prediction-divergence check of a canary step, at level `alpha` / number of steps: Bonferroni over the
+    plan's steps, so a challenger that answers as its holdout says is rolled back by this check with probability at
+    most `alpha` over the whole canary, not `alpha` at every step."""
+    model = config.model
+    alpha = model.canary.alpha / len(model.canary.plan)
+    return window_divergence(event.gate_uri, alpha, config, sagemaker, s3, start_time, end_time)
+
+
+def window_divergence(
+    gate_uri: str | None,
+    alpha: float,
+    config: Settings,
+    sagemaker: Any,
+    s3: Any,
+    start_time: datetime,
+    end_time: datetime,
+) -> dict[str, Any]:
+    """The prediction-divergence check (refit_core.divergence) on a window: both variants' captured outputs against
+    the holdout reference the gate recorded in gate.json, at level `alpha`. Capture off on the endpoint (its
+    DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
     destination = capture_destination(sagemaker, config.endpoint_name)
-    reference = holdout_reference(s3, event.gate_uri)
+    reference = holdout_reference(s3, gate_uri)
     outputs: dict[str, list[float]] = {CHALLENGER: [], CHAMPION: []}
     if destination and reference:
         outputs = live_outputs(
@@ -534,9 +589,7 @@ def divergence_check(
         reference,
         outputs[CHAMPION],
         outputs[CHALLENGER],
-        # Bonferroni over the plan's steps: a challenger that answers as its holdout says is rolled back by this
-        # check with probability at most `alpha` over the whole canary, not `alpha` at every step.
-        alpha=model.canary.alpha / len(model.canary.plan),
+        alpha=alpha,
         min_samples=model.canary.divergence_min_samples,
         capture_enabled=destination is not None,
         seed=model.seed,
@@ -1006,7 +1059,9 @@ def handler(event: dict, context: Any) -> dict:
     result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
     ended = {"promote": "CanaryPromoted", "rollback": "CanaryRolledBack"}.get(request.action)
     if request.action == "guardrails_status":  # a guarded update's end counts as a canary's (the dashboard's counts)
-        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack"}.get(result["next"])
+        ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack", "rollback": "CanaryRolledBack"}.get(
+            result["next"]
+        )
     if ended is not None:
         metrics.add_dimension(name="Model", value=config.model.name)
         metrics.add_metric(name=ended, unit=MetricUnit.Count, value=1)

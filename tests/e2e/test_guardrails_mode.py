@@ -9,9 +9,12 @@ healthy run comes before the faulty ones, whose 5XX keep the alarm in ALARM for 
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from refit_core.champion import find_champion, find_serving_package
+from refit_core.guardrails import alarm_names
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
@@ -132,3 +135,35 @@ def test_a_rollback_that_fails_ends_the_run_failed_with_the_endpoints_true_state
     assert describe(aws)["EndpointStatus"] == "InService"
     assert "probabilities" in json.loads(aws.invoke_endpoint(MODEL, ROW)["body"])
     assert_registry_agrees(aws)  # the champion the run left marked is the one serving again
+
+
+def test_a_quiet_bake_is_not_promoted_refit_rolls_the_finished_update_back(aws):
+    """SageMaker's alarms treat missing data as not breaching, so a bake without traffic completes on the new config;
+    refit's bake verdict then finds fewer than min_invocations and returns the endpoint to the previous config with a
+    second UpdateEndpoint. Registry and audit record agree with the endpoint."""
+    before = describe(aws)["EndpointConfigName"]
+    # The earlier 5XX bursts left the rollback alarms in ALARM, and the local runtime evaluates an alarm only when its
+    # metric gets data, which a quiet bake never gives; CloudWatch evaluates every period and would be back to OK once
+    # the burst left the evaluation range (missing data is not breaching). Evaluating them a few minutes ahead stands
+    # in for that wait.
+    # SageMaker's metrics have a one-minute resolution: the bakes' window starts at the minute of the UpdateEndpoint,
+    # so the earlier tests' requests of this same minute would count (on AWS a run is minutes long). The clock passes
+    # into the next minute first (at most 60 s; no state to poll stands for it).
+    time.sleep(60 - datetime.now(UTC).second + 1)
+    ahead = datetime.now(UTC) + timedelta(minutes=4)
+    aws.bridges.evaluate_alarms(now=ahead, names=set(alarm_names(aws.model(MODEL).endpoint_name)))
+    assert {
+        a["StateValue"]
+        for a in aws.client("cloudwatch").describe_alarms(AlarmNames=alarm_names(aws.model(MODEL).endpoint_name))[
+            "MetricAlarms"
+        ]
+    } == {"OK"}
+    execution, record = run_with(aws, "quiet.csv", 12, None, shift=2.0)  # no traffic during the update
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
+    guarded = record["guardrails"]
+    assert guarded["next"] == "rollback" and guarded["config"] == guarded["expected_config"] != before
+    assert "quiet window" in guarded["reason"] and "quiet window" in record["message"]
+    assert guarded["bake"]["healthy"] is False and guarded["bake"]["bake"]["invocations"] < 20
+    assert_serves(aws, record, before)  # the champion serves again, on its own config
+    rejected = package(aws, record)
+    assert rejected["ModelApprovalStatus"] == "Rejected" and "quiet window" in rejected["ApprovalDescription"]

@@ -186,3 +186,25 @@ def test_a_shadow_that_answers_5xx_is_dropped_and_callers_never_see_it(aws, tmp_
     assert_champion_alone(aws, record, before)
     package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
     assert package["ModelApprovalStatus"] == "Rejected" and "shadow dropped" in package["ApprovalDescription"]
+
+
+def test_a_drop_whose_rollback_fails_ends_the_run_failed_with_the_endpoints_true_state(aws, tmp_path):
+    """Last in the module: it leaves the endpoint Failed. The shadow answers 5XX and is dropped; the rollback's
+    UpdateEndpoint back to the champion's config ends Failed, and SageMaker then allows only DeleteEndpoint, so the
+    run cannot restore it: it ends FAILED (what the run-failed alarm counts), the audit record holds the endpoint as it
+    is (Failed, still on the shadow config), and the registry does not say the dropped version serves."""
+    before = describe(aws)["EndpointConfigName"]
+    aws.fail_endpoint_update(MODEL, before, "Failed", "simulated: the champion's instances did not start")
+    execution, record = run_with(aws, "rollback-fails.csv", 10, 2.0, Traffic(aws), fault_scratch=tmp_path)
+    assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
+    assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
+    assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
+    assert not record["shadow"]["healthy"] and record["shadow"]["next"] == "rollback"
+    described = describe(aws)
+    assert described["EndpointStatus"] == record["endpoint"]["status"] == "Failed"
+    assert described["EndpointConfigName"] == record["endpoint"]["config"] != before  # still the shadow's config
+    assert record["endpoint"]["failure_reason"] == described["FailureReason"]
+    assert [v["VariantName"] for v in described["ShadowProductionVariants"]] == ["challenger"]
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected"
+    assert not record.get("serving_update")  # the registry still names the champion as serving

@@ -88,4 +88,4 @@ def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_pa
     assert stopped.value.code == 2
     stderr = capsys.readouterr().err
     assert "model churn: deploy.mode 'guardrails' refused: deploy.guardrails CANARY with size 10" in stderr
-    assert "needs at least 2 instances" in stderr
+    assert "a fleet of one instance can only be updated ALL_AT_ONCE" in stderr

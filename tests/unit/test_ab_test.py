@@ -268,3 +268,133 @@ def test_the_audit_record_says_what_the_test_decided():
     assert (waiting["status"], waiting["outcome"]) == ("FAILED", "incomplete") and "600 s were left" in waiting[
         "message"
     ]
+
+
+def test_a_challenger_that_harms_users_ends_the_test_at_once_on_the_guards():
+    """At every check, before any A/B decision and without reading labels, the canary's rules on the window so far
+    (`guards`): a failing verdict ends the test (result `harmed`, the guards' evidence kept); a passing one is kept
+    in the verdict and the test waits on."""
+    place = ab_place(check_interval_seconds=3000)
+    common = {"started_at": "2026-11-28T00:00:00+00:00", "expected_config": "ab", "s3": None, "checks": 0}
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    slow = {"healthy": False, "reason": "challenger p99 model latency 400.0 ms is 40.00 x the champion's 10.0 ms"}
+    harmed = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "OK"),
+        guards=lambda: slow,
+    )
+    assert (harmed["next"], harmed["result"], harmed["remaining_seconds"]) == ("rollback", "harmed", 4200)
+    assert harmed["reason"].startswith("the challenger harms users on the live window: challenger p99 model latency")
+    assert harmed["guards"] == slow and harmed["reason"].endswith("the test ends 4,200 s early")
+    calm = {"healthy": True, "reason": "no worse than the champion"}
+    waiting = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        guards=lambda: calm,
+    )
+    assert waiting["next"] == "wait" and waiting["guards"] == calm
+
+
+def numbers(invocations: float, p99: float | None, errors_5xx: float = 0, mean: float = 10.0):
+    from refit_core.canary import VariantWindow
+
+    return VariantWindow(invocations, 0, errors_5xx, mean, p99)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "divergence", "healthy", "reason"),
+    [
+        (numbers(3, 11.0), numbers(5, 10.0), None, True, "p99 not judged"),  # quiet: no evidence of harm
+        (numbers(300, 400.0, mean=60.0), numbers(300, 10.0), None, False, "is 40.00 x the champion's"),
+        (numbers(300, 11.0, errors_5xx=12), numbers(300, 10.0), None, False, "5XX error rate 4.00% is over"),
+        (numbers(300, 11.0), numbers(300, 10.0), {"diverged": True, "reason": "KS p = 0.001"}, False, "divergence"),
+        (numbers(300, 11.0), numbers(300, 10.0), None, True, "p99 ratio 1.10"),
+    ],
+)
+def test_the_guards_are_the_canarys_rules_without_the_quiet_rule(challenger, champion, divergence, healthy, reason):
+    from refit_core.canary import step_verdict
+    from refit_core.config import CanarySettings
+
+    verdict = step_verdict(CanarySettings(), challenger, champion, "OK", divergence, quiet_fails=False)
+    assert verdict["healthy"] is healthy and reason in verdict["reason"]
+    if challenger.invocations < CanarySettings().min_invocations:  # the canary itself fails a quiet step
+        assert not step_verdict(CanarySettings(), challenger, champion, "OK", divergence)["healthy"]
+
+
+class VariantMetrics:
+    """GetMetricStatistics per variant (ModelLatency in microseconds, as SageMaker reports it)."""
+
+    def __init__(self, windows: dict) -> None:
+        self.windows, self.requests = windows, []
+
+    def get_metric_statistics(self, **request):
+        self.requests.append(request)
+        w = self.windows[next(d["Value"] for d in request["Dimensions"] if d["Name"] == "VariantName")]
+        if request["MetricName"] == "ModelLatency":
+            if "ExtendedStatistics" in request:
+                return {"Datapoints": [{"ExtendedStatistics": {"p99": w.p99_latency_ms * 1000}}]}
+            return {"Datapoints": [{"Sum": w.invocations * w.mean_latency_ms * 1000, "SampleCount": w.invocations}]}
+        value = {"Invocations": w.invocations, "Invocation4XXErrors": 0, "Invocation5XXErrors": w.errors_5xx}
+        return {"Datapoints": [{"Sum": value[request["MetricName"]]}]}
+
+
+def test_live_guards_judge_the_window_since_the_split_at_a_level_shared_by_the_checks():
+    """JudgeAb's guards read both variants from the split's start: a challenger slow at p99 (its mean within the
+    ceiling) harms; the tests' level is canary.alpha over the checks the duration holds; capture off: divergence
+    skipped and said so."""
+    from refit_handlers.ab_test import JudgeEvent, live_guards
+
+    from tests.conftest import handler_settings
+
+    model = handler_settings().model
+    ab = model.deploy.ab.model_copy(update={"duration_seconds": 86400, "check_interval_seconds": 3600})
+    config = handler_settings(deploy=model.deploy.model_copy(update={"mode": "ab", "ab": ab}))
+    cloudwatch = VariantMetrics({"challenger": numbers(300, 400.0, mean=60.0), "champion": numbers(300, 10.0)})
+    event = JudgeEvent(
+        started_at="2026-11-28T00:00:00+00:00", remaining_seconds=3600, wait_seconds=3600, expected_config="ab"
+    )
+
+    class NoCapture:
+        def describe_endpoint(self, **kwargs):
+            return {"EndpointStatus": "InService", "EndpointConfigName": "ab"}
+
+    verdict = live_guards(event, config, cloudwatch, NoCapture(), None, "OK")
+    assert verdict["healthy"] is False and "p99 model latency 400.0 ms is 40.00 x" in verdict["reason"]
+    assert verdict["alpha"] == pytest.approx(model.canary.alpha / 24)
+    assert verdict["divergence"]["status"] == "skipped"
+    assert {r["StartTime"].isoformat() for r in cloudwatch.requests} == {"2026-11-28T00:00:00+00:00"}
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_divergence_is_recorded_by_the_guards_and_stops_the_test_only_when_configured(monkeypatch, stop):
+    """A challenger whose live outputs diverge (here a stub of the capture-reading check, which the canary's tests
+    cover): with deploy.ab.stop_on_divergence the guards fail; without it the divergence is in their evidence and
+    the outcome decides at the end (a market that moved away from the holdout also looks like divergence: the A/B e2e
+    case of a market that moved against the challenger measured p = 0.001)."""
+    import refit_handlers.ab_test as handler
+
+    from tests.conftest import handler_settings
+
+    diverged = {"status": "judged", "diverged": True, "reason": "KS distance 0.3 (p = 0.001)"}
+    monkeypatch.setattr(handler, "window_divergence", lambda *args: diverged)
+    model = handler_settings().model
+    ab = model.deploy.ab.model_copy(update={"stop_on_divergence": stop})
+    config = handler_settings(deploy=model.deploy.model_copy(update={"mode": "ab", "ab": ab}))
+    calm = VariantMetrics({"challenger": numbers(300, 11.0), "champion": numbers(300, 10.0)})
+    event = handler.JudgeEvent(
+        started_at="2026-11-28T00:00:00+00:00", remaining_seconds=3600, wait_seconds=3600, expected_config="ab"
+    )
+    verdict = handler.live_guards(event, config, calm, None, None, "OK")
+    assert verdict["divergence"] == diverged and verdict["stop_on_divergence"] is stop
+    assert verdict["healthy"] is not stop
+    if stop:
+        assert verdict["reason"] == "prediction divergence: KS distance 0.3 (p = 0.001)"

@@ -5,6 +5,7 @@ actions over a recording SageMaker, and the audit record of each outcome."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import botocore.session
@@ -12,8 +13,9 @@ import pytest
 from botocore.validate import ParamValidator
 from pydantic import ValidationError
 from refit_core.audit import format_summary, summarize_run
+from refit_core.canary import VariantWindow
 from refit_core.config import DeploySettings, GuardrailsSettings
-from refit_core.guardrails import alarm_names, deployment_config, judge, refusals
+from refit_core.guardrails import alarm_names, bake_verdict, bake_window, deployment_config, judge, refusals
 from refit_handlers.cleanup import left_serving, restore_endpoint
 from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
 
@@ -115,9 +117,72 @@ def test_guardrails_refuse_what_they_cannot_guard(tmp_path):
         update={"deploy": guarded.deploy.model_copy(update={"guardrails": settings(traffic_routing="CANARY", size=10)})}
     )
     (reason,) = refusals(canary)
-    assert "puts 1 of the endpoint's 1 instance(s) on the canary" in reason and "at least 2 instances" in reason
+    assert "puts 1 of the endpoint's 1 instance(s) (deploy.capacity.instance_count) on the canary" in reason
+    assert "a fleet of one instance can only be updated ALL_AT_ONCE" in reason
     inferentia = guarded.model_copy(update={"serving_instance_type": "ml.inf1.xlarge"})
     assert any("Inferentia Inf1" in r and "no bake" in r for r in refusals(inferentia))
+
+
+def guarded_model(count: int, **values: Any) -> Any:
+    model = handler_settings().model
+    deploy = model.deploy.model_copy(
+        update={
+            "mode": "guardrails",
+            "guardrails": settings(**values),
+            "capacity": model.deploy.capacity.model_copy(update={"instance_count": count}),
+        }
+    )
+    return model.model_copy(update={"deploy": deploy})
+
+
+@pytest.mark.parametrize(
+    ("count", "values", "refused"),
+    [
+        (2, {"traffic_routing": "CANARY", "size": 50}, None),  # 1 of 2 instances: at most 50%
+        (4, {"traffic_routing": "CANARY", "size": 2, "size_type": "INSTANCE_COUNT"}, None),
+        (3, {"traffic_routing": "CANARY", "size": 2, "size_type": "INSTANCE_COUNT"}, "puts 2 of the endpoint's 3"),
+        (4, {"traffic_routing": "LINEAR", "size": 25}, None),
+        (
+            10,
+            {"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT", "wait_interval_seconds": 60},
+            None,
+        ),
+        (11, {"traffic_routing": "LINEAR", "size": 1, "size_type": "INSTANCE_COUNT"}, "puts 1 of the endpoint's 11"),
+        (1, {"traffic_routing": "LINEAR", "size": 50}, "puts 1 of the endpoint's 1"),
+        (
+            8,
+            {
+                "traffic_routing": "LINEAR",
+                "size": 1,
+                "size_type": "INSTANCE_COUNT",
+                "wait_interval_seconds": 600,
+                "max_execution_timeout_seconds": 3600,
+            },
+            "take 8 bakes: max_execution_timeout_seconds = 3600 must be larger than their waits (4800 s)",
+        ),
+    ],
+)
+def test_canary_and_linear_sizes_are_judged_against_the_configured_fleet(count, values, refused):
+    """CanarySize / LinearStepSize are shares of the variant's instance count (TrafficRoutingConfig), and the fleet is
+    deploy.capacity.instance_count: the same sizes fit one fleet and not another."""
+    reasons = refusals(guarded_model(count, **values))
+    if refused is None:
+        assert reasons == []
+    else:
+        (reason,) = reasons
+        assert refused in reason
+
+
+def test_the_guarded_config_has_the_configured_fleet_whose_steps_the_local_runtime_accepts():
+    config = handler_settings()
+    model = guarded_model(4, traffic_routing="CANARY", size=1, size_type="INSTANCE_COUNT")
+    config = type(config)(**{**config.__dict__, "model": model})
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--old"), ["champion"])
+    started = start_guardrails(START, config, sagemaker)
+    created = next(kwargs for name, kwargs in sagemaker.calls if name == "create_endpoint_config")
+    assert [v["InitialInstanceCount"] for v in created["ProductionVariants"]] == [4]
+    routing = started["deployment_config"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert guarded_traffic_steps(routing, 4) == [0.25, 1.0]  # the bridge refuses a canary over half the fleet
 
 
 @pytest.mark.parametrize(
@@ -233,7 +298,10 @@ def test_start_guardrails_creates_the_first_endpoint_like_the_variants_mode():
     assert [name for name, _ in sagemaker.calls if name == "create_endpoint"] == ["create_endpoint"]
 
 
-STATUS = GuardedStatus(action="guardrails_status", expected_config="e--new", previous_config="e--old")
+REQUESTED_AT = "2026-11-29T10:00:00+00:00"
+STATUS = GuardedStatus(
+    action="guardrails_status", expected_config="e--new", previous_config="e--old", requested_at=REQUESTED_AT
+)
 
 
 def test_a_rollback_is_recorded_with_the_alarms_reason_and_a_silent_one_says_so():
@@ -288,6 +356,7 @@ def run_state(guardrails: dict[str, Any], error: dict[str, Any] | None = None) -
     [
         ({"next": "promoted", "reason": "finished", "config": "e--new"}, None, "SUCCEEDED", "promoted"),
         ({"next": "rolled_back", "reason": "alarm x", "config": "e--old"}, None, "SUCCEEDED", "rolled_back"),
+        ({"next": "rollback", "reason": "quiet window", "config": "e--new"}, None, "SUCCEEDED", "rolled_back"),
         (
             {"next": "failed", "reason": "endpoint is UpdateRollbackFailed", "status": "UpdateRollbackFailed"},
             {"Error": "GuardedUpdateFailed", "Cause": "endpoint is UpdateRollbackFailed"},
@@ -318,3 +387,78 @@ def test_the_run_end_cleanup_leaves_a_guarded_update_to_sagemaker_and_keeps_the_
     assert left_serving(state, view) and not left_serving(state, {**view, "config": "e--old"})
     assert not left_serving(state, {**view, "status": "Updating"}) and not left_serving(state, None)
     assert left_serving({"deploy": {"mode": "create"}}, None) and not left_serving({"deploy": {"mode": "canary"}}, None)
+
+
+def window(invocations: float, p99: float | None, samples: float | None = None) -> VariantWindow:
+    return VariantWindow(invocations, 0, 0, 10.0 if invocations else None, p99, samples)
+
+
+@pytest.mark.parametrize(
+    ("bake", "champion", "healthy", "reason"),
+    [
+        (window(5, 12.0), window(500, 10.0), False, "quiet window: the endpoint saw 5 invocations during the bakes"),
+        (window(0, None), window(0, None), False, "quiet window: the endpoint saw 0 invocations"),
+        (window(500, 14.0), window(500, 10.0), False, "is 1.40 x the champion's 10.0 ms before the update, over 1.3"),
+        (window(500, 12.0), window(500, 10.0), True, "p99 ratio 1.20 against the champion"),
+        (window(50, 40.0), window(500, 10.0), True, "p99 not judged: fewer than 100 latency samples"),
+        (window(500, 40.0), window(30, 10.0), True, "p99 not judged"),  # the champion had too little traffic
+    ],
+)
+def test_the_bake_verdict_judges_quiet_bakes_and_p99_against_the_champion_before_the_update(
+    bake, champion, healthy, reason
+):
+    verdict = bake_verdict(settings(), bake, champion)
+    assert verdict["healthy"] is healthy and reason in verdict["reason"]
+    assert verdict["bake"]["invocations"] == bake.invocations and "p99_judged" in verdict
+
+
+def test_the_bake_window_covers_the_bakes_plus_a_minute_and_never_starts_before_the_update():
+    requested = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    linear = settings(traffic_routing="LINEAR", size=25, wait_interval_seconds=300, termination_wait_seconds=120)
+    start, end = bake_window(linear, 4, requested, requested + timedelta(hours=1))
+    assert start == requested + timedelta(hours=1) - timedelta(seconds=4 * 300 + 120 + 60)
+    assert end == requested + timedelta(hours=1, minutes=1)
+    assert (
+        bake_window(settings(wait_interval_seconds=3), 1, requested, requested + timedelta(seconds=20))[0] == requested
+    )
+
+
+class Metrics(Alarms):
+    """The rollback alarms (all OK) and GetMetricStatistics: `champion` numbers for a window ending at the update's
+    request, `bake` numbers for any later one."""
+
+    def __init__(self, bake: VariantWindow, champion: VariantWindow) -> None:
+        super().__init__({})
+        self.bake, self.champion = bake, champion
+
+    def get_metric_statistics(self, **request: Any) -> dict[str, Any]:
+        numbers = self.champion if request["EndTime"] <= datetime.fromisoformat(REQUESTED_AT) else self.bake
+        if request["MetricName"] == "ModelLatency":
+            if "ExtendedStatistics" in request:
+                point = {"ExtendedStatistics": {"p99": numbers.p99_latency_ms * 1000}} if numbers.p99_latency_ms else {}
+                return {"Datapoints": [point] if point else []}
+            count = numbers.samples
+            return {"Datapoints": [{"Sum": count * 10_000, "SampleCount": count}] if count else []}
+        value = {"Invocations": numbers.invocations, "Invocation4XXErrors": 0, "Invocation5XXErrors": 0}
+        return {"Datapoints": [{"Sum": value[request["MetricName"]]}]}
+
+
+@pytest.mark.parametrize(
+    ("bake", "outcome", "reason"),
+    [
+        (window(0, None), "rollback", "but refit rolls it back: quiet window"),
+        (window(400, 25.0), "rollback", "but refit rolls it back: p99 model latency in the bakes 25.0 ms is 2.50 x"),
+        (window(400, 11.0), "promoted", "the guarded update finished: InService on e--new; the bakes served 400"),
+    ],
+)
+def test_a_finished_guarded_update_is_judged_on_its_bakes_and_a_fail_asks_for_the_rollback(bake, outcome, reason):
+    metrics = Metrics(bake, window(400, 10.0))
+    checked = guardrails_status(
+        STATUS, handler_settings(), RecordingSageMaker(endpoint("InService", "e--new"), []), metrics
+    )
+    assert checked["next"] == outcome and reason in checked["reason"]
+    assert (
+        checked["bake"]["champion"]["p99_latency_ms"] == 10.0
+        and checked["bake"]["bake"]["invocations"] == bake.invocations
+    )
+    assert checked["bake"]["window_start"] >= "2026-11-29T10:00:00"  # never before the UpdateEndpoint
