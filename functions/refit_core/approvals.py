@@ -165,9 +165,18 @@ def decide_approval(
     )
     try:
         stepfunctions.send_task_success(taskToken=item["task_token"]["S"], output=decision.model_dump_json())
-    except stepfunctions.exceptions.ClientError as error:
-        code = error.response.get("Error", {}).get("Code")
+    except Exception as error:
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
         if code not in STOPPED_WAITING:
+            # The run still waits and got nothing (throttled, a network error): the version goes back to awaiting a
+            # decision, so the registry does not say Approved for a run that never heard it and a retry can decide.
+            sagemaker.update_model_package(
+                ModelPackageArn=item["model_package_arn"]["S"],
+                ModelApprovalStatus=PENDING,
+                ApprovalDescription=f"{status.lower()} by {approver.arn} not delivered to run {run_id} "
+                f"({code or type(error).__name__}); still awaiting a decision"[:1000],
+                CustomerMetadataProperties={"refit:decision": "undelivered"},
+            )
             raise
         # The run's timeout (or a stop) came first: the registry must not keep an approval no run acted on.
         dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))

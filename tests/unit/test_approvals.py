@@ -187,6 +187,14 @@ def test_a_decision_the_run_no_longer_waits_for_leaves_the_version_rejected(aws)
     pend(aws, started_by=None, trigger="s3")
     with pytest.raises(ClientError, match="ThrottlingException"):  # anything else is the function's error
         decide(aws, as_session("ana"), sfn=Recorder(fails="ThrottlingException"))
+    # ... and leaves the version awaiting a decision, its item in place, so the same decision can be made again.
+    undelivered = package(aws)
+    assert undelivered["ModelApprovalStatus"] == "PendingManualApproval"
+    assert "not delivered to run manual-1 (ThrottlingException)" in undelivered["ApprovalDescription"]
+    assert undelivered["CustomerMetadataProperties"]["refit:decision"] == "undelivered"
+    assert "Item" in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    sfn = Recorder()
+    assert decide(aws, as_session("ana"), sfn=sfn)["status"] == "Approved" and len(sfn.sent) == 1
 
 
 def test_a_user_and_a_role_session_named_after_them_are_one_person(aws):
