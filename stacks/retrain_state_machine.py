@@ -722,7 +722,8 @@ class RetrainStateMachine(Construct):
         second UpdateEndpoint. Promoted and rolled back end in Finalize (the outcome is in `$.guardrails`); a failure
         (e.g. UpdateRollbackFailed) becomes the run's error, so the run ends FAILED with the endpoint's state as the
         status check saw it. An error before UpdateEndpoint leaves the endpoint untouched (restore finds nothing to
-        undo); the update itself is SageMaker's to finish or roll back."""
+        undo); an error of the status check restores the champion's config; the update itself is SageMaker's to
+        finish or roll back."""
         start = catch_to(
             invoke(
                 "Deploy challenger (guardrails)",
@@ -752,7 +753,10 @@ class RetrainStateMachine(Construct):
                 },
                 "$.guardrails",
             ),
-            finalize,
+            # An error judging the update (e.g. CloudWatch failing once SageMaker has finished) must not leave an
+            # unjudged challenger serving: restore the champion's config, as every other deploy branch does (while
+            # SageMaker still updates, the restore is refused and the run ends with both errors in its record).
+            restore,
         )
         # SageMaker finished the update but refit's bake verdict failed (quiet bakes, p99 over the champion's): a
         # second, plain UpdateEndpoint back to the previous config, verified like every endpoint change.

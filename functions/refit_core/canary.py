@@ -141,7 +141,8 @@ def step_verdict(
     `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
     times the champion's (with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
     prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
-    challenger's outputs diverged; skipped or not judged, it is recorded and named in the reason, never a pass.
+    challenger's outputs diverged; skipped or not judged, it decides nothing: it is recorded and named in the
+    reason, and the step is judged by the other rules.
     `quiet_fails=False` (the A/B test's guards, checked while the test runs) asks only whether the challenger harms:
     too little traffic is then no evidence of harm rather than a fail."""
     p_5xx = higher_rate_p_value(

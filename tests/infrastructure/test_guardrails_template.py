@@ -11,6 +11,7 @@ import pytest
 
 from stacks.app_builder import build_app
 from tests.assemblies import GUARDRAILS_SETTINGS
+from tests.infrastructure.test_step_contract import load
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "guard"  # the modes assembly's guardrails model
@@ -74,6 +75,17 @@ def test_the_state_machine_has_the_guarded_branch_and_not_the_variants_canary(te
         assert f'"{state}"' in text
     for state in ("Bake canary", "Shift canary", "Roll back canary", "Promote challenger"):
         assert f'"{state}"' not in text  # a state no path reaches is refused by Step Functions
+
+
+def test_an_error_judging_the_update_restores_the_champions_config(modes_assembly):
+    """Not Finalize alone: a challenger SageMaker finished deploying must not keep serving unjudged."""
+    definition, _ = load(modes_assembly, MODEL)
+    states = definition["States"]
+    assert [c["Next"] for c in states["Guarded update status"]["Catch"]] == ["Restore endpoint"]
+    assert states["Restore endpoint"]["Parameters"] == {
+        "action": "restore",
+        "previous_config.$": "$.check.champion_config",
+    }
 
 
 def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_path, capsys):
