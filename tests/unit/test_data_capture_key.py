@@ -28,13 +28,32 @@ def endpoint_config_calls() -> list[tuple[str, ast.Call]]:
     return calls
 
 
+PASS_THROUGH = "functions/refit_core/idempotent.py"  # create_endpoint_config(sagemaker, request): **request as given
+
+
+def request_fields(where: str, call: ast.Call) -> dict[str, str]:
+    """The request's fields as source: the keywords of a client call, or the dict a caller hands the idempotent
+    wrapper (which sends it whole: its own call is `**request` and nothing else)."""
+    if where.startswith(PASS_THROUGH):
+        assert [k.arg for k in call.keywords] == [None] and not call.args, where
+        return {}
+    if call.keywords:
+        return {k.arg: ast.unparse(k.value) for k in call.keywords}
+    request = call.args[-1]
+    assert isinstance(request, ast.Dict), f"{where}: the request is not written out here"
+    return {ast.literal_eval(key): ast.unparse(value) for key, value in zip(request.keys, request.values, strict=True)}
+
+
 def test_every_create_endpoint_config_sends_the_capture_settings_and_the_volume_key():
     calls = endpoint_config_calls()
     assert len(calls) >= 6  # first endpoint, canary, shadow, guardrails, promote, redeploy
     for where, call in calls:
-        keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}
-        assert keywords.get("DataCaptureConfig") == "capture(config)", where
-        assert keywords.get("KmsKeyId") == "config.kms_key_arn", where
+        if where.startswith(PASS_THROUGH):
+            request_fields(where, call)
+            continue
+        fields = request_fields(where, call)
+        assert fields.get("DataCaptureConfig") == "capture(config)", where
+        assert fields.get("KmsKeyId") == "config.kms_key_arn", where
 
 
 def test_the_capture_settings_encrypt_with_the_project_key():
