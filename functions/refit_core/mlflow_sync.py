@@ -36,6 +36,9 @@ UNNAMEABLE = re.compile(r"[^\w.\- :/]")  # what MLflow refuses in a key (a CV ca
 BASIC_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
 CREDENTIAL_ENV = (*BASIC_ENV, TOKEN_ENV)
+CREDENTIALS_SECRET_ENV = (
+    "REFIT_MLFLOW_CREDENTIALS_SECRET"  # MlflowSync's `mlflow.credentials_secret` (set by the stack)
+)
 
 
 class MlflowCredentialsError(ValueError):

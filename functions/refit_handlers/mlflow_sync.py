@@ -28,6 +28,7 @@ from refit_core.audit import summarize_run
 from refit_core.config import model_from_json
 from refit_core.mlflow_sync import (
     CREDENTIAL_ENV,
+    CREDENTIALS_SECRET_ENV,
     concerns_mlflow,
     credentials_from_secret,
     log_challenger,
@@ -84,7 +85,6 @@ def mlflow_client(tracking_uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-CREDENTIALS_SECRET_ENV = "REFIT_MLFLOW_CREDENTIALS_SECRET"
 _credentials: dict[str, dict[str, str]] = {}  # secret ARN -> MLflow's credential variables, read once per container
 
 
