@@ -16,6 +16,7 @@ from refit_core import capacity, names
 from refit_core.approvals import SEPARATION_OF_DUTIES_ENV, approval_partition
 from refit_core.config import AB_JUDGE_SECONDS, MlflowSettings, ModelConfig
 from refit_core.metric_names import MONITOR_NAMESPACE
+from refit_core.mlflow_sync import CREDENTIALS_SECRET_ENV
 from refit_core.network import VPC_CONFIG_ENV
 
 from stacks.network import SageMakerNetwork
@@ -595,7 +596,8 @@ class RetrainFunctions(Construct):
         function: lambda_.Function, model: ModelConfig, storage: Storage, mlflow: MlflowSettings, read: Callable
     ) -> None:
         """MlflowSync reads the run's audit record and writes its `mlflow` field, reads the run's lineage and
-        evaluation documents, and (for a SageMaker managed server) calls that one tracking server's MLflow API."""
+        evaluation documents, and (for a SageMaker managed server) calls that one tracking server's MLflow API, or
+        (with `credentials_secret`) reads that one secret."""
         storage.grant_audit(model.name, function, "dynamodb:GetItem", "dynamodb:UpdateItem")
         read(storage.artifact_bucket, function, f"models/{model.name}/*/lineage.json")
         read(storage.artifact_bucket, function, f"reports/{model.name}/*/evaluation.json")
@@ -603,3 +605,15 @@ class RetrainFunctions(Construct):
             function.add_to_role_policy(
                 iam.PolicyStatement(actions=list(MLFLOW_ACTIONS), resources=[mlflow.server_arn])
             )
+        if mlflow.credentials_secret:
+            RetrainFunctions.grant_mlflow_credentials(function, mlflow.credentials_secret)
+
+    @staticmethod
+    def grant_mlflow_credentials(function: lambda_.Function, secret_arn: str) -> None:
+        """The secret's ARN in the function's environment and GetSecretValue on exactly that secret. A secret
+        encrypted with a customer managed KMS key also needs kms:Decrypt, which the key's owner grants (README
+        'MLflow'): refit does not grant kms on keys it does not know."""
+        function.add_environment(CREDENTIALS_SECRET_ENV, secret_arn)
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret_arn])
+        )

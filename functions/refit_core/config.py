@@ -929,6 +929,10 @@ MLFLOW_SERVER_ARN = re.compile(
     r"arn:aws[a-z-]*:sagemaker:[a-z]{2}(-[a-z]+)+-\d:\d{12}:mlflow-tracking-server/[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}"
 )
 MLFLOW_NAME_FIELDS = ("project", "model")
+# A secret's full ARN: Secrets Manager appends '-' and 6 random characters to its name (an IAM grant on the ARN needs them).
+SECRET_ARN = re.compile(
+    r"arn:aws[a-z-]*:secretsmanager:[a-z]{2}(-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}-[A-Za-z0-9]{6}"
+)
 
 
 class MlflowSettings(_Strict):
@@ -944,6 +948,11 @@ class MlflowSettings(_Strict):
         "{project}-{model}", description="Registered model name; {project} and {model} are filled in."
     )
     timeout_seconds: int = Field(10, ge=1, le=60, description="Per HTTP request; a failed request is retried twice.")
+    credentials_secret: str | None = Field(
+        None,
+        description='Full ARN of a Secrets Manager secret whose SecretString is JSON {"username": ..., '
+        '"password": ...} (Basic) or {"token": ...} (Bearer), for an http(s) server that checks credentials.',
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -961,6 +970,23 @@ class MlflowSettings(_Strict):
                 "http://127.0.0.1:5000) nor a SageMaker MLflow tracking server ARN"
             )
         return value.rstrip("/")
+
+    @field_validator("credentials_secret")
+    @classmethod
+    def _secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not SECRET_ARN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not the full ARN of a Secrets Manager secret "
+                "(arn:aws:secretsmanager:<region>:<account>:secret:<name>-<6 characters>, as the console shows it)"
+            )
+        if str(info.data.get("tracking_uri", "")).startswith("arn:"):
+            raise ValueError(
+                "a SageMaker managed tracking server takes no credentials secret: refit signs its requests with SigV4 "
+                "as the function's role (remove credentials_secret, or point tracking_uri at an http(s) server)"
+            )
+        return value
 
     @field_validator("experiment", "registered_model")
     @classmethod

@@ -11,6 +11,7 @@ completes it."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -28,6 +29,58 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_TAG_CHARS = 5000  # kept under MLflow's limit on a run tag value
 MAX_KEY_CHARS = 250  # MLflow's limit on a param, metric or tag key
 UNNAMEABLE = re.compile(r"[^\w.\- :/]")  # what MLflow refuses in a key (a CV candidate's key holds '=' and ',')
+
+
+# MLflow's own environment variables for a server that checks credentials (mlflow.environment_variables): Basic auth
+# from the username and password, else a Bearer token.
+BASIC_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
+CREDENTIAL_ENV = (*BASIC_ENV, TOKEN_ENV)
+CREDENTIALS_SECRET_ENV = (
+    "REFIT_MLFLOW_CREDENTIALS_SECRET"  # MlflowSync's `mlflow.credentials_secret` (set by the stack)
+)
+
+
+class MlflowCredentialsError(ValueError):
+    """The `mlflow.credentials_secret` cannot be read or does not hold credentials (the message never holds a value)."""
+
+
+def _nonempty_string(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def credentials_from_secret(secretsmanager: Any, secret_arn: str) -> dict[str, str]:
+    """MLflow's credential environment variables from the secret: {"username", "password"} -> Basic, {"token"} ->
+    Bearer (other keys are ignored). A secret that cannot be read or has another shape raises MlflowCredentialsError
+    naming the secret and what is wrong (its key names, never its values)."""
+    where = f"mlflow.credentials_secret {secret_arn}"
+    try:
+        secret = secretsmanager.get_secret_value(SecretId=secret_arn)
+    except Exception as error:  # access denied, deleted, KMS refused, throttled: the message names no value
+        raise MlflowCredentialsError(f"{where} could not be read: {type(error).__name__}: {error}") from None
+    if "SecretString" not in secret:
+        raise MlflowCredentialsError(f"{where} holds binary data; it must hold a JSON SecretString")
+    try:
+        document = json.loads(secret["SecretString"])
+    except ValueError:
+        raise MlflowCredentialsError(f"{where}: its SecretString is not JSON") from None
+    if not isinstance(document, dict):
+        raise MlflowCredentialsError(f"{where}: its SecretString must be a JSON object, not {type(document).__name__}")
+    basic = "username" in document or "password" in document
+    if basic and "token" in document:
+        raise MlflowCredentialsError(f"{where} holds both username/password and token; keep one of them")
+    if basic:
+        if not (_nonempty_string(document.get("username")) and _nonempty_string(document.get("password"))):
+            raise MlflowCredentialsError(f"{where}: username and password must both be non-empty strings")
+        return dict(zip(BASIC_ENV, (document["username"], document["password"]), strict=True))
+    if "token" in document:
+        if not _nonempty_string(document["token"]):
+            raise MlflowCredentialsError(f"{where}: token must be a non-empty string")
+        return {TOKEN_ENV: document["token"]}
+    keys = ", ".join(sorted(map(str, document))) or "none"
+    raise MlflowCredentialsError(
+        f'{where} must hold {{"username": ..., "password": ...}} or {{"token": ...}} (its keys: {keys})'
+    )
 
 
 def _key(name: str) -> str:

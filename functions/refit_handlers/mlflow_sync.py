@@ -7,9 +7,11 @@
   for a run that ended without Finalize): the same MLflow run and version completed, the run ended with the refit
   run's status, the aliases moved to what serves; the result goes into the audit record's `mlflow` field.
 
-Whatever goes wrong with MLflow (the server unreachable, credentials refused, a name MLflow rejects) is recorded there
-as `error` and counted as the `MlflowErrors` metric (its alarm tells the team); the handler returns normally, so the
-run goes on, or ends, as it would have without MLflow."""
+With `mlflow.credentials_secret`, MLflow's own credential variables are set from that Secrets Manager secret (read once
+per container) before the client is made. Whatever goes wrong with MLflow (the server unreachable, credentials refused
+or their secret unreadable, a name MLflow rejects) is recorded there as `error` and counted as the `MlflowErrors` metric
+(its alarm tells the team); the handler returns normally, so the run goes on, or ends, as it would have without
+MLflow."""
 
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from pydantic import BaseModel
 from refit_core.audit import summarize_run
 from refit_core.config import model_from_json
-from refit_core.mlflow_sync import concerns_mlflow, log_challenger, sync_run, trained_challenger
+from refit_core.mlflow_sync import (
+    CREDENTIAL_ENV,
+    CREDENTIALS_SECRET_ENV,
+    concerns_mlflow,
+    credentials_from_secret,
+    log_challenger,
+    sync_run,
+    trained_challenger,
+)
 from refit_core.runs import utc_now
 from refit_core.s3uri import S3Uri
 from refit_core.steps import AuditKey
@@ -75,6 +85,28 @@ def mlflow_client(tracking_uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+_credentials: dict[str, dict[str, str]] = {}  # secret ARN -> MLflow's credential variables, read once per container
+
+
+def use_credentials(env: dict[str, str]) -> None:
+    """With `mlflow.credentials_secret` (its ARN in REFIT_MLFLOW_CREDENTIALS_SECRET): MLflow's own credential
+    variables set from the secret, which is read once per container (forget_credentials makes the next call read it
+    again). Raises MlflowCredentialsError when the secret cannot be read or holds no credentials."""
+    secret_arn = env.get(CREDENTIALS_SECRET_ENV)
+    if not secret_arn:
+        return
+    if secret_arn not in _credentials:
+        _credentials[secret_arn] = credentials_from_secret(client("secretsmanager"), secret_arn)
+    for name in CREDENTIAL_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(_credentials[secret_arn])
+
+
+def forget_credentials(env: dict[str, str]) -> None:
+    """After a failed sync: the next one reads the secret again (it may have been rotated, or fixed)."""
+    _credentials.pop(env.get(CREDENTIALS_SECRET_ENV) or "", None)
+
+
 def _error(error: Exception, tracking_uri: str, registered_model: str) -> dict[str, Any]:
     return {
         "error": f"{type(error).__name__}: {error}"[:2000],
@@ -119,9 +151,11 @@ def log_to_mlflow(
     field: dict[str, Any] | None
     try:
         lineage, evaluation = _documents(s3, record)
+        use_credentials(env)
         result = sync_run(make_client(tracking_uri), record, lineage, evaluation, experiment, registered_model, table)
         field = None if result is None else result.to_record(tracking_uri, registered_model)
-    except Exception as error:  # MLflow's own, HTTP, credentials, S3: all only recorded
+    except Exception as error:  # MLflow's own, HTTP, credentials (refused or unreadable), S3: all only recorded
+        forget_credentials(env)
         field = _error(error, tracking_uri, registered_model)
     if field is not None:
         store_field(dynamodb, table, key, field)
@@ -148,10 +182,12 @@ def log_challenger_to_mlflow(
         return None
     try:
         lineage, evaluation = _documents(s3, record)
+        use_credentials(env)
         client_ = make_client(tracking_uri)
         result = log_challenger(client_, record, lineage, evaluation, experiment, registered_model, table)
         return None if result is None else result.to_record(tracking_uri, registered_model)
     except Exception as error:  # as after Finalize: recorded (in the state, then the audit record), never raised
+        forget_credentials(env)
         return _error(error, tracking_uri, registered_model)
 
 

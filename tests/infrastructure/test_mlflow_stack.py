@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from refit_core.mlflow_sync import CREDENTIALS_SECRET_ENV
 
 from stacks.app_builder import build_app
 from stacks.retrain_functions import MLFLOW_ACTIONS
@@ -149,3 +150,45 @@ def test_every_path_of_the_mlflow_definition_is_in_the_step_contract(assembly):
     definition, handlers = load(assembly)
     assert {"Log challenger to MLflow", "Log to MLflow"} <= set(definition["States"])
     assert contract_problems(definition, handlers) == []
+
+
+def test_a_credentials_secret_is_read_by_mlflow_sync_alone_and_only_that_secret():
+    """`credentials_secret` beside an http(s) server, on a function of its own small stack (a second synthesis of the
+    whole app would cost 20-40 s): MlflowSync's grants as `_grant_mlflow_sync` adds them, the audit table and
+    documents left to the stand-ins (their grants are the test above's)."""
+    from types import SimpleNamespace
+
+    import aws_cdk as cdk
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+    from refit_core.config import MlflowSettings
+
+    from stacks.retrain_functions import RetrainFunctions
+
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/mlflow-bot-Ab12Cd"
+    stack = cdk.Stack(cdk.App(), "MlflowCredentials")
+    function = lambda_.Function(
+        stack,
+        "MlflowSync",
+        runtime=lambda_.Runtime.PYTHON_3_12,
+        handler="x.handler",
+        code=lambda_.Code.from_inline("pass"),
+    )
+    settings = MlflowSettings(tracking_uri="https://mlflow.example.com", credentials_secret=secret)
+    storage = SimpleNamespace(grant_audit=lambda *args: None, artifact_bucket=None)
+    RetrainFunctions._grant_mlflow_sync(function, SimpleNamespace(name="churn"), storage, settings, lambda *args: None)
+    template = Template.from_stack(stack).to_json()
+    [(_, properties)] = [
+        (k, v["Properties"]) for k, v in template["Resources"].items() if v["Type"] == "AWS::IAM::Policy"
+    ]
+    assert properties["PolicyDocument"]["Statement"] == [
+        {"Action": "secretsmanager:GetSecretValue", "Effect": "Allow", "Resource": secret}
+    ]
+    [lambda_function] = [v for v in template["Resources"].values() if v["Type"] == "AWS::Lambda::Function"]
+    assert lambda_function["Properties"]["Environment"]["Variables"] == {CREDENTIALS_SECRET_ENV: secret}
+
+
+def test_without_a_credentials_secret_no_secret_is_readable(template):
+    _, function = mlflow_function(template)
+    assert CREDENTIALS_SECRET_ENV not in function["Properties"]["Environment"]["Variables"]
+    assert "secretsmanager" not in json.dumps(template)

@@ -12,7 +12,9 @@ MLflow rejects is tested against the real server (tests/e2e/test_mlflow.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,3 +221,139 @@ def test_a_sync_the_cleanup_could_not_start_is_written_into_the_record(aws):
     assert message.startswith("could not start the MLflow sync (refit-churn--gone): ResourceNotFoundException")
     after = stored(aws)
     assert after["mlflow"] == {"error": message} and (after["status"], after["outcome"]) == ("ABORTED", "aborted")
+
+
+# `mlflow.credentials_secret`: a self-hosted server that checks credentials (MLflow's basic-auth app, or a reverse proxy
+# with a bearer token). The stand-in answers 401 with a Basic challenge unless the request carries the expected
+# Authorization header, and 403 PERMISSION_DENIED when it does (what the basic-auth app answers a user it knows but
+# grants nothing): the sync stops at its first request, and the assertions are on what the server received.
+USER, PASSWORD, TOKEN = "refit-bot", "pa55-w0rd-in-secret", "tok-3e8f-in-secret"
+
+
+class Checking(BaseHTTPRequestHandler):
+    expected: str = ""
+    seen: list[str | None] = []
+
+    def _check(self) -> None:
+        authorization = self.headers.get("Authorization")
+        type(self).seen.append(authorization)
+        if authorization == type(self).expected:
+            status, body = 403, json.dumps({"error_code": "PERMISSION_DENIED", "message": "Permission denied"}).encode()
+            extra = {"Content-Type": "application/json"}
+        else:
+            status, body = 401, b"You are not authenticated. Please see the documentation for details."
+            extra = {"WWW-Authenticate": 'Basic realm="mlflow"'}
+        self.send_response(status)
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _check
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def checking_server(expected: str) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Checking)
+    Checking.expected, Checking.seen = expected, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def credentials(aws, monkeypatch):
+    """The MLflow credential variables as the handler finds them in a fresh container: unset, nothing cached."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.setenv(name, "")  # so that what the handler sets is undone after the test
+        monkeypatch.delenv(name)
+    mlflow_sync._credentials.clear()
+    secrets = boto3.client("secretsmanager")
+    yield secrets
+    mlflow_sync._credentials.clear()
+
+
+def secret(secrets, name, value):
+    return secrets.create_secret(Name=name, SecretString=json.dumps(value))["ARN"]
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("value", "header"),
+    [
+        ({"username": USER, "password": PASSWORD}, basic(USER, PASSWORD)),
+        ({"token": TOKEN}, f"Bearer {TOKEN}"),
+    ],
+    ids=["basic", "bearer"],
+)
+def test_credentials_from_the_secret_reach_the_server(aws, credentials, capsys, monkeypatch, value, header):
+    store(aws, record())
+    monkeypatch.setenv("REFIT_MLFLOW_CREDENTIALS_SECRET", secret(credentials, "refit/mlflow", value))
+    with checking_server(header) as uri:
+        monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", uri)
+        result, _ = invoke(capsys)
+    assert Checking.seen == [header]  # authenticated (then denied the experiment: the sync stops there)
+    assert "PERMISSION_DENIED" in result["error"] and "401" not in result["error"]
+
+
+def test_wrong_credentials_are_refused_recorded_and_counted_and_no_value_is_written(
+    aws, credentials, capsys, monkeypatch
+):
+    store(aws, record())
+    arn = secret(credentials, "refit/mlflow", {"username": USER, "password": PASSWORD})
+    monkeypatch.setenv("REFIT_MLFLOW_CREDENTIALS_SECRET", arn)
+    with checking_server(basic(USER, "the-right-one")) as uri:
+        monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", uri)
+        context = LambdaContext("refit-churn--MlflowSync", 512, "arn:aws:lambda:us-east-1:123456789012:function:x")
+        result = mlflow_sync.handler({"audit_key": KEY}, context)
+        logs = capsys.readouterr().out
+    assert Checking.seen[0] == basic(USER, PASSWORD)
+    after = stored(aws)
+    assert (after["status"], after["outcome"]) == ("SUCCEEDED", "promoted")
+    assert "401" in after["mlflow"]["error"] and result["error"] == after["mlflow"]["error"]
+    assert emitted_metrics(logs)["MlflowErrors"][0] == 1.0
+    written = json.dumps(after, default=str) + logs
+    assert PASSWORD not in written and basic(USER, PASSWORD).split()[1] not in written
+    assert arn not in mlflow_sync._credentials  # forgotten: the next sync reads the (perhaps rotated) secret again
+
+
+def test_a_secret_that_cannot_be_read_is_recorded_and_counted(aws, credentials, capsys, monkeypatch):
+    """Its other bad shapes (no username, other keys, both kinds, not an object) are unit tests of
+    refit_core.mlflow_sync.credentials_from_secret; the handler records them as it records this one."""
+    store(aws, record())
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:refit/gone-AbCdEf"
+    monkeypatch.setenv("REFIT_MLFLOW_CREDENTIALS_SECRET", arn)
+    with checking_server("never") as uri:
+        monkeypatch.setenv("REFIT_MLFLOW_TRACKING_URI", uri)
+        result, metrics = invoke(capsys)
+    assert Checking.seen == []  # MLflow was not called without its credentials
+    after = stored(aws)
+    assert (after["status"], after["outcome"]) == ("SUCCEEDED", "promoted")
+    error = after["mlflow"]["error"]
+    assert error.startswith(f"MlflowCredentialsError: mlflow.credentials_secret {arn} could not be read: ")
+    assert "ResourceNotFoundException" in error
+    assert result["error"] == error and metrics["MlflowErrors"][0] == 1.0
+
+
+def test_the_secret_is_read_once_per_container_until_a_sync_fails(aws, credentials, monkeypatch):
+    arn = secret(credentials, "refit/mlflow", {"token": TOKEN})
+    env = {"REFIT_MLFLOW_CREDENTIALS_SECRET": arn}
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "left-over")
+    mlflow_sync.use_credentials(env)
+    credentials.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    mlflow_sync.use_credentials(env)  # cached: the deleted secret is not read again
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == TOKEN and "MLFLOW_TRACKING_USERNAME" not in os.environ
+    mlflow_sync.forget_credentials(env)
+    with pytest.raises(ValueError, match="could not be read: ResourceNotFoundException"):
+        mlflow_sync.use_credentials(env)

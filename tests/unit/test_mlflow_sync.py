@@ -3,11 +3,18 @@ plain logic; the server side is tests/e2e/test_mlflow.py, the bad-input handler 
 
 from __future__ import annotations
 
+import json
 import tomllib
 
 import pytest
 from refit_core.config import ConfigError, parse_config
-from refit_core.mlflow_sync import run_contents, sync_run, trained_challenger
+from refit_core.mlflow_sync import (
+    MlflowCredentialsError,
+    credentials_from_secret,
+    run_contents,
+    sync_run,
+    trained_challenger,
+)
 
 from tests.conftest import ROOT
 
@@ -192,3 +199,69 @@ def test_the_audit_record_keeps_what_the_step_after_register_did_or_its_caught_e
     record = summarize_run({"run": run, "mlflow_challenger": caught}, "churn", "e", "t0", "t1", None)
     assert record["mlflow_challenger"] == {"logged": False, "error": "Lambda.ServiceException: throttled"}
     assert summarize_run({"run": run}, "churn", "e", "t0", "t1", None)["mlflow_challenger"] is None
+
+
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team/mlflow-bot-Ab12Cd"
+
+
+def test_a_credentials_secret_is_accepted_beside_an_http_server():
+    assert config_with(tracking_uri="https://mlflow.example.com", credentials_secret=SECRET).mlflow.credentials_secret
+    assert config_with(tracking_uri="https://mlflow.example.com").mlflow.credentials_secret is None
+
+
+@pytest.mark.parametrize(
+    ("secret", "tracking_uri", "says"),
+    [
+        (SECRET[: -len("-Ab12Cd")], "http://x", "not the full ARN of a Secrets Manager secret"),  # no random suffix
+        ("team/mlflow-bot", "http://x", "not the full ARN"),
+        (SECRET.replace("secretsmanager", "ssm"), "http://x", "not the full ARN"),
+        (SECRET.replace("123456789012", "1234"), "http://x", "not the full ARN"),
+        (SECRET, ARN, "a SageMaker managed tracking server takes no credentials secret"),
+    ],
+)
+def test_a_bad_credentials_secret_is_refused_naming_the_field(secret, tracking_uri, says):
+    with pytest.raises(ConfigError) as refused:
+        config_with(tracking_uri=tracking_uri, credentials_secret=secret)
+    line = next(line for line in str(refused.value).splitlines() if "mlflow.credentials_secret" in line)
+    assert says in line
+
+
+class Secrets:
+    """Secrets Manager's GetSecretValue answering one stored response (the moto-backed handler test is
+    tests/integration/test_mlflow_errors.py)."""
+
+    def __init__(self, response):
+        self.response = response
+
+    def get_secret_value(self, SecretId):  # noqa: N803 - boto3's parameter name
+        return {"ARN": SecretId, **self.response}
+
+
+def test_credentials_become_mlflows_own_variables():
+    basic = Secrets({"SecretString": json.dumps({"username": "bot", "password": "pw", "note": "kept out"})})
+    assert credentials_from_secret(basic, SECRET) == {
+        "MLFLOW_TRACKING_USERNAME": "bot",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+    }
+    bearer = Secrets({"SecretString": json.dumps({"token": "tk"})})
+    assert credentials_from_secret(bearer, SECRET) == {"MLFLOW_TRACKING_TOKEN": "tk"}
+
+
+@pytest.mark.parametrize(
+    ("response", "says"),
+    [
+        ({"SecretBinary": b"hunter2"}, "holds binary data"),
+        ({"SecretString": "hunter2"}, "its SecretString is not JSON"),
+        ({"SecretString": json.dumps(["hunter2"])}, "must be a JSON object, not list"),
+        ({"SecretString": json.dumps({"user": "bot", "password": "hunter2"})}, "username and password must both"),
+        ({"SecretString": json.dumps({"username": "bot", "password": ""})}, "username and password must both"),
+        ({"SecretString": json.dumps({"token": ""})}, "token must be a non-empty string"),
+        ({"SecretString": json.dumps({"token": "hunter2", "username": "b", "password": "c"})}, "both username"),
+        ({"SecretString": json.dumps({"api_key": "hunter2"})}, '{"token": ...} (its keys: api_key)'),
+    ],
+)
+def test_a_secret_without_credentials_is_refused_naming_it_and_what_is_wrong_but_no_value(response, says):
+    with pytest.raises(MlflowCredentialsError) as refused:
+        credentials_from_secret(Secrets(response), SECRET)
+    assert str(refused.value).startswith(f"mlflow.credentials_secret {SECRET}") and says in str(refused.value)
+    assert "hunter2" not in str(refused.value)
