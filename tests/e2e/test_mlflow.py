@@ -13,7 +13,9 @@ order."""
 from __future__ import annotations
 
 import json
+import re
 import time
+from decimal import Decimal
 
 import pytest
 from boto3.dynamodb.types import TypeSerializer
@@ -234,11 +236,17 @@ def test_a_run_stopped_while_awaiting_approval_loses_challenger_through_the_clea
     machine = sfn.create_state_machine(
         name="parked-history",
         roleArn=sfn.describe_state_machine(stateMachineArn=model_machine)["roleArn"],
-        definition=json.dumps(
-            {
-                "StartAt": "Await approval",
-                "States": {"Await approval": {"Type": "Pass", "Result": PARKED["state"], "End": True}},
-            }
+        # moto's ASL parser refuses a number in exponent form (a p-value such as 5e-05 in the state), which Step
+        # Functions takes as JSON: written out positionally.
+        definition=re.sub(
+            r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE][-+]?\d+',  # a string (left as it is) or such a number
+            lambda token: token.group() if token.group().startswith('"') else format(Decimal(token.group()), "f"),
+            json.dumps(
+                {
+                    "StartAt": "Await approval",
+                    "States": {"Await approval": {"Type": "Pass", "Result": PARKED["state"], "End": True}},
+                }
+            ),
         ),
     )["stateMachineArn"]
     execution = aws.wait_for(sfn.start_execution(stateMachineArn=machine, name="a1")["executionArn"])
