@@ -581,7 +581,10 @@ class RetrainFunctions(Construct):
         """The Approve function and its URL: the only holder of the model's task tokens (its approval items) and of
         states:SendTaskSuccess. AuthType AWS_IAM: AWS verifies the caller's SigV4 signature and passes the identity."""
         self.approve_url = approve.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)
-        storage.grant_audit(approval_partition(model.name), approve, "dynamodb:GetItem", "dynamodb:DeleteItem")
+        # UpdateItem: the conditional claim of a pending item, so two decisions at once cannot both go on.
+        storage.grant_audit(
+            approval_partition(model.name), approve, "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+        )
         approve.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage"], resources=[packages]

@@ -4,6 +4,8 @@ approve` / `refit reject` (or anyone else) sends to its function URL, as the ide
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -33,6 +35,13 @@ class ApprovalRefused(ApprovalError):
 
 class DecisionTooLate(ApprovalError):
     """The run stopped waiting (timed out, stopped) before the decision reached it: nothing was decided."""
+
+    status = 409
+
+
+class AlreadyDecided(ApprovalError):
+    """Another decision claimed the pending version first (two approvers at the same instant): this one changed
+    nothing."""
 
     status = 409
 
@@ -85,6 +94,65 @@ def approval_key(model: str, version: int) -> dict[str, Any]:
     return {"pk": {"S": approval_partition(model)}, "sk": {"S": f"approval#{int(version):06d}"}}
 
 
+CLAIM_LEASE_SECONDS = 900  # Lambda's longest invocation: an older claim's holder has ended (crashed, timed out)
+
+
+def claim_decision(
+    dynamodb: Any, audit_table: str, model: str, version: int, approver: str, status: str, decided_at: str
+) -> str:
+    """Claim the pending approval item for one decision, before anything changes: a conditional write on the item,
+    so of two decisions racing on the same version exactly one goes on (DynamoDB applies a conditional update to an
+    item atomically). The loser gets AlreadyDecided naming who claimed it and when, and changes nothing. A claim
+    older than CLAIM_LEASE_SECONDS belonged to an invocation that ended without finishing, and may be taken over.
+    Returns the claim's id (release_claim needs it)."""
+    claim = uuid.uuid4().hex
+    now = int(time.time())
+    try:
+        dynamodb.update_item(
+            TableName=audit_table,
+            Key=approval_key(model, version),
+            UpdateExpression="SET claim_id = :claim, claimed_by = :by, claimed_at = :at, claimed_decision = :status, "
+            "claim_expires = :expires",
+            ConditionExpression="attribute_exists(task_token) AND "
+            "(attribute_not_exists(claim_id) OR claim_expires < :now)",
+            ExpressionAttributeValues={
+                ":claim": {"S": claim},
+                ":by": {"S": approver},
+                ":at": {"S": decided_at},
+                ":status": {"S": status},
+                ":expires": {"N": str(now + CLAIM_LEASE_SECONDS)},
+                ":now": {"N": str(now)},
+            },
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    except dynamodb.exceptions.ConditionalCheckFailedException as error:
+        held = error.response.get("Item")
+        if held is None or "claimed_by" not in held:  # the item went away: the other decision finished (or expired)
+            raise AlreadyDecided(
+                f"{model} version {version} was decided meanwhile (its approval is no longer pending); nothing changed"
+            ) from None
+        raise AlreadyDecided(
+            f"{model} version {version} was already decided by {held['claimed_by']['S']} at {held['claimed_at']['S']} "
+            f"({held['claimed_decision']['S']}); nothing changed"
+        ) from None
+    return claim
+
+
+def release_claim(dynamodb: Any, audit_table: str, model: str, version: int, claim: str) -> None:
+    """Give back this decision's claim (its result was not delivered: the version awaits a decision again). Only the
+    claim's holder releases it; an item that went away meanwhile (the run's timeout) needs nothing."""
+    try:
+        dynamodb.update_item(
+            TableName=audit_table,
+            Key=approval_key(model, version),
+            UpdateExpression="REMOVE claim_id, claimed_by, claimed_at, claimed_decision, claim_expires",
+            ConditionExpression="claim_id = :claim",
+            ExpressionAttributeValues={":claim": {"S": claim}},
+        )
+    except dynamodb.exceptions.ConditionalCheckFailedException:
+        pass
+
+
 def check_separation(approver: str, started_by: str | None, trigger: str | None, run_id: str) -> None:
     """Separation of duties: the identity that started a run may not approve it. A run started by an S3 event, a
     schedule, an alarm or the queue has no human starter; a manual run that recorded none cannot be approved under
@@ -121,8 +189,8 @@ def decide_approval(
     name): the registry (ApprovalDescription and `refit:decided_by`, `refit:decision`, `refit:decided_at`,
     `refit:started_by`) and the run's audit record (`approval`) carry who decided and who started the run. Refused
     before anything changes (ApprovalError / ApprovalRefused): nothing pending for the version, a package no longer
-    PendingManualApproval, a pending version of another run than `expected_run`, and with `separation_of_duties` an
-    approval by the run's own starter."""
+    PendingManualApproval, a pending version of another run than `expected_run`, with `separation_of_duties` an
+    approval by the run's own starter, and (AlreadyDecided) a version another decision claimed first."""
     item = dynamodb.get_item(TableName=audit_table, Key=approval_key(model, version)).get("Item")
     if item is None:
         raise ApprovalError(f"no approval is pending for {model} version {version}")
@@ -140,6 +208,7 @@ def decide_approval(
         check_separation(approver.arn, started_by, trigger, run_id)
     status = "Approved" if approve else "Rejected"
     decided_at = datetime.now(UTC).isoformat(timespec="seconds")
+    claim = claim_decision(dynamodb, audit_table, model, version, approver.arn, status, decided_at)
     starter = started_by or f"none: trigger {trigger or 'unknown'}"
     sagemaker.update_model_package(
         ModelPackageArn=item["model_package_arn"]["S"],
@@ -177,6 +246,7 @@ def decide_approval(
                 f"({code or type(error).__name__}); still awaiting a decision"[:1000],
                 CustomerMetadataProperties={"refit:decision": "undelivered"},
             )
+            release_claim(dynamodb, audit_table, model, version, claim)
             raise
         # The run's timeout (or a stop) came first: the registry must not keep an approval no run acted on.
         dynamodb.delete_item(TableName=audit_table, Key=approval_key(model, version))
@@ -217,7 +287,8 @@ def answer_decision_request(
     """The Approve function's answer to one request: (HTTP status, JSON body). `caller` is the identity AWS verified
     for the request (the function URL's `requestContext.authorizer.iam`), None when there is none. 200 with the
     decision; 400 a body that is not a decision request; 403 refused (no verified caller, another model's approval,
-    another run, separation of duties); 404 nothing pending for that version; 409 the run stopped waiting first. A refusal changes nothing and its body
+    another run, separation of duties); 404 nothing pending for that version; 409 the run stopped waiting first, or
+    another decision claimed the version first. A refusal changes nothing and its body
     is `{"error": "<one line>"}`."""
     try:
         if caller is None:

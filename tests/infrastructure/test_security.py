@@ -585,6 +585,7 @@ def test_only_the_approve_function_sends_task_results_and_reads_the_tokens(two_m
     assert granted["dynamodb:GetItem"]["Condition"] == {
         "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["approval#churn-eu"]}
     }
+    assert granted["dynamodb:UpdateItem"] is granted["dynamodb:GetItem"]  # the claim, on the same items only
     assert json.dumps(granted["sagemaker:UpdateModelPackage"]["Resource"]).endswith(
         ':model-package/other-churn-eu/*"]]}'
     )

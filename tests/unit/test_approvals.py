@@ -7,6 +7,7 @@ execution — the e2e test has one)."""
 from __future__ import annotations
 
 import json
+import threading
 from types import SimpleNamespace
 
 import boto3
@@ -14,7 +15,14 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import LambdaFunctionUrlModel
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from refit_core.approvals import ApprovalError, ApprovalRefused, approval_key, decide_approval
+from refit_core.approvals import (
+    AlreadyDecided,
+    ApprovalError,
+    ApprovalRefused,
+    approval_key,
+    claim_decision,
+    decide_approval,
+)
 from refit_core.identity import CallerIdentity, person_of, same_person
 from refit_core.runs import parse_run_input
 from refit_handlers.approval import ApprovalRequest, request_approval, verified_caller
@@ -192,7 +200,8 @@ def test_a_decision_the_run_no_longer_waits_for_leaves_the_version_rejected(aws)
     assert undelivered["ModelApprovalStatus"] == "PendingManualApproval"
     assert "not delivered to run manual-1 (ThrottlingException)" in undelivered["ApprovalDescription"]
     assert undelivered["CustomerMetadataProperties"]["refit:decision"] == "undelivered"
-    assert "Item" in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    item = aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))["Item"]
+    assert not {"claim_id", "claimed_by", "claim_expires"} & set(item)  # the undelivered decision gave its claim back
     sfn = Recorder()
     assert decide(aws, as_session("ana"), sfn=sfn)["status"] == "Approved" and len(sfn.sent) == 1
 
@@ -369,3 +378,112 @@ def test_a_request_the_function_refuses_changes_nothing(aws):
 def test_the_verified_caller_is_read_from_the_iam_authorizer_only():
     assert verified_caller(url_event(APPROVE)) == CallerIdentity(ANA, "123456789012", "AROA1:ana")
     assert verified_caller(url_event(APPROVE, caller_arn=None)) is None
+
+
+class TokenOnce:
+    """Step Functions' SendTaskSuccess on one waiting task: the first result is delivered, any later one finds the
+    task gone (TaskTimedOut: "Provided task does not exist anymore")."""
+
+    exceptions = SimpleNamespace(ClientError=ClientError)
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.lock = threading.Lock()
+
+    def send_task_success(self, **kwargs: str) -> dict:
+        with self.lock:
+            if self.sent:
+                raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "gone"}}, "SendTaskSuccess")
+            self.sent.append(kwargs)
+            return {}
+
+
+class OneCallAtATime:
+    """A client whose calls are applied one at a time, as DynamoDB applies writes to one item; moto's conditional
+    update checks and writes in separate steps, which two threads could interleave."""
+
+    def __init__(self, client) -> None:
+        self.client, self.lock = client, threading.Lock()
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(**kwargs):
+            with self.lock:
+                return attribute(**kwargs)
+
+        return call
+
+
+class AfterTheCheck:
+    """SageMaker's DescribeModelPackage (the pending check), then a wait until both deciders have passed it: the
+    race of two approvers at the same instant."""
+
+    def __init__(self, client, barrier: threading.Barrier) -> None:
+        self.client, self.barrier = client, barrier
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+    def describe_model_package(self, **kwargs):
+        described = self.client.describe_model_package(**kwargs)
+        self.barrier.wait(timeout=10)
+        return described
+
+
+@pytest.mark.parametrize("bo_approves", [True, False])
+def test_two_approvers_deciding_one_version_at_once_one_wins_and_the_registry_says_what_the_run_got(aws, bo_approves):
+    pend(aws, started_by=None, trigger="s3")
+    deciders = {"ana": (as_session("ana"), True), "bo": (as_session("bo"), bo_approves)}
+    barrier, sfn = threading.Barrier(2), TokenOnce()
+    dynamodb, sagemaker = OneCallAtATime(aws["dynamodb"]), AfterTheCheck(aws["sagemaker"], barrier)
+    outcomes: dict[str, object] = {}
+
+    def decide_as(name: str) -> None:
+        approver, approve = deciders[name]
+        arguments = decision_arguments(aws, sfn, approver=approver, approve=approve)
+        try:
+            outcomes[name] = decide_approval(**{**arguments, "dynamodb": dynamodb, "sagemaker": sagemaker})
+        except Exception as error:  # noqa: BLE001 - the loser's refusal, examined below
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=decide_as, args=(name,)) for name in deciders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    (winner,) = [name for name, outcome in outcomes.items() if isinstance(outcome, dict)]
+    (loser,) = set(deciders) - {winner}
+    winner_arn = deciders[winner][0].arn
+    (sent,) = sfn.sent  # the run got exactly one decision: the winner's ...
+    delivered = json.loads(sent["output"])
+    assert delivered["by"] == winner_arn and delivered["approved"] is deciders[winner][1]
+    described = package(aws)  # ... and the registry says what the run got
+    assert described["ModelApprovalStatus"] == ("Approved" if delivered["approved"] else "Rejected")
+    assert described["CustomerMetadataProperties"]["refit:decided_by"] == winner_arn
+    assert "Item" not in aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))
+    refusal = outcomes[loser]  # the loser was told who decided, and changed nothing
+    assert isinstance(refusal, AlreadyDecided) and refusal.status == 409, refusal
+    assert (
+        f"was already decided by {winner_arn} at " in str(refusal) or "was decided meanwhile" in str(refusal)
+    ) and str(refusal).endswith("nothing changed")
+
+
+def test_a_claimed_version_is_refused_with_who_claimed_it_and_a_stale_claim_is_taken_over(aws):
+    pend(aws, started_by=None, trigger="s3")
+    claim_decision(aws["dynamodb"], "audit", "churn", 1, ANA, "Approved", "2026-11-29T14:00:00+00:00")
+    sfn = Recorder()
+    status, body = answer(aws, url_event(APPROVE, caller_arn="arn:aws:sts::123456789012:assumed-role/approver/bo"), sfn)
+    refusal = f"churn version 1 was already decided by {ANA} at 2026-11-29T14:00:00+00:00 (Approved); nothing changed"
+    assert (status, body) == (409, {"error": refusal})
+    assert sfn.sent == [] and package(aws)["ModelApprovalStatus"] == "PendingManualApproval"
+    # A claim past its lease belongs to an invocation that ended without finishing: the next decision takes it over
+    aws["dynamodb"].update_item(
+        TableName="audit",
+        Key=approval_key("churn", 1),
+        UpdateExpression="SET claim_expires = :past",
+        ExpressionAttributeValues={":past": {"N": "1"}},
+    )
+    assert decide(aws, as_session("bo"), sfn=sfn)["status"] == "Approved" and len(sfn.sent) == 1
