@@ -330,6 +330,11 @@ def _alias(client: Any, registered_model: str, alias: str) -> str | None:
         raise
 
 
+def _aliases(client: Any, registered_model: str) -> dict[str, str | None]:
+    """alias -> the version it points at (None: not set)."""
+    return {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
+
+
 def _version_of_package(client: Any, registered_model: str, package_arn: str) -> str | None:
     for version in client.search_model_versions(f"name = '{registered_model}'"):
         if (version.tags or {}).get(PACKAGE_TAG) == package_arn:
@@ -356,7 +361,30 @@ def follow_deployment(client: Any, registered_model: str, record: dict[str, Any]
         elif _alias(client, registered_model, CHAMPION) is not None:
             # What serves now was never logged (registered before `[mlflow]`): no MLflow version is the champion.
             client.delete_registered_model_alias(registered_model, CHAMPION)
-    return {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
+    return _aliases(client, registered_model)
+
+
+def _log_challenger_run(
+    client: Any,
+    record: dict[str, Any],
+    lineage: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    experiment: str,
+    registered_model: str,
+    audit_table: str,
+    *,
+    terminate: bool,
+) -> SyncResult:
+    """What log_challenger and sync_run both do for a run that trained a challenger: its MLflow run (ended with the
+    refit run's status when `terminate`, else left RUNNING), and the challenger's version when the lineage names its
+    artifact. The aliases are the caller's."""
+    result = SyncResult()
+    contents = run_contents(record, lineage, evaluation, audit_table)
+    result.experiment_id, result.run_id = log_run(client, experiment, contents, record, terminate=terminate)
+    source = (lineage or {}).get("model_data_url")
+    if source:
+        result.model_version = register_version(client, registered_model, result.run_id, record, source)
+    return result
 
 
 def log_challenger(
@@ -374,14 +402,12 @@ def log_challenger(
     logged); sync_run completes both when the outcome is stored."""
     if not trained_challenger(record):
         return None
-    result = SyncResult()
-    contents = run_contents(record, lineage, evaluation, audit_table)
-    result.experiment_id, result.run_id = log_run(client, experiment, contents, record, terminate=False)
-    source = (lineage or {}).get("model_data_url")
-    if source:
-        result.model_version = register_version(client, registered_model, result.run_id, record, source)
+    result = _log_challenger_run(
+        client, record, lineage, evaluation, experiment, registered_model, audit_table, terminate=False
+    )
+    if result.model_version is not None:
         client.set_registered_model_alias(registered_model, CHALLENGER, result.model_version)  # a retry's too
-    result.aliases = {alias: _alias(client, registered_model, alias) for alias in (CHAMPION, CHALLENGER)}
+    result.aliases = _aliases(client, registered_model)
     return result
 
 
@@ -399,14 +425,12 @@ def sync_run(
     (a skipped run, no drift, bad data)."""
     if not concerns_mlflow(record):
         return None
-    result = SyncResult()
     if trained_challenger(record):
-        contents = run_contents(record, lineage, evaluation, audit_table)
-        result.experiment_id, result.run_id = log_run(client, experiment, contents, record)
-        source = (lineage or {}).get("model_data_url")
-        if source:
-            result.model_version = register_version(client, registered_model, result.run_id, record, source)
+        result = _log_challenger_run(
+            client, record, lineage, evaluation, experiment, registered_model, audit_table, terminate=True
+        )
     else:
+        result = SyncResult()
         _ensure_registered_model(client, registered_model)
     result.aliases = follow_deployment(client, registered_model, record, result.model_version)
     return result

@@ -29,6 +29,7 @@ from refit_core.config import model_from_json
 from refit_core.mlflow_sync import (
     CREDENTIAL_ENV,
     CREDENTIALS_SECRET_ENV,
+    SyncResult,
     concerns_mlflow,
     credentials_from_secret,
     log_challenger,
@@ -132,6 +133,29 @@ def _documents(s3: Any, record: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     return lineage, read_json(s3, (lineage or {}).get("evaluation_uri"))
 
 
+def _logged(
+    log: Callable[..., SyncResult | None],
+    record: dict[str, Any],
+    env: dict[str, str],
+    s3: Any,
+    make_client: Callable[[str], Any],
+) -> dict[str, Any] | None:
+    """What log_to_mlflow and log_challenger_to_mlflow share: the run's documents, the credentials, then `log`
+    (sync_run or log_challenger) on a client of the tracking server. Returns the `mlflow` field: the MLflow run,
+    version and aliases, or the error (MLflow's own, HTTP, credentials refused or unreadable, S3: all only recorded,
+    never raised); None when `log` found nothing for MLflow."""
+    table, tracking_uri = env["REFIT_AUDIT_TABLE"], env["REFIT_MLFLOW_TRACKING_URI"]
+    experiment, registered_model = env["REFIT_MLFLOW_EXPERIMENT"], env["REFIT_MLFLOW_REGISTERED_MODEL"]
+    try:
+        lineage, evaluation = _documents(s3, record)
+        use_credentials(env)
+        result = log(make_client(tracking_uri), record, lineage, evaluation, experiment, registered_model, table)
+        return None if result is None else result.to_record(tracking_uri, registered_model)
+    except Exception as error:
+        forget_credentials(env)
+        return _error(error, tracking_uri, registered_model)
+
+
 def log_to_mlflow(
     key: AuditKey,
     env: dict[str, str],
@@ -142,21 +166,12 @@ def log_to_mlflow(
     """Sync one stored run to MLflow and store what happened in its audit record (`mlflow`): the MLflow run, version
     and aliases, or the error. Returns that field (None when the run had nothing for MLflow)."""
     table, tracking_uri = env["REFIT_AUDIT_TABLE"], env["REFIT_MLFLOW_TRACKING_URI"]
-    experiment, registered_model = env["REFIT_MLFLOW_EXPERIMENT"], env["REFIT_MLFLOW_REGISTERED_MODEL"]
     record = read_record(dynamodb, table, key)
     if record is None:
         return {"error": f"no audit record {key.pk} / {key.sk} in {table}", "tracking_uri": tracking_uri}
     if not concerns_mlflow(record):
         return None  # no client is made (nor MLflow imported) for a run that skipped, stopped or failed early
-    field: dict[str, Any] | None
-    try:
-        lineage, evaluation = _documents(s3, record)
-        use_credentials(env)
-        result = sync_run(make_client(tracking_uri), record, lineage, evaluation, experiment, registered_model, table)
-        field = None if result is None else result.to_record(tracking_uri, registered_model)
-    except Exception as error:  # MLflow's own, HTTP, credentials (refused or unreadable), S3: all only recorded
-        forget_credentials(env)
-        field = _error(error, tracking_uri, registered_model)
+    field = _logged(sync_run, record, env, s3, make_client)
     if field is not None:
         store_field(dynamodb, table, key, field)
     return field
@@ -167,8 +182,6 @@ def log_challenger_to_mlflow(
 ) -> dict[str, Any] | None:
     """Right after Register: the run so far in MLflow and its version holding `challenger`. Returns what happened
     (the MLflow run, version and aliases, or the error), for the run's state; None when nothing was registered."""
-    table, tracking_uri = env["REFIT_AUDIT_TABLE"], env["REFIT_MLFLOW_TRACKING_URI"]
-    experiment, registered_model = env["REFIT_MLFLOW_EXPERIMENT"], env["REFIT_MLFLOW_REGISTERED_MODEL"]
     summary = summarize_run(
         event.state,
         model_from_json(env["REFIT_MODEL_CONFIG"]).name,
@@ -180,15 +193,7 @@ def log_challenger_to_mlflow(
     record = {**summary, "status": "RUNNING", "outcome": None, "message": None}  # its outcome is not known yet
     if not trained_challenger(record):
         return None
-    try:
-        lineage, evaluation = _documents(s3, record)
-        use_credentials(env)
-        client_ = make_client(tracking_uri)
-        result = log_challenger(client_, record, lineage, evaluation, experiment, registered_model, table)
-        return None if result is None else result.to_record(tracking_uri, registered_model)
-    except Exception as error:  # as after Finalize: recorded (in the state, then the audit record), never raised
-        forget_credentials(env)
-        return _error(error, tracking_uri, registered_model)
+    return _logged(log_challenger, record, env, s3, make_client)
 
 
 def start_sync(lambda_: Any, dynamodb: Any, table: str, function: str, key: AuditKey) -> str | None:
