@@ -99,15 +99,6 @@ def _baseline(args: argparse.Namespace, model: ModelConfig) -> dict:
     return build_profile(_read(args.reference), target=target, categorical=categorical, id_column=model.id_column)
 
 
-def _stack_output(args: argparse.Namespace, key: str, option: str) -> str:
-    """An output of the deployed stack (named after the configuration's project, or --stack), or of the file
-    $REFIT_STACK_OUTPUTS names: run_commands.Resources, the one place that finds the project's resources."""
-    try:
-        return run_commands.Resources.from_args(args).output(key, option)
-    except run_commands.CommandError as error:
-        raise CliError(str(error)) from None
-
-
 class FeedbackRefused(CliError):
     """A label file that cannot be read at all or holds no valid label: nothing is uploaded (exit code 2)."""
 
@@ -121,7 +112,8 @@ def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> d
     the last `monitor.window_hours`, and upload it unchanged under the model's ground-truth prefix (bad lines
     included: the monitor counts them again). Raises FeedbackRefused for an unreadable file or one without a valid
     label; the summary says what was found either way."""
-    model = load_config(args.config).model(args.model)
+    config = load_config(args.config)
+    model = config.model(args.model)
     now = now or datetime.now(UTC)
     try:
         data = _read_bytes(args.file)
@@ -129,7 +121,8 @@ def feedback_command(args: argparse.Namespace, now: datetime | None = None) -> d
         raise FeedbackRefused(str(error)) from None
     name = S3Uri.parse(args.file).key.rsplit("/", 1)[-1] if is_s3_uri(args.file) else Path(args.file).name
     labels = read_labels(data.splitlines(), source=name, problem_type=model.problem_type, label_time=now)
-    bucket = args.data_bucket or _stack_output(args, "DataBucket", "--data-bucket")
+    # --data-bucket, else the stack's (or $REFIT_STACK_OUTPUTS') output: the one place that finds the resources
+    bucket = run_commands.Resources.from_args(args, config).data_bucket
     s3 = boto3.client("s3")
     wanted, found = set(labels.frame["key"]), set()
     files = records = 0
@@ -372,6 +365,9 @@ def main(argv: list[str] | None = None, out: Any = None, err: Any = None) -> int
             except ConfigError as error:  # bad input, as in the run commands: exit 2
                 print(f"refit: {error}", file=err)
                 return 2
+            except run_commands.CommandError as error:  # finding the data bucket (the stack's outputs), as in report
+                print(f"refit: {error}", file=err)
+                return error.exit_code
             except FeedbackRefused as refused:
                 if refused.summary is not None:
                     print(json.dumps(refused.summary) if args.json else render_feedback(refused.summary), file=out)

@@ -101,11 +101,11 @@ def test_the_cli_reads_the_stack_named_after_the_project(monkeypatch):
     import boto3
     from moto import mock_aws
 
-    from scripts import cli
+    from scripts import run_commands
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     template = {"Resources": {"T": {"Type": "AWS::SNS::Topic"}}, "Outputs": {"AuditTable": {"Value": "audit-1"}}}
     with mock_aws():
         boto3.client("cloudformation").create_stack(StackName="refit", TemplateBody=json.dumps(template))
         args = argparse.Namespace(audit_table=None, stack=None, config=str(ROOT / "refit.toml"))
-        assert cli._stack_output(args, "AuditTable", "--audit-table") == "audit-1"
+        assert run_commands.Resources.from_args(args).audit_table == "audit-1"

@@ -331,3 +331,13 @@ def test_an_unknown_model_is_bad_input_exit_2_in_report_and_feedback_as_in_the_r
         code, out, err = refit(*arguments)
         assert code == 2, (arguments, err)
         assert err.startswith("refit: ") and "nosuch" in err and err.count("\n") == 1 and out == ""
+
+
+def test_feedback_finds_its_bucket_as_the_run_commands_do_and_exits_as_they_do(tmp_path, monkeypatch):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("inference_id,label\nr-1,1\n")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text("{")  # a stack-outputs file that is not JSON: bad input, exit 2 (run_commands.Resources)
+    monkeypatch.setenv("REFIT_STACK_OUTPUTS", str(outputs))
+    code, out, err = refit("feedback", "churn", str(labels))
+    assert (code, out) == (2, "") and err.startswith(f"refit: {outputs}: not JSON") and err.count("\n") == 1
