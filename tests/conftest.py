@@ -30,6 +30,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if config.args and all("unit" in arg for arg in config.args):
         return  # a unit-test run needs no assembly
+    # pytest's private `_tmp_path_factory`, on purpose: no public API serves here. The controller runs no fixtures, so
+    # the `tmp_path_factory` fixture never exists in it, and pytest exposes the session's base temp to hooks only
+    # through this attribute. The folder must be the one xdist makes each worker's base temp in (a worker reads it back
+    # as `tmp_path_factory.getbasetemp().parent`, assemblies.session_root), and xdist computes that from this same
+    # attribute (xdist/workermanage.py: `config._tmp_path_factory.getbasetemp() / "popen-gwN"`). A public substitute (a
+    # folder of our own handed to the workers through xdist's pytest_configure_node) would re-implement pytest's
+    # --basetemp and its retention of old runs' folders. A pytest without the attribute fails here, at session start.
     root = config._tmp_path_factory.getbasetemp()
     for name in assemblies.SHARED:
         assemblies.start(root, name)
