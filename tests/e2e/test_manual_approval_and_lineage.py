@@ -212,6 +212,7 @@ def test_the_approver_is_the_callers_aws_identity_and_the_starter_may_not_approv
     approve_role = next(f.role_arn for f in aws.stack.functions.values() if f.handler.endswith(".decide_handler"))
     assert {d.request.action for d in aws.iam.decisions if d.principal == approve_role and d.allowed} == {
         "dynamodb:GetItem",
+        "dynamodb:UpdateItem",  # its claim on the approval item
         "sagemaker:DescribeModelPackage",
         "sagemaker:UpdateModelPackage",
         "states:SendTaskSuccess",
