@@ -20,7 +20,7 @@ from sklearn.preprocessing import FunctionTransformer
 from scripts.sample_data import churn_batch
 
 SLOW_SECONDS = 0.4
-TAIL_EVERY = 10  # "slow_tail": one request in this many is slow
+TAIL_EVERY = 20  # "slow_tail": one request in this many is slow
 
 
 class _Evaluated:

@@ -217,7 +217,7 @@ def _serving_package(aws: LocalRuntime) -> str:
 
 
 def test_a_challenger_slow_at_p99_ends_the_test_at_once_while_its_mean_is_within_the_limit(aws, tmp_path):
-    """One request in ten sleeps: the guards at the first check find its p99 over max_p99_latency_ratio (3.0 here)
+    """One request in twenty sleeps: the guards at the first check find its p99 over max_p99_latency_ratio (3.0 here)
     times the champion's on the window since the split began, its mean far under max_model_latency_ms; the test
     ends (`harmed`) without waiting for the duration or reading a label, and the run rolls back."""
     before = endpoint_config(aws)
@@ -287,4 +287,10 @@ def test_a_5xx_burst_ends_the_test_at_once_and_a_rollback_that_fails_ends_the_ru
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0, "challenger": 0.0}
     rejected = package(aws, record["registry"]["model_package_arn"])
     assert rejected["ModelApprovalStatus"] == "Rejected"
+    assert rejected["CustomerMetadataProperties"]["refit:rejected_run"] == record["run_id"]
+    assert rejected["ApprovalDescription"].startswith(f"rejected by refit run {record['run_id']}"), rejected
     assert not record.get("serving_update")  # the registry still names the champion as serving
+    # The run's summary goes to the topic the run-failed alarm notifies, saying what the test saw.
+    summary = next(s for s in aws.published_summaries() if record["run_id"] in s["message"])
+    assert summary["subject"] == f"refit {MODEL}: FAILED (failed)"
+    assert "A/B test: errors after 1 check(s) - the challenger's error alarm" in summary["message"]
