@@ -259,7 +259,7 @@ def judge(
     """One check of the running test, after a Wait of `wait_seconds` (of the `remaining_seconds` that were left).
     The endpoint must still hold the split. A challenger whose error alarm (`error_alarm`: the stack's canary alarm,
     any challenger 5XX in a minute, with its state) is in ALARM ends the test at once: real users must not get
-    errors for the rest of the duration. Before the duration has passed: wait again (at most
+    errors for the rest of the duration; the guards' evidence (both variants' numbers) is kept with it. Before the duration has passed: wait again (at most
     `check_interval_seconds`), reading no traffic at all. Then: the decision (`decide`), with `next` `promote` or
     `rollback`. `guards` (the canary's rules on the window since the split began: 5XX/4XX against the champion,
     the p99 ratio, prediction divergence, the fixed ceilings; refit_core.canary.step_verdict with the quiet rule
@@ -270,6 +270,8 @@ def judge(
     remaining = max(0, remaining_seconds - wait_seconds)
     base: dict[str, Any] = {"started_at": started_at, "checks": checks + 1}
     if error_alarm is not None and error_alarm[1] == "ALARM":
+        if guards is not None:  # the numbers behind the alarm (both variants' 5XX on the window), for the record
+            base["guards"] = guards()
         return {
             "next": "rollback",
             "remaining_seconds": remaining,

@@ -20,6 +20,7 @@ from sklearn.preprocessing import FunctionTransformer
 from scripts.sample_data import churn_batch
 
 SLOW_SECONDS = 0.4
+TAIL_EVERY = 20  # "slow_tail": one request in this many is slow
 
 
 class _Evaluated:
@@ -38,6 +39,9 @@ class _Evaluated:
 FAULTS = {
     "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
     "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
+    # Slow on one request in TAIL_EVERY (a counter per serve process): the p99 regresses, the mean barely moves.
+    "slow_tail": f"lambda frame, calls=__import__('itertools').count(): (__import__('time').sleep({SLOW_SECONDS}) "
+    f"if next(calls) % {TAIL_EVERY} == 0 else None, frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }

@@ -232,6 +232,20 @@ def test_a_challenger_in_error_ends_the_test_at_once():
     assert (
         failing["reason"] == "the challenger's error alarm refit-churn--canary is in ALARM: the test ends 4,200 s early"
     )
+    assert "guards" not in failing
+    # With the guards, their evidence goes with the result: the record says what the challenger answered.
+    evidence = {"healthy": False, "reason": "the canary alarm is in ALARM", "challenger": {"errors_5xx": 40.0}}
+    guarded = judge(
+        place,
+        remaining_seconds=7200,
+        wait_seconds=3000,
+        sagemaker=Endpoint("ab"),
+        now=now,
+        **common,
+        error_alarm=("refit-churn--canary", "ALARM"),
+        guards=lambda: evidence,
+    )
+    assert (guarded["result"], guarded["reason"], guarded["guards"]) == ("errors", failing["reason"], evidence)
 
 
 def test_the_audit_record_says_what_the_test_decided():
