@@ -172,7 +172,7 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "Deploy": {
             **S3_READ,
             "Resource::*": XRAY
-            + "; cloudwatch:GetMetricStatistics (the canary's metrics) has none either"
+            + "; cloudwatch:GetMetricStatistics and GetMetricData (the canary's metrics) have none either"
             + describe_targets,
             **reads_endpoint,
             **_objects(
@@ -241,7 +241,9 @@ def _acknowledge_pipeline(stack: Stack, pipeline: ModelPipeline, data: str, arti
         "PickCandidate": {**S3_READ, "Resource::*": XRAY, **_objects(artifacts, [f"training/{model.name}/"], runs)},
         "JudgeAb": {
             **S3_READ,
-            "Resource::*": XRAY + "; cloudwatch:GetMetricStatistics (the guards' per-variant metrics) has none either",
+            "Resource::*": XRAY
+            + "; cloudwatch:GetMetricStatistics and GetMetricData (the guards' per-variant metrics) have none"
+            " either",
             **_objects(
                 artifacts,
                 [f"{model.monitoring_prefix}captured/", f"{model.monitoring_prefix}labels/"],

@@ -431,8 +431,9 @@ class RetrainFunctions(Construct):
         )
         f["Deploy"].add_to_role_policy(
             iam.PolicyStatement(
-                actions=["cloudwatch:GetMetricStatistics"],
-                resources=["*"],  # GetMetricStatistics has no resource-level permissions
+                # GetMetricData: the p99 rule's percentile rank PR(:X), which GetMetricStatistics does not serve
+                actions=["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"],
+                resources=["*"],  # neither has resource-level permissions
             )
         )
         # The canary's prediction divergence and the shadow's comparison: captured outputs (encrypted with the project
@@ -542,8 +543,8 @@ class RetrainFunctions(Construct):
             judge = f["JudgeAb"]
             judge.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["cloudwatch:GetMetricStatistics"],
-                    resources=["*"],  # GetMetricStatistics has no resource-level permissions
+                    actions=["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"],
+                    resources=["*"],  # neither has resource-level permissions
                 )
             )
             read(storage.data_bucket, judge, f"{model.capture_prefix}*")

@@ -122,6 +122,61 @@ def higher_rate_p_value(
     return float(fisher_exact(table, alternative="greater").pvalue)
 
 
+def tail_threshold_ms(max_ratio: float, champion: VariantWindow) -> float | None:
+    """The latency X the p99 rule counts slow requests over: `max_ratio` times the champion's p99 (None without one)."""
+    return round(max_ratio * champion.p99_latency_ms, 3) if champion.p99_latency_ms else None
+
+
+@dataclass(frozen=True)
+class LatencyTail:
+    """Each variant's requests slower than `threshold_ms` (the ratio's margin over the champion's p99) out of its
+    ModelLatency samples on the window, from CloudWatch's percentile rank PR(:X) (refit_handlers.deploy.latency_tail)."""
+
+    threshold_ms: float
+    challenger_slow: float
+    challenger_samples: float
+    champion_slow: float
+    champion_samples: float
+
+
+def p99_regression(
+    max_ratio: float, alpha: float, ratio: float | None, tail: LatencyTail | None
+) -> tuple[bool, dict[str, Any] | None, str]:
+    """The p99 rule, one implementation for the canary's steps, the shadow, the A/B guards and the guarded update's
+    bakes: a regression is a p99 over `max_ratio` times the champion's (the practical margin) AND a share of requests
+    slower than that margin X significantly higher than the champion's share over the same X (one-sided Fisher exact
+    at `alpha`, higher_rate_p_value). A p99 over the margin on noise alone (a handful of slow requests in a hundred)
+    is then no regression; a challenger whose requests are slower across the board is. Without the shares (`tail`
+    None: CloudWatch reported no percentile rank) the ratio alone decides, as the cautious reading. Returns
+    (regressed, the tail's evidence, the words for the reason)."""
+    if ratio is None or ratio <= max_ratio:
+        return False, None, ""
+    if tail is None:
+        return True, None, "the share of slow requests not reported"
+    p_value = higher_rate_p_value(
+        tail.challenger_slow, tail.challenger_samples, tail.champion_slow, tail.champion_samples
+    )
+    evidence = {
+        "threshold_ms": tail.threshold_ms,
+        "challenger_slow": tail.challenger_slow,
+        "challenger_samples": tail.challenger_samples,
+        "challenger_share": _rate(tail.challenger_slow, tail.challenger_samples),
+        "champion_slow": tail.champion_slow,
+        "champion_samples": tail.champion_samples,
+        "champion_share": _rate(tail.champion_slow, tail.champion_samples),
+        "p_value": round(p_value, 6),
+        "alpha": alpha,
+    }
+    shares = (
+        f"{tail.challenger_slow:.0f} of {tail.challenger_samples:.0f} requests over {tail.threshold_ms:.1f} ms "
+        f"against the champion's {tail.champion_slow:.0f} of {tail.champion_samples:.0f} (one-sided Fisher exact "
+        f"p = {p_value:.4g}"
+    )
+    if p_value < alpha:
+        return True, evidence, f"{shares} < {alpha})"
+    return False, evidence, f"not significantly more slow requests: {shares} >= {alpha})"
+
+
 def step_verdict(
     settings: CanarySettings,
     challenger: VariantWindow,
@@ -130,6 +185,7 @@ def step_verdict(
     divergence: dict[str, Any] | None = None,
     *,
     quiet_fails: bool = True,
+    tail: LatencyTail | None = None,
 ) -> dict[str, Any]:
     """The verdict on one canary step, from both variants' numbers on the same window.
 
@@ -138,8 +194,9 @@ def step_verdict(
     level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
     `min_invocations` on both variants (a quiet window is not promoted, says so and is marked `quiet`: the only
     failure more traffic could change, refit_core.synthetic) and, once both variants have
-    `min_latency_samples` latency samples, both p99 latencies with the challenger's at most `max_p99_latency_ratio`
-    times the champion's (with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
+    `min_latency_samples` latency samples, both p99 latencies and no p99 regression (p99_regression: the challenger's
+    p99 over `max_p99_latency_ratio` times the champion's AND significantly more of its requests slower than that
+    margin, from `tail`; with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
     prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
     challenger's outputs diverged; skipped or not judged, it decides nothing: it is recorded and named in the
     reason, and the step is judged by the other rules.
@@ -158,6 +215,9 @@ def step_verdict(
     )
     ratio = round(raw_ratio, 4) if raw_ratio is not None else None
     p99_judged = min(challenger.samples, champion.samples) >= settings.min_latency_samples
+    regressed, tail_evidence, tail_words = p99_regression(
+        settings.max_p99_latency_ratio, settings.alpha, raw_ratio, tail
+    )
     evidence = {
         "challenger": challenger.evidence(),
         "champion": champion.evidence(),
@@ -165,6 +225,7 @@ def step_verdict(
         "p_value_4xx": round(p_4xx, 6),
         "p99_latency_ratio": ratio,
         "p99_judged": p99_judged,
+        "p99_tail": tail_evidence,
         "alarm_state": alarm_state,
         "divergence": divergence,
     }
@@ -211,14 +272,15 @@ def step_verdict(
         )
     if raw_ratio is None:
         return verdict(False, "p99 ModelLatency of both variants is needed to judge the step and was not reported")
-    if raw_ratio > settings.max_p99_latency_ratio:
+    if regressed:
         return verdict(
             False,
             f"challenger p99 model latency {challenger.p99_latency_ms:.1f} ms is {raw_ratio:.2f} x the champion's "
-            f"{champion.p99_latency_ms:.1f} ms, over {settings.max_p99_latency_ratio}",
+            f"{champion.p99_latency_ms:.1f} ms, over {settings.max_p99_latency_ratio}, with {tail_words}",
         )
+    margin = f", over {settings.max_p99_latency_ratio} but {tail_words}" if tail_words else ""
     return verdict(
         True,
         f"challenger served {challenger.invocations:.0f} requests, no worse than the champion's "
-        f"{champion.invocations:.0f} (p99 ratio {raw_ratio:.2f})",
+        f"{champion.invocations:.0f} (p99 ratio {raw_ratio:.2f}{margin})",
     )

@@ -212,10 +212,17 @@ class CanarySettings(_Strict):
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Ceiling on the challenger's 5XX rate.")
     max_model_latency_ms: float = Field(1000.0, gt=0, description="Ceiling on the challenger's mean ModelLatency.")
     max_p99_latency_ratio: float = Field(
-        1.3, gt=1, description="Limit on the challenger's p99 ModelLatency over the champion's in the same window."
+        1.3,
+        gt=1,
+        description="Margin on the challenger's p99 ModelLatency over the champion's in the same window: a p99 over it "
+        "fails the step when significantly more of the challenger's requests are slower than it (at `alpha`).",
     )
     alpha: float = Field(
-        0.05, gt=0, lt=0.5, description="Level of the one-sided tests that the challenger's 4XX/5XX rates are higher."
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Level of the one-sided tests that the challenger's 4XX/5XX rates, and its share of requests over "
+        "the p99 margin, are higher than the champion's.",
     )
     min_latency_samples: int = Field(
         100,
@@ -370,6 +377,13 @@ class GuardrailsSettings(_Strict):
         1.3, gt=1, description="Limit on the bakes' p99 ModelLatency over the champion's before the update."
     )
     min_latency_samples: int = Field(100, ge=20, description="The p99 ratio is judged from this many samples each.")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Level of the one-sided test that more of the bakes' requests are over the p99 margin than the "
+        "champion's were (refit_core.canary.p99_regression).",
+    )
     champion_lookback_seconds: int = Field(
         3600, ge=60, le=86400, description="The champion's window before the update, for its p99."
     )

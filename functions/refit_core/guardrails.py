@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from refit_core import names
-from refit_core.canary import VariantWindow
+from refit_core.canary import LatencyTail, VariantWindow, p99_regression
 from refit_core.config import GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
@@ -153,11 +153,15 @@ def bake_window(
     return max(requested_at, checked_at - timedelta(seconds=bakes + 60)), checked_at + timedelta(minutes=1)
 
 
-def bake_verdict(settings: GuardrailsSettings, bake: VariantWindow, champion: VariantWindow) -> dict[str, Any]:
+def bake_verdict(
+    settings: GuardrailsSettings, bake: VariantWindow, champion: VariantWindow, tail: LatencyTail | None = None
+) -> dict[str, Any]:
     """refit's judgement of a guarded update SageMaker finished (its alarms did not fire): a quiet bake is not a pass
     (SageMaker treats missing data as not breaching, so a bake without traffic completes), and the bakes' p99
     ModelLatency is held against the champion's own p99 before the update (`champion_lookback_seconds`), judged once
-    both have `min_latency_samples` latency samples (fewer: not judged, and the reason says so). 5XX and mean latency
+    both have `min_latency_samples` latency samples (fewer: not judged, and the reason says so) by the canary's p99 rule
+    (refit_core.canary.p99_regression: over `max_p99_latency_ratio` and significantly more requests over that margin
+    than the champion had, from `tail`, at `alpha`). 5XX and mean latency
     are the rollback alarms' (SageMaker's) to judge during the bakes."""
     raw_ratio = (
         bake.p99_latency_ms / champion.p99_latency_ms
@@ -165,11 +169,15 @@ def bake_verdict(settings: GuardrailsSettings, bake: VariantWindow, champion: Va
         else None
     )
     p99_judged = min(bake.samples, champion.samples) >= settings.min_latency_samples and raw_ratio is not None
+    regressed, tail_evidence, tail_words = p99_regression(
+        settings.max_p99_latency_ratio, settings.alpha, raw_ratio, tail
+    )
     evidence = {
         "bake": bake.evidence(),
         "champion": champion.evidence(),
         "p99_latency_ratio": round(raw_ratio, 4) if raw_ratio is not None else None,
         "p99_judged": p99_judged,
+        "p99_tail": tail_evidence,
     }
     if bake.invocations < settings.min_invocations:
         return {
@@ -185,15 +193,18 @@ def bake_verdict(settings: GuardrailsSettings, bake: VariantWindow, champion: Va
             f"{settings.min_latency_samples} latency samples in the bakes or in the champion's window before the update",
             **evidence,
         }
-    if raw_ratio is not None and raw_ratio > settings.max_p99_latency_ratio:
+    if regressed:
         return {
             "healthy": False,
             "reason": f"p99 model latency in the bakes {bake.p99_latency_ms} ms is {raw_ratio:.2f} x the "
-            f"champion's {champion.p99_latency_ms} ms before the update, over {settings.max_p99_latency_ratio}",
+            f"champion's {champion.p99_latency_ms} ms before the update, over {settings.max_p99_latency_ratio}, "
+            f"with {tail_words}",
             **evidence,
         }
+    margin = f", over {settings.max_p99_latency_ratio} but {tail_words}" if tail_words else ""
     return {
         "healthy": True,
-        "reason": f"the bakes served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the champion)",
+        "reason": f"the bakes served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the "
+        f"champion{margin})",
         **evidence,
     }

@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from refit_core.canary import CHALLENGER, CHAMPION, VariantWindow, step_verdict, variant
+from refit_core.canary import CHALLENGER, CHAMPION, LatencyTail, VariantWindow, step_verdict, variant
 from refit_core.capture import window_scores as captured_window_scores
 from refit_core.config import ShadowSettings
 from refit_core.divergence import prediction_divergence
@@ -86,11 +86,12 @@ def shadow_verdict(
     champion: VariantWindow,
     alarm_state: str | None,
     divergence: dict[str, Any],
+    tail: LatencyTail | None = None,
 ) -> dict[str, Any]:
     """The verdict on the shadow after its bake. Traffic and latency first (the canary's rules, with the shadow's
-    limits); then predictions (`divergence`: shadow_divergence's result): not judged is not a pass (the predictions
+    limits, `tail` for its p99 rule); then predictions (`divergence`: shadow_divergence's result): not judged is not a pass (the predictions
     were the point of the shadow), and outputs beyond what the holdout predicts drop the shadow."""
-    verdict = step_verdict(settings.limits(), shadow, champion, alarm_state)
+    verdict = step_verdict(settings.limits(), shadow, champion, alarm_state, tail=tail)
     copied = round(shadow.invocations / champion.invocations, 4) if champion.invocations else None
     verdict = {**verdict, "divergence": divergence, "copied_share": copied}
     if not verdict["healthy"]:

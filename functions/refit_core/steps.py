@@ -396,6 +396,7 @@ class CanaryStepVerdict(Step):
     p_value_4xx: float | None = None
     p99_latency_ratio: float | None = None
     p99_judged: bool | None = None
+    p99_tail: dict[str, Any] | None = None  # refit_core.canary.p99_regression's test when the p99 is over the ratio
     alarm_state: str | None = None
     divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result
     quiet: bool = False  # failed only for want of traffic (the invocation floor)
@@ -446,6 +447,7 @@ class ShadowVerdict(Step):
     p_value_4xx: float | None = None
     p99_latency_ratio: float | None = None
     p99_judged: bool | None = None
+    p99_tail: dict[str, Any] | None = None  # refit_core.canary.p99_regression's test when the p99 is over the ratio
     alarm_state: str | None = None
     divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result, as the canary's
     capture_problems: dict[str, int] = Field(default_factory=dict)

@@ -16,7 +16,7 @@ from refit_core.monitor import Place
 from refit_core.steps import AbVerdict
 
 from refit_handlers.common import Settings, client, parse, settings
-from refit_handlers.deploy import variant_window, window_divergence
+from refit_handlers.deploy import latency_tail, variant_window, window_divergence
 
 logger = Logger()
 tracer = Tracer()
@@ -37,7 +37,7 @@ def live_guards(
 ) -> dict[str, Any]:
     """The canary's rules (refit_core.canary.step_verdict, `canary.*` settings) on the window since the split began,
     asking only whether the challenger harms (the quiet rule off): 5XX/4XX rates against the champion, the p99
-    ratio, the fixed ceilings, and prediction divergence beyond the holdout's, which is always computed and recorded
+    rule (over the ratio and significantly more slow requests), the fixed ceilings, and prediction divergence beyond the holdout's, which is always computed and recorded
     but stops the test only with `deploy.ab.stop_on_divergence` (the A/B test's traffic may come from a market that
     moved away from the holdout, which looks like divergence, and the test judges outcomes directly). The tests run at every check, so their
     level is `canary.alpha` divided by the checks the duration holds (Bonferroni): a harmless challenger is stopped
@@ -54,7 +54,15 @@ def live_guards(
     divergence = window_divergence(request.gate_uri, alpha, config, sagemaker, s3, start_time, end_time)
     rules = model.canary.model_copy(update={"alpha": alpha})
     acted_on = divergence if model.deploy.ab.stop_on_divergence else None
-    verdict = step_verdict(rules, windows[CHALLENGER], windows[CHAMPION], alarm_state, acted_on, quiet_fails=False)
+    tail = latency_tail(
+        cloudwatch,
+        config.endpoint_name,
+        rules.max_p99_latency_ratio,
+        *((name, start_time, end_time, windows[name]) for name in (CHALLENGER, CHAMPION)),
+    )
+    verdict = step_verdict(
+        rules, windows[CHALLENGER], windows[CHAMPION], alarm_state, acted_on, quiet_fails=False, tail=tail
+    )
     return {
         **verdict,
         "divergence": divergence,  # recorded whether or not it may stop the test (deploy.ab.stop_on_divergence)

@@ -16,10 +16,12 @@ from refit_core.artifacts import MODEL_SHA256_ENV
 from refit_core.canary import (
     CHALLENGER,
     CHAMPION,
+    LatencyTail,
     VariantWindow,
     canary_variants,
     data_capture,
     step_verdict,
+    tail_threshold_ms,
     variant,
 )
 from refit_core.champion import (
@@ -430,8 +432,15 @@ def judge_bake(event: GuardedStatus, config: Settings, cloudwatch: Any) -> dict[
     lookback = requested_at - timedelta(seconds=settings.champion_lookback_seconds)
     bake = variant_window(cloudwatch, config.endpoint_name, CHAMPION, start_time, end_time)
     champion = variant_window(cloudwatch, config.endpoint_name, CHAMPION, lookback, requested_at)
+    tail = latency_tail(
+        cloudwatch,
+        config.endpoint_name,
+        settings.max_p99_latency_ratio,
+        (CHAMPION, start_time, end_time, bake),
+        (CHAMPION, lookback, requested_at, champion),
+    )
     return {
-        **bake_verdict(settings, bake, champion),
+        **bake_verdict(settings, bake, champion, tail),
         "window_start": start_time.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
         "window_end": end_time.isoformat(timespec="seconds"),
         "champion_window_start": lookback.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
@@ -491,18 +500,86 @@ def weight_shares(variants: list[dict[str, Any]]) -> dict[str, tuple[float, floa
     return {name: (current[name] / current_total, desired[name] / desired_total) for name in current}
 
 
+def window_period(start_time: datetime, end_time: datetime) -> tuple[datetime, int]:
+    """The start as CloudWatch reads it (rounded down to the minute) and one period, a multiple of 60 s, covering the
+    whole window."""
+    start_time = start_time.replace(second=0, microsecond=0)
+    return start_time, max(60, -(-int((end_time - start_time).total_seconds()) // 60) * 60)
+
+
+def variant_dimensions(endpoint_name: str, variant_name: str) -> list[dict[str, str]]:
+    return [{"Name": "EndpointName", "Value": endpoint_name}, {"Name": "VariantName", "Value": variant_name}]
+
+
+def slow_requests(
+    cloudwatch: Any,
+    endpoint_name: str,
+    variant_name: str,
+    start_time: datetime,
+    end_time: datetime,
+    threshold_ms: float,
+) -> tuple[float, float] | None:
+    """(requests slower than `threshold_ms`, latency samples) of one variant over [start, end), from GetMetricData's
+    percentile rank `PR(:X)` (the percentage of data points with a value of X or less, X in the metric's own unit:
+    SageMaker reports ModelLatency in microseconds) and `SampleCount`, per period of window_period. GetMetricData's
+    Stat takes any statistic or extended statistic; GetMetricStatistics' ExtendedStatistics only percentiles (p0.0 to
+    p100). None when CloudWatch gives no percentile rank (no samples, or a statistic set that hides them)."""
+    start_time, period = window_period(start_time, end_time)
+    metric = {
+        "Namespace": "AWS/SageMaker",
+        "MetricName": "ModelLatency",
+        "Dimensions": variant_dimensions(endpoint_name, variant_name),
+    }
+    threshold_us = f"{threshold_ms * 1000:.3f}".rstrip("0").rstrip(".")
+    results = {
+        r["Id"]: dict(zip(r["Timestamps"], r["Values"], strict=True))
+        for r in cloudwatch.get_metric_data(
+            MetricDataQueries=[
+                {"Id": "rank", "MetricStat": {"Metric": metric, "Period": period, "Stat": f"PR(:{threshold_us})"}},
+                {"Id": "samples", "MetricStat": {"Metric": metric, "Period": period, "Stat": "SampleCount"}},
+            ],
+            StartTime=start_time,
+            EndTime=end_time,
+        )["MetricDataResults"]
+    }
+    ranks, counts = results.get("rank", {}), results.get("samples", {})
+    judged = [(counts[at], rank) for at, rank in ranks.items() if at in counts]
+    if not judged:
+        return None
+    return float(sum(round(count * (100 - rank) / 100) for count, rank in judged)), float(sum(c for c, _ in judged))
+
+
+def latency_tail(
+    cloudwatch: Any,
+    endpoint_name: str,
+    max_ratio: float,
+    challenger: tuple[str, datetime, datetime, VariantWindow],
+    champion: tuple[str, datetime, datetime, VariantWindow],
+) -> LatencyTail | None:
+    """What refit_core.canary.p99_regression tests when the challenger's p99 is over `max_ratio` times the champion's:
+    each variant's requests slower than that margin (slow_requests), `challenger` and `champion` each (variant name,
+    start, end, its numbers there). None when the p99 is within the margin (nothing to test) or a share is missing."""
+    (c_name, c_start, c_end, c_window), (h_name, h_start, h_end, h_window) = challenger, champion
+    threshold = tail_threshold_ms(max_ratio, h_window)
+    if threshold is None or not h_window.p99_latency_ms or c_window.p99_latency_ms is None:
+        return None
+    if c_window.p99_latency_ms / h_window.p99_latency_ms <= max_ratio:
+        return None
+    over = slow_requests(cloudwatch, endpoint_name, c_name, c_start, c_end, threshold)
+    before = slow_requests(cloudwatch, endpoint_name, h_name, h_start, h_end, threshold)
+    if over is None or before is None:
+        return None
+    return LatencyTail(threshold, *over, *before)
+
+
 def variant_window(
     cloudwatch: Any, endpoint_name: str, variant_name: str, start_time: datetime, end_time: datetime
 ) -> VariantWindow:
     """One variant's numbers over [start, end) from CloudWatch, in one period covering the whole window (CloudWatch
     rounds a recent StartTime down to the minute), so the p99 is over every request of the window. Statistics and
     ExtendedStatistics cannot be asked for in the same call; SageMaker reports ModelLatency in microseconds."""
-    start_time = start_time.replace(second=0, microsecond=0)
-    period = max(60, -(-int((end_time - start_time).total_seconds()) // 60) * 60)
-    dimensions = [
-        {"Name": "EndpointName", "Value": endpoint_name},
-        {"Name": "VariantName", "Value": variant_name},
-    ]
+    start_time, period = window_period(start_time, end_time)
+    dimensions = variant_dimensions(endpoint_name, variant_name)
 
     def datapoints(metric: str, **statistics: list[str]) -> list[dict[str, Any]]:
         return cloudwatch.get_metric_statistics(
@@ -612,7 +689,15 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemake
     alarms = cloudwatch.describe_alarms(AlarmNames=[config.canary_alarm])["MetricAlarms"]
     alarm_state = alarms[0]["StateValue"] if alarms else None
     divergence = divergence_check(event, config, sagemaker, s3, start_time, end_time)
-    verdict = step_verdict(config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state, divergence)
+    tail = latency_tail(
+        cloudwatch,
+        config.endpoint_name,
+        config.model.canary.max_p99_latency_ratio,
+        *((name, start_time, end_time, windows[name]) for name in (CHALLENGER, CHAMPION)),
+    )
+    verdict = step_verdict(
+        config.model.canary, windows[CHALLENGER], windows[CHAMPION], alarm_state, divergence, tail=tail
+    )
     synthetic = config.model.deploy.synthetic_traffic
     topped_up = event.synthetic if event.synthetic is not None and event.synthetic.step == step else None
     if needs_top_up(synthetic.enabled, verdict, topped_up is not None):
@@ -694,7 +779,13 @@ def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, sagemake
         capture_enabled=capture_destination(sagemaker, config.endpoint_name) is not None,
         seed=config.model.seed,
     )
-    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, divergence)
+    tail = latency_tail(
+        cloudwatch,
+        config.endpoint_name,
+        settings.max_p99_latency_ratio,
+        *((name, start_time, end_time, windows[name]) for name in (SHADOW, CHAMPION)),
+    )
+    verdict = shadow_verdict(settings, windows[SHADOW], windows[CHAMPION], alarm_state, divergence, tail)
     synthetic = config.model.deploy.synthetic_traffic
     topped_up = event.synthetic if event.synthetic is not None and event.synthetic.step == 0 else None
     following: dict[str, Any] = {"next": "promote" if verdict["healthy"] else "rollback"}

@@ -60,7 +60,9 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   missing, which the SageMaker SDK refuses).
 - CloudWatch percentiles (metric_statistics.py): moto ignores GetMetricStatistics' ExtendedStatistics and accepts
   it together with Statistics; here each datapoint carries the percentiles of its period's raw values (so a canary
-  can compare p99 ModelLatency per variant) and a call naming both is refused as CloudWatch refuses it.
+  can compare p99 ModelLatency per variant) and a call naming both is refused as CloudWatch refuses it. moto's
+  GetMetricData answers a percentile or a percentile rank `PR(n:m)` with a null value; here both are computed from
+  the raw values too (the p99 rule's share of requests over its margin, in ModelLatency's microseconds).
 - CloudWatch alarms (alarms.py): moto never evaluates one; here every PutMetricData re-evaluates the metric alarms
   (single-metric and metric-math) on the metrics it touched, and a state change puts the "CloudWatch Alarm State
   Change" event, so rules on it fire.
@@ -111,7 +113,14 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from moto.awslambda.models import LambdaFunction
-from moto.cloudwatch.models import Alarm, CloudWatchBackend, MetricAggregatedDatum, MetricDatum, cloudwatch_backends
+from moto.cloudwatch.models import (
+    Alarm,
+    CloudWatchBackend,
+    MetricAggregatedDatum,
+    MetricDatum,
+    Statistics,
+    cloudwatch_backends,
+)
 from moto.cloudwatch.responses import CloudWatchResponse
 from moto.core.utils import utcnow
 from moto.events.models import Rule, events_backends
@@ -136,7 +145,7 @@ from scripts.local_aws.alarms import (
 )
 from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
-from scripts.local_aws.metric_statistics import get_metric_statistics
+from scripts.local_aws.metric_statistics import extended_statistic, get_metric_data, get_metric_statistics
 from scripts.local_aws.standup import LocalFunction
 
 ISOLATED_PACKAGES = ("refit_core", "refit_handlers")
@@ -741,6 +750,8 @@ class Bridges:
             mock.patch.object(CloudWatchBackend, "put_metric_data", put_metric_data),
             mock.patch.object(CloudWatchBackend, "set_alarm_state", set_alarm_state),
             mock.patch.object(CloudWatchResponse, "get_metric_statistics", get_metric_statistics),
+            mock.patch.object(Statistics, "get_statistics_for_type", extended_statistic),
+            mock.patch.object(CloudWatchBackend, "get_metric_data", get_metric_data),
             mock.patch.object(os, "environ", self.environ),
             mock.patch.object(sys, "stdout", self.stdout),
             mock.patch.object(sys, "stderr", self.stderr),

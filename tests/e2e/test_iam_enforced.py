@@ -79,4 +79,9 @@ def test_the_state_machine_invokes_its_lambdas_as_its_own_role(aws):
 
 def test_what_the_runs_were_allowed_by_a_resource_wildcard_is_only_what_aws_cannot_scope(aws):
     unscoped = {d.request.action for d in aws.iam.wildcard_grants()}
-    assert unscoped <= {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "ecr:GetAuthorizationToken"}
+    assert unscoped <= {
+        "cloudwatch:PutMetricData",
+        "cloudwatch:GetMetricStatistics",
+        "cloudwatch:GetMetricData",
+        "ecr:GetAuthorizationToken",
+    }

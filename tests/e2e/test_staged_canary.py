@@ -1,6 +1,7 @@
 """The staged canary on the local runtime (`canary.steps = [0.2, 0.5]`): every step is judged against the champion on
 the same window from the real serve processes' CloudWatch metrics. A quiet window, a challenger that answers 5XX
-and one that is slow at p99 (its mean within `max_model_latency_ms`) are each rolled back at the first step; a
+and one that is slow at p99 (its mean within `max_model_latency_ms`; the product's p99 rule, 1.3 x the champion's
+p99 with significantly more requests over it) are each rolled back at the first step; a
 challenger whose predictions diverge from what its holdout disagreement with the champion predicts is rolled back at
 the first step too; a healthy one is promoted through both steps. The faulty challengers are test-side wrappers of the model artifact the run
 trained (a first pipeline step that raises or sleeps), written over its model.tar.gz the moment its training job ends,
@@ -78,6 +79,12 @@ def assert_rolled_back_at_first_step(aws, record, reason: str, before: str) -> d
     return step
 
 
+def p99_regressed(step: dict) -> bool:
+    """The p99 rule's outcome on a judged step: within the margin, or over it without significantly more slow
+    requests, is no regression (its test's p-value is in the evidence whenever the ratio is over the margin)."""
+    return step["p99_tail"] is not None and step["p99_tail"]["p_value"] < step["p99_tail"]["alpha"]
+
+
 def test_the_first_batch_deploys_the_champion(aws):
     execution = aws.wait_for(aws.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(3000, 1))), timeout=600)
     assert execution["status"] == "SUCCEEDED"
@@ -117,6 +124,12 @@ def test_a_p99_regression_against_the_champion_is_rolled_back_while_the_mean_is_
     assert SLOW_SECONDS * 1000 <= challenger["mean_latency_ms"] < 1000  # the old mean-latency limit passes it
     assert challenger["p99_latency_ms"] >= SLOW_SECONDS * 1000 and step["p99_latency_ratio"] > 3.0
     assert champion["p99_latency_ms"] * step["p99_latency_ratio"] == pytest.approx(challenger["p99_latency_ms"], 1e-3)
+    # Most slowed requests are over the margin (1.3 x the champion's p99; under load the champion's p99 nears the
+    # injected 0.4 s), significantly more than the champion's, counted over the same samples as the window's.
+    tail = step["p99_tail"]
+    assert tail["challenger_samples"] == challenger["latency_samples"] and tail["challenger_share"] > 0.5
+    assert tail["champion_samples"] == champion["latency_samples"] and tail["p_value"] < 0.01
+    assert "requests over" in step["reason"]
 
 
 def test_a_challenger_whose_predictions_diverge_is_rolled_back_at_the_first_step(aws, tmp_path):
@@ -131,7 +144,7 @@ def test_a_challenger_whose_predictions_diverge_is_rolled_back_at_the_first_step
     assert divergence["champion_samples"] == traffic.variants["champion"]
     # No error, latency or alarm rule would have stopped it.
     assert step["challenger"]["errors_5xx"] == 0 and step["p_value_4xx"] == 1.0 and step["alarm_state"] != "ALARM"
-    assert step["p99_judged"] and step["p99_latency_ratio"] <= 3.0
+    assert step["p99_judged"] and not p99_regressed(step)
 
 
 def test_a_healthy_challenger_is_promoted_through_every_step(aws):
@@ -148,7 +161,7 @@ def test_a_healthy_challenger_is_promoted_through_every_step(aws):
     assert all(s["healthy"] for s in steps) and traffic.bakes == 2
     for s in steps:
         assert s["challenger"]["invocations"] >= 100 and s["champion"]["invocations"] >= 100
-        assert s["p99_judged"] and s["p99_latency_ratio"] <= 3.0 and s["p_value_5xx"] == 1.0
+        assert s["p99_judged"] and not p99_regressed(s) and s["p_value_5xx"] == 1.0
         assert s["divergence"]["status"] == "judged" and s["divergence"]["diverged"] is False
     assert record["canary"]["next"] == "promote"
     assert record["endpoint"]["config"] != before

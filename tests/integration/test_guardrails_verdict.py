@@ -1,6 +1,6 @@
 """refit's verdict on a finished guarded update (deploy.mode guardrails: refit_core.guardrails.bake_verdict through the
-Deploy action guardrails_status), read from moto's CloudWatch with the local runtime's GetMetricStatistics bridge
-(percentiles from raw values): the endpoint's one variant before the UpdateEndpoint is the champion, after it the new
+Deploy action guardrails_status), read from moto's CloudWatch with the local runtime's GetMetricStatistics and
+GetMetricData bridges (percentiles and percentile ranks from raw values): the endpoint's one variant before the UpdateEndpoint is the champion, after it the new
 fleet. A challenger slow at p99 whose mean stays far within the latency alarm's ceiling, and a quiet bake, are both
 answered with `rollback`; the same bake with the champion's latencies is promoted. No serve process: the metrics are
 put as SageMaker publishes them (ModelLatency in microseconds, Invocations per request)."""
@@ -14,10 +14,11 @@ import boto3
 import numpy as np
 import pytest
 from moto import mock_aws
+from moto.cloudwatch.models import CloudWatchBackend, Statistics
 from moto.cloudwatch.responses import CloudWatchResponse
 from refit_handlers.deploy import GuardedStatus, guardrails_status
 
-from scripts.local_aws.metric_statistics import get_metric_statistics
+from scripts.local_aws.metric_statistics import extended_statistic, get_metric_data, get_metric_statistics
 from tests.conftest import handler_settings
 from tests.unit.test_guardrails import RecordingSageMaker, endpoint
 
@@ -26,7 +27,12 @@ DIMENSIONS = [{"Name": "EndpointName", "Value": "e"}, {"Name": "VariantName", "V
 
 @pytest.fixture
 def cloudwatch():
-    with mock_aws(), mock.patch.object(CloudWatchResponse, "get_metric_statistics", get_metric_statistics):
+    with (
+        mock_aws(),
+        mock.patch.object(CloudWatchResponse, "get_metric_statistics", get_metric_statistics),
+        mock.patch.object(Statistics, "get_statistics_for_type", extended_statistic),
+        mock.patch.object(CloudWatchBackend, "get_metric_data", get_metric_data),
+    ):
         yield boto3.client("cloudwatch", region_name="us-east-1")
 
 
@@ -87,6 +93,11 @@ def test_a_challenger_slow_at_p99_is_rolled_back_while_its_mean_stays_within_the
     assert verdict["p99_judged"] and verdict["p99_latency_ratio"] > 1.3
     assert verdict["bake"]["mean_latency_ms"] < handler_settings().model.deploy.guardrails.max_model_latency_ms / 10
     assert verdict["bake"]["invocations"] == 300 and verdict["champion"]["invocations"] == 300
+    # The p99 rule's test: the 10 slow requests over 1.3 x the champion's p99, against none of the champion's 300.
+    tail = verdict["p99_tail"]
+    assert (tail["challenger_slow"], tail["challenger_samples"], tail["champion_slow"]) == (10, 300, 0)
+    assert tail["threshold_ms"] == pytest.approx(1.3 * verdict["champion"]["p99_latency_ms"], abs=1e-3)
+    assert tail["p_value"] < 0.05 and "10 of 300 requests over" in checked["reason"]
 
 
 def test_the_same_bake_with_the_champions_latencies_is_promoted(cloudwatch):

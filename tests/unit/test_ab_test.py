@@ -360,6 +360,20 @@ class VariantMetrics:
         value = {"Invocations": w.invocations, "Invocation4XXErrors": 0, "Invocation5XXErrors": w.errors_5xx}
         return {"Datapoints": [{"Sum": value[request["MetricName"]]}]}
 
+    def get_metric_data(self, **request):
+        """PR(:X) and SampleCount of ModelLatency (X in microseconds): every request at the variant's p99."""
+        self.requests.append(request)
+        results = []
+        for query in request["MetricDataQueries"]:
+            stat = query["MetricStat"]
+            w = self.windows[next(d["Value"] for d in stat["Metric"]["Dimensions"] if d["Name"] == "VariantName")]
+            if stat["Stat"] == "SampleCount":
+                value = w.invocations
+            else:
+                value = 100.0 if w.p99_latency_ms * 1000 <= float(stat["Stat"][len("PR(:") : -1]) else 0.0
+            results.append({"Id": query["Id"], "Timestamps": [request["StartTime"]], "Values": [value]})
+        return {"MetricDataResults": results}
+
 
 def test_live_guards_judge_the_window_since_the_split_at_a_level_shared_by_the_checks():
     """JudgeAb's guards read both variants from the split's start: a challenger slow at p99 (its mean within the
@@ -383,6 +397,9 @@ def test_live_guards_judge_the_window_since_the_split_at_a_level_shared_by_the_c
 
     verdict = live_guards(event, config, cloudwatch, NoCapture(), None, "OK")
     assert verdict["healthy"] is False and "p99 model latency 400.0 ms is 40.00 x" in verdict["reason"]
+    assert verdict["p99_tail"]["challenger_slow"] == 300 and verdict["p99_tail"]["alpha"] == verdict["alpha"]
+    stats = {q["MetricStat"]["Stat"] for r in cloudwatch.requests for q in r.get("MetricDataQueries", [])}
+    assert stats == {"PR(:13000)", "SampleCount"}  # 1.3 x the champion's 10 ms, in ModelLatency's microseconds
     assert verdict["alpha"] == pytest.approx(model.canary.alpha / 24)
     assert verdict["divergence"]["status"] == "skipped"
     assert {r["StartTime"].isoformat() for r in cloudwatch.requests} == {"2026-11-28T00:00:00+00:00"}

@@ -141,7 +141,12 @@ def test_the_p99_ratio_holds_at_its_limit_and_fails_over_it_while_the_mean_is_fi
     over = step_verdict(SETTINGS, window(mean=12.0, p99=26.2), CHAMPION, None)
     assert at["healthy"] and at["p99_latency_ratio"] == 1.3
     assert not over["healthy"] and over["p99_latency_ratio"] == 1.31
-    assert over["reason"] == "challenger p99 model latency 26.2 ms is 1.31 x the champion's 20.0 ms, over 1.3"
+    # Without the shares of slow requests (CloudWatch reported no percentile rank) the ratio alone decides.
+    assert over["reason"] == (
+        "challenger p99 model latency 26.2 ms is 1.31 x the champion's 20.0 ms, over 1.3, with the share of slow "
+        "requests not reported"
+    )
+    assert over["p99_tail"] is None
 
 
 def test_a_missing_p99_is_not_a_pass():
@@ -304,3 +309,103 @@ def test_the_canary_alarm_takes_its_numbers_from_the_verdict_of_the_deploy_mode(
         deploy=DeploySettings(mode="shadow", shadow=ShadowSettings(min_invocations=50, max_error_rate=0.05))
     ).model
     assert (error_alarm_limits(shadow).min_invocations, error_alarm_limits(shadow).max_error_rate) == (50, 0.05)
+
+
+# --- the p99 rule: over the ratio AND significantly more requests over that margin (canary.p99_regression) ----------
+def tail(challenger_slow, champion_slow, challenger_samples=500, champion_samples=5000, threshold_ms=26.0):
+    from refit_core.canary import LatencyTail
+
+    return LatencyTail(threshold_ms, challenger_slow, challenger_samples, champion_slow, champion_samples)
+
+
+def test_a_noisy_p99_over_the_margin_without_significantly_more_slow_requests_passes():
+    """A healthy challenger whose p99 came out 1.5 x the champion's from a handful of slow requests (7 of 500 over
+    1.3 x the champion's p99, the champion 40 of 5000): not a regression, and the verdict says why."""
+    verdict = step_verdict(SETTINGS, window(p99=30.0), CHAMPION, None, tail=tail(7, 40))
+    assert verdict["healthy"] and verdict["p99_latency_ratio"] == 1.5, verdict["reason"]
+    margin = "(p99 ratio 1.50, over 1.3 but not significantly more slow requests: 7 of 500 requests over 26.0 ms"
+    assert margin in verdict["reason"]
+    evidence = verdict["p99_tail"]
+    assert evidence["challenger_share"] == 0.014 and evidence["champion_share"] == 0.008
+    assert evidence["p_value"] == pytest.approx(higher_rate_p_value(7, 500, 40, 5000), abs=1e-6)
+    assert evidence["p_value"] >= 0.05 and evidence["alpha"] == 0.05
+    assert (evidence["challenger_slow"], evidence["champion_samples"], evidence["threshold_ms"]) == (7, 5000, 26.0)
+
+
+def test_a_challenger_whose_requests_are_all_slower_fails_on_the_p99_rule():
+    verdict = step_verdict(SETTINGS, window(mean=40.0, p99=60.0), CHAMPION, None, tail=tail(500, 50))
+    assert not verdict["healthy"]
+    assert verdict["reason"].startswith(
+        "challenger p99 model latency 60.0 ms is 3.00 x the champion's 20.0 ms, over 1.3, with 500 of 500 requests "
+        "over 26.0 ms against the champion's 50 of 5000 (one-sided Fisher exact p = "
+    )
+    assert verdict["p99_tail"]["challenger_share"] == 1.0 and verdict["p99_tail"]["p_value"] < 1e-6
+
+
+def test_a_ratio_within_the_margin_passes_whatever_the_shares():
+    """The ratio is the practical margin: within it the share of slow requests is not tested (nor fetched)."""
+    verdict = step_verdict(SETTINGS, window(p99=26.0), CHAMPION, None, tail=tail(500, 0))
+    assert verdict["healthy"] and verdict["p99_tail"] is None and "over 1.3" not in verdict["reason"]
+
+
+def test_with_few_latency_samples_only_a_clear_difference_in_slow_requests_fails():
+    few = SETTINGS.model_copy(update={"min_latency_samples": 20, "min_invocations": 20})
+    small = window(invocations=20, p99=40.0)
+    champion = window(invocations=20)
+    three = step_verdict(few, small, champion, None, tail=tail(3, 0, 20, 20))  # p = 0.115
+    assert three["healthy"] and three["p99_tail"]["p_value"] == pytest.approx(0.115, abs=1e-3), three["reason"]
+    every = step_verdict(few, small, champion, None, tail=tail(20, 0, 20, 20))
+    assert not every["healthy"] and every["p99_tail"]["p_value"] < 1e-6
+
+
+def test_every_place_that_judges_the_p99_applies_the_same_rule():
+    """Canary step, shadow (ShadowSettings.limits), A/B guards (the quiet rule off) and the guarded update's bakes:
+    one implementation (canary.p99_regression), the same verdict and evidence on the same numbers."""
+    from refit_core.config import GuardrailsSettings, ShadowSettings
+    from refit_core.guardrails import bake_verdict
+    from refit_core.shadow import shadow_verdict
+
+    judged = {"status": "judged", "diverged": False, "reason": "alike"}
+    for slow, healthy in ((7, True), (200, False)):
+        challenger, t = window(p99=30.0), tail(slow, 40)
+        verdicts = [
+            step_verdict(SETTINGS, challenger, CHAMPION, None, tail=t),
+            step_verdict(SETTINGS, challenger, CHAMPION, None, quiet_fails=False, tail=t),
+            shadow_verdict(ShadowSettings(min_invocations=20), challenger, CHAMPION, None, judged, t),
+            bake_verdict(GuardrailsSettings(min_invocations=20), challenger, CHAMPION, t),
+        ]
+        assert [v["healthy"] for v in verdicts] == [healthy] * 4, [v["reason"] for v in verdicts]
+        assert all(v["p99_tail"] == verdicts[0]["p99_tail"] for v in verdicts)
+
+
+def test_the_rule_holds_its_level_on_healthy_challengers_where_the_ratio_alone_does_not():
+    """Seeded simulation: champion and challenger latencies from the same heavy-tailed distribution (lognormal,
+    sigma 1), 100 requests each, p99 by nearest rank as CloudWatch's bridge computes it. The ratio alone (1.3) stops
+    about a quarter of these healthy challengers; the rule stays under alpha. A challenger twice as slow on every
+    request (sigma 0.3) is still caught."""
+    import math
+
+    import numpy as np
+
+    def p99(values):
+        ordered = np.sort(values)
+        return float(ordered[math.ceil(0.99 * len(ordered)) - 1])
+
+    def verdict(challenger, champion):
+        threshold = 1.3 * p99(champion)
+        t = tail(int((challenger > threshold).sum()), int((champion > threshold).sum()), 100, 100, threshold)
+        return step_verdict(
+            SETTINGS,
+            window(invocations=100, mean=1.0, p99=p99(challenger)),
+            window(invocations=100, mean=1.0, p99=p99(champion)),
+            None,
+            tail=t,
+        )
+
+    rng = np.random.default_rng(3)
+    healthy = [verdict(rng.lognormal(2, 1.0, 100), rng.lognormal(2, 1.0, 100)) for _ in range(300)]
+    over_ratio = sum(v["p99_latency_ratio"] > 1.3 for v in healthy) / len(healthy)
+    stopped = sum(not v["healthy"] for v in healthy) / len(healthy)
+    assert over_ratio > 0.2 and stopped <= 0.03, (over_ratio, stopped)
+    slow = [verdict(2 * rng.lognormal(2, 0.3, 100), rng.lognormal(2, 0.3, 100)) for _ in range(100)]
+    assert sum(not v["healthy"] for v in slow) >= 95

@@ -442,6 +442,20 @@ class Metrics(Alarms):
         value = {"Invocations": numbers.invocations, "Invocation4XXErrors": 0, "Invocation5XXErrors": 0}
         return {"Datapoints": [{"Sum": value[request["MetricName"]]}]}
 
+    def get_metric_data(self, **request: Any) -> dict[str, Any]:
+        """PR(:X) and SampleCount of ModelLatency (X in microseconds): every request at the window's p99."""
+        numbers = self.champion if request["EndTime"] <= datetime.fromisoformat(REQUESTED_AT) else self.bake
+        at = request["StartTime"]
+        results = []
+        for query in request["MetricDataQueries"]:
+            stat = query["MetricStat"]["Stat"]
+            if stat == "SampleCount":
+                value = numbers.samples
+            else:
+                value = 100.0 if numbers.p99_latency_ms * 1000 <= float(stat[len("PR(:") : -1]) else 0.0
+            results.append({"Id": query["Id"], "Timestamps": [at], "Values": [value]})
+        return {"MetricDataResults": results}
+
 
 @pytest.mark.parametrize(
     ("bake", "outcome", "reason"),
@@ -462,3 +476,8 @@ def test_a_finished_guarded_update_is_judged_on_its_bakes_and_a_fail_asks_for_th
         and checked["bake"]["bake"]["invocations"] == bake.invocations
     )
     assert checked["bake"]["window_start"] >= "2026-11-29T10:00:00"  # never before the UpdateEndpoint
+    if outcome == "rollback" and bake.invocations:  # the p99 rule: every bake request over 1.3 x 10 ms, none before
+        assert checked["bake"]["p99_tail"]["threshold_ms"] == 13.0
+        assert (
+            checked["bake"]["p99_tail"]["challenger_slow"] == 400 and checked["bake"]["p99_tail"]["champion_slow"] == 0
+        )
