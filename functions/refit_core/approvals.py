@@ -245,6 +245,8 @@ def decide_approval(
                 ApprovalDescription=f"{status.lower()} by {approver.arn} not delivered to run {run_id} "
                 f"({code or type(error).__name__}); still awaiting a decision"[:1000],
                 CustomerMetadataProperties={"refit:decision": "undelivered"},
+                # Nobody decided: the version must not keep naming an approver or a time.
+                CustomerMetadataPropertiesToRemove=["refit:decided_by", "refit:decided_at"],
             )
             release_claim(dynamodb, audit_table, model, version, claim)
             raise

@@ -200,6 +200,7 @@ def test_a_decision_the_run_no_longer_waits_for_leaves_the_version_rejected(aws)
     assert undelivered["ModelApprovalStatus"] == "PendingManualApproval"
     assert "not delivered to run manual-1 (ThrottlingException)" in undelivered["ApprovalDescription"]
     assert undelivered["CustomerMetadataProperties"]["refit:decision"] == "undelivered"
+    assert not {"refit:decided_by", "refit:decided_at"} & set(undelivered["CustomerMetadataProperties"])
     item = aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))["Item"]
     assert not {"claim_id", "claimed_by", "claim_expires"} & set(item)  # the undelivered decision gave its claim back
     sfn = Recorder()
