@@ -49,8 +49,10 @@ Every bridge is installed by `Bridges.install()` and removed by `uninstall()`, a
   and schedule rules only fire on request. moto's S3 "Object Created" event names the object's ETag `eTag`; AWS's
   field is `etag` (as Powertools' S3EventNotificationEventBridgeModel reads it), so it is renamed before matching.
   moto's pattern matching itself honours `prefix`, `suffix` and `wildcard` filters as EventBridge does (tested).
-- Step Functions run ends: moto puts no "Step Functions Execution Status Change" event; here one is put when an
-  execution ends. Its clock is the wall clock plus what `advance_clock` adds, and an execution past its
+- Step Functions run ends: moto puts no "Step Functions Execution Status Change" event and publishes no execution
+  metrics; here, when an execution ends, the event is put and the AWS/States metrics Step Functions publishes then
+  (ExecutionsSucceeded / ExecutionsFailed / ExecutionsTimedOut / ExecutionsAborted, 1 Count, and ExecutionTime in
+  Milliseconds, dimension StateMachineArn) are put, so the run-failed alarm is evaluated from them. Its clock is the wall clock plus what `advance_clock` adds, and an execution past its
   TimeoutSeconds ends TIMED_OUT at its next Wait.
 - SageMaker Data Capture (data_capture.py): moto keeps an endpoint config's DataCaptureConfig and captures nothing;
   here the router samples InitialSamplingPercentage of the successful requests (the seeded random) and writes
@@ -142,6 +144,7 @@ from scripts.local_aws.alarms import (
     MathAlarmSpec,
     alarm_event_time,
     evaluate_alarm,
+    utc,
 )
 from scripts.local_aws.data_capture import capture_enabled, capture_key, capture_record, capture_summary
 from scripts.local_aws.iam import LocalIam
@@ -155,6 +158,13 @@ INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"  # InvokeEndpoint's Infere
 # moto's own SetAlarmState (validation and the stored state): the bridge patches it to add the event and the
 # re-evaluation that follow a state change on AWS, and calls this one underneath.
 MOTO_SET_ALARM_STATE = CloudWatchBackend.set_alarm_state
+# Step Functions' per-status execution metric (AWS/States), published when an execution ends with that status.
+EXECUTION_METRICS = {
+    "SUCCEEDED": "ExecutionsSucceeded",
+    "FAILED": "ExecutionsFailed",
+    "TIMED_OUT": "ExecutionsTimedOut",
+    "ABORTED": "ExecutionsAborted",
+}
 JOB_WAIT_SECONDS = 1.0  # the longest a Wait lasts locally while a training job runs (a job's end cuts it short)
 
 
@@ -1753,7 +1763,10 @@ class Bridges:
 
     def execution_ended(self, execution: Any) -> None:
         """Step Functions puts a "Step Functions Execution Status Change" event on the default bus when an execution
-        ends; moto does not. Put it, with the fields AWS documents, so rules on it (the run-end cleanup) fire."""
+        ends, and publishes its execution metrics; moto does neither. Put both, the metrics first (so the run-failed
+        alarm is evaluated by the time a rule on the event runs), the event with the fields AWS documents, so rules on
+        it (the run-end cleanup) fire."""
+        self.put_execution_metrics(execution)
 
         def millis(value: Any) -> int | None:
             return int(value.timestamp() * 1000) if value is not None else None
@@ -1783,6 +1796,24 @@ class Bridges:
                 }
             ]
         )
+
+    def put_execution_metrics(self, execution: Any) -> None:
+        """The metrics Step Functions publishes when an execution ends ("Monitoring Step Functions metrics using
+        CloudWatch": namespace AWS/States, dimension StateMachineArn): one of ExecutionsSucceeded / ExecutionsFailed /
+        ExecutionsTimedOut / ExecutionsAborted with value 1 (Count), and ExecutionTime (Milliseconds, start to stop).
+        Put through the CloudWatch backend, whose PutMetricData the alarm bridge evaluates alarms after."""
+        status = execution.exec_status.value
+        if status not in EXECUTION_METRICS:
+            return
+        dimensions = [{"Name": "StateMachineArn", "Value": execution.state_machine.arn}]
+        data = [{"MetricName": EXECUTION_METRICS[status], "Value": 1.0, "Unit": "Count", "Dimensions": dimensions}]
+        started, stopped = execution.start_date, getattr(execution, "stop_date", None)
+        if started is not None and stopped is not None:
+            milliseconds = (utc(stopped) - utc(started)).total_seconds() * 1000
+            data.append(
+                {"MetricName": "ExecutionTime", "Value": milliseconds, "Unit": "Milliseconds", "Dimensions": dimensions}
+            )
+        cloudwatch_backends[self.account][self.region].put_metric_data("AWS/States", data)
 
     def advance_clock(self, execution_arn: str, seconds: float) -> None:
         """Let `seconds` more pass for an execution than the wall clock says (Waits do not sleep here)."""

@@ -50,6 +50,7 @@ class ModelHandles:
         self.endpoint_name = prefix
         self.canary_alarm = names.alarm_name(prefix, "canary")
         self.quality_alarm = names.alarm_name(prefix, "quality")
+        self.runs_failed_alarm = names.alarm_name(prefix, "runs-failed")
         self.package_group = prefix
         self.new_data_prefix = f"incoming/{name}/"
 

@@ -136,3 +136,15 @@ def separate_windows(state: str, seconds: int) -> None:
     in this run's window (on AWS runs are minutes apart; here they are seconds)."""
     boundary = LAST_TRAFFIC["at"].replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1)
     time.sleep(max(0.0, (boundary - datetime.now(UTC)).total_seconds()))
+
+
+def alarm_state(aws, alarm: str, expected: str, timeout: float = 5.0) -> str:
+    """The alarm's state, read until it is `expected` or `timeout` s pass. The runtime puts an execution's AWS/States
+    metrics (which the alarms on them are evaluated from) right after the execution's status is set, so a caller that
+    has just seen a run end may read the alarm a moment before that."""
+    cloudwatch, until = aws.client("cloudwatch"), time.monotonic() + timeout
+    while True:
+        state = cloudwatch.describe_alarms(AlarmNames=[alarm])["MetricAlarms"][0]["StateValue"]
+        if state == expected or time.monotonic() > until:
+            return state
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ import pytest
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.e2e.helpers import LAST_TRAFFIC, SLOW_SECONDS, FaultAfterTraining, Traffic, separate_windows
+from tests.e2e.helpers import LAST_TRAFFIC, SLOW_SECONDS, FaultAfterTraining, Traffic, alarm_state, separate_windows
 
 MODEL = "staged"  # steps [0.2, 0.5] (tests/assemblies.py)
 
@@ -175,12 +175,16 @@ def test_a_rollback_that_fails_ends_the_run_failed_with_the_endpoints_true_state
     it is, not as the run wanted it."""
     before = endpoint_config(aws)
     aws.fail_endpoint_update(MODEL, before, "Failed", "simulated: the champion's instances did not start")
+    runs_failed = aws.model(MODEL).runs_failed_alarm
+    aws.set_alarm_state(runs_failed, "OK", "before the run whose rollback fails")  # ALARM below is this run's doing
     # Shifted further than any earlier batch: it drifts from whichever champion serves (run alone or after the rest).
     execution, record = run_with(aws, "rollback-fails.csv", 10, None, shift=2.0)
     assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
     assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
     assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
     assert "quiet window" in record["canary"]["reason"] and record["canary"]["next"] == "rollback"
+    # Alarmed: the runtime publishes Step Functions' ExecutionsFailed for the run, and the run-failed alarm fires on it.
+    assert alarm_state(aws, runs_failed, "ALARM") == "ALARM"
     described = aws.client("sagemaker").describe_endpoint(EndpointName=aws.model(MODEL).endpoint_name)
     assert described["EndpointStatus"] == record["endpoint"]["status"] == "Failed"
     assert described["EndpointConfigName"] == record["endpoint"]["config"] != before  # still the canary's config

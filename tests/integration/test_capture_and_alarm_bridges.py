@@ -25,7 +25,7 @@ from refit_core.canary import data_capture, error_rate_alarm_expression
 from refit_core.metric_names import LIVE_METRIC_ALARM_BOUND, MONITOR_NAMESPACE
 
 from scripts.local_aws.alarms import AlarmSpec, Datapoint, MathAlarmSpec, evaluate_alarm
-from scripts.local_aws.runtime import LocalRuntime
+from scripts.local_aws.runtime import ACCOUNT, LocalRuntime
 from scripts.sample_data import churn_batch
 
 ENDPOINT = "refit-capture-bridge"
@@ -747,3 +747,88 @@ def test_the_runs_failed_alarm_fires_on_one_failed_execution_without_fill(aws):
     )
     assert state(aws, runs_failed["AlarmName"]) == "ALARM"
     aws.set_alarm_state(runs_failed["AlarmName"], "OK", "test over")
+
+
+def execution_metrics(aws, machine_arn: str, deadline: float = 5.0) -> dict[str, float]:
+    """The AWS/States metrics put for `machine_arn` (name -> sum), read until one is there or `deadline` s pass: the
+    runtime puts them right after the execution's status is set, so a describe can see the end a moment before."""
+    cloudwatch, until = aws.client("cloudwatch"), time.monotonic() + deadline
+    dimensions = [{"Name": "StateMachineArn", "Value": machine_arn}]
+    while True:
+        names = {
+            m["MetricName"]
+            for m in cloudwatch.list_metrics(Namespace="AWS/States", Dimensions=dimensions)["Metrics"]
+            if m["Dimensions"] == dimensions
+        }
+        if names or time.monotonic() > until:
+            break
+        time.sleep(0.02)
+    now = datetime.now(UTC)
+    return {
+        name: sum(
+            p["Sum"]
+            for p in cloudwatch.get_metric_statistics(
+                Namespace="AWS/States",
+                MetricName=name,
+                Dimensions=dimensions,
+                StartTime=now - timedelta(minutes=10),
+                EndTime=now + timedelta(minutes=5),
+                Period=300,
+                Statistics=["Sum"],
+            )["Datapoints"]
+        )
+        for name in names
+    }
+
+
+def test_an_execution_that_fails_publishes_executions_failed_and_alarms_the_runs_failed_alarm(aws):
+    """Step Functions publishes AWS/States ExecutionsFailed (1, dimension StateMachineArn) when an execution fails
+    and ExecutionsSucceeded when one succeeds; moto publishes neither. The runtime does, so the run-failed alarm (the
+    stack's own definition, here over a small machine's ARN) goes to ALARM from a failed execution alone."""
+    sfn, cloudwatch = aws.client("stepfunctions"), aws.client("cloudwatch")
+    definition = {
+        "StartAt": "Choose",
+        "States": {
+            "Choose": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "Fail"}],
+                "Default": "Done",
+            },
+            "Fail": {"Type": "Fail", "Error": "Broken", "Cause": "asked to fail"},
+            "Done": {"Type": "Succeed"},
+        },
+    }
+    role = f"arn:aws:iam::{ACCOUNT}:role/bridge-states"
+    machines = {
+        outcome: sfn.create_state_machine(
+            name=f"bridge-execution-metrics-{outcome}", definition=json.dumps(definition), roleArn=role
+        )["stateMachineArn"]
+        for outcome in ("fails", "succeeds")
+    }
+    runs_failed = next(
+        a
+        for a in cloudwatch.describe_alarms()["MetricAlarms"]
+        if a.get("Metrics") and "runs-failed" in a["AlarmName"] and "churn" in a["AlarmName"]
+    )
+    queries = copy.deepcopy(runs_failed["Metrics"])
+    for query in queries:
+        if "MetricStat" in query:
+            query["MetricStat"]["Metric"]["Dimensions"] = [{"Name": "StateMachineArn", "Value": machines["fails"]}]
+    cloudwatch.put_metric_alarm(
+        AlarmName="bridge-runs-failed",
+        Metrics=queries,
+        **{k: runs_failed[k] for k in ("EvaluationPeriods", "Threshold", "ComparisonOperator", "TreatMissingData")},
+    )
+    aws.set_alarm_state("bridge-runs-failed", "OK", "test start")
+
+    for outcome, fail in (("succeeds", False), ("fails", True)):
+        run = sfn.start_execution(stateMachineArn=machines[outcome], name="run", input=json.dumps({"fail": fail}))
+        assert aws.wait_for(run["executionArn"], timeout=30)["status"] == ("FAILED" if fail else "SUCCEEDED")
+
+    succeeded = execution_metrics(aws, machines["succeeds"])
+    assert succeeded.get("ExecutionsSucceeded") == 1.0 and "ExecutionsFailed" not in succeeded
+    failed = execution_metrics(aws, machines["fails"])
+    assert failed.get("ExecutionsFailed") == 1.0 and "ExecutionsSucceeded" not in failed
+    assert "ExecutionTime" in failed
+    assert state(aws, "bridge-runs-failed") == "ALARM"
+    cloudwatch.delete_alarms(AlarmNames=["bridge-runs-failed"])
