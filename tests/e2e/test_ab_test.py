@@ -21,7 +21,7 @@ import pytest
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.assemblies import AB_MIN_LABELLED_ROWS as MIN_LABELLED_ROWS
-from tests.e2e.helpers import SLOW_SECONDS, FaultAfterTraining, Traffic
+from tests.e2e.helpers import SLOW_SECONDS, FaultAfterTraining, Traffic, alarm_state
 from tests.infrastructure.test_step_contract import contract_problems, load
 
 MODEL = "abtest"  # deploy.mode ab, half the traffic, one linear trial (tests/assemblies.py)
@@ -263,10 +263,13 @@ def test_a_5xx_burst_ends_the_test_at_once_and_a_rollback_that_fails_ends_the_ru
     # 120 requests: ~60 reach the challenger, so a minute holds at least the alarm's min_invocations (20) of them
     # even when the burst straddles a minute boundary.
     traffic = Traffic(aws, MODEL, 120)
+    runs_failed = aws.model(MODEL).runs_failed_alarm
+    aws.set_alarm_state(runs_failed, "OK", "before the failing run")  # ALARM afterwards is this run's
     execution, record = run_with(
         aws, "errors.csv", 9, traffic, shift=2.0, fault=FaultAfterTraining(aws, "5xx", tmp_path)
     )
     assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
+    assert alarm_state(aws, runs_failed, "ALARM") == "ALARM"  # alarmed: Step Functions' ExecutionsFailed
     assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
     assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
     ab = record["ab"]
