@@ -49,6 +49,9 @@ from scripts.local_aws.runtime import LocalRuntime  # noqa: E402
 from scripts.sample_data import churn_batch, to_csv_bytes  # noqa: E402
 
 MODEL = "churn"
+# Requests during the canary's bake: the challenger (20%) needs 100 ModelLatency samples for its p99 to be judged
+# (canary.min_latency_samples), and a quiet window is not promoted.
+BAKE_REQUESTS = 700
 POLL_STATES = {"Wait for training", "Poll training", "Training finished?"}
 
 
@@ -265,7 +268,7 @@ def main() -> int:
         aws.on_wait(
             "Bake canary",
             lambda state, seconds: say(
-                f"    (bake: {seconds}s on AWS; sending traffic now) served by: {send_traffic(aws, 200, seed=12)}"
+                f"    (bake: {seconds}s on AWS; sending traffic now) served by: {send_traffic(aws, BAKE_REQUESTS, seed=12)}"
             ),
         )
         with phases("drifted batch: retrain, gate, canary, promote"):

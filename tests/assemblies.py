@@ -69,7 +69,7 @@ MODES_MODELS: dict[str, dict[str, str]] = {
     # tests/infrastructure/test_synthetic_traffic_template.py: a quiet step's top-up (the template only).
     "synth": {
         "weight = 0.2": "steps = [0.2, 0.5]",
-        "[models.monitor]": "[models.deploy.synthetic_traffic]\nenabled = true\nmax_requests_per_variant = 50\n"
+        "[models.monitor]": "[models.deploy.synthetic_traffic]\nenabled = true\nmax_requests_per_variant = 100\n"
         f"settle_seconds = {SYNTHETIC_SETTLE_SECONDS}\n\n[models.monitor]",
     },
 }

@@ -119,13 +119,22 @@ TRAINING_FIELDS = (
 GATE_FIELDS = ("promote", "reason", "test", "p_value", "primary_metric", "challenger", "champion", "improvement")
 
 
+# Deploy modes whose challenger runs on instances of its own beside the champion's (a canary or A/B variant, a shadow).
+EXTRA_FLEET_MODES = ("canary", "shadow")
+
+
 def capacity_record(state: RunState, ended_at: str) -> dict[str, Any] | None:
-    """What the run's capacity was and cost: the canary's extra instance-hours and cost (the challenger's instances x
+    """What the run's capacity was and cost: the canary's (or shadow's) extra instance-hours and cost (the challenger's instances x
     its hosting price x the time from the UpdateEndpoint that added it to the one that removed it: the promotion, the
     rollback or the restore, else the run's end), and the autoscaling registered on the serving variant."""
     deploy, scaling = state.deploy, state.scaling
     cost = None
-    if deploy is not None and deploy.mode == "canary" and deploy.challenger_since and deploy.challenger_instances:
+    if (
+        deploy is not None
+        and deploy.mode in EXTRA_FLEET_MODES
+        and deploy.challenger_since
+        and deploy.challenger_instances
+    ):
         removed = [
             (name, step.requested_at)
             for name, step in (("promotion", state.promotion), ("rollback", state.rollback), ("restore", state.restore))

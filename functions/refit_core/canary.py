@@ -192,16 +192,16 @@ def step_verdict(
     Fails on: the canary alarm in ALARM; the challenger's 5XX rate over `max_error_rate` or its mean ModelLatency over
     `max_model_latency_ms` (the fixed guards); a 5XX or 4XX rate significantly higher than the champion's (one-sided,
     level `alpha`). These fail on any amount of traffic: evidence of harm needs no floor. A pass needs
-    `min_invocations` on both variants (a quiet window is not promoted, says so and is marked `quiet`: the only
-    failure more traffic could change, refit_core.synthetic) and, once both variants have
-    `min_latency_samples` latency samples, both p99 latencies and no p99 regression (p99_regression: the challenger's
-    p99 over `max_p99_latency_ratio` times the champion's AND significantly more of its requests slower than that
-    margin, from `tail`; with fewer samples the p99 is not judged, and the verdict says so). `divergence` (the
-    prediction-divergence check on captured outputs, refit_core.divergence) fails the step when it judged the
-    challenger's outputs diverged; skipped or not judged, it decides nothing: it is recorded and named in the
-    reason, and the step is judged by the other rules.
+    a window where every comparison could be judged: `min_invocations` on both variants, `min_latency_samples`
+    ModelLatency samples on both (a p99 of fewer is the largest value or two), and, where the prediction-divergence
+    check ran (`divergence`, refit_core.divergence), enough captured outputs for it. Short of any of these the window
+    is quiet: not promoted, said so and marked `quiet`, the only failure more traffic could change
+    (refit_core.synthetic). Then both p99 latencies and no p99 regression (p99_regression: the challenger's p99 over
+    `max_p99_latency_ratio` times the champion's AND significantly more of its requests slower than that margin, from
+    `tail`). `divergence` fails the step when it judged the challenger's outputs diverged; skipped (Data Capture off,
+    or no holdout reference) it decides nothing and is named in the reason.
     `quiet_fails=False` (the A/B test's guards, checked while the test runs) asks only whether the challenger harms:
-    too little traffic is then no evidence of harm rather than a fail."""
+    too little traffic is then no evidence of harm rather than a fail, and an unjudged p99 is named, not failed."""
     p_5xx = higher_rate_p_value(
         challenger.errors_5xx, challenger.invocations, champion.errors_5xx, champion.invocations
     )
@@ -263,6 +263,16 @@ def step_verdict(
                 f"{settings.min_invocations} required to judge the step",
                 quiet=True,
             )
+    if quiet_fails and not p99_judged:
+        return verdict(
+            False,
+            f"quiet window: the challenger's p99 cannot be judged from {challenger.samples:.0f} challenger and "
+            f"{champion.samples:.0f} champion ModelLatency samples, fewer than the {settings.min_latency_samples} "
+            "required on each",
+            quiet=True,
+        )
+    if quiet_fails and divergence is not None and divergence.get("status") == "not_judged":
+        return verdict(False, f"quiet window: predictions {divergence['reason']}", quiet=True)
     if not p99_judged:
         return verdict(
             True,

@@ -25,7 +25,7 @@ from pydantic import (
 
 from refit_core.metric_names import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from refit_core.names import model_prefix
-from refit_core.synthetic import shadow_floor
+from refit_core.synthetic import judging_floor
 
 # SageMaker instance types refit knows a price for; users add their own in [prices].
 DEFAULT_INSTANCE_PRICES_USD_PER_HOUR = {
@@ -467,7 +467,8 @@ class CapacitySettings(_Strict):
 
 class SyntheticTrafficSettings(_Strict):
     """`deploy.synthetic_traffic` (refit_core.synthetic): when a canary step (deploy.mode variants) or the shadow's bake
-    fails only because its window was quiet, send each variant under the invocation floor (floor - seen) requests
+    fails only because its window was quiet, send each variant under the floor a window needs to be judged
+    (`ModelConfig.requests_to_judge`: invocations, p99 samples, captured outputs) (floor - seen) requests
     replayed from this run's holdout rows, once, and judge the step again after `settle_seconds`. Off by default: a
     quiet window is then simply not promoted. The requests carry an InferenceId marked synthetic, so the monitor,
     ground truth and active learning never count them."""
@@ -674,19 +675,25 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _synthetic_traffic_reaches_the_floor(self) -> ModelConfig:
         synthetic = self.deploy.synthetic_traffic
-        floor, where = self.canary.min_invocations, f"canary.min_invocations ({self.canary.min_invocations})"
+        floor = self.requests_to_judge
+        capture = f"monitor.capture_percent {self.monitor.capture_percent}"
+        rows = f"synthetic_traffic.rows_per_request {synthetic.rows_per_request}"
         if self.deploy.mode == "shadow":
             shadow = self.deploy.shadow
             # The champion serves every request and the shadow sees sampling_percent of them.
-            floor = math.ceil(
-                shadow_floor(shadow.min_invocations, shadow.min_captured_predictions, synthetic.rows_per_request)
-                * 100
-                / shadow.sampling_percent
-            )
+            floor = math.ceil(floor * 100 / shadow.sampling_percent)
             where = (
                 f"the {floor} requests a silent shadow bake needs (deploy.shadow.min_invocations "
-                f"{shadow.min_invocations}, min_captured_predictions {shadow.min_captured_predictions}, "
-                f"sampling_percent {shadow.sampling_percent})"
+                f"{shadow.min_invocations}, min_latency_samples {shadow.min_latency_samples}, "
+                f"min_captured_predictions {shadow.min_captured_predictions}, sampling_percent "
+                f"{shadow.sampling_percent}, {rows}, {capture})"
+            )
+        else:
+            canary = self.canary
+            where = (
+                f"the {floor} requests per variant a step needs to be judged (canary.min_invocations "
+                f"{canary.min_invocations}, min_latency_samples {canary.min_latency_samples}, divergence_min_samples "
+                f"{canary.divergence_min_samples}, {rows}, {capture})"
             )
         if synthetic.enabled and synthetic.max_requests_per_variant < floor:
             raise ValueError(
@@ -694,6 +701,21 @@ class ModelConfig(_Strict):
                 f"{where}: a silent step could never be topped up to the floor; raise it to at least {floor}"
             )
         return self
+
+    @property
+    def requests_to_judge(self) -> int:
+        """Requests each variant needs in a canary step's or the shadow's window for every comparison to be judged
+        (a quiet window is not a pass), and what synthetic traffic tops a quiet window up to (refit_core.synthetic)."""
+        rows, capture = self.deploy.synthetic_traffic.rows_per_request, self.monitor.capture_percent
+        if self.deploy.mode == "shadow":
+            shadow = self.deploy.shadow
+            return judging_floor(
+                shadow.min_invocations, shadow.min_latency_samples, shadow.min_captured_predictions, rows, capture
+            )
+        canary = self.canary
+        return judging_floor(
+            canary.min_invocations, canary.min_latency_samples, canary.divergence_min_samples, rows, capture
+        )
 
     @model_validator(mode="after")
     def _ab_has_a_monitor(self) -> ModelConfig:

@@ -159,7 +159,7 @@ def bake_verdict(
     """refit's judgement of a guarded update SageMaker finished (its alarms did not fire): a quiet bake is not a pass
     (SageMaker treats missing data as not breaching, so a bake without traffic completes), and the bakes' p99
     ModelLatency is held against the champion's own p99 before the update (`champion_lookback_seconds`), judged once
-    both have `min_latency_samples` latency samples (fewer: not judged, and the reason says so) by the canary's p99 rule
+    both have `min_latency_samples` latency samples (fewer is a quiet window too: not a pass) by the canary's p99 rule
     (refit_core.canary.p99_regression: over `max_p99_latency_ratio` and significantly more requests over that margin
     than the champion had, from `tail`, at `alpha`). 5XX and mean latency
     are the rollback alarms' (SageMaker's) to judge during the bakes."""
@@ -188,9 +188,10 @@ def bake_verdict(
         }
     if not p99_judged:
         return {
-            "healthy": True,
-            "reason": f"the bakes served {bake.invocations:.0f} requests; p99 not judged: fewer than "
-            f"{settings.min_latency_samples} latency samples in the bakes or in the champion's window before the update",
+            "healthy": False,
+            "reason": f"quiet window: the bakes' p99 cannot be judged from {bake.samples:.0f} ModelLatency samples "
+            f"against the champion's {champion.samples:.0f} before the update, fewer than the "
+            f"{settings.min_latency_samples} required on each",
             **evidence,
         }
     if regressed:

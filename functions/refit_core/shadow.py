@@ -36,13 +36,19 @@ SHADOW = CHALLENGER  # the shadow variant's name
 
 
 def shadow_variants(
-    champion_model: str, challenger_model: str, sampling_percent: int, instance_type: str
+    champion_model: str,
+    challenger_model: str,
+    sampling_percent: int,
+    instance_type: str,
+    champion_count: int = 1,
+    shadow_count: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(ProductionVariants, ShadowProductionVariants) of the shadow endpoint config: the champion alone at weight 1,
-    the challenger at `sampling_percent` / 100 of it."""
+    """(ProductionVariants, ShadowProductionVariants) of the shadow endpoint config: the champion alone at weight 1
+    on the instances it serves with (an UpdateEndpoint without RetainAllVariantProperties starts each variant at its
+    InitialInstanceCount), the challenger at `sampling_percent` / 100 of it on `shadow_count` instances."""
     return (
-        [variant(champion_model, CHAMPION, 1.0, instance_type)],
-        [variant(challenger_model, SHADOW, round(sampling_percent / 100, 6), instance_type)],
+        [variant(champion_model, CHAMPION, 1.0, instance_type, champion_count)],
+        [variant(challenger_model, SHADOW, round(sampling_percent / 100, 6), instance_type, shadow_count)],
     )
 
 

@@ -67,10 +67,19 @@ def top_up(seen: Mapping[str, float], floor: int, cap: int) -> dict[str, int]:
     return {name: min(cap, max(0, math.ceil(floor - count))) for name, count in seen.items()}
 
 
-def shadow_floor(min_invocations: int, min_captured_predictions: int, rows_per_request: int) -> int:
-    """The requests each variant must see for a shadow bake to be judged: the invocation floor, and enough requests
-    to capture `min_captured_predictions` rows."""
-    return max(min_invocations, math.ceil(min_captured_predictions / rows_per_request))
+def judging_floor(
+    min_invocations: int,
+    min_latency_samples: int,
+    min_outputs: int,
+    rows_per_request: int,
+    capture_percent: int,
+) -> int:
+    """The requests each variant must see in a window for every comparison to be judged (a quiet window is not a
+    pass, refit_core.canary.step_verdict): the invocation floor, `min_latency_samples` ModelLatency samples for the
+    p99 (one per request), and `min_outputs` captured outputs for the prediction-divergence test, of
+    `rows_per_request` rows each when Data Capture records `capture_percent` of the requests."""
+    outputs = math.ceil(math.ceil(min_outputs / rows_per_request) * 100 / capture_percent)
+    return max(min_invocations, min_latency_samples, outputs)
 
 
 def shadow_top_up(champion_seen: float, shadow_seen: float, floor: int, cap: int, sampling_percent: int) -> int:

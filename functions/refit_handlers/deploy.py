@@ -63,7 +63,6 @@ from refit_core.synthetic import (
     holdout_rows_key,
     needs_top_up,
     send,
-    shadow_floor,
     shadow_top_up,
     top_up,
 )
@@ -308,11 +307,14 @@ def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[s
     if current is None:
         return create_endpoint(config, sagemaker, event.run_id, model_name)
     previous = current["EndpointConfigName"]
+    fleet = model.deploy.capacity
     production, shadow = shadow_variants(
         champion_model_of(sagemaker, previous),
         model_name,
         model.deploy.shadow.sampling_percent,
         model.serving_instance_type,
+        champion_count=capacity.initial_count(fleet, capacity.current_counts(current).get(CHAMPION)),
+        shadow_count=fleet.instance_count,
     )
     config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "shadow")
     sagemaker.create_endpoint_config(
@@ -322,12 +324,17 @@ def start_shadow(event: StartShadow, config: Settings, sagemaker: Any) -> dict[s
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
+    since = now()
     sagemaker.update_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {
         "mode": "shadow",
         "previous_config": previous,
         "expected_config": config_name,
         "challenger_model": model_name,
+        "challenger_instances": fleet.instance_count,
+        "instance_type": model.serving_instance_type,
+        "price_usd_per_hour": config.serving_prices.get(model.serving_instance_type),
+        "challenger_since": since,
     }
 
 
@@ -703,7 +710,7 @@ def check_canary(event: CheckCanary, config: Settings, cloudwatch: Any, sagemake
     if needs_top_up(synthetic.enabled, verdict, topped_up is not None):
         requests = top_up(
             {name: windows[name].invocations for name in (CHALLENGER, CHAMPION)},
-            config.model.canary.min_invocations,
+            config.model.requests_to_judge,
             synthetic.max_requests_per_variant,
         )
         return {
@@ -794,7 +801,7 @@ def check_shadow(event: CheckShadow, config: Settings, cloudwatch: Any, sagemake
         requests = shadow_top_up(
             windows[CHAMPION].invocations,
             windows[SHADOW].invocations,
-            shadow_floor(settings.min_invocations, settings.min_captured_predictions, synthetic.rows_per_request),
+            config.model.requests_to_judge,
             synthetic.max_requests_per_variant,
             settings.sampling_percent,
         )
@@ -968,15 +975,13 @@ def rollback(
     deregistered = capacity.deregister(autoscaling, config.endpoint_name, current, keep)
     requested_at = now()
     # The champion keeps the instance count it serves with (autoscaling may have scaled it out), not the count its
-    # old config started with; weights and Data Capture come from that config.
+    # old config started with; weights come from that config, and Data Capture always does (AWS's VariantProperty
+    # documents retaining DataCaptureConfig as not supported, so it is not named here).
     sagemaker.update_endpoint(
         EndpointName=config.endpoint_name,
         EndpointConfigName=event.previous_config,
         RetainAllVariantProperties=True,
-        ExcludeRetainedVariantProperties=[
-            {"VariantPropertyType": "DesiredWeight"},
-            {"VariantPropertyType": "DataCaptureConfig"},
-        ],
+        ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"}],
     )
     return {
         "expected_config": event.previous_config,

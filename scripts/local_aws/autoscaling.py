@@ -21,6 +21,7 @@ from unittest import mock
 
 from moto.applicationautoscaling.exceptions import AWSValidationException
 from moto.applicationautoscaling.models import ApplicationAutoscalingBackend, applicationautoscaling_backends
+from moto.sagemaker.exceptions import ValidationError as SageMakerValidationError
 from moto.sagemaker.models import sagemaker_backends
 
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -108,18 +109,18 @@ def deregister_endpoint(account: str, region: str, endpoint_name: str) -> None:
 
 
 def retained_properties(retain_all: Any, excluded: list[dict[str, str]] | None) -> frozenset[str]:
-    """The variant properties an UpdateEndpoint retains from the endpoint (UpdateEndpoint's two parameters)."""
+    """The variant properties an UpdateEndpoint retains from the endpoint (UpdateEndpoint's two parameters). AWS's
+    VariantProperty documents `DataCaptureConfig` as "(Not currently supported.)": Data Capture always comes from the
+    new endpoint config, and a request naming it is refused here, as refit must not rely on what AWS may refuse."""
+    named = {item["VariantPropertyType"] for item in excluded or []}
+    if "DataCaptureConfig" in named:
+        raise SageMakerValidationError(
+            message="ExcludeRetainedVariantProperties: VariantPropertyType DataCaptureConfig is not currently "
+            "supported (AWS's VariantProperty); Data Capture comes from the new endpoint config"
+        )
     if str(retain_all).lower() != "true":
         return frozenset()
-    kept = {"DesiredInstanceCount", "DesiredWeight", "DataCaptureConfig"} - {
-        item["VariantPropertyType"] for item in excluded or []
-    }
-    if "DataCaptureConfig" in kept:
-        raise NotImplementedError(
-            "local runtime: UpdateEndpoint retaining DataCaptureConfig is not modelled; exclude it "
-            "(ExcludeRetainedVariantProperties) or leave RetainAllVariantProperties off"
-        )
-    return frozenset(kept)
+    return frozenset({"DesiredInstanceCount", "DesiredWeight"} - named)
 
 
 def retain(old: list[dict[str, Any]], new: list[dict[str, Any]], retained: frozenset[str]) -> None:

@@ -51,7 +51,7 @@ def two_versions(aws):
     assert first["status"] == "SUCCEEDED"
 
     def traffic(state, seconds):
-        rows = churn_batch(150, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False)
+        rows = churn_batch(700, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False)
         for line in rows.splitlines():
             aws.invoke_endpoint(MODEL, line)
 

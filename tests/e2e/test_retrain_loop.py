@@ -214,7 +214,7 @@ def test_drift_retrains_and_promotes_through_the_canary(aws):
 
     def traffic(state, seconds):
         for line in (
-            churn_batch(150, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False).splitlines()
+            churn_batch(700, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False).splitlines()
         ):
             aws.invoke_endpoint(MODEL, line)
 

@@ -45,7 +45,7 @@ def test_first_model(aws):
 
 def test_a_reordered_batch_trains_with_the_history_and_is_kept(aws):
     batch = churn_batch(3000, 2, shift=1.0)
-    rows = batch.drop(columns=["churned"]).head(150).to_csv(index=False, header=False).splitlines()
+    rows = batch.drop(columns=["churned"]).head(700).to_csv(index=False, header=False).splitlines()
     # Clients keep sending headerless rows in the champion's order during the bake (the challenger takes a share).
     aws.on_wait("Bake canary", lambda state, seconds: [aws.invoke_endpoint(MODEL, row) for row in rows])
     try:

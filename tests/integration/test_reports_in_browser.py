@@ -84,7 +84,7 @@ def pages(cloud_assembly, tmp_path_factory) -> dict[str, Any]:
         assert first["status"] == "SUCCEEDED"
 
         def traffic(state: str, seconds: int) -> None:
-            rows = churn_batch(150, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False)
+            rows = churn_batch(700, 9, shift=1.0).drop(columns=["churned"]).to_csv(index=False, header=False)
             for line in rows.splitlines():
                 aws.invoke_endpoint(MODEL, line)
 

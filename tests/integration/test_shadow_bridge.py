@@ -21,7 +21,7 @@ from refit_core.artifacts import MODEL_SHA256_ENV, archive_model_sha256
 from refit_core.audit import canary_step_line
 from refit_core.canary import canary_variants, data_capture
 from refit_core.capture import read_capture
-from refit_core.config import CanarySettings, DeploySettings, SyntheticTrafficSettings
+from refit_core.config import CanarySettings, DeploySettings, ShadowSettings, SyntheticTrafficSettings
 from refit_core.divergence import holdout_reference
 from refit_core.shadow import shadow_variants
 from refit_core.steps import SyntheticTraffic
@@ -219,9 +219,15 @@ SYNTH_RUN = "20261129T110000Z-5e7a11"
 
 
 def synthetic_settings(aws, endpoint: str, **deploy):
+    """Floors of 20 (invocations, p99 samples, captured outputs): the top-up's mechanics, on little traffic."""
+    floors = {"min_invocations": 20, "min_latency_samples": 20}
     config = handler_settings(
-        canary=CanarySettings(steps=[0.5], min_invocations=20),
-        deploy=DeploySettings(synthetic_traffic=SyntheticTrafficSettings(enabled=True), **deploy),
+        canary=CanarySettings(steps=[0.5], divergence_min_samples=20, **floors),
+        deploy=DeploySettings(
+            synthetic_traffic=SyntheticTrafficSettings(enabled=True),
+            shadow=ShadowSettings(min_captured_predictions=20, **floors),
+            **deploy,
+        ),
     )
     rows = replay_lines(churn_batch(60, 3), ["churned"], 60, 1)
     aws.client("s3").put_object(

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import boto3
 import numpy as np
 import pytest
 from moto import mock_aws
+from moto.cloudwatch.responses import CloudWatchResponse
 from refit_core.canary import data_capture
 from refit_core.config import DeploySettings, ShadowSettings
 from refit_core.divergence import holdout_reference
 from refit_handlers.deploy import CheckShadow, check_shadow
 
 from scripts.local_aws.data_capture import capture_key, capture_record, capture_summary
+from scripts.local_aws.metric_statistics import get_metric_statistics
 from tests.conftest import handler_settings
 
 SETTINGS = handler_settings(
-    deploy=DeploySettings(mode="shadow", shadow=ShadowSettings(min_invocations=20, min_captured_predictions=20))
+    deploy=DeploySettings(
+        mode="shadow", shadow=ShadowSettings(min_invocations=20, min_captured_predictions=20, min_latency_samples=20)
+    )
 )
 CAPTURE = data_capture("s3://data/capture/churn", 100, "k")
 RNG = np.random.default_rng(3)
@@ -47,7 +52,8 @@ class Endpoint:
 
 @pytest.fixture
 def aws():
-    with mock_aws():
+    # CloudWatch's percentiles as the local runtime answers them (moto ignores ExtendedStatistics): the p99 is judged.
+    with mock_aws(), mock.patch.object(CloudWatchResponse, "get_metric_statistics", get_metric_statistics):
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="data")
         s3.create_bucket(Bucket="art")

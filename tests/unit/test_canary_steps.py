@@ -166,9 +166,23 @@ def test_a_quiet_window_is_never_a_pass(challenger, champion, named):
     assert "fewer than the 20 required to judge the step" in verdict["reason"]
 
 
-def test_twenty_invocations_on_each_side_are_enough():
-    verdict = step_verdict(SETTINGS, window(invocations=20), window(invocations=20), None)
-    assert verdict["healthy"], verdict["reason"]
+def test_a_step_passes_only_once_every_comparison_is_judged():
+    """A quiet window is never a pass: at the invocation floor but short of the p99's samples, or of the outputs the
+    divergence test needs, the step is quiet (not promoted; synthetic traffic may top it up)."""
+    few = step_verdict(SETTINGS, window(invocations=20), window(invocations=20), None)
+    assert not few["healthy"] and few["quiet"] and not few["p99_judged"]
+    assert "p99 cannot be judged from 20 challenger and 20 champion ModelLatency samples" in few["reason"]
+    enough = step_verdict(SETTINGS, window(invocations=100), window(invocations=100), None)
+    assert enough["healthy"] and enough["p99_judged"], enough["reason"]
+    unjudged = {"status": "not_judged", "diverged": None, "reason": "not judged: 40 challenger and 60 champion outputs"}
+    short = step_verdict(SETTINGS, window(invocations=100), window(invocations=100), None, unjudged)
+    assert not short["healthy"] and short["quiet"] and "quiet window: predictions not judged: 40" in short["reason"]
+    skipped = {"status": "skipped", "diverged": None, "reason": "not checked: Data Capture is off"}
+    off = step_verdict(SETTINGS, window(invocations=100), window(invocations=100), None, skipped)
+    assert off["healthy"] and "predictions not checked: Data Capture is off" in off["reason"]
+    # The A/B test's guards ask only for harm: an unjudged p99 is named, not failed.
+    guard = step_verdict(SETTINGS, window(invocations=20), window(invocations=20), None, quiet_fails=False)
+    assert guard["healthy"] and "p99 not judged" in guard["reason"]
 
 
 def test_errors_are_judged_before_the_invocation_floor():
@@ -208,12 +222,12 @@ def test_canary_settings_refuse_unknown_keys():
 def test_the_p99_is_judged_only_from_min_latency_samples_on_both_variants():
     slow = dict(mean=12.0, p99=90.0)
     below = step_verdict(SETTINGS, window(invocations=99, **slow), CHAMPION, None)
-    assert below["healthy"] and not below["p99_judged"] and below["p99_latency_ratio"] == 4.5
-    assert "p99 not judged: fewer than 100 latency samples on a variant" in below["reason"]
+    assert not below["healthy"] and below["quiet"] and not below["p99_judged"] and below["p99_latency_ratio"] == 4.5
+    assert "fewer than the 100 required on each" in below["reason"]
     at = step_verdict(SETTINGS, window(invocations=100, **slow), CHAMPION, None)
     assert not at["healthy"] and at["p99_judged"] and "p99 model latency 90.0 ms is 4.50 x" in at["reason"]
     quiet_champion = step_verdict(SETTINGS, window(**slow), window(invocations=5000, p99=20.0, samples=99), None)
-    assert quiet_champion["healthy"] and not quiet_champion["p99_judged"]
+    assert not quiet_champion["healthy"] and quiet_champion["quiet"] and not quiet_champion["p99_judged"]
 
 
 # --- the status check verifies a shift from DescribeEndpoint --------------------------------------------------------

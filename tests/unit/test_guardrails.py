@@ -400,8 +400,9 @@ def window(invocations: float, p99: float | None, samples: float | None = None) 
         (window(0, None), window(0, None), False, "quiet window: the endpoint saw 0 invocations"),
         (window(500, 14.0), window(500, 10.0), False, "is 1.40 x the champion's 10.0 ms before the update, over 1.3"),
         (window(500, 12.0), window(500, 10.0), True, "p99 ratio 1.20 against the champion"),
-        (window(50, 40.0), window(500, 10.0), True, "p99 not judged: fewer than 100 latency samples"),
-        (window(500, 40.0), window(30, 10.0), True, "p99 not judged"),  # the champion had too little traffic
+        # A p99 that cannot be judged is a quiet window too, not a pass.
+        (window(50, 40.0), window(500, 10.0), False, "quiet window: the bakes' p99 cannot be judged from 50"),
+        (window(500, 40.0), window(30, 10.0), False, "against the champion's 30 before the update, fewer than the 100"),
     ],
 )
 def test_the_bake_verdict_judges_quiet_bakes_and_p99_against_the_champion_before_the_update(

@@ -17,10 +17,10 @@ from refit_core.synthetic import (
     holdout_rows,
     inference_id,
     is_synthetic,
+    judging_floor,
     needs_top_up,
     replay_lines,
     request_bodies,
-    shadow_floor,
     shadow_top_up,
     top_up,
 )
@@ -60,7 +60,10 @@ def test_only_a_quiet_step_is_topped_up_and_only_once():
     assert not harmed["healthy"] and not harmed["quiet"] and not needs_top_up(True, harmed, topped_up=False)
     alarmed = step_verdict(SETTINGS, window(3), BUSY, "ALARM")
     assert not alarmed["quiet"] and not needs_top_up(True, alarmed, topped_up=False)
-    healthy = step_verdict(SETTINGS, window(40), BUSY, "OK")
+    # Short of the p99's samples is quiet too, and topped up like a window under the invocation floor.
+    short = step_verdict(SETTINGS, window(40), BUSY, "OK")
+    assert not short["healthy"] and short["quiet"] and needs_top_up(True, short, topped_up=False)
+    healthy = step_verdict(SETTINGS, window(100), BUSY, "OK")
     assert healthy["healthy"] and not healthy["quiet"] and not needs_top_up(True, healthy, topped_up=False)
 
 
@@ -140,9 +143,16 @@ def test_synthetic_traffic_is_off_by_default_and_refused_where_it_cannot_be_judg
     with pytest.raises(ValueError, match="guarded update judges its bakes by alarms alone"):
         ModelConfig(**_model(mode="guardrails", synthetic_traffic={"enabled": True}))
     ModelConfig(**_model(mode="ab", synthetic_traffic={"enabled": False}), monitor={"schedule": "rate(1 hour)"})
-    with pytest.raises(ValueError, match=r"max_requests_per_variant \(10\) is below canary.min_invocations \(20\)"):
-        ModelConfig(**_model(synthetic_traffic={"enabled": True, "max_requests_per_variant": 10}))
-    with pytest.raises(ValueError, match=r"\(200\) is below the 400 requests a silent shadow bake needs"):
+    # The floor is what every comparison needs: 100 ModelLatency samples for a p99 by default, not 20 invocations.
+    with pytest.raises(
+        ValueError, match=r"max_requests_per_variant \(99\) is below the 100 requests per variant a step needs"
+    ):
+        ModelConfig(**_model(synthetic_traffic={"enabled": True, "max_requests_per_variant": 99}))
+    ModelConfig(
+        **_model(synthetic_traffic={"enabled": True, "max_requests_per_variant": 30}),
+        canary={"min_latency_samples": 30, "divergence_min_samples": 30},
+    )
+    with pytest.raises(ValueError, match=r"\(200\) is below the 1000 requests a silent shadow bake needs"):
         ModelConfig(
             **_model(
                 mode="shadow",
@@ -150,7 +160,11 @@ def test_synthetic_traffic_is_off_by_default_and_refused_where_it_cannot_be_judg
                 synthetic_traffic={"enabled": True},
             )
         )
-    assert shadow_floor(20, 100, rows_per_request=10) == 20 and shadow_floor(20, 100, rows_per_request=1) == 100
+    # invocations, p99 samples, captured outputs (rows per request, share of requests captured): the largest
+    assert judging_floor(20, 100, 100, rows_per_request=1, capture_percent=100) == 100
+    assert judging_floor(20, 20, 100, rows_per_request=10, capture_percent=100) == 20
+    assert judging_floor(20, 20, 100, rows_per_request=1, capture_percent=50) == 200
+    assert judging_floor(40, 30, 30, rows_per_request=1, capture_percent=100) == 40
     for bad in ({"max_requests_per_variant": 0}, {"rows_per_request": 101}, {"settle_seconds": -1}, {"rate": 1}):
         with pytest.raises(ValueError):
             SyntheticTrafficSettings(**bad)
