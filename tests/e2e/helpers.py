@@ -38,6 +38,10 @@ class _Evaluated:
 FAULTS = {
     "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
     "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
+    # Slow only on rows with 6 or more support calls (a few percent of traffic): the p99 regresses, the mean hardly
+    # moves, and a bake costs a few slow requests rather than one per request.
+    "slow_tail": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS} * (frame['support_calls'] >= 6).any()), "
+    "frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }
