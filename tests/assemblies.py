@@ -68,7 +68,13 @@ MODES_MODELS: dict[str, dict[str, str]] = {
         "weight = 0.2": "steps = [0.2, 0.5]\nmax_p99_latency_ratio = 3.0\nalpha = 0.01",
         "max_trials = 3": "max_trials = 1",
     },
-    "shadow": {"[models.monitor]": SHADOW_SETTINGS + "[models.monitor]", "max_trials = 3": "max_trials = 1"},
+    # One family, two folds: every test of the module is a whole run, and training was most of a run's time.
+    "shadow": {
+        "[models.monitor]": SHADOW_SETTINGS + "[models.monitor]",
+        'families = ["hgb", "linear", "forest"]\nmax_trials = 3\ncv_folds = 3': (
+            'families = ["linear"]\nmax_trials = 1\ncv_folds = 2'
+        ),
+    },
     "guard": GUARDRAILS_SETTINGS,
     # tests/infrastructure/test_synthetic_traffic_template.py: a quiet step's top-up (the template only).
     "synth": {

@@ -20,6 +20,7 @@ from sklearn.preprocessing import FunctionTransformer
 from scripts.sample_data import churn_batch
 
 SLOW_SECONDS = 0.4
+TAIL_SLOW_SECONDS = 1.0  # "slow_tail": a few requests, each slow enough to dwarf a loaded machine's p99
 
 
 class _Evaluated:
@@ -40,8 +41,8 @@ FAULTS = {
     "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
     # Slow only on rows with 6 or more support calls (a few percent of traffic): the p99 regresses, the mean hardly
     # moves, and a bake costs a few slow requests rather than one per request.
-    "slow_tail": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS} * (frame['support_calls'] >= 6).any()), "
-    "frame)[1]",
+    "slow_tail": "lambda frame: (__import__('time').sleep("
+    f"{TAIL_SLOW_SECONDS} * (frame['support_calls'] >= 6).any()), frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }
