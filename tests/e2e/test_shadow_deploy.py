@@ -6,8 +6,8 @@ diverge beyond what its holdout disagreement predicts, one slow at p99 against t
 within the fixed ceiling, one whose model raises (callers never saw a 5XX). The champion keeps serving and the registry
 and audit record agree with the endpoint. The tests share one runtime and run in order: the first deploys the
 champion, and the order keeps each bake's window free of what would decide it for another reason (CloudWatch starts a
-window on a whole minute and runs here are seconds apart: the quiet bake comes before any request, and the 5XX shadow
-after every shadow judged on latency or predictions). The synthesized template is checked here too: the deploy
+window on a whole minute and runs here are seconds apart: the quiet bake comes before any request, the diverging
+shadow before the slow one, and the 5XX shadow after every shadow judged on latency or predictions). The synthesized template is checked here too: the deploy
 branch is the shadow's, its paths are in the step contract, and the Deploy role gains only the capture prefix (cdk-nag
 and cfn-lint on the e2e assembly: tests/infrastructure/test_stack.py)."""
 
