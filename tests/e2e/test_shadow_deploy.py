@@ -229,7 +229,7 @@ def test_a_shadow_whose_predictions_diverge_is_dropped_and_callers_never_see_the
 
 
 def test_a_shadow_slow_at_p99_is_dropped_while_its_mean_is_within_the_ceiling(aws, tmp_path):
-    """The shadow sleeps TAIL_SLOW_SECONDS on the few rows with 6 or more support calls: its p99 is many times the
+    """The shadow sleeps TAIL_SLOW_SECONDS on a few rows (5 of the bake's 100): its p99 is many times the
     champion's on the same window while its mean stays far under max_model_latency_ms (1000 ms), which alone would
     pass it. Callers only ever got the champion's answers. After the diverging shadow, whose copies may share this
     window's first minute: the latency rules are judged before the predictions, so the p99 decides."""
