@@ -68,7 +68,7 @@ MODES_MODELS: dict[str, dict[str, str]] = {
         "weight = 0.2": "steps = [0.2, 0.5]\nmax_p99_latency_ratio = 3.0\nalpha = 0.01",
         "max_trials = 3": "max_trials = 1",
     },
-    # One family, two folds: every test of the module is a whole run, and training was most of a run's time.
+    # One family, two folds: every test of the module is a whole run, and training was about half of each (measured).
     "shadow": {
         "[models.monitor]": SHADOW_SETTINGS + "[models.monitor]",
         'families = ["hgb", "linear", "forest"]\nmax_trials = 3\ncv_folds = 3': (
