@@ -35,10 +35,15 @@ GUARDRAILS_SETTINGS = {
 }
 AB_MIN_LABELLED_ROWS = 300
 SYNTHETIC_SETTLE_SECONDS = 45
-# alpha 0.01: the prediction-divergence test drops an honest challenger with probability alpha (as in the staged canary)
+# tests/e2e/test_shadow_deploy.py. alpha 0.01: the prediction-divergence test drops an honest challenger with
+# probability alpha (as in the staged canary). Every judged bake needs min_latency_samples ModelLatency samples on each
+# variant (a window whose p99 cannot be judged is quiet, not a pass): 50, under the module's PER_BAKE requests, each
+# copied to the shadow. max_p99_latency_ratio 3.0: local serve processes' latency is noisy (as in the staged canary's
+# module); the module's slow shadow is many times the champion's p99.
+SHADOW_MIN_LATENCY_SAMPLES = 50
 SHADOW_SETTINGS = (
     '[models.deploy]\nmode = "shadow"\n\n[models.deploy.shadow]\nsampling_percent = 100\nbake_seconds = 5\n'
-    "alpha = 0.01\n\n"
+    f"alpha = 0.01\nmin_latency_samples = {SHADOW_MIN_LATENCY_SAMPLES}\nmax_p99_latency_ratio = 3.0\n\n"
 )
 CAPACITY_SETTINGS = """[models.deploy.capacity]
 instance_count = 2
@@ -64,7 +69,13 @@ MODES_MODELS: dict[str, dict[str, str]] = {
         "weight = 0.2": "steps = [0.2, 0.5]\nalpha = 0.01",
         "max_trials = 3": "max_trials = 1",
     },
-    "shadow": {"[models.monitor]": SHADOW_SETTINGS + "[models.monitor]", "max_trials = 3": "max_trials = 1"},
+    # One family, two folds: every test of the module is a whole run, and training was about half of each (measured).
+    "shadow": {
+        "[models.monitor]": SHADOW_SETTINGS + "[models.monitor]",
+        'families = ["hgb", "linear", "forest"]\nmax_trials = 3\ncv_folds = 3': (
+            'families = ["linear"]\nmax_trials = 1\ncv_folds = 2'
+        ),
+    },
     "guard": GUARDRAILS_SETTINGS,
     # tests/infrastructure/test_synthetic_traffic_template.py: a quiet step's top-up (the template only).
     "synth": {

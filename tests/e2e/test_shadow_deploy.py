@@ -1,10 +1,13 @@
 """`deploy.mode = "shadow"` on the local runtime, end to end through the synthesized state machine: the challenger
 runs as the endpoint's shadow variant and receives a copy of every request (sampling_percent = 100) during the bake,
 while callers only ever get the champion's replies; it is then judged against the champion on the same window and
-promoted (a healthy challenger) or dropped (one whose model raises: callers never saw a 5XX). The champion keeps
-serving and the registry and audit record agree with the endpoint. Diverging predictions and a quiet window are judged
-by the same check_shadow action in tests/integration/test_shadow_check.py (no training needed there). The tests share
-one runtime and run in order: the first deploys the champion. The synthesized template is checked here too: the deploy
+promoted (a healthy challenger) or dropped: a bake without traffic (quiet, never a pass), one whose predictions
+diverge beyond what its holdout disagreement predicts, one slow at p99 against the champion while its mean is far
+within the fixed ceiling, one whose model raises (callers never saw a 5XX). The champion keeps serving and the registry
+and audit record agree with the endpoint. The tests share one runtime and run in order: the first deploys the
+champion, and the order keeps each bake's window free of what would decide it for another reason (CloudWatch starts a
+window on a whole minute and runs here are seconds apart: the quiet bake comes before any request, the diverging
+shadow before the slow one, and the 5XX shadow after every shadow judged on latency or predictions). The synthesized template is checked here too: the deploy
 branch is the shadow's, its paths are in the step contract, and the Deploy role gains only the capture prefix (cdk-nag
 and cfn-lint on the e2e assembly: tests/infrastructure/test_stack.py)."""
 
@@ -17,11 +20,12 @@ from botocore.exceptions import ClientError
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.e2e.helpers import FaultAfterTraining
+from tests.assemblies import SHADOW_MIN_LATENCY_SAMPLES
+from tests.e2e.helpers import TAIL_SLOW_SECONDS, FaultAfterTraining
 from tests.infrastructure.test_step_contract import contract_problems, load
 
 MODEL = "shadow"  # deploy.mode shadow, sampling_percent 100, bake_seconds 5 (tests/assemblies.py)
-PER_BAKE = 60
+PER_BAKE = 100  # over SHADOW_MIN_LATENCY_SAMPLES: each bake's p99 is judged, from more than its largest value
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +57,14 @@ class Traffic:
         self.aws.flush_capture()  # SageMaker delivers capture within minutes; the bake on AWS must be longer
 
 
-def run_with(aws, batch_name: str, seed: int, shift: float, traffic: Traffic, fault_scratch=None) -> tuple[dict, dict]:
-    aws.on_wait("Bake shadow", traffic)
+def run_with(
+    aws, batch_name: str, seed: int, shift: float, traffic: Traffic | None, fault_scratch=None, fault: str = "5xx"
+) -> tuple[dict, dict]:
+    """A run on a new batch; `traffic` during the bake (None: a quiet bake), the challenger wrapped with `fault`."""
+    if traffic is not None:
+        aws.on_wait("Bake shadow", traffic)
     if fault_scratch is not None:
-        aws.on_wait("Wait for training", FaultAfterTraining(aws, "5xx", fault_scratch))
+        aws.on_wait("Wait for training", FaultAfterTraining(aws, fault, fault_scratch))
     try:
         execution = aws.wait_for(
             aws.land_batch(MODEL, batch_name, to_csv_bytes(churn_batch(3000, seed, shift=shift))), timeout=600
@@ -152,6 +160,29 @@ def test_the_first_batch_deploys_the_champion(aws):
     assert aws.endpoint_weights(MODEL) == {"champion": 1.0}
 
 
+def test_a_quiet_bake_is_not_promoted_and_the_endpoint_is_left_as_it_was(aws):
+    """Second, before any request has reached the endpoint: a bake nobody calls is quiet, never a pass. The shadow is
+    dropped (the registry and the audit record say quiet) and the endpoint is back on the champion's config. Nothing
+    is invoked after it: the next test counts its window's requests exactly, and its champion answers them all."""
+    before = describe(aws)["EndpointConfigName"]
+    execution, record = run_with(aws, "quiet.csv", 11, 1.0, None)
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
+    shadow = record["shadow"]
+    assert not shadow["healthy"] and shadow["quiet"] and shadow["next"] == "rollback"
+    assert record["message"].startswith("shadow dropped: quiet window: the challenger saw 0 invocations")
+    assert shadow["challenger"]["invocations"] == shadow["champion"]["invocations"] == 0
+    assert not shadow["p99_judged"] and shadow["p99_latency_ratio"] is None
+    assert shadow["divergence"]["status"] == "not_judged"
+    endpoint = describe(aws)
+    assert endpoint["EndpointStatus"] == record["endpoint"]["status"] == "InService"
+    assert endpoint["EndpointConfigName"] == before == record["endpoint"]["config"]
+    assert aws.endpoint_weights(MODEL) == {"champion": 1.0} and "ShadowProductionVariants" not in endpoint
+    assert [(v["name"], v["weight"]) for v in record["endpoint"]["variants"]] == [("champion", 1.0)]
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected" and "quiet window" in package["ApprovalDescription"]
+    assert not record.get("serving_update")
+
+
 def test_a_healthy_shadow_is_promoted(aws):
     before = describe(aws)["EndpointConfigName"]
     traffic = Traffic(aws)
@@ -163,11 +194,67 @@ def test_a_healthy_shadow_is_promoted(aws):
     divergence = shadow["divergence"]  # the canary's holdout-conditional test, on every copied request
     assert divergence["status"] == "judged" and not divergence["diverged"]
     assert divergence["champion_samples"] == divergence["challenger_samples"] == PER_BAKE
+    assert shadow["p99_judged"] and shadow["p99_latency_ratio"] <= 3.0  # judged: PER_BAKE samples on each variant
     assert record["endpoint"]["config"] != before
     assert_champion_alone(aws, record, record["endpoint"]["config"])
     package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
     assert package["ModelApprovalStatus"] == "Approved"
     assert record["serving_update"]  # the registry marks the promoted version as the one serving
+
+
+def test_a_shadow_whose_predictions_diverge_is_dropped_and_callers_never_see_them(aws, tmp_path):
+    """After the healthy shadow (its requests may share this window's first minute: they answered alike). The shadow
+    reads tenure in years: it answers at once and without errors, but not as its holdout disagreement with the
+    champion predicts."""
+    before = describe(aws)["EndpointConfigName"]
+    traffic = Traffic(aws)
+    execution, record = run_with(aws, "diverge.csv", 12, 2.0, traffic, fault_scratch=tmp_path, fault="diverge")
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
+    shadow = record["shadow"]
+    assert not shadow["healthy"] and not shadow["quiet"] and shadow["next"] == "rollback"
+    assert record["message"].startswith("shadow dropped: shadow predictions diverge: ")
+    assert_shadowed_during_the_bake(traffic, shadow, earlier=True)
+    divergence = shadow["divergence"]
+    assert divergence["status"] == "judged" and divergence["diverged"] and divergence["p_value"] < 0.01
+    assert divergence["challenger_samples"] >= PER_BAKE and divergence["champion_samples"] >= PER_BAKE
+    # No error, latency or alarm rule stopped it: the predictions did.
+    assert shadow["challenger"]["errors_5xx"] == 0 and shadow["p_value_4xx"] == 1.0 and shadow["alarm_state"] != "ALARM"
+    assert shadow["p99_judged"] and shadow["p99_latency_ratio"] <= 3.0
+    assert_champion_alone(aws, record, before)
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert (
+        package["ModelApprovalStatus"] == "Rejected" and "shadow predictions diverge" in package["ApprovalDescription"]
+    )
+    assert not record.get("serving_update")
+
+
+def test_a_shadow_slow_at_p99_is_dropped_while_its_mean_is_within_the_ceiling(aws, tmp_path):
+    """The shadow sleeps TAIL_SLOW_SECONDS on a few rows (5 of the bake's 100): its p99 is many times the
+    champion's on the same window while its mean stays far under max_model_latency_ms (1000 ms), which alone would
+    pass it. Callers only ever got the champion's answers. After the diverging shadow, whose copies may share this
+    window's first minute: the latency rules are judged before the predictions, so the p99 decides."""
+    before = describe(aws)["EndpointConfigName"]
+    traffic = Traffic(aws)
+    execution, record = run_with(aws, "slow.csv", 13, 2.0, traffic, fault_scratch=tmp_path, fault="slow_rows")
+    assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
+    shadow = record["shadow"]
+    assert not shadow["healthy"] and not shadow["quiet"] and shadow["next"] == "rollback"
+    assert (
+        record["message"].startswith("shadow dropped: challenger p99 model latency ") and "over 3.0" in shadow["reason"]
+    )
+    assert_shadowed_during_the_bake(traffic, shadow, earlier=True)
+    challenger, champion = shadow["challenger"], shadow["champion"]
+    assert (
+        shadow["p99_judged"] and min(challenger["invocations"], champion["invocations"]) >= SHADOW_MIN_LATENCY_SAMPLES
+    )
+    assert challenger["p99_latency_ms"] >= TAIL_SLOW_SECONDS * 1000 and shadow["p99_latency_ratio"] > 3.0
+    assert champion["p99_latency_ms"] * shadow["p99_latency_ratio"] == pytest.approx(challenger["p99_latency_ms"], 1e-3)
+    assert challenger["mean_latency_ms"] < challenger["p99_latency_ms"] / 2  # the mean hides it
+    assert challenger["errors_5xx"] == 0 and shadow["alarm_state"] != "ALARM"
+    assert_champion_alone(aws, record, before)
+    package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Rejected" and "p99 model latency" in package["ApprovalDescription"]
+    assert not record.get("serving_update")
 
 
 def test_a_shadow_that_answers_5xx_is_dropped_and_callers_never_see_it(aws, tmp_path):
