@@ -210,3 +210,40 @@ def test_a_restore_keeps_the_champions_target_and_a_rollback_gives_it_back_after
         assert update["RetainAllVariantProperties"] is True  # the champion keeps the count it serves with
         # Not DataCaptureConfig: AWS documents retaining it as not supported (Data Capture follows the new config).
         assert update["ExcludeRetainedVariantProperties"] == [{"VariantPropertyType": "DesiredWeight"}]
+
+
+def test_a_shadow_bake_keeps_the_champions_serving_count_and_costs_the_shadows_instances():
+    """UpdateEndpoint starts each variant at its InitialInstanceCount unless told to retain: the shadow config must
+    carry the count the champion serves with, or a scaled-out champion shrinks to one instance for the bake (and,
+    after a drop, which retains counts, for good)."""
+    from refit_handlers.deploy import StartShadow, start_shadow
+
+    from tests.conftest import handler_settings
+
+    settings = handler_settings(deploy=DeploySettings(mode="shadow", capacity=CapacitySettings(instance_count=2)))
+    serving = {
+        "EndpointConfigName": "c-first",
+        "EndpointStatus": "InService",
+        "ProductionVariants": [{"VariantName": "champion", "CurrentInstanceCount": 2, "CurrentWeight": 1.0}],
+    }
+    log: list[tuple[str, dict]] = []
+    sagemaker = Recorder(
+        log,
+        {
+            "describe_endpoint": serving,
+            "describe_endpoint_config": {"ProductionVariants": [{"VariantName": "champion", "ModelName": "m1"}]},
+            "describe_model_package": {
+                "ModelPackageArn": "p",
+                "CustomerMetadataProperties": {"model_sha256": "0" * 64},
+            },
+        },
+    )
+    event = StartShadow(action="start_shadow", run_id="r2", model_data_url="s3://a/m.tar.gz", model_package_arn="p")
+    result = start_shadow(event, settings, sagemaker)
+    created = next(kwargs for name, kwargs in log if name == "create_endpoint_config")
+    # The configured fleet (shadow mode has no autoscaling), not one instance.
+    assert [(v["VariantName"], v["InitialInstanceCount"]) for v in created["ProductionVariants"]] == [("champion", 2)]
+    assert [(v["VariantName"], v["InitialInstanceCount"]) for v in created["ShadowProductionVariants"]] == [
+        ("challenger", 2)
+    ]
+    assert result["challenger_instances"] == 2 and result["challenger_since"]  # what the audit record prices
