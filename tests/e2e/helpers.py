@@ -21,7 +21,7 @@ from scripts.sample_data import churn_batch
 
 SLOW_SECONDS = 0.4
 TAIL_EVERY = 20  # "slow_tail": one request in this many is slow
-# "slow_rows": a few requests, each slow enough to dwarf a loaded machine's p99 (a champion p99 of 345 ms was seen
+# "slow_tenth": a few requests, each slow enough to dwarf a loaded machine's p99 (a champion p99 of 345 ms was seen
 # at a load of 16 on two cores, against which a 1 s shadow was not 3 x slower)
 TAIL_SLOW_SECONDS = 1.5
 
@@ -45,11 +45,11 @@ FAULTS = {
     # Slow on one request in TAIL_EVERY (a counter per serve process): the p99 regresses, the mean barely moves.
     "slow_tail": f"lambda frame, calls=__import__('itertools').count(): (__import__('time').sleep({SLOW_SECONDS}) "
     f"if next(calls) % {TAIL_EVERY} == 0 else None, frame)[1]",
-    # Slow only on rows with 6 or more support calls or under a month of tenure (5 of the shadow module's 100 rows: the
-    # nearest-rank p99 of a window holding up to 300 other, fast requests too is still a slow one): the p99 regresses,
-    # the mean hardly moves, and a bake costs a few slow requests rather than one per request.
-    "slow_rows": "lambda frame: (__import__('time').sleep("
-    f"{TAIL_SLOW_SECONDS} * ((frame['support_calls'] >= 6) | (frame['tenure_months'] < 1)).any()), frame)[1]",
+    # Slow on one request in ten (a counter per serve process), TAIL_SLOW_SECONDS each: the p99 regresses and, at 10 of
+    # a bake's 100 requests, significantly more of them are over the margin than the champion's (the p99 rule's
+    # Fisher test at a shadow's alpha 0.01 needs more than the 5 that a ratio alone would have taken); the mean stays low.
+    "slow_tenth": f"lambda frame, calls=__import__('itertools').count(): (__import__('time').sleep({TAIL_SLOW_SECONDS}) "
+    "if next(calls) % 10 == 0 else None, frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }

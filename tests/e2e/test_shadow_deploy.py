@@ -229,13 +229,13 @@ def test_a_shadow_whose_predictions_diverge_is_dropped_and_callers_never_see_the
 
 
 def test_a_shadow_slow_at_p99_is_dropped_while_its_mean_is_within_the_ceiling(aws, tmp_path):
-    """The shadow sleeps TAIL_SLOW_SECONDS on a few rows (5 of the bake's 100): its p99 is many times the
+    """The shadow sleeps TAIL_SLOW_SECONDS on one request in ten (10 of the bake's 100): its p99 is many times the
     champion's on the same window while its mean stays far under max_model_latency_ms (1000 ms), which alone would
     pass it. Callers only ever got the champion's answers. After the diverging shadow, whose copies may share this
     window's first minute: the latency rules are judged before the predictions, so the p99 decides."""
     before = describe(aws)["EndpointConfigName"]
     traffic = Traffic(aws)
-    execution, record = run_with(aws, "slow.csv", 13, 2.0, traffic, fault_scratch=tmp_path, fault="slow_rows")
+    execution, record = run_with(aws, "slow.csv", 13, 2.0, traffic, fault_scratch=tmp_path, fault="slow_tenth")
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "rolled_back"), record["message"]
     shadow = record["shadow"]
     assert not shadow["healthy"] and not shadow["quiet"] and shadow["next"] == "rollback"
@@ -251,6 +251,8 @@ def test_a_shadow_slow_at_p99_is_dropped_while_its_mean_is_within_the_ceiling(aw
     assert champion["p99_latency_ms"] * shadow["p99_latency_ratio"] == pytest.approx(challenger["p99_latency_ms"], 1e-3)
     assert challenger["mean_latency_ms"] < challenger["p99_latency_ms"] / 2  # the mean hides it
     assert challenger["errors_5xx"] == 0 and shadow["alarm_state"] != "ALARM"
+    tail = shadow["p99_tail"]  # the p99 rule's significance: more of the shadow's requests over the margin
+    assert tail["challenger_slow"] >= 10 > tail["champion_slow"] and tail["p_value"] < 0.01, tail
     assert_champion_alone(aws, record, before)
     package = aws.client("sagemaker").describe_model_package(ModelPackageName=record["registry"]["model_package_arn"])
     assert package["ModelApprovalStatus"] == "Rejected" and "p99 model latency" in package["ApprovalDescription"]
