@@ -761,9 +761,7 @@ class RetrainStateMachine(Construct):
         # SageMaker finished the update on the new config: refit waits out the window the status check planned (from
         # the first whole minute after the end, deploy.guardrails.judge_seconds, read late enough for the metrics and
         # captured records) and judges it; an error judging restores the champion's config.
-        judge_wait = sfn.Wait(
-            self, "Wait for judged window", time=sfn.WaitTime.timestamp_path("$.guardrails.judge_at")
-        )
+        judge_wait = sfn.Wait(self, "Wait for judged window", time=sfn.WaitTime.timestamp_path("$.guardrails.judge_at"))
         judge = catch_to(
             invoke(
                 "Judge guarded update",
