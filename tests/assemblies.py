@@ -26,11 +26,12 @@ SYNTHESIS_TIMEOUT_SECONDS = 1200
 
 # Per-module settings the tests read as well as the configuration.
 GUARDRAILS_WAIT_SECONDS = 3
+GUARDRAILS_JUDGE_SECONDS = 60
 GUARDRAILS_SETTINGS = {
     "max_trials = 3": "max_trials = 1",
     "[models.monitor]": (
         '[models.deploy]\nmode = "guardrails"\n\n[models.deploy.guardrails]\ntraffic_routing = "ALL_AT_ONCE"\n'
-        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\njudge_seconds = 60\n"
+        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\njudge_seconds = {GUARDRAILS_JUDGE_SECONDS}\n"
         # Small windows to keep the e2e traffic small (a slow challenger answers in 0.4 s); alpha 0.01: the divergence
         # test rolls an honest challenger back at most that often.
         "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\n\n[models.monitor]"

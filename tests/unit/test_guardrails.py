@@ -580,3 +580,24 @@ def test_an_endpoint_changed_during_the_judged_window_fails_the_run_with_its_sta
     )
     assert checked["next"] == "failed" and "the endpoint changed while refit judged" in checked["reason"]
     assert metrics.windows == [] and checked["status"] == "Updating"
+
+
+class NoTargets:
+    """Application Auto Scaling with no scalable target on the endpoint."""
+
+    def get_paginator(self, operation: str) -> Any:
+        assert operation == "describe_scalable_targets"
+        return self
+
+    def paginate(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return [{"ScalableTargets": []}]
+
+
+def test_the_run_end_cleanup_returns_an_unjudged_finished_update_to_the_champion():
+    """A run that ended (timed out, stopped) while refit waited for its judged window: SageMaker had finished on the new
+    config, refit had not judged it, and an unjudged challenger is no pass: the cleanup puts the previous config back."""
+    state = run_state({"next": "judge", "reason": "finished"})
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--new"), ["champion"])
+    note = restore_endpoint(state, handler_settings(), sagemaker, autoscaling=NoTargets())
+    assert note == "endpoint returned to e--old"
+    assert [kwargs["EndpointConfigName"] for name, kwargs in sagemaker.calls if name == "update_endpoint"] == ["e--old"]
