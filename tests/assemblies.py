@@ -33,8 +33,11 @@ GUARDRAILS_SETTINGS = {
         '[models.deploy]\nmode = "guardrails"\n\n[models.deploy.guardrails]\ntraffic_routing = "ALL_AT_ONCE"\n'
         f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\njudge_seconds = {GUARDRAILS_JUDGE_SECONDS}\n"
         # Small windows to keep the e2e traffic small (a slow challenger answers in 0.4 s); alpha 0.01: the divergence
-        # test rolls an honest challenger back at most that often.
-        "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\n\n[models.monitor]"
+        # test rolls an honest challenger back at most that often. The champion's window is the two minutes before the
+        # update's: each test sends the champion's traffic there, and the earlier tests' requests (other fleets, cold
+        # serve processes) stay out of it.
+        "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\nchampion_lookback_seconds = 120\n\n"
+        "[models.monitor]"
     ),
 }
 AB_MIN_LABELLED_ROWS = 300
