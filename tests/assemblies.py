@@ -35,9 +35,12 @@ GUARDRAILS_SETTINGS = {
         # Small windows to keep the e2e traffic small (a slow challenger answers in 0.4 s); alpha 0.01: the divergence
         # test rolls an honest challenger back at most that often. The champion's window is the two minutes before the
         # update's: each test sends the champion's traffic there, and the earlier tests' requests (other fleets, cold
-        # serve processes) stay out of it.
-        "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\nchampion_lookback_seconds = 120\n\n"
-        "[models.monitor]"
+        # serve processes) stay out of it. p99 at 2x the champion: local serve processes' latency is noisy on a busy
+        # machine (a healthy challenger measured 1.54x in the staged canary's module), and the slow challenger's 0.4 s
+        # on top of the champion's own tail is at least 2x as long as that tail stays under 0.4 s (2.41x measured on a
+        # machine at load 8-12, where 3x failed it).
+        "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\nchampion_lookback_seconds = 120\n"
+        "max_p99_latency_ratio = 2.0\n\n[models.monitor]"
     ),
 }
 AB_MIN_LABELLED_ROWS = 300

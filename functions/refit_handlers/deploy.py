@@ -1,6 +1,6 @@
 """Every change refit makes to the serving endpoint: create, canary, status, step verdict, shift, promote, roll back,
-restore, the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status, judge_guardrails), and the synthetic traffic
-that tops up a quiet step (synthetic_traffic, deploy.synthetic_traffic)."""
+restore, the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status, judge_guardrails), and the
+synthetic traffic that tops up a quiet step (synthetic_traffic, deploy.synthetic_traffic)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,8 @@ def test_the_first_batch_creates_the_endpoint(aws):
 def test_a_healthy_challenger_is_promoted_by_the_guarded_update(aws):
     before = describe(aws)["EndpointConfigName"]
     traffic = Traffic(aws, MODEL, 20)
-    champion, judged = Traffic(aws, MODEL, 100), Traffic(aws, MODEL, 100)
+    # One client where latency is judged: a local serve process has one worker, and concurrent requests queue.
+    champion, judged = Traffic(aws, MODEL, 100, clients=1), Traffic(aws, MODEL, 100, clients=1)
     execution, record = run_with(aws, "healthy.csv", 8, traffic, champion=champion, judged=judged)
     assert (execution["status"], record["outcome"]) == ("SUCCEEDED", "promoted"), record["message"]
     guarded = record["guardrails"]
@@ -255,21 +256,22 @@ def test_a_challenger_slow_at_p99_is_rolled_back_by_refit_while_its_mean_is_with
     p99 against the champion's window before the update rolls it back. One client: a local serve process has one
     worker, and concurrent requests would queue in front of the slow challenger."""
     before = describe(aws)["EndpointConfigName"]
-    champion, judged = Traffic(aws, MODEL, 300), Traffic(aws, MODEL, 25, "slow", tmp_path, clients=1)
+    champion, judged = Traffic(aws, MODEL, 200, clients=1), Traffic(aws, MODEL, 25, "slow", tmp_path, clients=1)
     execution, record = run_with(aws, "slow.csv", 13, None, shift=2.0, champion=champion, judged=judged)
     verdict = assert_rolled_back_by_refit(aws, execution, record, before, "p99 model latency after the update")
-    assert verdict["p99_judged"] and verdict["p99_latency_ratio"] > 1.3
+    assert verdict["p99_judged"] and verdict["p99_latency_ratio"] > 2.0
     assert verdict["bake"]["invocations"] == judged.variants["champion"] == 25 and judged.errors == 0
     limit = GuardrailsSettings().max_model_latency_ms  # not changed for this model (tests/assemblies.py)
     assert SLOW_SECONDS * 1000 <= verdict["bake"]["mean_latency_ms"] < limit  # the latency alarm's mean passes it
-    assert verdict["champion"]["invocations"] >= champion.variants["champion"] == 300
+    assert verdict["champion"]["invocations"] >= champion.variants["champion"] == 200
 
 
 def test_a_challenger_whose_predictions_diverge_is_rolled_back_by_refit(aws, tmp_path):
     """A feature-pipeline bug (tenure read in years) answers without errors or delay: no alarm and no latency rule
     stops it; the divergence test on the captured outputs of the two windows does."""
     before = describe(aws)["EndpointConfigName"]
-    champion, judged = Traffic(aws, MODEL, 200), Traffic(aws, MODEL, 200, "diverge", tmp_path)
+    champion = Traffic(aws, MODEL, 200, clients=1)
+    judged = Traffic(aws, MODEL, 200, "diverge", tmp_path, clients=1)
     warm = Traffic(aws, MODEL, 5)  # while the update runs: the new fleet's first (cold) requests are not judged
     execution, record = run_with(aws, "diverge.csv", 14, warm, shift=2.0, champion=champion, judged=judged)
     verdict = assert_rolled_back_by_refit(aws, execution, record, before, "prediction divergence (adjacent windows")
