@@ -38,6 +38,9 @@ class _Evaluated:
 FAULTS = {
     "5xx": "lambda frame: 1 // 0",  # not a ValueError/TypeError: serve answers 500
     "slow": f"lambda frame: (__import__('time').sleep({SLOW_SECONDS}), frame)[1]",
+    # Twice as slow: where the champion's p99 is judged on another window than the challenger's (deploy.mode guardrails)
+    # and a busy machine's tail differs between the two.
+    "slower": f"lambda frame: (__import__('time').sleep({2 * SLOW_SECONDS}), frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }

@@ -19,12 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from refit_core.champion import find_champion, find_serving_package
-from refit_core.config import GuardrailsSettings
 from refit_core.guardrails import SETTLE_SECONDS, alarm_names
 
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
-from tests.assemblies import GUARDRAILS_JUDGE_SECONDS
+from tests.assemblies import GUARDRAILS_JUDGE_SECONDS, GUARDRAILS_MAX_MODEL_LATENCY_MS
 from tests.e2e.helpers import SLOW_SECONDS, FaultAfterTraining, Traffic
 
 MODEL = "guard"  # deploy.mode guardrails, all at once (tests/assemblies.py)
@@ -238,6 +237,21 @@ def test_a_quiet_bake_is_not_promoted_refit_rolls_the_finished_update_back(aws):
     assert rejected["ModelApprovalStatus"] == "Rejected" and "quiet window" in rejected["ApprovalDescription"]
 
 
+def rollback_alarms_ok(aws) -> None:
+    """Poll until the rollback alarms are OK at the wall clock: the earlier tests' 5XX keep the 5XX alarm in ALARM for
+    the minute they fall in (as CloudWatch would), and a bake then would be rolled back by SageMaker, not judged by
+    refit."""
+    names = set(alarm_names(aws.model(MODEL).endpoint_name))
+    deadline = time.monotonic() + 150
+    while True:
+        aws.bridges.evaluate_alarms(names=names)
+        alarms = aws.client("cloudwatch").describe_alarms(AlarmNames=sorted(names))["MetricAlarms"]
+        if all(a["StateValue"] != "ALARM" for a in alarms):
+            return
+        assert time.monotonic() < deadline, alarms
+        time.sleep(1)
+
+
 def assert_rolled_back_by_refit(aws, execution, record, before: str, reason: str) -> dict:
     """SageMaker finished the update on the new config, refit's judgement failed it with `reason`, and the second
     UpdateEndpoint put the champion back: endpoint, audit record and registry (Rejected with the reason) agree."""
@@ -252,17 +266,18 @@ def assert_rolled_back_by_refit(aws, execution, record, before: str, reason: str
 
 
 def test_a_challenger_slow_at_p99_is_rolled_back_by_refit_while_its_mean_is_within_the_alarms_limit(aws, tmp_path):
-    """SageMaker's latency alarm (mean ModelLatency over a minute) lets a challenger 0.4 s slower pass the bake; refit's
+    """SageMaker's latency alarm (mean ModelLatency over a minute) lets a challenger 0.8 s slower pass the bake; refit's
     p99 against the champion's window before the update rolls it back. One client: a local serve process has one
     worker, and concurrent requests would queue in front of the slow challenger."""
     before = describe(aws)["EndpointConfigName"]
-    champion, judged = Traffic(aws, MODEL, 200, clients=1), Traffic(aws, MODEL, 25, "slow", tmp_path, clients=1)
+    rollback_alarms_ok(aws)
+    champion, judged = Traffic(aws, MODEL, 200, clients=1), Traffic(aws, MODEL, 25, "slower", tmp_path, clients=1)
     execution, record = run_with(aws, "slow.csv", 13, None, shift=2.0, champion=champion, judged=judged)
     verdict = assert_rolled_back_by_refit(aws, execution, record, before, "p99 model latency after the update")
-    assert verdict["p99_judged"] and verdict["p99_latency_ratio"] > 2.0
+    assert verdict["p99_judged"] and verdict["p99_latency_ratio"] > 3.0
     assert verdict["bake"]["invocations"] == judged.variants["champion"] == 25 and judged.errors == 0
-    limit = GuardrailsSettings().max_model_latency_ms  # not changed for this model (tests/assemblies.py)
-    assert SLOW_SECONDS * 1000 <= verdict["bake"]["mean_latency_ms"] < limit  # the latency alarm's mean passes it
+    mean = verdict["bake"]["mean_latency_ms"]
+    assert 2 * SLOW_SECONDS * 1000 <= mean < GUARDRAILS_MAX_MODEL_LATENCY_MS  # the latency alarm's mean passes it
     assert verdict["champion"]["invocations"] >= champion.variants["champion"] == 200
 
 
@@ -270,6 +285,7 @@ def test_a_challenger_whose_predictions_diverge_is_rolled_back_by_refit(aws, tmp
     """A feature-pipeline bug (tenure read in years) answers without errors or delay: no alarm and no latency rule
     stops it; the divergence test on the captured outputs of the two windows does."""
     before = describe(aws)["EndpointConfigName"]
+    rollback_alarms_ok(aws)
     champion = Traffic(aws, MODEL, 200, clients=1)
     judged = Traffic(aws, MODEL, 200, "diverge", tmp_path, clients=1)
     warm = Traffic(aws, MODEL, 5)  # while the update runs: the new fleet's first (cold) requests are not judged
