@@ -718,8 +718,9 @@ class RetrainStateMachine(Construct):
         finalize: sfn.IChainable,
     ) -> sfn.IChainable:
         """deploy.mode guardrails: one UpdateEndpoint with DeploymentConfig, then a poll until SageMaker's guarded
-        update ends, then refit's verdict on the bakes (quiet, p99 against the champion): a fail is rolled back by a
-        second UpdateEndpoint. Promoted and rolled back end in Finalize (the outcome is in `$.guardrails`); a failure
+        update ends; an end on the new config is then judged by refit on a window only the new fleet served (a Wait
+        until it has passed, then quiet, prediction divergence and p99 against the champion's window before the
+        update): a fail is rolled back by a second UpdateEndpoint. Promoted and rolled back end in Finalize (the outcome is in `$.guardrails`); a failure
         (e.g. UpdateRollbackFailed) becomes the run's error, so the run ends FAILED with the endpoint's state as the
         status check saw it. An error before UpdateEndpoint leaves the endpoint untouched (restore finds nothing to
         undo); an error of the status check restores the champion's config; the update itself is SageMaker's to
@@ -749,7 +750,6 @@ class RetrainStateMachine(Construct):
                     "action": "guardrails_status",
                     "expected_config.$": "$.deploy.expected_config",
                     "previous_config.$": "$.deploy.previous_config",
-                    "requested_at.$": "$.deploy.challenger_since",
                 },
                 "$.guardrails",
             ),
@@ -758,8 +758,29 @@ class RetrainStateMachine(Construct):
             # SageMaker still updates, the restore is refused and the run ends with both errors in its record).
             restore,
         )
-        # SageMaker finished the update but refit's bake verdict failed (quiet bakes, p99 over the champion's): a
-        # second, plain UpdateEndpoint back to the previous config, verified like every endpoint change.
+        # SageMaker finished the update on the new config: refit waits out the window the status check planned (from
+        # the first whole minute after the end, deploy.guardrails.judge_seconds, read late enough for the metrics and
+        # captured records) and judges it; an error judging restores the champion's config.
+        judge_wait = sfn.Wait(self, "Wait for judged window", time=sfn.WaitTime.timestamp_path("$.guardrails.judge_at"))
+        judge = catch_to(
+            invoke(
+                "Judge guarded update",
+                "Deploy",
+                {
+                    "action": "judge_guardrails",
+                    "expected_config.$": "$.guardrails.expected_config",
+                    "previous_config.$": "$.guardrails.previous_config",
+                    "requested_at.$": "$.deploy.challenger_since",
+                    "judge_from.$": "$.guardrails.judge_from",
+                    "judge_until.$": "$.guardrails.judge_until",
+                    "gate_uri.$": "$.gate.gate_uri",
+                },
+                "$.guardrails",
+            ),
+            restore,
+        )
+        # refit's verdict failed (quiet window, diverging predictions, p99 over the champion's): a second, plain
+        # UpdateEndpoint back to the previous config, verified like every endpoint change.
         roll_back = catch_to(
             invoke(
                 "Roll back guarded update",
@@ -780,7 +801,13 @@ class RetrainStateMachine(Construct):
             sfn.Choice(self, "Guarded update done?")
             .when(sfn.Condition.string_equals("$.guardrails.next", "wait"), wait)
             .when(sfn.Condition.string_equals("$.guardrails.next", "failed"), failed)
+            .when(sfn.Condition.string_equals("$.guardrails.next", "judge"), judge_wait)
+            .otherwise(finalize)
+        )
+        judge_wait.next(judge).next(
+            sfn.Choice(self, "Guarded update judged?")
             .when(sfn.Condition.string_equals("$.guardrails.next", "rollback"), roll_back)
+            .when(sfn.Condition.string_equals("$.guardrails.next", "failed"), failed)
             .otherwise(finalize)
         )
         start.next(

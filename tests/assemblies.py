@@ -26,11 +26,22 @@ SYNTHESIS_TIMEOUT_SECONDS = 1200
 
 # Per-module settings the tests read as well as the configuration.
 GUARDRAILS_WAIT_SECONDS = 3
+GUARDRAILS_JUDGE_SECONDS = 60
+GUARDRAILS_MAX_MODEL_LATENCY_MS = 2000
 GUARDRAILS_SETTINGS = {
     "max_trials = 3": "max_trials = 1",
     "[models.monitor]": (
         '[models.deploy]\nmode = "guardrails"\n\n[models.deploy.guardrails]\ntraffic_routing = "ALL_AT_ONCE"\n'
-        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\n\n[models.monitor]"
+        f"wait_interval_seconds = {GUARDRAILS_WAIT_SECONDS}\njudge_seconds = {GUARDRAILS_JUDGE_SECONDS}\n"
+        # Small windows to keep the e2e traffic small (a slow challenger answers in 0.4 s); alpha 0.01: the divergence
+        # test rolls an honest challenger back at most that often. The champion's window is the two minutes before the
+        # update's: each test sends the champion's traffic there, and the earlier tests' requests (other fleets, cold
+        # serve processes) stay out of it. p99 at 3x the champion, as in the staged canary's and the A/B test's modules:
+        # local serve processes' latency is noisy on a busy machine, more so across two windows (a healthy challenger
+        # measured 2.63x at load 8-12); the slow challenger here waits 0.8 s a request (helpers "slower"), within a
+        # latency alarm of 2 s.
+        "min_latency_samples = 20\ndivergence_min_samples = 20\nalpha = 0.01\nchampion_lookback_seconds = 120\n"
+        f"max_p99_latency_ratio = 3.0\nmax_model_latency_ms = {GUARDRAILS_MAX_MODEL_LATENCY_MS}\n\n[models.monitor]"
     ),
 }
 AB_MIN_LABELLED_ROWS = 300

@@ -58,6 +58,9 @@ ENDPOINT_POLL_SECONDS = 30
 # three, and one per further canary step, can happen in one run. And everything the run's Lambdas may take together (the batch check alone may take 15 minutes).
 ENDPOINT_UPDATE_ALLOWANCE_SECONDS = 3600
 LAMBDA_ALLOWANCE_SECONDS = 3600
+# deploy.mode guardrails: SageMaker's metrics and Data Capture files reach CloudWatch and S3 a little after the requests
+# they describe, so the window judged after a guarded update is read this long after it ends (refit_core.guardrails).
+GUARDRAILS_SETTLE_SECONDS = 120
 # Step Functions' limit on a Standard execution.
 MAX_EXECUTION_SECONDS = 365 * 86400
 
@@ -381,15 +384,33 @@ class GuardrailsSettings(_Strict):
         0.05,
         gt=0,
         lt=0.5,
-        description="Level of the one-sided test that more of the bakes' requests are over the p99 margin than the "
-        "champion's were (refit_core.canary.p99_regression).",
+        description="Level of the one-sided test that more of the new fleet's requests are over the p99 margin than "
+        "the champion's were (refit_core.canary.p99_regression), and of the prediction-divergence test.",
     )
     champion_lookback_seconds: int = Field(
-        3600, ge=60, le=86400, description="The champion's window before the update, for its p99."
+        3600, ge=60, le=86400, description="The champion's window before the update, for its p99 and outputs."
+    )
+    judge_seconds: int = Field(
+        600,
+        ge=60,
+        le=3600,
+        description="The window judged after the update ended, from its first whole minute (a whole number of minutes: "
+        "SageMaker's metrics are per minute).",
+    )
+    divergence_min_samples: int = Field(
+        100,
+        ge=20,
+        description="The prediction-divergence check is judged only with this many captured outputs in each window.",
     )
 
     @model_validator(mode="after")
     def _within_api_limits(self) -> GuardrailsSettings:
+        if self.judge_seconds % 60:
+            raise ValueError(
+                f"deploy.guardrails.judge_seconds = {self.judge_seconds} must be a whole number of minutes (e.g. "
+                f"{max(60, self.judge_seconds // 60 * 60)}): SageMaker's endpoint metrics are per minute, and the "
+                "judged window must end where one does"
+            )
         kind = self.traffic_routing
         if kind == "ALL_AT_ONCE":
             if self.size is not None:
@@ -759,8 +780,9 @@ class ModelConfig(_Strict):
         if self.deploy.synthetic_traffic.enabled:  # a settle wait per topped-up step
             bake += steps * self.deploy.synthetic_traffic.settle_seconds
         total = training + approval + bake + endpoint + LAMBDA_ALLOWANCE_SECONDS
-        if self.deploy.mode == "guardrails":  # SageMaker's update runs up to its own timeout, then rolls back
-            total += self.deploy.guardrails.max_execution_timeout_seconds
+        if self.deploy.mode == "guardrails":  # SageMaker's update runs up to its own timeout, then rolls back;
+            guarded = self.deploy.guardrails  # then refit judges a window from the next whole minute, read late
+            total += guarded.max_execution_timeout_seconds + 60 + guarded.judge_seconds + GUARDRAILS_SETTLE_SECONDS
         if self.deploy.mode == "ab":  # the test's duration, and its decision
             total += self.deploy.ab.duration_seconds + AB_JUDGE_SECONDS
         return int(total * 1.1) + 3600

@@ -8,6 +8,11 @@ endpoint is InService again, on the *old* EndpointConfigName and often with no F
 from the config name (`judge`), never from InService alone. `UpdateRollbackFailed` (the update and its rollback both
 failed: a mixed fleet) ends the run FAILED with the endpoint's state recorded; refit does not touch such an endpoint
 again on its own (SageMaker's remedy, another UpdateEndpoint, is an operator's decision).
+
+An update SageMaker finished on the new config is then judged by refit (bake_verdict) on a window only the new fleet
+served (judged_window: from the first whole minute after the end, `judge_seconds` long) against the champion's window
+before the UpdateEndpoint (champion_window): quiet, p99 ModelLatency ratio, and the canary's prediction-divergence test
+on both windows' captured outputs. A fail is rolled back by a second UpdateEndpoint to the previous config.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Literal
 
 from refit_core import names
 from refit_core.canary import LatencyTail, VariantWindow, p99_regression
-from refit_core.config import GuardrailsSettings, ModelConfig
+from refit_core.config import GUARDRAILS_SETTLE_SECONDS, GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
 # Updating: the update is under way; SystemUpdating and RollingBack: SageMaker is still moving the fleet.
@@ -141,28 +146,58 @@ def bake_count(settings: GuardrailsSettings, count: int) -> int:
     return -(-count // step_instances(settings, count))
 
 
-def bake_window(
-    settings: GuardrailsSettings, count: int, requested_at: datetime, checked_at: datetime
-) -> tuple[datetime, datetime]:
-    """The window judged after a guarded update ended on the new config: its bakes and termination wait before the
-    check that saw the end, plus a minute of margin (SageMaker's metrics have a one-minute resolution, and CloudWatch
-    rounds the start down to the minute), never before the UpdateEndpoint (read from the start of its minute). Both
-    fleets report under the one variant name, so CloudWatch cannot tell them apart: the margin, and requests served
-    earlier in the UpdateEndpoint's minute, may count traffic the old fleet served."""
-    bakes = bake_count(settings, count) * settings.wait_interval_seconds + settings.termination_wait_seconds
-    return max(requested_at, checked_at - timedelta(seconds=bakes + 60)), checked_at + timedelta(minutes=1)
+# The judged window is read this long after it ends (a request read too early is missing from the counts, never added).
+SETTLE_SECONDS = GUARDRAILS_SETTLE_SECONDS
+ADJACENT_NOTE = (
+    "adjacent windows, not the same one: the new fleet's after the update, the champion's before it (a change in the "
+    "traffic between them is read as the model's)"
+)
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def judged_window(ended_by: datetime, judge_seconds: int) -> tuple[datetime, datetime]:
+    """The window refit judges a finished guarded update on: from the first whole minute after `ended_by` (a time the
+    update was known to have ended on the new config: after the DescribeEndpoint that saw it InService there), for
+    `judge_seconds` (a whole number of minutes, GuardrailsSettings). Only the new fleet served it: both fleets report
+    under the one variant name, and CloudWatch keeps SageMaker's endpoint metrics per minute (a datapoint covers the
+    minute its timestamp starts), so a window starting on a whole minute after the end holds none of the old fleet's
+    requests, where one starting at the end itself would take in its minute from the start. Data Capture dates each
+    record to the millisecond (`inferenceTime`); the same bounds are used for it, so both sources judge the same
+    requests."""
+    start = _minute(ended_by) + timedelta(minutes=1)
+    return start, start + timedelta(seconds=judge_seconds)
+
+
+def champion_window(requested_at: datetime, lookback_seconds: int) -> tuple[datetime, datetime]:
+    """The champion's window: the whole minutes of the `lookback_seconds` before the minute of the UpdateEndpoint
+    (`requested_at`). That minute itself is left out: the new fleet may take traffic in it, and its CloudWatch
+    datapoint would mix the fleets."""
+    end = _minute(requested_at)
+    return _minute(end - timedelta(seconds=lookback_seconds)), end
 
 
 def bake_verdict(
-    settings: GuardrailsSettings, bake: VariantWindow, champion: VariantWindow, tail: LatencyTail | None = None
+    settings: GuardrailsSettings,
+    bake: VariantWindow,
+    champion: VariantWindow,
+    divergence: dict[str, Any] | None = None,
+    tail: LatencyTail | None = None,
 ) -> dict[str, Any]:
-    """refit's judgement of a guarded update SageMaker finished (its alarms did not fire): a quiet bake is not a pass
-    (SageMaker treats missing data as not breaching, so a bake without traffic completes), and the bakes' p99
-    ModelLatency is held against the champion's own p99 before the update (`champion_lookback_seconds`), judged once
-    both have `min_latency_samples` latency samples (fewer is a quiet window too: not a pass) by the canary's p99 rule
-    (refit_core.canary.p99_regression: over `max_p99_latency_ratio` and significantly more requests over that margin
-    than the champion had, from `tail`, at `alpha`). 5XX and mean latency
-    are the rollback alarms' (SageMaker's) to judge during the bakes."""
+    """refit's judgement of a guarded update SageMaker finished on the new config (its alarms did not fire), on a
+    window only the new fleet served (`bake`, judged_window) against the champion's before the update (`champion`,
+    champion_window). A quiet window is not a pass (SageMaker treats missing data as not breaching, so a bake without
+    traffic completes): fewer than `min_invocations`, fewer than `min_latency_samples` ModelLatency samples on either
+    window (a p99 that cannot be judged), or a divergence test `not_judged` for too few captured outputs. The p99 is
+    judged by the canary's p99 rule (refit_core.canary.p99_regression: over `max_p99_latency_ratio` and significantly
+    more requests over that margin than the champion had, from `tail`, at `alpha`), before divergence, as it is a
+    measurement where divergence is a test. `divergence` (refit_core.divergence on both windows' captured outputs)
+    fails the update when it judged the new fleet's outputs beyond what the holdout predicts given the champion's;
+    skipped (capture off, no holdout reference) it decides nothing and the reason names it. 5XX and mean latency are
+    the rollback alarms' (SageMaker's) to judge during the bakes. The two windows are adjacent, not the same
+    (ADJACENT_NOTE): the record says so."""
     raw_ratio = (
         bake.p99_latency_ms / champion.p99_latency_ms
         if bake.p99_latency_ms is not None and champion.p99_latency_ms
@@ -178,34 +213,42 @@ def bake_verdict(
         "p99_latency_ratio": round(raw_ratio, 4) if raw_ratio is not None else None,
         "p99_judged": p99_judged,
         "p99_tail": tail_evidence,
+        "divergence": divergence,
+        "windows": ADJACENT_NOTE,
     }
+
+    def verdict(healthy: bool, reason: str) -> dict[str, Any]:
+        if healthy and divergence is not None and divergence.get("status") != "judged":
+            reason = f"{reason}; predictions {divergence['reason']}"
+        return {"healthy": healthy, "reason": reason, **evidence}
+
     if bake.invocations < settings.min_invocations:
-        return {
-            "healthy": False,
-            "reason": f"quiet window: the endpoint saw {bake.invocations:.0f} invocations during the bakes, fewer "
-            f"than the {settings.min_invocations} required to judge the new model",
-            **evidence,
-        }
+        return verdict(
+            False,
+            f"quiet window: the endpoint saw {bake.invocations:.0f} invocations in the judged window after the "
+            f"update, fewer than the {settings.min_invocations} required to judge the new model",
+        )
     if not p99_judged:
-        return {
-            "healthy": False,
-            "reason": f"quiet window: the bakes' p99 cannot be judged from {bake.samples:.0f} ModelLatency samples "
-            f"against the champion's {champion.samples:.0f} before the update, fewer than the "
-            f"{settings.min_latency_samples} required on each",
-            **evidence,
-        }
+        return verdict(
+            False,
+            f"quiet window: the p99 cannot be judged from {bake.samples:.0f} ModelLatency samples after the update "
+            f"against the champion's {champion.samples:.0f} before it, fewer than the {settings.min_latency_samples} "
+            "required on each",
+        )
     if regressed:
-        return {
-            "healthy": False,
-            "reason": f"p99 model latency in the bakes {bake.p99_latency_ms} ms is {raw_ratio:.2f} x the "
-            f"champion's {champion.p99_latency_ms} ms before the update, over {settings.max_p99_latency_ratio}, "
-            f"with {tail_words}",
-            **evidence,
-        }
+        return verdict(
+            False,
+            f"p99 model latency after the update {bake.p99_latency_ms} ms is {raw_ratio:.2f} x the "
+            f"champion's {champion.p99_latency_ms} ms before it, over {settings.max_p99_latency_ratio}, with "
+            f"{tail_words}",
+        )
+    if divergence is not None and divergence.get("diverged"):
+        return verdict(False, f"prediction divergence ({ADJACENT_NOTE}): {divergence['reason']}")
+    if divergence is not None and divergence.get("status") == "not_judged":
+        return verdict(False, f"quiet window: predictions {divergence['reason']}")
     margin = f", over {settings.max_p99_latency_ratio} but {tail_words}" if tail_words else ""
-    return {
-        "healthy": True,
-        "reason": f"the bakes served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the "
+    return verdict(
+        True,
+        f"the new fleet served {bake.invocations:.0f} requests (p99 ratio {raw_ratio:.2f} against the "
         f"champion{margin})",
-        **evidence,
-    }
+    )

@@ -322,12 +322,14 @@ class AlarmView(Step):
 
 
 class GuardrailsCheck(Step):
-    """A guarded update (deploy.mode guardrails) as DescribeEndpoint shows it: still under way (`wait`), the new
-    config serving (`promoted`), SageMaker's rollback to the previous config (`rolled_back`, with the reason from the
-    rollback alarms or FailureReason), the new config serving but refit's bake verdict failed (`rollback`: quiet
-    bakes, or a p99 over the champion's; the run then returns the endpoint to the previous config), or `failed` (e.g. UpdateRollbackFailed), with the endpoint's state as seen."""
+    """A guarded update (deploy.mode guardrails) as DescribeEndpoint shows it (guardrails_status): still under way
+    (`wait`), SageMaker's rollback to the previous config (`rolled_back`, with the reason from the rollback alarms or
+    FailureReason), `failed` (e.g. UpdateRollbackFailed) with the endpoint's state as seen, or the new config serving
+    (`judge`: refit judges the window `judge_from`-`judge_until` only the new fleet served, read at `judge_at`). Then
+    refit's verdict on that window (judge_guardrails, `bake`): `promoted`, or `rollback` (quiet, diverging predictions,
+    a p99 over the champion's; the run returns the endpoint to the previous config)."""
 
-    next: Literal["wait", "promoted", "rolled_back", "rollback", "failed"]
+    next: Literal["wait", "judge", "promoted", "rolled_back", "rollback", "failed"]
     reason: str
     name: str | None = None
     status: str | None = None
@@ -337,7 +339,10 @@ class GuardrailsCheck(Step):
     expected_config: str
     previous_config: str
     alarms: list[AlarmView] = Field(default_factory=list)
-    bake: dict[str, Any] | None = None  # refit's verdict on the bakes once SageMaker finished (bake_verdict)
+    judge_from: str | None = None  # the judged window: from the first whole minute after the update ended
+    judge_until: str | None = None
+    judge_at: str | None = None  # when the window is read (its end and a settle), the Wait's timestamp
+    bake: dict[str, Any] | None = None  # refit's verdict on the judged window (refit_core.guardrails.bake_verdict)
     checked_at: str | None = None
 
 

@@ -92,6 +92,13 @@ def restore_endpoint(state: dict[str, Any], config: Settings, sagemaker: Any, au
         result = rollback(Rollback(action="restore", previous_config=previous), config, sagemaker, autoscaling)
         return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
     deploy = state.get("deploy") or {}
+    if deploy.get("mode") == "guardrails" and (state.get("guardrails") or {}).get("next") == "judge":
+        # SageMaker had finished on the new config and refit had not judged it: an unjudged challenger is no pass.
+        previous = deploy.get("previous_config")
+        result = rollback(
+            Rollback(action="rollback", previous_config=previous), config, sagemaker, autoscaling, rescaled=False
+        )
+        return f"endpoint returned to {previous}" if result.get("changed") else f"endpoint already on {previous}"
     if deploy.get("mode") == "guardrails":  # the update is SageMaker's: it finishes or rolls back on its own
         return (
             f"a guarded update to {deploy.get('expected_config')} was started; it is SageMaker's to finish or roll back"

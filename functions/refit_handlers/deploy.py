@@ -1,6 +1,6 @@
 """Every change refit makes to the serving endpoint: create, canary, status, step verdict, shift, promote, roll back,
-restore, the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status), and the synthetic traffic
-that tops up a quiet step (synthetic_traffic, deploy.synthetic_traffic)."""
+restore, the guarded update of deploy.mode guardrails (start_guardrails, guardrails_status, judge_guardrails), and the
+synthetic traffic that tops up a quiet step (synthetic_traffic, deploy.synthetic_traffic)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,16 @@ from refit_core.champion import (
     view_of,
 )
 from refit_core.divergence import live_outputs, prediction_divergence
-from refit_core.guardrails import alarm_names, alarm_reason, bake_verdict, bake_window, deployment_config, judge
+from refit_core.guardrails import (
+    SETTLE_SECONDS,
+    alarm_names,
+    alarm_reason,
+    bake_verdict,
+    champion_window,
+    deployment_config,
+    judge,
+    judged_window,
+)
 from refit_core.network import isolated
 from refit_core.s3uri import S3Uri
 from refit_core.shadow import SHADOW, shadow_divergence, shadow_variants, shadow_verdict, window_scores
@@ -99,7 +108,19 @@ class GuardedStatus(BaseModel):
     action: Literal["guardrails_status"]
     expected_config: str
     previous_config: str
-    requested_at: str  # when start_guardrails called UpdateEndpoint: the bakes' window starts no earlier
+
+
+class JudgeGuarded(BaseModel):
+    """refit's judgement of a guarded update SageMaker finished: the window guardrails_status planned (only the new
+    fleet served it) against the champion's before the UpdateEndpoint made at `requested_at`."""
+
+    action: Literal["judge_guardrails"]
+    expected_config: str
+    previous_config: str
+    requested_at: str  # when start_guardrails called UpdateEndpoint: the champion's window ends before its minute
+    judge_from: str
+    judge_until: str
+    gate_uri: str | None = None  # gate.json: the holdout reference of the prediction-divergence check
 
 
 class EndpointStatus(BaseModel):
@@ -182,6 +203,7 @@ class DeployEvent(BaseModel):
         | CheckShadow
         | StartGuarded
         | GuardedStatus
+        | JudgeGuarded
         | SendSynthetic,
         Field(discriminator="action"),
     ]
@@ -222,9 +244,11 @@ def create_challenger_model(event: StartDeploy | StartGuarded | StartShadow, con
     return model_name
 
 
-def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: str) -> dict[str, Any]:
-    """The first model of a model: a new endpoint with it as the single champion variant."""
-    config_name = names.endpoint_config_name(config.endpoint_name, run_id, "first")
+def single_variant_config(config: Settings, sagemaker: Any, run_id: str, stage: str, model_name: str) -> str:
+    """A new endpoint config (named for the run and `stage`) with `model_name` as the one champion variant on the
+    configured fleet, capturing traffic: a first endpoint's, and a guarded update's (a blue/green update keeps the
+    variant name and sizes its traffic steps against this fleet). Returns its name."""
+    config_name = names.endpoint_config_name(config.endpoint_name, run_id, stage)
     sagemaker.create_endpoint_config(
         EndpointConfigName=config_name,
         ProductionVariants=[
@@ -239,6 +263,12 @@ def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: s
         DataCaptureConfig=capture(config),
         KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
     )
+    return config_name
+
+
+def create_endpoint(config: Settings, sagemaker: Any, run_id: str, model_name: str) -> dict[str, Any]:
+    """The first model of a model: a new endpoint with it as the single champion variant."""
+    config_name = single_variant_config(config, sagemaker, run_id, "first", model_name)
     sagemaker.create_endpoint(EndpointName=config.endpoint_name, EndpointConfigName=config_name)
     return {"mode": "create", "previous_config": None, "expected_config": config_name, "challenger_model": model_name}
 
@@ -356,21 +386,7 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
             f"deploy.mode guardrails updates a single-variant endpoint: {config.endpoint_name} serves {previous} with "
             f"variants {serving}, not just {CHAMPION!r} (a blue/green update must keep the one variant's name)"
         )
-    config_name = names.endpoint_config_name(config.endpoint_name, event.run_id, "guarded")
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=config_name,
-        ProductionVariants=[
-            variant(
-                model_name,
-                CHAMPION,
-                1.0,
-                config.model.serving_instance_type,
-                config.model.deploy.capacity.instance_count,  # the fleet the traffic steps are sized against
-            )
-        ],
-        DataCaptureConfig=capture(config),
-        KmsKeyId=config.kms_key_arn,  # the instances' storage volumes
-    )
+    config_name = single_variant_config(config, sagemaker, event.run_id, "guarded", model_name)
     deployment = deployment_config(config.model.deploy.guardrails, alarm_names(config.endpoint_name))
     since = now()
     sagemaker.update_endpoint(
@@ -389,8 +405,11 @@ def start_guardrails(event: StartGuarded, config: Settings, sagemaker: Any) -> d
 def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cloudwatch: Any) -> dict[str, Any]:
     """Where the guarded update stands. Its end is read from the config the endpoint is InService on: SageMaker's
     rollback also ends InService, on the previous config and often without a FailureReason, so the reason is taken
-    from the rollback alarms in ALARM when there is one."""
+    from the rollback alarms in ALARM when there is one. An update that ended on the new config is not promoted yet:
+    `judge` plans the window refit judges it on (refit_core.guardrails.judged_window: from the first whole minute after
+    this check, `deploy.guardrails.judge_seconds` long, read SETTLE_SECONDS after it ends, at `judge_at`)."""
     endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    seen_at = datetime.now(UTC)  # after DescribeEndpoint answered: the update had ended by then
     if endpoint is None:
         view: dict[str, Any] = {"name": config.endpoint_name, "status": None, "config": None, "variants": []}
         outcome, reason = "failed", f"endpoint {config.endpoint_name} does not exist"
@@ -398,7 +417,7 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         view = view_of(endpoint, config.endpoint_name)
         outcome, reason = judge(view["status"], view["config"], event.expected_config, event.previous_config)
     alarms: list[dict[str, Any]] = []
-    bake: dict[str, Any] | None = None
+    plan: dict[str, str] = {}
     if outcome != "wait":
         described = cloudwatch.describe_alarms(AlarmNames=alarm_names(config.endpoint_name))["MetricAlarms"]
         alarms = [
@@ -406,12 +425,15 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
             for a in described
         ]
         why = alarm_reason(described) or view.get("failure_reason")
-        if outcome == "promoted":
-            bake = judge_bake(event, config, cloudwatch)  # SageMaker's alarms did not fire: refit's own rules
-            if not bake["healthy"]:
-                outcome, reason = "rollback", f"{reason}, but refit rolls it back: {bake['reason']}"
-            else:
-                reason += f"; {bake['reason']}"
+        if outcome == "promoted":  # SageMaker's alarms did not fire: refit's own judgement of the new fleet is next
+            start_time, end_time = judged_window(seen_at, config.model.deploy.guardrails.judge_seconds)
+            outcome = "judge"
+            reason += f"; refit judges the new fleet alone from {start_time:%H:%M} to {end_time:%H:%M} UTC"
+            plan = {
+                "judge_from": start_time.isoformat(timespec="seconds"),
+                "judge_until": end_time.isoformat(timespec="seconds"),
+                "judge_at": (end_time + timedelta(seconds=SETTLE_SECONDS)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
         if outcome == "rolled_back":
             reason += f": {why or 'no rollback alarm is in ALARM now and SageMaker gave no FailureReason'}"
         elif outcome == "failed" and why:
@@ -423,34 +445,75 @@ def guardrails_status(event: GuardedStatus, config: Settings, sagemaker: Any, cl
         "expected_config": event.expected_config,
         "previous_config": event.previous_config,
         "alarms": alarms,
-        "bake": bake,
-        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **plan,
+        "checked_at": seen_at.isoformat(timespec="seconds"),
     }
 
 
-def judge_bake(event: GuardedStatus, config: Settings, cloudwatch: Any) -> dict[str, Any]:
+def judge_guardrails(event: JudgeGuarded, config: Settings, sagemaker: Any, cloudwatch: Any, s3: Any) -> dict[str, Any]:
     """refit's verdict on a guarded update SageMaker finished on the new config (refit_core.guardrails.bake_verdict):
-    the endpoint's numbers over the bakes against the champion's before the UpdateEndpoint."""
+    the planned window only the new fleet served against the champion's before the UpdateEndpoint (champion_window),
+    on CloudWatch's numbers and on both windows' captured outputs (the canary's divergence test). `promoted`, or
+    `rollback` (the run returns the endpoint to the previous config); `failed` when the endpoint no longer serves the
+    new config as it did when the window was planned (nothing to judge: its state is recorded)."""
     settings = config.model.deploy.guardrails
-    requested_at = datetime.fromisoformat(event.requested_at)
-    start_time, end_time = bake_window(
-        settings, config.model.deploy.capacity.instance_count, requested_at, datetime.now(UTC)
+    endpoint = describe_endpoint(sagemaker, config.endpoint_name)
+    view = (
+        view_of(endpoint, config.endpoint_name)
+        if endpoint is not None
+        else {"name": config.endpoint_name, "status": None, "config": None, "variants": []}
     )
-    lookback = requested_at - timedelta(seconds=settings.champion_lookback_seconds)
+    described = cloudwatch.describe_alarms(AlarmNames=alarm_names(config.endpoint_name))["MetricAlarms"]
+    result = {
+        **view,
+        "expected_config": event.expected_config,
+        "previous_config": event.previous_config,
+        "alarms": [
+            AlarmView(name=a["AlarmName"], state=a.get("StateValue"), reason=a.get("StateReason")).to_state()
+            for a in described
+        ],
+        "judge_from": event.judge_from,
+        "judge_until": event.judge_until,
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if (view["status"], view["config"]) != ("InService", event.expected_config):
+        return {
+            **result,
+            "next": "failed",
+            "reason": f"the endpoint changed while refit judged the guarded update: {view['status']} on "
+            f"{view['config']}, not InService on {event.expected_config}",
+        }
+    start_time, end_time = datetime.fromisoformat(event.judge_from), datetime.fromisoformat(event.judge_until)
+    champion_start, champion_end = champion_window(
+        datetime.fromisoformat(event.requested_at), settings.champion_lookback_seconds
+    )
     bake = variant_window(cloudwatch, config.endpoint_name, CHAMPION, start_time, end_time)
-    champion = variant_window(cloudwatch, config.endpoint_name, CHAMPION, lookback, requested_at)
+    champion = variant_window(cloudwatch, config.endpoint_name, CHAMPION, champion_start, champion_end)
     tail = latency_tail(
         cloudwatch,
         config.endpoint_name,
         settings.max_p99_latency_ratio,
         (CHAMPION, start_time, end_time, bake),
-        (CHAMPION, lookback, requested_at, champion),
+        (CHAMPION, champion_start, champion_end, champion),
     )
+    divergence = guarded_divergence(
+        event.gate_uri, config, sagemaker, s3, (champion_start, champion_end), (start_time, end_time)
+    )
+    verdict = {
+        **bake_verdict(settings, bake, champion, divergence, tail),
+        "window_start": event.judge_from,
+        "window_end": event.judge_until,
+        "champion_window_start": champion_start.isoformat(timespec="seconds"),
+        "champion_window_end": champion_end.isoformat(timespec="seconds"),
+    }
+    done = f"the guarded update finished: InService on {event.expected_config}"
+    if verdict["healthy"]:
+        return {**result, "next": "promoted", "reason": f"{done}; {verdict['reason']}", "bake": verdict}
     return {
-        **bake_verdict(settings, bake, champion, tail),
-        "window_start": start_time.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
-        "window_end": end_time.isoformat(timespec="seconds"),
-        "champion_window_start": lookback.replace(second=0, microsecond=0).isoformat(timespec="seconds"),
+        **result,
+        "next": "rollback",
+        "reason": f"{done}, but refit rolls it back: {verdict['reason']}",
+        "bake": verdict,
     }
 
 
@@ -658,23 +721,78 @@ def window_divergence(
     start_time: datetime,
     end_time: datetime,
 ) -> dict[str, Any]:
-    """The prediction-divergence check (refit_core.divergence) on a window: both variants' captured outputs against
-    the holdout reference the gate recorded in gate.json, at level `alpha`. Capture off on the endpoint (its
+    """The prediction-divergence check (refit_core.divergence) on a window both variants served, at level `alpha`."""
+    window = (start_time, end_time)
+    return captured_divergence(
+        gate_uri,
+        alpha,
+        config.model.canary.divergence_min_samples,
+        config,
+        sagemaker,
+        s3,
+        champion=(CHAMPION, *window),
+        challenger=(CHALLENGER, *window),
+    )
+
+
+def guarded_divergence(
+    gate_uri: str | None,
+    config: Settings,
+    sagemaker: Any,
+    s3: Any,
+    champion: tuple[datetime, datetime],
+    challenger: tuple[datetime, datetime],
+) -> dict[str, Any]:
+    """The prediction-divergence check of a finished guarded update: the one variant's captured outputs in the
+    champion's window before the update against those in the window only the new fleet served after it
+    (deploy.guardrails.alpha and divergence_min_samples). The windows are adjacent, not the same: see
+    refit_core.guardrails.ADJACENT_NOTE."""
+    settings = config.model.deploy.guardrails
+    return captured_divergence(
+        gate_uri,
+        settings.alpha,
+        settings.divergence_min_samples,
+        config,
+        sagemaker,
+        s3,
+        champion=(CHAMPION, *champion),
+        challenger=(CHAMPION, *challenger),
+    )
+
+
+def captured_divergence(
+    gate_uri: str | None,
+    alpha: float,
+    min_samples: int,
+    config: Settings,
+    sagemaker: Any,
+    s3: Any,
+    *,
+    champion: tuple[str, datetime, datetime],
+    challenger: tuple[str, datetime, datetime],
+) -> dict[str, Any]:
+    """The prediction-divergence check (refit_core.divergence): the champion's and the challenger's captured outputs,
+    each a (variant, start, end) of the endpoint's Data Capture, against the holdout reference the gate recorded in
+    gate.json, at level `alpha`. A window both sides share is read once. Capture off on the endpoint (its
     DataCaptureConfig not Started): skipped, and the verdict says so."""
     model = config.model
     destination = capture_destination(sagemaker, config.endpoint_name)
     reference = holdout_reference(s3, gate_uri)
-    outputs: dict[str, list[float]] = {CHALLENGER: [], CHAMPION: []}
+    sides = {"champion": champion, "challenger": challenger}
+    outputs: dict[str, list[float]] = {"champion": [], "challenger": []}
     if destination and reference:
-        outputs = live_outputs(
-            s3, destination, config.endpoint_name, (CHALLENGER, CHAMPION), start_time, end_time, model.problem_type
-        )
+        for window in dict.fromkeys((start, end) for _, start, end in sides.values()):
+            wanted = tuple(dict.fromkeys(variant for variant, *span in sides.values() if tuple(span) == window))
+            found = live_outputs(s3, destination, config.endpoint_name, wanted, *window, model.problem_type)
+            for role, (variant, *span) in sides.items():
+                if tuple(span) == window:
+                    outputs[role] = found[variant]
     return prediction_divergence(
         reference,
-        outputs[CHAMPION],
-        outputs[CHALLENGER],
+        outputs["champion"],
+        outputs["challenger"],
         alpha=alpha,
-        min_samples=model.canary.divergence_min_samples,
+        min_samples=min_samples,
         capture_enabled=destination is not None,
         seed=model.seed,
     )
@@ -1113,6 +1231,7 @@ OUTPUTS: dict[str, type[Step]] = {
     "check_shadow": ShadowVerdict,
     "start_guardrails": DeployStarted,
     "guardrails_status": GuardrailsCheck,
+    "judge_guardrails": GuardrailsCheck,
     "scale": Scaling,
     "synthetic_traffic": SyntheticTraffic,
 }  # the step contract of each action (refit_core.steps)
@@ -1141,6 +1260,8 @@ def dispatch(request: Any, config: Settings) -> dict[str, Any]:
         return start_guardrails(request, config, client("sagemaker"))
     if isinstance(request, GuardedStatus):
         return guardrails_status(request, config, client("sagemaker"), client("cloudwatch"))
+    if isinstance(request, JudgeGuarded):
+        return judge_guardrails(request, config, client("sagemaker"), client("cloudwatch"), client("s3"))
     if isinstance(request, SendSynthetic):
         return synthetic_traffic(request, config, client("s3"), client("sagemaker-runtime"))
     return rollback(request, config, client("sagemaker"), client("application-autoscaling"))
@@ -1154,7 +1275,7 @@ def handler(event: dict, context: Any) -> dict:
     request = parse(DeployEvent, {"request": event}).request
     result = OUTPUTS[request.action](**dispatch(request, config)).to_state()
     ended = {"promote": "CanaryPromoted", "rollback": "CanaryRolledBack"}.get(request.action)
-    if request.action == "guardrails_status":  # a guarded update's end counts as a canary's (the dashboard's counts)
+    if request.action in ("guardrails_status", "judge_guardrails"):  # a guarded update's end counts as a canary's
         ended = {"promoted": "CanaryPromoted", "rolled_back": "CanaryRolledBack", "rollback": "CanaryRolledBack"}.get(
             result["next"]
         )

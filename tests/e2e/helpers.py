@@ -50,6 +50,9 @@ FAULTS = {
     # Fisher test at a shadow's alpha 0.01 needs more than the 5 that a ratio alone would have taken); the mean stays low.
     "slow_tenth": f"lambda frame, calls=__import__('itertools').count(): (__import__('time').sleep({TAIL_SLOW_SECONDS}) "
     "if next(calls) % 10 == 0 else None, frame)[1]",
+    # Twice as slow: where the champion's p99 is judged on another window than the challenger's (deploy.mode guardrails)
+    # and a busy machine's tail differs between the two.
+    "slower": f"lambda frame: (__import__('time').sleep({2 * SLOW_SECONDS}), frame)[1]",
     # A feature-pipeline bug: tenure read in years. Answers without errors or delay, but not as the model did offline.
     "diverge": "lambda frame: frame.assign(tenure_months=frame['tenure_months'] / 12)",
 }

@@ -101,3 +101,24 @@ def test_a_canary_guardrails_cannot_serve_stops_synthesis_with_the_reason(tmp_pa
     stderr = capsys.readouterr().err
     assert "model churn: deploy.mode 'guardrails' refused: deploy.guardrails CANARY with size 10" in stderr
     assert "a fleet of one instance can only be updated ALL_AT_ONCE" in stderr
+
+
+def test_a_finished_update_waits_for_its_judged_window_then_is_judged_and_an_error_judging_restores(modes_assembly):
+    """The status check's `judge` leads to a Wait on the planned timestamp and the judge_guardrails action, whose
+    rollback is the second UpdateEndpoint; an error judging restores the champion's config, as for the status check."""
+    definition, _ = load(modes_assembly, MODEL)
+    states = definition["States"]
+    done = states["Guarded update done?"]["Choices"]
+    assert {c["StringEquals"]: c["Next"] for c in done}["judge"] == "Wait for judged window"
+    assert states["Wait for judged window"] == {
+        "Type": "Wait",
+        "TimestampPath": "$.guardrails.judge_at",
+        "Next": "Judge guarded update",
+    }
+    judge = states["Judge guarded update"]
+    assert judge["Parameters"]["action"] == "judge_guardrails"
+    assert judge["Parameters"]["requested_at.$"] == "$.deploy.challenger_since"
+    assert judge["ResultPath"] == "$.guardrails"
+    assert [c["Next"] for c in judge["Catch"]] == ["Restore endpoint"]
+    judged = {c["StringEquals"]: c["Next"] for c in states[judge["Next"]]["Choices"]}
+    assert judged == {"rollback": "Roll back guarded update", "failed": "Guarded update failed"}

@@ -64,6 +64,7 @@ OUTPUTS: dict[tuple[str, str | None], type[BaseModel]] = {
     ("refit_handlers.deploy.handler", "check_shadow"): ShadowVerdict,
     ("refit_handlers.deploy.handler", "start_guardrails"): DeployStarted,
     ("refit_handlers.deploy.handler", "guardrails_status"): GuardrailsCheck,
+    ("refit_handlers.deploy.handler", "judge_guardrails"): GuardrailsCheck,
     ("refit_handlers.deploy.handler", "synthetic_traffic"): SyntheticTraffic,
     ("refit_handlers.approval.request_handler", None): ApprovalRequested,
     ("refit_handlers.approval.expire_handler", None): ApprovalDecision,

@@ -386,7 +386,7 @@ def test_every_place_that_judges_the_p99_applies_the_same_rule():
             step_verdict(SETTINGS, challenger, CHAMPION, None, tail=t),
             step_verdict(SETTINGS, challenger, CHAMPION, None, quiet_fails=False, tail=t),
             shadow_verdict(ShadowSettings(min_invocations=20), challenger, CHAMPION, None, judged, t),
-            bake_verdict(GuardrailsSettings(min_invocations=20), challenger, CHAMPION, t),
+            bake_verdict(GuardrailsSettings(min_invocations=20), challenger, CHAMPION, tail=t),
         ]
         assert [v["healthy"] for v in verdicts] == [healthy] * 4, [v["reason"] for v in verdicts]
         assert all(v["p99_tail"] == verdicts[0]["p99_tail"] for v in verdicts)

@@ -15,9 +15,25 @@ from pydantic import ValidationError
 from refit_core.audit import format_summary, summarize_run
 from refit_core.canary import VariantWindow
 from refit_core.config import DeploySettings, GuardrailsSettings
-from refit_core.guardrails import alarm_names, bake_verdict, bake_window, deployment_config, judge, refusals
+from refit_core.guardrails import (
+    ADJACENT_NOTE,
+    alarm_names,
+    bake_verdict,
+    champion_window,
+    deployment_config,
+    judge,
+    judged_window,
+    refusals,
+)
 from refit_handlers.cleanup import left_serving, restore_endpoint
-from refit_handlers.deploy import GuardedStatus, StartGuarded, guardrails_status, start_guardrails
+from refit_handlers.deploy import (
+    GuardedStatus,
+    JudgeGuarded,
+    StartGuarded,
+    guardrails_status,
+    judge_guardrails,
+    start_guardrails,
+)
 
 from scripts.local_aws.bridges import guarded_traffic_steps
 from tests.conftest import handler_settings
@@ -299,9 +315,7 @@ def test_start_guardrails_creates_the_first_endpoint_like_the_variants_mode():
 
 
 REQUESTED_AT = "2026-11-29T10:00:00+00:00"
-STATUS = GuardedStatus(
-    action="guardrails_status", expected_config="e--new", previous_config="e--old", requested_at=REQUESTED_AT
-)
+STATUS = GuardedStatus(action="guardrails_status", expected_config="e--new", previous_config="e--old")
 
 
 def test_a_rollback_is_recorded_with_the_alarms_reason_and_a_silent_one_says_so():
@@ -393,46 +407,108 @@ def window(invocations: float, p99: float | None, samples: float | None = None) 
     return VariantWindow(invocations, 0, 0, 10.0 if invocations else None, p99, samples)
 
 
+def diverged(flag: bool | None) -> dict[str, Any]:
+    status = "not_judged" if flag is None else "judged"
+    return {"status": status, "diverged": flag, "reason": f"divergence {status} {flag}"}
+
+
 @pytest.mark.parametrize(
-    ("bake", "champion", "healthy", "reason"),
+    ("bake", "champion", "divergence", "healthy", "reason"),
     [
-        (window(5, 12.0), window(500, 10.0), False, "quiet window: the endpoint saw 5 invocations during the bakes"),
-        (window(0, None), window(0, None), False, "quiet window: the endpoint saw 0 invocations"),
-        (window(500, 14.0), window(500, 10.0), False, "is 1.40 x the champion's 10.0 ms before the update, over 1.3"),
-        (window(500, 12.0), window(500, 10.0), True, "p99 ratio 1.20 against the champion"),
+        (window(5, 12.0), window(500, 10.0), None, False, "quiet window: the endpoint saw 5 invocations in the judged"),
+        (window(0, None), window(0, None), None, False, "quiet window: the endpoint saw 0 invocations"),
+        (window(500, 14.0), window(500, 10.0), None, False, "is 1.40 x the champion's 10.0 ms before it, over 1.3"),
+        (window(500, 12.0), window(500, 10.0), None, True, "p99 ratio 1.20 against the champion"),
         # A p99 that cannot be judged is a quiet window too, not a pass.
-        (window(50, 40.0), window(500, 10.0), False, "quiet window: the bakes' p99 cannot be judged from 50"),
-        (window(500, 40.0), window(30, 10.0), False, "against the champion's 30 before the update, fewer than the 100"),
+        (window(50, 40.0), window(500, 10.0), None, False, "quiet window: the p99 cannot be judged from 50"),
+        (window(500, 40.0), window(30, 10.0), None, False, "against the champion's 30 before it, fewer than the 100"),
+        # Diverging predictions fail an update whose latency passes; the verdict says the windows are adjacent.
+        (window(500, 12.0), window(500, 10.0), diverged(True), False, f"prediction divergence ({ADJACENT_NOTE})"),
+        (window(50, 12.0), window(500, 10.0), diverged(True), False, "quiet window: the p99 cannot be judged"),
+        # A p99 regression is named first: it is measured, divergence is a test.
+        (window(500, 14.0), window(500, 10.0), diverged(True), False, "is 1.40 x the champion's"),
+        (window(500, 12.0), window(500, 10.0), diverged(False), True, "p99 ratio 1.20 against the champion"),
+        # Too few captured outputs for the divergence test: a quiet window, not a pass.
+        (
+            window(500, 12.0),
+            window(500, 10.0),
+            diverged(None),
+            False,
+            "quiet window: predictions divergence not_judged",
+        ),
     ],
 )
-def test_the_bake_verdict_judges_quiet_bakes_and_p99_against_the_champion_before_the_update(
-    bake, champion, healthy, reason
+def test_the_verdict_judges_quiet_windows_p99_and_divergence_against_the_champion_before_the_update(
+    bake, champion, divergence, healthy, reason
 ):
-    verdict = bake_verdict(settings(), bake, champion)
+    verdict = bake_verdict(settings(), bake, champion, divergence)
     assert verdict["healthy"] is healthy and reason in verdict["reason"]
     assert verdict["bake"]["invocations"] == bake.invocations and "p99_judged" in verdict
+    assert verdict["divergence"] == divergence and verdict["windows"] == ADJACENT_NOTE
 
 
-def test_the_bake_window_covers_the_bakes_plus_a_minute_and_never_starts_before_the_update():
-    requested = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-    linear = settings(traffic_routing="LINEAR", size=25, wait_interval_seconds=300, termination_wait_seconds=120)
-    start, end = bake_window(linear, 4, requested, requested + timedelta(hours=1))
-    assert start == requested + timedelta(hours=1) - timedelta(seconds=4 * 300 + 120 + 60)
-    assert end == requested + timedelta(hours=1, minutes=1)
-    assert (
-        bake_window(settings(wait_interval_seconds=3), 1, requested, requested + timedelta(seconds=20))[0] == requested
+@pytest.mark.parametrize(
+    ("ended", "start"),
+    [
+        ("10:00:59.999", "10:01:00"),
+        ("10:00:00", "10:01:00"),  # on the minute: that minute's datapoint may hold the old fleet's last requests
+        ("10:00:00.001", "10:01:00"),
+    ],
+)
+def test_the_judged_window_starts_on_the_first_whole_minute_after_the_update_ended(ended, start):
+    begin, end = judged_window(datetime.fromisoformat(f"2026-11-29T{ended}+00:00"), 120)
+    assert begin == datetime.fromisoformat(f"2026-11-29T{start}+00:00")
+    assert end - begin == timedelta(seconds=120)
+
+
+def test_the_champions_window_ends_before_the_minute_of_the_update():
+    start, end = champion_window(datetime(2026, 11, 29, 10, 7, 31, tzinfo=UTC), 3600)
+    assert (start, end) == (datetime(2026, 11, 29, 9, 7, tzinfo=UTC), datetime(2026, 11, 29, 10, 7, tzinfo=UTC))
+    assert champion_window(datetime(2026, 11, 29, 10, 7, 31, tzinfo=UTC), 90)[0] == datetime(
+        2026, 11, 29, 10, 5, tzinfo=UTC
+    )  # a lookback that is not whole minutes is widened to the minute, as CloudWatch reads it
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"judge_seconds": 90}, "judge_seconds = 90 must be a whole number of minutes (e.g. 60)"),
+        ({"judge_seconds": 30}, "judge_seconds"),
+        ({"judge_seconds": 3660}, "judge_seconds"),
+        ({"divergence_min_samples": 19}, "divergence_min_samples"),
+        ({"alpha": 0.5}, "alpha"),
+    ],
+)
+def test_judge_settings_outside_their_limits_are_refused_naming_the_field(values, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        settings(**values)
+
+
+def test_the_run_timeout_counts_the_judged_window_and_its_settle():
+    from refit_core.config import GUARDRAILS_SETTLE_SECONDS
+
+    base = handler_settings().model
+    guarded = base.model_copy(
+        update={"deploy": DeploySettings(mode="guardrails", guardrails=settings(judge_seconds=60))}
     )
+    longer = base.model_copy(
+        update={"deploy": DeploySettings(mode="guardrails", guardrails=settings(judge_seconds=3600))}
+    )
+    assert abs(longer.run_timeout_seconds - guarded.run_timeout_seconds - 3540 * 1.1) <= 1
+    assert GUARDRAILS_SETTLE_SECONDS > 0
 
 
 class Metrics(Alarms):
-    """The rollback alarms (all OK) and GetMetricStatistics: `champion` numbers for a window ending at the update's
-    request, `bake` numbers for any later one."""
+    """The rollback alarms (all OK) and GetMetricStatistics: `champion` numbers for a window ending at or before the
+    update's minute, `bake` numbers for any later one."""
 
     def __init__(self, bake: VariantWindow, champion: VariantWindow) -> None:
         super().__init__({})
         self.bake, self.champion = bake, champion
+        self.windows: list[tuple[datetime, datetime]] = []
 
     def get_metric_statistics(self, **request: Any) -> dict[str, Any]:
+        self.windows.append((request["StartTime"], request["EndTime"]))
         numbers = self.champion if request["EndTime"] <= datetime.fromisoformat(REQUESTED_AT) else self.bake
         if request["MetricName"] == "ModelLatency":
             if "ExtendedStatistics" in request:
@@ -458,27 +534,92 @@ class Metrics(Alarms):
         return {"MetricDataResults": results}
 
 
+def test_a_finished_guarded_update_plans_a_window_the_new_fleet_alone_serves():
+    metrics = Metrics(window(400, 11.0), window(400, 10.0))
+    before = datetime.now(UTC)
+    checked = guardrails_status(
+        STATUS, handler_settings(), RecordingSageMaker(endpoint("InService", "e--new"), []), metrics
+    )
+    assert checked["next"] == "judge" and "refit judges the new fleet alone from" in checked["reason"]
+    assert metrics.windows == []  # nothing judged yet
+    start, end = datetime.fromisoformat(checked["judge_from"]), datetime.fromisoformat(checked["judge_until"])
+    after = datetime.now(UTC)
+    first = [moment.replace(second=0, microsecond=0) + timedelta(minutes=1) for moment in (before, after)]
+    assert first[0] <= start <= first[1]  # the first whole minute after the DescribeEndpoint that saw the end
+    assert start.second == 0 and end - start == timedelta(
+        seconds=handler_settings().model.deploy.guardrails.judge_seconds
+    )
+    # The Wait's timestamp: the window's end and the settle, in the one format Step Functions' TimestampPath takes.
+    assert checked["judge_at"] == (end + timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+JUDGE = JudgeGuarded(
+    action="judge_guardrails",
+    expected_config="e--new",
+    previous_config="e--old",
+    requested_at="2026-11-29T10:00:30+00:00",
+    judge_from="2026-11-29T10:05:00+00:00",
+    judge_until="2026-11-29T10:15:00+00:00",
+)
+
+
 @pytest.mark.parametrize(
     ("bake", "outcome", "reason"),
     [
         (window(0, None), "rollback", "but refit rolls it back: quiet window"),
-        (window(400, 25.0), "rollback", "but refit rolls it back: p99 model latency in the bakes 25.0 ms is 2.50 x"),
-        (window(400, 11.0), "promoted", "the guarded update finished: InService on e--new; the bakes served 400"),
+        (
+            window(400, 25.0),
+            "rollback",
+            "but refit rolls it back: p99 model latency after the update 25.0 ms is 2.50 x",
+        ),
+        (window(400, 11.0), "promoted", "the guarded update finished: InService on e--new; the new fleet served 400"),
     ],
 )
-def test_a_finished_guarded_update_is_judged_on_its_bakes_and_a_fail_asks_for_the_rollback(bake, outcome, reason):
+def test_a_finished_guarded_update_is_judged_on_its_window_and_a_fail_asks_for_the_rollback(bake, outcome, reason):
     metrics = Metrics(bake, window(400, 10.0))
-    checked = guardrails_status(
-        STATUS, handler_settings(), RecordingSageMaker(endpoint("InService", "e--new"), []), metrics
+    checked = judge_guardrails(
+        JUDGE, handler_settings(), RecordingSageMaker(endpoint("InService", "e--new"), []), metrics, s3=None
     )
     assert checked["next"] == outcome and reason in checked["reason"]
     assert (
         checked["bake"]["champion"]["p99_latency_ms"] == 10.0
         and checked["bake"]["bake"]["invocations"] == bake.invocations
     )
-    assert checked["bake"]["window_start"] >= "2026-11-29T10:00:00"  # never before the UpdateEndpoint
-    if outcome == "rollback" and bake.invocations:  # the p99 rule: every bake request over 1.3 x 10 ms, none before
-        assert checked["bake"]["p99_tail"]["threshold_ms"] == 13.0
-        assert (
-            checked["bake"]["p99_tail"]["challenger_slow"] == 400 and checked["bake"]["p99_tail"]["champion_slow"] == 0
-        )
+    # Exactly the planned window, and the champion's whole minutes before the UpdateEndpoint's minute: no datapoint
+    # of either holds the other fleet's requests.
+    windows = set(metrics.windows)
+    assert windows == {
+        (datetime(2026, 11, 29, 10, 5, tzinfo=UTC), datetime(2026, 11, 29, 10, 15, tzinfo=UTC)),
+        (datetime(2026, 11, 29, 9, 0, tzinfo=UTC), datetime(2026, 11, 29, 10, 0, tzinfo=UTC)),
+    }
+    assert checked["bake"]["divergence"]["status"] == "skipped"  # no capture on this endpoint: said, not passed
+
+
+def test_an_endpoint_changed_during_the_judged_window_fails_the_run_with_its_state():
+    metrics = Metrics(window(400, 11.0), window(400, 10.0))
+    checked = judge_guardrails(
+        JUDGE, handler_settings(), RecordingSageMaker(endpoint("Updating", "e--new"), []), metrics, s3=None
+    )
+    assert checked["next"] == "failed" and "the endpoint changed while refit judged" in checked["reason"]
+    assert metrics.windows == [] and checked["status"] == "Updating"
+
+
+class NoTargets:
+    """Application Auto Scaling with no scalable target on the endpoint."""
+
+    def get_paginator(self, operation: str) -> Any:
+        assert operation == "describe_scalable_targets"
+        return self
+
+    def paginate(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return [{"ScalableTargets": []}]
+
+
+def test_the_run_end_cleanup_returns_an_unjudged_finished_update_to_the_champion():
+    """A run that ended (timed out, stopped) while refit waited for its judged window: SageMaker had finished on the new
+    config, refit had not judged it, and an unjudged challenger is no pass: the cleanup puts the previous config back."""
+    state = run_state({"next": "judge", "reason": "finished"})
+    sagemaker = RecordingSageMaker(endpoint("InService", "e--new"), ["champion"])
+    note = restore_endpoint(state, handler_settings(), sagemaker, autoscaling=NoTargets())
+    assert note == "endpoint returned to e--old"
+    assert [kwargs["EndpointConfigName"] for name, kwargs in sagemaker.calls if name == "update_endpoint"] == ["e--old"]
