@@ -45,10 +45,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # The longest modules first. With --dist loadfile a worker runs a whole module, in collection order; the longest
 # (the staged canary's bakes, about 7 minutes) started last would leave the other worker idle at the end.
 LONGEST_MODULES = (
+    "tests/e2e/test_guardrails_mode.py",
     "tests/e2e/test_staged_canary.py",
+    "tests/e2e/test_ab_test.py",
     "tests/e2e/test_batch_queue.py",
     "tests/e2e/test_retrain_loop.py",
     "tests/e2e/test_closed_loop.py",
+    "tests/e2e/test_shadow_deploy.py",
     "tests/e2e/test_local_up_with_aws_cli.py",
     "tests/e2e/test_manual_approval_and_lineage.py",
     "tests/e2e/test_airflow_dag.py",

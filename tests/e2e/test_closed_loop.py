@@ -22,9 +22,10 @@ def aws(cloud_assembly, tmp_path_factory):
     with LocalRuntime(cloud_assembly, tmp_path_factory.mktemp("runtime"), spot_discount=0.7, seed=5) as runtime:
         execution = runtime.wait_for(runtime.land_batch(MODEL, "first.csv", to_csv_bytes(churn_batch(4000, 1))))
         assert execution["status"] == "SUCCEEDED"
-        # A canary is judged on the traffic of its bake: the same market keeps sending requests meanwhile.
+        # A canary is judged on the traffic of its bake: the same market keeps sending requests meanwhile (700: the
+        # challenger's 20% needs 100 ModelLatency samples for its p99 to be judged, or the step is quiet).
         runtime.on_wait(
-            "Bake canary", lambda state, seconds: traffic(runtime, 200, 40, "bake", new_market=0.4, per_request=1)
+            "Bake canary", lambda state, seconds: traffic(runtime, 700, 40, "bake", new_market=0.4, per_request=1)
         )
         yield runtime
 
