@@ -91,8 +91,9 @@ def since_start(aws: LocalRuntime, execution_arn: str) -> Callable[[dict], float
     return lambda event: (event["timestamp"] - start).total_seconds()
 
 
-def send_traffic(aws: LocalRuntime, requests: int, seed: int) -> dict[str, int]:
-    rows = churn_batch(requests, seed).drop(columns=["churned"])
+def send_traffic(aws: LocalRuntime, requests: int, seed: int, **market: float) -> dict[str, int]:
+    """One-row requests from the market `market` describes (scripts.sample_data.churn_batch's shift, new_market)."""
+    rows = churn_batch(requests, seed, **market).drop(columns=["churned"])
     served: dict[str, int] = {}
     for line in rows.to_csv(index=False, header=False).splitlines():
         variant = aws.invoke_endpoint(MODEL, line)["variant"]
@@ -207,7 +208,10 @@ def alarm_state(aws: LocalRuntime) -> str:
     return f"{name} is {alarm['StateValue']}"
 
 
-def closed_loop(aws: LocalRuntime, phases: Phases) -> None:
+def closed_loop(aws: LocalRuntime, phases: Phases, market: dict[str, float]) -> None:
+    """Production traffic from a new market, labels, the alarm and its retrain; `market` is what the canary's bake
+    sends, moved here to the new market (production_traffic's)."""
+    market.update(shift=1.0, new_market=0.4)
     with phases("production traffic and labels"):
         say("\n=== Production: traffic from a new market, captured with an InferenceId per request")
         before = production_traffic(aws, 2000, seed=21, tag="week1")
@@ -265,10 +269,14 @@ def main() -> int:
             say("\n=== Traffic to the champion")
             say(f"    served by: {send_traffic(aws, 50, seed=11)}")
 
+        # A bake is judged on the traffic of its time: the market the latest batch came from (the closed loop moves it
+        # to the new market before its alarm run).
+        market = {"shift": 1.0}
         aws.on_wait(
             "Bake canary",
             lambda state, seconds: say(
-                f"    (bake: {seconds}s on AWS; sending traffic now) served by: {send_traffic(aws, BAKE_REQUESTS, seed=12)}"
+                f"    (bake: {seconds}s on AWS; sending traffic now) served by: "
+                f"{send_traffic(aws, BAKE_REQUESTS, 12, **market)}"
             ),
         )
         with phases("drifted batch: retrain, gate, canary, promote"):
@@ -280,7 +288,7 @@ def main() -> int:
         with phases("batch without drift"):
             steady = to_csv_bytes(churn_batch(2000, 3, shift=1.0))
             run_and_report(aws, "Batch without drift", "2026-11-22.csv", steady)
-        closed_loop(aws, phases)
+        closed_loop(aws, phases, market)
         say(
             f"\nSNS summaries published: {len(aws.published_summaries())}; "
             f"audit records: {len(aws.audit_records(MODEL))}"
