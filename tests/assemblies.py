@@ -74,8 +74,8 @@ scale_in_cooldown_seconds = 600
 MODES_MODELS: dict[str, dict[str, str]] = {
     # tests/e2e/test_staged_canary.py. alpha 0.01: each step's prediction-divergence test (level alpha / steps) falsely
     # alarms on a healthy challenger at most that often, and it runs before the p99 rule the slow challenger's test
-    # is about. The p99 margin is the product default (1.3): a noisy local p99 over it stops a healthy challenger only
-    # when significantly more of its requests are over the margin (refit_core.canary.p99_regression).
+    # is about. The p99 margin is the example's (3.0, refit.toml: its candidates span model families whose latencies
+    # differ); the p99 rule also needs significantly more requests over it (refit_core.canary.p99_regression).
     "staged": {
         "weight = 0.2": "steps = [0.2, 0.5]\nalpha = 0.01",
         "max_trials = 3": "max_trials = 1",
@@ -97,9 +97,9 @@ MODES_MODELS: dict[str, dict[str, str]] = {
 }
 RUNS_MODELS: dict[str, dict[str, str]] = {
     "abtest": {
-        # The A/B guards judge p99 against the champion at every check with the product default margin (1.3): local
-        # serve processes' latency is noisy (a healthy challenger measured 1.54 x the champion once), and the p99 rule
-        # stops only on significantly more requests over the margin (refit_core.canary.p99_regression).
+        # The A/B guards judge p99 against the champion at every check with the example's margin (3.0, refit.toml):
+        # local serve processes' latency is noisy (a healthy challenger measured 1.54 x the champion once), and the p99
+        # rule stops only on significantly more requests over the margin (refit_core.canary.p99_regression).
         'families = ["hgb", "linear", "forest"]\nmax_trials = 3\ncv_folds = 3': (
             'families = ["linear"]\nmax_trials = 1\ncv_folds = 2\n\n'
             '[models.training_window]\nkind = "last_batches"\nbatches = 1'

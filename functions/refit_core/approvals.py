@@ -210,18 +210,23 @@ def decide_approval(
     decided_at = datetime.now(UTC).isoformat(timespec="seconds")
     claim = claim_decision(dynamodb, audit_table, model, version, approver.arn, status, decided_at)
     starter = started_by or f"none: trigger {trigger or 'unknown'}"
-    sagemaker.update_model_package(
-        ModelPackageArn=item["model_package_arn"]["S"],
-        ModelApprovalStatus=status,
-        ApprovalDescription=f"{status.lower()} by {approver.arn}: {comment}"[:1000],
-        CustomerMetadataProperties={
-            "refit:decided_by": metadata_value(approver.arn),
-            "refit:decision": status,
-            "refit:decided_at": metadata_value(decided_at),
-            "refit:started_by": metadata_value(starter),
-            "refit:separation_of_duties": "on" if separation_of_duties else "off",
-        },
-    )
+    try:
+        sagemaker.update_model_package(
+            ModelPackageArn=item["model_package_arn"]["S"],
+            ModelApprovalStatus=status,
+            ApprovalDescription=f"{status.lower()} by {approver.arn}: {comment}"[:1000],
+            CustomerMetadataProperties={
+                "refit:decided_by": metadata_value(approver.arn),
+                "refit:decision": status,
+                "refit:decided_at": metadata_value(decided_at),
+                "refit:started_by": metadata_value(starter),
+                "refit:separation_of_duties": "on" if separation_of_duties else "off",
+            },
+        )
+    except Exception:
+        # Nothing changed: give the claim back, so a retry (this approver's or another's) can decide.
+        release_claim(dynamodb, audit_table, model, version, claim)
+        raise
     decision = ApprovalDecision(
         approved=approve,
         by=approver.arn,

@@ -143,7 +143,7 @@ def p99_regression(
     max_ratio: float, alpha: float, ratio: float | None, tail: LatencyTail | None
 ) -> tuple[bool, dict[str, Any] | None, str]:
     """The p99 rule, one implementation for the canary's steps, the shadow, the A/B guards and the guarded update's
-    bakes: a regression is a p99 over `max_ratio` times the champion's (the practical margin) AND a share of requests
+    judged window: a regression is a p99 over `max_ratio` times the champion's (the practical margin) AND a share of requests
     slower than that margin X significantly higher than the champion's share over the same X (one-sided Fisher exact
     at `alpha`, higher_rate_p_value). A p99 over the margin on noise alone (a handful of slow requests in a hundred)
     is then no regression; a challenger whose requests are slower across the board is. Without the shares (`tail`
@@ -271,8 +271,6 @@ def step_verdict(
             "required on each",
             quiet=True,
         )
-    if quiet_fails and divergence is not None and divergence.get("status") == "not_judged":
-        return verdict(False, f"quiet window: predictions {divergence['reason']}", quiet=True)
     if not p99_judged:
         return verdict(
             True,
@@ -288,6 +286,9 @@ def step_verdict(
             f"challenger p99 model latency {challenger.p99_latency_ms:.1f} ms is {raw_ratio:.2f} x the champion's "
             f"{champion.p99_latency_ms:.1f} ms, over {settings.max_p99_latency_ratio}, with {tail_words}",
         )
+    # After the p99: a judged latency regression is evidence of harm, never topped up as a quiet window.
+    if quiet_fails and divergence is not None and divergence.get("status") == "not_judged":
+        return verdict(False, f"quiet window: predictions {divergence['reason']}", quiet=True)
     margin = f", over {settings.max_p99_latency_ratio} but {tail_words}" if tail_words else ""
     return verdict(
         True,

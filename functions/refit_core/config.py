@@ -374,10 +374,12 @@ class GuardrailsSettings(_Strict):
     # Judged by refit once SageMaker's update has ended on the new config (refit_core.guardrails.bake_verdict); a
     # fail is rolled back by a second UpdateEndpoint to the previous config.
     min_invocations: int = Field(
-        20, ge=1, description="Fewer invocations during the bakes and the update is rolled back (a quiet window)."
+        20, ge=1, description="Fewer invocations in the judged window after the update and it is rolled back (quiet)."
     )
     max_p99_latency_ratio: float = Field(
-        1.3, gt=1, description="Limit on the bakes' p99 ModelLatency over the champion's before the update."
+        1.3,
+        gt=1,
+        description="Margin of the p99 rule: the new fleet's p99 after the update over the champion's before it.",
     )
     min_latency_samples: int = Field(100, ge=20, description="The p99 ratio is judged from this many samples each.")
     alpha: float = Field(
@@ -528,7 +530,8 @@ class DeploySettings(_Strict):
             return self
         why = {
             "ab": "the A/B test is decided on joined ground truth, and replayed holdout rows are not live outcomes",
-            "guardrails": "SageMaker's guarded update judges its bakes by alarms alone and has no quiet-window rule",
+            "guardrails": "the whole fleet serves the challenger once SageMaker's update ends, so there is no champion variant "
+            "to top up beside it, and replayed rows would be judged against the champion's live traffic before the update",
         }[self.mode]
         raise ValueError(
             f"deploy.synthetic_traffic.enabled is for deploy.mode 'variants' and 'shadow' only: {why}; "

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from refit_core import names
-from refit_core.canary import LatencyTail, VariantWindow, p99_regression
+from refit_core.canary import LatencyTail, VariantWindow, higher_rate_p_value, p99_regression
 from refit_core.config import GUARDRAILS_SETTLE_SECONDS, GuardrailsSettings, ModelConfig
 
 ALARM_PURPOSES = ("guardrails-5xx", "guardrails-latency")
@@ -196,7 +196,8 @@ def bake_verdict(
     measurement where divergence is a test. `divergence` (refit_core.divergence on both windows' captured outputs)
     fails the update when it judged the new fleet's outputs beyond what the holdout predicts given the champion's;
     skipped (capture off, no holdout reference) it decides nothing and the reason names it. 5XX and mean latency are
-    the rollback alarms' (SageMaker's) to judge during the bakes. The two windows are adjacent, not the same
+    the rollback alarms' (SageMaker's) to judge during the bakes; in the judged window after them, a 5XX or 4XX rate
+    significantly higher than the champion's before the update fails it. The two windows are adjacent, not the same
     (ADJACENT_NOTE): the record says so."""
     raw_ratio = (
         bake.p99_latency_ms / champion.p99_latency_ms
@@ -228,6 +229,20 @@ def bake_verdict(
             f"quiet window: the endpoint saw {bake.invocations:.0f} invocations in the judged window after the "
             f"update, fewer than the {settings.min_invocations} required to judge the new model",
         )
+    # SageMaker's 5XX alarm watched the bakes; once it has finished nothing does, so the judged window's error rates
+    # are held against the champion's before the update (one-sided Fisher exact, as a canary step's).
+    for kind, events, before in (
+        ("5XX", bake.errors_5xx, champion.errors_5xx),
+        ("4XX", bake.errors_4xx, champion.errors_4xx),
+    ):
+        p_value = higher_rate_p_value(events, bake.invocations, before, champion.invocations)
+        if p_value < settings.alpha:
+            return verdict(
+                False,
+                f"{kind} rate after the update ({events:.0f} of {bake.invocations:.0f}) is higher than the "
+                f"champion's before it ({before:.0f} of {champion.invocations:.0f}; one-sided Fisher exact "
+                f"p = {p_value:.4g} < {settings.alpha})",
+            )
     if not p99_judged:
         return verdict(
             False,

@@ -404,7 +404,7 @@ class CanaryStepVerdict(Step):
     p99_tail: dict[str, Any] | None = None  # refit_core.canary.p99_regression's test when the p99 is over the ratio
     alarm_state: str | None = None
     divergence: dict[str, Any] | None = None  # refit_core.divergence.prediction_divergence's result
-    quiet: bool = False  # failed only for want of traffic (the invocation floor)
+    quiet: bool = False  # failed only for want of traffic (a comparison that could not be judged)
     synthetic: SyntheticTraffic | None = None  # the top-up this step was judged with (refit_core.synthetic)
 
 

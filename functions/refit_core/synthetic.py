@@ -1,7 +1,8 @@
 """Synthetic traffic for a quiet canary step or shadow bake (`[models.deploy.synthetic_traffic]`).
 
-A quiet window is never a pass (refit_core.canary.step_verdict). With synthetic traffic enabled, a step whose only
-failing rule is the invocation floor is topped up ONCE: each variant under the floor gets (floor - seen) requests, at
+A quiet window is never a pass (refit_core.canary.step_verdict). With synthetic traffic enabled, a step that failed
+only as quiet (a comparison that could not be judged for want of traffic) is topped up ONCE: each variant under the
+floor (judging_floor: invocations, p99 samples, captured outputs) gets (floor - seen) requests, at
 most `max_requests_per_variant`, replayed from the holdout rows the gate scored for this run (written by `train`,
 stored by the Gate under `reports/<model>/<run>/`), and the step is judged again after a settle wait. Every request
 carries an InvokeEndpoint `InferenceId` starting with SYNTHETIC_PREFIX, which Data Capture records

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from scripts.local_aws.runtime import LocalRuntime
 from scripts.sample_data import churn_batch, to_csv_bytes
 from tests.assemblies import SHADOW_MIN_LATENCY_SAMPLES
-from tests.e2e.helpers import TAIL_SLOW_SECONDS, FaultAfterTraining
+from tests.e2e.helpers import TAIL_SLOW_SECONDS, FaultAfterTraining, alarm_state
 from tests.infrastructure.test_step_contract import contract_problems, load
 
 MODEL = "shadow"  # deploy.mode shadow, sampling_percent 100, bake_seconds 5 (tests/assemblies.py)
@@ -284,8 +284,11 @@ def test_a_drop_whose_rollback_fails_ends_the_run_failed_with_the_endpoints_true
     is (Failed, still on the shadow config), and the registry does not say the dropped version serves."""
     before = describe(aws)["EndpointConfigName"]
     aws.fail_endpoint_update(MODEL, before, "Failed", "simulated: the champion's instances did not start")
+    runs_failed = aws.model(MODEL).runs_failed_alarm
+    aws.set_alarm_state(runs_failed, "OK", "before the failing run")  # ALARM afterwards is this run's
     execution, record = run_with(aws, "rollback-fails.csv", 10, 2.0, Traffic(aws), fault_scratch=tmp_path)
     assert (execution["status"], record["status"], record["outcome"]) == ("FAILED", "FAILED", "failed")
+    assert alarm_state(aws, runs_failed, "ALARM") == "ALARM"  # alarmed: Step Functions' ExecutionsFailed
     assert record["message"].startswith("EndpointUpdateFailed: endpoint is Failed: simulated: the champion's")
     assert "restoring the endpoint failed too" in record["message"] and "it needs a person" in record["message"]
     assert not record["shadow"]["healthy"] and record["shadow"]["next"] == "rollback"

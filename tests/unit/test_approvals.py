@@ -488,3 +488,31 @@ def test_a_claimed_version_is_refused_with_who_claimed_it_and_a_stale_claim_is_t
         ExpressionAttributeValues={":past": {"N": "1"}},
     )
     assert decide(aws, as_session("bo"), sfn=sfn)["status"] == "Approved" and len(sfn.sent) == 1
+
+
+class FailingRegistry:
+    """The SageMaker client, whose UpdateModelPackage is throttled once."""
+
+    def __init__(self, sagemaker) -> None:
+        self.sagemaker, self.failed = sagemaker, False
+
+    def __getattr__(self, name: str):
+        return getattr(self.sagemaker, name)
+
+    def update_model_package(self, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateModelPackage")
+        return self.sagemaker.update_model_package(**kwargs)
+
+
+def test_a_decision_the_registry_refused_gives_its_claim_back_and_the_retry_decides(aws):
+    pend(aws, started_by=None, trigger="s3")
+    arguments = decision_arguments(aws, Recorder(), approver=as_session("ana"), approve=True, separation=True)
+    arguments["sagemaker"] = FailingRegistry(arguments["sagemaker"])
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        decide_approval(**arguments)
+    item = aws["dynamodb"].get_item(TableName="audit", Key=approval_key("churn", 1))["Item"]
+    assert not {"claim_id", "claimed_by", "claim_expires"} & set(item)  # not held against the approver's retry
+    assert package(aws)["ModelApprovalStatus"] == "PendingManualApproval"
+    assert decide_approval(**arguments)["status"] == "Approved"

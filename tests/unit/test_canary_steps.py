@@ -180,6 +180,9 @@ def test_a_step_passes_only_once_every_comparison_is_judged():
     skipped = {"status": "skipped", "diverged": None, "reason": "not checked: Data Capture is off"}
     off = step_verdict(SETTINGS, window(invocations=100), window(invocations=100), None, skipped)
     assert off["healthy"] and "predictions not checked: Data Capture is off" in off["reason"]
+    # A judged p99 regression is harm, not a quiet window to top up, even where the divergence test lacked outputs.
+    slow = step_verdict(SETTINGS, window(invocations=100, p99=90.0), window(invocations=100), None, unjudged)
+    assert not slow["healthy"] and not slow["quiet"] and "p99 model latency 90.0 ms" in slow["reason"]
     # The A/B test's guards ask only for harm: an unjudged p99 is named, not failed.
     guard = step_verdict(SETTINGS, window(invocations=20), window(invocations=20), None, quiet_fails=False)
     assert guard["healthy"] and "p99 not judged" in guard["reason"]

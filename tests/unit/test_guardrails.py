@@ -428,6 +428,15 @@ def diverged(flag: bool | None) -> dict[str, Any]:
         # A p99 regression is named first: it is measured, divergence is a test.
         (window(500, 14.0), window(500, 10.0), diverged(True), False, "is 1.40 x the champion's"),
         (window(500, 12.0), window(500, 10.0), diverged(False), True, "p99 ratio 1.20 against the champion"),
+        # Errors that start after SageMaker's bakes: no alarm watches the judged window, the verdict does.
+        (
+            VariantWindow(500, 0, 12, 10.0, 12.0),
+            window(500, 10.0),
+            None,
+            False,
+            "5XX rate after the update (12 of 500) is higher than the champion's before it (0 of 500",
+        ),
+        (VariantWindow(500, 0, 1, 10.0, 12.0), VariantWindow(500, 0, 1, 10.0, 10.0), None, True, "p99 ratio 1.20"),
         # Too few captured outputs for the divergence test: a quiet window, not a pass.
         (
             window(500, 12.0),

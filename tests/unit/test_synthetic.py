@@ -140,7 +140,7 @@ def test_synthetic_traffic_is_off_by_default_and_refused_where_it_cannot_be_judg
     assert ModelConfig(**_model(synthetic_traffic={"enabled": True})).deploy.synthetic_traffic.max_requests_per_variant
     with pytest.raises(ValueError, match="A/B test is decided on joined ground truth"):
         ModelConfig(**_model(mode="ab", synthetic_traffic={"enabled": True}), monitor={"schedule": "rate(1 hour)"})
-    with pytest.raises(ValueError, match="guarded update judges its bakes by alarms alone"):
+    with pytest.raises(ValueError, match="no champion variant to top up beside it"):
         ModelConfig(**_model(mode="guardrails", synthetic_traffic={"enabled": True}))
     ModelConfig(**_model(mode="ab", synthetic_traffic={"enabled": False}), monitor={"schedule": "rate(1 hour)"})
     # The floor is what every comparison needs: 100 ModelLatency samples for a p99 by default, not 20 invocations.
