@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stacks.app_builder import build_app
-from tests.assemblies import GUARDRAILS_SETTINGS
+from tests.assemblies import GUARDRAILS_MAX_MODEL_LATENCY_MS, GUARDRAILS_SETTINGS
 from tests.infrastructure.test_step_contract import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,9 @@ def test_the_rollback_alarms_watch_the_endpoints_one_variant(template):
     dimensions = [{"Name": "EndpointName", "Value": "refit-guard"}, {"Name": "VariantName", "Value": "champion"}]
     errors, latency = alarms["refit-guard--guardrails-5xx"], alarms["refit-guard--guardrails-latency"]
     assert (errors["MetricName"], errors["Statistic"], errors["Threshold"]) == ("Invocation5XXErrors", "Sum", 1)
-    assert (latency["MetricName"], latency["Statistic"], latency["Threshold"]) == ("ModelLatency", "Average", 1e6)
+    # max_model_latency_ms of the test model (tests/assemblies.py), in ModelLatency's microseconds
+    threshold = GUARDRAILS_MAX_MODEL_LATENCY_MS * 1000
+    assert (latency["MetricName"], latency["Statistic"], latency["Threshold"]) == ("ModelLatency", "Average", threshold)
     for alarm in (errors, latency):
         assert alarm["Namespace"] == "AWS/SageMaker" and alarm["Dimensions"] == dimensions
         assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (60, 1, "notBreaching")

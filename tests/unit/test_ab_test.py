@@ -399,7 +399,8 @@ def test_live_guards_judge_the_window_since_the_split_at_a_level_shared_by_the_c
     assert verdict["healthy"] is False and "p99 model latency 400.0 ms is 40.00 x" in verdict["reason"]
     assert verdict["p99_tail"]["challenger_slow"] == 300 and verdict["p99_tail"]["alpha"] == verdict["alpha"]
     stats = {q["MetricStat"]["Stat"] for r in cloudwatch.requests for q in r.get("MetricDataQueries", [])}
-    assert stats == {"PR(:13000)", "SampleCount"}  # 1.3 x the champion's 10 ms, in ModelLatency's microseconds
+    margin = round(model.canary.max_p99_latency_ratio * 10_000)  # x the champion's 10 ms, in microseconds
+    assert stats == {f"PR(:{margin})", "SampleCount"} and margin == 30_000  # the example's 3.0 (refit.toml)
     assert verdict["alpha"] == pytest.approx(model.canary.alpha / 24)
     assert verdict["divergence"]["status"] == "skipped"
     assert {r["StartTime"].isoformat() for r in cloudwatch.requests} == {"2026-11-28T00:00:00+00:00"}
