@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(BIN)/python -m scripts.demo
 
 test: $(STAMP) $(MLFLOW_STAMP) $(AIRFLOW_STAMP)
-	$(BIN)/python -m pytest -n 3 --dist loadfile -p no:logging --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:logging --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

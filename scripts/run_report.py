@@ -348,11 +348,12 @@ def _timeline_html(data: dict[str, Any]) -> str:
     total = max(line["seconds"] or 0.0, 1e-9)
     rows = []
     for state in timeline_rows(line["states"]):
-        left = 100 * state["start_seconds"] / total
         width = max(100 * (state["end_seconds"] - state["start_seconds"]) / total, 0.4)
+        # A state at the run's very end still gets its visible sliver (it would have no width at left = 100%).
+        left = min(100 * state["start_seconds"] / total, 100 - width)
         bar = (
             f"<div class='track'><div class='bar{' failed' if state['error'] else ''}' "
-            f"style='margin-left:{left:.2f}%;width:{min(width, 100 - left):.2f}%'></div></div>"
+            f"style='margin-left:{left:.2f}%;width:{width:.2f}%'></div></div>"
         )
         took = "running" if state["running"] else f"{state['seconds']:.2f} s"
         rows.append(

@@ -20,7 +20,7 @@ from sklearn.preprocessing import FunctionTransformer
 from scripts.sample_data import churn_batch
 
 SLOW_SECONDS = 0.4
-TAIL_EVERY = 20  # "slow_tail": one request in this many is slow
+TAIL_EVERY = 10  # "slow_tail": one request in this many is slow
 # "slow_tenth": a few requests, each slow enough to dwarf a loaded machine's p99 (a champion p99 of 345 ms was seen
 # at a load of 16 on two cores, against which a 1 s shadow was not 3 x slower)
 TAIL_SLOW_SECONDS = 1.5
